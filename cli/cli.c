@@ -1,0 +1,326 @@
+/*
+ * cli.c - helpers shared by all subcommands (see cli.h).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+
+const char *cli_prog = "qimg";
+
+static void vmsg(const char *prefix, const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fprintf(stderr, "%s: %s", cli_prog, prefix);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg("", fmt, ap);
+    va_end(ap);
+}
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg("warning: ", fmt, ap);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg("", fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '%s --help' for more information\n", cli_prog);
+    return 1;
+}
+
+void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
+{
+    char prefix[2048] = "";
+    if (prefix_fmt) {
+        va_list ap;
+        va_start(ap, prefix_fmt);
+        vsnprintf(prefix, sizeof(prefix), prefix_fmt, ap);
+        va_end(ap);
+    }
+    cli_error("%s%s", prefix, err->msg);
+}
+
+int cli_bad_option(int c, char **argv)
+{
+    if (c == ':')
+        return cli_usage_error("missing argument for option '%s'",
+                               argv[optind - 1]);
+    return cli_usage_error("unrecognized option '%s'", argv[optind - 1]);
+}
+
+int64_t cli_cvtnum(const char *name, const char *value, int64_t min,
+                   int64_t max)
+{
+    uint64_t v;
+    bool hex_suffix;
+    int ret = qimg_parse_size(value, &v, &hex_suffix);
+
+    if (ret < 0 && ret != -ERANGE) {
+        cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
+                  "suffixes for", name);
+        cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
+                  "exabytes.");
+        return ret;
+    }
+    if (hex_suffix)
+        cli_warn("Using a multiplier suffix on hex numbers is deprecated: %s",
+                 value);
+    if (ret == -ERANGE || v > (uint64_t)max || (int64_t)v < min) {
+        cli_error("Invalid %s specified. Must be between %lld and %lld.", name,
+                  (long long)min, (long long)max);
+        return -ERANGE;
+    }
+    return (int64_t)v;
+}
+
+int64_t cli_cvtnum_full(const char *name, const char *value)
+{
+    return cli_cvtnum(name, value, 0, INT64_MAX);
+}
+
+/* Valid unless empty or ending in an unescaped comma. */
+static bool option_list_valid(const char *s)
+{
+    size_t len = strlen(s), commas = 0;
+    if (!len)
+        return false;
+    while (commas < len && s[len - 1 - commas] == ',')
+        commas++;
+    return commas % 2 == 0;
+}
+
+bool cli_add_option_list(char **acc, const char *arg)
+{
+    char *joined;
+    if (!option_list_valid(arg)) {
+        cli_error("Invalid option list: %s", arg);
+        return false;
+    }
+    if (*acc) {
+        if (asprintf(&joined, "%s,%s", *acc, arg) < 0)
+            abort();
+        free(*acc);
+    } else {
+        joined = strdup(arg);
+    }
+    *acc = joined;
+    return true;
+}
+
+bool cli_has_help_option(const char *list)
+{
+    struct qimg_opts *o;
+    bool help;
+    if (!list)
+        return false;
+    o = qimg_opts_new();
+    qimg_opts_parse(o, list, NULL, NULL);
+    help = qimg_opts_get(o, "help") != NULL;
+    qimg_opts_free(o);
+    return help;
+}
+
+static const char *type_name(enum qimg_opt_type t)
+{
+    switch (t) {
+    case QIMG_OPT_BOOL: return "bool (on/off)";
+    case QIMG_OPT_NUMBER: return "num";
+    case QIMG_OPT_SIZE: return "size";
+    case QIMG_OPT_STRING: break;
+    }
+    return "str";
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    const struct qimg_opt_desc *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+int cli_print_create_opts_help(const char *fmt, const char *filename)
+{
+    const struct qimg_opt_desc *d[128];
+    struct qimg_error err;
+    int n = qimg_create_opts(fmt, filename, d, 128, &err);
+
+    if (n < 0) {
+        cli_error("%s", err.msg);
+        return 1;
+    }
+    qsort(d, (size_t)n, sizeof(d[0]), cmp_desc);
+    if (filename)
+        printf("Supported options:\n");
+    else
+        printf("Supported %s options:\n", fmt);
+    for (int i = 0; i < n; i++) {
+        char left[256];
+        snprintf(left, sizeof(left), "%s=<%s>", d[i]->name,
+                 type_name(d[i]->type));
+        printf("  %-22s - %s\n", left, d[i]->help);
+    }
+    if (!filename)
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
+    return 0;
+}
+
+int cli_add_object(const char *def)
+{
+    struct qimg_error err;
+    if (!strcmp(def, "help") || !strcmp(def, "?")) {
+        printf("List of user creatable objects:\n  secret\n");
+        exit(0);
+    }
+    if (qimg_secret_add(def, &err) < 0) {
+        cli_error("%s", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+bool cli_parse_output(const char *arg, enum cli_output *out)
+{
+    if (!strcmp(arg, "json")) {
+        *out = CLI_OUTPUT_JSON;
+    } else if (!strcmp(arg, "human")) {
+        *out = CLI_OUTPUT_HUMAN;
+    } else {
+        cli_error("--output must be used with human or json as argument.");
+        return false;
+    }
+    return true;
+}
+
+bool cli_parse_cache(const char *arg, enum qimg_cache *out)
+{
+    return qimg_cache_parse(arg, out) == 0;
+}
+
+struct qimg_image *cli_open_image(const struct cli_open *o)
+{
+    struct qimg_open_params p = {
+        .filename = o->filename, .format = o->fmt, .flags = o->flags,
+        .cache = o->cache,
+    };
+    struct qimg_opts *dict = NULL;
+    struct qimg_image *img = NULL;
+    struct qimg_error err = {0};
+
+    if (o->image_opts) {
+        if (o->fmt) {
+            cli_error("--image-opts and --format are mutually exclusive");
+            return NULL;
+        }
+        dict = qimg_opts_new();
+        if (qimg_opts_parse(dict, o->filename, NULL, &err) < 0) {
+            cli_error("%s", err.msg);
+            qimg_opts_free(dict);
+            return NULL;
+        }
+        p.options = dict;
+        p.format = NULL;
+    }
+    if (qimg_open(&img, &p, &err) < 0) {
+        cli_report(&err, "Could not open '%s': ", o->filename);
+        img = NULL;
+    } else if ((o->flags & QIMG_OPEN_RDWR) && qimg_image_probed_raw(img)) {
+        fflush(stdout);
+        fprintf(stderr,
+                "WARNING: Image format was not specified for '%s' and probing "
+                "guessed raw.\n"
+                "         Automatically detecting the format is dangerous for "
+                "raw images, write operations on block 0 will be restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the "
+                "restrictions.\n", qimg_image_filename(img));
+    }
+    qimg_opts_free(dict);
+    return img;
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+static struct {
+    bool enabled;
+    double min_step, last;
+    volatile sig_atomic_t requested;
+    double current;
+} progress;
+
+static void print_progress_line(double percent)
+{
+    printf("    (%0.2f/100%%)\r", percent);
+    fflush(stdout);
+}
+
+static void on_sigusr1(int sig)
+{
+    (void)sig;
+    progress.requested = 1;
+}
+
+void cli_progress_init(bool enabled, double min_step)
+{
+    progress.enabled = enabled;
+    progress.min_step = min_step;
+    progress.last = 0;
+    progress.current = 0;
+    signal(SIGUSR1, on_sigusr1);
+    if (enabled)
+        print_progress_line(0);
+}
+
+void cli_progress_print(double percent)
+{
+    progress.current = percent;
+    if (progress.requested) {
+        progress.requested = 0;
+        print_progress_line(percent);
+    }
+    if (!progress.enabled)
+        return;
+    if (percent - progress.last >= progress.min_step || percent >= 100.0) {
+        progress.last = percent;
+        print_progress_line(percent);
+    }
+}
+
+void cli_progress_end(void)
+{
+    if (progress.enabled) {
+        print_progress_line(100.0);
+        printf("\n");
+        fflush(stdout);
+    }
+    progress.enabled = false;
+}
+
+const char *cli_size_str(uint64_t size, char *buf, size_t len)
+{
+    qimg_size_to_str(size, buf, len);
+    return buf;
+}
+
+int cli_not_implemented(const char *name)
+{
+    cli_error("'%s' is not implemented yet", name);
+    return 1;
+}

@@ -1,0 +1,113 @@
+/*
+ * cli.h - helpers shared by the qimg subcommands: messages in qemu-img's
+ * form, option parsing pieces, opening images, progress and JSON output.
+ * Only the CLI prints; the library reports through struct qimg_error.
+ */
+#ifndef QIMG_CLI_H
+#define QIMG_CLI_H
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "qimg.h"
+
+/* Basename of argv[0]: "qemu-img" when run through such a link. */
+extern const char *cli_prog;
+
+/* "<prog>: message\n" on stderr (the message may hold more lines). */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "<prog>: warning: message\n" on stderr. */
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print an error and "Try '<prog> --help' ..."; returns exit status 1. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print the library error with an optional prefix. */
+void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Full --help text; returns 0 after printing. */
+int cli_help(void);
+void cli_version(void);
+
+/*
+ * The common getopt switch cases: prints the message for '?' (unknown) and
+ * ':' (missing argument) as qemu-img does and returns 1.  Call for those.
+ */
+int cli_bad_option(int c, char **argv);
+
+/*
+ * Parse a number with size suffixes as qemu-img's cvtnum(): on error prints
+ * "Invalid <name> specified..." and returns a negative errno.
+ */
+int64_t cli_cvtnum(const char *name, const char *value, int64_t min,
+                   int64_t max);
+int64_t cli_cvtnum_full(const char *name, const char *value);
+
+/* Append an -o argument to *acc (comma-joined as qemu-img does). Returns
+ * false after printing "Invalid option list" when it is malformed. */
+bool cli_add_option_list(char **acc, const char *arg);
+/* True when a -o list asks for help ("help" or "?" as an element). */
+bool cli_has_help_option(const char *list);
+/* Print "-o help" for fmt (with filename: merged with the storage's). */
+int cli_print_create_opts_help(const char *fmt, const char *filename);
+
+/* --object: only "secret" is known. Returns 0 or 1 (exit status). */
+int cli_add_object(const char *def);
+
+/* --output=human|json. Returns false after printing the error. */
+enum cli_output { CLI_OUTPUT_HUMAN, CLI_OUTPUT_JSON };
+bool cli_parse_output(const char *arg, enum cli_output *out);
+
+/* Cache mode argument of -t/-T; prints "Invalid cache option: X". */
+bool cli_parse_cache(const char *arg, enum qimg_cache *out);
+
+struct cli_open {
+    const char *filename;
+    const char *fmt;
+    bool image_opts;    /* filename is an option list (--image-opts) */
+    unsigned flags;     /* QIMG_OPEN_* */
+    enum qimg_cache cache;
+    bool quiet;
+};
+/* Open an image, printing "Could not open 'X': ..." on failure, and
+ * QEMU's warning when raw was guessed for a writable image. */
+struct qimg_image *cli_open_image(const struct cli_open *o);
+
+/* Progress as qemu-img -p prints it: "    (NN.NN/100%)\r". */
+void cli_progress_init(bool enabled, double min_step);
+void cli_progress_print(double percent);
+void cli_progress_end(void);
+
+/* Print a size the way qemu-img's human output does ("1 GiB"). */
+const char *cli_size_str(uint64_t size, char *buf, size_t len);
+
+/* ---- JSON output in QEMU's pretty-printed style ---------------------- */
+struct json_t;
+/* Print a jansson value as QEMU's pretty JSON at the given indent level. */
+void cli_json_print(FILE *out, const struct json_t *value, int level);
+/* Print a jansson object the way QEMU's human "Format specific
+ * information" does: "key: value" lines, '-' in keys shown as ' '. */
+void cli_json_print_human(FILE *out, const struct json_t *value, int level);
+
+/* Each subcommand, argv[0] being its name. Returns the exit status. */
+int cmd_amend(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_dd(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+
+/* For commands a later issue implements. */
+int cli_not_implemented(const char *name);
+
+#endif /* QIMG_CLI_H */

@@ -1,0 +1,88 @@
+/*
+ * cmd-create.c - qemu-img create
+ *
+ * create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]]
+ *        [-u] [-o options] filename [size]
+ * Exit status: 0 on success, 1 on any error.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_create(int argc, char **argv)
+{
+    enum { OPT_OBJECT = 256 };
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {NULL, 0, NULL, 0},
+    };
+    const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *filename;
+    bool quiet = false, unsafe = false;
+    char *options = NULL, *summary = NULL;
+    struct qimg_opts *opts = NULL;
+    struct qimg_error err = {0};
+    int64_t size = -1;
+    int c, ret = 1;
+
+    while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': free(options); return cli_help();
+        case 'F': backing_fmt = optarg; break;
+        case 'b': backing = optarg; break;
+        case 'f': fmt = optarg; break;
+        case 'o':
+            if (!cli_add_option_list(&options, optarg))
+                goto out;
+            break;
+        case 'q': quiet = true; break;
+        case 'u': unsafe = true; break;
+        case OPT_OBJECT:
+            if (cli_add_object(optarg))
+                goto out;
+            break;
+        default:
+            ret = cli_bad_option(c, argv);
+            goto out;
+        }
+    }
+    filename = optind < argc ? argv[optind] : NULL;
+    if (cli_has_help_option(options)) {
+        ret = cli_print_create_opts_help(fmt, filename);
+        goto out;
+    }
+    if (optind >= argc) {
+        ret = cli_usage_error("Expecting image file name");
+        goto out;
+    }
+    optind++;
+    if (optind < argc) {
+        size = cli_cvtnum_full("image size", argv[optind++]);
+        if (size < 0)
+            goto out;
+    }
+    if (optind != argc) {
+        ret = cli_usage_error("Unexpected argument: %s", argv[optind]);
+        goto out;
+    }
+    if (qimg_create_prepare(fmt, filename, options, size, backing, backing_fmt,
+                            unsafe, &opts, &summary, &err) < 0) {
+        cli_report(&err, "%s: ", filename);
+        goto out;
+    }
+    if (!quiet) {
+        printf("Formatting '%s', fmt=%s %s\n", filename, fmt, summary);
+        fflush(stdout);
+    }
+    if (qimg_create(fmt, filename, opts, &err) < 0) {
+        cli_report(&err, "%s: ", filename);
+        goto out;
+    }
+    ret = 0;
+out:
+    free(options);
+    free(summary);
+    qimg_opts_free(opts);
+    return ret;
+}

@@ -1,0 +1,178 @@
+/*
+ * cmd-info.c - qemu-img info
+ *
+ * info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt]
+ *      [--backing-chain] [-U] filename
+ * Exit status: 0 on success, 1 on any error.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+
+struct info_args {
+    const char *filename;
+    const char *fmt;
+    bool image_opts;
+    bool force_share;
+    bool backing_chain;
+    enum cli_output output;
+};
+
+/* The image's description in QEMU's ImageInfo terms (JSON member names). */
+static json_t *describe(struct qimg_image *img, struct qimg_error *err)
+{
+    struct qimg_info info;
+    json_t *o;
+
+    if (qimg_get_info(img, &info, err) < 0)
+        return NULL;
+    o = json_object();
+    json_object_set_new(o, "virtual-size", json_integer((json_int_t)info.virtual_size));
+    json_object_set_new(o, "filename", json_string(qimg_image_filename(img)));
+    if (info.cluster_size)
+        json_object_set_new(o, "cluster-size", json_integer(info.cluster_size));
+    json_object_set_new(o, "format", json_string(qimg_image_format(img)));
+    if (info.actual_size >= 0)
+        json_object_set_new(o, "actual-size", json_integer(info.actual_size));
+    if (info.encrypted)
+        json_object_set_new(o, "encrypted", json_true());
+    if (info.format_specific_json && *info.format_specific_json) {
+        json_t *fs = json_loads(info.format_specific_json, 0, NULL);
+        if (fs)
+            json_object_set_new(o, "format-specific", fs);
+    }
+    if (info.backing_file[0]) {
+        json_object_set_new(o, "full-backing-filename",
+                            json_string(info.full_backing_filename));
+        json_object_set_new(o, "backing-filename", json_string(info.backing_file));
+        if (info.backing_fmt[0])
+            json_object_set_new(o, "backing-filename-format",
+                                json_string(info.backing_fmt));
+    }
+    json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
+    qimg_info_release(&info);
+    return o;
+}
+
+static void print_human(const json_t *o)
+{
+    char buf[64];
+    json_t *v;
+    uint64_t vsize = (uint64_t)json_integer_value(json_object_get(o, "virtual-size"));
+
+    printf("image: %s\n", json_string_value(json_object_get(o, "filename")));
+    printf("file format: %s\n", json_string_value(json_object_get(o, "format")));
+    printf("virtual size: %s (%llu bytes)\n", cli_size_str(vsize, buf, sizeof(buf)),
+           (unsigned long long)vsize);
+    v = json_object_get(o, "actual-size");
+    if (v)
+        printf("disk size: %s\n",
+               cli_size_str((uint64_t)json_integer_value(v), buf, sizeof(buf)));
+    else
+        printf("disk size: unavailable\n");
+    if ((v = json_object_get(o, "cluster-size")))
+        printf("cluster_size: %lld\n", (long long)json_integer_value(v));
+    if (json_object_get(o, "encrypted"))
+        printf("encrypted: yes\n");
+    if ((v = json_object_get(o, "backing-filename"))) {
+        const char *bf = json_string_value(v);
+        const char *full = json_string_value(json_object_get(o, "full-backing-filename"));
+        printf("backing file: %s", bf);
+        if (full && strcmp(bf, full))
+            printf(" (actual path: %s)", full);
+        printf("\n");
+        if ((v = json_object_get(o, "backing-filename-format")))
+            printf("backing file format: %s\n", json_string_value(v));
+    }
+    if (json_is_true(json_object_get(o, "dirty-flag")))
+        printf("cleanly shut down: no\n");
+    if ((v = json_object_get(o, "format-specific"))) {
+        printf("Format specific information:\n");
+        cli_json_print_human(stdout, json_object_get(v, "data"), 1);
+    }
+}
+
+static int run_info(const struct info_args *a)
+{
+    struct cli_open o = {
+        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
+        /* info reads only headers: QEMU takes no locks for it */
+        .flags = QIMG_OPEN_NO_LOCK | (a->backing_chain ? 0 : QIMG_OPEN_NO_BACKING),
+    };
+    struct qimg_image *img = cli_open_image(&o);
+    struct qimg_error err = {0};
+    json_t *list;
+    int ret = 1;
+
+    if (!img)
+        return 1;
+    list = json_array();
+    for (struct qimg_image *n = img; n; n = qimg_image_backing(n)) {
+        json_t *d = describe(n, &err);
+        if (!d) {
+            cli_report(&err, "%s: ", qimg_image_filename(n));
+            goto out;
+        }
+        json_array_append_new(list, d);
+        if (!a->backing_chain)
+            break;
+    }
+    if (a->output == CLI_OUTPUT_JSON) {
+        cli_json_print(stdout, a->backing_chain ? list : json_array_get(list, 0), 0);
+        printf("\n");
+    } else {
+        for (size_t i = 0; i < json_array_size(list); i++) {
+            if (i)
+                printf("\n");
+            print_human(json_array_get(list, i));
+        }
+    }
+    ret = 0;
+out:
+    json_decref(list);
+    qimg_close(img);
+    return ret;
+}
+
+int cmd_info(int argc, char **argv)
+{
+    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_OBJECT, OPT_IMAGE_OPTS };
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"format", required_argument, NULL, 'f'},
+        {"output", required_argument, NULL, OPT_OUTPUT},
+        {"backing-chain", no_argument, NULL, OPT_BACKING_CHAIN},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {"force-share", no_argument, NULL, 'U'},
+        {NULL, 0, NULL, 0},
+    };
+    struct info_args a = {.output = CLI_OUTPUT_HUMAN};
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': return cli_help();
+        case 'f': a.fmt = optarg; break;
+        case 'U': a.force_share = true; break;
+        case OPT_OUTPUT:
+            if (!cli_parse_output(optarg, &a.output))
+                return 1;
+            break;
+        case OPT_BACKING_CHAIN: a.backing_chain = true; break;
+        case OPT_OBJECT:
+            if (cli_add_object(optarg))
+                return 1;
+            break;
+        case OPT_IMAGE_OPTS: a.image_opts = true; break;
+        default: return cli_bad_option(c, argv);
+        }
+    }
+    if (optind != argc - 1)
+        return cli_usage_error("Expecting one image file name");
+    a.filename = argv[optind];
+    return run_info(&a);
+}

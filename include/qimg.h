@@ -1,0 +1,300 @@
+/*
+ * qimg.h - the public interface of libqimg, a disk image library compatible
+ * with QEMU's block layer formats.
+ *
+ * Conventions (see docs/ARCHITECTURE.md):
+ * - Functions return 0 or a negative errno (NULL for pointers) and, on
+ *   failure, fill the struct qimg_error passed last.  The library never
+ *   prints and never exits; the caller decides what to show.
+ * - Handles are opaque.  `_open`/`_new` return what the caller owns;
+ *   `_close`/`_free` accept NULL.  Getters return borrowed pointers.
+ * - An open image may be used from several threads at once: reads, writes,
+ *   block status and flushes are thread-safe.  Open, close, truncate and
+ *   metadata changes (amend, snapshot, bitmap, change_backing) are not and
+ *   must not overlap any other call on the same image.
+ */
+#ifndef QIMG_H
+#define QIMG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ---------------------------------------------------------- */
+
+#define QIMG_ERROR_MSG_MAX 1024
+
+struct qimg_error {
+    int code;                       /* negative errno, 0 when unset */
+    char msg[QIMG_ERROR_MSG_MAX];   /* human readable, qemu-img wording */
+};
+
+/* Set err (if not NULL) to code and a formatted message; returns code. */
+int qimg_error_set(struct qimg_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prepend a formatted prefix to an already set message. */
+void qimg_error_prefix(struct qimg_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void qimg_error_clear(struct qimg_error *err);
+
+/* ---- sizes --------------------------------------------------------------- */
+
+/*
+ * Parse a size as QEMU does ("1.5G", "512", "0x200", "64k"): decimal or hex
+ * integer, optional decimal fraction (only with a suffix), optional suffix
+ * b/B (bytes) or k/K M G T P E (powers of 1024, case-insensitive).
+ * Returns 0, -EINVAL for malformed input or -ERANGE above UINT64_MAX.
+ * *hex_with_suffix is set when a hex number carried a suffix (QEMU warns).
+ */
+int qimg_parse_size(const char *str, uint64_t *out, bool *hex_with_suffix);
+
+/* Format a size as QEMU's size_to_str(): "1 GiB", "1.5 MiB", "512 B". */
+void qimg_size_to_str(uint64_t size, char *buf, size_t buflen);
+
+/* ---- option lists ---------------------------------------------------- */
+
+/* An ordered list of key=value pairs, like QEMU's QemuOpts. */
+struct qimg_opts;
+
+struct qimg_opts *qimg_opts_new(void);
+void qimg_opts_free(struct qimg_opts *opts);
+/*
+ * Parse "a=b,c=d" (",," escapes a comma) into opts, later keys replacing
+ * earlier ones.  A first element without '=' is stored under implied_key when
+ * that is not NULL; otherwise it is an error.  "help" and "?" alone set the
+ * key "help".
+ */
+int qimg_opts_parse(struct qimg_opts *opts, const char *str,
+                    const char *implied_key, struct qimg_error *err);
+int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
+const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
+bool qimg_opts_del(struct qimg_opts *opts, const char *key);
+size_t qimg_opts_count(const struct qimg_opts *opts);
+const char *qimg_opts_key(const struct qimg_opts *opts, size_t i);
+const char *qimg_opts_value(const struct qimg_opts *opts, size_t i);
+struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts);
+
+enum qimg_opt_type {
+    QIMG_OPT_STRING,
+    QIMG_OPT_BOOL,
+    QIMG_OPT_NUMBER,
+    QIMG_OPT_SIZE,
+};
+
+/* Describes one creation / amend option of a format or storage. */
+struct qimg_opt_desc {
+    const char *name;
+    enum qimg_opt_type type;
+    const char *help;
+    const char *def;   /* default shown in "Formatting ..." or NULL */
+};
+
+/* ---- secrets (--object secret,...) ---------------------------------- */
+
+/* Register a secret from an --object definition string.  Process-global. */
+int qimg_secret_add(const char *objdef, struct qimg_error *err);
+/* Borrowed pointer to the secret's bytes, or NULL. */
+const char *qimg_secret_get(const char *id, size_t *len);
+
+/* ---- formats ----------------------------------------------------------- */
+
+/* Number of registered formats and their names, in listing order. */
+size_t qimg_format_count(void);
+const char *qimg_format_name_at(size_t i);
+bool qimg_format_known(const char *name);
+/* True if the format can create images. */
+bool qimg_format_can_create(const char *name);
+
+/*
+ * The creation options of format fmt merged with those of the storage that
+ * would hold filename (filename NULL: the format's own only).  Returns the
+ * number of entries written to out (at most max), or a negative errno.
+ */
+int qimg_create_opts(const char *fmt, const char *filename,
+                     const struct qimg_opt_desc **out, size_t max,
+                     struct qimg_error *err);
+
+/*
+ * Validate values in opts against the descriptors (types: bool on/off,
+ * number, size) and normalise sizes to plain byte counts.  Unknown keys fail
+ * with "Invalid parameter 'KEY'".
+ */
+int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
+                       size_t nd, struct qimg_error *err);
+
+/*
+ * Prepare the creation of an image as qemu-img create does: parse the -o
+ * list `options` (may be NULL) against the merged option descriptors, add
+ * size (-1: not given), backing file and format, check them, and open the
+ * backing file for its size when needed (unless no_backing_open).  On
+ * success *opts_out holds the options and *summary the "size=... ..." text
+ * of the "Formatting" line (both owned by the caller).
+ */
+int qimg_create_prepare(const char *fmt, const char *filename,
+                        const char *options, int64_t size,
+                        const char *backing, const char *backing_fmt,
+                        bool no_backing_open, struct qimg_opts **opts_out,
+                        char **summary, struct qimg_error *err);
+
+/* Create an image of format fmt; opts holds "size" and format options. */
+int qimg_create(const char *fmt, const char *filename,
+                const struct qimg_opts *opts, struct qimg_error *err);
+
+/* ---- images ------------------------------------------------------------- */
+
+struct qimg_image;
+
+enum qimg_cache {
+    QIMG_CACHE_WRITEBACK,
+    QIMG_CACHE_NONE,
+    QIMG_CACHE_WRITETHROUGH,
+    QIMG_CACHE_DIRECTSYNC,
+    QIMG_CACHE_UNSAFE,
+};
+/* Parse a cache mode name; -EINVAL when unknown. */
+int qimg_cache_parse(const char *name, enum qimg_cache *out);
+
+enum {
+    QIMG_OPEN_RDWR = 1 << 0,        /* write access (takes write locks) */
+    QIMG_OPEN_SHARE = 1 << 1,       /* -U: allow others to write, no lock check */
+    QIMG_OPEN_NO_BACKING = 1 << 2,  /* do not open the backing chain */
+    QIMG_OPEN_NO_LOCK = 1 << 3,     /* take no locks at all */
+    QIMG_OPEN_RESIZE = 1 << 4,      /* also take the resize permission */
+    QIMG_OPEN_NO_SHARE = 1 << 5,    /* refuse others write/resize (convert) */
+};
+
+struct qimg_open_params {
+    const char *filename;           /* a path or "json:{...}" */
+    const char *format;             /* NULL: probe */
+    const struct qimg_opts *options;/* --image-opts dict (dotted keys) or NULL */
+    unsigned flags;
+    enum qimg_cache cache;
+};
+
+int qimg_open(struct qimg_image **out, const struct qimg_open_params *params,
+              struct qimg_error *err);
+void qimg_close(struct qimg_image *img);
+
+const char *qimg_image_filename(const struct qimg_image *img);
+const char *qimg_image_format(const struct qimg_image *img);
+/* Name of the storage file under the format (for map's "File" column). */
+const char *qimg_image_file_name(const struct qimg_image *img);
+uint64_t qimg_image_size(const struct qimg_image *img);
+/* The opened backing image, or NULL. */
+struct qimg_image *qimg_image_backing(const struct qimg_image *img);
+/* True when the format was guessed as raw from content (QEMU warns). */
+bool qimg_image_probed_raw(const struct qimg_image *img);
+bool qimg_image_read_only(const struct qimg_image *img);
+/* Cluster size of the format, 0 when the format has none. */
+uint32_t qimg_image_cluster_size(const struct qimg_image *img);
+
+/* Guest I/O at byte offsets.  Thread-safe. */
+int qimg_pread(struct qimg_image *img, uint64_t offset, size_t len,
+               void *buf, struct qimg_error *err);
+int qimg_pwrite(struct qimg_image *img, uint64_t offset, size_t len,
+                const void *buf, struct qimg_error *err);
+enum {
+    QIMG_ZERO_MAY_UNMAP = 1 << 0,   /* a hole is fine if it reads as zero */
+    QIMG_ZERO_NO_FALLBACK = 1 << 1, /* fail with -ENOTSUP rather than write */
+};
+int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t offset, uint64_t len,
+                       unsigned flags, struct qimg_error *err);
+int qimg_discard(struct qimg_image *img, uint64_t offset, uint64_t len,
+                 struct qimg_error *err);
+int qimg_flush(struct qimg_image *img, struct qimg_error *err);
+
+enum qimg_prealloc {
+    QIMG_PREALLOC_OFF,
+    QIMG_PREALLOC_METADATA,
+    QIMG_PREALLOC_FALLOC,
+    QIMG_PREALLOC_FULL,
+};
+int qimg_prealloc_parse(const char *name, enum qimg_prealloc *out);
+int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
+                  enum qimg_prealloc prealloc, struct qimg_error *err);
+
+/* Block status of one extent starting at offset. */
+enum {
+    QIMG_BS_DATA = 1 << 0,        /* reads come from data at offset */
+    QIMG_BS_ZERO = 1 << 1,        /* reads as zero */
+    QIMG_BS_ALLOCATED = 1 << 2,   /* this layer decides the content */
+    QIMG_BS_OFFSET_VALID = 1 << 3,/* host_offset is meaningful */
+    QIMG_BS_COMPRESSED = 1 << 4,  /* special: compressed/encrypted */
+};
+
+struct qimg_extent {
+    uint64_t length;          /* bytes from the queried offset */
+    unsigned flags;           /* QIMG_BS_* */
+    uint64_t host_offset;     /* with OFFSET_VALID: offset in host_file */
+    const char *host_file;    /* borrowed: file that holds the data */
+    int depth;                /* chain depth of the deciding layer */
+};
+
+/*
+ * Status of [offset, offset+len) in img alone (depth 0); ext->length may be
+ * shorter than len.  Unallocated areas have neither ALLOCATED nor DATA.
+ */
+int qimg_block_status(struct qimg_image *img, uint64_t offset, uint64_t len,
+                      struct qimg_extent *ext, struct qimg_error *err);
+/*
+ * Status through the backing chain down to (excluding) base; NULL base means
+ * the whole chain.  ext->depth tells which layer decided; areas no layer
+ * allocates read as zero (beyond the end of a short backing file too).
+ */
+int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
+                            uint64_t offset, uint64_t len,
+                            struct qimg_extent *ext, struct qimg_error *err);
+
+/* ---- info / measure / check ------------------------------------------ */
+
+struct qimg_info {
+    uint64_t virtual_size;
+    int64_t actual_size;        /* bytes allocated on disk, -1 unknown */
+    uint32_t cluster_size;      /* 0: none */
+    bool dirty;
+    bool has_dirty_flag;        /* format has a dirty flag to report */
+    bool encrypted;
+    char backing_file[4096];    /* as written in the image, "" if none */
+    char backing_fmt[64];
+    char full_backing_filename[4096];
+    /* Format-specific section as a JSON object text, "" if none. */
+    char *format_specific_json; /* owned, free with qimg_info_release */
+};
+int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
+                  struct qimg_error *err);
+void qimg_info_release(struct qimg_info *info);
+
+struct qimg_measure {
+    uint64_t required;
+    uint64_t fully_allocated;
+    uint64_t bitmaps;
+    bool has_bitmaps;
+};
+/*
+ * Measure what an image of format fmt with opts would take, holding the
+ * content of src (or, with src NULL, of an empty image of size bytes).
+ */
+int qimg_measure(const char *fmt, const struct qimg_opts *opts,
+                 struct qimg_image *src, uint64_t size,
+                 struct qimg_measure *out, struct qimg_error *err);
+
+struct qimg_check {
+    int corruptions, leaks, check_errors;
+    int corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters, allocated_clusters;
+    int64_t fragmented_clusters, compressed_clusters;
+};
+enum { QIMG_CHECK_FIX_LEAKS = 1, QIMG_CHECK_FIX_ERRORS = 2 };
+/* -ENOTSUP when the format has no check. */
+int qimg_check(struct qimg_image *img, unsigned fix, struct qimg_check *res,
+               struct qimg_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QIMG_H */

@@ -1,0 +1,601 @@
+/*
+ * block.c - the image graph: opening a format node over its storage,
+ * probing, the backing chain, and the thread-safe request entry points that
+ * check bounds once before calling a driver.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/block.h"
+#include "core/jsonopts.h"
+#include "core/util.h"
+
+static const struct qimg_format *probe_format(const uint8_t *buf, size_t len,
+                                              const char *filename)
+{
+    const struct qimg_format *best = NULL;
+    int best_score = 0;
+
+    for (size_t i = 0; i < qimg_n_formats; i++) {
+        const struct qimg_format *f = qimg_formats[i];
+        int score = f->probe ? f->probe(buf, len, filename) : 0;
+        if (score > best_score) {
+            best_score = score;
+            best = f;
+        }
+    }
+    return best;
+}
+
+static int probe_node(struct qimg_image *node, struct qimg_error *err)
+{
+    uint8_t buf[QIMG_PROBE_BYTES];
+    int64_t size = node->file->ops->get_size(node->file);
+    size_t len = size < 0 ? 0 : (size_t)QIMG_MIN((uint64_t)size, sizeof(buf));
+    int ret;
+
+    memset(buf, 0, sizeof(buf));
+    if (len) {
+        ret = node->file->ops->pread(node->file, 0, len, buf, err);
+        if (ret < 0) {
+            qimg_error_prefix(err, "Could not read image for determining its "
+                                   "format: ");
+            return ret;
+        }
+    }
+    node->fmt = len ? probe_format(buf, len, node->filename) : NULL;
+    if (!node->fmt)
+        node->fmt = &qimg_format_raw;
+    node->probed_raw = node->fmt->is_raw;
+    return 0;
+}
+
+/* Resolve a backing name relative to the directory of the overlay. */
+static char *resolve_backing(const char *overlay, const char *backing)
+{
+    char *dup, *dir, *out;
+
+    if (backing[0] == '/' || !strncmp(backing, "json:", 5) ||
+        !strncmp(overlay, "json:", 5) || !strchr(overlay, '/'))
+        return strdup(backing);
+    dup = strdup(overlay);
+    if (!dup)
+        return NULL;
+    dir = dirname(dup);
+    if (asprintf(&out, "%s/%s", dir, backing) < 0)
+        out = NULL;
+    free(dup);
+    return out;
+}
+
+/* True when two nodes sit on the same file: a loop in the chain. */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
+        return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static int open_backing(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qimg_image *b = NULL;
+    char *name;
+    int ret;
+
+    if (node->depth + 1 >= QIMG_MAX_CHAIN_DEPTH)
+        return qimg_error_set(err, -ELOOP, "Backing chain of '%s' is deeper "
+                              "than %d images", node->filename,
+                              QIMG_MAX_CHAIN_DEPTH);
+    name = resolve_backing(node->filename, node->backing_name);
+    if (!name)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    /* Longer loops end at QIMG_MAX_CHAIN_DEPTH. */
+    if (same_file(node->file->filename, name)) {
+        free(name);
+        return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' refers "
+                              "to itself", node->backing_name, node->filename);
+    }
+    /* Backing files are opened read-only and shared, as QEMU does. */
+    ret = qimg_image_open_node(&b, name, node->backing_fmt[0] ? node->backing_fmt
+                                                               : NULL,
+                               NULL, (node->flags & ~QIMG_OPEN_RDWR),
+                               node->cache, node->depth + 1, err);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Could not open backing file: ");
+        free(name);
+        return ret;
+    }
+    free(name);
+    node->backing = b;
+    return 0;
+}
+
+int qimg_image_open_node(struct qimg_image **out, const char *filename,
+                         const char *format, const struct qimg_opts *fmt_opts,
+                         unsigned flags, enum qimg_cache cache, int depth,
+                         struct qimg_error *err)
+{
+    struct qimg_image *node = calloc(1, sizeof(*node));
+    int ret;
+
+    *out = NULL;
+    if (!node)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    pthread_mutex_init(&node->lock, NULL);
+    node->flags = flags;
+    node->cache = cache;
+    node->depth = depth;
+    node->read_only = !(flags & QIMG_OPEN_RDWR);
+    node->filename = strdup(filename);
+    if (!node->filename) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto fail;
+    }
+    if (format) {
+        node->fmt = qimg_format_find(format);
+        if (!node->fmt) {
+            ret = qimg_error_set(err, -EINVAL, "Unknown driver '%s'", format);
+            goto fail;
+        }
+    }
+    ret = qimg_storage_open(&node->file, filename, flags, cache, err);
+    if (ret < 0)
+        goto fail;
+    if (!node->fmt) {
+        ret = probe_node(node, err);
+        if (ret < 0)
+            goto fail;
+    }
+    if (node->fmt->state_size) {
+        node->state = calloc(1, node->fmt->state_size);
+        if (!node->state) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            goto fail;
+        }
+    }
+    ret = node->fmt->open(node, fmt_opts, err);
+    if (ret < 0) {
+        free(node->state);
+        node->state = NULL;
+        goto fail;
+    }
+    if (node->backing_name[0] && !(flags & QIMG_OPEN_NO_BACKING)) {
+        ret = open_backing(node, err);
+        if (ret < 0)
+            goto fail_close;
+    }
+    *out = node;
+    return 0;
+
+fail_close:
+    node->fmt->close(node);
+    free(node->state);
+    node->state = NULL;
+fail:
+    qimg_close(node);
+    return ret;
+}
+
+/* Keys of an options dict that select the storage, not the format. */
+static bool is_storage_key(const char *key)
+{
+    return !strcmp(key, "driver") || !strcmp(key, "file") ||
+           !strncmp(key, "file.", 5) || !strcmp(key, "filename") ||
+           !strncmp(key, "cache.", 6) || !strcmp(key, "read-only") ||
+           !strcmp(key, "force-share") || !strcmp(key, "auto-read-only") ||
+           !strcmp(key, "node-name") || !strcmp(key, "discard") ||
+           !strcmp(key, "detect-zeroes");
+}
+
+int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
+              struct qimg_error *err)
+{
+    struct qimg_opts *dict = NULL, *fmt_opts = NULL;
+    const char *filename = p->filename, *format = p->format;
+    int ret;
+
+    *out = NULL;
+    if (p->options) {
+        dict = qimg_opts_dup(p->options);
+    } else if (filename && !strncmp(filename, "json:", 5)) {
+        dict = qimg_opts_new();
+        if (dict) {
+            ret = qimg_json_to_opts(filename + 5, dict, err);
+            if (ret < 0)
+                goto out;
+        }
+    }
+    if (dict) {
+        const char *fname;
+        fmt_opts = qimg_opts_new();
+        if (!fmt_opts) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            goto out;
+        }
+        if (qimg_opts_get(dict, "driver"))
+            format = qimg_opts_get(dict, "driver");
+        fname = qimg_opts_get(dict, "file.filename");
+        if (!fname)
+            fname = qimg_opts_get(dict, "filename");
+        if (!fname && qimg_opts_get(dict, "file")) {
+            ret = qimg_error_set(err, -EINVAL,
+                                 "Cannot find device='%s' nor node-name='%s'",
+                                 qimg_opts_get(dict, "file"),
+                                 qimg_opts_get(dict, "file"));
+            goto out;
+        }
+        if (!fname) {
+            ret = qimg_error_set(err, -EINVAL, "A block device must be "
+                                 "specified for \"file\"");
+            goto out;
+        }
+        filename = fname;
+        for (size_t i = 0; i < qimg_opts_count(dict); i++) {
+            const char *k = qimg_opts_key(dict, i);
+            if (!is_storage_key(k))
+                qimg_opts_set(fmt_opts, k, qimg_opts_value(dict, i));
+        }
+    }
+    if (!filename) {
+        ret = qimg_error_set(err, -EINVAL, "No filename given");
+        goto out;
+    }
+    ret = qimg_image_open_node(out, filename, format, fmt_opts, p->flags,
+                               p->cache, 0, err);
+out:
+    qimg_opts_free(dict);
+    qimg_opts_free(fmt_opts);
+    return ret;
+}
+
+void qimg_close(struct qimg_image *img)
+{
+    if (!img)
+        return;
+    qimg_close(img->backing);
+    if (img->state && img->fmt && img->fmt->close)
+        img->fmt->close(img);
+    qimg_storage_close(img->file);
+    pthread_mutex_destroy(&img->lock);
+    free(img->state);
+    free(img->filename);
+    free(img);
+}
+
+const char *qimg_image_filename(const struct qimg_image *img)
+{
+    return img->filename;
+}
+
+const char *qimg_image_format(const struct qimg_image *img)
+{
+    return img->fmt->name;
+}
+
+const char *qimg_image_file_name(const struct qimg_image *img)
+{
+    return img->file ? img->file->filename : img->filename;
+}
+
+uint64_t qimg_image_size(const struct qimg_image *img)
+{
+    return img->size;
+}
+
+struct qimg_image *qimg_image_backing(const struct qimg_image *img)
+{
+    return img->backing;
+}
+
+bool qimg_image_probed_raw(const struct qimg_image *img)
+{
+    return img->probed_raw;
+}
+
+bool qimg_image_read_only(const struct qimg_image *img)
+{
+    return img->read_only;
+}
+
+uint32_t qimg_image_cluster_size(const struct qimg_image *img)
+{
+    struct qimg_info info;
+    struct qimg_error err;
+    uint32_t cs = 0;
+    if (qimg_get_info((struct qimg_image *)img, &info, &err) == 0)
+        cs = info.cluster_size;
+    qimg_info_release(&info);
+    return cs;
+}
+
+/* ---- request entry points ------------------------------------------------ */
+
+static int check_request(struct qimg_image *img, uint64_t off, uint64_t len,
+                         bool write, struct qimg_error *err)
+{
+    if (write && img->read_only)
+        return qimg_error_set(err, -EACCES, "Image is read-only");
+    if (!qimg_range_ok(off, len, img->size))
+        return qimg_error_set(err, -EIO, "Request at offset %llu of %llu bytes "
+                              "is beyond the end of the image",
+                              (unsigned long long)off, (unsigned long long)len);
+    return 0;
+}
+
+int qimg_pread(struct qimg_image *img, uint64_t off, size_t len, void *buf,
+               struct qimg_error *err)
+{
+    int ret = check_request(img, off, len, false, err);
+    uint8_t *p = buf;
+
+    while (!ret && len) {
+        size_t n = QIMG_MIN(len, (size_t)QIMG_MAX_REQUEST);
+        ret = img->fmt->pread(img, off, n, p, err);
+        off += n;
+        p += n;
+        len -= n;
+    }
+    return ret;
+}
+
+int qimg_pwrite(struct qimg_image *img, uint64_t off, size_t len,
+                const void *buf, struct qimg_error *err)
+{
+    int ret = check_request(img, off, len, true, err);
+    const uint8_t *p = buf;
+
+    if (!ret && !img->fmt->pwrite)
+        return qimg_error_set(err, -ENOTSUP, "Driver '%s' does not support "
+                              "writing", img->fmt->name);
+    while (!ret && len) {
+        size_t n = QIMG_MIN(len, (size_t)QIMG_MAX_REQUEST);
+        ret = img->fmt->pwrite(img, off, n, p, err);
+        off += n;
+        p += n;
+        len -= n;
+    }
+    return ret;
+}
+
+int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t off, uint64_t len,
+                       unsigned flags, struct qimg_error *err)
+{
+    int ret = check_request(img, off, len, true, err);
+    if (ret < 0 || !len)
+        return ret;
+    if (img->fmt->pwrite_zeroes) {
+        ret = img->fmt->pwrite_zeroes(img, off, len, flags, err);
+        if (ret != -ENOTSUP || (flags & QIMG_ZERO_NO_FALLBACK))
+            return ret;
+    } else if (flags & QIMG_ZERO_NO_FALLBACK) {
+        return qimg_error_set(err, -ENOTSUP, "Efficient zeroing unsupported");
+    }
+    /* Fallback: write a zeroed buffer. */
+    size_t bufsz = (size_t)QIMG_MIN(len, (uint64_t)(1u << 20));
+    void *zero = calloc(1, bufsz);
+    if (!zero)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    while (len && ret >= 0) {
+        size_t n = (size_t)QIMG_MIN(len, (uint64_t)bufsz);
+        ret = img->fmt->pwrite(img, off, n, zero, err);
+        off += n;
+        len -= n;
+    }
+    free(zero);
+    return ret < 0 ? ret : 0;
+}
+
+int qimg_discard(struct qimg_image *img, uint64_t off, uint64_t len,
+                 struct qimg_error *err)
+{
+    int ret = check_request(img, off, len, true, err);
+    if (ret < 0 || !img->fmt->discard)
+        return ret;
+    return img->fmt->discard(img, off, len, err);
+}
+
+int qimg_flush(struct qimg_image *img, struct qimg_error *err)
+{
+    int ret = 0;
+    if (!img->read_only && img->fmt->flush)
+        ret = img->fmt->flush(img, err);
+    return ret;
+}
+
+int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
+                  enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    if (img->read_only)
+        return qimg_error_set(err, -EACCES, "Image is read-only");
+    if (!img->fmt->truncate)
+        return qimg_error_set(err, -ENOTSUP, "Image format driver does not "
+                              "support resize");
+    if (size > INT64_MAX)
+        return qimg_error_set(err, -EFBIG, "Image size too large");
+    return img->fmt->truncate(img, size, exact, prealloc, err);
+}
+
+int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
+                      struct qimg_extent *ext, struct qimg_error *err)
+{
+    int ret;
+
+    memset(ext, 0, sizeof(*ext));
+    if (off >= img->size || !len) {
+        ext->length = 0;
+        return 0;
+    }
+    len = QIMG_MIN(len, img->size - off);
+    if (!img->fmt->block_status) {
+        /* Without block status everything is allocated data. */
+        ext->length = len;
+        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED;
+        return 0;
+    }
+    ret = img->fmt->block_status(img, off, len, ext, err);
+    if (ret < 0)
+        return ret;
+    if (!ext->length || ext->length > len)
+        ext->length = len;
+    ext->depth = 0;
+    return 0;
+}
+
+int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
+                            uint64_t off, uint64_t len,
+                            struct qimg_extent *ext, struct qimg_error *err)
+{
+    uint64_t want = len;
+    int depth = 0;
+
+    for (struct qimg_image *n = img; n && n != base; n = n->backing, depth++) {
+        int ret;
+        if (off >= n->size) {
+            /* Past a short backing file everything reads as zero. */
+            memset(ext, 0, sizeof(*ext));
+            ext->length = want;
+            ext->flags = QIMG_BS_ZERO;
+            ext->depth = depth;
+            return 0;
+        }
+        ret = qimg_block_status(n, off, want, ext, err);
+        if (ret < 0)
+            return ret;
+        ext->depth = depth;
+        if (ext->flags & (QIMG_BS_ALLOCATED | QIMG_BS_DATA | QIMG_BS_ZERO))
+            return 0;
+        want = ext->length;   /* next layer answers only for this part */
+    }
+    /* Nothing in the chain allocates it: unallocated, reads as zero. */
+    ext->flags &= ~QIMG_BS_ALLOCATED;
+    ext->length = want;
+    return 0;
+}
+
+int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
+                      void *buf, struct qimg_error *err)
+{
+    struct qimg_image *b = node->backing;
+    size_t n = 0;
+
+    if (b && off < b->size) {
+        n = (size_t)QIMG_MIN((uint64_t)len, b->size - off);
+        int ret = qimg_pread(b, off, n, buf, err);
+        if (ret < 0)
+            return ret;
+    }
+    memset((uint8_t *)buf + n, 0, len - n);
+    return 0;
+}
+
+/* ---- whole-image operations --------------------------------------------- */
+
+int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
+                  struct qimg_error *err)
+{
+    memset(info, 0, sizeof(*info));
+    info->virtual_size = img->size;
+    info->actual_size = -1;
+    if (img->file && img->file->ops->allocated_size)
+        info->actual_size = img->file->ops->allocated_size(img->file);
+    snprintf(info->backing_file, sizeof(info->backing_file), "%s",
+             img->backing_name);
+    snprintf(info->backing_fmt, sizeof(info->backing_fmt), "%s",
+             img->backing_fmt);
+    if (img->backing_name[0]) {
+        char *full = resolve_backing(img->filename, img->backing_name);
+        if (full)
+            snprintf(info->full_backing_filename,
+                     sizeof(info->full_backing_filename), "%s", full);
+        free(full);
+    }
+    if (img->fmt->get_info)
+        return img->fmt->get_info(img, info, err);
+    return 0;
+}
+
+void qimg_info_release(struct qimg_info *info)
+{
+    free(info->format_specific_json);
+    info->format_specific_json = NULL;
+}
+
+int qimg_check(struct qimg_image *img, unsigned fix, struct qimg_check *res,
+               struct qimg_error *err)
+{
+    memset(res, 0, sizeof(*res));
+    if (!img->fmt->check)
+        return qimg_error_set(err, -ENOTSUP, "This image format does not "
+                              "support checks");
+    return img->fmt->check(img, fix, res, err);
+}
+
+int qimg_measure(const char *fmt, const struct qimg_opts *opts,
+                 struct qimg_image *src, uint64_t size,
+                 struct qimg_measure *out, struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+
+    memset(out, 0, sizeof(*out));
+    if (!f)
+        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->measure)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support size measurement", fmt);
+    return f->measure(opts, src, size, out, err);
+}
+
+int qimg_create(const char *fmt, const char *filename,
+                const struct qimg_opts *opts, struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+
+    if (!f)
+        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->create)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
+    int ret = f->create(filename, opts, err);
+    if (ret == -EFBIG) {
+        /* Clearer than whatever the storage said. */
+        qimg_error_set(err, ret, "The image size is too large for file format "
+                       "'%s'%s", fmt, qimg_opts_get(opts, "cluster_size")
+                                          ? " (try using a larger cluster size)"
+                                          : "");
+    }
+    return ret;
+}
+
+int qimg_cache_parse(const char *name, enum qimg_cache *out)
+{
+    static const struct { const char *name; enum qimg_cache mode; } modes[] = {
+        {"writeback", QIMG_CACHE_WRITEBACK}, {"none", QIMG_CACHE_NONE},
+        {"off", QIMG_CACHE_NONE}, {"writethrough", QIMG_CACHE_WRITETHROUGH},
+        {"directsync", QIMG_CACHE_DIRECTSYNC}, {"unsafe", QIMG_CACHE_UNSAFE},
+    };
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(modes); i++) {
+        if (!strcmp(name, modes[i].name)) {
+            *out = modes[i].mode;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+int qimg_prealloc_parse(const char *name, enum qimg_prealloc *out)
+{
+    static const char *const names[] = {"off", "metadata", "falloc", "full"};
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(names); i++) {
+        if (!strcmp(name, names[i])) {
+            *out = (enum qimg_prealloc)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}

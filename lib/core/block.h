@@ -1,0 +1,183 @@
+/*
+ * block.h - internal interfaces of libqimg: the image node, the format
+ * driver table and the storage table.  Formats and storages include this;
+ * the CLI never does (it sees only include/qimg.h).
+ *
+ * Concurrency contract for drivers:
+ * - pread, pwrite, pwrite_zeroes, discard, flush and block_status may be
+ *   called from several threads at once on one node.  A driver protects its
+ *   metadata (tables, caches, allocation) with node->lock and does data I/O
+ *   and (de)compression outside it.
+ * - open, close, create, truncate, check, amend and the other metadata
+ *   operations are called with no other call running on the node.
+ *
+ * The core checks bounds, alignment and read-only state before calling a
+ * driver, so drivers see only requests inside [0, size) on writable nodes
+ * for write operations.  A NULL operation means "not supported".
+ */
+#ifndef QIMG_CORE_BLOCK_H
+#define QIMG_CORE_BLOCK_H
+
+#include <pthread.h>
+#include <sys/types.h>
+
+#include "qimg.h"
+
+/* Deepest backing chain we open (QEMU refuses loops; we also bound depth). */
+#define QIMG_MAX_CHAIN_DEPTH 64
+/* Largest single request a driver receives; callers split larger ones. */
+#define QIMG_MAX_REQUEST (64u << 20)
+/* Bytes read from the head of a file to probe its format. */
+#define QIMG_PROBE_BYTES 2048
+
+/* ---- storage (protocol) layer ------------------------------------------ */
+
+struct qimg_storage;
+
+enum {
+    QIMG_STORAGE_CAN_ZERO = 1 << 0,     /* efficient zeroing available */
+    QIMG_STORAGE_CAN_DISCARD = 1 << 1,
+    QIMG_STORAGE_IS_BLOCKDEV = 1 << 2,
+};
+
+struct qimg_storage_ops {
+    const char *name;                        /* "file" */
+    const struct qimg_opt_desc *create_opts; /* in "Formatting" print order */
+    size_t n_create_opts;
+
+    /* Open filename; flags are QIMG_OPEN_*. */
+    int (*open)(struct qimg_storage *st, const char *filename, unsigned flags,
+                enum qimg_cache cache, struct qimg_error *err);
+    void (*close)(struct qimg_storage *st);
+    /* Full-length I/O; reads past the end of the file return zeroes. */
+    int (*pread)(struct qimg_storage *st, uint64_t off, size_t len, void *buf,
+                 struct qimg_error *err);
+    int (*pwrite)(struct qimg_storage *st, uint64_t off, size_t len,
+                  const void *buf, struct qimg_error *err);
+    int (*flush)(struct qimg_storage *st, struct qimg_error *err);
+    int64_t (*get_size)(struct qimg_storage *st);
+    int (*truncate)(struct qimg_storage *st, uint64_t size,
+                    enum qimg_prealloc prealloc, struct qimg_error *err);
+    int (*pwrite_zeroes)(struct qimg_storage *st, uint64_t off, uint64_t len,
+                         unsigned flags, struct qimg_error *err);
+    int (*discard)(struct qimg_storage *st, uint64_t off, uint64_t len,
+                   struct qimg_error *err);
+    /* DATA or ZERO (a hole) for the extent at off; ext->length set. */
+    int (*block_status)(struct qimg_storage *st, uint64_t off, uint64_t len,
+                        struct qimg_extent *ext, struct qimg_error *err);
+    /* Bytes allocated on the host, or a negative errno. */
+    int64_t (*allocated_size)(struct qimg_storage *st);
+    /* Create (or truncate) filename with opts ("size", "preallocation"). */
+    int (*create)(const char *filename, const struct qimg_opts *opts,
+                  struct qimg_error *err);
+    /* Change the lock/permission state (e.g. read-only -> read-write). */
+    int (*set_perm)(struct qimg_storage *st, unsigned flags,
+                    struct qimg_error *err);
+};
+
+struct qimg_storage {
+    const struct qimg_storage_ops *ops;
+    char *filename;
+    unsigned caps;          /* QIMG_STORAGE_* */
+    bool read_only;
+    uint32_t align;         /* required I/O alignment (O_DIRECT), 1 if none */
+    void *priv;
+};
+
+/* Choose the storage for a filename (only "file" today). */
+const struct qimg_storage_ops *qimg_storage_for(const char *filename);
+int qimg_storage_open(struct qimg_storage **out, const char *filename,
+                      unsigned flags, enum qimg_cache cache,
+                      struct qimg_error *err);
+void qimg_storage_close(struct qimg_storage *st);
+
+extern const struct qimg_storage_ops qimg_storage_file;
+
+/* ---- format drivers ------------------------------------------------------ */
+
+struct qimg_format {
+    const char *name;
+    const char *description;
+    size_t state_size;                     /* bytes of node->state */
+    const struct qimg_opt_desc *create_opts; /* in "Formatting" print order */
+    size_t n_create_opts;
+    bool is_raw;                           /* probing fallback */
+    /* Formats with no protocol under them (none yet) set this. */
+    bool no_storage;
+
+    /* Score 0..100 for how well the first bytes match (no I/O). */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+    /* Validate the header and fill node->size, backing names. */
+    int (*open)(struct qimg_image *node, const struct qimg_opts *opts,
+                struct qimg_error *err);
+    void (*close)(struct qimg_image *node);
+    int (*create)(const char *filename, const struct qimg_opts *opts,
+                  struct qimg_error *err);
+
+    int (*pread)(struct qimg_image *node, uint64_t off, size_t len, void *buf,
+                 struct qimg_error *err);
+    int (*pwrite)(struct qimg_image *node, uint64_t off, size_t len,
+                  const void *buf, struct qimg_error *err);
+    int (*pwrite_zeroes)(struct qimg_image *node, uint64_t off, uint64_t len,
+                         unsigned flags, struct qimg_error *err);
+    int (*discard)(struct qimg_image *node, uint64_t off, uint64_t len,
+                   struct qimg_error *err);
+    int (*flush)(struct qimg_image *node, struct qimg_error *err);
+    /* One extent at off in this layer only (ALLOCATED/DATA/ZERO flags). */
+    int (*block_status)(struct qimg_image *node, uint64_t off, uint64_t len,
+                        struct qimg_extent *ext, struct qimg_error *err);
+    int (*truncate)(struct qimg_image *node, uint64_t size, bool exact,
+                    enum qimg_prealloc prealloc, struct qimg_error *err);
+    int (*get_info)(struct qimg_image *node, struct qimg_info *info,
+                    struct qimg_error *err);
+    int (*measure)(const struct qimg_opts *opts, struct qimg_image *src,
+                   uint64_t size, struct qimg_measure *out,
+                   struct qimg_error *err);
+    int (*check)(struct qimg_image *node, unsigned fix, struct qimg_check *res,
+                 struct qimg_error *err);
+};
+
+/* All registered formats, in the order QEMU lists them. */
+extern const struct qimg_format *const qimg_formats[];
+extern const size_t qimg_n_formats;
+const struct qimg_format *qimg_format_find(const char *name);
+
+extern const struct qimg_format qimg_format_raw;
+
+/* ---- the image node ------------------------------------------------------ */
+
+struct qimg_image {
+    const struct qimg_format *fmt;
+    void *state;                    /* fmt->state_size bytes, zeroed */
+    struct qimg_storage *file;      /* storage under the format */
+    struct qimg_image *backing;     /* opened backing image or NULL */
+    char *filename;                 /* name as given by the user */
+    uint64_t size;                  /* guest-visible size in bytes */
+    unsigned flags;                 /* QIMG_OPEN_* */
+    enum qimg_cache cache;
+    bool read_only;
+    bool probed_raw;
+    int depth;                      /* 0 for the top of the chain */
+    pthread_mutex_t lock;           /* serialises driver metadata */
+    /* Backing file as recorded in the image header (set by open). */
+    char backing_name[4096];
+    char backing_fmt[64];
+};
+
+/* Open a whole chain; used by qimg_open and by drivers that open files. */
+int qimg_image_open_node(struct qimg_image **out, const char *filename,
+                         const char *format, const struct qimg_opts *fmt_opts,
+                         unsigned flags, enum qimg_cache cache, int depth,
+                         struct qimg_error *err);
+
+/* Read through the backing chain (zeroes past the backing's end). */
+int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
+                      void *buf, struct qimg_error *err);
+
+/* Option helpers for drivers. */
+int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
+                       uint64_t def, uint64_t *out, struct qimg_error *err);
+int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,
+                       bool def, bool *out, struct qimg_error *err);
+
+#endif /* QIMG_CORE_BLOCK_H */

@@ -1,0 +1,188 @@
+/*
+ * create.c - preparing and running image creation (qemu-img create, and
+ * the target of convert): option merging, size and backing rules, and the
+ * "Formatting ..." summary.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/block.h"
+#include "core/util.h"
+
+#define MAX_DESCS 128
+
+/* The summary: every option with a value or a default, in desc order. */
+static char *summarise(const struct qimg_opts *opts,
+                       const struct qimg_opt_desc **d, int nd)
+{
+    size_t cap = 256, len = 0;
+    char *out = malloc(cap);
+
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (int i = 0; i < nd; i++) {
+        const char *v = qimg_opts_get(opts, d[i]->name);
+        size_t need;
+        if (!v)
+            v = d[i]->def;
+        if (!v)
+            continue;
+        need = len + strlen(d[i]->name) + strlen(v) + 3;
+        if (need > cap) {
+            char *n;
+            cap = need * 2;
+            n = realloc(out, cap);
+            if (!n) {
+                free(out);
+                return NULL;
+            }
+            out = n;
+        }
+        len += (size_t)sprintf(out + len, "%s%s=%s", len ? " " : "",
+                               d[i]->name, v);
+    }
+    return out;
+}
+
+static bool has_desc(const struct qimg_opt_desc **d, int nd, const char *name)
+{
+    for (int i = 0; i < nd; i++)
+        if (!strcmp(d[i]->name, name))
+            return true;
+    return false;
+}
+
+/* Size of the backing file, for a create without an explicit size. */
+static int backing_size(const char *filename, const char *backing,
+                        const char *backing_fmt, uint64_t *size,
+                        struct qimg_error *err)
+{
+    struct qimg_image *b = NULL;
+    char *full = NULL;
+    const char *slash = strrchr(filename, '/');
+    int ret;
+
+    if (backing[0] != '/' && slash && strncmp(backing, "json:", 5)) {
+        if (asprintf(&full, "%.*s/%s", (int)(slash - filename), filename,
+                     backing) < 0)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    ret = qimg_image_open_node(&b, full ? full : backing, backing_fmt, NULL,
+                               QIMG_OPEN_NO_BACKING | QIMG_OPEN_SHARE,
+                               QIMG_CACHE_WRITEBACK, 0, err);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Could not open backing image: ");
+    } else {
+        *size = b->size;
+    }
+    qimg_close(b);
+    free(full);
+    return ret;
+}
+
+int qimg_create_prepare(const char *fmt, const char *filename,
+                        const char *options, int64_t size,
+                        const char *backing, const char *backing_fmt,
+                        bool no_backing_open, struct qimg_opts **opts_out,
+                        char **summary, struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    const struct qimg_opt_desc *d[MAX_DESCS];
+    struct qimg_opts *opts = NULL;
+    const char *bf;
+    char num[32];
+    int nd, ret;
+
+    *opts_out = NULL;
+    *summary = NULL;
+    if (!f)
+        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->create)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
+    nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, err);
+    if (nd < 0)
+        return nd;
+    opts = qimg_opts_new();
+    if (!opts)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (options) {
+        ret = qimg_opts_parse(opts, options, NULL, err);
+        if (ret < 0)
+            goto fail;
+        struct qimg_opt_desc flat[MAX_DESCS];
+        for (int i = 0; i < nd; i++)
+            flat[i] = *d[i];
+        ret = qimg_opts_validate(opts, flat, (size_t)nd, err);
+        if (ret < 0)
+            goto fail;
+    }
+    if (!qimg_opts_get(opts, "size")) {
+        if (size >= 0) {
+            snprintf(num, sizeof(num), "%" PRId64, size);
+            qimg_opts_set(opts, "size", num);
+        }
+    } else if (size >= 0) {
+        ret = qimg_error_set(err, -EINVAL, "The image size must be specified "
+                             "only once");
+        goto fail;
+    }
+    if (backing) {
+        if (!has_desc(d, nd, "backing_file")) {
+            ret = qimg_error_set(err, -ENOTSUP, "Backing file not supported "
+                                 "for file format '%s'", fmt);
+            goto fail;
+        }
+        qimg_opts_set(opts, "backing_file", backing);
+    }
+    if (backing_fmt) {
+        if (!has_desc(d, nd, "backing_fmt")) {
+            ret = qimg_error_set(err, -ENOTSUP, "Backing file format not "
+                                 "supported for file format '%s'", fmt);
+            goto fail;
+        }
+        qimg_opts_set(opts, "backing_fmt", backing_fmt);
+    }
+    bf = qimg_opts_get(opts, "backing_file");
+    if (bf) {
+        if (!strcmp(filename, bf)) {
+            ret = qimg_error_set(err, -EINVAL, "Error: Trying to create an "
+                                 "image with the same filename as the backing "
+                                 "file");
+            goto fail;
+        }
+        if (!bf[0]) {
+            ret = qimg_error_set(err, -EINVAL, "Expected backing file name, "
+                                 "got empty string");
+            goto fail;
+        }
+    }
+    if (!qimg_opts_get(opts, "size") && bf && !no_backing_open) {
+        uint64_t bsize = 0;
+        ret = backing_size(filename, bf, qimg_opts_get(opts, "backing_fmt"),
+                           &bsize, err);
+        if (ret < 0)
+            goto fail;
+        snprintf(num, sizeof(num), "%" PRIu64, bsize);
+        qimg_opts_set(opts, "size", num);
+    }
+    if (!qimg_opts_get(opts, "size")) {
+        ret = qimg_error_set(err, -EINVAL, "Image creation needs a size "
+                             "parameter");
+        goto fail;
+    }
+    *summary = summarise(opts, d, nd);
+    if (!*summary) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto fail;
+    }
+    *opts_out = opts;
+    return 0;
+fail:
+    qimg_opts_free(opts);
+    return ret;
+}

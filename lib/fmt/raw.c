@@ -1,0 +1,196 @@
+/*
+ * raw.c - the raw format: guest bytes stored as they are, optionally in a
+ * window [offset, offset+size) of the file (the "offset" and "size" open
+ * options of QEMU's raw driver).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/block.h"
+#include "core/util.h"
+
+struct raw_state {
+    uint64_t offset;     /* start of the guest window in the file */
+    bool fixed_size;     /* "size" given: the window does not follow the file */
+};
+
+static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    return 1;   /* anything can be raw; every real format scores higher */
+}
+
+static int raw_open(struct qimg_image *node, const struct qimg_opts *opts,
+                    struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    int64_t file_size = node->file->ops->get_size(node->file);
+    uint64_t size;
+    int ret;
+
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        const char *k = qimg_opts_key(opts, i);
+        if (strcmp(k, "offset") && strcmp(k, "size"))
+            return qimg_error_set(err, -EINVAL, "Block format 'raw' does not "
+                                  "support the option '%s'", k);
+    }
+    if (file_size < 0)
+        return qimg_error_set(err, (int)file_size, "Could not get the size of "
+                              "the file: %s", strerror((int)-file_size));
+    ret = qimg_opts_get_size(opts, "offset", 0, &s->offset, err);
+    if (ret < 0)
+        return ret;
+    s->fixed_size = qimg_opts_get(opts, "size") != NULL;
+    ret = qimg_opts_get_size(opts, "size", 0, &size, err);
+    if (ret < 0)
+        return ret;
+    if (s->offset > (uint64_t)file_size)
+        return qimg_error_set(err, -EINVAL, "Offset (%llu) cannot be greater "
+                              "than size of the containing file (%lld)",
+                              (unsigned long long)s->offset,
+                              (long long)file_size);
+    if (!s->fixed_size)
+        size = (uint64_t)file_size - s->offset;
+    if (!qimg_range_ok(s->offset, size, (uint64_t)file_size))
+        return qimg_error_set(err, -EINVAL, "The sum of offset (%llu) and "
+                              "size (%llu) has to be smaller or equal to the "
+                              " actual size of the containing file (%lld)",
+                              (unsigned long long)s->offset,
+                              (unsigned long long)size, (long long)file_size);
+    if (s->fixed_size && (s->offset % 512 || size % 512))
+        return qimg_error_set(err, -EINVAL, "Specified size is not multiple "
+                              "of 512");
+    node->size = size;
+    return 0;
+}
+
+static void raw_close(struct qimg_image *node)
+{
+}
+
+static int raw_create(const char *filename, const struct qimg_opts *opts,
+                      struct qimg_error *err)
+{
+    const struct qimg_storage_ops *st = qimg_storage_for(filename);
+    return st->create(filename, opts, err);
+}
+
+static int raw_pread(struct qimg_image *node, uint64_t off, size_t len,
+                     void *buf, struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    return node->file->ops->pread(node->file, s->offset + off, len, buf, err);
+}
+
+static int raw_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                      const void *buf, struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    return node->file->ops->pwrite(node->file, s->offset + off, len, buf, err);
+}
+
+static int raw_pwrite_zeroes(struct qimg_image *node, uint64_t off,
+                             uint64_t len, unsigned flags,
+                             struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    if (!node->file->ops->pwrite_zeroes)
+        return qimg_error_set(err, -ENOTSUP, "Zeroing not supported");
+    return node->file->ops->pwrite_zeroes(node->file, s->offset + off, len,
+                                          flags, err);
+}
+
+static int raw_discard(struct qimg_image *node, uint64_t off, uint64_t len,
+                       struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    if (!node->file->ops->discard)
+        return 0;
+    return node->file->ops->discard(node->file, s->offset + off, len, err);
+}
+
+static int raw_flush(struct qimg_image *node, struct qimg_error *err)
+{
+    return node->file->ops->flush(node->file, err);
+}
+
+static int raw_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
+                            struct qimg_extent *ext, struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    int ret;
+
+    if (!node->file->ops->block_status) {
+        ext->length = len;
+        ext->flags = QIMG_BS_DATA;
+        ext->host_offset = s->offset + off;
+        ext->host_file = node->file->filename;
+    } else {
+        ret = node->file->ops->block_status(node->file, s->offset + off, len,
+                                            ext, err);
+        if (ret < 0)
+            return ret;
+    }
+    /* Raw decides every byte itself: always allocated. */
+    ext->flags |= QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
+    return 0;
+}
+
+static int raw_truncate(struct qimg_image *node, uint64_t size, bool exact,
+                        enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    uint64_t end;
+    int ret;
+
+    if (s->fixed_size || s->offset)
+        return qimg_error_set(err, -ENOTSUP, "Cannot resize fixed-size raw "
+                              "disks");
+    if (prealloc == QIMG_PREALLOC_METADATA)
+        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode "
+                              "'metadata'");
+    if (qimg_add_overflow(s->offset, size, &end))
+        return qimg_error_set(err, -EFBIG, "Image size too large");
+    ret = node->file->ops->truncate(node->file, end, prealloc, err);
+    if (ret < 0)
+        return ret;
+    node->size = size;
+    return 0;
+}
+
+static int raw_measure(const struct qimg_opts *opts, struct qimg_image *src,
+                       uint64_t size, struct qimg_measure *out,
+                       struct qimg_error *err)
+{
+    uint64_t bytes = src ? qimg_image_size(src) : size;
+    if (!qimg_align_up(bytes, 512, &bytes))
+        return qimg_error_set(err, -EFBIG, "Image size too large");
+    out->required = bytes;
+    out->fully_allocated = bytes;
+    return 0;
+}
+
+static const struct qimg_opt_desc raw_create_opts[] = {
+    {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
+};
+
+const struct qimg_format qimg_format_raw = {
+    .name = "raw",
+    .description = "raw image",
+    .state_size = sizeof(struct raw_state),
+    .create_opts = raw_create_opts,
+    .n_create_opts = QIMG_ARRAY_SIZE(raw_create_opts),
+    .is_raw = true,
+    .probe = raw_probe,
+    .open = raw_open,
+    .close = raw_close,
+    .create = raw_create,
+    .pread = raw_pread,
+    .pwrite = raw_pwrite,
+    .pwrite_zeroes = raw_pwrite_zeroes,
+    .discard = raw_discard,
+    .flush = raw_flush,
+    .block_status = raw_block_status,
+    .truncate = raw_truncate,
+    .measure = raw_measure,
+};

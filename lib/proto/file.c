@@ -1,0 +1,546 @@
+/*
+ * file.c - the "file" storage: regular files and block devices through
+ * POSIX calls, with QEMU-compatible image locking.
+ *
+ * Locking: QEMU marks each permission a user of an image holds, and each
+ * permission it refuses to share, with a shared (read) OFD lock on one byte
+ * of the file: byte 100 + bit for "I hold permission bit", byte 200 + bit
+ * for "I do not let others hold it".  Before using an image, a user tests
+ * with a write-lock probe (F_OFD_GETLK) that nobody else holds the opposite
+ * byte.  We use the same bytes and bits so that QEMU and qimg see each
+ * other.  Bits: 0 consistent read, 1 write, 2 write unchanged, 3 resize.
+ *
+ * Cache modes map as QEMU maps them: none -> O_DIRECT, writethrough ->
+ * O_DSYNC, directsync -> both, unsafe -> flushes ignored.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/block.h"
+#include "core/util.h"
+
+#define LOCK_PERM_BASE 100
+#define LOCK_SHARED_BASE 200
+
+enum {
+    PERM_CONSISTENT_READ = 1 << 0,
+    PERM_WRITE = 1 << 1,
+    PERM_WRITE_UNCHANGED = 1 << 2,
+    PERM_RESIZE = 1 << 3,
+    PERM_ALL = 0xf,
+    PERM_BITS = 4,
+};
+
+static const char *const perm_names[PERM_BITS] = {
+    "consistent read", "write", "write unchanged", "resize",
+};
+
+/* Alignment used for O_DIRECT bounce buffers. */
+#define DIRECT_ALIGN 4096
+
+struct file_state {
+    int fd;
+    bool unsafe;          /* cache=unsafe: skip flushes */
+    bool direct;          /* O_DIRECT: requests need alignment */
+    bool locked;
+    pthread_mutex_t rmw;  /* serialises unaligned O_DIRECT writes */
+};
+
+static int lock_byte(int fd, off_t off, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = off,
+                       .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* True when another open file description holds a lock on byte off. */
+static bool byte_taken(int fd, off_t off)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = off,
+                       .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return false;
+    return fl.l_type != F_UNLCK;
+}
+
+static void unlock_all(int fd)
+{
+    for (int i = 0; i < PERM_BITS; i++) {
+        lock_byte(fd, LOCK_PERM_BASE + i, F_UNLCK);
+        lock_byte(fd, LOCK_SHARED_BASE + i, F_UNLCK);
+    }
+}
+
+/* Take the locks for perm/unshared and check nobody conflicts. */
+static int apply_locks(int fd, const char *filename, unsigned perm,
+                       unsigned unshared, struct qimg_error *err)
+{
+    for (int i = 0; i < PERM_BITS; i++) {
+        int ret = 0;
+        if (perm & (1u << i))
+            ret = lock_byte(fd, LOCK_PERM_BASE + i, F_RDLCK);
+        if (!ret && (unshared & (1u << i)))
+            ret = lock_byte(fd, LOCK_SHARED_BASE + i, F_RDLCK);
+        if (ret < 0) {
+            unlock_all(fd);
+            return qimg_error_set(err, ret, "Failed to lock byte %d",
+                                  (perm & (1u << i)) ? LOCK_PERM_BASE + i
+                                                     : LOCK_SHARED_BASE + i);
+        }
+    }
+    for (int i = 0; i < PERM_BITS; i++) {
+        if ((perm & (1u << i)) && byte_taken(fd, LOCK_SHARED_BASE + i)) {
+            unlock_all(fd);
+            return qimg_error_set(err, -EAGAIN, "Failed to get \"%s\" lock\n"
+                                  "Is another process using the image [%s]?",
+                                  perm_names[i], filename);
+        }
+    }
+    for (int i = 0; i < PERM_BITS; i++) {
+        if ((unshared & (1u << i)) && byte_taken(fd, LOCK_PERM_BASE + i)) {
+            unlock_all(fd);
+            return qimg_error_set(err, -EAGAIN, "Failed to get shared \"%s\" "
+                                  "lock\nIs another process using the image "
+                                  "[%s]?", perm_names[i], filename);
+        }
+    }
+    return 0;
+}
+
+/* The permissions an open with these flags holds and refuses to share. */
+static void flags_to_perm(unsigned flags, unsigned *perm, unsigned *unshared)
+{
+    *perm = 0;
+    *unshared = 0;
+    if (flags & QIMG_OPEN_NO_LOCK)
+        return;
+    *perm = PERM_CONSISTENT_READ;
+    if (flags & QIMG_OPEN_RDWR)
+        *perm |= PERM_WRITE;
+    if (flags & QIMG_OPEN_RESIZE)
+        *perm |= PERM_RESIZE;
+    if ((flags & QIMG_OPEN_NO_SHARE) && !(flags & QIMG_OPEN_SHARE))
+        *unshared = PERM_WRITE | PERM_RESIZE;
+}
+
+static int file_open(struct qimg_storage *st, const char *filename,
+                     unsigned flags, enum qimg_cache cache,
+                     struct qimg_error *err)
+{
+    struct file_state *s = calloc(1, sizeof(*s));
+    int oflags = (flags & QIMG_OPEN_RDWR) ? O_RDWR : O_RDONLY;
+    unsigned perm, unshared;
+    struct stat stb;
+    int ret;
+
+    if (!s)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    pthread_mutex_init(&s->rmw, NULL);
+    if (cache == QIMG_CACHE_NONE || cache == QIMG_CACHE_DIRECTSYNC)
+        oflags |= O_DIRECT;
+    if (cache == QIMG_CACHE_WRITETHROUGH || cache == QIMG_CACHE_DIRECTSYNC)
+        oflags |= O_DSYNC;
+    s->unsafe = cache == QIMG_CACHE_UNSAFE;
+    s->direct = (oflags & O_DIRECT) != 0;
+    s->fd = open(filename, oflags | O_CLOEXEC);
+    if (s->fd < 0) {
+        ret = -errno;
+        qimg_error_set(err, ret, "Could not open '%s': %s", filename,
+                       strerror(errno));
+        goto fail;
+    }
+    if (fstat(s->fd, &stb) == 0) {
+        if (S_ISBLK(stb.st_mode))
+            st->caps |= QIMG_STORAGE_IS_BLOCKDEV;
+        else if (S_ISDIR(stb.st_mode)) {
+            ret = qimg_error_set(err, -EISDIR, "'%s' is not a file", filename);
+            goto fail;
+        }
+    }
+    flags_to_perm(flags, &perm, &unshared);
+    ret = apply_locks(s->fd, filename, perm, unshared, err);
+    if (ret < 0)
+        goto fail;
+    s->locked = perm || unshared;
+    st->caps |= QIMG_STORAGE_CAN_ZERO | QIMG_STORAGE_CAN_DISCARD;
+    st->align = s->direct ? DIRECT_ALIGN : 1;
+    st->priv = s;
+    return 0;
+fail:
+    if (s->fd >= 0)
+        close(s->fd);
+    pthread_mutex_destroy(&s->rmw);
+    free(s);
+    return ret;
+}
+
+static void file_close(struct qimg_storage *st)
+{
+    struct file_state *s = st->priv;
+    if (!s)
+        return;
+    if (s->locked)
+        unlock_all(s->fd);
+    close(s->fd);
+    pthread_mutex_destroy(&s->rmw);
+    free(s);
+}
+
+static int io_error(struct qimg_error *err, int e, const char *what)
+{
+    return qimg_error_set(err, -e, "%s failed: %s", what, strerror(e));
+}
+
+/* Aligned full-length read; zero-fills past EOF. */
+static int raw_pread(int fd, uint64_t off, size_t len, void *buf,
+                     struct qimg_error *err)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return io_error(err, errno, "Read");
+        }
+        if (n == 0) {
+            memset(p, 0, len);
+            return 0;
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int raw_pwrite(int fd, uint64_t off, size_t len, const void *buf,
+                      struct qimg_error *err)
+{
+    const uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return io_error(err, errno, "Write");
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static bool is_aligned(uint64_t off, size_t len, const void *buf)
+{
+    return !((off | len | (uintptr_t)buf) & (DIRECT_ALIGN - 1));
+}
+
+/* Bounce an unaligned O_DIRECT request through an aligned buffer. */
+static int bounce(struct file_state *s, uint64_t off, size_t len, void *rbuf,
+                  const void *wbuf, struct qimg_error *err)
+{
+    uint64_t start = qimg_align_down(off, DIRECT_ALIGN), end;
+    size_t blen;
+    void *b;
+    int ret;
+
+    if (!qimg_align_up(off + len, DIRECT_ALIGN, &end))
+        return qimg_error_set(err, -EINVAL, "Request out of range");
+    blen = (size_t)(end - start);
+    if (posix_memalign(&b, DIRECT_ALIGN, blen))
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (wbuf)
+        pthread_mutex_lock(&s->rmw);
+    ret = raw_pread(s->fd, start, blen, b, err);
+    if (!ret && rbuf)
+        memcpy(rbuf, (uint8_t *)b + (off - start), len);
+    if (!ret && wbuf) {
+        memcpy((uint8_t *)b + (off - start), wbuf, len);
+        ret = raw_pwrite(s->fd, start, blen, b, err);
+    }
+    if (wbuf)
+        pthread_mutex_unlock(&s->rmw);
+    free(b);
+    return ret;
+}
+
+static int file_pread(struct qimg_storage *st, uint64_t off, size_t len,
+                      void *buf, struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    if (s->direct && !is_aligned(off, len, buf))
+        return bounce(s, off, len, buf, NULL, err);
+    return raw_pread(s->fd, off, len, buf, err);
+}
+
+static int file_pwrite(struct qimg_storage *st, uint64_t off, size_t len,
+                       const void *buf, struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    if (s->direct && !is_aligned(off, len, buf))
+        return bounce(s, off, len, NULL, buf, err);
+    return raw_pwrite(s->fd, off, len, buf, err);
+}
+
+static int file_flush(struct qimg_storage *st, struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    if (s->unsafe)
+        return 0;
+    if (fdatasync(s->fd) < 0)
+        return io_error(err, errno, "Flush");
+    return 0;
+}
+
+static int64_t file_get_size(struct qimg_storage *st)
+{
+    struct file_state *s = st->priv;
+    off_t end;
+
+    if (st->caps & QIMG_STORAGE_IS_BLOCKDEV) {
+        uint64_t bytes;
+        if (ioctl(s->fd, BLKGETSIZE64, &bytes) == 0)
+            return (int64_t)bytes;
+    }
+    end = lseek(s->fd, 0, SEEK_END);
+    return end < 0 ? -errno : (int64_t)end;
+}
+
+static int64_t file_allocated_size(struct qimg_storage *st)
+{
+    struct file_state *s = st->priv;
+    struct stat stb;
+    if (fstat(s->fd, &stb) < 0)
+        return -errno;
+    return (int64_t)stb.st_blocks * 512;
+}
+
+/* Write zeroes into [off, off+len) with real writes (preallocation=full). */
+static int write_zero_range(int fd, uint64_t off, uint64_t len,
+                            struct qimg_error *err)
+{
+    size_t bufsz = 1u << 20;
+    void *zero = calloc(1, bufsz);
+    int ret = 0;
+
+    if (!zero)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    while (len && !ret) {
+        size_t n = (size_t)QIMG_MIN(len, (uint64_t)bufsz);
+        ret = raw_pwrite(fd, off, n, zero, err);
+        off += n;
+        len -= n;
+    }
+    free(zero);
+    return ret;
+}
+
+static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
+                       struct qimg_error *err)
+{
+    struct stat stb;
+    uint64_t cur;
+    int ret;
+
+    if (fstat(fd, &stb) < 0)
+        return io_error(err, errno, "fstat");
+    if (S_ISBLK(stb.st_mode))
+        return 0;
+    cur = (uint64_t)stb.st_size;
+    if (prealloc == QIMG_PREALLOC_METADATA)
+        prealloc = QIMG_PREALLOC_OFF;
+    if (size <= cur || prealloc == QIMG_PREALLOC_OFF) {
+        if (ftruncate(fd, (off_t)size) < 0) {
+            ret = -errno;
+            if (ret == -EFBIG)
+                return qimg_error_set(err, ret, "File too large");
+            return qimg_error_set(err, ret, "Could not resize file: %s",
+                                  strerror(errno));
+        }
+        return 0;
+    }
+    if (prealloc == QIMG_PREALLOC_FALLOC) {
+        ret = posix_fallocate(fd, (off_t)cur, (off_t)(size - cur));
+        if (ret)
+            return qimg_error_set(err, -ret, "Could not preallocate new data: %s",
+                                  strerror(ret));
+        return 0;
+    }
+    /* full: allocate and write real zeroes. */
+    if (ftruncate(fd, (off_t)size) < 0)
+        return qimg_error_set(err, -errno, "Could not resize file: %s",
+                              strerror(errno));
+    ret = write_zero_range(fd, cur, size - cur, err);
+    if (ret < 0)
+        qimg_error_prefix(err, "Could not write zeros for preallocation: ");
+    return ret;
+}
+
+static int file_truncate(struct qimg_storage *st, uint64_t size,
+                         enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    return do_truncate(s->fd, size, prealloc, err);
+}
+
+static int file_pwrite_zeroes(struct qimg_storage *st, uint64_t off,
+                              uint64_t len, unsigned flags,
+                              struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    int mode = (flags & QIMG_ZERO_MAY_UNMAP)
+                   ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+                   : FALLOC_FL_ZERO_RANGE;
+    int64_t size = file_get_size(st);
+
+    if (st->caps & QIMG_STORAGE_IS_BLOCKDEV)
+        return qimg_error_set(err, -ENOTSUP, "Zeroing not supported");
+    /* Past EOF a file already reads as zero; extend with a hole. */
+    if (size >= 0 && off >= (uint64_t)size) {
+        if (ftruncate(s->fd, (off_t)(off + len)) < 0)
+            return io_error(err, errno, "Zero");
+        return 0;
+    }
+    if (fallocate(s->fd, mode, (off_t)off, (off_t)len) == 0)
+        return 0;
+    if (mode != FALLOC_FL_ZERO_RANGE &&
+        fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0)
+        return 0;
+    return qimg_error_set(err, -ENOTSUP, "Zeroing not supported");
+}
+
+static int file_discard(struct qimg_storage *st, uint64_t off, uint64_t len,
+                        struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) < 0 && errno != EOPNOTSUPP)
+        return io_error(err, errno, "Discard");
+    return 0;
+}
+
+static int file_block_status(struct qimg_storage *st, uint64_t off,
+                             uint64_t len, struct qimg_extent *ext,
+                             struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    off_t data, hole;
+
+    ext->host_offset = off;
+    ext->host_file = st->filename;
+    data = lseek(s->fd, (off_t)off, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) {       /* a hole up to EOF (or past it) */
+            ext->flags = QIMG_BS_ZERO | QIMG_BS_OFFSET_VALID;
+            ext->length = len;
+            return 0;
+        }
+        ext->flags = QIMG_BS_DATA | QIMG_BS_OFFSET_VALID;
+        ext->length = len;
+        return 0;
+    }
+    if ((uint64_t)data > off) {
+        ext->flags = QIMG_BS_ZERO | QIMG_BS_OFFSET_VALID;
+        ext->length = QIMG_MIN(len, (uint64_t)data - off);
+        return 0;
+    }
+    hole = lseek(s->fd, (off_t)off, SEEK_HOLE);
+    if (hole < 0 || (uint64_t)hole <= off)
+        hole = (off_t)(off + len);
+    ext->flags = QIMG_BS_DATA | QIMG_BS_OFFSET_VALID;
+    ext->length = QIMG_MIN(len, (uint64_t)hole - off);
+    return 0;
+}
+
+static int file_create(const char *filename, const struct qimg_opts *opts,
+                       struct qimg_error *err)
+{
+    enum qimg_prealloc prealloc = QIMG_PREALLOC_OFF;
+    const char *pa = qimg_opts_get(opts, "preallocation");
+    uint64_t size = 0;
+    bool nocow = false;
+    int fd, ret;
+
+    ret = qimg_opts_get_size(opts, "size", 0, &size, err);
+    if (ret < 0)
+        return ret;
+    ret = qimg_opts_get_bool(opts, "nocow", false, &nocow, err);
+    if (ret < 0)
+        return ret;
+    if (pa && qimg_prealloc_parse(pa, &prealloc) < 0)
+        return qimg_error_set(err, -EINVAL, "invalid parameter value: %s", pa);
+    if (prealloc == QIMG_PREALLOC_METADATA)
+        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode: "
+                              "metadata");
+    fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return qimg_error_set(err, -errno, "Could not create '%s': %s",
+                              filename, strerror(errno));
+    /* Creation holds write and resize and refuses to share resize. */
+    ret = apply_locks(fd, filename, PERM_WRITE | PERM_RESIZE, PERM_RESIZE, err);
+    if (ret < 0)
+        goto out;
+    if (nocow) {
+        int attr;
+        if (ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0) {
+            attr |= FS_NOCOW_FL;
+            ioctl(fd, FS_IOC_SETFLAGS, &attr);
+        }
+    }
+    ret = do_truncate(fd, 0, QIMG_PREALLOC_OFF, err);
+    if (!ret)
+        ret = do_truncate(fd, size, prealloc, err);
+    unlock_all(fd);
+out:
+    close(fd);
+    return ret;
+}
+
+static int file_set_perm(struct qimg_storage *st, unsigned flags,
+                         struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    unsigned perm, unshared;
+    flags_to_perm(flags, &perm, &unshared);
+    unlock_all(s->fd);
+    s->locked = perm || unshared;
+    return apply_locks(s->fd, st->filename, perm, unshared, err);
+}
+
+static const struct qimg_opt_desc file_create_opts[] = {
+    {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
+    {"nocow", QIMG_OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
+     NULL},
+    {"preallocation", QIMG_OPT_STRING,
+     "Preallocation mode (allowed values: off, falloc, full)", NULL},
+    {"extent_size_hint", QIMG_OPT_SIZE,
+     "Extent size hint for the image file, 0 to disable", NULL},
+};
+
+const struct qimg_storage_ops qimg_storage_file = {
+    .name = "file",
+    .create_opts = file_create_opts,
+    .n_create_opts = QIMG_ARRAY_SIZE(file_create_opts),
+    .open = file_open,
+    .close = file_close,
+    .pread = file_pread,
+    .pwrite = file_pwrite,
+    .flush = file_flush,
+    .get_size = file_get_size,
+    .truncate = file_truncate,
+    .pwrite_zeroes = file_pwrite_zeroes,
+    .discard = file_discard,
+    .block_status = file_block_status,
+    .allocated_size = file_allocated_size,
+    .create = file_create,
+    .set_perm = file_set_perm,
+};

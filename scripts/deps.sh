@@ -1,0 +1,35 @@
+#!/bin/sh
+# Install the Debian packages qimg needs to build and test (as root), or
+# name the missing ones and fail (as another user).
+#   scripts/deps.sh build   - compiler, meson, libraries
+#   scripts/deps.sh test    - the above plus cmocka, pytest and the reference
+#                             qemu-utils used by differential tests
+set -eu
+
+build_pkgs="gcc make meson ninja-build pkg-config libjansson-dev zlib1g-dev libzstd-dev"
+test_pkgs="libcmocka-dev python3 python3-pytest qemu-utils"
+
+case "${1:-build}" in
+build) pkgs="$build_pkgs" ;;
+test) pkgs="$build_pkgs $test_pkgs" ;;
+*) echo "usage: $0 build|test" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $pkgs; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "qimg: missing Debian packages:$missing" >&2
+    echo "qimg: install them with: sudo apt-get install$missing" >&2
+    exit 1
+fi
+echo "qimg: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
