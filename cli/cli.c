@@ -231,7 +231,8 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
         dict = qimg_opts_new();
-        if (qimg_opts_parse(dict, o->filename, NULL, &err) < 0) {
+        /* A bare first element names the "file" child, as in QEMU. */
+        if (qimg_opts_parse(dict, o->filename, "file", &err) < 0) {
             cli_error("%s", err.msg);
             qimg_opts_free(dict);
             return NULL;

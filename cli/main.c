@@ -158,7 +158,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc)
-        return cli_usage_error("Not enough arguments");
+        return 0;   /* only global options: qemu-img quietly succeeds */
     cmd = argv[optind];
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (!strcmp(cmd, commands[i].name)) {

@@ -27,7 +27,7 @@ rm -f "$unit_log"
 # Integration tests (pytest); -n style parallelism is not in Debian's
 # pytest, so they run in one process.
 py_log=$(mktemp)
-python3 -m pytest -q -rf tests/cli >"$py_log" 2>&1
+/usr/bin/python3 -m pytest -q -rf tests/cli >"$py_log" 2>&1
 py_rc=$?
 cat "$py_log"
 p_ok=$(tail -1 "$py_log" | grep -o '[0-9]* passed' | grep -o '[0-9]*')

@@ -5,7 +5,7 @@
  * with a multiplying suffix ("1.5k", "1.k"); suffixes b/B (bytes) and
  * k/K, m/M, g/G, t/T, p/P, e/E (powers of 1024).  Exponents ("1e3"), signs
  * and leading zeroes before 'x' are rejected.  A fraction is kept as 64.64
- * fixed point and rounded half up after scaling, so results are exact.
+ * fixed point and rounded half up after scaling.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -50,21 +50,27 @@ static int parse_uint(const char *s, int base, uint64_t *out)
     return n;
 }
 
-/* Parse ".ddd" as a 64-bit binary fraction (truncated); returns consumed. */
+/*
+ * Parse ".ddd" as a 64-bit binary fraction; returns chars consumed.  The
+ * digits go through a double, as QEMU's parser does, so that results match
+ * it to the last bit (the double limits precision to 53 bits).
+ */
 static int parse_fraction(const char *s, uint64_t *frac)
 {
-    /* Accumulate up to 19 decimal digits exactly, then convert. */
-    unsigned __int128 num = 0, den = 1;
-    int n = 1;
+    char buf[64];
+    size_t n = 1, k = 1;
+    double f;
+
+    buf[0] = '.';
     while (isdigit((unsigned char)s[n])) {
-        if (den < (unsigned __int128)1e19) {
-            num = num * 10 + (s[n] - '0');
-            den *= 10;
-        }
+        if (k < sizeof(buf) - 1)
+            buf[k++] = s[n];
         n++;
     }
-    *frac = (uint64_t)((num << 64) / den);
-    return n;
+    buf[k] = '\0';
+    f = k > 1 ? strtod(buf, NULL) : 0.0;
+    *frac = (uint64_t)(f * 0x1p64);
+    return (int)n;
 }
 
 int qimg_parse_size(const char *str, uint64_t *out, bool *hex_with_suffix)

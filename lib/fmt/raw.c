@@ -49,9 +49,14 @@ static int raw_open(struct qimg_image *node, const struct qimg_opts *opts,
                               "than size of the containing file (%lld)",
                               (unsigned long long)s->offset,
                               (long long)file_size);
-    if (!s->fixed_size)
+    if (!s->fixed_size) {
+        /* QEMU sees files in whole 512-byte sectors: the tail reads as
+         * zeroes up to the next sector boundary. */
         size = (uint64_t)file_size - s->offset;
-    if (!qimg_range_ok(s->offset, size, (uint64_t)file_size))
+        if (!qimg_align_up(size, 512, &size))
+            return qimg_error_set(err, -EFBIG, "Image size too large");
+    }
+    if (s->fixed_size && !qimg_range_ok(s->offset, size, (uint64_t)file_size))
         return qimg_error_set(err, -EINVAL, "The sum of offset (%llu) and "
                               "size (%llu) has to be smaller or equal to the "
                               " actual size of the containing file (%lld)",

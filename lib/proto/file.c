@@ -160,7 +160,8 @@ static int file_open(struct qimg_storage *st, const char *filename,
         if (S_ISBLK(stb.st_mode))
             st->caps |= QIMG_STORAGE_IS_BLOCKDEV;
         else if (S_ISDIR(stb.st_mode)) {
-            ret = qimg_error_set(err, -EISDIR, "'%s' is not a file", filename);
+            ret = qimg_error_set(err, -EISDIR, "'file' driver requires '%s' to "
+                                 "be a regular file", filename);
             goto fail;
         }
     }
@@ -344,6 +345,17 @@ static int write_zero_range(int fd, uint64_t off, uint64_t len,
     return ret;
 }
 
+/*
+ * A file grown from empty gets its first block written, as QEMU does: some
+ * filesystems (XFS) only report their O_DIRECT alignment for allocated
+ * blocks, and `disk size` then matches QEMU's.
+ */
+static int allocate_first_block(int fd, uint64_t size, struct qimg_error *err)
+{
+    static const uint8_t zero[4096];
+    return raw_pwrite(fd, 0, (size_t)QIMG_MIN(size, sizeof(zero)), zero, err);
+}
+
 static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
                        struct qimg_error *err)
 {
@@ -366,6 +378,8 @@ static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
             return qimg_error_set(err, ret, "Could not resize file: %s",
                                   strerror(errno));
         }
+        if (cur == 0 && size > 0)
+            return allocate_first_block(fd, size, err);
         return 0;
     }
     if (prealloc == QIMG_PREALLOC_FALLOC) {
@@ -473,14 +487,14 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
     ret = qimg_opts_get_size(opts, "size", 0, &size, err);
     if (ret < 0)
         return ret;
+    /* Files are created in whole sectors, as QEMU does. */
+    if (!qimg_align_up(size, 512, &size))
+        return qimg_error_set(err, -EFBIG, "File too large");
     ret = qimg_opts_get_bool(opts, "nocow", false, &nocow, err);
     if (ret < 0)
         return ret;
     if (pa && qimg_prealloc_parse(pa, &prealloc) < 0)
         return qimg_error_set(err, -EINVAL, "invalid parameter value: %s", pa);
-    if (prealloc == QIMG_PREALLOC_METADATA)
-        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode: "
-                              "metadata");
     fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return qimg_error_set(err, -errno, "Could not create '%s': %s",
@@ -489,6 +503,13 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
     ret = apply_locks(fd, filename, PERM_WRITE | PERM_RESIZE, PERM_RESIZE, err);
     if (ret < 0)
         goto out;
+    /* QEMU checks the mode only after creating the file. */
+    if (prealloc == QIMG_PREALLOC_METADATA) {
+        ret = qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode: "
+                             "metadata");
+        unlock_all(fd);
+        goto out;
+    }
     if (nocow) {
         int attr;
         if (ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0) {
