@@ -97,11 +97,12 @@ int64_t cli_cvtnum_full(const char *name, const char *value)
     return cli_cvtnum(name, value, 0, INT64_MAX);
 }
 
-/* Valid unless empty or ending in an unescaped comma. */
+/* Valid unless empty, starting with a comma or ending in an unescaped
+ * comma. */
 static bool option_list_valid(const char *s)
 {
     size_t len = strlen(s), commas = 0;
-    if (!len)
+    if (!len || s[0] == ',')
         return false;
     while (commas < len && s[len - 1 - commas] == ',')
         commas++;
