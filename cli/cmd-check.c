@@ -99,12 +99,24 @@ static void print_json(const struct qimg_check *r, struct qimg_image *img)
     json_decref(o);
 }
 
+/* Problem lines go to stderr as they are found, as qemu-img prints them. */
+static void report_line(void *opaque, const char *line)
+{
+    (void)opaque;
+    fflush(stdout);
+    fprintf(stderr, "%s\n", line);
+}
+
 /* Run one check pass; on failure print why and return the exit status. */
 static int check_pass(struct qimg_image *img, unsigned fix,
                       struct qimg_check *res)
 {
     struct qimg_error err = {0};
-    int ret = qimg_check(img, fix, res, &err);
+    int ret;
+
+    res->report = report_line;
+    res->opaque = NULL;
+    ret = qimg_check(img, fix, res, &err);
 
     if (ret == -ENOTSUP) {
         cli_error("This image format does not support checks");

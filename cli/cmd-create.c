@@ -16,6 +16,13 @@ int cmd_create(int argc, char **argv)
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"object", required_argument, NULL, OPT_OBJECT},
+        /* long forms added by newer qemu-img (10.1) */
+        {"format", required_argument, NULL, 'f'},
+        {"options", required_argument, NULL, 'o'},
+        {"backing", required_argument, NULL, 'b'},
+        {"backing-format", required_argument, NULL, 'F'},
+        {"backing-unsafe", no_argument, NULL, 'u'},
+        {"quiet", no_argument, NULL, 'q'},
         {NULL, 0, NULL, 0},
     };
     const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *filename;

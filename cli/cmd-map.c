@@ -95,6 +95,8 @@ static int print_human_entry(const struct map_entry *e)
         cli_error("File contains external, encrypted or compressed clusters.");
         return -1;
     }
+    if (e->flags & QIMG_BS_ZERO)
+        return 0;   /* allocated but reading as zero: not listed */
     printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->start,
            e->length, e->offset, e->file ? e->file : "");
     return 0;

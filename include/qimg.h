@@ -197,6 +197,13 @@ int qimg_pread(struct qimg_image *img, uint64_t offset, size_t len,
                void *buf, struct qimg_error *err);
 int qimg_pwrite(struct qimg_image *img, uint64_t offset, size_t len,
                 const void *buf, struct qimg_error *err);
+/*
+ * Write whole clusters compressed (formats that support it): offset must
+ * be cluster aligned and len one cluster, or the tail of the image.
+ * -ENOTSUP when the format cannot compress.
+ */
+int qimg_pwrite_compressed(struct qimg_image *img, uint64_t offset, size_t len,
+                           const void *buf, struct qimg_error *err);
 enum {
     QIMG_ZERO_MAY_UNMAP = 1 << 0,   /* a hole is fine if it reads as zero */
     QIMG_ZERO_NO_FALLBACK = 1 << 1, /* fail with -ENOTSUP rather than write */
@@ -288,6 +295,10 @@ struct qimg_check {
     int64_t image_end_offset;
     int64_t total_clusters, allocated_clusters;
     int64_t fragmented_clusters, compressed_clusters;
+    /* Set by the caller: receives each problem line as qemu-img prints it
+     * ("Leaked cluster 5 refcount=2 reference=1").  Kept by qimg_check. */
+    void (*report)(void *opaque, const char *line);
+    void *opaque;
 };
 enum { QIMG_CHECK_FIX_LEAKS = 1, QIMG_CHECK_FIX_ERRORS = 2 };
 /* -ENOTSUP when the format has no check. */

@@ -363,6 +363,18 @@ int qimg_pwrite(struct qimg_image *img, uint64_t off, size_t len,
     return ret;
 }
 
+int qimg_pwrite_compressed(struct qimg_image *img, uint64_t off, size_t len,
+                           const void *buf, struct qimg_error *err)
+{
+    int ret = check_request(img, off, len, true, err);
+    if (ret < 0)
+        return ret;
+    if (!img->fmt->pwrite_compressed)
+        return qimg_error_set(err, -ENOTSUP, "Compression is not supported for "
+                              "this image format");
+    return img->fmt->pwrite_compressed(img, off, len, buf, err);
+}
+
 int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t off, uint64_t len,
                        unsigned flags, struct qimg_error *err)
 {
@@ -377,6 +389,7 @@ int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t off, uint64_t len,
         return qimg_error_set(err, -ENOTSUP, "Efficient zeroing unsupported");
     }
     /* Fallback: write a zeroed buffer. */
+    ret = 0;
     size_t bufsz = (size_t)QIMG_MIN(len, (uint64_t)(1u << 20));
     void *zero = calloc(1, bufsz);
     if (!zero)
@@ -421,6 +434,38 @@ int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
     return img->fmt->truncate(img, size, exact, prealloc, err);
 }
 
+/*
+ * A data extent whose host area is a hole in the file reads as zero: ask
+ * the storage and narrow the extent to what it answers for (as QEMU's block
+ * layer does, so map output matches).
+ */
+static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+{
+    struct qimg_storage *st = img->file;
+    struct qimg_extent fe;
+    struct qimg_error err;
+    int64_t fsize;
+
+    if (img->fmt->is_raw || !st || !st->ops->block_status ||
+        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
+        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
+            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
+        ext->host_file != st->filename)
+        return;
+    fsize = st->ops->get_size(st);
+    if (fsize >= 0 && ext->host_offset >= (uint64_t)fsize) {
+        ext->flags |= QIMG_BS_ZERO;   /* past EOF reads as zero */
+        return;
+    }
+    memset(&fe, 0, sizeof(fe));
+    if (st->ops->block_status(st, ext->host_offset, ext->length, &fe, &err) < 0)
+        return;   /* extra information only: ignore errors */
+    if (fe.length && fe.length < ext->length)
+        ext->length = fe.length;
+    if (fe.flags & QIMG_BS_ZERO)
+        ext->flags |= QIMG_BS_ZERO;
+}
+
 int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
                       struct qimg_extent *ext, struct qimg_error *err)
 {
@@ -444,6 +489,7 @@ int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
     if (!ext->length || ext->length > len)
         ext->length = len;
     ext->depth = 0;
+    refine_with_storage(img, ext);
     return 0;
 }
 
@@ -454,27 +500,32 @@ int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
     uint64_t want = len;
     int depth = 0;
 
+    memset(ext, 0, sizeof(*ext));
     for (struct qimg_image *n = img; n && n != base; n = n->backing, depth++) {
-        int ret;
-        if (off >= n->size) {
-            /* Past a short backing file everything reads as zero. */
-            memset(ext, 0, sizeof(*ext));
-            ext->length = want;
-            ext->flags = QIMG_BS_ZERO;
-            ext->depth = depth;
-            return 0;
-        }
-        ret = qimg_block_status(n, off, want, ext, err);
+        int ret = qimg_block_status(n, off, want, ext, err);
         if (ret < 0)
             return ret;
         ext->depth = depth;
         if (ext->flags & (QIMG_BS_ALLOCATED | QIMG_BS_DATA | QIMG_BS_ZERO))
             return 0;
-        want = ext->length;   /* next layer answers only for this part */
+        want = ext->length;   /* lower layers answer only for this part */
+        /* Unallocated with nothing below, or below a short backing file:
+         * reads as zero, decided at this layer. */
+        if (!n->backing) {
+            ext->flags |= QIMG_BS_ZERO;
+            return 0;
+        }
+        if (off >= n->backing->size) {
+            ext->flags |= QIMG_BS_ZERO;
+            return 0;
+        }
+        want = QIMG_MIN(want, n->backing->size - off);
+        ext->length = want;
     }
-    /* Nothing in the chain allocates it: unallocated, reads as zero. */
+    /* Reached base: unallocated above it. */
     ext->flags &= ~QIMG_BS_ALLOCATED;
     ext->length = want;
+    ext->depth = depth;
     return 0;
 }
 
@@ -529,7 +580,12 @@ void qimg_info_release(struct qimg_info *info)
 int qimg_check(struct qimg_image *img, unsigned fix, struct qimg_check *res,
                struct qimg_error *err)
 {
+    void (*report)(void *, const char *) = res->report;
+    void *opaque = res->opaque;
+
     memset(res, 0, sizeof(*res));
+    res->report = report;
+    res->opaque = opaque;
     if (!img->fmt->check)
         return qimg_error_set(err, -ENOTSUP, "This image format does not "
                               "support checks");

@@ -118,6 +118,9 @@ struct qimg_format {
                  struct qimg_error *err);
     int (*pwrite)(struct qimg_image *node, uint64_t off, size_t len,
                   const void *buf, struct qimg_error *err);
+    /* One whole cluster (or the image's tail), compressed if it shrinks. */
+    int (*pwrite_compressed)(struct qimg_image *node, uint64_t off, size_t len,
+                             const void *buf, struct qimg_error *err);
     int (*pwrite_zeroes)(struct qimg_image *node, uint64_t off, uint64_t len,
                          unsigned flags, struct qimg_error *err);
     int (*discard)(struct qimg_image *node, uint64_t off, uint64_t len,
@@ -143,6 +146,7 @@ extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
 extern const struct qimg_format qimg_format_raw;
+extern const struct qimg_format qimg_format_qcow2;
 
 /* ---- the image node ------------------------------------------------------ */
 

@@ -1,0 +1,795 @@
+/*
+ * qcow2-cluster.c - guest to host mapping through the L1 and L2 tables:
+ * lookups, block status, reads, writes with cluster allocation and
+ * copy-on-write, zeroing and discard, L1 growth.
+ *
+ * Locking: mapping lookups and every table change run under node->lock.
+ * Reads and in-place writes of already allocated clusters do their data I/O
+ * outside the lock.  Writes that allocate keep the lock through their data
+ * write, so that two writers never allocate the same guest cluster twice.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fmt/qcow2/qcow2.h"
+
+/* ---- L2 entries ---------------------------------------------------------- */
+
+static uint64_t l2_get(const struct qcow2_state *s, const uint8_t *l2,
+                       uint64_t idx)
+{
+    return qimg_ld_be64(l2 + idx * s->l2_entry_size);
+}
+
+static uint64_t l2_bitmap(const struct qcow2_state *s, const uint8_t *l2,
+                          uint64_t idx)
+{
+    return s->l2_entry_size == 16 ? qimg_ld_be64(l2 + idx * 16 + 8) : 0;
+}
+
+static void l2_set(const struct qcow2_state *s, uint8_t *l2, uint64_t idx,
+                   uint64_t entry, uint64_t bitmap)
+{
+    qimg_st_be64(l2 + idx * s->l2_entry_size, entry);
+    if (s->l2_entry_size == 16)
+        qimg_st_be64(l2 + idx * 16 + 8, bitmap);
+}
+
+/* Type of subcluster sc (0 without extended L2) of an entry. */
+static enum qcow2_cluster_type entry_type(const struct qcow2_state *s,
+                                          uint64_t entry, uint64_t bitmap,
+                                          unsigned sc)
+{
+    uint64_t off = entry & QCOW2_L2E_OFFSET_MASK;
+
+    if (entry & QCOW2_OFLAG_COMPRESSED)
+        return QCOW2_CLUSTER_COMPRESSED;
+    if (s->subcluster_bits) {
+        if (bitmap & (1ull << (32 + sc)))
+            return off ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+        if (bitmap & (1ull << sc))
+            return QCOW2_CLUSTER_NORMAL;
+        return off ? QCOW2_CLUSTER_UNALLOCATED_ALLOC : QCOW2_CLUSTER_UNALLOCATED;
+    }
+    if ((entry & QCOW2_OFLAG_ZERO) && s->version >= 3)
+        return off ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+    /* With a data file, offset 0 is valid when the entry is marked copied. */
+    if (!off && !(s->data_file && (entry & QCOW2_OFLAG_COPIED)))
+        return QCOW2_CLUSTER_UNALLOCATED;
+    return QCOW2_CLUSTER_NORMAL;
+}
+
+/* Load the L2 table for guest offset; *l2 NULL when none is allocated. */
+static int get_l2(struct qimg_image *node, uint64_t off, uint8_t **l2,
+                  struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits), l2off;
+
+    *l2 = NULL;
+    if (l1i >= s->l1_size)
+        return 0;
+    l2off = s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK;
+    if (!l2off)
+        return 0;
+    if (l2off & (s->cluster_size - 1)) {
+        qcow2_mark_corrupt(node, NULL);
+        return qimg_error_set(err, -EIO, "Marking image as corrupt: L2 table "
+                              "offset %#llx unaligned (L1 index: %#llx)",
+                              (unsigned long long)l2off,
+                              (unsigned long long)l1i);
+    }
+    return qcow2_cache_get(node, &s->l2_cache, l2off, l2, err);
+}
+
+static uint64_t host_of(uint64_t entry)
+{
+    return entry & QCOW2_L2E_OFFSET_MASK;
+}
+
+int qcow2_get_mapping(struct qimg_image *node, uint64_t offset, uint64_t bytes,
+                      struct qcow2_mapping *m, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    uint64_t end = QIMG_MIN(offset + bytes,
+                            qimg_align_down(offset, l2_span) + l2_span);
+    uint64_t unit = s->subcluster_size, pos;
+    uint8_t *l2;
+    int ret;
+
+    memset(m, 0, sizeof(*m));
+    ret = get_l2(node, offset, &l2, err);
+    if (ret < 0)
+        return ret;
+    if (!l2) {
+        m->type = QCOW2_CLUSTER_UNALLOCATED;
+        m->bytes = end - offset;
+        return 0;
+    }
+    /* Extend the run while the type stays the same and hosts stay contiguous. */
+    for (pos = offset; pos < end;) {
+        uint64_t idx = (pos >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+        uint64_t e = l2_get(s, l2, idx), bm = l2_bitmap(s, l2, idx);
+        unsigned sc = (unsigned)(qcow2_offset_into_cluster(s, pos) /
+                                 s->subcluster_size);
+        enum qcow2_cluster_type t = entry_type(s, e, bm, sc);
+        uint64_t host = host_of(e) + (pos & (s->cluster_size - 1));
+        uint64_t next = QIMG_MIN(qimg_align_down(pos, unit) + unit, end);
+
+        bool has_host = t == QCOW2_CLUSTER_NORMAL ||
+                        t == QCOW2_CLUSTER_ZERO_ALLOC ||
+                        t == QCOW2_CLUSTER_UNALLOCATED_ALLOC;
+        if (has_host) {
+            if (host_of(e) & (s->cluster_size - 1)) {
+                qcow2_mark_corrupt(node, NULL);
+                return qimg_error_set(err, -EIO, "Marking image as corrupt: "
+                                      "Cluster allocation offset %#llx "
+                                      "unaligned (L2 offset: %#llx, L2 index: "
+                                      "%#llx)", (unsigned long long)host_of(e),
+                                      (unsigned long long)(s->l1_table[offset >>
+                                          (s->cluster_bits + s->l2_bits)] &
+                                          QCOW2_L1E_OFFSET_MASK),
+                                      (unsigned long long)idx);
+            }
+        }
+        if (pos == offset) {
+            m->type = t;
+            m->host_offset = host;
+            m->l2_entry = e;
+        } else {
+            if (t != m->type)
+                break;
+            if (has_host && host != m->host_offset + (pos - offset))
+                break;
+            if (t == QCOW2_CLUSTER_COMPRESSED)
+                break;   /* each compressed cluster stands alone */
+        }
+        pos = next;
+        if (t == QCOW2_CLUSTER_COMPRESSED)
+            pos = QIMG_MIN(qimg_align_down(offset, s->cluster_size) +
+                           s->cluster_size, end);
+    }
+    m->bytes = pos - offset;
+    return 0;
+}
+
+/* ---- reads --------------------------------------------------------------- */
+
+static int read_compressed_part(struct qimg_image *node, uint64_t entry,
+                                uint64_t off, size_t len, uint8_t *buf,
+                                struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *cluster = malloc(s->cluster_size);
+    int ret;
+
+    if (!cluster)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = qcow2_read_compressed(node, entry, cluster, err);
+    if (!ret)
+        memcpy(buf, cluster + qcow2_offset_into_cluster(s, off), len);
+    free(cluster);
+    return ret;
+}
+
+int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
+                struct qimg_error *err)
+{
+    uint8_t *p = buf;
+
+    while (len) {
+        struct qcow2_mapping m;
+        size_t n;
+        int ret;
+
+        pthread_mutex_lock(&node->lock);
+        ret = qcow2_get_mapping(node, off, len, &m, err);
+        pthread_mutex_unlock(&node->lock);
+        if (ret < 0)
+            return ret;
+        n = (size_t)QIMG_MIN((uint64_t)len, m.bytes);
+        switch (m.type) {
+        case QCOW2_CLUSTER_UNALLOCATED:
+        case QCOW2_CLUSTER_UNALLOCATED_ALLOC:
+            ret = qimg_read_backing(node, off, n, p, err);
+            break;
+        case QCOW2_CLUSTER_ZERO_PLAIN:
+        case QCOW2_CLUSTER_ZERO_ALLOC:
+            memset(p, 0, n);
+            break;
+        case QCOW2_CLUSTER_NORMAL: {
+            struct qimg_storage *st = qcow2_data_storage(node);
+            ret = st->ops->pread(st, m.host_offset, n, p, err);
+            break;
+        }
+        case QCOW2_CLUSTER_COMPRESSED:
+            ret = read_compressed_part(node, m.l2_entry, off, n, p, err);
+            break;
+        }
+        if (ret < 0)
+            return ret;
+        off += n;
+        p += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* ---- block status -------------------------------------------------------- */
+
+int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
+                       struct qimg_extent *ext, struct qimg_error *err)
+{
+    struct qcow2_mapping m;
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_get_mapping(node, off, len, &m, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0)
+        return ret;
+    ext->length = m.bytes;
+    ext->host_file = qcow2_data_storage(node)->filename;
+    switch (m.type) {
+    case QCOW2_CLUSTER_UNALLOCATED:
+        ext->flags = 0;
+        break;
+    case QCOW2_CLUSTER_UNALLOCATED_ALLOC:
+        ext->flags = QIMG_BS_OFFSET_VALID;
+        ext->host_offset = m.host_offset;
+        break;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+        ext->flags = QIMG_BS_ZERO | QIMG_BS_ALLOCATED;
+        break;
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        ext->flags = QIMG_BS_ZERO | QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
+        ext->host_offset = m.host_offset;
+        break;
+    case QCOW2_CLUSTER_NORMAL:
+        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
+        ext->host_offset = m.host_offset;
+        break;
+    case QCOW2_CLUSTER_COMPRESSED:
+        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_COMPRESSED;
+        break;
+    }
+    return 0;
+}
+
+/* ---- L2 allocation ------------------------------------------------------- */
+
+static int write_l1_entry(struct qimg_image *node, uint64_t l1i,
+                          struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t be[8];
+    qimg_st_be64(be, s->l1_table[l1i]);
+    return node->file->ops->pwrite(node->file, s->l1_table_offset + l1i * 8, 8,
+                                   be, err);
+}
+
+/* Return a writable L2 table (refcount 1) for guest offset off. */
+static int get_l2_for_write(struct qimg_image *node, uint64_t off,
+                            uint8_t **l2, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+    uint64_t old = s->l1_table[l1i], old_off = old & QCOW2_L1E_OFFSET_MASK;
+    uint8_t *src = NULL, *dst;
+    int64_t new_off;
+    int ret;
+
+    if (old_off && (old & QCOW2_OFLAG_COPIED))
+        return get_l2(node, off, l2, err);
+    if (old_off) {
+        ret = get_l2(node, off, &src, err);
+        if (ret < 0)
+            return ret;
+    }
+    new_off = qcow2_alloc_clusters(node, 1, err);
+    if (new_off < 0)
+        return (int)new_off;
+    if (src) {
+        /* Copy-on-write of a shared table; re-fetch after the allocation
+         * may have evicted it. */
+        ret = get_l2(node, off, &src, err);
+        if (ret < 0)
+            return ret;
+        uint8_t *copy = malloc(s->cluster_size);
+        if (!copy)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        memcpy(copy, src, s->cluster_size);
+        ret = qcow2_cache_get_empty(node, &s->l2_cache, (uint64_t)new_off, &dst,
+                                    err);
+        if (!ret)
+            memcpy(dst, copy, s->cluster_size);
+        free(copy);
+    } else {
+        ret = qcow2_cache_get_empty(node, &s->l2_cache, (uint64_t)new_off, &dst,
+                                    err);
+    }
+    if (ret < 0)
+        return ret;
+    /* The table must be on disk before L1 points at it. */
+    ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (ret < 0)
+        return ret;
+    s->l1_table[l1i] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+    ret = write_l1_entry(node, l1i, err);
+    if (ret < 0)
+        return ret;
+    if (old_off) {
+        ret = qcow2_free_clusters(node, old_off, s->cluster_size, err);
+        if (ret < 0)
+            return ret;
+    }
+    return qcow2_cache_get(node, &s->l2_cache, (uint64_t)new_off, l2, err);
+}
+
+/* ---- writes -------------------------------------------------------------- */
+
+/* Drop the reference an old L2 entry held on its host cluster(s). */
+static int release_entry(struct qimg_image *node, uint64_t entry,
+                         struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coff = entry & s->cluster_offset_mask;
+        uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+        uint64_t end = qimg_align_down(coff, 512) + sectors * 512;
+        return qcow2_update_refcount(node, qimg_align_down(coff, s->cluster_size),
+                                     end - qimg_align_down(coff, s->cluster_size),
+                                     -1, err);
+    }
+    if (host_of(entry) && !s->data_file)
+        return qcow2_free_clusters(node, host_of(entry), s->cluster_size, err);
+    return 0;
+}
+
+/* Current content of one guest cluster, for copy-on-write. */
+static int read_old_cluster(struct qimg_image *node, uint64_t cluster_off,
+                            uint8_t *buf, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t n = QIMG_MIN(s->cluster_size, node->size - cluster_off);
+    int ret;
+
+    /* qcow2_pread takes the lock itself: drop it around the call. */
+    pthread_mutex_unlock(&node->lock);
+    ret = qcow2_pread(node, cluster_off, (size_t)n, buf, err);
+    pthread_mutex_lock(&node->lock);
+    memset(buf + n, 0, s->cluster_size - n);
+    return ret;
+}
+
+/*
+ * Write [off, off+len) which lies inside one guest cluster, when the fast
+ * in-place path does not apply.  Either the cluster's own host cluster is
+ * reused (we hold its only reference, but parts of it read as zero or are
+ * unallocated subclusters), or a new host cluster is allocated and the old
+ * one released.  What the new data does not cover, in the units written
+ * (subclusters, or the whole cluster), is copied from the old content.
+ * Called with the lock held.
+ */
+static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
+                         const uint8_t *data, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff = qimg_align_down(off, s->cluster_size);
+    uint64_t into = off - coff, idx, entry, bitmap;
+    uint64_t unit = s->subcluster_size, host, wstart, wend, touched = 0;
+    struct qimg_storage *st = qcow2_data_storage(node);
+    uint8_t *l2, *buf;
+    bool reuse, carry_all;
+    int ret;
+
+    ret = get_l2_for_write(node, off, &l2, err);
+    if (ret < 0)
+        return ret;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    entry = l2_get(s, l2, idx);
+    bitmap = l2_bitmap(s, l2, idx);
+    reuse = !(entry & QCOW2_OFLAG_COMPRESSED) && (entry & QCOW2_OFLAG_COPIED) &&
+            (host_of(entry) || s->data_file);
+    /* A new cluster must carry all old data when the old one had any. */
+    carry_all = !reuse && ((entry & QCOW2_OFLAG_COMPRESSED) ||
+                           (s->subcluster_bits ? (bitmap & 0xffffffffull) != 0
+                                               : entry_type(s, entry, 0, 0) ==
+                                                     QCOW2_CLUSTER_NORMAL));
+    if (carry_all) {
+        wstart = 0;
+        wend = s->cluster_size;
+    } else {
+        wstart = qimg_align_down(into, unit);
+        wend = qimg_align_down(into + len + unit - 1, unit);
+    }
+    for (uint64_t sc = wstart / unit; sc < wend / unit && s->subcluster_bits; sc++)
+        touched |= 1ull << sc;
+
+    if (reuse || s->data_file) {
+        host = s->data_file ? coff : host_of(entry);
+    } else {
+        int64_t h = qcow2_alloc_clusters(node, 1, err);
+        if (h < 0)
+            return (int)h;
+        host = (uint64_t)h;
+    }
+    if (wstart == into && wend == into + len) {
+        ret = st->ops->pwrite(st, host + into, len, data, err);
+    } else {
+        buf = malloc(s->cluster_size);
+        if (!buf)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = read_old_cluster(node, coff, buf, err);
+        if (!ret) {
+            memcpy(buf + into, data, len);
+            ret = st->ops->pwrite(st, host + wstart, wend - wstart, buf + wstart,
+                                  err);
+        }
+        free(buf);
+    }
+    if (ret < 0)
+        return ret;
+    /* The allocation may have evicted the table: fetch it again. */
+    ret = get_l2(node, off, &l2, err);
+    if (ret < 0)
+        return ret;
+    if (s->subcluster_bits)
+        bitmap = carry_all ? 0xffffffffull
+                           : ((bitmap | touched) & ~(touched << 32));
+    l2_set(s, l2, idx, host | QCOW2_OFLAG_COPIED, bitmap);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    if (!reuse && !s->data_file &&
+        (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED)))
+        ret = release_entry(node, entry, err);
+    return ret;
+}
+
+/* Host offset of a cluster that can be overwritten in place, or 0. */
+static uint64_t in_place_host(struct qimg_image *node, uint64_t off,
+                              size_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2;
+    uint64_t idx, e, bm;
+
+    if (get_l2(node, off, &l2, err) < 0 || !l2)
+        return 0;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    e = l2_get(s, l2, idx);
+    bm = l2_bitmap(s, l2, idx);
+    if (entry_type(s, e, bm, (unsigned)(qcow2_offset_into_cluster(s, off) /
+                                        s->subcluster_size)) !=
+            QCOW2_CLUSTER_NORMAL || !(e & QCOW2_OFLAG_COPIED))
+        return 0;
+    if (s->subcluster_bits) {
+        uint64_t first = qcow2_offset_into_cluster(s, off) / s->subcluster_size;
+        uint64_t last = (qcow2_offset_into_cluster(s, off) + len - 1) /
+                        s->subcluster_size;
+        for (uint64_t sc = first; sc <= last; sc++)
+            if (!(bm & (1ull << sc)) || (bm & (1ull << (32 + sc))))
+                return 0;
+    }
+    return host_of(e) + qcow2_offset_into_cluster(s, off);
+}
+
+int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                 const void *buf, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    const uint8_t *p = buf;
+    int ret = 0;
+
+    if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
+        return qimg_error_set(err, -EIO, "Image is corrupt; cannot be written");
+    if ((s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS) && !s->dirty_set) {
+        pthread_mutex_lock(&node->lock);
+        if (!s->dirty_set)
+            ret = qcow2_set_dirty(node, true, err);
+        pthread_mutex_unlock(&node->lock);
+        if (ret < 0)
+            return ret;
+    }
+    while (len) {
+        uint64_t coff = qimg_align_down(off, s->cluster_size);
+        size_t n = (size_t)QIMG_MIN((uint64_t)len, coff + s->cluster_size - off);
+        uint64_t host;
+
+        pthread_mutex_lock(&node->lock);
+        host = in_place_host(node, off, n, err);
+        if (host) {
+            struct qimg_storage *st = qcow2_data_storage(node);
+            pthread_mutex_unlock(&node->lock);
+            /* Extend the in-place run over following contiguous clusters. */
+            ret = st->ops->pwrite(st, host, n, p, err);
+        } else {
+            ret = write_cluster(node, off, n, p, err);
+            pthread_mutex_unlock(&node->lock);
+        }
+        if (ret < 0)
+            return ret;
+        off += n;
+        p += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* ---- zeroing and discard ------------------------------------------------- */
+
+/* Set whole cluster at off to read as zero (v3) or unallocated. */
+static int zero_cluster(struct qimg_image *node, uint64_t off, bool unmap,
+                        bool discard, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2;
+    uint64_t idx, e, bm, ne, nbm = 0;
+    int ret;
+
+    if (discard) {
+        ret = get_l2(node, off, &l2, err);
+        if (ret < 0 || !l2)
+            return ret;
+        ret = get_l2_for_write(node, off, &l2, err);
+    } else {
+        ret = get_l2_for_write(node, off, &l2, err);
+    }
+    if (ret < 0)
+        return ret;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    e = l2_get(s, l2, idx);
+    bm = l2_bitmap(s, l2, idx);
+    bool keep = !unmap && !(e & QCOW2_OFLAG_COMPRESSED) && host_of(e) &&
+                (e & QCOW2_OFLAG_COPIED);
+    if (discard && !node->backing) {
+        ne = 0;   /* unallocated reads as zero without a backing file */
+    } else if (discard && s->version < 3) {
+        ne = 0;
+    } else if (s->subcluster_bits) {
+        ne = keep ? (e & ~QCOW2_OFLAG_ZERO) : 0;
+        nbm = 0xffffffff00000000ull;
+    } else {
+        ne = (keep ? (e & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COPIED)) : 0) |
+             QCOW2_OFLAG_ZERO;
+    }
+    (void)bm;
+    l2_set(s, l2, idx, ne, nbm);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    if (!keep && (host_of(e) || (e & QCOW2_OFLAG_COMPRESSED)) && !s->data_file)
+        return release_entry(node, e, err);
+    return 0;
+}
+
+static int zero_or_discard(struct qimg_image *node, uint64_t off, uint64_t len,
+                           bool unmap, bool discard, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret = 0;
+
+    pthread_mutex_lock(&node->lock);
+    for (uint64_t pos = off; pos < off + len && !ret; pos += s->cluster_size)
+        ret = zero_cluster(node, pos, unmap, discard, err);
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
+static int write_zero_buffer(struct qimg_image *node, uint64_t off,
+                             uint64_t len, struct qimg_error *err)
+{
+    void *z = calloc(1, (size_t)len);
+    int ret;
+    if (!z)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = qcow2_pwrite(node, off, (size_t)len, z, err);
+    free(z);
+    return ret;
+}
+
+int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
+                        unsigned flags, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t end = off + len, first, last;
+    int ret = 0;
+
+    /* v2 has no zero flag; a raw data file must hold real zeroes. */
+    if (s->version < 3 || (s->data_file &&
+                           (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)))
+        return -ENOTSUP;
+    /* Whole clusters get the zero flag (the image's last, partial cluster
+     * counts as whole); partial head and tail are written as zeroes. */
+    if (!qimg_align_up(off, s->cluster_size, &first))
+        return -EINVAL;
+    if (end == node->size) {
+        if (!qimg_align_up(end, s->cluster_size, &last))
+            return -EINVAL;
+    } else {
+        last = qimg_align_down(end, s->cluster_size);
+    }
+    if (first >= last)
+        return -ENOTSUP;   /* no whole cluster: the core writes zeroes */
+    if (off < first)
+        ret = write_zero_buffer(node, off, first - off, err);
+    if (!ret)
+        ret = zero_or_discard(node, first, last - first,
+                              flags & QIMG_ZERO_MAY_UNMAP, false, err);
+    if (!ret && last < end)
+        ret = write_zero_buffer(node, last, end - last, err);
+    return ret;
+}
+
+int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
+                  struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t start, end = off + len;
+
+    /* Only whole clusters can be discarded; partial ones are left alone. */
+    if (!qimg_align_up(off, s->cluster_size, &start))
+        return 0;
+    if (end != node->size)
+        end = qimg_align_down(end, s->cluster_size);
+    if (start >= end)
+        return 0;
+    return zero_or_discard(node, start, end - start, true, true, err);
+}
+
+int qcow2_preallocate_cluster(struct qimg_image *node, uint64_t off,
+                              struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2;
+    uint64_t idx;
+    int64_t host;
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = get_l2_for_write(node, off, &l2, err);
+    if (ret < 0)
+        goto out;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    if (host_of(l2_get(s, l2, idx)))
+        goto out;
+    host = s->data_file ? (int64_t)qimg_align_down(off, s->cluster_size)
+                        : qcow2_alloc_clusters(node, 1, err);
+    if (host < 0) {
+        ret = (int)host;
+        goto out;
+    }
+    ret = get_l2(node, off, &l2, err);
+    if (ret < 0)
+        goto out;
+    l2_set(s, l2, idx, (uint64_t)host | QCOW2_OFLAG_COPIED,
+           s->subcluster_bits ? 0xffffffffull : 0);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+out:
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
+/* ---- L1 growth ----------------------------------------------------------- */
+
+int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
+                  struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t new_size, bytes, *nt;
+    uint8_t hdr[12];
+    int64_t off;
+    int ret;
+
+    if (min_size <= s->l1_size)
+        return 0;
+    if (min_size > QCOW2_MAX_L1_SIZE / 8)
+        return qimg_error_set(err, -EFBIG, "Active L1 table too large");
+    new_size = min_size;
+    bytes = qimg_div_round_up(new_size * 8, s->cluster_size) * s->cluster_size;
+    nt = calloc(1, bytes);
+    if (!nt)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    off = qcow2_alloc_clusters(node, bytes / s->cluster_size, err);
+    if (off < 0) {
+        free(nt);
+        return (int)off;
+    }
+    ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    for (uint64_t i = 0; i < s->l1_size; i++)
+        nt[i] = htobe64(s->l1_table[i]);
+    if (!ret)
+        ret = node->file->ops->pwrite(node->file, (uint64_t)off, new_size * 8, nt,
+                                      err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0) {
+        free(nt);
+        return ret;
+    }
+    qimg_st_be32(hdr, (uint32_t)new_size);
+    qimg_st_be64(hdr + 4, (uint64_t)off);
+    ret = node->file->ops->pwrite(node->file, 36, 12, hdr, err);
+    if (ret < 0) {
+        free(nt);
+        return ret;
+    }
+    for (uint64_t i = 0; i < new_size; i++)
+        nt[i] = be64toh(nt[i]);
+    uint64_t old_off = s->l1_table_offset, old_bytes = (uint64_t)s->l1_size * 8;
+    free(s->l1_table);
+    s->l1_table = nt;
+    s->l1_size = (uint32_t)new_size;
+    s->l1_table_offset = (uint64_t)off;
+    if (old_bytes)
+        ret = qcow2_free_clusters(node, old_off,
+                                  qimg_div_round_up(old_bytes, s->cluster_size) *
+                                      s->cluster_size, err);
+    return ret;
+}
+
+/* ---- compressed writes --------------------------------------------------- */
+
+int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
+                            const void *buf, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size, idx, entry, sectors;
+    uint8_t *in = NULL, *out = NULL, *l2;
+    ssize_t n;
+    int64_t coff;
+    int ret;
+
+    if (off & (cs - 1) || (len != cs && off + len != node->size) || len > cs)
+        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
+                              "whole cluster");
+    if (s->data_file)
+        return qimg_error_set(err, -ENOTSUP, "Cannot use compression with an "
+                              "external data file");
+    in = calloc(1, cs);
+    out = malloc(cs);
+    if (!in || !out) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    memcpy(in, buf, len);
+    /* Compression runs outside the lock; at most cs - 1 bytes are kept,
+     * anything else is stored uncompressed. */
+    n = qcow2_compress(s, in, cs, out, cs - 1);
+    if (n < 0) {
+        ret = qimg_error_set(err, (int)n, "Compression failed");
+        goto out;
+    }
+    if (n == 0) {
+        ret = qcow2_pwrite(node, off, len, buf, err);
+        goto out;
+    }
+    pthread_mutex_lock(&node->lock);
+    ret = get_l2_for_write(node, off, &l2, err);
+    if (ret < 0)
+        goto unlock;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    entry = l2_get(s, l2, idx);
+    coff = qcow2_alloc_bytes(node, (uint64_t)n, err);
+    if (coff < 0) {
+        ret = (int)coff;
+        goto unlock;
+    }
+    ret = node->file->ops->pwrite(node->file, (uint64_t)coff, (size_t)n, out, err);
+    if (ret < 0)
+        goto unlock;
+    ret = get_l2(node, off, &l2, err);
+    if (ret < 0)
+        goto unlock;
+    sectors = (((uint64_t)coff + (uint64_t)n - 1) >> 9) - ((uint64_t)coff >> 9);
+    l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift) |
+                           (uint64_t)coff, 0);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED))
+        ret = release_entry(node, entry, err);
+unlock:
+    pthread_mutex_unlock(&node->lock);
+out:
+    free(in);
+    free(out);
+    return ret;
+}

@@ -1,0 +1,445 @@
+/*
+ * qcow2-refcount.c - reference counts of host clusters: the refcount table
+ * (in memory, host order), refcount blocks (through the cache), updates,
+ * and cluster allocation.  All functions run with node->lock held (or
+ * during open/create when nothing else runs).
+ *
+ * Ordering for crash safety: a cluster's refcount is raised (and reaches
+ * the disk, see the cache dependency) before anything points at it; new
+ * refcount blocks are written before the table entry that points at them;
+ * a grown table is written completely before the header switches to it.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fmt/qcow2/qcow2.h"
+
+uint64_t qcow2_refcount_read_entry(const struct qcow2_state *s,
+                                   const uint8_t *block, uint64_t index)
+{
+    switch (s->refcount_order) {
+    case 0: return (block[index / 8] >> (index % 8)) & 1;
+    case 1: return (block[index / 4] >> (2 * (index % 4))) & 3;
+    case 2: return (block[index / 2] >> (4 * (index % 2))) & 15;
+    case 3: return block[index];
+    case 4: return qimg_ld_be16(block + 2 * index);
+    case 5: return qimg_ld_be32(block + 4 * index);
+    default: return qimg_ld_be64(block + 8 * index);
+    }
+}
+
+void qcow2_refcount_write_entry(const struct qcow2_state *s, uint8_t *block,
+                                uint64_t index, uint64_t value)
+{
+    unsigned shift, mask;
+    switch (s->refcount_order) {
+    case 0: case 1: case 2: {
+        unsigned bits = 1u << s->refcount_order;
+        unsigned per_byte = 8 / bits;
+        shift = bits * (unsigned)(index % per_byte);
+        mask = ((1u << bits) - 1) << shift;
+        block[index / per_byte] = (uint8_t)((block[index / per_byte] & ~mask) |
+                                            ((value << shift) & mask));
+        return;
+    }
+    case 3: block[index] = (uint8_t)value; return;
+    case 4: qimg_st_be16(block + 2 * index, (uint16_t)value); return;
+    case 5: qimg_st_be32(block + 4 * index, (uint32_t)value); return;
+    default: qimg_st_be64(block + 8 * index, value); return;
+    }
+}
+
+int qcow2_refcount_load(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t bytes = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
+    int ret;
+
+    if (bytes > QCOW2_MAX_REFTABLE_SIZE)
+        return qimg_error_set(err, -EFBIG, "Reference count table too large");
+    if (!s->refcount_table_clusters ||
+        (s->refcount_table_offset & (s->cluster_size - 1)) ||
+        !qimg_range_ok(s->refcount_table_offset, bytes, INT64_MAX))
+        return qimg_error_set(err, -EINVAL, "Invalid reference count table "
+                              "offset");
+    s->refcount_table_size = bytes / 8;
+    s->refcount_table = malloc(bytes);
+    if (!s->refcount_table)
+        return qimg_error_set(err, -ENOMEM, "Could not allocate refcount table");
+    ret = node->file->ops->pread(node->file, s->refcount_table_offset,
+                                 (size_t)bytes, s->refcount_table, err);
+    if (ret < 0)
+        return ret;
+    for (uint64_t i = 0; i < s->refcount_table_size; i++)
+        s->refcount_table[i] = be64toh(s->refcount_table[i]);
+    return 0;
+}
+
+static int get_refblock(struct qimg_image *node, uint64_t table_index,
+                        uint8_t **block, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t off = s->refcount_table[table_index] & QCOW2_REFT_OFFSET_MASK;
+
+    if (off & (s->cluster_size - 1)) {
+        qcow2_mark_corrupt(node, NULL);
+        return qimg_error_set(err, -EIO, "Refblock offset %#llx unaligned "
+                              "(reftable index: %#llx)",
+                              (unsigned long long)off,
+                              (unsigned long long)table_index);
+    }
+    return qcow2_cache_get(node, &s->refblock_cache, off, block, err);
+}
+
+int qcow2_get_refcount(struct qimg_image *node, uint64_t cluster_index,
+                       uint64_t *refcount, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t ti = cluster_index >> s->refcount_block_bits;
+    uint8_t *block;
+    int ret;
+
+    if (ti >= s->refcount_table_size || !s->refcount_table[ti]) {
+        *refcount = 0;
+        return 0;
+    }
+    ret = get_refblock(node, ti, &block, err);
+    if (ret < 0)
+        return ret;
+    *refcount = qcow2_refcount_read_entry(s, block,
+                                          cluster_index &
+                                          ((1ull << s->refcount_block_bits) - 1));
+    return 0;
+}
+
+static int grow_refcount_table(struct qimg_image *node, uint64_t min_entries,
+                               struct qimg_error *err);
+
+/*
+ * Make sure a refcount block exists for table index ti.  A new block is
+ * placed in the first free cluster; if that cluster falls into the range
+ * the block itself describes, the block counts itself.
+ */
+static int ensure_refblock(struct qimg_image *node, uint64_t ti,
+                           struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t per_block = 1ull << s->refcount_block_bits;
+    uint8_t *block;
+    int64_t off;
+    uint64_t ci;
+    int ret;
+
+    if (ti >= s->refcount_table_size) {
+        ret = grow_refcount_table(node, ti + 1, err);
+        if (ret < 0)
+            return ret;
+    }
+    if (s->refcount_table[ti])
+        return 0;
+    /* Find a free cluster without taking a reference yet. */
+    for (ci = s->free_cluster_index;; ci++) {
+        uint64_t rc;
+        ret = qcow2_get_refcount(node, ci, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (!rc)
+            break;
+    }
+    off = (int64_t)(ci << s->cluster_bits);
+    if ((uint64_t)off > QCOW2_MAX_HOST_OFFSET)
+        return qimg_error_set(err, -EFBIG, "Image file too large");
+    if ((ci >> s->refcount_block_bits) == ti) {
+        /* Self-describing block. */
+        ret = qcow2_cache_get_empty(node, &s->refblock_cache, (uint64_t)off,
+                                    &block, err);
+        if (ret < 0)
+            return ret;
+        qcow2_refcount_write_entry(s, block, ci & (per_block - 1), 1);
+    } else {
+        ret = qcow2_update_refcount(node, (uint64_t)off, s->cluster_size, 1, err);
+        if (ret < 0)
+            return ret;
+        ret = qcow2_cache_get_empty(node, &s->refblock_cache, (uint64_t)off,
+                                    &block, err);
+        if (ret < 0)
+            return ret;
+    }
+    /* The block must be on disk before the table points at it. */
+    ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    if (ret < 0)
+        return ret;
+    uint8_t be[8];
+    qimg_st_be64(be, (uint64_t)off);
+    ret = node->file->ops->pwrite(node->file, s->refcount_table_offset + ti * 8,
+                                  8, be, err);
+    if (ret < 0)
+        return ret;
+    s->refcount_table[ti] = (uint64_t)off;
+    return 0;
+}
+
+int qcow2_update_refcount(struct qimg_image *node, uint64_t offset,
+                          uint64_t len, int64_t delta, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t first, last, per_block = 1ull << s->refcount_block_bits;
+
+    if (!len)
+        return 0;
+    first = offset >> s->cluster_bits;
+    last = (offset + len - 1) >> s->cluster_bits;
+    for (uint64_t ci = first; ci <= last; ci++) {
+        uint64_t ti = ci >> s->refcount_block_bits, rc;
+        uint8_t *block;
+        int ret;
+
+        ret = ensure_refblock(node, ti, err);
+        if (ret < 0)
+            return ret;
+        ret = get_refblock(node, ti, &block, err);
+        if (ret < 0)
+            return ret;
+        rc = qcow2_refcount_read_entry(s, block, ci & (per_block - 1));
+        if ((delta < 0 && rc < (uint64_t)-delta) ||
+            (delta > 0 && s->refcount_max - rc < (uint64_t)delta)) {
+            return qimg_error_set(err, delta < 0 ? -EINVAL : -ERANGE,
+                                  "Refcount of cluster %llu would %s",
+                                  (unsigned long long)ci,
+                                  delta < 0 ? "drop below zero" : "overflow");
+        }
+        rc += (uint64_t)delta;
+        qcow2_refcount_write_entry(s, block, ci & (per_block - 1), rc);
+        qcow2_cache_mark_dirty(&s->refblock_cache, block);
+        if (rc == 0 && ci < s->free_cluster_index)
+            s->free_cluster_index = ci;
+    }
+    return 0;
+}
+
+/* First run of n free clusters at or after the cursor. */
+static int find_free(struct qimg_image *node, uint64_t n, uint64_t *start,
+                     struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t ci = s->free_cluster_index, run = 0;
+
+    for (;;) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(node, ci, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (rc) {
+            run = 0;
+        } else if (++run == n) {
+            *start = ci + 1 - n;
+            return 0;
+        }
+        ci++;
+        if ((ci << s->cluster_bits) > QCOW2_MAX_HOST_OFFSET)
+            return qimg_error_set(err, -EFBIG, "Image file too large");
+    }
+}
+
+int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
+                             struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t start = 0;
+    int ret;
+
+    for (;;) {
+        ret = find_free(node, n, &start, err);
+        if (ret < 0)
+            return ret;
+        ret = qcow2_update_refcount(node, start << s->cluster_bits,
+                                    n << s->cluster_bits, 1, err);
+        if (ret < 0)
+            return ret;
+        /* A refcount block may have been placed inside the run: retry. */
+        bool ok = true;
+        for (uint64_t i = 0; i < n && ok; i++) {
+            uint64_t rc;
+            ret = qcow2_get_refcount(node, start + i, &rc, err);
+            if (ret < 0)
+                return ret;
+            ok = rc == 1;
+        }
+        if (ok)
+            break;
+        qcow2_update_refcount(node, start << s->cluster_bits,
+                              n << s->cluster_bits, -1, err);
+        s->free_cluster_index = start + 1;
+    }
+    if (n == 1 || start == s->free_cluster_index)
+        s->free_cluster_index = start + n;
+    return (int64_t)(start << s->cluster_bits);
+}
+
+/*
+ * Compressed data is packed: each allocation continues where the previous
+ * one ended (s->free_byte_offset), possibly running into the next cluster
+ * when that one is free.  Every cluster a piece touches holds one
+ * reference for it.
+ */
+int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
+                          struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size, off = s->free_byte_offset;
+    uint64_t into = off & (cs - 1), start = 0;
+    int64_t fresh;
+    int ret;
+
+    /* A shared cluster whose refcount is at its maximum takes no more. */
+    if (into) {
+        uint64_t rc;
+        ret = qcow2_get_refcount(node, off >> s->cluster_bits, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (rc >= s->refcount_max)
+            into = 0;
+    }
+    if (into && len <= cs - into) {
+        start = off;
+        ret = qcow2_update_refcount(node, off, 1, 1, err);
+        if (ret < 0)
+            return ret;
+    } else if (into) {
+        uint64_t more = qimg_div_round_up(len - (cs - into), cs);
+        fresh = qcow2_alloc_clusters(node, more, err);
+        if (fresh < 0)
+            return fresh;
+        if ((uint64_t)fresh == qimg_align_down(off, cs) + cs) {
+            start = off;
+            ret = qcow2_update_refcount(node, off, 1, 1, err);
+            if (ret < 0)
+                return ret;
+        } else {
+            ret = qcow2_free_clusters(node, (uint64_t)fresh, more * cs, err);
+            if (ret < 0)
+                return ret;
+            into = 0;
+        }
+    }
+    if (!into) {
+        fresh = qcow2_alloc_clusters(node, qimg_div_round_up(len, cs), err);
+        if (fresh < 0)
+            return fresh;
+        start = (uint64_t)fresh;
+    }
+    s->free_byte_offset = ((start + len) & (cs - 1)) ? start + len : 0;
+    return (int64_t)start;
+}
+
+int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
+                        struct qimg_error *err)
+{
+    return qcow2_update_refcount(node, offset, len, -1, err);
+}
+
+/*
+ * Grow the refcount table to at least min_entries.  The new table and the
+ * refcount blocks describing it go to the first free area beyond every
+ * cluster the old table can describe, so none of them needs the old
+ * table.  The header switches to the new table in one 12-byte write.
+ */
+static int grow_refcount_table(struct qimg_image *node, uint64_t min_entries,
+                               struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t per_block = 1ull << s->refcount_block_bits;
+    uint64_t entries_per_cluster = s->cluster_size / 8;
+    uint64_t new_entries = QIMG_MAX(min_entries, s->refcount_table_size * 2);
+    uint64_t table_clusters, start, nblocks = 0, total;
+    uint64_t *table = NULL;
+    uint8_t *block = NULL, hdr[12];
+    int ret;
+
+    for (;;) {
+        table_clusters = qimg_div_round_up(new_entries, entries_per_cluster);
+        /* Place everything right after what the old table covers. */
+        start = s->refcount_table_size * per_block;
+        total = table_clusters + nblocks;
+        uint64_t need = qimg_div_round_up(start + total, per_block);
+        uint64_t blocks = need - start / per_block;
+        if (need > new_entries) {
+            new_entries = need;
+            continue;
+        }
+        if (blocks == nblocks)
+            break;
+        nblocks = blocks;
+    }
+    if ((table_clusters << s->cluster_bits) > QCOW2_MAX_REFTABLE_SIZE)
+        return qimg_error_set(err, -EFBIG, "Reference count table too large");
+    new_entries = table_clusters * entries_per_cluster;
+    table = calloc(new_entries, 8);
+    block = calloc(1, s->cluster_size);
+    if (!table || !block) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    memcpy(table, s->refcount_table, s->refcount_table_size * 8);
+    /* Blocks follow the table; each counts the table and blocks it covers. */
+    for (uint64_t b = 0; b < nblocks; b++) {
+        uint64_t bi = start / per_block + b;
+        uint64_t boff = (start + table_clusters + b) << s->cluster_bits;
+        memset(block, 0, s->cluster_size);
+        for (uint64_t ci = start; ci < start + total; ci++)
+            if (ci / per_block == bi)
+                qcow2_refcount_write_entry(s, block, ci % per_block, 1);
+        table[bi] = boff;
+        ret = node->file->ops->pwrite(node->file, boff, s->cluster_size, block,
+                                      err);
+        if (ret < 0)
+            goto out;
+    }
+    for (uint64_t i = 0; i < new_entries; i++)
+        table[i] = htobe64(table[i]);
+    ret = node->file->ops->pwrite(node->file, start << s->cluster_bits,
+                                  new_entries * 8, table, err);
+    for (uint64_t i = 0; i < new_entries; i++)
+        table[i] = be64toh(table[i]);
+    if (ret < 0)
+        goto out;
+    ret = node->file->ops->flush(node->file, err);
+    if (ret < 0)
+        goto out;
+    qimg_st_be64(hdr, start << s->cluster_bits);
+    qimg_st_be32(hdr + 8, (uint32_t)table_clusters);
+    ret = node->file->ops->pwrite(node->file, 48, 12, hdr, err);
+    if (ret < 0)
+        goto out;
+    uint64_t old_off = s->refcount_table_offset;
+    uint64_t old_len = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
+    free(s->refcount_table);
+    s->refcount_table = table;
+    table = NULL;
+    s->refcount_table_size = new_entries;
+    s->refcount_table_offset = start << s->cluster_bits;
+    s->refcount_table_clusters = (uint32_t)table_clusters;
+    ret = qcow2_update_refcount(node, old_off, old_len, -1, err);
+out:
+    free(table);
+    free(block);
+    return ret;
+}
+
+uint64_t qcow2_image_end(struct qimg_image *node)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t per_block = 1ull << s->refcount_block_bits;
+    struct qimg_error err;
+
+    for (uint64_t ti = s->refcount_table_size; ti-- > 0;) {
+        uint8_t *block;
+        if (!s->refcount_table[ti] || get_refblock(node, ti, &block, &err) < 0)
+            continue;
+        for (uint64_t i = per_block; i-- > 0;)
+            if (qcow2_refcount_read_entry(s, block, i))
+                return (ti * per_block + i + 1) << s->cluster_bits;
+    }
+    return 0;
+}

@@ -1,0 +1,716 @@
+/*
+ * qcow2.c - qcow2 header: probe, open with validation of every field,
+ * header extensions, feature bits, header rewrites, info, driver table.
+ * Specification: QEMU docs/interop/qcow2.txt.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "fmt/qcow2/qcow2.h"
+
+/* L2 cache: 1 MiB of tables per ~8 GiB of guest with 64 KiB clusters is
+ * what QEMU defaults to; we keep more so sequential copies never re-read. */
+#define QCOW2_L2_CACHE_BYTES (32u << 20)
+#define QCOW2_REFBLOCK_CACHE_BYTES (4u << 20)
+#define QCOW2_MIN_CACHE_ENTRIES 16
+
+static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    if (len >= 8 && qimg_ld_be32(buf) == QCOW2_MAGIC &&
+        qimg_ld_be32(buf + 4) >= 2)
+        return 100;
+    return 0;
+}
+
+uint64_t qcow2_l1_size_for(uint64_t size, uint32_t cluster_bits,
+                           uint32_t l2_bits)
+{
+    uint64_t clusters = qimg_div_round_up(size, 1ull << cluster_bits);
+    return qimg_div_round_up(clusters, 1ull << l2_bits);
+}
+
+/* Names of the feature bits, for "Unsupported qcow2 feature(s)". */
+struct feature_name {
+    uint8_t type, bit;
+    char name[47];
+};
+
+static int report_unsupported(struct qimg_image *node, const uint8_t *table,
+                              size_t table_len, uint64_t mask,
+                              struct qimg_error *err)
+{
+    char msg[512] = "";
+    size_t used = 0;
+
+    for (int bit = 0; bit < 64; bit++) {
+        const char *name = NULL;
+        char unknown[64];
+        if (!(mask & (1ull << bit)))
+            continue;
+        for (size_t i = 0; table && i + 48 <= table_len; i += 48) {
+            if (table[i] == 0 && table[i + 1] == bit) {
+                static char buf[47];
+                memcpy(buf, table + i + 2, 46);
+                buf[46] = '\0';
+                name = buf;
+            }
+        }
+        if (!name) {
+            snprintf(unknown, sizeof(unknown), "Unknown incompatible feature: %"
+                     PRIx64, (uint64_t)1 << bit);
+            name = unknown;
+        }
+        used += (size_t)snprintf(msg + used, sizeof(msg) - QIMG_MIN(used, sizeof(msg)),
+                                 "%s%s", used ? ", " : "", name);
+        if (used >= sizeof(msg))
+            break;
+    }
+    return qimg_error_set(err, -ENOTSUP, "Unsupported qcow2 feature(s): %s", msg);
+}
+
+static int validate_table_offset(const struct qcow2_state *s, uint64_t offset,
+                                 uint64_t entries, size_t entry_len)
+{
+    uint64_t size;
+    if (entries > INT64_MAX / entry_len)
+        return -EINVAL;
+    size = entries * entry_len;
+    if (offset & (s->cluster_size - 1))
+        return -EINVAL;
+    if (!qimg_range_ok(offset, size, INT64_MAX))
+        return -EINVAL;
+    return 0;
+}
+
+/* Parse header extensions in [start, end) of the first cluster. */
+static int read_extensions(struct qimg_image *node, const uint8_t *hdr,
+                           uint64_t start, uint64_t end, uint8_t **ftable,
+                           size_t *ftable_len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t off = start;
+
+    while (off + 8 <= end) {
+        uint32_t type = qimg_ld_be32(hdr + off);
+        uint32_t len = qimg_ld_be32(hdr + off + 4);
+        const uint8_t *data = hdr + off + 8;
+        uint64_t next;
+
+        if (type == QCOW2_EXT_END)
+            return 0;
+        if (len > end - off - 8)
+            return qimg_error_set(err, -EINVAL, "qcow2_read_extension: ERROR: "
+                                  "Invalid extension length");
+        switch (type) {
+        case QCOW2_EXT_BACKING_FMT:
+            if (len >= sizeof(node->backing_fmt))
+                return qimg_error_set(err, -EINVAL, "ERROR: ext_backing_format: "
+                                      "len=%u too large (>=%zu)", len,
+                                      sizeof(node->backing_fmt));
+            memcpy(node->backing_fmt, data, len);
+            node->backing_fmt[len] = '\0';
+            break;
+        case QCOW2_EXT_FEATURE_TABLE:
+            free(*ftable);
+            *ftable = malloc(len ? len : 1);
+            if (!*ftable)
+                return qimg_error_set(err, -ENOMEM, "Out of memory");
+            memcpy(*ftable, data, len);
+            *ftable_len = len;
+            s->has_feature_table = true;
+            break;
+        case QCOW2_EXT_BITMAPS:
+            if (len != sizeof(s->bitmaps_ext))
+                return qimg_error_set(err, -EINVAL, "ERROR: bitmaps_ext: "
+                                      "Invalid extension length");
+            memcpy(s->bitmaps_ext, data, len);
+            s->has_bitmaps_ext = true;
+            break;
+        case QCOW2_EXT_CRYPTO:
+            if (len != sizeof(s->crypto_ext))
+                return qimg_error_set(err, -EINVAL, "Invalid encryption header "
+                                      "extension length");
+            memcpy(s->crypto_ext, data, len);
+            s->has_crypto_ext = true;
+            break;
+        case QCOW2_EXT_DATA_FILE:
+            if (len >= sizeof(s->data_file_name))
+                return qimg_error_set(err, -EINVAL, "ERROR: Could not read data "
+                                      "file name");
+            memcpy(s->data_file_name, data, len);
+            s->data_file_name[len] = '\0';
+            break;
+        default: {
+            /* Unknown extension: keep it to write back unchanged. */
+            size_t rec = 8 + (size_t)QIMG_MIN((uint64_t)len + 7, end - off - 8) / 8 * 8;
+            uint8_t *n = realloc(s->unknown_ext, s->unknown_ext_len + rec);
+            if (!n)
+                return qimg_error_set(err, -ENOMEM, "Out of memory");
+            memset(n + s->unknown_ext_len, 0, rec);
+            memcpy(n + s->unknown_ext_len, hdr + off,
+                   (size_t)QIMG_MIN((uint64_t)rec, end - off));
+            s->unknown_ext = n;
+            s->unknown_ext_len += rec;
+            break;
+        }
+        }
+        next = off + 8 + (((uint64_t)len + 7) & ~7ull);
+        off = next;
+    }
+    return 0;
+}
+
+static int parse_header(struct qimg_image *node, const uint8_t *h,
+                        size_t hlen, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    if (hlen < QCOW2_V2_HEADER_LEN || qimg_ld_be32(h) != QCOW2_MAGIC)
+        return qimg_error_set(err, -EINVAL, "Image is not in qcow2 format");
+    s->version = qimg_ld_be32(h + 4);
+    if (s->version < 2 || s->version > 3)
+        return qimg_error_set(err, -ENOTSUP, "Unsupported qcow2 version %u",
+                              s->version);
+    s->backing_file_offset = qimg_ld_be64(h + 8);
+    s->backing_file_size = qimg_ld_be32(h + 16);
+    s->cluster_bits = qimg_ld_be32(h + 20);
+    if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+        s->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+        return qimg_error_set(err, -EINVAL, "Unsupported cluster size: 2^%d",
+                              (int32_t)s->cluster_bits);
+    s->cluster_size = 1ull << s->cluster_bits;
+    node->size = qimg_ld_be64(h + 24);
+    s->crypt_method = qimg_ld_be32(h + 32);
+    s->l1_size = qimg_ld_be32(h + 36);
+    s->l1_table_offset = qimg_ld_be64(h + 40);
+    s->refcount_table_offset = qimg_ld_be64(h + 48);
+    s->refcount_table_clusters = qimg_ld_be32(h + 56);
+    s->nb_snapshots = qimg_ld_be32(h + 60);
+    s->snapshots_offset = qimg_ld_be64(h + 64);
+    if (s->version == 2) {
+        s->refcount_order = 4;
+        s->header_length = QCOW2_V2_HEADER_LEN;
+        return 0;
+    }
+    if (hlen < QCOW2_V3_HEADER_LEN)
+        return qimg_error_set(err, -EINVAL, "qcow2 header too short");
+    s->incompatible = qimg_ld_be64(h + 72);
+    s->compatible = qimg_ld_be64(h + 80);
+    s->autoclear = qimg_ld_be64(h + 88);
+    s->refcount_order = qimg_ld_be32(h + 96);
+    s->header_length = qimg_ld_be32(h + 100);
+    if (s->header_length < QCOW2_V3_HEADER_LEN)
+        return qimg_error_set(err, -EINVAL, "qcow2 header too short");
+    if (s->header_length > s->cluster_size)
+        return qimg_error_set(err, -EINVAL, "qcow2 header exceeds cluster size");
+    if (s->header_length > 104)
+        s->compression_type = h[104];
+    return 0;
+}
+
+static int check_features(struct qimg_image *node, const uint8_t *ftable,
+                          size_t ftable_len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t unknown = s->incompatible & ~QCOW2_INCOMPAT_KNOWN;
+
+    if (unknown)
+        return report_unsupported(node, ftable, ftable_len, unknown, err);
+    if ((s->incompatible & QCOW2_INCOMPAT_CORRUPT) && !node->read_only)
+        return qimg_error_set(err, -EACCES, "qcow2: Image is corrupt; cannot be "
+                              "opened read/write");
+    if (s->refcount_order > 6)
+        return qimg_error_set(err, -EINVAL, "Reference count entry width too "
+                              "large; may not exceed 64 bits");
+    if (s->incompatible & QCOW2_INCOMPAT_COMPRESSION) {
+        if (s->compression_type == QCOW2_COMPRESSION_ZLIB)
+            return qimg_error_set(err, -EINVAL, "qcow2: Compression type "
+                                  "incompatible feature bit must not be set "
+                                  "for zlib");
+    } else if (s->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        return qimg_error_set(err, -EINVAL, "qcow2: Compression type "
+                              "incompatible feature bit must be set");
+    }
+    if (s->compression_type > QCOW2_COMPRESSION_ZSTD)
+        return qimg_error_set(err, -ENOTSUP, "qcow2: unknown compression type: "
+                              "%u", s->compression_type);
+    if (s->crypt_method > 2)
+        return qimg_error_set(err, -EINVAL, "Unsupported encryption method: %u",
+                              s->crypt_method);
+    if (s->crypt_method)
+        return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
+                              "yet");
+    if ((s->incompatible & QCOW2_INCOMPAT_EXTL2) && s->cluster_bits < 14)
+        return qimg_error_set(err, -EINVAL, "Extended L2 entries are only "
+                              "supported with cluster sizes of at least 16384 "
+                              "bytes");
+    return 0;
+}
+
+static void derive_geometry(struct qcow2_state *s)
+{
+    bool ext = (s->incompatible & QCOW2_INCOMPAT_EXTL2) != 0;
+    s->l2_entry_size = ext ? 16 : 8;
+    s->l2_bits = s->cluster_bits - (ext ? 4 : 3);
+    s->subcluster_bits = ext ? 5 : 0;
+    s->subcluster_size = s->cluster_size >> s->subcluster_bits;
+    s->refcount_bits = 1u << s->refcount_order;
+    s->refcount_block_bits = s->cluster_bits + 3 - s->refcount_order;
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                                             : (1ull << s->refcount_bits) - 1;
+    s->csize_shift = 62 - (s->cluster_bits - 8);
+    s->csize_mask = (1ull << (s->cluster_bits - 8)) - 1;
+    s->cluster_offset_mask = (1ull << s->csize_shift) - 1;
+}
+
+static int load_l1(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t need = qcow2_l1_size_for(node->size, s->cluster_bits, s->l2_bits);
+
+    if (s->l1_size > QCOW2_MAX_L1_SIZE / 8)
+        return qimg_error_set(err, -EFBIG, "Active L1 table too large");
+    if (s->l1_size < need)
+        return qimg_error_set(err, -EINVAL, "L1 table is too small");
+    if (s->l1_size && validate_table_offset(s, s->l1_table_offset, s->l1_size, 8))
+        return qimg_error_set(err, -EINVAL, "Invalid L1 table offset");
+    s->l1_table = calloc(QIMG_MAX(s->l1_size, 1u), 8);
+    if (!s->l1_table)
+        return qimg_error_set(err, -ENOMEM, "Could not allocate L1 table");
+    if (s->l1_size) {
+        int ret = node->file->ops->pread(node->file, s->l1_table_offset,
+                                         (size_t)s->l1_size * 8, s->l1_table, err);
+        if (ret < 0) {
+            qimg_error_prefix(err, "Could not read L1 table: ");
+            return ret;
+        }
+        for (uint32_t i = 0; i < s->l1_size; i++)
+            s->l1_table[i] = be64toh(s->l1_table[i]);
+    }
+    return 0;
+}
+
+static int read_backing_name(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    if (!s->backing_file_offset)
+        return 0;
+    if (s->backing_file_offset > s->cluster_size ||
+        s->backing_file_size > s->cluster_size - s->backing_file_offset)
+        return qimg_error_set(err, -EINVAL, "Invalid backing file offset");
+    if (s->backing_file_size > QCOW2_MAX_BACKING_NAME)
+        return qimg_error_set(err, -EINVAL, "Backing file name too long");
+    int ret = node->file->ops->pread(node->file, s->backing_file_offset,
+                                     s->backing_file_size, node->backing_name,
+                                     err);
+    if (ret < 0)
+        return ret;
+    node->backing_name[s->backing_file_size] = '\0';
+    return 0;
+}
+
+static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
+                          struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    const char *name = qimg_opts_get(opts, "data-file");
+    char *path = NULL;
+    int ret;
+
+    if (!(s->incompatible & QCOW2_INCOMPAT_DATA_FILE)) {
+        if (name)
+            return qimg_error_set(err, -EINVAL, "'data-file' can only be set "
+                                  "for images with an external data file");
+        return 0;
+    }
+    if (!name)
+        name = s->data_file_name;
+    if (!name[0])
+        return qimg_error_set(err, -EINVAL, "'data-file' is required for this "
+                              "image");
+    /* QEMU opens the data file by its recorded name, relative to the
+     * working directory. */
+    ret = qimg_storage_open(&s->data_file, path ? path : name, node->flags,
+                            node->cache, err);
+    free(path);
+    return ret;
+}
+
+static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
+                      struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *ftable = NULL;
+    size_t ftable_len = 0;
+    uint8_t *hdr = NULL;
+    int64_t file_size = node->file->ops->get_size(node->file);
+    size_t hlen;
+    int ret;
+
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        const char *k = qimg_opts_key(opts, i);
+        if (strcmp(k, "data-file") && strncmp(k, "backing", 7))
+            return qimg_error_set(err, -EINVAL, "Block format 'qcow2' does not "
+                                  "support the option '%s'", k);
+    }
+    /* The first cluster is at most 2 MiB: read what the file holds of it. */
+    hlen = (size_t)QIMG_MIN((uint64_t)QIMG_MAX(file_size, 0),
+                            1ull << QCOW2_MAX_CLUSTER_BITS);
+    hdr = calloc(1, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN));
+    if (!hdr)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = node->file->ops->pread(node->file, 0, hlen, hdr, err);
+    if (ret < 0)
+        goto out;
+    ret = parse_header(node, hdr, hlen, err);
+    if (ret < 0)
+        goto out;
+    if (s->header_length < s->cluster_size && hlen >= s->cluster_size) {
+        uint64_t ext_end = s->backing_file_offset ? s->backing_file_offset
+                                                  : s->cluster_size;
+        ret = read_extensions(node, hdr, s->header_length,
+                              QIMG_MIN(ext_end, s->cluster_size), &ftable,
+                              &ftable_len, err);
+        if (ret < 0)
+            goto out;
+    }
+    ret = check_features(node, ftable, ftable_len, err);
+    if (ret < 0)
+        goto out;
+    derive_geometry(s);
+    ret = read_backing_name(node, err);
+    if (ret < 0)
+        goto out;
+    ret = load_l1(node, err);
+    if (ret < 0)
+        goto out;
+    ret = qcow2_refcount_load(node, err);
+    if (ret < 0)
+        goto out;
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
+        ret = qimg_error_set(err, -EFBIG, "Snapshot table too large");
+        goto out;
+    }
+    if (s->nb_snapshots && validate_table_offset(s, s->snapshots_offset, 1, 1)) {
+        ret = qimg_error_set(err, -EINVAL, "Invalid snapshot table offset");
+        goto out;
+    }
+    ret = qcow2_cache_init(&s->l2_cache, QIMG_MAX(QCOW2_L2_CACHE_BYTES /
+                                                  s->cluster_size,
+                                                  (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
+                           s->cluster_size);
+    if (!ret)
+        ret = qcow2_cache_init(&s->refblock_cache,
+                               QIMG_MAX(QCOW2_REFBLOCK_CACHE_BYTES / s->cluster_size,
+                                        (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
+                               s->cluster_size);
+    if (ret < 0) {
+        qimg_error_set(err, ret, "Could not allocate metadata caches");
+        goto out;
+    }
+    /* L2 tables may point at new clusters only after their refcounts hit
+     * the disk. */
+    s->l2_cache.depends = &s->refblock_cache;
+    ret = open_data_file(node, opts, err);
+    if (ret < 0)
+        goto out;
+    if (!node->read_only) {
+        /* Bits we do not maintain must be cleared before any write. */
+        uint64_t keep = s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+        if (s->autoclear != keep) {
+            s->autoclear = keep;
+            ret = qcow2_update_header(node, err);
+            if (ret < 0)
+                goto out;
+        }
+    }
+out:
+    free(hdr);
+    free(ftable);
+    return ret;
+}
+
+static void qcow2_close(struct qimg_image *node)
+{
+    struct qcow2_state *s = node->state;
+    struct qimg_error err;
+
+    if (!node->read_only) {
+        qcow2_cache_flush(node, &s->l2_cache, &err);
+        qcow2_cache_flush(node, &s->refblock_cache, &err);
+        if (s->dirty_set)
+            qcow2_set_dirty(node, false, &err);
+    }
+    qcow2_cache_release(&s->l2_cache);
+    qcow2_cache_release(&s->refblock_cache);
+    qimg_storage_close(s->data_file);
+    free(s->l1_table);
+    free(s->refcount_table);
+    free(s->unknown_ext);
+}
+
+static void put_ext(uint8_t *buf, size_t *off, uint32_t type, const void *data,
+                    uint32_t len)
+{
+    qimg_st_be32(buf + *off, type);
+    qimg_st_be32(buf + *off + 4, len);
+    memcpy(buf + *off + 8, data, len);
+    *off += 8 + ((len + 7u) & ~7u);
+}
+
+/* The feature name table QEMU writes into every v3 image. */
+static size_t feature_table(uint8_t *out)
+{
+    static const struct { uint8_t type, bit; const char *name; } f[] = {
+        {0, 0, "dirty bit"}, {0, 1, "corrupt bit"}, {0, 2, "external data file"},
+        {0, 3, "compression type"}, {0, 4, "extended L2 entries"},
+        {1, 0, "lazy refcounts"}, {2, 0, "bitmaps"}, {2, 1, "raw external data"},
+    };
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(f); i++) {
+        memset(out + i * 48, 0, 48);
+        out[i * 48] = f[i].type;
+        out[i * 48 + 1] = f[i].bit;
+        memcpy(out + i * 48 + 2, f[i].name, strlen(f[i].name));
+    }
+    return QIMG_ARRAY_SIZE(f) * 48;
+}
+
+/*
+ * Serialise the header and its extensions into buf (one cluster).  Used by
+ * open-time updates and by create.  Extension order as QEMU writes them.
+ */
+size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
+                          const char *backing, const char *backing_fmt,
+                          uint8_t *buf, bool with_feature_table)
+{
+    size_t off;
+    uint8_t ft[8 * 48];
+
+    memset(buf, 0, s->cluster_size);
+    qimg_st_be32(buf, QCOW2_MAGIC);
+    qimg_st_be32(buf + 4, s->version);
+    qimg_st_be32(buf + 20, s->cluster_bits);
+    qimg_st_be64(buf + 24, size);
+    qimg_st_be32(buf + 32, s->crypt_method);
+    qimg_st_be32(buf + 36, s->l1_size);
+    qimg_st_be64(buf + 40, s->l1_table_offset);
+    qimg_st_be64(buf + 48, s->refcount_table_offset);
+    qimg_st_be32(buf + 56, s->refcount_table_clusters);
+    qimg_st_be32(buf + 60, s->nb_snapshots);
+    qimg_st_be64(buf + 64, s->snapshots_offset);
+    if (s->version >= 3) {
+        uint32_t hl = QCOW2_V3_HEADER_LEN_CTYPE;
+        qimg_st_be64(buf + 72, s->incompatible);
+        qimg_st_be64(buf + 80, s->compatible);
+        qimg_st_be64(buf + 88, s->autoclear);
+        qimg_st_be32(buf + 96, s->refcount_order);
+        qimg_st_be32(buf + 100, hl);
+        buf[104] = s->compression_type;
+        off = hl;
+    } else {
+        off = QCOW2_V2_HEADER_LEN;
+    }
+    if (backing_fmt && *backing_fmt)
+        put_ext(buf, &off, QCOW2_EXT_BACKING_FMT, backing_fmt,
+                (uint32_t)strlen(backing_fmt));
+    if (s->data_file_name[0])
+        put_ext(buf, &off, QCOW2_EXT_DATA_FILE, s->data_file_name,
+                (uint32_t)strlen(s->data_file_name));
+    if (s->has_crypto_ext)
+        put_ext(buf, &off, QCOW2_EXT_CRYPTO, s->crypto_ext, 16);
+    /* QEMU leaves the feature table out of images with clusters below 8 KiB. */
+    if (with_feature_table && s->version >= 3 && s->cluster_size >= 8192)
+        put_ext(buf, &off, QCOW2_EXT_FEATURE_TABLE, ft, (uint32_t)feature_table(ft));
+    if (s->has_bitmaps_ext)
+        put_ext(buf, &off, QCOW2_EXT_BITMAPS, s->bitmaps_ext, 24);
+    if (s->unknown_ext_len && off + s->unknown_ext_len + 8 <= s->cluster_size) {
+        memcpy(buf + off, s->unknown_ext, s->unknown_ext_len);
+        off += s->unknown_ext_len;
+    }
+    off += 8;   /* end-of-extensions marker (zeroes) */
+    if (backing && *backing) {
+        size_t bl = strlen(backing);
+        qimg_st_be64(buf + 8, off);
+        qimg_st_be32(buf + 16, (uint32_t)bl);
+        memcpy(buf + off, backing, bl);
+        off += bl;
+    }
+    return off;
+}
+
+int qcow2_update_header(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *buf = malloc(s->cluster_size);
+    size_t len;
+    int ret;
+
+    if (!buf)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    len = qcow2_build_header(s, node->size, node->backing_name, node->backing_fmt,
+                             buf, s->has_feature_table || s->version >= 3);
+    if (len > s->cluster_size) {
+        free(buf);
+        return qimg_error_set(err, -ENOSPC, "Header extensions do not fit into "
+                              "the first cluster");
+    }
+    ret = node->file->ops->pwrite(node->file, 0, len, buf, err);
+    free(buf);
+    if (ret < 0)
+        return ret;
+    s->header_needs_update = false;
+    return 0;
+}
+
+int qcow2_set_dirty(struct qimg_image *node, bool dirty, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t be[8];
+    uint64_t v;
+    int ret;
+
+    if (s->version < 3)
+        return 0;
+    v = dirty ? (s->incompatible | QCOW2_INCOMPAT_DIRTY)
+              : (s->incompatible & ~QCOW2_INCOMPAT_DIRTY);
+    if (!dirty) {
+        /* Everything the dirty bit protected must be on disk first. */
+        ret = node->file->ops->flush(node->file, err);
+        if (ret < 0)
+            return ret;
+    }
+    qimg_st_be64(be, v);
+    ret = node->file->ops->pwrite(node->file, 72, 8, be, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0)
+        return ret;
+    s->incompatible = v;
+    s->dirty_set = dirty;
+    return 0;
+}
+
+int qcow2_mark_corrupt(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t be[8];
+    if (s->version < 3 || node->read_only)
+        return 0;
+    s->incompatible |= QCOW2_INCOMPAT_CORRUPT;
+    qimg_st_be64(be, s->incompatible);
+    node->file->ops->pwrite(node->file, 72, 8, be, err);
+    return node->file->ops->flush(node->file, err);
+}
+
+static int qcow2_flush(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    pthread_mutex_unlock(&node->lock);
+    if (!ret && s->data_file)
+        ret = s->data_file->ops->flush(s->data_file, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    return ret;
+}
+
+static int qcow2_get_info(struct qimg_image *node, struct qimg_info *info,
+                          struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    json_t *data = json_object(), *spec = json_object();
+
+    info->cluster_size = (uint32_t)s->cluster_size;
+    info->dirty = (s->incompatible & QCOW2_INCOMPAT_DIRTY) != 0;
+    info->encrypted = s->crypt_method != 0;
+    json_object_set_new(data, "compat",
+                        json_string(s->version == 2 ? "0.10" : "1.1"));
+    json_object_set_new(data, "compression-type",
+                        json_string(s->compression_type == QCOW2_COMPRESSION_ZSTD
+                                        ? "zstd" : "zlib"));
+    if (s->version >= 3)
+        json_object_set_new(data, "lazy-refcounts",
+                            json_boolean(s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS));
+    json_object_set_new(data, "refcount-bits", json_integer(s->refcount_bits));
+    if (s->version >= 3) {
+        json_object_set_new(data, "corrupt",
+                            json_boolean(s->incompatible & QCOW2_INCOMPAT_CORRUPT));
+        if (s->data_file_name[0])
+            json_object_set_new(data, "data-file", json_string(s->data_file_name));
+        if (s->incompatible & QCOW2_INCOMPAT_DATA_FILE)
+            json_object_set_new(data, "data-file-raw",
+                                json_boolean(s->autoclear &
+                                             QCOW2_AUTOCLEAR_DATA_FILE_RAW));
+        json_object_set_new(data, "extended-l2",
+                            json_boolean(s->incompatible & QCOW2_INCOMPAT_EXTL2));
+    }
+    json_object_set_new(spec, "type", json_string("qcow2"));
+    json_object_set_new(spec, "data", data);
+    info->format_specific_json = json_dumps(spec, JSON_PRESERVE_ORDER);
+    json_decref(spec);
+    return info->format_specific_json ? 0 : qimg_error_set(err, -ENOMEM,
+                                                           "Out of memory");
+}
+
+static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    if (s->nb_snapshots)
+        return qimg_error_set(err, -ENOTSUP, "Can't resize an image which has "
+                              "snapshots");
+    if (size < node->size)
+        return qimg_error_set(err, -ENOTSUP, "qcow2 doesn't support shrinking "
+                              "images yet");
+    if (prealloc != QIMG_PREALLOC_OFF)
+        return qimg_error_set(err, -ENOTSUP, "Preallocation on resize is not "
+                              "supported for qcow2 yet");
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_grow_l1(node, qcow2_l1_size_for(size, s->cluster_bits, s->l2_bits),
+                        err);
+    if (!ret) {
+        uint64_t old = node->size;
+        node->size = size;
+        ret = qcow2_update_header(node, err);
+        if (ret < 0)
+            node->size = old;
+    }
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
+const struct qimg_format qimg_format_qcow2 = {
+    .name = "qcow2",
+    .description = "QEMU copy-on-write image, version 2",
+    .state_size = sizeof(struct qcow2_state),
+    .create_opts = qcow2_create_opts,
+    .n_create_opts = QCOW2_N_CREATE_OPTS,
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .create = qcow2_create,
+    .pread = qcow2_pread,
+    .pwrite = qcow2_pwrite,
+    .pwrite_compressed = qcow2_pwrite_compressed,
+    .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .discard = qcow2_discard,
+    .flush = qcow2_flush,
+    .block_status = qcow2_block_status,
+    .truncate = qcow2_truncate,
+    .get_info = qcow2_get_info,
+    .measure = qcow2_measure,
+    .check = qcow2_check,
+};

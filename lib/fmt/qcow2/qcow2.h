@@ -1,0 +1,286 @@
+/*
+ * qcow2.h - internal definitions of the qcow2 driver (QEMU's docs/interop/
+ * qcow2.txt is the specification).  Split by concern:
+ *   qcow2.c          probe, open (header, extensions, features), close,
+ *                    header updates, info, the driver table
+ *   qcow2-cache.c    the metadata table cache (L2 tables, refcount blocks)
+ *   qcow2-cluster.c  guest -> host mapping: lookup, block status, reads,
+ *                    writes with allocation and copy-on-write, zeroing
+ *   qcow2-refcount.c refcounts: lookup, update, cluster allocation
+ *   qcow2-create.c   create and measure
+ *   qcow2-check.c    check and repair
+ *   qcow2-compress.c compressed clusters (zlib raw deflate, zstd)
+ *
+ * Locking: node->lock guards every field below that changes after open
+ * (tables, caches, free-cluster cursor, header fields).  Guest data I/O
+ * for clusters that are already allocated runs outside the lock.
+ */
+#ifndef QIMG_FMT_QCOW2_H
+#define QIMG_FMT_QCOW2_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/block.h"
+#include "core/util.h"
+
+#define QCOW2_MAGIC 0x514649fbu   /* "QFI\xfb" */
+#define QCOW2_V2_HEADER_LEN 72
+#define QCOW2_V3_HEADER_LEN 104
+#define QCOW2_V3_HEADER_LEN_CTYPE 112  /* with compression_type, padded */
+
+/* Limits, as QEMU's, with their reasons. */
+#define QCOW2_MIN_CLUSTER_BITS 9        /* 512 B: the spec's minimum */
+#define QCOW2_MAX_CLUSTER_BITS 21       /* 2 MiB: QEMU's implementation limit */
+/* An L1 table larger than 32 MiB is refused (QEMU's QCOW_MAX_L1_SIZE):
+ * it bounds the memory an image header can make us allocate. */
+#define QCOW2_MAX_L1_SIZE (32u << 20)
+/* Refcount table at most 8 MiB (QEMU's QCOW_MAX_REFTABLE_SIZE), same reason. */
+#define QCOW2_MAX_REFTABLE_SIZE (8u << 20)
+/* Backing file names longer than 1023 bytes are invalid per the spec. */
+#define QCOW2_MAX_BACKING_NAME 1023
+/* Snapshot count bound, as QEMU's QCOW_MAX_SNAPSHOTS. */
+#define QCOW2_MAX_SNAPSHOTS 65536
+/* Host offsets are 56 bits (L1/L2 entry layout). */
+#define QCOW2_MAX_HOST_OFFSET ((1ull << 56) - 1)
+
+/* Header extension types. */
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FMT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+/* Feature bits. */
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN 0x1full
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+#define QCOW2_AUTOCLEAR_KNOWN 0x3ull  /* bits we maintain */
+
+/* L1/L2 entry bits. */
+#define QCOW2_OFLAG_COPIED (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO (1ull << 0)
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* What one guest cluster (or subcluster) is, after decoding its L2 entry. */
+enum qcow2_cluster_type {
+    QCOW2_CLUSTER_UNALLOCATED,
+    QCOW2_CLUSTER_UNALLOCATED_ALLOC, /* ext. L2: subcluster of a host cluster */
+    QCOW2_CLUSTER_ZERO_PLAIN,   /* zero flag, no host cluster */
+    QCOW2_CLUSTER_ZERO_ALLOC,   /* zero flag with a preallocated host cluster */
+    QCOW2_CLUSTER_NORMAL,
+    QCOW2_CLUSTER_COMPRESSED,
+};
+
+/* One cached metadata table (an L2 table or a refcount block). */
+struct qcow2_cache_entry {
+    uint64_t offset;     /* host offset of the table, 0 = free slot */
+    uint8_t *data;       /* one cluster, big-endian as on disk */
+    uint64_t lru;
+    bool dirty;
+};
+
+struct qcow2_cache {
+    struct qcow2_cache_entry *e;
+    size_t n;
+    size_t table_size;          /* bytes: the cluster size */
+    uint64_t lru_clock;
+    struct qcow2_cache *depends; /* write this cache back first */
+};
+
+struct qcow2_state {
+    /* header */
+    uint32_t version;
+    uint32_t cluster_bits;
+    uint64_t cluster_size;
+    uint32_t crypt_method;
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible;
+    uint64_t compatible;
+    uint64_t autoclear;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+
+    /* derived geometry */
+    uint32_t l2_bits;            /* log2 of entries per L2 table */
+    uint32_t l2_entry_size;      /* 8, or 16 with extended L2 entries */
+    uint32_t subcluster_bits;    /* log2 subclusters per cluster (0 or 5) */
+    uint64_t subcluster_size;
+    uint32_t refcount_bits;
+    uint32_t refcount_block_bits;/* log2 of entries per refcount block */
+    uint64_t refcount_max;
+    uint32_t csize_shift;        /* compressed descriptor: sector count */
+    uint64_t csize_mask;
+    uint64_t cluster_offset_mask;
+
+    /* tables, host byte order */
+    uint64_t *l1_table;
+    uint64_t *refcount_table;
+    uint64_t refcount_table_size;  /* entries */
+
+    struct qcow2_cache l2_cache;
+    struct qcow2_cache refblock_cache;
+    uint64_t free_cluster_index;   /* allocation search starts here */
+    uint64_t free_byte_offset;     /* where packed compressed data goes on */
+
+    /* external data file (NULL: guest data lives in node->file) */
+    struct qimg_storage *data_file;
+    char data_file_name[1024];
+
+    /* header extensions we do not interpret, kept verbatim on rewrite */
+    uint8_t *unknown_ext;
+    size_t unknown_ext_len;
+    bool has_feature_table;
+    /* bitmaps extension (kept, autoclear bit cleared on write for now) */
+    uint8_t bitmaps_ext[24];
+    bool has_bitmaps_ext;
+    uint8_t crypto_ext[16];
+    bool has_crypto_ext;
+
+    bool dirty_set;                /* we set the dirty bit on disk */
+    bool header_needs_update;
+};
+
+static inline struct qcow2_state *qcow2_state(struct qimg_image *node)
+{
+    return node->state;
+}
+
+static inline uint64_t qcow2_offset_into_cluster(const struct qcow2_state *s,
+                                                 uint64_t off)
+{
+    return off & (s->cluster_size - 1);
+}
+
+static inline uint64_t qcow2_l2_entries(const struct qcow2_state *s)
+{
+    return 1ull << s->l2_bits;
+}
+
+/* Storage holding guest data clusters. */
+static inline struct qimg_storage *qcow2_data_storage(struct qimg_image *node)
+{
+    struct qcow2_state *s = node->state;
+    return s->data_file ? s->data_file : node->file;
+}
+
+/* qcow2.c */
+int qcow2_update_header(struct qimg_image *node, struct qimg_error *err);
+int qcow2_mark_corrupt(struct qimg_image *node, struct qimg_error *err);
+int qcow2_set_dirty(struct qimg_image *node, bool dirty, struct qimg_error *err);
+/* Minimum L1 entries for a virtual size. */
+uint64_t qcow2_l1_size_for(uint64_t size, uint32_t cluster_bits,
+                           uint32_t l2_bits);
+
+/* qcow2-cache.c */
+int qcow2_cache_init(struct qcow2_cache *c, size_t entries, size_t table_size);
+void qcow2_cache_release(struct qcow2_cache *c);
+/* Borrow the table at offset (read from disk when not cached). */
+int qcow2_cache_get(struct qimg_image *node, struct qcow2_cache *c,
+                    uint64_t offset, uint8_t **table, struct qimg_error *err);
+/* Borrow a slot for a new table at offset without reading it (zeroed). */
+int qcow2_cache_get_empty(struct qimg_image *node, struct qcow2_cache *c,
+                          uint64_t offset, uint8_t **table,
+                          struct qimg_error *err);
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, const uint8_t *table);
+int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
+                      struct qimg_error *err);
+void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
+
+/* qcow2-refcount.c */
+int qcow2_refcount_load(struct qimg_image *node, struct qimg_error *err);
+int qcow2_get_refcount(struct qimg_image *node, uint64_t cluster_index,
+                       uint64_t *refcount, struct qimg_error *err);
+/* Add delta (may be negative) to the refcounts of [offset, offset+len). */
+int qcow2_update_refcount(struct qimg_image *node, uint64_t offset,
+                          uint64_t len, int64_t delta, struct qimg_error *err);
+/* Allocate n contiguous clusters (refcount 1); returns the host offset. */
+int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
+                             struct qimg_error *err);
+/* Allocate len bytes inside a cluster for compressed data. */
+int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
+                          struct qimg_error *err);
+int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
+                        struct qimg_error *err);
+/* End of the last cluster with a nonzero refcount (from the table). */
+uint64_t qcow2_image_end(struct qimg_image *node);
+uint64_t qcow2_refcount_read_entry(const struct qcow2_state *s,
+                                   const uint8_t *block, uint64_t index);
+void qcow2_refcount_write_entry(const struct qcow2_state *s, uint8_t *block,
+                                uint64_t index, uint64_t value);
+
+/* qcow2-cluster.c */
+struct qcow2_mapping {
+    enum qcow2_cluster_type type;
+    uint64_t host_offset;   /* for NORMAL/ZERO_ALLOC: of the guest offset */
+    uint64_t l2_entry;      /* raw entry, for compressed descriptors */
+    uint64_t bytes;         /* contiguous bytes with the same mapping */
+};
+int qcow2_get_mapping(struct qimg_image *node, uint64_t offset, uint64_t bytes,
+                      struct qcow2_mapping *m, struct qimg_error *err);
+int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
+                struct qimg_error *err);
+int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                 const void *buf, struct qimg_error *err);
+int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
+                            const void *buf, struct qimg_error *err);
+int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
+                        unsigned flags, struct qimg_error *err);
+int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
+                  struct qimg_error *err);
+int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
+                       struct qimg_extent *ext, struct qimg_error *err);
+int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
+                  struct qimg_error *err);
+/* Give the guest cluster at off a host cluster if it has none. */
+int qcow2_preallocate_cluster(struct qimg_image *node, uint64_t off,
+                              struct qimg_error *err);
+
+/* qcow2-compress.c */
+int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
+                     size_t in_len, uint8_t *out, size_t out_len);
+/* Compress one cluster; returns the compressed size, or 0 when it does
+ * not shrink (store uncompressed), or a negative errno. */
+ssize_t qcow2_compress(const struct qcow2_state *s, const uint8_t *in,
+                       size_t in_len, uint8_t *out, size_t out_cap);
+int qcow2_read_compressed(struct qimg_image *node, uint64_t l2_entry,
+                          uint8_t *cluster, struct qimg_error *err);
+
+/* qcow2-create.c */
+int qcow2_create(const char *filename, const struct qimg_opts *opts,
+                 struct qimg_error *err);
+int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
+                  uint64_t size, struct qimg_measure *out,
+                  struct qimg_error *err);
+#define QCOW2_N_CREATE_OPTS 21
+extern const struct qimg_opt_desc qcow2_create_opts[QCOW2_N_CREATE_OPTS];
+size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
+                          const char *backing, const char *backing_fmt,
+                          uint8_t *buf, bool with_feature_table);
+
+/* qcow2-check.c */
+int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
+                struct qimg_error *err);
+
+#endif /* QIMG_FMT_QCOW2_H */
