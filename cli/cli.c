@@ -216,6 +216,40 @@ bool cli_parse_cache(const char *arg, enum qimg_cache *out)
     return qimg_cache_parse(arg, out) == 0;
 }
 
+static void warn_probed_raw(const char *name)
+{
+    fflush(stdout);
+    fprintf(stderr,
+            "WARNING: Image format was not specified for '%s' and probing "
+            "guessed raw.\n"
+            "         Automatically detecting the format is dangerous for "
+            "raw images, write operations on block 0 will be restricted.\n"
+            "         Specify the 'raw' format explicitly to remove the "
+            "restrictions.\n", name);
+}
+
+/*
+ * QEMU warns about a guessed raw format before it takes the image's locks,
+ * so the warning also comes before a lock conflict.  We lock first; when
+ * that failed, probe again without locks to know whether to warn.
+ */
+static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
+                                        const struct qimg_error *err)
+{
+    struct qimg_open_params probe = *p;
+    struct qimg_image *img;
+    struct qimg_error e;
+
+    if (err->code != -EAGAIN || !(p->flags & QIMG_OPEN_RDWR))
+        return;
+    probe.flags = QIMG_OPEN_NO_LOCK | QIMG_OPEN_NO_BACKING;
+    if (qimg_open(&img, &probe, &e) < 0)
+        return;
+    if (qimg_image_probed_raw(img))
+        warn_probed_raw(qimg_image_filename(img));
+    qimg_close(img);
+}
+
 struct qimg_image *cli_open_image(const struct cli_open *o)
 {
     struct qimg_open_params p = {
@@ -242,17 +276,11 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
         p.format = NULL;
     }
     if (qimg_open(&img, &p, &err) < 0) {
+        warn_probed_raw_on_conflict(&p, &err);
         cli_report(&err, "Could not open '%s': ", o->filename);
         img = NULL;
     } else if ((o->flags & QIMG_OPEN_RDWR) && qimg_image_probed_raw(img)) {
-        fflush(stdout);
-        fprintf(stderr,
-                "WARNING: Image format was not specified for '%s' and probing "
-                "guessed raw.\n"
-                "         Automatically detecting the format is dangerous for "
-                "raw images, write operations on block 0 will be restricted.\n"
-                "         Specify the 'raw' format explicitly to remove the "
-                "restrictions.\n", qimg_image_filename(img));
+        warn_probed_raw(qimg_image_filename(img));
     }
     qimg_opts_free(dict);
     return img;

@@ -141,6 +141,9 @@ static int raw_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
     return 0;
 }
 
+/* QEMU's largest image length: INT64_MAX aligned down to 1 GiB. */
+#define RAW_MAX_LENGTH ((uint64_t)INT64_MAX - ((1u << 30) - 1))
+
 static int raw_truncate(struct qimg_image *node, uint64_t size, bool exact,
                         enum qimg_prealloc prealloc, struct qimg_error *err)
 {
@@ -148,14 +151,21 @@ static int raw_truncate(struct qimg_image *node, uint64_t size, bool exact,
     uint64_t end;
     int ret;
 
-    if (s->fixed_size || s->offset)
+    /* A window of fixed size cannot move; one at an offset just grows. */
+    if (s->fixed_size)
         return qimg_error_set(err, -ENOTSUP, "Cannot resize fixed-size raw "
                               "disks");
+    if (qimg_add_overflow(s->offset, size, &end) || end > INT64_MAX)
+        return qimg_error_set(err, -EINVAL, "Disk size too large for the "
+                              "chosen offset");
+    /* The file is checked again as QEMU's block layer checks each node. */
+    if (end > RAW_MAX_LENGTH)
+        return qimg_error_set(err, -EINVAL, "offset(%llu) exceeds "
+                              "maximum(%llu)", (unsigned long long)end,
+                              (unsigned long long)RAW_MAX_LENGTH);
     if (prealloc == QIMG_PREALLOC_METADATA)
-        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode "
-                              "'metadata'");
-    if (qimg_add_overflow(s->offset, size, &end))
-        return qimg_error_set(err, -EFBIG, "Image size too large");
+        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation "
+                              "mode: metadata");
     ret = node->file->ops->truncate(node->file, end, prealloc, err);
     if (ret < 0)
         return ret;

@@ -325,26 +325,6 @@ static int64_t file_allocated_size(struct qimg_storage *st)
     return (int64_t)stb.st_blocks * 512;
 }
 
-/* Write zeroes into [off, off+len) with real writes (preallocation=full). */
-static int write_zero_range(int fd, uint64_t off, uint64_t len,
-                            struct qimg_error *err)
-{
-    size_t bufsz = 1u << 20;
-    void *zero = calloc(1, bufsz);
-    int ret = 0;
-
-    if (!zero)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    while (len && !ret) {
-        size_t n = (size_t)QIMG_MIN(len, (uint64_t)bufsz);
-        ret = raw_pwrite(fd, off, n, zero, err);
-        off += n;
-        len -= n;
-    }
-    free(zero);
-    return ret;
-}
-
 /*
  * A file grown from empty gets its first block written, as QEMU does: some
  * filesystems (XFS) only report their O_DIRECT alignment for allocated
@@ -354,6 +334,83 @@ static int allocate_first_block(int fd, uint64_t size, struct qimg_error *err)
 {
     static const uint8_t zero[4096];
     return raw_pwrite(fd, 0, (size_t)QIMG_MIN(size, sizeof(zero)), zero, err);
+}
+
+/* preallocation=full: write real zeroes over [off, off+len), then sync. */
+static int write_zeroes_synced(int fd, uint64_t off, uint64_t len,
+                               struct qimg_error *err)
+{
+    size_t bufsz = 1u << 20;
+    void *zero = calloc(1, bufsz);
+    int ret = 0;
+
+    if (!zero)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    while (len) {
+        size_t n = (size_t)QIMG_MIN(len, (uint64_t)bufsz);
+        ssize_t w = pwrite(fd, zero, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            ret = w < 0 ? -errno : -EIO;
+            qimg_error_set(err, ret, "Could not write zeros for "
+                           "preallocation: %s", strerror(-ret));
+            break;
+        }
+        off += (uint64_t)w;
+        len -= (uint64_t)w;
+    }
+    free(zero);
+    if (!ret && fsync(fd) < 0) {
+        ret = -errno;
+        qimg_error_set(err, ret, "Could not flush file to disk: %s",
+                       strerror(-ret));
+    }
+    return ret;
+}
+
+/* Grow with preallocation; on failure the old length is restored. */
+static int grow_preallocated(int fd, uint64_t cur, uint64_t size,
+                             enum qimg_prealloc prealloc,
+                             struct qimg_error *err)
+{
+    int ret;
+
+    if (prealloc == QIMG_PREALLOC_FALLOC) {
+        ret = -posix_fallocate(fd, (off_t)cur, (off_t)(size - cur));
+        if (ret)
+            qimg_error_set(err, ret, "Could not preallocate new data: %s",
+                           strerror(-ret));
+    } else if (ftruncate(fd, (off_t)size) < 0) {
+        /* full: set the final size first so the filesystem can plan. */
+        ret = -errno;
+        qimg_error_set(err, ret, "Could not resize file: %s", strerror(-ret));
+    } else {
+        ret = write_zeroes_synced(fd, cur, size - cur, err);
+    }
+    if (ret < 0 && ftruncate(fd, (off_t)cur) < 0)
+        qimg_error_prefix(err, "Failed to restore old file length: %s; ",
+                          strerror(errno));
+    return ret;
+}
+
+/*
+ * Device files keep their size: shrinking is a no-op, growing and
+ * preallocating fail (with QEMU's messages).
+ */
+static int truncate_device(int fd, uint64_t size, enum qimg_prealloc prealloc,
+                           struct qimg_error *err)
+{
+    static const char *const names[] = {"off", "metadata", "falloc", "full"};
+    uint64_t bytes;
+
+    if (prealloc != QIMG_PREALLOC_OFF)
+        return qimg_error_set(err, -ENOTSUP, "Preallocation mode '%s' "
+                              "unsupported for this non-regular file",
+                              names[prealloc]);
+    if (ioctl(fd, BLKGETSIZE64, &bytes) == 0 && size > bytes)
+        return qimg_error_set(err, -EINVAL, "Cannot grow device files");
+    return 0;
 }
 
 static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
@@ -366,37 +423,23 @@ static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
     if (fstat(fd, &stb) < 0)
         return io_error(err, errno, "fstat");
     if (S_ISBLK(stb.st_mode))
-        return 0;
+        return truncate_device(fd, size, prealloc, err);
     cur = (uint64_t)stb.st_size;
     if (prealloc == QIMG_PREALLOC_METADATA)
         prealloc = QIMG_PREALLOC_OFF;
-    if (size <= cur || prealloc == QIMG_PREALLOC_OFF) {
-        if (ftruncate(fd, (off_t)size) < 0) {
-            ret = -errno;
-            if (ret == -EFBIG)
-                return qimg_error_set(err, ret, "File too large");
-            return qimg_error_set(err, ret, "Could not resize file: %s",
-                                  strerror(errno));
-        }
-        if (cur == 0 && size > 0)
-            return allocate_first_block(fd, size, err);
-        return 0;
+    if (prealloc != QIMG_PREALLOC_OFF && cur > size)
+        return qimg_error_set(err, -ENOTSUP, "Cannot use preallocation for "
+                              "shrinking files");
+    if (prealloc != QIMG_PREALLOC_OFF && size > cur)
+        return grow_preallocated(fd, cur, size, prealloc, err);
+    if (ftruncate(fd, (off_t)size) < 0) {
+        ret = -errno;
+        return qimg_error_set(err, ret, "Could not resize file: %s",
+                              strerror(-ret));
     }
-    if (prealloc == QIMG_PREALLOC_FALLOC) {
-        ret = posix_fallocate(fd, (off_t)cur, (off_t)(size - cur));
-        if (ret)
-            return qimg_error_set(err, -ret, "Could not preallocate new data: %s",
-                                  strerror(ret));
-        return 0;
-    }
-    /* full: allocate and write real zeroes. */
-    if (ftruncate(fd, (off_t)size) < 0)
-        return qimg_error_set(err, -errno, "Could not resize file: %s",
-                              strerror(errno));
-    ret = write_zero_range(fd, cur, size - cur, err);
-    if (ret < 0)
-        qimg_error_prefix(err, "Could not write zeros for preallocation: ");
-    return ret;
+    if (cur == 0 && size > 0)
+        return allocate_first_block(fd, size, err);
+    return 0;
 }
 
 static int file_truncate(struct qimg_storage *st, uint64_t size,
