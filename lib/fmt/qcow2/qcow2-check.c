@@ -212,7 +212,13 @@ static int set_refcount(struct check *c, uint64_t i, uint64_t stored, uint64_t v
     return qcow2_update_refcount(c->node, i << c->s->cluster_bits, 1, delta, err);
 }
 
-static int compare_refcounts(struct check *c, unsigned fix,
+/*
+ * Compare stored and computed refcounts.  Without fix, report and count
+ * every mismatch; *rebuild is set when a referenced cluster has no stored
+ * refcount (the refcount structure itself is broken).  With fix, repair
+ * what the mode allows and count the repairs.
+ */
+static int compare_refcounts(struct check *c, unsigned fix, bool *rebuild,
                              struct qimg_error *err)
 {
     struct qcow2_state *s = c->s;
@@ -235,25 +241,173 @@ static int compare_refcounts(struct check *c, unsigned fix,
         if (stored == computed)
             continue;
         bool leak = stored > computed;
-        bool repair = leak ? (fix & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS))
-                           : (fix & QIMG_CHECK_FIX_ERRORS);
-        report(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
-               repair ? "Repairing" : leak ? "Leaked" : "ERROR", i, stored,
-               computed);
-        if (repair && set_refcount(c, i, stored, computed, err) == 0) {
+        if (!fix) {
+            report(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
+                   PRIu64, leak ? "Leaked" : "ERROR", i, stored, computed);
             if (leak)
-                c->res->leaks_fixed++;
+                c->res->leaks++;
             else
-                c->res->corruptions_fixed++;
+                c->res->corruptions++;
+            if (!stored && rebuild)
+                *rebuild = true;
             continue;
         }
-        if (leak)
-            c->res->leaks++;
-        else
-            c->res->corruptions++;
+        if (!(leak ? (fix & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS))
+                   : (fix & QIMG_CHECK_FIX_ERRORS)))
+            continue;
+        report(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+               " reference=%" PRIu64, i, stored, computed);
+        if (set_refcount(c, i, stored, computed, err) == 0) {
+            if (leak) {
+                c->res->leaks_fixed++;
+                c->res->leaks--;
+            } else {
+                c->res->corruptions_fixed++;
+                c->res->corruptions--;
+            }
+        }
     }
     c->res->image_end_offset = any ? (int64_t)((highest + 1) << s->cluster_bits)
                                    : 0;
+    return 0;
+}
+
+/*
+ * Write a new refcount structure holding the computed refcounts, placed
+ * after every cluster in use: refcount blocks first, then the table.  The
+ * header then switches to it; the old structure's clusters become leaks
+ * that the caller repairs.
+ */
+/* First run of n clusters free in the computed refcounts; marks them used. */
+static int64_t alloc_computed(struct check *c, uint64_t n)
+{
+    uint64_t run = 0, i;
+    for (i = 0;; i++) {
+        if (i < c->nb_clusters && c->refs[i])
+            run = 0;
+        else if (++run == n)
+            break;
+    }
+    if (inc_refs(c, (i + 1 - n) << c->s->cluster_bits, n << c->s->cluster_bits) < 0)
+        return -ENOMEM;
+    return (int64_t)(i + 1 - n);
+}
+
+/*
+ * Write a new refcount structure holding the computed refcounts: each
+ * refcount block in the first cluster free in the computed counts, then
+ * the table in the first free run after that.  The header then switches to
+ * it; the old structure's clusters become leaks that the caller repairs.
+ */
+static int rebuild_refcounts(struct check *c, struct qimg_error *err)
+{
+    struct qcow2_state *s = c->s;
+    struct qimg_image *node = c->node;
+    uint64_t per_block = 1ull << s->refcount_block_bits;
+    uint64_t per_table_cluster = s->cluster_size / 8;
+    uint64_t nblocks, tclusters, *blocks = NULL, *table = NULL;
+    uint8_t *block = NULL, hdr[12];
+    int64_t t;
+    int ret = 0;
+
+    /* Blocks for every cluster in use, including the new blocks and table
+     * themselves: allocate until the count stops growing. */
+    nblocks = qimg_div_round_up(c->nb_clusters, per_block);
+    blocks = calloc(nblocks + 64, sizeof(*blocks));
+    if (!blocks)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (uint64_t b = 0; b < nblocks; b++) {
+        bool used = false;
+        for (uint64_t k = b * per_block; k < (b + 1) * per_block && k < c->nb_clusters; k++)
+            used |= c->refs[k] != 0;
+        if (!used)
+            continue;
+        int64_t o = alloc_computed(c, 1);
+        if (o < 0) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            goto out;
+        }
+        blocks[b] = (uint64_t)o;
+    }
+    tclusters = qimg_div_round_up(qimg_div_round_up(c->nb_clusters + 1, per_block),
+                                  per_table_cluster);
+    t = alloc_computed(c, tclusters);
+    if (t < 0) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    if (qimg_div_round_up(c->nb_clusters, per_block) > nblocks) {
+        ret = qimg_error_set(err, -ENOSPC, "Refcount structure would not fit");
+        goto out;
+    }
+    table = calloc(tclusters * per_table_cluster, 8);
+    block = malloc(s->cluster_size);
+    if (!table || !block) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    for (uint64_t b = 0; b < nblocks; b++) {
+        if (!blocks[b])
+            continue;
+        memset(block, 0, s->cluster_size);
+        for (uint64_t k = 0; k < per_block && b * per_block + k < c->nb_clusters; k++)
+            qcow2_refcount_write_entry(s, block, k, c->refs[b * per_block + k]);
+        ret = node->file->ops->pwrite(node->file, blocks[b] << s->cluster_bits,
+                                      s->cluster_size, block, err);
+        if (ret < 0)
+            goto out;
+        table[b] = htobe64(blocks[b] << s->cluster_bits);
+    }
+    ret = node->file->ops->pwrite(node->file, (uint64_t)t << s->cluster_bits,
+                                  tclusters << s->cluster_bits, table, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0)
+        goto out;
+    qimg_st_be64(hdr, (uint64_t)t << s->cluster_bits);
+    qimg_st_be32(hdr + 8, (uint32_t)tclusters);
+    ret = node->file->ops->pwrite(node->file, 48, 12, hdr, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0)
+        goto out;
+    /* Switch the in-memory state to the new structure. */
+    for (size_t i = 0; i < s->refblock_cache.n; i++)
+        qcow2_cache_discard(&s->refblock_cache, s->refblock_cache.e[i].offset);
+    free(s->refcount_table);
+    s->refcount_table = NULL;
+    s->refcount_table_offset = (uint64_t)t << s->cluster_bits;
+    s->refcount_table_clusters = (uint32_t)tclusters;
+    ret = qcow2_refcount_load(node, err);
+    s->free_cluster_index = 0;
+out:
+    free(blocks);
+    free(table);
+    free(block);
+    return ret;
+}
+
+/* Count every reference from the metadata into a fresh array. */
+static int compute_refs(struct check *c, struct qimg_error *err)
+{
+    struct qcow2_state *s = c->s;
+    int64_t fsize = c->node->file->ops->get_size(c->node->file);
+
+    if (fsize < 0)
+        return qimg_error_set(err, (int)fsize, "Could not get file size");
+    free(c->refs);
+    c->refs = NULL;
+    c->cap = 0;
+    c->nb_clusters = qimg_div_round_up((uint64_t)fsize, s->cluster_size);
+    if (grow(c, QIMG_MAX(c->nb_clusters, 1)) < 0)
+        return qimg_error_set(err, -ENOMEM, "Image too large to check");
+    c->res->allocated_clusters = c->res->fragmented_clusters = 0;
+    c->res->compressed_clusters = 0;
+    inc_refs(c, 0, s->cluster_size);
+    check_l1(c, s->l1_table_offset, s->l1_size, s->l1_table, true);
+    if (s->nb_snapshots)
+        inc_refs(c, s->snapshots_offset, s->cluster_size);
+    check_refcount_table(c);
     return 0;
 }
 
@@ -329,32 +483,51 @@ int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
 {
     struct qcow2_state *s = node->state;
     struct check c = {.node = node, .s = s, .res = res};
-    int64_t fsize = node->file->ops->get_size(node->file);
+    bool rebuild = false;
     int ret;
 
-    if (fsize < 0)
-        return qimg_error_set(err, (int)fsize, "Could not get file size");
     pthread_mutex_lock(&node->lock);
     ret = qcow2_cache_flush(node, &s->l2_cache, err);
     if (!ret)
         ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    if (!ret)
+        ret = compute_refs(&c, err);
     if (ret < 0)
         goto out;
-    c.nb_clusters = qimg_div_round_up((uint64_t)fsize, s->cluster_size);
-    if (grow(&c, QIMG_MAX(c.nb_clusters, 1)) < 0) {
-        ret = qimg_error_set(err, -ENOMEM, "Image too large to check");
-        goto out;
-    }
     res->total_clusters = (int64_t)qimg_div_round_up(node->size, s->cluster_size);
-    inc_refs(&c, 0, s->cluster_size);
-    check_l1(&c, s->l1_table_offset, s->l1_size, s->l1_table, true);
-    if (s->nb_snapshots)
-        inc_refs(&c, s->snapshots_offset, s->cluster_size);
-    check_refcount_table(&c);
     /* New refcount blocks made by repairs must not land on used clusters. */
     if (fix)
         s->free_cluster_index = QIMG_MAX(s->free_cluster_index, c.nb_clusters);
-    compare_refcounts(&c, fix, err);
+    compare_refcounts(&c, 0, &rebuild, err);
+    if (rebuild && fix) {
+        if (!(fix & QIMG_CHECK_FIX_ERRORS)) {
+            report(&c, "ERROR need to rebuild refcount structures");
+            ret = qimg_error_set(err, -EIO, "Input/output error");
+            goto out;
+        }
+        report(&c, "Rebuilding refcount structure");
+        ret = rebuild_refcounts(&c, err);
+        if (ret < 0)
+            goto out;
+        res->corruptions_fixed += res->corruptions;
+        res->leaks_fixed += res->leaks;
+        res->corruptions = res->leaks = 0;
+        /* The old structure is now leaked: release it, uncounted. */
+        struct qimg_check scratch = *res;
+        c.res = &scratch;
+        ret = compute_refs(&c, err);
+        if (!ret)
+            compare_refcounts(&c, QIMG_CHECK_FIX_LEAKS, NULL, err);
+        c.res = res;
+        res->image_end_offset = scratch.image_end_offset;
+        res->allocated_clusters = scratch.allocated_clusters;
+        res->fragmented_clusters = scratch.fragmented_clusters;
+        res->compressed_clusters = scratch.compressed_clusters;
+        if (ret < 0)
+            goto out;
+    } else if (fix && (res->leaks || res->corruptions)) {
+        compare_refcounts(&c, fix, NULL, err);
+    }
     check_copied(&c, fix, err);
     ret = qcow2_cache_flush(node, &s->refblock_cache, err);
     if (!ret)

@@ -73,7 +73,7 @@ struct qcow2_params {
 };
 
 static int parse_enum_opts(const struct qimg_opts *opts, struct qcow2_params *p,
-                           struct qimg_error *err)
+                           bool measure, struct qimg_error *err)
 {
     const char *v;
 
@@ -83,17 +83,24 @@ static int parse_enum_opts(const struct qimg_opts *opts, struct qcow2_params *p,
             p->version = 2;
         else if (!strcmp(v, "1.1") || !strcmp(v, "v3"))
             p->version = 3;
+        else if (measure)
+            return qimg_error_set(err, -EINVAL, "Invalid compatibility level: "
+                                  "'%s'", v);
         else
             return qimg_error_set(err, -EINVAL, "Parameter 'version' does not "
                                   "accept value '%s'", v);
     }
     p->prealloc = QIMG_PREALLOC_OFF;
     if ((v = qimg_opts_get(opts, "preallocation")) &&
-        qimg_prealloc_parse(v, &p->prealloc) < 0)
+        qimg_prealloc_parse(v, &p->prealloc) < 0) {
+        if (measure)
+            return qimg_error_set(err, -EINVAL, "invalid parameter value: %s", v);
         return qimg_error_set(err, -EINVAL, "Parameter 'preallocation' does not "
                               "accept value '%s'", v);
+    }
     p->compression_type = QCOW2_COMPRESSION_ZLIB;
-    if ((v = qimg_opts_get(opts, "compression_type"))) {
+    /* measure ignores the compression type altogether */
+    if (!measure && (v = qimg_opts_get(opts, "compression_type"))) {
         if (!strcmp(v, "zstd"))
             p->compression_type = QCOW2_COMPRESSION_ZSTD;
         else if (strcmp(v, "zlib"))
@@ -104,14 +111,14 @@ static int parse_enum_opts(const struct qimg_opts *opts, struct qcow2_params *p,
 }
 
 static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
-                        struct qimg_error *err)
+                        bool measure, struct qimg_error *err)
 {
     uint64_t rb;
     bool enc = false;
     int ret;
 
     memset(p, 0, sizeof(*p));
-    ret = parse_enum_opts(opts, p, err);
+    ret = parse_enum_opts(opts, p, measure, err);
     if (ret < 0)
         return ret;
     if ((ret = qimg_opts_get_size(opts, "size", 0, &p->size, err)) < 0 ||
@@ -279,7 +286,7 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts,
     struct qimg_opts *oo = NULL;
     int ret;
 
-    ret = parse_params(opts, &p, err);
+    ret = parse_params(opts, &p, false, err);
     if (ret < 0)
         return ret;
     if (p.data_file) {
@@ -406,12 +413,12 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
     if (!o)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     qimg_opts_del(o, "size");
-    ret = parse_params(o, &p, err);
+    ret = parse_params(o, &p, true, err);
     qimg_opts_free(o);
     if (ret < 0)
         return ret;
     virt = src ? qimg_image_size(src) : size;
-    if (!qimg_align_up(virt, 512, &virt))
+    if (!qimg_align_up(virt, p.cluster_size, &virt))
         return qimg_error_set(err, -EFBIG, "Image size too large");
     if (src) {
         /* Count the clusters the source's data would occupy. */
@@ -439,5 +446,11 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
     out->fully_allocated = fully_allocated_size(virt, p.cluster_size,
                                                 p.refcount_order, p.extended_l2);
     out->required = out->fully_allocated - virt + required;
-    return 0;
+    /* Bitmaps are reported when both sides can hold them. */
+    if (src && p.version >= 3 && src->fmt == &qimg_format_qcow2 &&
+        ((struct qcow2_state *)src->state)->version >= 3) {
+        out->has_bitmaps = true;
+        ret = qcow2_measure_bitmaps(src, p.cluster_size, &out->bitmaps, err);
+    }
+    return ret;
 }

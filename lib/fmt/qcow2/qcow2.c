@@ -692,6 +692,59 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
     return ret;
 }
 
+/* The bitmap directory is bounded as QEMU bounds it (64 MiB). */
+#define QCOW2_MAX_BITMAP_DIR (64u << 20)
+#define QCOW2_MAX_BITMAPS 65535
+
+int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
+                          uint64_t *bytes, struct qimg_error *err)
+{
+    struct qcow2_state *s = src->state;
+    uint32_t nb;
+    uint64_t dir_size, dir_off, total = 0, pos = 0;
+    uint8_t *dir;
+    int ret;
+
+    *bytes = 0;
+    if (!s->has_bitmaps_ext)
+        return 0;
+    nb = qimg_ld_be32(s->bitmaps_ext);
+    dir_size = qimg_ld_be64(s->bitmaps_ext + 8);
+    dir_off = qimg_ld_be64(s->bitmaps_ext + 16);
+    if (nb > QCOW2_MAX_BITMAPS || dir_size > QCOW2_MAX_BITMAP_DIR)
+        return qimg_error_set(err, -EINVAL, "Bitmap directory too large");
+    dir = malloc(dir_size ? dir_size : 1);
+    if (!dir)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = src->file->ops->pread(src->file, dir_off, dir_size, dir, err);
+    for (uint32_t i = 0; !ret && i < nb; i++) {
+        uint32_t extra, name_len, gbits;
+        uint64_t bits, data, clusters, entry;
+        if (pos + 24 > dir_size) {
+            ret = qimg_error_set(err, -EINVAL, "Bitmap directory is corrupt");
+            break;
+        }
+        gbits = dir[pos + 17];
+        name_len = qimg_ld_be16(dir + pos + 18);
+        extra = qimg_ld_be32(dir + pos + 20);
+        if (gbits > 63) {
+            ret = qimg_error_set(err, -EINVAL, "Bitmap granularity is invalid");
+            break;
+        }
+        bits = qimg_div_round_up(src->size, 1ull << gbits);
+        data = qimg_div_round_up(bits, 8);
+        clusters = qimg_div_round_up(data, cluster_size);
+        total += clusters * cluster_size +
+                 qimg_div_round_up(clusters * 8, cluster_size) * cluster_size;
+        entry = 24 + (uint64_t)extra + name_len;
+        pos += (entry + 7) & ~7ull;
+    }
+    if (!ret)
+        *bytes = total + qimg_div_round_up(dir_size, cluster_size) * cluster_size;
+    free(dir);
+    return ret;
+}
+
 const struct qimg_format qimg_format_qcow2 = {
     .name = "qcow2",
     .description = "QEMU copy-on-write image, version 2",

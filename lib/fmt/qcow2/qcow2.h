@@ -279,6 +279,10 @@ size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
                           const char *backing, const char *backing_fmt,
                           uint8_t *buf, bool with_feature_table);
 
+/* Space the persistent bitmaps of src would take with cluster_size. */
+int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
+                          uint64_t *bytes, struct qimg_error *err);
+
 /* qcow2-check.c */
 int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                 struct qimg_error *err);
