@@ -636,35 +636,146 @@ int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
     return zero_or_discard(node, start, end - start, true, true, err);
 }
 
-int qcow2_preallocate_cluster(struct qimg_image *node, uint64_t off,
-                              struct qimg_error *err)
+/*
+ * Preallocation walks the range one L2 table at a time: the table first
+ * (allocated if missing), then one contiguous run of host clusters for all
+ * its unallocated entries, as QEMU lays it out.
+ */
+static int prealloc_l2_range(struct qimg_image *node, uint64_t start,
+                             uint64_t end, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    uint64_t first = start >> s->cluster_bits;
+    uint64_t last = (end - 1) >> s->cluster_bits, n = 0;
     uint8_t *l2;
-    uint64_t idx;
-    int64_t host;
+    int64_t host = 0;
     int ret;
 
-    pthread_mutex_lock(&node->lock);
-    ret = get_l2_for_write(node, off, &l2, err);
+    ret = get_l2_for_write(node, start, &l2, err);
     if (ret < 0)
-        goto out;
-    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
-    if (host_of(l2_get(s, l2, idx)))
-        goto out;
-    host = s->data_file ? (int64_t)qimg_align_down(off, s->cluster_size)
-                        : qcow2_alloc_clusters(node, 1, err);
-    if (host < 0) {
-        ret = (int)host;
-        goto out;
+        return ret;
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t idx = c & (qcow2_l2_entries(s) - 1);
+        if (!host_of(l2_get(s, l2, idx)))
+            n++;
     }
-    ret = get_l2(node, off, &l2, err);
+    if (!n)
+        return 0;
+    if (!s->data_file) {
+        host = qcow2_alloc_clusters(node, n, err);
+        if (host < 0)
+            return (int)host;
+    }
+    ret = get_l2(node, start, &l2, err);
     if (ret < 0)
-        goto out;
-    l2_set(s, l2, idx, (uint64_t)host | QCOW2_OFLAG_COPIED,
-           s->subcluster_bits ? 0xffffffffull : 0);
+        return ret;
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t idx = c & (qcow2_l2_entries(s) - 1);
+        uint64_t h;
+        if (host_of(l2_get(s, l2, idx)))
+            continue;
+        h = s->data_file ? (c << s->cluster_bits) : (uint64_t)host;
+        l2_set(s, l2, idx, h | QCOW2_OFLAG_COPIED,
+               s->subcluster_bits ? 0xffffffffull : 0);
+        host += (int64_t)s->cluster_size;
+    }
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
-out:
+    return 0;
+}
+
+int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
+                      enum qimg_prealloc mode, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    int64_t fsize;
+    uint64_t want;
+    int ret = 0;
+
+    if (start >= end)
+        return 0;
+    pthread_mutex_lock(&node->lock);
+    if (mode == QIMG_PREALLOC_FALLOC || mode == QIMG_PREALLOC_FULL) {
+        /* Room in the refcount table for everything we are about to add. */
+        uint64_t add = qimg_div_round_up(end - start, s->cluster_size) +
+                       qimg_div_round_up(end - start, l2_span) + 2;
+        ret = qcow2_relocate_reftable(node, (qcow2_image_end(node) >>
+                                             s->cluster_bits) + add, err);
+    }
+    for (uint64_t pos = qimg_align_down(start, s->cluster_size);
+         !ret && pos < end;) {
+        uint64_t next = QIMG_MIN(qimg_align_down(pos, l2_span) + l2_span, end);
+        ret = prealloc_l2_range(node, pos, next, err);
+        pos = next;
+    }
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0)
+        return ret;
+    /* The file covers every cluster; falloc/full also allocate them. */
+    fsize = node->file->ops->get_size(node->file);
+    want = qcow2_image_end(node);
+    if (fsize >= 0 && want > (uint64_t)fsize)
+        ret = node->file->ops->truncate(node->file, want,
+                                        mode == QIMG_PREALLOC_METADATA
+                                            ? QIMG_PREALLOC_OFF : mode, err);
+    return ret;
+}
+
+int qcow2_drop_tail(struct qimg_image *node, uint64_t from,
+                    struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l2_span = s->cluster_size << s->l2_bits, start;
+    int ret = 0;
+
+    if (!qimg_align_up(from, s->cluster_size, &start))
+        return -EINVAL;
+    pthread_mutex_lock(&node->lock);
+    /* Clusters past the end become unallocated and are freed. */
+    for (uint64_t pos = start; !ret && pos < (uint64_t)s->l1_size * l2_span;
+         pos += s->cluster_size) {
+        uint8_t *l2;
+        uint64_t idx, e;
+        if (pos % l2_span == 0 && pos + l2_span <= (uint64_t)s->l1_size * l2_span &&
+            !(s->l1_table[pos / l2_span] & QCOW2_L1E_OFFSET_MASK)) {
+            pos += l2_span - s->cluster_size;
+            continue;
+        }
+        ret = get_l2(node, pos, &l2, err);
+        if (ret < 0 || !l2)
+            continue;
+        idx = (pos >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+        e = l2_get(s, l2, idx);
+        if (!e && !l2_bitmap(s, l2, idx))
+            continue;
+        ret = get_l2_for_write(node, pos, &l2, err);
+        if (ret < 0)
+            break;
+        l2_set(s, l2, idx, 0, 0);
+        qcow2_cache_mark_dirty(&s->l2_cache, l2);
+        if ((host_of(e) || (e & QCOW2_OFLAG_COMPRESSED)) && !s->data_file)
+            ret = release_entry(node, e, err);
+    }
+    /* L2 tables wholly past the end are released too. */
+    for (uint64_t i = qimg_div_round_up(start, l2_span); !ret && i < s->l1_size; i++) {
+        uint64_t off = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+        if (!off)
+            continue;
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+        if (ret < 0)
+            break;
+        qcow2_cache_discard(&s->l2_cache, off);
+        s->l1_table[i] = 0;
+        ret = write_l1_entry(node, i, err);
+        if (!ret)
+            ret = qcow2_free_clusters(node, off, s->cluster_size, err);
+    }
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
     pthread_mutex_unlock(&node->lock);
     return ret;
 }

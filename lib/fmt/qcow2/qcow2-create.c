@@ -274,10 +274,6 @@ static int create_data_file(const struct qcow2_params *p, struct qimg_error *err
     return ret;
 }
 
-/* Preallocate every cluster of [0, size): metadata, and data per mode. */
-static int preallocate(struct qimg_image *node, enum qimg_prealloc mode,
-                       struct qimg_error *err);
-
 int qcow2_create(const char *filename, const struct qimg_opts *opts,
                  struct qimg_error *err)
 {
@@ -324,41 +320,12 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts,
     pthread_mutex_unlock(&node->lock);
     /* A raw data file is mapped 1:1 from the start. */
     if (!ret && (p.prealloc != QIMG_PREALLOC_OFF || p.data_file_raw))
-        ret = preallocate(node, p.prealloc == QIMG_PREALLOC_OFF
+        ret = qcow2_preallocate(node, 0, p.size,
+                                p.prealloc == QIMG_PREALLOC_OFF
                                     ? QIMG_PREALLOC_METADATA : p.prealloc, err);
     if (!ret)
         ret = qimg_flush(node, err);
     qimg_close(node);
-    return ret;
-}
-
-static int preallocate(struct qimg_image *node, enum qimg_prealloc mode,
-                       struct qimg_error *err)
-{
-    struct qcow2_state *s = node->state;
-    uint64_t n = qimg_div_round_up(node->size, s->cluster_size);
-    int ret = 0;
-
-    /* Allocate L2 tables and data clusters in guest order, as QEMU does:
-     * each new L2 table comes just before the clusters it maps. */
-    for (uint64_t c = 0; c < n && !ret; c++) {
-        uint64_t off = c << s->cluster_bits;
-        ret = qcow2_preallocate_cluster(node, off, err);
-    }
-    if (ret < 0)
-        return ret;
-    pthread_mutex_lock(&node->lock);
-    ret = qcow2_cache_flush(node, &s->l2_cache, err);
-    pthread_mutex_unlock(&node->lock);
-    if (ret < 0)
-        return ret;
-    /* The file covers every data cluster; falloc/full also allocate it. */
-    int64_t end = node->file->ops->get_size(node->file);
-    uint64_t want = qcow2_image_end(node);
-    if (end >= 0 && want > (uint64_t)end)
-        ret = node->file->ops->truncate(node->file, want,
-                                        mode == QIMG_PREALLOC_METADATA
-                                            ? QIMG_PREALLOC_OFF : mode, err);
     return ret;
 }
 

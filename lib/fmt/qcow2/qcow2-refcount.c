@@ -443,3 +443,68 @@ uint64_t qcow2_image_end(struct qimg_image *node)
     }
     return 0;
 }
+
+int qcow2_relocate_reftable(struct qimg_image *node, uint64_t clusters,
+                            struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t per_block = 1ull << s->refcount_block_bits;
+    uint64_t entries = QIMG_MAX(qimg_div_round_up(clusters, per_block),
+                                s->refcount_table_size);
+    uint64_t tclusters = qimg_div_round_up(entries * 8, s->cluster_size);
+    uint64_t start = qcow2_image_end(node) >> s->cluster_bits;
+    uint64_t *table;
+    uint8_t hdr[12];
+    int ret;
+
+    if ((tclusters << s->cluster_bits) > QCOW2_MAX_REFTABLE_SIZE)
+        return qimg_error_set(err, -EFBIG, "Reference count table too large");
+    entries = (tclusters << s->cluster_bits) / 8;
+    /* The new table's own clusters need refcounts: make sure their block
+     * exists before the table is written. */
+    for (uint64_t c = start; c < start + tclusters; c++) {
+        ret = ensure_refblock(node, c >> s->refcount_block_bits, err);
+        if (ret < 0)
+            return ret;
+    }
+    start = qcow2_image_end(node) >> s->cluster_bits;
+    table = calloc(entries, 8);
+    if (!table)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (uint64_t i = 0; i < s->refcount_table_size; i++)
+        table[i] = htobe64(s->refcount_table[i]);
+    ret = qcow2_update_refcount(node, start << s->cluster_bits,
+                                tclusters << s->cluster_bits, 1, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    if (!ret) {
+        /* Entries may have changed while counting the new clusters. */
+        for (uint64_t i = 0; i < s->refcount_table_size; i++)
+            table[i] = htobe64(s->refcount_table[i]);
+        ret = node->file->ops->pwrite(node->file, start << s->cluster_bits,
+                                      entries * 8, table, err);
+    }
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0) {
+        free(table);
+        return ret;
+    }
+    qimg_st_be64(hdr, start << s->cluster_bits);
+    qimg_st_be32(hdr + 8, (uint32_t)tclusters);
+    ret = node->file->ops->pwrite(node->file, 48, 12, hdr, err);
+    if (ret < 0) {
+        free(table);
+        return ret;
+    }
+    for (uint64_t i = 0; i < entries; i++)
+        table[i] = be64toh(table[i]);
+    uint64_t old_off = s->refcount_table_offset;
+    uint64_t old_len = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
+    free(s->refcount_table);
+    s->refcount_table = table;
+    s->refcount_table_size = entries;
+    s->refcount_table_offset = start << s->cluster_bits;
+    s->refcount_table_clusters = (uint32_t)tclusters;
+    return qcow2_free_clusters(node, old_off, old_len, err);
+}

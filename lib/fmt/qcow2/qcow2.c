@@ -663,32 +663,61 @@ static int qcow2_get_info(struct qimg_image *node, struct qimg_info *info,
                                                            "Out of memory");
 }
 
+static int qcow2_shrink(struct qimg_image *node, uint64_t size,
+                        struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t end;
+    int ret = qcow2_drop_tail(node, size, err);
+
+    if (ret < 0)
+        return ret;
+    node->size = size;
+    ret = qcow2_update_header(node, err);
+    if (ret < 0)
+        return ret;
+    /* Give back the file's tail past the last used cluster. */
+    end = qcow2_image_end(node);
+    int64_t fsize = node->file->ops->get_size(node->file);
+    if (fsize >= 0 && end < (uint64_t)fsize)
+        ret = node->file->ops->truncate(node->file, end, QIMG_PREALLOC_OFF, err);
+    (void)s;
+    return ret;
+}
+
 static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
                           enum qimg_prealloc prealloc, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    uint64_t old = node->size;
     int ret;
 
     if (s->nb_snapshots)
         return qimg_error_set(err, -ENOTSUP, "Can't resize an image which has "
                               "snapshots");
-    if (size < node->size)
-        return qimg_error_set(err, -ENOTSUP, "qcow2 doesn't support shrinking "
-                              "images yet");
-    if (prealloc != QIMG_PREALLOC_OFF)
-        return qimg_error_set(err, -ENOTSUP, "Preallocation on resize is not "
-                              "supported for qcow2 yet");
+    if (size % 512)
+        return qimg_error_set(err, -EINVAL, "The new size must be a multiple of "
+                              "512");
+    if (size < old) {
+        if (prealloc != QIMG_PREALLOC_OFF)
+            return qimg_error_set(err, -ENOTSUP, "Preallocation can't be used "
+                                  "for shrinking an image");
+        return qcow2_shrink(node, size, err);
+    }
     pthread_mutex_lock(&node->lock);
     ret = qcow2_grow_l1(node, qcow2_l1_size_for(size, s->cluster_bits, s->l2_bits),
                         err);
+    pthread_mutex_unlock(&node->lock);
+    if (!ret && prealloc != QIMG_PREALLOC_OFF)
+        ret = qcow2_preallocate(node, old, size, prealloc, err);
     if (!ret) {
-        uint64_t old = node->size;
+        pthread_mutex_lock(&node->lock);
         node->size = size;
         ret = qcow2_update_header(node, err);
         if (ret < 0)
             node->size = old;
+        pthread_mutex_unlock(&node->lock);
     }
-    pthread_mutex_unlock(&node->lock);
     return ret;
 }
 

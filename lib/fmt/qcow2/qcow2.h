@@ -225,6 +225,10 @@ int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
                         struct qimg_error *err);
 /* End of the last cluster with a nonzero refcount (from the table). */
 uint64_t qcow2_image_end(struct qimg_image *node);
+/* Move the refcount table to the end of the image, sized for `clusters`
+ * host clusters (what QEMU does before preallocating data). */
+int qcow2_relocate_reftable(struct qimg_image *node, uint64_t clusters,
+                            struct qimg_error *err);
 uint64_t qcow2_refcount_read_entry(const struct qcow2_state *s,
                                    const uint8_t *block, uint64_t index);
 void qcow2_refcount_write_entry(const struct qcow2_state *s, uint8_t *block,
@@ -253,9 +257,13 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
                        struct qimg_extent *ext, struct qimg_error *err);
 int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
                   struct qimg_error *err);
-/* Give the guest cluster at off a host cluster if it has none. */
-int qcow2_preallocate_cluster(struct qimg_image *node, uint64_t off,
-                              struct qimg_error *err);
+/* Give every guest cluster of [start, end) a host cluster (metadata), and
+ * with falloc/full also allocate it in the file. */
+int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
+                      enum qimg_prealloc mode, struct qimg_error *err);
+/* Drop every cluster mapped at or beyond guest offset `from` (shrink). */
+int qcow2_drop_tail(struct qimg_image *node, uint64_t from,
+                    struct qimg_error *err);
 
 /* qcow2-compress.c */
 int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
