@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -284,6 +285,80 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
     }
     qimg_opts_free(dict);
     return img;
+}
+
+bool cli_load_snapshot(struct qimg_image *img, const char *param)
+{
+    struct qimg_error err = {0};
+    int ret;
+
+    if (!strncmp(param, "snapshot.", 9)) {
+        struct qimg_opts *o = qimg_opts_new();
+        qimg_opts_parse(o, param, NULL, NULL);
+        ret = qimg_snapshot_load_tmp(img, qimg_opts_get(o, "snapshot.id"),
+                                     qimg_opts_get(o, "snapshot.name"), &err);
+        qimg_opts_free(o);
+    } else {
+        /* An ID first, then a name, as qemu-img does. */
+        ret = qimg_snapshot_load_tmp(img, param, NULL, &err);
+        if (ret == -ENOENT)
+            ret = qimg_snapshot_load_tmp(img, NULL, param, &err);
+    }
+    if (ret < 0) {
+        cli_report(&err, "Failed to load snapshot: ");
+        return false;
+    }
+    return true;
+}
+
+void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n)
+{
+    printf("%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (size_t i = 0; i < n; i++) {
+        const struct qimg_snapshot *sn = &list[i];
+        char size[64], date[64], clock[64], icount[32] = "";
+        time_t t = (time_t)sn->date_sec;
+        struct tm tm;
+        uint64_t secs = sn->vm_clock_nsec / 1000000000ull;
+
+        qimg_size_to_str(sn->vm_state_size, size, sizeof(size));
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        snprintf(clock, sizeof(clock), "%02llu:%02llu:%02llu.%03llu",
+                 (unsigned long long)(secs / 3600),
+                 (unsigned long long)(secs / 60 % 60),
+                 (unsigned long long)(secs % 60),
+                 (unsigned long long)(sn->vm_clock_nsec / 1000000 % 1000));
+        if (sn->has_icount)
+            snprintf(icount, sizeof(icount), "%llu",
+                     (unsigned long long)sn->icount);
+        printf("%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name, size, date,
+               clock, icount);
+    }
+}
+
+json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const struct qimg_snapshot *sn = &list[i];
+        json_t *o = json_object();
+        if (sn->has_icount)
+            json_object_set_new(o, "icount", json_integer((json_int_t)sn->icount));
+        json_object_set_new(o, "vm-clock-nsec",
+                            json_integer((json_int_t)(sn->vm_clock_nsec % 1000000000ull)));
+        json_object_set_new(o, "name", json_string(sn->name));
+        json_object_set_new(o, "date-sec", json_integer(sn->date_sec));
+        json_object_set_new(o, "date-nsec", json_integer(sn->date_nsec));
+        json_object_set_new(o, "vm-clock-sec",
+                            json_integer((json_int_t)(sn->vm_clock_nsec / 1000000000ull)));
+        json_object_set_new(o, "id", json_string(sn->id));
+        json_object_set_new(o, "vm-state-size",
+                            json_integer((json_int_t)sn->vm_state_size));
+        json_array_append_new(arr, o);
+    }
+    return arr;
 }
 
 /* ---- progress ------------------------------------------------------------ */

@@ -74,6 +74,13 @@ struct cli_open {
  * QEMU's warning when raw was guessed for a writable image. */
 struct qimg_image *cli_open_image(const struct cli_open *o);
 
+/*
+ * Show snapshot `param` (-l: "snapshot.id=ID,snapshot.name=NAME" or
+ * "ID_OR_NAME") in a read-only image.  Prints "Failed to load snapshot: ..."
+ * and returns false on failure.
+ */
+bool cli_load_snapshot(struct qimg_image *img, const char *param);
+
 /* Progress as qemu-img -p prints it: "    (NN.NN/100%)\r". */
 void cli_progress_init(bool enabled, double min_step);
 void cli_progress_print(double percent);
@@ -89,6 +96,10 @@ void cli_json_print(FILE *out, const struct json_t *value, int level);
 /* Print a jansson object the way QEMU's human "Format specific
  * information" does: "key: value" lines, '-' in keys shown as ' '. */
 void cli_json_print_human(FILE *out, const struct json_t *value, int level);
+
+/* Snapshot listings as qemu-img prints them (info, snapshot -l). */
+void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n);
+struct json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n);
 
 /* Each subcommand, argv[0] being its name. Returns the exit status. */
 int cmd_amend(int argc, char **argv);

@@ -54,6 +54,11 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
     }
     json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
     qimg_info_release(&info);
+    struct qimg_snapshot *snaps = NULL;
+    size_t nsnaps = 0;
+    if (qimg_snapshot_list(img, &snaps, &nsnaps, NULL) == 0 && nsnaps)
+        json_object_set_new(o, "snapshots", cli_snapshots_json(snaps, nsnaps));
+    free(snaps);
     return o;
 }
 
@@ -89,6 +94,30 @@ static void print_human(const json_t *o)
     }
     if (json_is_true(json_object_get(o, "dirty-flag")))
         printf("cleanly shut down: no\n");
+    if ((v = json_object_get(o, "snapshots"))) {
+        /* Back from JSON to the table qemu-img prints. */
+        size_t n = json_array_size(v);
+        struct qimg_snapshot *list = calloc(n, sizeof(*list));
+        for (size_t i = 0; list && i < n; i++) {
+            json_t *e = json_array_get(v, i);
+            snprintf(list[i].id, sizeof(list[i].id), "%s",
+                     json_string_value(json_object_get(e, "id")));
+            snprintf(list[i].name, sizeof(list[i].name), "%s",
+                     json_string_value(json_object_get(e, "name")));
+            list[i].vm_state_size = (uint64_t)json_integer_value(json_object_get(e, "vm-state-size"));
+            list[i].date_sec = (uint32_t)json_integer_value(json_object_get(e, "date-sec"));
+            list[i].date_nsec = (uint32_t)json_integer_value(json_object_get(e, "date-nsec"));
+            list[i].vm_clock_nsec =
+                (uint64_t)json_integer_value(json_object_get(e, "vm-clock-sec")) * 1000000000ull +
+                (uint64_t)json_integer_value(json_object_get(e, "vm-clock-nsec"));
+            list[i].has_icount = json_object_get(e, "icount") != NULL;
+            list[i].icount = (uint64_t)json_integer_value(json_object_get(e, "icount"));
+        }
+        printf("Snapshot list:\n");
+        if (list)
+            cli_print_snapshot_table(list, n);
+        free(list);
+    }
     if ((v = json_object_get(o, "format-specific"))) {
         printf("Format specific information:\n");
         cli_json_print_human(stdout, json_object_get(v, "data"), 1);

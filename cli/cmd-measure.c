@@ -237,12 +237,9 @@ static int run_measure(const struct measure_args *a)
         size = qimg_image_size(src);
     }
     if (a->snapshot) {
-        /* TODO: read from an internal snapshot once the library can load
-         * one temporarily; no format can do that yet. */
-        cli_error("Failed to load snapshot: Block format '%s' used by device "
-                  "'' does not support temporarily loading internal "
-                  "snapshots", qimg_image_format(src));
-        goto out;
+        if (!cli_load_snapshot(src, a->snapshot))
+            goto out;
+        size = qimg_image_size(src);
     }
     if (!qimg_format_known(a->out_fmt)) {
         cli_error("Unknown file format '%s'", a->out_fmt);

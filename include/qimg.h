@@ -256,6 +256,27 @@ int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
                             uint64_t offset, uint64_t len,
                             struct qimg_extent *ext, struct qimg_error *err);
 
+/* ---- internal snapshots -------------------------------------------------- */
+
+struct qimg_snapshot {
+    char id[128];
+    char name[1024];
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;
+    bool has_icount;
+    uint64_t disk_size;         /* 0 when the image did not record it */
+};
+/* The image's snapshots (*list owned by the caller, free()); n = 0 and
+ * *list non-NULL when it has none; -ENOTSUP when the format has none. */
+int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
+                       size_t *n, struct qimg_error *err);
+/* Make a read-only image show snapshot (id and/or name) instead of the
+ * current state: convert -l, measure -l. */
+int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,
+                           const char *name, struct qimg_error *err);
+
 /* ---- info / measure / check ------------------------------------------ */
 
 struct qimg_info {

@@ -655,3 +655,24 @@ int qimg_prealloc_parse(const char *name, enum qimg_prealloc *out)
     }
     return -EINVAL;
 }
+
+int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
+                       size_t *n, struct qimg_error *err)
+{
+    *list = NULL;
+    *n = 0;
+    if (!img->fmt->snapshot || !img->fmt->snapshot->list)
+        return qimg_error_set(err, -ENOTSUP, "Block format '%s' does not support "
+                              "internal snapshots", img->fmt->name);
+    return img->fmt->snapshot->list(img, list, n, err);
+}
+
+int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,
+                           const char *name, struct qimg_error *err)
+{
+    if (!img->fmt->snapshot || !img->fmt->snapshot->load_tmp)
+        return qimg_error_set(err, -ENOTSUP, "Block format '%s' used by device "
+                              "'' does not support temporarily loading internal "
+                              "snapshots", img->fmt->name);
+    return img->fmt->snapshot->load_tmp(img, id, name, err);
+}

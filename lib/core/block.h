@@ -95,6 +95,14 @@ extern const struct qimg_storage_ops qimg_storage_file;
 
 /* ---- format drivers ------------------------------------------------------ */
 
+/* Internal snapshots, for formats that have them. */
+struct qimg_snapshot_ops {
+    int (*list)(struct qimg_image *node, struct qimg_snapshot **list, size_t *n,
+                struct qimg_error *err);
+    int (*load_tmp)(struct qimg_image *node, const char *id, const char *name,
+                    struct qimg_error *err);
+};
+
 struct qimg_format {
     const char *name;
     const char *description;
@@ -138,6 +146,7 @@ struct qimg_format {
                    struct qimg_error *err);
     int (*check)(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                  struct qimg_error *err);
+    const struct qimg_snapshot_ops *snapshot;
 };
 
 /* All registered formats, in the order QEMU lists them. */

@@ -54,6 +54,14 @@ class Pair:
         for d in self.dirs():
             func(d)
 
+    def setup_once(self, func):
+        """Call func(dir) in the reference directory and link the results
+        into the other, for inputs that embed timestamps (snapshots).  Both
+        tools then see the very same files: use it for read-only commands."""
+        func(self.ref_dir)
+        for item in self.ref_dir.iterdir():
+            (self.qimg_dir / item.name).symlink_to(item)
+
     def sh(self, cmd):
         """Run a shell command in both directories (setup only)."""
         for d in self.dirs():

@@ -29,6 +29,13 @@ def test_global_errors(pair, args):
 @pytest.mark.parametrize("cmd", ["info", "create", "check", "map", "measure",
                                  "compare", "convert", "resize", "dd"])
 def test_unknown_option_per_command(pair, cmd):
+    if cmd == "measure":
+        # qemu-img measure prints its whole --help text (ours is reworded)
+        # after the getopt message: compare status and stderr only.
+        r, q = pair.both(cmd, "--no-such-option", "x")
+        assert (q.rc, q.err) == (r.rc, r.err)
+        assert q.out.startswith("qemu-img version") and "measure" in q.out
+        return
     pair.same(cmd, "--no-such-option", "x")
 
 

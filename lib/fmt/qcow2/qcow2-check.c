@@ -387,6 +387,33 @@ out:
     return ret;
 }
 
+/* A snapshot's L1 table and everything it maps hold references too. */
+static void check_snapshot_l1(struct check *c, const struct qcow2_snapshot *sn)
+{
+    struct qcow2_state *s = c->s;
+    uint64_t *l1;
+
+    if (sn->l1_table_offset & (s->cluster_size - 1)) {
+        report(c, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is "
+               "not cluster aligned; snapshot table entry corrupted", sn->id,
+               sn->name, sn->l1_table_offset);
+        c->res->corruptions++;
+        return;
+    }
+    l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
+    if (!l1 || c->node->file->ops->pread(c->node->file, sn->l1_table_offset,
+                                         (size_t)sn->l1_size * 8, l1, NULL) < 0) {
+        report(c, "ERROR: I/O error in check_refcounts_l1");
+        c->res->check_errors++;
+        free(l1);
+        return;
+    }
+    for (uint32_t i = 0; i < sn->l1_size; i++)
+        l1[i] = be64toh(l1[i]);
+    check_l1(c, sn->l1_table_offset, sn->l1_size, l1, false);
+    free(l1);
+}
+
 /* Count every reference from the metadata into a fresh array. */
 static int compute_refs(struct check *c, struct qimg_error *err)
 {
@@ -405,8 +432,10 @@ static int compute_refs(struct check *c, struct qimg_error *err)
     c->res->compressed_clusters = 0;
     inc_refs(c, 0, s->cluster_size);
     check_l1(c, s->l1_table_offset, s->l1_size, s->l1_table, true);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        check_snapshot_l1(c, &s->snapshots[i]);
     if (s->nb_snapshots)
-        inc_refs(c, s->snapshots_offset, s->cluster_size);
+        inc_refs(c, s->snapshots_offset, s->snapshots_size);
     check_refcount_table(c);
     return 0;
 }

@@ -401,6 +401,9 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
         ret = qimg_error_set(err, -EINVAL, "Invalid snapshot table offset");
         goto out;
     }
+    ret = qcow2_snapshots_load(node, err);
+    if (ret < 0)
+        goto out;
     ret = qcow2_cache_init(&s->l2_cache, QIMG_MAX(QCOW2_L2_CACHE_BYTES /
                                                   s->cluster_size,
                                                   (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
@@ -453,6 +456,7 @@ static void qcow2_close(struct qimg_image *node)
     free(s->l1_table);
     free(s->refcount_table);
     free(s->unknown_ext);
+    qcow2_snapshots_free(s);
 }
 
 static void put_ext(uint8_t *buf, size_t *off, uint32_t type, const void *data,
@@ -795,4 +799,5 @@ const struct qimg_format qimg_format_qcow2 = {
     .get_info = qcow2_get_info,
     .measure = qcow2_measure,
     .check = qcow2_check,
+    .snapshot = &qcow2_snapshot_ops,
 };

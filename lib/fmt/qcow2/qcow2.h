@@ -101,6 +101,19 @@ struct qcow2_cache {
     struct qcow2_cache *depends; /* write this cache back first */
 };
 
+struct qcow2_snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id;
+    char *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+    uint64_t icount;          /* UINT64_MAX: not recorded */
+    uint32_t extra_size;
+};
+
 struct qcow2_state {
     /* header */
     uint32_t version;
@@ -157,6 +170,9 @@ struct qcow2_state {
     bool has_bitmaps_ext;
     uint8_t crypto_ext[16];
     bool has_crypto_ext;
+
+    struct qcow2_snapshot *snapshots;  /* nb_snapshots entries */
+    uint64_t snapshots_size;       /* bytes of the table on disk */
 
     bool dirty_set;                /* we set the dirty bit on disk */
     bool header_needs_update;
@@ -290,6 +306,11 @@ size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
 /* Space the persistent bitmaps of src would take with cluster_size. */
 int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
                           uint64_t *bytes, struct qimg_error *err);
+
+/* qcow2-snapshot.c */
+int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
+void qcow2_snapshots_free(struct qcow2_state *s);
+extern const struct qimg_snapshot_ops qcow2_snapshot_ops;
 
 /* qcow2-check.c */
 int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
