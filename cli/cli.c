@@ -275,6 +275,11 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
         }
         p.options = dict;
         p.format = NULL;
+        if ((o->flags & QIMG_OPEN_SHARE) && qimg_opts_get(dict, "force-share")) {
+            cli_error("--force-share/-U conflicts with image options");
+            qimg_opts_free(dict);
+            return NULL;
+        }
     }
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);

@@ -184,17 +184,6 @@ static int run_check(const struct check_args *a)
         cli_error("Invalid source cache option: %s", a->cache);
         return CHECK_ERROR;
     }
-    /*
-     * -U with -r asks for a shared writable image, which QEMU's block layer
-     * refuses when it opens the image (after looking up the format, before
-     * touching the file).  TODO: move into qimg_open for every command.
-     */
-    if (a->force_share && a->fix &&
-        (a->image_opts ? !a->fmt : !a->fmt || qimg_format_known(a->fmt))) {
-        cli_error("Could not open '%s': force-share=on can only be used with "
-                  "read-only images", a->filename);
-        return CHECK_ERROR;
-    }
     img = cli_open_image(&o);
     if (!img)
         return CHECK_ERROR;

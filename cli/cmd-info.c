@@ -129,7 +129,8 @@ static int run_info(const struct info_args *a)
     struct cli_open o = {
         .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
         /* info reads only headers: QEMU takes no locks for it */
-        .flags = QIMG_OPEN_NO_LOCK | (a->backing_chain ? 0 : QIMG_OPEN_NO_BACKING),
+        .flags = QIMG_OPEN_NO_LOCK | (a->backing_chain ? 0 : QIMG_OPEN_NO_BACKING) |
+                 (a->force_share ? QIMG_OPEN_SHARE : 0),
     };
     struct qimg_image *img = cli_open_image(&o);
     struct qimg_error err = {0};

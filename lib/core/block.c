@@ -144,6 +144,12 @@ int qimg_image_open_node(struct qimg_image **out, const char *filename,
             goto fail;
         }
     }
+    /* Sharing write access with others only makes sense for readers. */
+    if ((flags & QIMG_OPEN_SHARE) && (flags & QIMG_OPEN_RDWR)) {
+        ret = qimg_error_set(err, -EINVAL, "force-share=on can only be used "
+                             "with read-only images");
+        goto fail;
+    }
     ret = qimg_storage_open(&node->file, filename, flags, cache, err);
     if (ret < 0)
         goto fail;
@@ -198,6 +204,7 @@ int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
 {
     struct qimg_opts *dict = NULL, *fmt_opts = NULL;
     const char *filename = p->filename, *format = p->format;
+    unsigned flags = p->flags;
     int ret;
 
     *out = NULL;
@@ -236,6 +243,9 @@ int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
             goto out;
         }
         filename = fname;
+        const char *fs = qimg_opts_get(dict, "force-share");
+        if (fs && (!strcmp(fs, "on") || !strcmp(fs, "true")))
+            flags |= QIMG_OPEN_SHARE;
         for (size_t i = 0; i < qimg_opts_count(dict); i++) {
             const char *k = qimg_opts_key(dict, i);
             if (!is_storage_key(k))
@@ -246,7 +256,7 @@ int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
         ret = qimg_error_set(err, -EINVAL, "No filename given");
         goto out;
     }
-    ret = qimg_image_open_node(out, filename, format, fmt_opts, p->flags,
+    ret = qimg_image_open_node(out, filename, format, fmt_opts, flags,
                                p->cache, 0, err);
 out:
     qimg_opts_free(dict);

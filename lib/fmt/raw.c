@@ -87,10 +87,41 @@ static int raw_pread(struct qimg_image *node, uint64_t off, size_t len,
     return node->file->ops->pread(node->file, s->offset + off, len, buf, err);
 }
 
+/*
+ * When the format was guessed, a write must not turn sector 0 into
+ * something that probes as another format (a guest could otherwise make
+ * the host open its disk as, say, qcow2 with a backing file of its
+ * choosing).  QEMU refuses such writes the same way.
+ */
+static int check_probed_write(struct qimg_image *node, uint64_t off, size_t len,
+                              const void *buf, struct qimg_error *err)
+{
+    struct raw_state *s = node->state;
+    uint8_t sector[512];
+    int ret;
+
+    if (!node->probed_raw || off >= sizeof(sector) || !len)
+        return 0;
+    ret = node->file->ops->pread(node->file, s->offset, sizeof(sector), sector,
+                                 err);
+    if (ret < 0)
+        return ret;
+    memcpy(sector + off, buf, QIMG_MIN(len, sizeof(sector) - (size_t)off));
+    for (size_t i = 0; i < qimg_n_formats; i++) {
+        const struct qimg_format *f = qimg_formats[i];
+        if (!f->is_raw && f->probe && f->probe(sector, sizeof(sector), NULL) > 1)
+            return qimg_error_set(err, -EPERM, "Operation not permitted");
+    }
+    return 0;
+}
+
 static int raw_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                       const void *buf, struct qimg_error *err)
 {
     struct raw_state *s = node->state;
+    int ret = check_probed_write(node, off, len, buf, err);
+    if (ret < 0)
+        return ret;
     return node->file->ops->pwrite(node->file, s->offset + off, len, buf, err);
 }
 

@@ -148,6 +148,22 @@ static void test_json_filename(void **state)
     assert_non_null(strstr(err.msg, "Could not parse the JSON options"));
 }
 
+static void test_probed_raw_protects_sector0(void **state)
+{
+    /* Bytes that probe as qcow2 may not be written into a guessed raw image. */
+    static const uint8_t magic[512] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
+    struct qimg_image *img = open_img(QIMG_OPEN_RDWR, NULL);
+    struct qimg_error err = {0};
+
+    assert_true(qimg_image_probed_raw(img));
+    assert_int_equal(qimg_pwrite(img, 0, sizeof(magic), magic, &err), -EPERM);
+    assert_int_equal(qimg_pwrite(img, 4096, sizeof(magic), magic, &err), 0);
+    qimg_close(img);
+    img = open_img(QIMG_OPEN_RDWR, "raw");
+    assert_int_equal(qimg_pwrite(img, 0, sizeof(magic), magic, &err), 0);
+    qimg_close(img);
+}
+
 struct writer_arg {
     struct qimg_image *img;
     int id;
@@ -201,6 +217,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_locks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_filename, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_probed_raw_protects_sector0, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
