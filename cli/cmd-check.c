@@ -172,7 +172,7 @@ static int run_check(const struct check_args *a)
 {
     struct cli_open o = {
         .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
-        .flags = (a->fix ? QIMG_OPEN_RDWR : 0) |
+        .flags = QIMG_OPEN_CHECK | (a->fix ? QIMG_OPEN_RDWR : 0) |
                  (a->force_share ? QIMG_OPEN_SHARE : 0),
         .quiet = a->quiet,
     };

@@ -165,6 +165,7 @@ enum {
     QIMG_OPEN_NO_LOCK = 1 << 3,     /* take no locks at all */
     QIMG_OPEN_RESIZE = 1 << 4,      /* also take the resize permission */
     QIMG_OPEN_NO_SHARE = 1 << 5,    /* refuse others write/resize (convert) */
+    QIMG_OPEN_CHECK = 1 << 6,       /* opened by check: no automatic repair */
 };
 
 struct qimg_open_params {
@@ -325,6 +326,62 @@ enum { QIMG_CHECK_FIX_LEAKS = 1, QIMG_CHECK_FIX_ERRORS = 2 };
 /* -ENOTSUP when the format has no check. */
 int qimg_check(struct qimg_image *img, unsigned fix, struct qimg_check *res,
                struct qimg_error *err);
+
+/* ---- copy engine (convert, dd) ------------------------------------------ */
+
+/* A window of guest bytes of one source image. */
+struct qimg_copy_source {
+    struct qimg_image *img;
+    uint64_t offset;            /* first byte to copy */
+    uint64_t length;            /* bytes to copy */
+};
+
+/*
+ * What qimg_copy() does, as qemu-img convert's options describe it.  The
+ * sources are copied back to back into target from target_offset on.
+ */
+struct qimg_copy_params {
+    const struct qimg_copy_source *sources;
+    size_t n_sources;
+    struct qimg_image *target;
+    uint64_t target_offset;
+    /*
+     * -S: zero runs of at least this many bytes (a multiple of 512) inside
+     * data are not written.  0 writes everything, zero areas included, so
+     * the target ends up fully allocated (dd does that too).
+     */
+    uint64_t sparse_size;
+    bool target_is_zero;        /* unwritten target areas read as zero */
+    bool target_has_backing;    /* -B: leave what the source's top layer
+                                   does not allocate to the target's backing */
+    int64_t target_backing_size;/* size of that backing file, -1 unknown */
+    bool compress;              /* -c: write whole clusters compressed */
+    bool copy_offload;          /* -C: copy_file_range between raw files,
+                                   falling back to read/write when refused */
+    bool salvage;               /* read errors: zero the sector, warn, go on */
+    unsigned parallel;          /* -m: requests in flight (threads), 0 = 8 */
+    bool out_of_order;          /* -W: writes need not follow guest order */
+    uint64_t rate_limit;        /* -r: data bytes per second, 0 = no limit */
+    size_t chunk_size;          /* bytes per request, 0 = 2 MiB */
+    /* Percentage done, called in guest order as requests are issued. */
+    void (*progress)(void *opaque, double percent);
+    /* Non-fatal problems (--salvage), in qemu-img's wording. */
+    void (*warn)(void *opaque, const char *msg);
+    void *opaque;
+};
+
+/*
+ * Copy the guest content of the sources into the target: block status
+ * decides what is read (holes and zero areas never are), data is read by
+ * `parallel` threads and zero runs in it detected, and the target is
+ * written in guest order unless out_of_order.  Zero areas are skipped when
+ * target_is_zero, otherwise written as zeroes that may unmap.  On failure
+ * err holds qemu-img's message ("error while writing at byte N: ...").
+ */
+int qimg_copy(const struct qimg_copy_params *params, struct qimg_error *err);
+
+/* True when format fmt can write compressed clusters (convert -c). */
+bool qimg_format_can_compress(const char *fmt);
 
 #ifdef __cplusplus
 }

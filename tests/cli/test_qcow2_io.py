@@ -114,3 +114,31 @@ def test_reference_writes_qimg_reads(tmp_path, geom):
             q = run(BUILD / "qemu-img", a, tmp_path)
             rr = run(REF, a, tmp_path)
             assert (q.rc, q.out, q.err) == (rr.rc, rr.out, rr.err), (a, rr, q)
+
+
+def test_dirty_image_repaired_on_writable_open(tmp_path):
+    """An image left dirty (lazy refcounts after a crash) with a leaked
+    cluster is repaired and marked clean when qimg opens it for writing,
+    and left alone by read-only commands, as QEMU does."""
+    img = tmp_path / "d.qcow2"
+    run(REF, ["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", img, "4M"],
+        tmp_path)
+    subprocess.run([str(QEMU_IO), "-c", "write -P 5 0 64k", str(img)], check=True,
+                   capture_output=True)
+    with open(img, "r+b") as f:
+        f.seek(79)
+        f.write(b"\x01")                       # dirty bit
+        f.seek(0x20000 + 2 * 9)
+        f.write(b"\x00\x01")                   # leak cluster 9
+        f.truncate(10 * 65536)
+    for args in (["info", img], ["check", img], ["map", "--output=json", img]):
+        q = run(BUILD / "qemu-img", args, tmp_path)
+        r = run(REF, args, tmp_path)
+        assert (q.rc, q.out, q.err) == (r.rc, r.out, r.err), (args, r, q)
+    r = run(QIMG_IO, ["-f", "qcow2", img, "read -P 5 0 64k"], tmp_path)
+    assert r.rc == 0, r
+    with open(img, "rb") as f:
+        f.seek(72)
+        assert f.read(8) == bytes(8), "dirty bit not cleared"
+    chk = run(REF, ["check", img], tmp_path)
+    assert chk.rc == 0 and "No errors" in chk.out, chk

@@ -423,6 +423,18 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     ret = open_data_file(node, opts, err);
     if (ret < 0)
         goto out;
+    if (!node->read_only && (s->incompatible & QCOW2_INCOMPAT_DIRTY) &&
+        !(node->flags & QIMG_OPEN_CHECK)) {
+        /* Left dirty (lazy refcounts, or a crash): repair, then mark clean,
+         * as QEMU does on a writable open. */
+        struct qimg_check res = {0};
+        ret = qcow2_check(node, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
+                          &res, err);
+        if (!ret)
+            ret = qcow2_set_dirty(node, false, err);
+        if (ret < 0)
+            goto out;
+    }
     if (!node->read_only) {
         /* Bits we do not maintain must be cleared before any write. */
         uint64_t keep = s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
