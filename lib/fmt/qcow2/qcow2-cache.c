@@ -70,6 +70,8 @@ int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
 
 static struct qcow2_cache_entry *find(struct qcow2_cache *c, uint64_t offset)
 {
+    if (!offset)
+        return NULL;
     for (size_t i = 0; i < c->n; i++)
         if (c->e[i].offset == offset)
             return &c->e[i];
@@ -108,8 +110,16 @@ static int victim(struct qimg_image *node, struct qcow2_cache *c,
 int qcow2_cache_get(struct qimg_image *node, struct qcow2_cache *c,
                     uint64_t offset, uint8_t **table, struct qimg_error *err)
 {
-    struct qcow2_cache_entry *e = find(c, offset);
+    struct qcow2_cache_entry *e;
     int ret;
+
+    /* Offset 0 is the header (and marks free slots): never a table. */
+    if (!offset) {
+        qcow2_mark_corrupt(node, NULL);
+        return qimg_error_set(err, -EIO, "Metadata table at offset 0 is "
+                              "invalid; image is corrupt");
+    }
+    e = find(c, offset);
 
     if (!e) {
         ret = victim(node, c, &e, err);

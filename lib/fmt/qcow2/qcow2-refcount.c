@@ -104,6 +104,10 @@ int qcow2_get_refcount(struct qimg_image *node, uint64_t cluster_index,
         *refcount = 0;
         return 0;
     }
+    if (!(s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK)) {
+        *refcount = 0;   /* only reserved bits set: no block */
+        return 0;
+    }
     ret = get_refblock(node, ti, &block, err);
     if (ret < 0)
         return ret;
@@ -139,7 +143,7 @@ static int ensure_refblock(struct qimg_image *node, uint64_t ti,
     if (s->refcount_table[ti])
         return 0;
     /* Find a free cluster without taking a reference yet. */
-    for (ci = s->free_cluster_index;; ci++) {
+    for (ci = QIMG_MAX(s->free_cluster_index, 1);; ci++) {
         uint64_t rc;
         ret = qcow2_get_refcount(node, ci, &rc, err);
         if (ret < 0)
@@ -223,7 +227,8 @@ static int find_free(struct qimg_image *node, uint64_t n, uint64_t *start,
                      struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t ci = s->free_cluster_index, run = 0;
+    /* Cluster 0 is the header, whatever a corrupt refcount says. */
+    uint64_t ci = QIMG_MAX(s->free_cluster_index, 1), run = 0;
 
     for (;;) {
         uint64_t rc;

@@ -49,7 +49,7 @@ static int64_t parse_entry(struct qcow2_state *s, const uint8_t *buf,
     uint16_t id_len, name_len;
     uint64_t need;
 
-    if (len - pos < 40)
+    if (pos > len || len - pos < 40)
         return qimg_error_set(err, -EINVAL, "Snapshot table is truncated");
     sn->l1_table_offset = qimg_ld_be64(buf + pos);
     sn->l1_size = qimg_ld_be32(buf + pos + 8);
@@ -89,29 +89,40 @@ static int64_t parse_entry(struct qcow2_state *s, const uint8_t *buf,
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t len = (uint64_t)s->nb_snapshots * 40, pos = 0;
+    /* One entry at most: fixed part, extra data, id and name. */
+    const size_t max_entry = 40 + QCOW2_MAX_SNAPSHOT_EXTRA + 2 * 65535 + 8;
+    uint64_t pos = 0;
     uint8_t *buf;
     int ret = 0;
 
     s->snapshots_size = 0;
     if (!s->nb_snapshots)
         return 0;
-    /* Read generously (the table's length is the sum of its entries),
-     * bounded by QEMU's limit and the file's size. */
-    int64_t fsize = node->file->ops->get_size(node->file);
-    if (fsize < 0 || s->snapshots_offset >= (uint64_t)fsize)
-        return qimg_error_set(err, -EINVAL, "Snapshot table offset invalid");
-    len = QIMG_MIN((uint64_t)fsize - s->snapshots_offset,
-                   (uint64_t)QCOW2_MAX_SNAPSHOTS_SIZE);
-    buf = malloc(len ? len : 1);
+    buf = malloc(max_entry);
     s->snapshots = calloc(s->nb_snapshots, sizeof(*s->snapshots));
     if (!buf || !s->snapshots) {
         free(buf);
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     }
-    ret = node->file->ops->pread(node->file, s->snapshots_offset, len, buf, err);
-    for (uint32_t i = 0; !ret && i < s->nb_snapshots; i++) {
-        int64_t n = parse_entry(s, buf, pos, len, &s->snapshots[i], err);
+    /* Entry by entry: reads past the end of the file give zeroes, as in
+     * QEMU, and the whole table stays within QEMU's size limit. */
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        uint64_t off;
+        if (pos > QCOW2_MAX_SNAPSHOTS_SIZE ||
+            qimg_add_overflow(s->snapshots_offset, pos, &off)) {
+            ret = qimg_error_set(err, -EFBIG, "Snapshot table too large");
+            break;
+        }
+        ret = node->file->ops->pread(node->file, off, 40, buf, err);
+        if (ret < 0)
+            break;
+        size_t var = (size_t)QIMG_MIN(qimg_ld_be32(buf + 36),
+                                      (uint32_t)QCOW2_MAX_SNAPSHOT_EXTRA + 1) +
+                     qimg_ld_be16(buf + 12) + qimg_ld_be16(buf + 14);
+        ret = node->file->ops->pread(node->file, off + 40, var, buf + 40, err);
+        if (ret < 0)
+            break;
+        int64_t n = parse_entry(s, buf, 0, 40 + var, &s->snapshots[i], err);
         if (n < 0) {
             ret = (int)n;
             break;

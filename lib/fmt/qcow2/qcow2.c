@@ -19,6 +19,8 @@
 #define QCOW2_REFBLOCK_CACHE_BYTES (4u << 20)
 #define QCOW2_MIN_CACHE_ENTRIES 16
 
+static void free_state(struct qcow2_state *s);
+
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     if (len >= 8 && qimg_ld_be32(buf) == QCOW2_MAGIC &&
@@ -448,7 +450,25 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
 out:
     free(hdr);
     free(ftable);
+    if (ret < 0)
+        free_state(s);
     return ret;
+}
+
+/* Release everything open allocated (also on a failed open). */
+static void free_state(struct qcow2_state *s)
+{
+    qcow2_cache_release(&s->l2_cache);
+    qcow2_cache_release(&s->refblock_cache);
+    qimg_storage_close(s->data_file);
+    s->data_file = NULL;
+    free(s->l1_table);
+    s->l1_table = NULL;
+    free(s->refcount_table);
+    s->refcount_table = NULL;
+    free(s->unknown_ext);
+    s->unknown_ext = NULL;
+    qcow2_snapshots_free(s);
 }
 
 static void qcow2_close(struct qimg_image *node)
@@ -462,13 +482,7 @@ static void qcow2_close(struct qimg_image *node)
         if (s->dirty_set)
             qcow2_set_dirty(node, false, &err);
     }
-    qcow2_cache_release(&s->l2_cache);
-    qcow2_cache_release(&s->refblock_cache);
-    qimg_storage_close(s->data_file);
-    free(s->l1_table);
-    free(s->refcount_table);
-    free(s->unknown_ext);
-    qcow2_snapshots_free(s);
+    free_state(s);
 }
 
 static void put_ext(uint8_t *buf, size_t *off, uint32_t type, const void *data,

@@ -1,0 +1,727 @@
+/*
+ * copy.c - the copy engine behind convert and dd (qimg_copy in qimg.h).
+ *
+ * The sources, back to back, form one guest address space that maps onto
+ * the target from target_offset on.  A walker cuts it into requests
+ * ("chunks") in guest order: block status of the source decides whether a
+ * chunk is data (read it), zero (never read) or left to the target's
+ * backing file; data chunks are at most chunk_size bytes.  The cuts follow
+ * qemu-img convert's, so that progress and the holes left by zero
+ * detection come out the same.
+ *
+ * Threads: `parallel` workers share the walker under e->lock, each taking
+ * the next chunk, then reading and zero-scanning it into its own reusable
+ * buffer without the lock.  Writes are committed in chunk order (a worker
+ * waits for its turn) unless out_of_order; so at most `parallel` chunks
+ * are in flight and memory stays at parallel * chunk_size.  The first
+ * error stops everyone.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "copy/copy.h"
+#include "core/block.h"
+#include "core/util.h"
+
+#define DEFAULT_CHUNK (2u << 20)
+#define DEFAULT_PARALLEL 8
+#define MAX_PARALLEL 64
+/* Block status is asked for at most this much at once (QEMU's request
+ * limit); the cut matters for where data chunks start. */
+#define MAX_STATUS_BYTES 2147483136ull
+/* Rate limiting accounts in slices of this length, as QEMU's jobs do. */
+#define RATE_SLICE_NS 100000000ull
+
+enum kind { KIND_DATA, KIND_ZERO, KIND_BACKING };
+
+struct chunk {
+    uint64_t seq;
+    uint64_t dst;       /* target offset */
+    uint64_t len;
+    enum kind kind;
+};
+
+/* Position of the walk and the cached block status extent. */
+struct walker {
+    size_t src;
+    uint64_t dst;
+    uint64_t ext_end;   /* target offset where the cached extent ends */
+    enum kind ext_kind;
+};
+
+struct ratelimit {
+    uint64_t quota;     /* bytes per slice */
+    uint64_t start, end, dispatched;
+    uint64_t wait_until;
+};
+
+struct engine {
+    const struct qimg_copy_params *p;
+    const struct qimg_copy_source *srcs;
+    uint64_t *src_start;    /* target offset of each source's first byte */
+    uint32_t *src_align;    /* block status cut alignment of each source */
+    uint64_t end;           /* target offset after the last byte */
+    uint64_t chunk_size;
+    uint32_t min_sectors, align_sectors, cluster;
+    bool zero_init;
+    void *zero_buf;         /* chunk_size zero bytes (for -S 0) */
+    struct copy_offload *offload;
+
+    pthread_mutex_t lock;
+    pthread_cond_t turn;
+    struct walker walk;
+    uint64_t next_seq, write_seq;
+    uint64_t alloc_total, alloc_done;
+    struct ratelimit rate;
+    bool offload_off;
+    bool stop;
+    bool sync_ready;        /* lock and turn initialised */
+    int ret;
+    struct qimg_error err;
+};
+
+struct worker {
+    struct engine *e;
+    pthread_t thread;
+    uint8_t *buf;
+    struct copy_run *runs;
+    size_t max_runs;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Record the first failure and wake everyone.  Called with e->lock. */
+static void fail_locked(struct engine *e, int ret, const struct qimg_error *err)
+{
+    if (!e->ret) {
+        e->ret = ret;
+        e->err = *err;
+        e->err.code = ret;
+    }
+    e->stop = true;
+    pthread_cond_broadcast(&e->turn);
+}
+
+/* ---- walking the sources ------------------------------------------------ */
+
+static enum kind classify(const struct engine *e, const struct qimg_extent *x,
+                          struct qimg_image *src, uint64_t dst)
+{
+    const struct qimg_copy_params *p = e->p;
+
+    if (x->flags & QIMG_BS_ZERO) {
+        /* Past the end of the target's backing file it reads zero anyway. */
+        if (p->target_has_backing && p->target_backing_size >= 0 &&
+            dst >= (uint64_t)p->target_backing_size)
+            return KIND_BACKING;
+        return KIND_ZERO;
+    }
+    if (x->flags & (QIMG_BS_DATA | QIMG_BS_ALLOCATED))
+        return KIND_DATA;
+    /* Unallocated: with a target backing file, the source's backing
+     * content is expected there; otherwise nothing in the chain has it. */
+    if (p->target_has_backing && qimg_image_backing(src))
+        return KIND_BACKING;
+    return KIND_ZERO;
+}
+
+static int query_status(struct engine *e, struct walker *w,
+                        struct qimg_error *err)
+{
+    const struct qimg_copy_source *s = &e->srcs[w->src];
+    uint64_t spos = w->dst - e->src_start[w->src];
+    uint64_t off = s->offset + spos, n, tail;
+    uint64_t want = QIMG_MIN(s->length - spos, MAX_STATUS_BYTES);
+    struct qimg_extent x;
+    int ret;
+
+    /* With a target backing file only the source's top layer is copied. */
+    if (e->p->target_has_backing)
+        ret = qimg_block_status(s->img, off, want, &x, err);
+    else
+        ret = qimg_block_status_chain(s->img, NULL, off, want, &x, err);
+    if (ret < 0) {
+        char msg[QIMG_ERROR_MSG_MAX];
+        snprintf(msg, sizeof(msg), "%s", strerror(-ret));
+        return qimg_error_set(err, ret, "error while reading block status at "
+                              "offset %llu: %s", (unsigned long long)off, msg);
+    }
+    n = x.length ? QIMG_MIN(x.length, want) : want;
+    /* Keep extent ends on the source's alignment so requests do not
+     * straddle its blocks (unless that would leave nothing). */
+    if (spos + n < s->length) {
+        tail = (off + n) % e->src_align[w->src];
+        if (n > tail)
+            n -= tail;
+    }
+    w->ext_end = w->dst + n;
+    w->ext_kind = classify(e, &x, s->img, w->dst);
+    return 0;
+}
+
+/* The next chunk in guest order: 1, or 0 at the end, or a negative errno. */
+static int next_chunk(struct engine *e, struct walker *w, struct chunk *c,
+                      struct qimg_error *err)
+{
+    uint64_t len;
+    enum kind kind;
+
+    if (w->dst >= e->end)
+        return 0;
+    while (w->dst >= e->src_start[w->src] + e->srcs[w->src].length) {
+        w->src++;
+        w->ext_end = 0;
+    }
+    if (w->dst >= w->ext_end) {
+        int ret = query_status(e, w, err);
+        if (ret < 0)
+            return ret;
+    }
+    len = w->ext_end - w->dst;
+    kind = w->ext_kind;
+    if (e->p->compress) {
+        /* Compressed clusters are written whole: a short hole becomes part
+         * of a data cluster, longer ones are cut at cluster boundaries. */
+        if (len < e->cluster) {
+            len = QIMG_MIN((uint64_t)e->cluster, e->end - w->dst);
+            kind = KIND_DATA;
+        } else {
+            len = qimg_align_down(len, e->cluster);
+        }
+    }
+    if (kind == KIND_DATA || (kind == KIND_ZERO && !e->p->sparse_size))
+        len = QIMG_MIN(len, e->chunk_size);
+    c->seq = e->next_seq++;
+    c->dst = w->dst;
+    c->len = len;
+    c->kind = kind;
+    w->dst += len;
+    return 1;
+}
+
+/* Chunks that count for progress: the ones that will hold data. */
+static bool counts(const struct engine *e, const struct chunk *c)
+{
+    return c->kind == KIND_DATA ||
+           (c->kind == KIND_ZERO && !e->p->sparse_size);
+}
+
+/* Walk everything once to know the total for progress. */
+static int count_allocated(struct engine *e, struct qimg_error *err)
+{
+    struct walker w = {0};
+    struct chunk c;
+    int ret;
+
+    w.dst = e->p->target_offset;
+    while ((ret = next_chunk(e, &w, &c, err)) > 0)
+        if (counts(e, &c))
+            e->alloc_total += c.len;
+    e->next_seq = 0;
+    return ret;
+}
+
+/* ---- rate limiting ------------------------------------------------------ */
+
+/* Account n bytes issued now; later requests wait until the quota of the
+ * slices they used up has passed (QEMU's RateLimit). */
+static void rate_account(struct ratelimit *r, uint64_t n)
+{
+    uint64_t now = now_ns();
+    double slices;
+
+    if (r->end < now) {
+        r->start = now;
+        r->end = now + RATE_SLICE_NS;
+        r->dispatched = 0;
+    }
+    r->dispatched += n;
+    if (r->dispatched < r->quota)
+        return;
+    slices = (double)r->dispatched / (double)r->quota;
+    r->end = r->start + (uint64_t)(slices * (double)RATE_SLICE_NS);
+    r->wait_until = r->end;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static size_t source_of(const struct engine *e, uint64_t dst)
+{
+    size_t i = 0;
+    while (i + 1 < e->p->n_sources &&
+           dst >= e->src_start[i] + e->srcs[i].length)
+        i++;
+    return i;
+}
+
+static void warn_locked(struct engine *e, const char *msg)
+{
+    pthread_mutex_lock(&e->lock);
+    if (e->p->warn)
+        e->p->warn(e->p->opaque, msg);
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Read target range [dst, dst+len) from whichever sources hold it. */
+static int read_range(struct engine *e, uint64_t dst, uint64_t len,
+                      uint8_t *buf, struct qimg_error *err)
+{
+    while (len) {
+        size_t i = source_of(e, dst);
+        const struct qimg_copy_source *s = &e->srcs[i];
+        uint64_t spos = dst - e->src_start[i];
+        uint64_t n = QIMG_MIN(len, s->length - spos);
+        int ret;
+
+        if (dst < e->src_start[i] || spos >= s->length) {
+            memset(buf, 0, (size_t)len);    /* past the last source */
+            return 0;
+        }
+        ret = qimg_pread(s->img, s->offset + spos, (size_t)n, buf, err);
+        if (ret < 0)
+            return ret;
+        dst += n;
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* --salvage: read sector by sector, zeroing (and reporting) bad ones. */
+static void read_salvage(struct engine *e, uint64_t dst, uint64_t len,
+                         uint8_t *buf)
+{
+    for (uint64_t at = 0; at < len; at += COPY_SECTOR) {
+        uint64_t n = QIMG_MIN((uint64_t)COPY_SECTOR, len - at);
+        struct qimg_error err = {0};
+        int ret = read_range(e, dst + at, n, buf + at, &err);
+        if (ret < 0) {
+            char msg[QIMG_ERROR_MSG_MAX + 64];
+            memset(buf + at, 0, (size_t)n);
+            snprintf(msg, sizeof(msg), "error while reading offset %llu: %s",
+                     (unsigned long long)(dst + at), strerror(-ret));
+            warn_locked(e, msg);
+        }
+    }
+}
+
+static int read_chunk(struct engine *e, const struct chunk *c, uint8_t *buf,
+                      struct qimg_error *err)
+{
+    int ret = read_range(e, c->dst, c->len, buf, err);
+
+    if (ret < 0 && e->p->salvage) {
+        read_salvage(e, c->dst, c->len, buf);
+        return 0;
+    }
+    if (ret < 0)
+        return qimg_error_set(err, ret, "error while reading at byte %llu: %s",
+                              (unsigned long long)c->dst, strerror(-ret));
+    return 0;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+/* Decide what a chunk writes; runs index into wk->buf (or the zero
+ * buffer when data is false and the target must hold real zeroes). */
+static size_t plan_chunk(struct worker *wk, const struct chunk *c)
+{
+    struct engine *e = wk->e;
+
+    if (c->kind == KIND_BACKING)
+        return 0;
+    if (c->kind == KIND_ZERO || (e->p->compress &&
+                                 qimg_buffer_is_zero(wk->buf, c->len))) {
+        wk->runs[0] = (struct copy_run){0, c->len, false};
+        return 1;
+    }
+    if (!e->p->sparse_size || e->p->compress) {
+        wk->runs[0] = (struct copy_run){0, c->len, true};
+        return 1;
+    }
+    return copy_scan(wk->buf, c->len, c->dst, e->min_sectors,
+                     e->align_sectors, wk->runs, wk->max_runs);
+}
+
+static int write_zero_run(struct engine *e, uint64_t off, uint64_t len,
+                          struct qimg_error *err)
+{
+    struct qimg_image *t = e->p->target;
+
+    if (!e->p->sparse_size) {
+        /* -S 0: the target is to be fully allocated, zeroes included. */
+        while (len) {
+            uint64_t n = QIMG_MIN(len, e->chunk_size);
+            int ret = qimg_pwrite(t, off, (size_t)n, e->zero_buf, err);
+            if (ret < 0)
+                return ret;
+            off += n;
+            len -= n;
+        }
+        return 0;
+    }
+    if (e->zero_init)
+        return 0;
+    return qimg_pwrite_zeroes(t, off, len, QIMG_ZERO_MAY_UNMAP, err);
+}
+
+static int commit_chunk(struct worker *wk, const struct chunk *c, size_t nruns,
+                        struct qimg_error *err)
+{
+    struct engine *e = wk->e;
+    struct qimg_image *t = e->p->target;
+    int ret = 0;
+
+    for (size_t i = 0; i < nruns && ret >= 0; i++) {
+        const struct copy_run *r = &wk->runs[i];
+        uint64_t off = c->dst + r->start;
+        if (!r->data)
+            ret = write_zero_run(e, off, r->len, err);
+        else if (e->p->compress)
+            ret = qimg_pwrite_compressed(t, off, (size_t)r->len,
+                                         wk->buf + r->start, err);
+        else
+            ret = qimg_pwrite(t, off, (size_t)r->len, wk->buf + r->start, err);
+    }
+    if (ret < 0)
+        return qimg_error_set(err, ret, "error while writing at byte %llu: %s",
+                              (unsigned long long)c->dst, strerror(-ret));
+    return 0;
+}
+
+/* In order: wait until every earlier chunk is written.  False: stopped. */
+static bool wait_turn(struct engine *e, const struct chunk *c)
+{
+    bool go;
+
+    if (e->p->out_of_order)
+        return !e->stop;
+    pthread_mutex_lock(&e->lock);
+    while (!e->stop && e->write_seq != c->seq)
+        pthread_cond_wait(&e->turn, &e->lock);
+    go = !e->stop;
+    pthread_mutex_unlock(&e->lock);
+    return go;
+}
+
+static void end_turn(struct engine *e)
+{
+    if (e->p->out_of_order)
+        return;
+    pthread_mutex_lock(&e->lock);
+    e->write_seq++;
+    pthread_cond_broadcast(&e->turn);
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* -C: try the kernel copy; false when this chunk must go the slow way. */
+static bool try_offload(struct engine *e, const struct chunk *c)
+{
+    size_t i = source_of(e, c->dst);
+    const struct qimg_copy_source *s = &e->srcs[i];
+    uint64_t spos = c->dst - e->src_start[i];
+    bool off;
+
+    pthread_mutex_lock(&e->lock);
+    off = e->offload_off;
+    pthread_mutex_unlock(&e->lock);
+    if (off || spos + c->len > s->length)
+        return false;
+    if (copy_offload_range(e->offload, s->img, s->offset + spos, e->p->target,
+                           c->dst, c->len) == 0)
+        return true;
+    /* Refused once: stop trying, as qemu-img does. */
+    pthread_mutex_lock(&e->lock);
+    e->offload_off = true;
+    pthread_mutex_unlock(&e->lock);
+    return false;
+}
+
+static int process_chunk(struct worker *wk, const struct chunk *c,
+                         struct qimg_error *err)
+{
+    struct engine *e = wk->e;
+    bool offload = c->kind == KIND_DATA && e->offload;
+    size_t nruns = 0;
+    int ret;
+
+    if (c->kind == KIND_DATA && !offload) {
+        ret = read_chunk(e, c, wk->buf, err);
+        if (ret < 0)
+            return ret;
+    }
+    if (!offload)
+        nruns = plan_chunk(wk, c);
+    if (!wait_turn(e, c))
+        return 0;
+    if (offload && !try_offload(e, c)) {
+        offload = false;
+        ret = read_chunk(e, c, wk->buf, err);
+        if (ret < 0)
+            return ret;
+        nruns = plan_chunk(wk, c);
+    }
+    if (!offload) {
+        ret = commit_chunk(wk, c, nruns, err);
+        if (ret < 0)
+            return ret;
+    }
+    end_turn(e);
+    return 0;
+}
+
+/* ---- workers ------------------------------------------------------------ */
+
+/* Take the next chunk under the lock, honouring the rate limit.
+ * Returns 1 with *c set, 0 when there is nothing left (or stopped). */
+static int take_chunk(struct engine *e, struct chunk *c)
+{
+    struct qimg_error err = {0};
+    int ret;
+
+    for (;;) {
+        uint64_t now;
+        if (e->stop)
+            return 0;
+        now = now_ns();
+        if (e->rate.quota && now < e->rate.wait_until) {
+            uint64_t d = e->rate.wait_until - now;
+            struct timespec ts = {(time_t)(d / 1000000000ull),
+                                  (long)(d % 1000000000ull)};
+            pthread_mutex_unlock(&e->lock);
+            nanosleep(&ts, NULL);
+            pthread_mutex_lock(&e->lock);
+            continue;
+        }
+        ret = next_chunk(e, &e->walk, c, &err);
+        if (ret < 0) {
+            fail_locked(e, ret, &err);
+            return 0;
+        }
+        if (ret == 0)
+            return 0;
+        if (counts(e, c)) {
+            if (e->rate.quota)
+                rate_account(&e->rate, c->len);
+            e->alloc_done += c->len;
+            if (e->p->progress && e->alloc_total)
+                e->p->progress(e->p->opaque, (float)(100.0 * (double)e->alloc_done
+                                                     / (double)e->alloc_total));
+        }
+        return 1;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *wk = arg;
+    struct engine *e = wk->e;
+    struct chunk c;
+
+    pthread_mutex_lock(&e->lock);
+    while (take_chunk(e, &c)) {
+        struct qimg_error err = {0};
+        int ret;
+        pthread_mutex_unlock(&e->lock);
+        ret = process_chunk(wk, &c, &err);
+        pthread_mutex_lock(&e->lock);
+        if (ret < 0)
+            fail_locked(e, ret, &err);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return NULL;
+}
+
+static int worker_init(struct worker *wk, struct engine *e)
+{
+    wk->e = e;
+    wk->max_runs = e->chunk_size / COPY_SECTOR + 2;
+    wk->runs = calloc(wk->max_runs, sizeof(*wk->runs));
+    /* Page aligned, so O_DIRECT targets need no bounce buffer. */
+    if (!wk->runs || posix_memalign((void **)&wk->buf, 4096, e->chunk_size)) {
+        wk->buf = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static void worker_free(struct worker *wk)
+{
+    free(wk->buf);
+    free(wk->runs);
+}
+
+/* Start the workers and wait for them; runs inline for one worker. */
+static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
+{
+    struct worker *wks = calloc(n, sizeof(*wks));
+    unsigned started = 0;
+    int ret = 0;
+
+    if (!wks)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (unsigned i = 0; i < n && !ret; i++)
+        if (worker_init(&wks[i], e) < 0)
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (!ret && n == 1) {
+        worker_main(&wks[0]);
+    } else if (!ret) {
+        for (; started < n; started++)
+            if (pthread_create(&wks[started].thread, NULL, worker_main,
+                               &wks[started]))
+                break;
+        if (!started)
+            ret = qimg_error_set(err, -EAGAIN, "Could not start threads");
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(wks[i].thread, NULL);
+    }
+    for (unsigned i = 0; i < n; i++)
+        worker_free(&wks[i]);
+    free(wks);
+    return ret;
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static uint32_t pow2_floor(uint32_t x)
+{
+    uint32_t r = 1;
+    while (x >= 2 * r)
+        r *= 2;
+    return r;
+}
+
+static int check_params(const struct qimg_copy_params *p,
+                        struct qimg_error *err)
+{
+    if (!p->target || (p->n_sources && !p->sources))
+        return qimg_error_set(err, -EINVAL, "Nothing to copy");
+    if (p->sparse_size % COPY_SECTOR || p->sparse_size > UINT32_MAX)
+        return qimg_error_set(err, -EINVAL, "Invalid sparse size");
+    if (p->parallel > MAX_PARALLEL)
+        return qimg_error_set(err, -EINVAL, "Too many parallel requests");
+    if (p->chunk_size % COPY_SECTOR || p->chunk_size > QIMG_MAX_REQUEST)
+        return qimg_error_set(err, -EINVAL, "Invalid chunk size");
+    for (size_t i = 0; i < p->n_sources; i++) {
+        const struct qimg_copy_source *s = &p->sources[i];
+        if (!s->img || !qimg_range_ok(s->offset, s->length,
+                                      qimg_image_size(s->img)))
+            return qimg_error_set(err, -EINVAL, "Source range out of bounds");
+    }
+    return 0;
+}
+
+static int engine_init(struct engine *e, const struct qimg_copy_params *p,
+                       struct qimg_error *err)
+{
+    uint32_t talign;
+    uint64_t pos = p->target_offset;
+
+    memset(e, 0, sizeof(*e));
+    e->p = p;
+    e->srcs = p->sources;
+    e->chunk_size = p->chunk_size ? p->chunk_size : DEFAULT_CHUNK;
+    e->src_start = calloc(p->n_sources + 1, sizeof(*e->src_start));
+    e->src_align = calloc(p->n_sources + 1, sizeof(*e->src_align));
+    if (!e->src_start || !e->src_align)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (size_t i = 0; i < p->n_sources; i++) {
+        uint32_t cs = qimg_image_cluster_size(p->sources[i].img);
+        e->src_start[i] = pos;
+        e->src_align[i] = cs ? cs : COPY_SECTOR;
+        if (qimg_add_overflow(pos, p->sources[i].length, &pos))
+            return qimg_error_set(err, -EINVAL, "Copy too large");
+    }
+    e->end = pos;
+    if (!qimg_range_ok(p->target_offset, pos - p->target_offset,
+                       qimg_image_size(p->target)))
+        return qimg_error_set(err, -ENOSPC, "output file is smaller than "
+                              "input file");
+    /* Zero runs are cut at the larger of -S and the target's I/O size. */
+    talign = p->target->file ? p->target->file->align : 1;
+    e->min_sectors = (uint32_t)(p->sparse_size / COPY_SECTOR);
+    e->align_sectors = QIMG_MAX(pow2_floor(e->min_sectors ? e->min_sectors : 1),
+                                (uint32_t)qimg_div_round_up(talign, COPY_SECTOR));
+    e->zero_init = p->target_is_zero;
+    if (p->compress) {
+        e->cluster = qimg_image_cluster_size(p->target);
+        if (!e->cluster || e->cluster > QIMG_MAX_REQUEST)
+            return qimg_error_set(err, -EINVAL, "invalid cluster size");
+        e->chunk_size = e->cluster;
+    }
+    if (!p->sparse_size) {
+        e->zero_buf = calloc(1, e->chunk_size);
+        if (!e->zero_buf)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    if (p->copy_offload && !p->compress) {
+        e->offload = copy_offload_new();
+        if (!e->offload)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    if (p->rate_limit) {
+        double q = (double)p->rate_limit * RATE_SLICE_NS / 1e9;
+        e->rate.quota = q < 1 ? 1 : (uint64_t)q;
+    }
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->turn, NULL);
+    e->sync_ready = true;
+    e->walk.dst = p->target_offset;
+    return 0;
+}
+
+static void engine_destroy(struct engine *e)
+{
+    if (e->sync_ready) {
+        pthread_mutex_destroy(&e->lock);
+        pthread_cond_destroy(&e->turn);
+    }
+    copy_offload_free(e->offload);
+    free(e->zero_buf);
+    free(e->src_start);
+    free(e->src_align);
+}
+
+int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
+{
+    struct engine e;
+    unsigned n;
+    int ret = check_params(p, err);
+
+    if (ret < 0)
+        return ret;
+    ret = engine_init(&e, p, err);
+    if (ret < 0)
+        goto out;
+    if (p->progress) {
+        ret = count_allocated(&e, err);
+        if (ret < 0)
+            goto out;
+    }
+    n = p->parallel ? p->parallel : DEFAULT_PARALLEL;
+    ret = run_workers(&e, n, err);
+    if (!ret && e.ret) {
+        ret = e.ret;
+        *err = e.err;
+    }
+    if (!ret)
+        ret = qimg_flush(p->target, err);
+out:
+    engine_destroy(&e);
+    return ret < 0 ? ret : 0;
+}
+
+bool qimg_format_can_compress(const char *fmt)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    return f && f->pwrite_compressed;
+}
