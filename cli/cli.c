@@ -158,6 +158,18 @@ static int cmp_desc(const void *a, const void *b)
     return strcmp((*x)->name, (*y)->name);
 }
 
+int cli_print_opt_list(const struct qimg_opt_desc **d, size_t n)
+{
+    qsort(d, n, sizeof(d[0]), cmp_desc);
+    for (size_t i = 0; i < n; i++) {
+        char left[256];
+        snprintf(left, sizeof(left), "%s=<%s>", d[i]->name,
+                 type_name(d[i]->type));
+        printf("  %-22s - %s\n", left, d[i]->help);
+    }
+    return 0;
+}
+
 int cli_print_create_opts_help(const char *fmt, const char *filename)
 {
     const struct qimg_opt_desc *d[128];
@@ -168,17 +180,11 @@ int cli_print_create_opts_help(const char *fmt, const char *filename)
         cli_error("%s", err.msg);
         return 1;
     }
-    qsort(d, (size_t)n, sizeof(d[0]), cmp_desc);
     if (filename)
         printf("Supported options:\n");
     else
         printf("Supported %s options:\n", fmt);
-    for (int i = 0; i < n; i++) {
-        char left[256];
-        snprintf(left, sizeof(left), "%s=<%s>", d[i]->name,
-                 type_name(d[i]->type));
-        printf("  %-22s - %s\n", left, d[i]->help);
-    }
+    cli_print_opt_list(d, (size_t)n);
     if (!filename)
         printf("\nThe protocol level may support further options.\n"
                "Specify the target filename to include those options.\n");

@@ -278,6 +278,26 @@ int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
 int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,
                            const char *name, struct qimg_error *err);
 
+/* ---- amend ---------------------------------------------------------------- */
+
+/*
+ * The amend options of format fmt (entries written to out, at most max), or
+ * -ENOTSUP with "Format driver 'X' does not support option amendment".
+ */
+int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
+                    size_t max, struct qimg_error *err);
+/*
+ * Check opts against the format's amend options: unknown keys give
+ * "Invalid parameter 'K'", with "This option is only supported for image
+ * creation" when K is a creation option; typed values are validated.
+ */
+int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
+                          struct qimg_error *err);
+/* Change options of an open (read-write) image. */
+int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
+               void (*progress)(void *opaque, double percent), void *opaque,
+               struct qimg_error *err);
+
 /* ---- info / measure / check ------------------------------------------ */
 
 struct qimg_info {

@@ -686,3 +686,15 @@ int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,
                               "snapshots", img->fmt->name);
     return img->fmt->snapshot->load_tmp(img, id, name, err);
 }
+
+int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
+               void (*progress)(void *opaque, double percent), void *opaque,
+               struct qimg_error *err)
+{
+    if (!img->fmt->amend)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support option amendment", img->fmt->name);
+    if (img->read_only)
+        return qimg_error_set(err, -EACCES, "Image is read-only");
+    return img->fmt->amend(img, opts, force, progress, opaque, err);
+}

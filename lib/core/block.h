@@ -147,6 +147,12 @@ struct qimg_format {
     int (*check)(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                  struct qimg_error *err);
     const struct qimg_snapshot_ops *snapshot;
+    /* qemu-img amend: options it accepts (sorted listing) and the change. */
+    const struct qimg_opt_desc *amend_opts;
+    size_t n_amend_opts;
+    int (*amend)(struct qimg_image *node, const struct qimg_opts *opts,
+                 bool force, void (*progress)(void *, double), void *opaque,
+                 struct qimg_error *err);
 };
 
 /* All registered formats, in the order QEMU lists them. */

@@ -186,3 +186,50 @@ fail:
     qimg_opts_free(opts);
     return ret;
 }
+
+int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
+                    size_t max, struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    size_t n = 0;
+
+    if (!f)
+        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->amend)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support option amendment", fmt);
+    for (; n < f->n_amend_opts && n < max; n++)
+        out[n] = &f->amend_opts[n];
+    return (int)n;
+}
+
+int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
+                          struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    struct qimg_opt_desc flat[MAX_DESCS];
+    const struct qimg_opt_desc *create[MAX_DESCS];
+    int nc, ret;
+
+    if (!f || !f->amend)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support option amendment", fmt);
+    for (size_t i = 0; i < f->n_amend_opts; i++)
+        flat[i] = f->amend_opts[i];
+    ret = qimg_opts_validate(opts, flat, f->n_amend_opts, err);
+    if (ret == -EINVAL && !strncmp(err->msg, "Invalid parameter '", 19)) {
+        /* Say so when the key is one that only creation knows. */
+        nc = qimg_create_opts(fmt, NULL, create, MAX_DESCS, NULL);
+        for (int i = 0; i < nc; i++) {
+            size_t kl = strlen(create[i]->name);
+            if (!strncmp(err->msg + 19, create[i]->name, kl) &&
+                err->msg[19 + kl] == '\'' && !err->msg[20 + kl]) {
+                size_t l = strlen(err->msg);
+                snprintf(err->msg + l, sizeof(err->msg) - l,
+                         "\nThis option is only supported for image creation");
+                break;
+            }
+        }
+    }
+    return ret;
+}

@@ -513,3 +513,117 @@ int qcow2_relocate_reftable(struct qimg_image *node, uint64_t clusters,
     s->refcount_table_clusters = (uint32_t)tclusters;
     return qcow2_free_clusters(node, old_off, old_len, err);
 }
+
+static void set_refcount_order(struct qcow2_state *s, uint32_t order)
+{
+    s->refcount_order = order;
+    s->refcount_bits = 1u << order;
+    s->refcount_block_bits = s->cluster_bits + 3 - order;
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                                             : (1ull << s->refcount_bits) - 1;
+}
+
+/*
+ * Rewrite every refcount in a new width: read all counts, write a complete
+ * new structure (blocks, then table) after the last used cluster, switch
+ * the header to it in one write, then release the old structure.
+ */
+int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
+                                struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t nb = qcow2_image_end(node) >> s->cluster_bits;
+    uint64_t new_per_block = (s->cluster_size * 8) >> order;
+    uint64_t new_max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
+    uint64_t nblocks = 0, tcl = 0, total, *counts = NULL, *table = NULL;
+    uint64_t old_table = s->refcount_table_offset;
+    uint64_t old_table_len = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
+    uint64_t *old_blocks = NULL, n_old = 0;
+    uint32_t old_order = s->refcount_order;
+    uint8_t *block = NULL;
+    int ret;
+
+    ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    if (ret < 0)
+        return ret;
+    for (;;) {
+        total = nb + nblocks + tcl;
+        uint64_t b = qimg_div_round_up(total, new_per_block);
+        uint64_t t = qimg_div_round_up(b * 8, s->cluster_size);
+        if (b == nblocks && t == tcl)
+            break;
+        nblocks = b;
+        tcl = t;
+    }
+    if ((tcl << s->cluster_bits) > QCOW2_MAX_REFTABLE_SIZE)
+        return qimg_error_set(err, -EFBIG, "Reference count table too large");
+    counts = calloc(nblocks * new_per_block, sizeof(*counts));
+    table = calloc(tcl << s->cluster_bits, 1);
+    block = malloc(s->cluster_size);
+    old_blocks = calloc(s->refcount_table_size ? s->refcount_table_size : 1, 8);
+    if (!counts || !table || !block || !old_blocks) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    for (uint64_t i = 0; i < nb; i++) {
+        ret = qcow2_get_refcount(node, i, &counts[i], err);
+        if (ret < 0)
+            goto out;
+        if (counts[i] > new_max) {
+            ret = qimg_error_set(err, -EINVAL, "Cannot decrease refcount entry "
+                                 "width to %u bits: Cluster at offset %#llx has "
+                                 "a refcount of %llu", 1u << order,
+                                 (unsigned long long)(i << s->cluster_bits),
+                                 (unsigned long long)counts[i]);
+            goto out;
+        }
+    }
+    for (uint64_t i = nb; i < total; i++)
+        counts[i] = 1;   /* the new structure itself */
+    for (uint64_t i = 0; i < s->refcount_table_size; i++)
+        if (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK)
+            old_blocks[n_old++] = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+    set_refcount_order(s, order);
+    for (uint64_t b = 0; b < nblocks; b++) {
+        uint64_t off = (nb + b) << s->cluster_bits;
+        memset(block, 0, s->cluster_size);
+        for (uint64_t k = 0; k < new_per_block; k++)
+            qcow2_refcount_write_entry(s, block, k, counts[b * new_per_block + k]);
+        ret = node->file->ops->pwrite(node->file, off, s->cluster_size, block, err);
+        if (ret < 0)
+            goto fail;
+        table[b] = htobe64(off);
+    }
+    ret = node->file->ops->pwrite(node->file, (nb + nblocks) << s->cluster_bits,
+                                  tcl << s->cluster_bits, table, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0)
+        goto fail;
+    s->refcount_table_offset = (nb + nblocks) << s->cluster_bits;
+    s->refcount_table_clusters = (uint32_t)tcl;
+    ret = qcow2_update_header(node, err);
+    if (ret < 0)
+        goto fail;
+    for (size_t i = 0; i < s->refblock_cache.n; i++)
+        qcow2_cache_discard(&s->refblock_cache, s->refblock_cache.e[i].offset);
+    free(s->refcount_table);
+    s->refcount_table = NULL;
+    ret = qcow2_refcount_load(node, err);
+    if (ret < 0)
+        goto out;
+    s->free_cluster_index = 0;
+    /* The old structure is garbage now. */
+    ret = qcow2_free_clusters(node, old_table, old_table_len, err);
+    for (uint64_t i = 0; !ret && i < n_old; i++)
+        ret = qcow2_free_clusters(node, old_blocks[i], s->cluster_size, err);
+    goto out;
+fail:
+    set_refcount_order(s, old_order);
+out:
+    free(counts);
+    free(table);
+    free(block);
+    free(old_blocks);
+    return ret;
+}

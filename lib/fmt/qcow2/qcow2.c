@@ -826,4 +826,7 @@ const struct qimg_format qimg_format_qcow2 = {
     .measure = qcow2_measure,
     .check = qcow2_check,
     .snapshot = &qcow2_snapshot_ops,
+    .amend_opts = qcow2_amend_opts,
+    .n_amend_opts = QCOW2_N_AMEND_OPTS,
+    .amend = qcow2_amend,
 };

@@ -312,6 +312,16 @@ int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
 extern const struct qimg_snapshot_ops qcow2_snapshot_ops;
 
+/* qcow2-amend.c */
+#define QCOW2_N_AMEND_OPTS 13
+extern const struct qimg_opt_desc qcow2_amend_opts[QCOW2_N_AMEND_OPTS];
+int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
+                bool force, void (*progress)(void *, double), void *opaque,
+                struct qimg_error *err);
+/* Rewrite all refcounts with width 2^order bits. */
+int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
+                                struct qimg_error *err);
+
 /* qcow2-check.c */
 int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                 struct qimg_error *err);
