@@ -102,7 +102,7 @@ int cmd_amend(int argc, char **argv)
         cli_error("Invalid cache option: %s", cache);
         goto out;
     }
-    o.flags = QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE;
+    o.flags = QIMG_OPEN_RDWR;   /* amend asks for resize only when resizing */
     img = cli_open_image(&o);
     if (!img)
         goto out;

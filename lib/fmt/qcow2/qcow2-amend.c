@@ -327,7 +327,18 @@ int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
             return ret;
     }
     if (r.has_size && r.size != node->size) {
+        /* Take the resize permission just for this, as QEMU does. */
+        if (node->file->ops->set_perm) {
+            ret = node->file->ops->set_perm(node->file,
+                                            node->flags | QIMG_OPEN_RESIZE, err);
+            if (ret < 0) {
+                node->file->ops->set_perm(node->file, node->flags, NULL);
+                return ret;
+            }
+        }
         ret = node->fmt->truncate(node, r.size, false, QIMG_PREALLOC_OFF, err);
+        if (node->file->ops->set_perm)
+            node->file->ops->set_perm(node->file, node->flags, NULL);
         if (ret < 0)
             return ret;
     }
