@@ -30,6 +30,9 @@ struct check {
     uint32_t *refs;
     uint64_t nb_clusters;
     uint64_t cap;
+    uint64_t file_len;
+    bool refblock_broken;   /* a refcount block is shared: rebuild */
+    int past_eof;           /* references past EOF: no repair fixes them */
 };
 
 static void report(struct check *c, const char *fmt, ...)
@@ -65,10 +68,21 @@ static int grow(struct check *c, uint64_t need)
 static int inc_refs(struct check *c, uint64_t off, uint64_t len)
 {
     struct qcow2_state *s = c->s;
-    uint64_t first, last;
+    uint64_t first, last, end;
 
     if (!len)
         return 0;
+    /* A reference a whole cluster or more past the end of the file is
+     * reported and not counted (QEMU's rule). */
+    if (qimg_add_overflow(off, len, &end) ||
+        (end > c->file_len && end - c->file_len >= s->cluster_size)) {
+        report(c, "ERROR: counting reference for region exceeding the end of "
+               "the file by one cluster or more: offset %#" PRIx64 " size %#"
+               PRIx64, off, len);
+        c->res->corruptions++;
+        c->past_eof++;
+        return 0;
+    }
     first = off >> s->cluster_bits;
     last = (off + len - 1) >> s->cluster_bits;
     if (last >= c->cap && grow(c, last + 1) < 0) {
@@ -201,6 +215,14 @@ static void check_refcount_table(struct check *c)
             continue;
         }
         inc_refs(c, off, s->cluster_size);
+        /* Everything else is counted by now: a block must be used once. */
+        uint64_t ci = off >> s->cluster_bits;
+        if (ci < c->nb_clusters && c->refs[ci] != 1) {
+            report(c, "ERROR refcount block %" PRIu64 " refcount=%u", i,
+                   c->refs[ci]);
+            c->res->corruptions++;
+            c->refblock_broken = true;
+        }
     }
 }
 
@@ -253,8 +275,12 @@ static int compare_refcounts(struct check *c, unsigned fix, bool *rebuild,
             continue;
         }
         if (!(leak ? (fix & (QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS))
-                   : (fix & QIMG_CHECK_FIX_ERRORS)))
+                   : (fix & QIMG_CHECK_FIX_ERRORS))) {
+            /* Not ours to fix: reported again, counted once already. */
+            report(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
+                   PRIu64, leak ? "Leaked" : "ERROR", i, stored, computed);
             continue;
+        }
         report(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
                " reference=%" PRIu64, i, stored, computed);
         if (set_refcount(c, i, stored, computed, err) == 0) {
@@ -310,6 +336,8 @@ static int rebuild_refcounts(struct check *c, struct qimg_error *err)
     int64_t t;
     int ret = 0;
 
+    /* The new structure goes past the end of the file: count it. */
+    c->file_len = UINT64_MAX;
     /* Blocks for every cluster in use, including the new blocks and table
      * themselves: allocate until the count stops growing. */
     nblocks = qimg_div_round_up(c->nb_clusters, per_block);
@@ -425,6 +453,7 @@ static int compute_refs(struct check *c, struct qimg_error *err)
     free(c->refs);
     c->refs = NULL;
     c->cap = 0;
+    c->file_len = (uint64_t)fsize;
     c->nb_clusters = qimg_div_round_up((uint64_t)fsize, s->cluster_size);
     if (grow(c, QIMG_MAX(c->nb_clusters, 1)) < 0)
         return qimg_error_set(err, -ENOMEM, "Image too large to check");
@@ -455,11 +484,14 @@ static int check_copied(struct check *c, unsigned fix, struct qimg_error *err)
             continue;
         if (qcow2_get_refcount(c->node, off >> s->cluster_bits, &rc, err) < 0)
             continue;
+        /* Setting a missing COPIED bit where the count is 1 cannot hurt:
+         * that is repaired even in leaks mode, as QEMU does. */
+        bool repair = (fix & QIMG_CHECK_FIX_ERRORS) ||
+                      ((fix & QIMG_CHECK_FIX_LEAKS) && rc == 1);
         if ((rc == 1) != !!(l1 & QCOW2_OFLAG_COPIED)) {
             report(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64
-                   " refcount=%" PRIu64, (fix & QIMG_CHECK_FIX_ERRORS)
-                   ? "Repairing" : "ERROR", i, l1, rc);
-            if (fix & QIMG_CHECK_FIX_ERRORS) {
+                   " refcount=%" PRIu64, repair ? "Repairing" : "ERROR", i, l1, rc);
+            if (repair) {
                 uint8_t be[8];
                 s->l1_table[i] = rc == 1 ? (l1 | QCOW2_OFLAG_COPIED)
                                          : (l1 & ~QCOW2_OFLAG_COPIED);
@@ -484,10 +516,11 @@ static int check_copied(struct check *c, unsigned fix, struct qimg_error *err)
                 continue;
             if ((rc == 1) == !!(e & QCOW2_OFLAG_COPIED))
                 continue;
+            bool repair_e = (fix & QIMG_CHECK_FIX_ERRORS) ||
+                            ((fix & QIMG_CHECK_FIX_LEAKS) && rc == 1);
             report(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
-                   " refcount=%" PRIu64, (fix & QIMG_CHECK_FIX_ERRORS)
-                   ? "Repairing" : "ERROR", e, rc);
-            if (fix & QIMG_CHECK_FIX_ERRORS) {
+                   " refcount=%" PRIu64, repair_e ? "Repairing" : "ERROR", e, rc);
+            if (repair_e) {
                 e = rc == 1 ? (e | QCOW2_OFLAG_COPIED) : (e & ~QCOW2_OFLAG_COPIED);
                 qimg_st_be64(l2 + j * s->l2_entry_size, e);
                 dirty = true;
@@ -528,6 +561,7 @@ int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
     if (fix)
         s->free_cluster_index = QIMG_MAX(s->free_cluster_index, c.nb_clusters);
     compare_refcounts(&c, 0, &rebuild, err);
+    rebuild |= c.refblock_broken;
     if (rebuild && fix) {
         if (!(fix & QIMG_CHECK_FIX_ERRORS)) {
             report(&c, "ERROR need to rebuild refcount structures");
@@ -538,9 +572,10 @@ int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
         ret = rebuild_refcounts(&c, err);
         if (ret < 0)
             goto out;
-        res->corruptions_fixed += res->corruptions;
+        res->corruptions_fixed += res->corruptions - c.past_eof;
         res->leaks_fixed += res->leaks;
-        res->corruptions = res->leaks = 0;
+        res->corruptions = c.past_eof;
+        res->leaks = 0;
         /* The old structure is now leaked: release it, uncounted. */
         struct qimg_check scratch = *res;
         c.res = &scratch;
