@@ -1,11 +1,679 @@
 /*
- * cmd-convert.c - qemu-img convert (not implemented yet; see the issue tracker).
+ * cmd-convert.c - qemu-img convert
+ *
+ * convert [--object objectdef] [--image-opts] [--target-image-opts]
+ *         [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n]
+ *         [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
+ *         [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]
+ *         [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]
+ *         [--salvage] filename [filename2 [...]] output_filename
+ *
+ * The long options of newer qemu-img releases (--source-format,
+ * --target-format, --sparse-size, ...) are accepted as exact aliases of the
+ * short ones; where 7.2 gives an abbreviation a meaning, that wins.
+ * Exit status: 0 on success, 1 on any error.
+ *
+ * The checks run in qemu-img 7.2's order, which decides which message a
+ * command line with several problems gets; see run_convert().
  */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli.h"
+
+#define DEFAULT_SPARSE 4096
+#define MAX_SPARSE (32768ull * 512)     /* -S upper bound in qemu-img */
+#define MAX_PARALLEL 16
+
+struct convert {
+    const char *fmt, *out_fmt, *backing, *backing_fmt, *snapshot;
+    const char *cache, *src_cache;
+    char *options;
+    bool image_opts, tgt_image_opts, target_is_zero, bitmaps, skip_broken;
+    bool force_share, copy_range, compress, progress, quiet, no_create;
+    bool oob, salvage, explicit_sparse;
+    uint64_t sparse;
+    uint64_t rate;
+    unsigned parallel;
+
+    char **srcs;
+    int n_srcs;
+    const char *target;
+
+    struct qimg_image **src_imgs;
+    struct qimg_image *tgt;
+    uint64_t total;
+    enum qimg_cache tcache, scache;
+    bool target_has_backing;
+    bool progress_on;
+    unsigned errors_shown;
+};
+
+/* ---- option parsing ------------------------------------------------------ */
+
+enum {
+    OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_TARGET_IMAGE_OPTS, OPT_SALVAGE,
+    OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SKIP_BROKEN,
+};
+
+/* qemu-img 7.2's long options: getopt resolves abbreviations over these. */
+static const struct option longopts[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"object", required_argument, NULL, OPT_OBJECT},
+    {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+    {"force-share", no_argument, NULL, 'U'},
+    {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
+    {"salvage", no_argument, NULL, OPT_SALVAGE},
+    {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+    {"bitmaps", no_argument, NULL, OPT_BITMAPS},
+    {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
+    {NULL, 0, NULL, 0},
+};
+
+/* Newer spellings, matched only exactly and only when 7.2's table has no
+ * match, so 7.2 command lines keep their meaning. */
+static const struct {
+    const char *name;
+    int opt;
+    bool has_arg;
+} aliases[] = {
+    {"source-format", 'f', true},        {"target-format", 'O', true},
+    {"target-format-options", 'o', true}, {"target-backing", 'B', true},
+    {"backing", 'B', true},              {"target-backing-format", 'F', true},
+    {"backing-format", 'F', true},       {"sparse-size", 'S', true},
+    {"no-create", 'n', false},           {"parallel", 'm', true},
+    {"oob-writes", 'W', false},          {"progress", 'p', false},
+    {"quiet", 'q', false},               {"source-cache", 'T', true},
+    {"target-cache", 't', true},         {"rate-limit", 'r', true},
+    {"compress", 'c', false},            {"copy-range-offloading", 'C', false},
+    {"snapshot", 'l', true},             {"source-image-opts", OPT_IMAGE_OPTS, false},
+};
+
+/*
+ * An unrecognised "--name[=value]" that is one of the aliases: returns its
+ * option and sets *arg (taking the next argument if needed), or 0.
+ */
+static int match_alias(int argc, char **argv, const char **arg)
+{
+    const char *s = argv[optind - 1], *eq;
+    size_t len;
+
+    if (strncmp(s, "--", 2))
+        return 0;
+    s += 2;
+    eq = strchr(s, '=');
+    len = eq ? (size_t)(eq - s) : strlen(s);
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++) {
+        if (strlen(aliases[i].name) != len || strncmp(s, aliases[i].name, len))
+            continue;
+        if (!aliases[i].has_arg) {
+            *arg = NULL;
+            return eq ? 0 : aliases[i].opt;
+        }
+        if (eq) {
+            *arg = eq + 1;
+        } else if (optind < argc) {
+            *arg = argv[optind++];
+        } else {
+            return ':';
+        }
+        return aliases[i].opt;
+    }
+    return 0;
+}
+
+/* -m: a whole number 1..16 in C notation (0x10 is fine, 08 is not). */
+static bool parse_parallel(const char *s, unsigned *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 0);
+    if (errno || end == s || *end || v < 1 || v > MAX_PARALLEL) {
+        cli_error("Invalid number of coroutines. Allowed number of coroutines "
+                  "is between 1 and %d", MAX_PARALLEL);
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
+static bool parse_sparse(const char *s, uint64_t *out)
+{
+    int64_t v = cli_cvtnum_full("buffer size for sparse output", s);
+
+    if (v < 0)
+        return false;
+    if ((uint64_t)v % 512 || (uint64_t)v > MAX_SPARSE) {
+        cli_error("Invalid buffer size for sparse output specified. Valid "
+                  "sizes are multiples of %u up to %llu. Select 0 to disable "
+                  "sparse detection (fully allocates output).", 512u,
+                  (unsigned long long)MAX_SPARSE);
+        return false;
+    }
+    *out = (uint64_t)v;
+    return true;
+}
+
+/* Split the next "key=value" (",," escapes a comma) of a -l list. */
+static const char *next_elem(const char *p, char *key, char *val, bool *bare)
+{
+    size_t k = 0, v = 0;
+
+    while (*p && *p != '=' && *p != ',')
+        key[k++] = *p++;
+    key[k] = '\0';
+    *bare = *p != '=';
+    if (*bare) {
+        /* "key" means key=on, "nokey" key=off (deprecated short forms) */
+        bool no = !strncmp(key, "no", 2);
+        if (no)
+            memmove(key, key + 2, k - 1);
+        strcpy(val, no ? "off" : "on");
+    } else {
+        for (p++; *p; p++) {
+            if (*p == ',' && p[1] != ',')
+                break;
+            if (*p == ',')
+                p++;
+            val[v++] = *p;
+        }
+        val[v] = '\0';
+    }
+    return *p == ',' ? p + 1 : p;
+}
+
+static void print_snapshot_opts_help(void)
+{
+    printf("snapshot options:\n  %-22s - %s\n  %-22s - %s\n",
+           "snapshot.id=<str>", "snapshot id",
+           "snapshot.name=<str>", "snapshot name");
+}
+
+/* -l "snapshot.id=..,snapshot.name=.." is checked while parsing options;
+ * a bare ID or name only when it is loaded. */
+static bool check_snapshot_param(const char *arg)
+{
+    size_t size = strlen(arg) + 3;
+    char *key = malloc(size), *val = malloc(size);
+    const char *p = arg;
+    bool ok = true, bare, help = false;
+
+    if (!key || !val)
+        abort();
+    if (strncmp(arg, "snapshot.", 9))
+        p = "";
+    while (*p && ok) {
+        const char *elem = p;
+        p = next_elem(p, key, val, &bare);
+        if (bare && (!strcmp(key, "help") || !strcmp(key, "?"))) {
+            help = true;
+            continue;
+        }
+        if (bare) {
+            int n = (int)(p - elem) - (p[-1] == ',' ? 1 : 0);
+            cli_warn("short-form boolean option '%.*s' deprecated\n"
+                     "Please use %s=%s instead", n, elem, key, val);
+        }
+        if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
+            cli_error("Invalid parameter '%s'", key);
+            cli_error("Failed in parsing snapshot param '%s'", arg);
+            ok = false;
+        }
+    }
+    if (ok && help) {
+        print_snapshot_opts_help();
+        cli_error("Failed in parsing snapshot param '%s'", arg);
+        ok = false;
+    }
+    free(key);
+    free(val);
+    return ok;
+}
+
+/* One option; returns -1 to go on, else the exit status. */
+static int handle_option(struct convert *c, int opt, const char *arg,
+                         char **argv)
+{
+    int64_t v;
+
+    switch (opt) {
+    case 'h': return cli_help();
+    case 'f': c->fmt = arg; break;
+    case 'O': c->out_fmt = arg; break;
+    case 'B': c->backing = arg; break;
+    case 'F': c->backing_fmt = arg; break;
+    case 'C': c->copy_range = true; break;
+    case 'c': c->compress = true; break;
+    case 'o':
+        if (!cli_add_option_list(&c->options, arg))
+            return 1;
+        break;
+    case 'l':
+        if (!check_snapshot_param(arg))
+            return 1;
+        c->snapshot = arg;
+        break;
+    case 'S':
+        if (!parse_sparse(arg, &c->sparse))
+            return 1;
+        c->explicit_sparse = true;
+        break;
+    case 'p': c->progress = true; break;
+    case 't': c->cache = arg; break;
+    case 'T': c->src_cache = arg; break;
+    case 'q': c->quiet = true; break;
+    case 'n': c->no_create = true; break;
+    case 'm':
+        if (!parse_parallel(arg, &c->parallel))
+            return 1;
+        break;
+    case 'W': c->oob = true; break;
+    case 'U': c->force_share = true; break;
+    case 'r':
+        v = cli_cvtnum_full("rate limit", arg);
+        if (v < 0)
+            return 1;
+        c->rate = (uint64_t)v;
+        break;
+    case OPT_OBJECT:
+        if (cli_add_object(arg))
+            return 1;
+        break;
+    case OPT_IMAGE_OPTS: c->image_opts = true; break;
+    case OPT_TARGET_IMAGE_OPTS: c->tgt_image_opts = true; break;
+    case OPT_SALVAGE: c->salvage = true; break;
+    case OPT_TARGET_IS_ZERO: c->target_is_zero = true; break;
+    case OPT_BITMAPS: c->bitmaps = true; break;
+    case OPT_SKIP_BROKEN: c->skip_broken = true; break;
+    default:
+        return cli_bad_option(opt, argv);
+    }
+    return -1;
+}
+
+static int parse_options(struct convert *c, int argc, char **argv)
+{
+    int opt, ret;
+
+    while ((opt = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
+                              longopts, NULL)) != -1) {
+        const char *arg = optarg;
+        if (opt == '?') {
+            int alias = match_alias(argc, argv, &arg);
+            if (alias == ':')
+                return cli_usage_error("missing argument for option '%s'",
+                                       argv[optind - 1]);
+            if (alias)
+                opt = alias;
+        }
+        ret = handle_option(c, opt, arg, argv);
+        if (ret >= 0)
+            return ret;
+    }
+    c->n_srcs = argc - optind - 1;
+    c->srcs = argv + optind;
+    c->target = c->n_srcs >= 1 ? argv[argc - 1] : NULL;
+    return -1;
+}
+
+/* ---- checks before opening anything -------------------------------------- */
+
+/* The option combinations qemu-img refuses up front, in its order. */
+static int check_options(struct convert *c)
+{
+    if (c->skip_broken && !c->bitmaps) {
+        cli_error("Use of --skip-broken-bitmaps requires --bitmaps");
+        return 1;
+    }
+    if (c->copy_range && (c->compress || c->explicit_sparse)) {
+        cli_error("Cannot enable copy offloading when -%c is used",
+                  c->compress ? 'c' : 'S');
+        return 1;
+    }
+    if (c->tgt_image_opts && !c->no_create) {
+        cli_error("--target-image-opts requires use of -n flag");
+        return 1;
+    }
+    if (c->target_is_zero && !c->no_create) {
+        cli_error("--target-is-zero requires use of -n flag");
+        return 1;
+    }
+    if (c->no_create && c->options) {
+        cli_error("-o has no effect when skipping image creation");
+        return 1;
+    }
+    if (cli_has_help_option(c->options))
+        return cli_print_create_opts_help(c->out_fmt, c->target);
+    if (c->n_srcs < 1) {
+        cli_error("Must specify image file name");
+        return 1;
+    }
+    if (c->src_cache && !cli_parse_cache(c->src_cache, &c->scache)) {
+        cli_error("Invalid source cache option: %s", c->src_cache);
+        return 1;
+    }
+    return -1;
+}
+
+/* "proto:rest" names a protocol; only plain files exist here. */
+static bool check_protocol(const char *filename)
+{
+    size_t n = strcspn(filename, ":/");
+
+    if (filename[n] != ':' || (n == 4 && !strncmp(filename, "file", 4)))
+        return true;
+    cli_error("Unknown protocol '%.*s'", (int)n, filename);
+    return false;
+}
+
+/* ---- sources --------------------------------------------------------------- */
+
+static bool open_sources(struct convert *c)
+{
+    c->src_imgs = calloc((size_t)c->n_srcs, sizeof(*c->src_imgs));
+    if (!c->src_imgs)
+        abort();
+    for (int i = 0; i < c->n_srcs; i++) {
+        struct cli_open o = {
+            .filename = c->srcs[i], .fmt = c->fmt, .image_opts = c->image_opts,
+            /* convert refuses to let others change what it reads */
+            .flags = QIMG_OPEN_NO_SHARE | (c->force_share ? QIMG_OPEN_SHARE : 0),
+            .cache = c->scache, .quiet = c->quiet,
+        };
+        c->src_imgs[i] = cli_open_image(&o);
+        if (!c->src_imgs[i])
+            return false;
+        if (__builtin_add_overflow(c->total, qimg_image_size(c->src_imgs[i]),
+                                   &c->total) || c->total > INT64_MAX) {
+            cli_error("Image size too large");
+            return false;
+        }
+    }
+    if (c->snapshot && !cli_load_snapshot(c->src_imgs[0], c->snapshot))
+        return false;
+    return true;
+}
+
+static bool supports_bitmaps(const char *fmt)
+{
+    return !strcmp(fmt, "qcow2");
+}
+
+static bool check_source_bitmaps(struct convert *c)
+{
+    if (!c->bitmaps)
+        return true;
+    if (c->n_srcs > 1) {
+        cli_error("Copying bitmaps only possible with single source");
+        return false;
+    }
+    if (!supports_bitmaps(qimg_image_format(c->src_imgs[0]))) {
+        cli_error("Source lacks bitmap support");
+        return false;
+    }
+    return true;
+}
+
+/* ---- target ---------------------------------------------------------------- */
+
+/* True when the -o list sets key. */
+static bool options_have(const char *options, const char *key)
+{
+    struct qimg_opts *o;
+    bool has;
+
+    if (!options)
+        return false;
+    o = qimg_opts_new();
+    qimg_opts_parse(o, options, NULL, NULL);
+    has = qimg_opts_get(o, key) != NULL;
+    qimg_opts_free(o);
+    return has;
+}
+
+/* The -c restrictions of the target format and options. */
+static bool check_compress(const char *fmt, const struct qimg_opts *opts)
+{
+    const char *prealloc = opts ? qimg_opts_get(opts, "preallocation") : NULL;
+
+    if (!qimg_format_can_compress(fmt)) {
+        cli_error("Compression not supported for this file format");
+        return false;
+    }
+    if (opts && (qimg_opts_get(opts, "encryption") ||
+                 qimg_opts_get(opts, "encrypt.format"))) {
+        cli_error("Compression and encryption not supported at the same time");
+        return false;
+    }
+    if (prealloc && strcmp(prealloc, "off")) {
+        cli_error("Compression and preallocation not supported at the same "
+                  "time");
+        return false;
+    }
+    return true;
+}
+
+/* Build the creation options: -o, -B/-F and the size of all sources. */
+static struct qimg_opts *prepare_target(struct convert *c)
+{
+    struct qimg_opts *opts = NULL;
+    struct qimg_error err = {0};
+    char *summary = NULL, num[32];
+    /* A size in -o is checked, then replaced by the sources' total. */
+    bool size_in_opts = options_have(c->options, "size");
+
+    if (!qimg_format_known(c->out_fmt)) {
+        cli_error("Unknown file format '%s'", c->out_fmt);
+        return NULL;
+    }
+    if (!check_protocol(c->target))
+        return NULL;
+    if (qimg_create_prepare(c->out_fmt, c->target, c->options,
+                            size_in_opts ? -1 : (int64_t)c->total, c->backing,
+                            c->backing_fmt, true, &opts, &summary, &err) < 0) {
+        cli_error("%s", err.msg);
+        return NULL;
+    }
+    free(summary);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)c->total);
+    qimg_opts_set(opts, "size", num);
+    if (qimg_opts_get(opts, "backing_file") &&
+        !qimg_opts_get(opts, "backing_fmt")) {
+        cli_error("Use of backing file requires explicit backing format");
+        qimg_opts_free(opts);
+        return NULL;
+    }
+    return opts;
+}
+
+static bool open_target(struct convert *c)
+{
+    struct cli_open o = {
+        .filename = c->target, .image_opts = c->tgt_image_opts,
+        .fmt = c->out_fmt, .flags = QIMG_OPEN_RDWR, .cache = c->tcache,
+        .quiet = c->quiet,
+    };
+
+    if (!cli_parse_cache(c->cache, &c->tcache)) {
+        cli_error("Invalid cache option: %s", c->cache);
+        return false;
+    }
+    o.cache = c->tcache;
+    c->tgt = cli_open_image(&o);
+    if (!c->tgt)
+        return false;
+    if (c->no_create && qimg_image_size(c->tgt) < c->total) {
+        cli_error("output file is smaller than input file");
+        return false;
+    }
+    if (c->no_create && c->compress &&
+        !qimg_format_can_compress(qimg_image_format(c->tgt))) {
+        cli_error("Compression not supported for this file format");
+        return false;
+    }
+    if (c->bitmaps && !supports_bitmaps(qimg_image_format(c->tgt))) {
+        cli_error("Format driver '%s' does not support bitmaps",
+                  qimg_image_format(c->tgt));
+        return false;
+    }
+    if (c->bitmaps) {
+        cli_error("Copying bitmaps is not supported yet");
+        return false;
+    }
+    return true;
+}
+
+/* ---- copying --------------------------------------------------------------- */
+
+static void on_progress(void *opaque, double percent)
+{
+    (void)opaque;
+    cli_progress_print(percent);
+}
+
+static void on_warn(void *opaque, const char *msg)
+{
+    const struct convert *c = opaque;
+    if (!c->quiet)
+        cli_warn("%s", msg);
+}
+
+/* Every failing request is reported, as qemu-img's coroutines each do. */
+static void on_error(void *opaque, const char *msg)
+{
+    struct convert *c = opaque;
+    c->errors_shown++;
+    cli_error("%s", msg);
+}
+
+static bool do_copy(struct convert *c)
+{
+    struct qimg_copy_source *srcs = calloc((size_t)c->n_srcs, sizeof(*srcs));
+    struct qimg_image *backing = qimg_image_backing(c->tgt);
+    struct qimg_copy_params p = {
+        .sources = srcs, .n_sources = (size_t)c->n_srcs, .target = c->tgt,
+        .sparse_size = c->sparse,
+        /* a new image reads as zero unless a backing file shows through */
+        .target_is_zero = c->no_create ? c->target_is_zero
+                                       : !c->target_has_backing,
+        .target_has_backing = c->target_has_backing,
+        .target_backing_size = backing ? (int64_t)qimg_image_size(backing) : -1,
+        .compress = c->compress, .copy_offload = c->copy_range,
+        .salvage = c->salvage, .parallel = c->parallel,
+        .out_of_order = c->oob, .rate_limit = c->rate,
+        /* without -p progress still shows on SIGUSR1 */
+        .progress = on_progress, .warn = on_warn,
+        .error = on_error, .opaque = c,
+    };
+    struct qimg_error err = {0};
+    int ret;
+
+    if (!srcs)
+        abort();
+    for (int i = 0; i < c->n_srcs; i++) {
+        srcs[i].img = c->src_imgs[i];
+        srcs[i].length = qimg_image_size(c->src_imgs[i]);
+    }
+    ret = qimg_copy(&p, &err);
+    free(srcs);
+    if (ret < 0 && !c->errors_shown)
+        cli_error("%s", err.msg);
+    return ret == 0;
+}
+
+/*
+ * Everything after the up-front checks: sources, target creation, target,
+ * copy.  Returns the exit status; *done says whether to finish progress
+ * as a success (qemu-img exits 0 without copying in one odd case).
+ */
+static int convert_images(struct convert *c, bool *done)
+{
+    struct qimg_opts *opts = NULL;
+    struct qimg_error err = {0};
+    int ret = 1;
+
+    *done = false;
+    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
+        cli_error("No support for concatenating multiple snapshot");
+        return 1;
+    }
+    if (!open_sources(c))
+        return 1;
+    if (!c->no_create) {
+        opts = prepare_target(c);
+        if (!opts)
+            return 1;
+    }
+    c->target_has_backing = c->backing ||
+                            (opts && qimg_opts_get(opts, "backing_file"));
+    if (c->target_is_zero && c->target_has_backing) {
+        /* qemu-img 7.2 reports this and then exits successfully */
+        cli_error("Cannot use --target-is-zero when the destination image "
+                  "has a backing file");
+        *done = true;
+        ret = 0;
+        goto out;
+    }
+    if (c->compress && !c->no_create && !check_compress(c->out_fmt, opts))
+        goto out;
+    if (!check_source_bitmaps(c))
+        goto out;
+    if (!c->no_create && qimg_create(c->out_fmt, c->target, opts, &err) < 0) {
+        cli_report(&err, "%s: error while converting %s: ", c->target,
+                   c->out_fmt);
+        goto out;
+    }
+    if (!open_target(c) || !do_copy(c))
+        goto out;
+    *done = true;
+    ret = 0;
+out:
+    qimg_opts_free(opts);
+    return ret;
+}
+
+static int run_convert(struct convert *c)
+{
+    bool done;
+    int ret = check_options(c);
+
+    if (ret >= 0)
+        return ret;
+    c->progress_on = c->progress && !c->quiet;
+    /* qemu's progress steps by more than 1% (float arithmetic) */
+    cli_progress_init(c->progress_on, 1.0000001);
+    ret = convert_images(c, &done);
+    if (done) {
+        cli_progress_end();
+    } else if (c->progress_on) {
+        printf("\n");
+        fflush(stdout);
+    }
+    return ret;
+}
 
 int cmd_convert(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    return cli_not_implemented("convert");
+    struct convert c = {
+        .sparse = DEFAULT_SPARSE, .parallel = 8, .cache = "unsafe",
+        .scache = QIMG_CACHE_WRITEBACK,
+    };
+    int ret = parse_options(&c, argc, argv);
+
+    if (ret < 0) {
+        if (!c.out_fmt && !c.tgt_image_opts)
+            c.out_fmt = "raw";
+        ret = run_convert(&c);
+    }
+    if (c.src_imgs)
+        for (int i = 0; i < c.n_srcs; i++)
+            qimg_close(c.src_imgs[i]);
+    qimg_close(c.tgt);
+    free(c.src_imgs);
+    free(c.options);
+    return ret;
 }

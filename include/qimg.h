@@ -356,6 +356,20 @@ struct qimg_copy_source {
     uint64_t length;            /* bytes to copy */
 };
 
+/* Where a failed copy failed first (see qimg_copy_params.result). */
+enum qimg_copy_stage {
+    QIMG_COPY_OK,
+    QIMG_COPY_STATUS,       /* block status of a source */
+    QIMG_COPY_READ,         /* reading a source */
+    QIMG_COPY_WRITE,        /* writing the target */
+};
+
+struct qimg_copy_result {
+    enum qimg_copy_stage stage;
+    int code;               /* negative errno */
+    uint64_t offset;        /* target offset of the failed request */
+};
+
 /*
  * What qimg_copy() does, as qemu-img convert's options describe it.  The
  * sources are copied back to back into target from target_offset on.
@@ -387,7 +401,15 @@ struct qimg_copy_params {
     void (*progress)(void *opaque, double percent);
     /* Non-fatal problems (--salvage), in qemu-img's wording. */
     void (*warn)(void *opaque, const char *msg);
+    /*
+     * Each failed request as it fails: requests in flight may fail
+     * together, as qemu-img reports them.  When set, the caller need not
+     * show err of a failed qimg_copy() if this was called at least once.
+     */
+    void (*error)(void *opaque, const char *msg);
     void *opaque;
+    /* When not NULL, set to where a failed copy failed first. */
+    struct qimg_copy_result *result;
 };
 
 /*
@@ -402,6 +424,78 @@ int qimg_copy(const struct qimg_copy_params *params, struct qimg_error *err);
 
 /* True when format fmt can write compressed clusters (convert -c). */
 bool qimg_format_can_compress(const char *fmt);
+
+/* ---- backing chains: commit, rebase ------------------------------------ */
+
+/*
+ * name relative to the directory part of base (everything up to its last
+ * '/'), as QEMU resolves backing file names; absolute names are returned
+ * as they are.  malloc'ed; NULL when out of memory.
+ */
+char *qimg_path_combine(const char *base, const char *name);
+
+/*
+ * The image of top's backing chain (below top) that name designates, as
+ * qemu-img's "-b base" does: a path that leads to the same file as the
+ * backing file recorded in an overlay, relative names being taken
+ * relative to that overlay's directory.  NULL when there is none.
+ */
+struct qimg_image *qimg_chain_find(struct qimg_image *top, const char *name);
+
+/*
+ * Record backing (NULL or "": none) and its format backing_fmt (NULL:
+ * none) in the header of a read-write image.  Only the header changes; the
+ * opened backing chain stays.  -ENOTSUP when the format has no backing
+ * files, -EINVAL for a name the format cannot store, -ENOSPC when the
+ * header does not fit.
+ */
+int qimg_change_backing(struct qimg_image *img, const char *backing,
+                        const char *backing_fmt, struct qimg_error *err);
+
+struct qimg_commit_params {
+    struct qimg_image *top;     /* read-write, with its backing chain */
+    /* The image to commit into: a node of top's chain below top.  It is
+     * reopened read-write, so the pointer is stale afterwards. */
+    struct qimg_image *base;
+    bool keep_top;              /* -d: leave top as it is afterwards */
+    uint64_t rate_limit;        /* bytes of data per second, 0: none */
+    /* Percentage of the data to copy done. */
+    void (*progress)(void *opaque, double percent);
+    void *opaque;
+};
+
+/*
+ * qemu-img commit: copy what top and the images between top and base
+ * allocate into base, as QEMU's commit job does (base grown to top's size
+ * first when smaller), then empty top unless keep_top.
+ */
+int qimg_commit(const struct qimg_commit_params *params,
+                struct qimg_error *err);
+
+struct qimg_rebase_params {
+    /* Read-write; opened with its old backing chain unless unsafe. */
+    struct qimg_image *img;
+    /* New backing file as it is to be recorded (relative names are
+     * relative to img's directory); NULL or "": no backing file. */
+    const char *backing;
+    const char *backing_fmt;    /* -F, or NULL */
+    bool unsafe;                /* -u: only rewrite the header */
+    unsigned backing_flags;     /* QIMG_OPEN_SHARE (-U) for the new backing */
+    enum qimg_cache backing_cache; /* -T */
+    /* Percentage done, accumulated as qemu-img does (may stay below 100
+     * until the end). */
+    void (*progress)(void *opaque, double percent);
+    void *opaque;
+};
+
+/*
+ * qemu-img rebase: unless unsafe, copy into img every area it does not
+ * allocate where the old and the new backing chains differ, then record
+ * the new backing file.  Messages in qemu-img's words ("Could not open new
+ * backing file 'X': ...", "Could not change the backing file to 'X': ...").
+ */
+int qimg_rebase(const struct qimg_rebase_params *params,
+                struct qimg_error *err);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,8 @@
  * buffer without the lock.  Writes are committed in chunk order (a worker
  * waits for its turn) unless out_of_order; so at most `parallel` chunks
  * are in flight and memory stays at parallel * chunk_size.  The first
- * error stops everyone.
+ * error stops new requests; those in flight that fail report too, as
+ * qemu-img's coroutines do.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -77,9 +78,11 @@ struct engine {
     uint64_t next_seq, write_seq;
     uint64_t alloc_total, alloc_done;
     struct ratelimit rate;
-    bool offload_off;
+    bool offload_off;       /* -C refused once: read and write from now */
+    bool offload_whole;     /* -C into a non-raw target: see MODE_WHOLE */
     bool stop;
     bool sync_ready;        /* lock and turn initialised */
+    unsigned starting;      /* workers yet to take their first chunk */
     int ret;
     struct qimg_error err;
 };
@@ -90,6 +93,7 @@ struct worker {
     uint8_t *buf;
     struct copy_run *runs;
     size_t max_runs;
+    enum qimg_copy_stage stage;     /* of the last failure */
 };
 
 static uint64_t now_ns(void)
@@ -100,15 +104,34 @@ static uint64_t now_ns(void)
 }
 
 /* Record the first failure and wake everyone.  Called with e->lock. */
-static void fail_locked(struct engine *e, int ret, const struct qimg_error *err)
+static void fail_locked(struct engine *e, int ret, const struct qimg_error *err,
+                        enum qimg_copy_stage stage, uint64_t offset)
 {
+    if (e->p->error)
+        e->p->error(e->p->opaque, err->msg);
     if (!e->ret) {
         e->ret = ret;
         e->err = *err;
         e->err.code = ret;
+        if (e->p->result)
+            *e->p->result = (struct qimg_copy_result){stage, ret, offset};
     }
     e->stop = true;
     pthread_cond_broadcast(&e->turn);
+}
+
+/* --salvage warnings ("error while reading offset N: ..."), with e->lock
+ * held so that callbacks never run concurrently. */
+static void salvage_report(struct engine *e, const char *what, uint64_t off,
+                           int ret)
+{
+    char msg[256];
+
+    if (!e->p->warn)
+        return;
+    snprintf(msg, sizeof(msg), "%s %llu: %s", what, (unsigned long long)off,
+             strerror(-ret));
+    e->p->warn(e->p->opaque, msg);
 }
 
 /* ---- walking the sources ------------------------------------------------ */
@@ -144,25 +167,39 @@ static int query_status(struct engine *e, struct walker *w,
     struct qimg_extent x;
     int ret;
 
-    /* With a target backing file only the source's top layer is copied. */
-    if (e->p->target_has_backing)
-        ret = qimg_block_status(s->img, off, want, &x, err);
-    else
-        ret = qimg_block_status_chain(s->img, NULL, off, want, &x, err);
-    if (ret < 0) {
-        char msg[QIMG_ERROR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "%s", strerror(-ret));
-        return qimg_error_set(err, ret, "error while reading block status at "
-                              "offset %llu: %s", (unsigned long long)off, msg);
+    for (;;) {
+        /* With a target backing file only the source's top layer is copied. */
+        if (e->p->target_has_backing)
+            ret = qimg_block_status(s->img, off, want, &x, err);
+        else
+            ret = qimg_block_status_chain(s->img, NULL, off, want, &x, err);
+        if (ret >= 0)
+            break;
+        if (!e->p->salvage)
+            return qimg_error_set(err, ret, "error while reading block status "
+                                  "at offset %llu: %s", (unsigned long long)off,
+                                  strerror(-ret));
+        if (want > COPY_SECTOR) {
+            /* --salvage: narrow down to the sector that fails */
+            want = qimg_div_round_up(qimg_div_round_up(want, COPY_SECTOR), 4) *
+                   COPY_SECTOR;
+            continue;
+        }
+        /* the walker runs under e->lock already */
+        salvage_report(e, "error while reading block status at offset", off,
+                       ret);
+        memset(&x, 0, sizeof(x));
+        x.flags = QIMG_BS_DATA;     /* then just try to read it */
+        x.length = want;
+        break;
     }
     n = x.length ? QIMG_MIN(x.length, want) : want;
     /* Keep extent ends on the source's alignment so requests do not
-     * straddle its blocks (unless that would leave nothing). */
-    if (spos + n < s->length) {
-        tail = (off + n) % e->src_align[w->src];
-        if (n > tail)
-            n -= tail;
-    }
+     * straddle its blocks (unless that would leave nothing); qemu-img does
+     * this at the end of the image too, which shows in progress. */
+    tail = (off + n) % e->src_align[w->src];
+    if (n > tail)
+        n -= tail;
     w->ext_end = w->dst + n;
     w->ext_kind = classify(e, &x, s->img, w->dst);
     return 0;
@@ -263,14 +300,6 @@ static size_t source_of(const struct engine *e, uint64_t dst)
     return i;
 }
 
-static void warn_locked(struct engine *e, const char *msg)
-{
-    pthread_mutex_lock(&e->lock);
-    if (e->p->warn)
-        e->p->warn(e->p->opaque, msg);
-    pthread_mutex_unlock(&e->lock);
-}
-
 /* Read target range [dst, dst+len) from whichever sources hold it. */
 static int read_range(struct engine *e, uint64_t dst, uint64_t len,
                       uint8_t *buf, struct qimg_error *err)
@@ -278,14 +307,15 @@ static int read_range(struct engine *e, uint64_t dst, uint64_t len,
     while (len) {
         size_t i = source_of(e, dst);
         const struct qimg_copy_source *s = &e->srcs[i];
-        uint64_t spos = dst - e->src_start[i];
-        uint64_t n = QIMG_MIN(len, s->length - spos);
+        uint64_t spos, n;
         int ret;
 
-        if (dst < e->src_start[i] || spos >= s->length) {
+        if (dst >= e->end) {
             memset(buf, 0, (size_t)len);    /* past the last source */
             return 0;
         }
+        spos = dst - e->src_start[i];
+        n = QIMG_MIN(len, s->length - spos);
         ret = qimg_pread(s->img, s->offset + spos, (size_t)n, buf, err);
         if (ret < 0)
             return ret;
@@ -305,11 +335,10 @@ static void read_salvage(struct engine *e, uint64_t dst, uint64_t len,
         struct qimg_error err = {0};
         int ret = read_range(e, dst + at, n, buf + at, &err);
         if (ret < 0) {
-            char msg[QIMG_ERROR_MSG_MAX + 64];
             memset(buf + at, 0, (size_t)n);
-            snprintf(msg, sizeof(msg), "error while reading offset %llu: %s",
-                     (unsigned long long)(dst + at), strerror(-ret));
-            warn_locked(e, msg);
+            pthread_mutex_lock(&e->lock);
+            salvage_report(e, "error while reading offset", dst + at, ret);
+            pthread_mutex_unlock(&e->lock);
         }
     }
 }
@@ -331,26 +360,31 @@ static int read_chunk(struct engine *e, const struct chunk *c, uint8_t *buf,
 
 /* ---- writing ------------------------------------------------------------ */
 
-/* Decide what a chunk writes; runs index into wk->buf (or the zero
- * buffer when data is false and the target must hold real zeroes). */
+/* Decide what a chunk writes: runs of wk->buf to write, and zero runs
+ * (skipped, zeroed, or written as real zeroes with -S 0). */
 static size_t plan_chunk(struct worker *wk, const struct chunk *c)
 {
     struct engine *e = wk->e;
+    bool data = c->kind == KIND_DATA;
 
     if (c->kind == KIND_BACKING)
         return 0;
-    if (c->kind == KIND_ZERO || (e->p->compress &&
-                                 qimg_buffer_is_zero(wk->buf, c->len))) {
-        wk->runs[0] = (struct copy_run){0, c->len, false};
-        return 1;
+    if (!e->p->sparse_size) {
+        /* -S 0: everything is written; compressed zeroes need a buffer */
+        if (!data && e->p->compress) {
+            memset(wk->buf, 0, c->len);
+            data = true;
+        }
+    } else if (data && e->p->compress) {
+        data = !qimg_buffer_is_zero(wk->buf, c->len);
+    } else if (data) {
+        return copy_scan(wk->buf, c->len, c->dst, e->min_sectors,
+                         e->align_sectors, wk->runs, wk->max_runs);
     }
-    if (!e->p->sparse_size || e->p->compress) {
-        wk->runs[0] = (struct copy_run){0, c->len, true};
-        return 1;
-    }
-    return copy_scan(wk->buf, c->len, c->dst, e->min_sectors,
-                     e->align_sectors, wk->runs, wk->max_runs);
+    wk->runs[0] = (struct copy_run){0, c->len, data};
+    return 1;
 }
+
 
 static int write_zero_run(struct engine *e, uint64_t off, uint64_t len,
                           struct qimg_error *err)
@@ -403,10 +437,8 @@ static bool wait_turn(struct engine *e, const struct chunk *c)
 {
     bool go;
 
-    if (e->p->out_of_order)
-        return !e->stop;
     pthread_mutex_lock(&e->lock);
-    while (!e->stop && e->write_seq != c->seq)
+    while (!e->p->out_of_order && !e->stop && e->write_seq != c->seq)
         pthread_cond_wait(&e->turn, &e->lock);
     go = !e->stop;
     pthread_mutex_unlock(&e->lock);
@@ -423,20 +455,24 @@ static void end_turn(struct engine *e)
     pthread_mutex_unlock(&e->lock);
 }
 
+static bool offload_enabled(struct engine *e)
+{
+    bool on;
+    pthread_mutex_lock(&e->lock);
+    on = !e->offload_off;
+    pthread_mutex_unlock(&e->lock);
+    return on;
+}
+
 /* -C: try the kernel copy; false when this chunk must go the slow way. */
 static bool try_offload(struct engine *e, const struct chunk *c)
 {
     size_t i = source_of(e, c->dst);
     const struct qimg_copy_source *s = &e->srcs[i];
     uint64_t spos = c->dst - e->src_start[i];
-    bool off;
 
-    pthread_mutex_lock(&e->lock);
-    off = e->offload_off;
-    pthread_mutex_unlock(&e->lock);
-    if (off || spos + c->len > s->length)
-        return false;
-    if (copy_offload_range(e->offload, s->img, s->offset + spos, e->p->target,
+    if (spos + c->len <= s->length &&
+        copy_offload_range(e->offload, s->img, s->offset + spos, e->p->target,
                            c->dst, c->len) == 0)
         return true;
     /* Refused once: stop trying, as qemu-img does. */
@@ -446,31 +482,54 @@ static bool try_offload(struct engine *e, const struct chunk *c)
     return false;
 }
 
+enum mode {
+    MODE_PLAIN,     /* read, detect zero runs, write */
+    MODE_OFFLOAD,   /* copy_file_range */
+    MODE_WHOLE,     /* -C into a format that copies ranges as plain data:
+                       read and write the chunk whole, no zero detection */
+};
+
+static enum mode chunk_mode(struct engine *e, const struct chunk *c)
+{
+    if (c->kind != KIND_DATA || !e->offload)
+        return MODE_PLAIN;
+    if (e->offload_whole)
+        return MODE_WHOLE;
+    return offload_enabled(e) ? MODE_OFFLOAD : MODE_PLAIN;
+}
+
+/* Read and plan without holding the turn, then commit in turn. */
 static int process_chunk(struct worker *wk, const struct chunk *c,
                          struct qimg_error *err)
 {
     struct engine *e = wk->e;
-    bool offload = c->kind == KIND_DATA && e->offload;
+    enum mode mode = chunk_mode(e, c);
     size_t nruns = 0;
     int ret;
 
-    if (c->kind == KIND_DATA && !offload) {
+    wk->stage = QIMG_COPY_READ;
+    if (c->kind == KIND_DATA && mode != MODE_OFFLOAD) {
         ret = read_chunk(e, c, wk->buf, err);
         if (ret < 0)
             return ret;
     }
-    if (!offload)
+    if (mode == MODE_WHOLE) {
+        wk->runs[0] = (struct copy_run){0, c->len, true};
+        nruns = 1;
+    } else if (mode == MODE_PLAIN) {
         nruns = plan_chunk(wk, c);
+    }
     if (!wait_turn(e, c))
         return 0;
-    if (offload && !try_offload(e, c)) {
-        offload = false;
+    if (mode == MODE_OFFLOAD && !try_offload(e, c)) {
+        mode = MODE_PLAIN;
         ret = read_chunk(e, c, wk->buf, err);
         if (ret < 0)
             return ret;
         nruns = plan_chunk(wk, c);
     }
-    if (!offload) {
+    wk->stage = QIMG_COPY_WRITE;
+    if (mode != MODE_OFFLOAD) {
         ret = commit_chunk(wk, c, nruns, err);
         if (ret < 0)
             return ret;
@@ -490,7 +549,7 @@ static int take_chunk(struct engine *e, struct chunk *c)
 
     for (;;) {
         uint64_t now;
-        if (e->stop)
+        if (e->stop || e->walk.dst >= e->end)
             return 0;
         now = now_ns();
         if (e->rate.quota && now < e->rate.wait_until) {
@@ -504,7 +563,7 @@ static int take_chunk(struct engine *e, struct chunk *c)
         }
         ret = next_chunk(e, &e->walk, c, &err);
         if (ret < 0) {
-            fail_locked(e, ret, &err);
+            fail_locked(e, ret, &err, QIMG_COPY_STATUS, e->walk.dst);
             return 0;
         }
         if (ret == 0)
@@ -521,21 +580,45 @@ static int take_chunk(struct engine *e, struct chunk *c)
     }
 }
 
+/*
+ * Every worker takes its first chunk before any starts working, the way
+ * qemu-img's coroutines all issue a request before the first completes:
+ * so when the data is bad, as many requests fail (and are reported) as
+ * there are workers.  Called with e->lock.
+ */
+static void start_together(struct engine *e, bool took)
+{
+    if (e->starting)
+        e->starting--;
+    if (!took)
+        e->starting = 0;    /* nothing left for the others either */
+    pthread_cond_broadcast(&e->turn);
+    while (e->starting > 0 && !e->stop)
+        pthread_cond_wait(&e->turn, &e->lock);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *wk = arg;
     struct engine *e = wk->e;
     struct chunk c;
+    bool first = true;
 
     pthread_mutex_lock(&e->lock);
-    while (take_chunk(e, &c)) {
+    for (;;) {
         struct qimg_error err = {0};
+        bool took = take_chunk(e, &c);
         int ret;
+        if (first)
+            start_together(e, took);
+        first = false;
+        if (!took)
+            break;
         pthread_mutex_unlock(&e->lock);
         ret = process_chunk(wk, &c, &err);
         pthread_mutex_lock(&e->lock);
         if (ret < 0)
-            fail_locked(e, ret, &err);
+            fail_locked(e, ret, &err, wk->stage, c.dst);
     }
     pthread_mutex_unlock(&e->lock);
     return NULL;
@@ -572,6 +655,7 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
     for (unsigned i = 0; i < n && !ret; i++)
         if (worker_init(&wks[i], e) < 0)
             ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+    e->starting = n;
     if (!ret && n == 1) {
         worker_main(&wks[0]);
     } else if (!ret) {
@@ -579,6 +663,11 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
             if (pthread_create(&wks[started].thread, NULL, worker_main,
                                &wks[started]))
                 break;
+        /* Do not let the started ones wait for threads that never came. */
+        pthread_mutex_lock(&e->lock);
+        e->starting -= n - started;
+        pthread_cond_broadcast(&e->turn);
+        pthread_mutex_unlock(&e->lock);
         if (!started)
             ret = qimg_error_set(err, -EAGAIN, "Could not start threads");
         for (unsigned i = 0; i < started; i++)
@@ -635,9 +724,13 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
     if (!e->src_start || !e->src_align)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     for (size_t i = 0; i < p->n_sources; i++) {
-        uint32_t cs = qimg_image_cluster_size(p->sources[i].img);
+        struct qimg_image *img = p->sources[i].img;
+        uint32_t a = QIMG_MAX(qimg_image_cluster_size(img),
+                              img->file ? img->file->align : 1);
         e->src_start[i] = pos;
-        e->src_align[i] = cs ? cs : COPY_SECTOR;
+        /* in whole sectors, as qemu-img counts */
+        e->src_align[i] = (uint32_t)qimg_div_round_up(QIMG_MAX(a, 1u),
+                                                      COPY_SECTOR) * COPY_SECTOR;
         if (qimg_add_overflow(pos, p->sources[i].length, &pos))
             return qimg_error_set(err, -EINVAL, "Copy too large");
     }
@@ -667,6 +760,10 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         e->offload = copy_offload_new();
         if (!e->offload)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
+        /* Only raw targets take copy_file_range directly; other formats
+         * copy ranges into freshly allocated clusters, which amounts to
+         * writing the data chunk as it is. */
+        e->offload_whole = strcmp(qimg_image_format(p->target), "raw") != 0;
     }
     if (p->rate_limit) {
         double q = (double)p->rate_limit * RATE_SLICE_NS / 1e9;
@@ -697,12 +794,16 @@ int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
     unsigned n;
     int ret = check_params(p, err);
 
+    if (p->result)
+        *p->result = (struct qimg_copy_result){QIMG_COPY_OK, 0, 0};
     if (ret < 0)
         return ret;
     ret = engine_init(&e, p, err);
     if (ret < 0)
         goto out;
-    if (p->progress) {
+    /* qemu-img always walks twice; the first walk only shows in progress
+     * and in the block status warnings of --salvage. */
+    if (p->progress || p->salvage) {
         ret = count_allocated(&e, err);
         if (ret < 0)
             goto out;
