@@ -1,7 +1,8 @@
 # Thin wrapper over Meson/Ninja.  The real build is meson.build.
 BUILD ?= build
 
-.PHONY: all deps test-deps configure check demo bench fmt clean install
+.PHONY: all deps test-deps configure check demo bench fmt clean install \
+	check-asan fuzz
 
 all: deps configure
 	ninja -C $(BUILD)
@@ -35,3 +36,26 @@ install: all
 
 clean:
 	rm -rf $(BUILD)
+
+# The whole test suite against an ASan+UBSan build (tests take the build
+# directory from QIMG_BUILD).  Any sanitizer report fails the run: UBSan
+# halts on its first error and ASan's leak checker fails the process.
+ASAN_BUILD ?= build-asan
+check-asan: test-deps
+	@test -f $(ASAN_BUILD)/build.ninja || meson setup $(ASAN_BUILD) \
+		-Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C $(ASAN_BUILD)
+	ASAN_OPTIONS=$${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1} \
+	UBSAN_OPTIONS=$${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
+		tests/run-all.sh $(ASAN_BUILD)
+
+# libFuzzer targets (tests/fuzz) built with clang, ASan and UBSan, each run
+# for FUZZ_SECONDS (scripts/run-fuzz.sh; FUZZ_TARGETS picks some).
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: test-deps
+	@test -f $(FUZZ_BUILD)/build.ninja || CC=clang meson setup $(FUZZ_BUILD) \
+		-Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C $(FUZZ_BUILD)
+	scripts/run-fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)

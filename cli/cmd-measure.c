@@ -37,7 +37,8 @@ struct measure_args {
 /*
  * Take the next element of a QEMU option list starting at p: "key=value"
  * (",," in a value stands for a comma) or a short-form boolean "key" (on)
- * or "nokey" (off).  key and val must hold strlen(p) + 1 bytes.  Returns
+ * or "nokey" (off).  key and val must hold strlen(p) + 4 bytes (a short
+ * element as short as "x" still gets the value "off").  Returns
  * the position after the element and its separator.
  */
 static const char *next_element(const char *p, char *key, char *val,
@@ -71,7 +72,7 @@ static const char *next_element(const char *p, char *key, char *val,
  */
 static bool check_snapshot_param(const char *arg)
 {
-    size_t len = strlen(arg) + 1;
+    size_t len = strlen(arg) + 4;
     char *key = malloc(len), *val = malloc(len);
     const char *p = arg;
     bool ok = true, short_form, help = false;
@@ -142,7 +143,7 @@ static struct qimg_opts *parse_create_options(const char *fmt,
     struct qimg_opt_desc flat[MEASURE_MAX_DESCS];
     struct qimg_opts *opts = qimg_opts_new();
     struct qimg_error err = {0};
-    size_t len = list ? strlen(list) + 1 : 1;
+    size_t len = (list ? strlen(list) : 0) + 4;
     char *key = malloc(len), *val = malloc(len);
     const char *p = list ? list : "";
     bool short_form;

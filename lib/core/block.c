@@ -58,28 +58,43 @@ static int probe_node(struct qimg_image *node, struct qimg_error *err)
 /* Resolve a backing name relative to the directory of the overlay. */
 static char *resolve_backing(const char *overlay, const char *backing)
 {
-    char *dup, *dir, *out;
-
-    if (backing[0] == '/' || !strncmp(backing, "json:", 5) ||
-        !strncmp(overlay, "json:", 5) || !strchr(overlay, '/'))
+    if (!strncmp(backing, "json:", 5) || !strncmp(overlay, "json:", 5))
         return strdup(backing);
-    dup = strdup(overlay);
-    if (!dup)
-        return NULL;
-    dir = dirname(dup);
-    if (asprintf(&out, "%s/%s", dir, backing) < 0)
-        out = NULL;
-    free(dup);
-    return out;
+    return qimg_path_combine(overlay, backing);
 }
 
-/* True when two nodes sit on the same file: a loop in the chain. */
-static bool same_file(const char *a, const char *b)
+/*
+ * The files of the nodes whose backing files are being opened, innermost
+ * first: opens run alone on a thread and depth first, so this list holds
+ * exactly the overlays of the node being opened.  A backing file equal to
+ * one of them is a loop.
+ */
+struct chain_id { dev_t dev; ino_t ino; bool valid; };
+struct open_frame { const struct open_frame *up; struct chain_id id; };
+static __thread const struct open_frame *opening;
+
+static struct chain_id file_id(const char *path)
 {
-    struct stat sa, sb;
-    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
-        return false;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    struct chain_id id = {0};
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        id.dev = st.st_dev;
+        id.ino = st.st_ino;
+        id.valid = true;
+    }
+    return id;
+}
+
+/* The frame whose file name would repeat, or NULL. */
+static const struct open_frame *find_loop(const struct open_frame *f,
+                                          const char *name)
+{
+    struct chain_id id = file_id(name);
+    for (; id.valid && f; f = f->up) {
+        if (f->id.valid && f->id.dev == id.dev && f->id.ino == id.ino)
+            return f;
+    }
+    return NULL;
 }
 
 static int open_backing(struct qimg_image *node, struct qimg_error *err)
@@ -95,17 +110,26 @@ static int open_backing(struct qimg_image *node, struct qimg_error *err)
     name = resolve_backing(node->filename, node->backing_name);
     if (!name)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    /* Longer loops end at QIMG_MAX_CHAIN_DEPTH. */
-    if (same_file(node->file->filename, name)) {
+    /* QEMU hangs on loops; we refuse them. */
+    struct open_frame self = {opening, file_id(node->file->filename)};
+    const struct open_frame *loop = find_loop(&self, name);
+    if (loop) {
         free(name);
-        return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' refers "
-                              "to itself", node->backing_name, node->filename);
+        if (loop == &self)
+            return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' "
+                                  "refers to itself", node->backing_name,
+                                  node->filename);
+        return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' creates "
+                              "an infinite loop", node->backing_name,
+                              node->filename);
     }
     /* Backing files are opened read-only and shared, as QEMU does. */
+    opening = &self;
     ret = qimg_image_open_node(&b, name, node->backing_fmt[0] ? node->backing_fmt
                                                                : NULL,
                                NULL, (node->flags & ~QIMG_OPEN_RDWR),
                                node->cache, node->depth + 1, err);
+    opening = self.up;
     if (ret < 0) {
         qimg_error_prefix(err, "Could not open backing file: ");
         free(name);

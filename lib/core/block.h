@@ -84,7 +84,7 @@ struct qimg_storage {
     void *priv;
 };
 
-/* Choose the storage for a filename (only "file" today). */
+/* Choose the storage for a filename: "file", or "memory" for claimed names. */
 const struct qimg_storage_ops *qimg_storage_for(const char *filename);
 int qimg_storage_open(struct qimg_storage **out, const char *filename,
                       unsigned flags, enum qimg_cache cache,
@@ -92,6 +92,28 @@ int qimg_storage_open(struct qimg_storage **out, const char *filename,
 void qimg_storage_close(struct qimg_storage *st);
 
 extern const struct qimg_storage_ops qimg_storage_file;
+
+/*
+ * The memory storage (lib/proto/memory.c): images held in process memory,
+ * for fuzz targets and unit tests.  A name registered with
+ * qimg_mem_register() opens its buffer instead of a file (registered names
+ * shadow files: use a "mem:" prefix by convention).  In exclusive mode
+ * every name goes to the memory storage and unregistered ones fail with
+ * ENOENT, so nothing an image names (backing or data files) reaches the
+ * file system.  Creating an image on a claimed name registers it.  All of
+ * this is process-global and thread-safe.
+ */
+#define QIMG_MEM_MAX_SIZE (1ull << 30)   /* bounds growth by writes */
+extern const struct qimg_storage_ops qimg_storage_memory;
+/* Register a copy of data[0..len) as name, replacing any buffer of that
+ * name (storages open on the old one keep it until closed). */
+int qimg_mem_register(const char *name, const void *data, size_t len);
+int qimg_mem_unregister(const char *name);
+void qimg_mem_set_exclusive(bool on);
+/* True when opening filename would use the memory storage. */
+bool qimg_mem_claims(const char *filename);
+/* A malloc'ed copy of the current contents of name. */
+int qimg_mem_get(const char *name, void **data, size_t *len);
 
 /* ---- format drivers ------------------------------------------------------ */
 
@@ -153,6 +175,13 @@ struct qimg_format {
     int (*amend)(struct qimg_image *node, const struct qimg_opts *opts,
                  bool force, void (*progress)(void *, double), void *opaque,
                  struct qimg_error *err);
+    /* Record a new backing file name and format (NULL: none) in the
+     * header; node->backing_name/backing_fmt follow.  qemu-img rebase. */
+    int (*change_backing)(struct qimg_image *node, const char *backing,
+                          const char *backing_fmt, struct qimg_error *err);
+    /* Drop every guest cluster so that all reads go to the backing file
+     * (qemu-img commit empties the overlay). */
+    int (*make_empty)(struct qimg_image *node, struct qimg_error *err);
 };
 
 /* All registered formats, in the order QEMU lists them. */

@@ -159,8 +159,10 @@ static const char *take_token(const char *s, char *out, bool stop_at_eq)
 int qimg_opts_parse(struct qimg_opts *opts, const char *str,
                     const char *implied_key, struct qimg_error *err)
 {
-    size_t len = strlen(str);
-    char *key = malloc(len + 1), *val = malloc(len + 1);
+    /* Room for the input, or for what replaces it: the implied key,
+     * "help", "on", "off". */
+    size_t len = QIMG_MAX(strlen(str), implied_key ? strlen(implied_key) : 0);
+    char *key = malloc(len + 8), *val = malloc(len + 8);
     const char *p = str;
     bool first = true;
     int ret = 0;

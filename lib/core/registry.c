@@ -47,7 +47,8 @@ bool qimg_format_can_create(const char *name)
 
 const struct qimg_storage_ops *qimg_storage_for(const char *filename)
 {
-    (void)filename;
+    if (qimg_mem_claims(filename))
+        return &qimg_storage_memory;
     return &qimg_storage_file;
 }
 

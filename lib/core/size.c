@@ -69,7 +69,10 @@ static int parse_fraction(const char *s, uint64_t *frac)
     }
     buf[k] = '\0';
     f = k > 1 ? strtod(buf, NULL) : 0.0;
-    *frac = (uint64_t)(f * 0x1p64);
+    /* Digits that round to 1.0 make 2^64, out of uint64_t's range (UB in
+     * C).  QEMU's x86-64 build converts it to 0, so "1.99...9k" is 1024
+     * there: do the same, explicitly. */
+    *frac = f * 0x1p64 < 0x1p64 ? (uint64_t)(f * 0x1p64) : 0;
     return (int)n;
 }
 

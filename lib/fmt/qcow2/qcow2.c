@@ -829,4 +829,6 @@ const struct qimg_format qimg_format_qcow2 = {
     .amend_opts = qcow2_amend_opts,
     .n_amend_opts = QCOW2_N_AMEND_OPTS,
     .amend = qcow2_amend,
+    .change_backing = qcow2_change_backing,
+    .make_empty = qcow2_make_empty,
 };

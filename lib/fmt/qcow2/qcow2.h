@@ -322,6 +322,11 @@ int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
 int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
                                 struct qimg_error *err);
 
+/* qcow2-backing.c */
+int qcow2_change_backing(struct qimg_image *node, const char *backing,
+                         const char *backing_fmt, struct qimg_error *err);
+int qcow2_make_empty(struct qimg_image *node, struct qimg_error *err);
+
 /* qcow2-check.c */
 int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                 struct qimg_error *err);

@@ -1,0 +1,152 @@
+#!/bin/sh
+# Seed corpora for the fuzz targets (tests/fuzz), made with the reference
+# qemu-img and qemu-io: valid small images covering every qcow2 feature,
+# plus raw windows, option strings, sizes and json: filenames.
+#   scripts/make-fuzz-seeds.sh OUTDIR
+# Writes OUTDIR/<target>/ for each target.  Seeds are generated at fuzz
+# time and never committed; files above MAX_SEED bytes are dropped (large
+# inputs slow the fuzzer down).  Images name their backing file
+# "backing.img" and data file "data.img": the names the fuzz targets
+# register in memory (tests/fuzz/fuzz-common.h).
+set -eu
+OUT=${1:?usage: make-fuzz-seeds.sh OUTDIR}
+QEMU_IMG=${QEMU_IMG:-/usr/bin/qemu-img}
+QEMU_IO=${QEMU_IO:-/usr/bin/qemu-io}
+MAX_SEED=${MAX_SEED:-524288}
+ulimit -c 0
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+img() {   # img NAME SIZE CREATE-OPTIONS [qemu-io commands...]
+    name=$1 size=$2 opts=$3
+    shift 3
+    "$QEMU_IMG" create -q -f qcow2 -o "$opts" "$name.qcow2" "$size"
+    for c in "$@"; do
+        "$QEMU_IO" -f qcow2 -c "$c" "$name.qcow2" >/dev/null
+    done
+}
+writes() {  # writes CLUSTER: data, partial cluster, compressed, zero, discard
+    cs=$1
+    echo "write -P 0x11 0 4k"
+    echo "write -P 0x22 70k 1k"
+    echo "write -c -P 0x33 $((cs * 40)) $cs"
+    echo "write -z 256k 64k"
+    echo "write -P 0x44 320k 4k"
+    echo "discard 320k 4k"
+}
+img_mix() {   # img_mix NAME SIZE CLUSTER OPTIONS
+    name=$1 size=$2 cs=$3 opts=$4
+    "$QEMU_IMG" create -q -f qcow2 -o "cluster_size=$cs${opts:+,$opts}" \
+        "$name.qcow2" "$size"
+    writes "$cs" | while read -r c; do
+        "$QEMU_IO" -f qcow2 -c "$c" "$name.qcow2" >/dev/null 2>&1 || true
+    done
+}
+
+# Cluster sizes and refcount widths.
+for cs in 512 1024 4096 65536; do
+    img_mix "cs$cs" 1M "$cs" ""
+done
+for rb in 1 2 4 8 16 32 64; do
+    img_mix "rb$rb" 1M 4096 "refcount_bits=$rb"
+done
+img_mix v2 1M 4096 "compat=0.10"
+img_mix v2-512 1M 512 "compat=0.10"
+img_mix zstd 1M 4096 "compression_type=zstd"
+img_mix extl2 1M 16384 "extended_l2=on"
+img extl2-sub 1M "cluster_size=16k,extended_l2=on" \
+    "write -P 1 0 512" "write -P 2 5k 1k" "write -z 8k 512" \
+    "write -c -P 3 32k 16k"
+img_mix extl2-zstd 1M 32768 "extended_l2=on,compression_type=zstd"
+img empty 1M "cluster_size=4k"
+img big-virtual 64G "cluster_size=32k" "write -P 5 32G 4k"
+img prealloc 256k "cluster_size=4k,preallocation=metadata"
+img lazy 1M "cluster_size=4k,lazy_refcounts=on" "write -P 6 0 8k"
+# A dirty image: lazy refcounts and an abort before the bit is cleared.
+img dirty 1M "cluster_size=4k,lazy_refcounts=on"
+"$QEMU_IO" -f qcow2 -c "write -P 7 0 8k" -c abort dirty.qcow2 \
+    >/dev/null 2>&1 || true
+
+# Snapshots, bitmaps.
+img_mix snap 1M 4096 ""
+"$QEMU_IMG" snapshot -c one snap.qcow2
+"$QEMU_IO" -f qcow2 -c "write -P 8 0 8k" snap.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c two snap.qcow2
+img_mix snap-v2 1M 4096 "compat=0.10"
+"$QEMU_IMG" snapshot -c old snap-v2.qcow2
+img_mix bitmaps 1M 4096 ""
+"$QEMU_IMG" bitmap --add bitmaps.qcow2 b0
+"$QEMU_IMG" bitmap --add -g 64k --disable bitmaps.qcow2 b1
+"$QEMU_IMG" bitmap --add bitmaps.qcow2 b2
+
+# Backing file and external data file, under the names the targets know.
+"$QEMU_IMG" create -q -f raw backing.img 64k
+img backed 1M "cluster_size=4k,backing_file=backing.img,backing_fmt=raw" \
+    "write -P 9 4k 4k"
+"$QEMU_IMG" create -q -f qcow2 -u -b backing.img -F qcow2 \
+    -o cluster_size=4k backed-qcow2.qcow2 1M
+img datafile 1M "cluster_size=4k,data_file=data.img" "write -P 10 0 8k"
+img datafile-raw 1M "cluster_size=4k,data_file=data.img,data_file_raw=on" \
+    "write -P 11 0 8k"
+
+keep() {  # keep DIR FILE...: copy files no larger than MAX_SEED
+    dir=$OUT/$1
+    shift
+    mkdir -p "$dir"
+    for f in "$@"; do
+        if [ "$(stat -c %s "$f")" -le "$MAX_SEED" ]; then
+            cp "$f" "$dir/"
+        fi
+    done
+}
+keep qcow2 ./*.qcow2
+head -c 65536 /dev/urandom >random.raw
+printf 'QFI' >short.raw
+: >empty.raw
+keep probe ./*.qcow2 random.raw short.raw empty.raw
+
+# raw: an option line, then the file.
+mkdir -p "$OUT/raw"
+i=0
+for o in "" "offset=512" "size=1024" "offset=512,size=512" "offset=1k,size=2k" \
+         "offset=0x200,size=1k" "size=0" "offset=65536" "offset=3,size=5"; do
+    { printf '%s\n' "$o"; head -c 4096 /dev/urandom; } >"$OUT/raw/seed$i"
+    i=$((i + 1))
+done
+
+# opts: a selector byte (1: implied key "size"), then the string.
+mkdir -p "$OUT/opts"
+i=0
+for o in "\001size=1G,cluster_size=64k" "\0001M" "\001help" "\000a=b,,c,d=e" \
+         "\000lazy_refcounts=on,refcount_bits=16,compat=1.1" \
+         "\002preallocation=metadata,extended_l2=off" \
+         "\000backing_file=x,,y,backing_fmt=qcow2,encrypt.format=luks"; do
+    printf "$o" >"$OUT/opts/seed$i"
+    i=$((i + 1))
+done
+
+# size
+mkdir -p "$OUT/size"
+i=0
+for s in 0 512 1.5G 64k 0x200 0x10k 16E 18446744073709551615 1e3 \
+         " 1k" 1.0000001T 8EiB -1 9999999999999999999999 1.k; do
+    printf '%s' "$s" >"$OUT/size/seed$i"
+    i=$((i + 1))
+done
+
+# json: filenames (without the "json:" prefix).
+mkdir -p "$OUT/json"
+i=0
+for j in '{"driver":"qcow2","file":{"driver":"file","filename":"fuzz.img"}}' \
+         '{"file.filename":"fuzz.img"}' \
+         '{"driver":"raw","file":{"filename":"raw.img"},"offset":1,"size":1}' \
+         '{"driver":"qcow2","file.filename":"fuzz.img","backing":null}' \
+         '{"a":[1,2,{"b":true}],"c":1.5e300,"d":"\u00e9"}' \
+         '{"driver":"qcow2","file":{"filename":"fuzz.img"},"l2-cache-size":65536}'; do
+    printf '%s' "$j" >"$OUT/json/seed$i"
+    i=$((i + 1))
+done
+echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"
