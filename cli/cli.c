@@ -413,7 +413,10 @@ void cli_progress_print(double percent)
     }
     if (!progress.enabled)
         return;
-    if (percent - progress.last >= progress.min_step || percent >= 100.0) {
+    /* qemu-img prints when the value moved by more than the step, and
+     * always at 0 and 100. */
+    if (percent - progress.last > progress.min_step || percent == 0 ||
+        percent >= 100.0) {
         progress.last = percent;
         print_progress_line(percent);
     }

@@ -352,7 +352,7 @@ static int open_and_compare(struct compare *c, const struct compare_args *a)
             goto out;
         }
     }
-    cli_progress_init(c->progress, 0.0);
+    cli_progress_init(c->progress, -1.0);   /* the caller filters */
     ret = run_compare(c);
 out:
     for (int i = 0; i < 2; i++) {

@@ -645,7 +645,7 @@ static int run_convert(struct convert *c)
         return ret;
     c->progress_on = c->progress && !c->quiet;
     /* qemu's progress steps by more than 1% (float arithmetic) */
-    cli_progress_init(c->progress_on, 1.0000001);
+    cli_progress_init(c->progress_on, 1.0);
     ret = convert_images(c, &done);
     if (done) {
         cli_progress_end();

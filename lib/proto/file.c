@@ -42,7 +42,7 @@ static const char *const perm_names[PERM_BITS] = {
     "consistent read", "write", "write unchanged", "resize",
 };
 
-/* Alignment used for O_DIRECT bounce buffers. */
+/* Memory alignment of O_DIRECT bounce buffers (always enough). */
 #define DIRECT_ALIGN 4096
 
 struct file_state {
@@ -50,6 +50,7 @@ struct file_state {
     bool unsafe;          /* cache=unsafe: skip flushes */
     bool direct;          /* O_DIRECT: requests need alignment */
     bool locked;
+    uint32_t align;       /* O_DIRECT request alignment, probed at open */
     pthread_mutex_t rmw;  /* serialises unaligned O_DIRECT writes */
 };
 
@@ -130,6 +131,8 @@ static void flags_to_perm(unsigned flags, unsigned *perm, unsigned *unshared)
         *unshared = PERM_WRITE | PERM_RESIZE;
 }
 
+static uint32_t probe_direct_alignment(int fd);
+
 static int file_open(struct qimg_storage *st, const char *filename,
                      unsigned flags, enum qimg_cache cache,
                      struct qimg_error *err)
@@ -142,6 +145,11 @@ static int file_open(struct qimg_storage *st, const char *filename,
 
     if (!s)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (!*filename) {
+        free(s);
+        return qimg_error_set(err, -EINVAL, "The 'file' block driver requires "
+                              "a file name");
+    }
     pthread_mutex_init(&s->rmw, NULL);
     if (cache == QIMG_CACHE_NONE || cache == QIMG_CACHE_DIRECTSYNC)
         oflags |= O_DIRECT;
@@ -171,7 +179,8 @@ static int file_open(struct qimg_storage *st, const char *filename,
         goto fail;
     s->locked = perm || unshared;
     st->caps |= QIMG_STORAGE_CAN_ZERO | QIMG_STORAGE_CAN_DISCARD;
-    st->align = s->direct ? DIRECT_ALIGN : 1;
+    s->align = s->direct ? probe_direct_alignment(s->fd) : 1;
+    st->align = s->align;
     st->priv = s;
     return 0;
 fail:
@@ -240,21 +249,45 @@ static int raw_pwrite(int fd, uint64_t off, size_t len, const void *buf,
     return 0;
 }
 
-static bool is_aligned(uint64_t off, size_t len, const void *buf)
+static bool is_aligned(const struct file_state *s, uint64_t off, size_t len,
+                       const void *buf)
 {
-    return !((off | len | (uintptr_t)buf) & (DIRECT_ALIGN - 1));
+    return !((off | len) & (s->align - 1)) &&
+           !((uintptr_t)buf & (DIRECT_ALIGN - 1));
+}
+
+/*
+ * The smallest request size O_DIRECT accepts here, found by trying reads
+ * as QEMU does (512 on most disks, 4096 on some), so that unaligned
+ * requests round no further than needed (a file's size stays as QEMU
+ * leaves it).
+ */
+static uint32_t probe_direct_alignment(int fd)
+{
+    void *buf;
+    uint32_t align = DIRECT_ALIGN;
+    if (posix_memalign(&buf, DIRECT_ALIGN, DIRECT_ALIGN))
+        return DIRECT_ALIGN;
+    for (uint32_t a = 512; a <= DIRECT_ALIGN; a *= 2) {
+        if (pread(fd, buf, a, 0) >= 0) {
+            align = a;
+            break;
+        }
+    }
+    free(buf);
+    return align;
 }
 
 /* Bounce an unaligned O_DIRECT request through an aligned buffer. */
 static int bounce(struct file_state *s, uint64_t off, size_t len, void *rbuf,
                   const void *wbuf, struct qimg_error *err)
 {
-    uint64_t start = qimg_align_down(off, DIRECT_ALIGN), end;
+    uint64_t start = qimg_align_down(off, s->align), end;
     size_t blen;
     void *b;
     int ret;
 
-    if (!qimg_align_up(off + len, DIRECT_ALIGN, &end))
+    if (!qimg_align_up(off + len, s->align, &end))
         return qimg_error_set(err, -EINVAL, "Request out of range");
     blen = (size_t)(end - start);
     if (posix_memalign(&b, DIRECT_ALIGN, blen))
@@ -278,7 +311,7 @@ static int file_pread(struct qimg_storage *st, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err)
 {
     struct file_state *s = st->priv;
-    if (s->direct && !is_aligned(off, len, buf))
+    if (s->direct && !is_aligned(s, off, len, buf))
         return bounce(s, off, len, buf, NULL, err);
     return raw_pread(s->fd, off, len, buf, err);
 }
@@ -287,7 +320,7 @@ static int file_pwrite(struct qimg_storage *st, uint64_t off, size_t len,
                        const void *buf, struct qimg_error *err)
 {
     struct file_state *s = st->priv;
-    if (s->direct && !is_aligned(off, len, buf))
+    if (s->direct && !is_aligned(s, off, len, buf))
         return bounce(s, off, len, NULL, buf, err);
     return raw_pwrite(s->fd, off, len, buf, err);
 }
