@@ -814,6 +814,9 @@ int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
         ret = e.ret;
         *err = e.err;
     }
+    /* A compressed target ends on a sector boundary, as QEMU leaves it. */
+    if (!ret && p->compress)
+        ret = qimg_pwrite_compressed(p->target, 0, 0, NULL, err);
     if (!ret)
         ret = qimg_flush(p->target, err);
 out:

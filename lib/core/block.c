@@ -400,7 +400,8 @@ int qimg_pwrite(struct qimg_image *img, uint64_t off, size_t len,
 int qimg_pwrite_compressed(struct qimg_image *img, uint64_t off, size_t len,
                            const void *buf, struct qimg_error *err)
 {
-    int ret = check_request(img, off, len, true, err);
+    /* len 0 marks the end of a compressed stream (off ignored). */
+    int ret = check_request(img, len ? off : 0, len, true, err);
     if (ret < 0)
         return ret;
     if (!img->fmt->pwrite_compressed)

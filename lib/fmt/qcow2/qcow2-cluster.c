@@ -850,6 +850,19 @@ int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
     int64_t coff;
     int ret;
 
+    if (!len) {
+        /* End of a compressed stream: pad the file to a whole sector. */
+        int64_t fsize = node->file->ops->get_size(node->file);
+        uint64_t aligned;
+        if (fsize < 0)
+            return qimg_error_set(err, (int)fsize, "Could not get file size");
+        if (!qimg_align_up((uint64_t)fsize, 512, &aligned))
+            return qimg_error_set(err, -EFBIG, "File too large");
+        if (aligned == (uint64_t)fsize)
+            return 0;
+        return node->file->ops->truncate(node->file, aligned, QIMG_PREALLOC_OFF,
+                                         err);
+    }
     if (off & (cs - 1) || (len != cs && off + len != node->size) || len > cs)
         return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
                               "whole cluster");
