@@ -278,6 +278,23 @@ int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
 int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,
                            const char *name, struct qimg_error *err);
 
+/* ---- bench ---------------------------------------------------------------- */
+
+struct qimg_bench_params {
+    uint64_t count;          /* requests in all */
+    uint32_t depth;          /* requests in flight at once */
+    size_t bufsize;          /* bytes per request */
+    uint64_t offset;         /* offset of the first request */
+    uint64_t step;           /* advance per request (wraps at the end) */
+    bool write;
+    uint8_t pattern;         /* byte written by write requests */
+    uint64_t flush_interval; /* flush after this many requests (writes) */
+    bool drain;              /* wait for requests before each flush */
+};
+/* Run the benchmark; *seconds is the wall time of the run. */
+int qimg_bench(struct qimg_image *img, const struct qimg_bench_params *params,
+               double *seconds, struct qimg_error *err);
+
 /* ---- amend ---------------------------------------------------------------- */
 
 /*
