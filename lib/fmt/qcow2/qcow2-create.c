@@ -184,9 +184,17 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
         return qimg_error_set(err, -EINVAL, "Non-zlib compression type is only "
                               "supported with compatibility level 1.1 and above "
                               "(use version=v3 or greater)");
-    if (enc || qimg_opts_get(opts, "encrypt.format"))
+    if (enc || qimg_opts_get(opts, "encrypt.format")) {
+        /* The checks QEMU makes before encrypting, then our limitation. */
+        const char *key = qimg_opts_get(opts, "encrypt.key-secret");
+        if (!key)
+            return qimg_error_set(err, -EINVAL, "Parameter 'encrypt.key-secret' "
+                                  "is required for cipher");
+        if (!qimg_secret_get(key, NULL))
+            return qimg_error_set(err, -EINVAL, "No secret with id '%s'", key);
         return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
                               "by qimg yet");
+    }
     /* Sizes are kept in whole sectors, as QEMU does. */
     if (!qimg_align_up(p->size, 512, &p->size))
         return qimg_error_set(err, -EFBIG, "Image size too large");
