@@ -24,10 +24,15 @@ failed=$((failed + ${u_fail:-0} + ${u_err:-0}))
 if [ "$unit_rc" -ne 0 ] && [ "${u_fail:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
 rm -f "$unit_log"
 
-# Integration tests (pytest); -n style parallelism is not in Debian's
-# pytest, so they run in one process.
+# Integration tests (pytest), spread over the cores with pytest-xdist when
+# it is installed.
 py_log=$(mktemp)
-/usr/bin/python3 -m pytest -q -rf tests/cli >"$py_log" 2>&1
+par=""
+if /usr/bin/python3 -c "import xdist" 2>/dev/null; then
+    par="-n $(nproc)"
+fi
+# shellcheck disable=SC2086
+/usr/bin/python3 -m pytest -q -rf $par tests/cli >"$py_log" 2>&1
 py_rc=$?
 cat "$py_log"
 p_ok=$(tail -1 "$py_log" | grep -o '[0-9]* passed' | grep -o '[0-9]*')

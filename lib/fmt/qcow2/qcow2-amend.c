@@ -295,8 +295,6 @@ int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
     ret = parse_request(node, opts, &r, err);
     if (ret < 0)
         return ret;
-    if (progress)
-        progress(opaque, 0);
     if (r.version > (int)s->version) {
         ret = upgrade(node, err);
         if (ret < 0)
