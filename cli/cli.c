@@ -223,7 +223,7 @@ bool cli_parse_cache(const char *arg, enum qimg_cache *out)
     return qimg_cache_parse(arg, out) == 0;
 }
 
-static void warn_probed_raw(const char *name)
+void cli_warn_probed_raw(const char *name)
 {
     fflush(stdout);
     fprintf(stderr,
@@ -253,7 +253,7 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
     if (qimg_open(&img, &probe, &e) < 0)
         return;
     if (qimg_image_probed_raw(img))
-        warn_probed_raw(qimg_image_filename(img));
+        cli_warn_probed_raw(qimg_image_filename(img));
     qimg_close(img);
 }
 
@@ -292,7 +292,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
         cli_report(&err, "Could not open '%s': ", o->filename);
         img = NULL;
     } else if ((o->flags & QIMG_OPEN_RDWR) && qimg_image_probed_raw(img)) {
-        warn_probed_raw(qimg_image_filename(img));
+        cli_warn_probed_raw(qimg_image_filename(img));
     }
     qimg_opts_free(dict);
     return img;

@@ -72,6 +72,8 @@ struct cli_open {
     enum qimg_cache cache;
     bool quiet;
 };
+/* QEMU's warning for a writable image whose raw format was guessed. */
+void cli_warn_probed_raw(const char *filename);
 /* Open an image, printing "Could not open 'X': ..." on failure, and
  * QEMU's warning when raw was guessed for a writable image. */
 struct qimg_image *cli_open_image(const struct cli_open *o);

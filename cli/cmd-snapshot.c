@@ -4,8 +4,8 @@
  * snapshot [--object objectdef] [--image-opts] [-U] [-q]
  *          [-l | -a snapshot | -c snapshot | -d snapshot] filename
  * Exit status: 0 on success, 1 on any error.
- * -l lists the image's internal snapshots; creating (-c), applying (-a)
- * and deleting (-d) come with the snapshot issue and say so for now.
+ * -l lists the image's internal snapshots, -c creates one, -a applies
+ * (reverts to) one, -d deletes one (by ID or name).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +32,7 @@ int cmd_snapshot(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     enum snapshot_action action = ACTION_NONE;
+    const char *name = NULL;
     struct cli_open o = {0};
     struct qimg_snapshot *list = NULL;
     struct qimg_image *img;
@@ -48,6 +49,7 @@ int cmd_snapshot(int argc, char **argv)
             if (action != ACTION_NONE)
                 return cli_usage_error("Cannot mix '-l', '-a', '-c', '-d'");
             action = next;
+            name = optarg;
             break;
         }
         case 'q': o.quiet = true; break;
@@ -65,18 +67,36 @@ int cmd_snapshot(int argc, char **argv)
     o.filename = argv[optind];
     if (action == ACTION_APPLY || action == ACTION_CREATE ||
         action == ACTION_DELETE)
-        return cli_not_implemented("snapshot -a/-c/-d");
+        o.flags |= QIMG_OPEN_RDWR;
     img = cli_open_image(&o);
     if (!img)
         return 1;
+    ret = 0;
     if (action == ACTION_LIST) {
         /* Formats without snapshots list nothing, as qemu-img does. */
         if (qimg_snapshot_list(img, &list, &n, NULL) == 0 && n) {
             printf("Snapshot list:\n");
             cli_print_snapshot_table(list, n);
         }
+    } else if (action != ACTION_NONE) {
+        static const char *const verb[] = {
+            [ACTION_APPLY] = "apply", [ACTION_CREATE] = "create",
+            [ACTION_DELETE] = "delete",
+        };
+        enum qimg_snapshot_op op = action == ACTION_CREATE ? QIMG_SNAPSHOT_CREATE
+                                 : action == ACTION_APPLY ? QIMG_SNAPSHOT_APPLY
+                                                          : QIMG_SNAPSHOT_DELETE;
+        struct qimg_error err = {0};
+        /* Applying on a guessed raw image reopens it in QEMU, which warns
+         * a second time. */
+        if (op == QIMG_SNAPSHOT_APPLY && qimg_image_probed_raw(img))
+            cli_warn_probed_raw(qimg_image_filename(img));
+        if (qimg_snapshot_change(img, op, name, &err) < 0) {
+            cli_error("Could not %s snapshot '%s': %s", verb[action], name,
+                      err.msg);
+            ret = 1;
+        }
     }
-    ret = 0;
     free(list);
     qimg_close(img);
     return ret;

@@ -273,6 +273,15 @@ struct qimg_snapshot {
  * *list non-NULL when it has none; -ENOTSUP when the format has none. */
 int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
                        size_t *n, struct qimg_error *err);
+enum qimg_snapshot_op {
+    QIMG_SNAPSHOT_CREATE,   /* name: the new snapshot's name */
+    QIMG_SNAPSHOT_APPLY,    /* name: an ID or a name */
+    QIMG_SNAPSHOT_DELETE,   /* name: an ID or a name */
+};
+/* Create, apply (revert to) or delete an internal snapshot of a writable
+ * image (qemu-img snapshot -c/-a/-d). */
+int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
+                         const char *name, struct qimg_error *err);
 /* Make a read-only image show snapshot (id and/or name) instead of the
  * current state: convert -l, measure -l. */
 int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,

@@ -723,3 +723,20 @@ int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
         return qimg_error_set(err, -EACCES, "Image is read-only");
     return img->fmt->amend(img, opts, force, progress, opaque, err);
 }
+
+int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
+                         const char *name, struct qimg_error *err)
+{
+    /* QEMU's wording differs per operation for formats without snapshots. */
+    if (!img->fmt->snapshot || !img->fmt->snapshot->change) {
+        if (op == QIMG_SNAPSHOT_APPLY)
+            return qimg_error_set(err, -ENOTSUP, "Block driver does not support "
+                                  "snapshots");
+        if (op == QIMG_SNAPSHOT_DELETE)
+            return qimg_error_set(err, -ENOENT, "snapshot not found");
+        return qimg_error_set(err, -ENOTSUP, "-95 (Operation not supported)");
+    }
+    if (img->read_only)
+        return qimg_error_set(err, -EACCES, "Image is read-only");
+    return img->fmt->snapshot->change(img, op, name, err);
+}

@@ -123,6 +123,8 @@ struct qimg_snapshot_ops {
                 struct qimg_error *err);
     int (*load_tmp)(struct qimg_image *node, const char *id, const char *name,
                     struct qimg_error *err);
+    int (*change)(struct qimg_image *node, enum qimg_snapshot_op op,
+                  const char *name, struct qimg_error *err);
 };
 
 struct qimg_format {

@@ -219,4 +219,5 @@ static int qcow2_snapshot_load_tmp(struct qimg_image *node, const char *id,
 const struct qimg_snapshot_ops qcow2_snapshot_ops = {
     .list = qcow2_snapshot_list,
     .load_tmp = qcow2_snapshot_load_tmp,
+    .change = qcow2_snapshot_change,
 };

@@ -311,6 +311,9 @@ int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
 extern const struct qimg_snapshot_ops qcow2_snapshot_ops;
+/* qcow2-snapshot-write.c */
+int qcow2_snapshot_change(struct qimg_image *node, enum qimg_snapshot_op op,
+                          const char *name, struct qimg_error *err);
 
 /* qcow2-amend.c */
 #define QCOW2_N_AMEND_OPTS 13

@@ -1,0 +1,414 @@
+/*
+ * qcow2-snapshot-write.c - creating, applying and deleting internal
+ * snapshots.
+ *
+ * A cluster's refcount counts the (L1 table, L2 table) paths that reach it:
+ * taking a snapshot copies the active L1 table and adds one reference to
+ * every L2 table and data cluster it reaches; deleting one removes them.
+ * OFLAG_COPIED is recomputed on the way (set exactly where the count is 1),
+ * so the next write to a shared cluster copies it first.
+ * Ordering: refcounts and the new L1 copy reach the disk before the new
+ * snapshot table, which is written before the header points at it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "fmt/qcow2/qcow2.h"
+
+/* Add `addend` to everything l1 reaches and recompute the COPIED flags in
+ * its tables; l1 (host order) is updated in place. */
+static int update_refcounts(struct qimg_image *node, uint64_t *l1,
+                            uint32_t l1_size, int addend, bool *l1_changed,
+                            struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2 = malloc(s->cluster_size);
+    int ret = 0;
+
+    if (!l2)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    *l1_changed = false;
+    ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    for (uint32_t i = 0; !ret && i < l1_size; i++) {
+        uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK, rc;
+        bool dirty = false;
+        if (!l2off)
+            continue;
+        qcow2_cache_discard(&s->l2_cache, l2off);
+        ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
+        for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
+            uint8_t *p = l2 + j * s->l2_entry_size;
+            uint64_t e = qimg_ld_be64(p), ne = e & ~QCOW2_OFLAG_COPIED;
+            uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+            if (e & QCOW2_OFLAG_COMPRESSED) {
+                uint64_t coff = e & s->cluster_offset_mask;
+                uint64_t sectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
+                uint64_t start = qimg_align_down(coff, s->cluster_size);
+                if (addend)
+                    ret = qcow2_update_refcount(node, start,
+                                                qimg_align_down(coff, 512) +
+                                                    sectors * 512 - start,
+                                                addend, err);
+                ne = e;   /* compressed clusters never carry COPIED */
+            } else if (host && !s->data_file) {
+                if (addend)
+                    ret = qcow2_update_refcount(node, host, 1, addend, err);
+                if (!ret)
+                    ret = qcow2_get_refcount(node, host >> s->cluster_bits, &rc,
+                                             err);
+                if (!ret && rc == 1)
+                    ne |= QCOW2_OFLAG_COPIED;
+            } else {
+                ne = e;
+            }
+            if (!ret && ne != e) {
+                qimg_st_be64(p, ne);
+                dirty = true;
+            }
+        }
+        if (!ret && dirty) {
+            ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+            if (!ret)
+                ret = node->file->ops->pwrite(node->file, l2off, s->cluster_size,
+                                              l2, err);
+        }
+        if (!ret && addend)
+            ret = qcow2_update_refcount(node, l2off, 1, addend, err);
+        if (!ret)
+            ret = qcow2_get_refcount(node, l2off >> s->cluster_bits, &rc, err);
+        if (!ret) {
+            uint64_t n1 = (l1[i] & ~QCOW2_OFLAG_COPIED) |
+                          (rc == 1 ? QCOW2_OFLAG_COPIED : 0);
+            if (n1 != l1[i]) {
+                l1[i] = n1;
+                *l1_changed = true;
+            }
+        }
+    }
+    free(l2);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    return ret;
+}
+
+static int write_l1(struct qimg_image *node, uint64_t off, const uint64_t *l1,
+                    uint32_t n, struct qimg_error *err)
+{
+    uint64_t *be = malloc(QIMG_MAX(n, 1u) * 8ull);
+    int ret;
+    if (!be)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (uint32_t i = 0; i < n; i++)
+        be[i] = htobe64(l1[i]);
+    ret = node->file->ops->pwrite(node->file, off, (size_t)n * 8, be, err);
+    free(be);
+    return ret;
+}
+
+/* Active L1 refcounts changed: recompute COPIED flags and write L1 back. */
+static int refresh_active(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    bool changed;
+    int ret = update_refcounts(node, s->l1_table, s->l1_size, 0, &changed, err);
+    if (!ret && changed)
+        ret = write_l1(node, s->l1_table_offset, s->l1_table, s->l1_size, err);
+    return ret;
+}
+
+static size_t entry_size(const struct qcow2_snapshot *sn)
+{
+    return (40 + sn->extra_size + strlen(sn->id) + strlen(sn->name) + 7) & ~7ull;
+}
+
+/* Write the in-memory table to new clusters, switch the header, free the
+ * old table. */
+static int write_table(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t size = 0, pos = 0, old_off = s->snapshots_offset;
+    uint64_t old_size = s->snapshots_size;
+    uint8_t *buf, hdr[12];
+    int64_t off = 0;
+    int ret;
+
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        size += entry_size(&s->snapshots[i]);
+    buf = calloc(1, size ? size : 1);
+    if (!buf)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        const struct qcow2_snapshot *sn = &s->snapshots[i];
+        uint8_t *e = buf + pos;
+        size_t idl = strlen(sn->id), nl = strlen(sn->name);
+        qimg_st_be64(e, sn->l1_table_offset);
+        qimg_st_be32(e + 8, sn->l1_size);
+        qimg_st_be16(e + 12, (uint16_t)idl);
+        qimg_st_be16(e + 14, (uint16_t)nl);
+        qimg_st_be32(e + 16, sn->date_sec);
+        qimg_st_be32(e + 20, sn->date_nsec);
+        qimg_st_be64(e + 24, sn->vm_clock_nsec);
+        qimg_st_be32(e + 32, (uint32_t)QIMG_MIN(sn->vm_state_size, UINT32_MAX));
+        qimg_st_be32(e + 36, sn->extra_size);
+        if (sn->extra_size >= 8)
+            qimg_st_be64(e + 40, sn->vm_state_size);
+        if (sn->extra_size >= 16)
+            qimg_st_be64(e + 48, sn->disk_size);
+        if (sn->extra_size >= 24)
+            qimg_st_be64(e + 56, sn->icount);
+        memcpy(e + 40 + sn->extra_size, sn->id, idl);
+        memcpy(e + 40 + sn->extra_size + idl, sn->name, nl);
+        pos += entry_size(sn);
+    }
+    if (size) {
+        off = qcow2_alloc_clusters(node, qimg_div_round_up(size, s->cluster_size),
+                                   err);
+        if (off < 0) {
+            free(buf);
+            return (int)off;
+        }
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+        if (!ret)
+            ret = node->file->ops->pwrite(node->file, (uint64_t)off, size, buf,
+                                          err);
+        if (!ret)
+            ret = node->file->ops->flush(node->file, err);
+        if (ret < 0) {
+            free(buf);
+            return ret;
+        }
+    }
+    free(buf);
+    qimg_st_be32(hdr, s->nb_snapshots);
+    qimg_st_be64(hdr + 4, (uint64_t)off);
+    ret = node->file->ops->pwrite(node->file, 60, 12, hdr, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (ret < 0)
+        return ret;
+    s->snapshots_offset = (uint64_t)off;
+    s->snapshots_size = size;
+    if (old_size)
+        ret = qcow2_free_clusters(node, old_off,
+                                  qimg_div_round_up(old_size, s->cluster_size) *
+                                      s->cluster_size, err);
+    return ret;
+}
+
+/* Next free numeric id, as QEMU picks it: one above the largest. */
+static void new_id(struct qcow2_state *s, char *buf, size_t len)
+{
+    unsigned long max = 0;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        unsigned long v = strtoul(s->snapshots[i].id, NULL, 10);
+        if (v > max)
+            max = v;
+    }
+    snprintf(buf, len, "%lu", max + 1);
+}
+
+static int snapshot_create(struct qimg_image *node, const char *name,
+                           struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_snapshot sn = {0}, *grown;
+    struct timeval tv;
+    char id[32];
+    int64_t l1off;
+    bool changed;
+    int ret;
+
+    if (s->data_file)
+        return qimg_error_set(err, -ENOTSUP, "Can't create a snapshot of an "
+                              "image with an external data file");
+    if (s->nb_snapshots >= QCOW2_MAX_SNAPSHOTS)
+        return qimg_error_set(err, -EFBIG, "Too many snapshots");
+    if (strlen(name) > 65535)
+        return qimg_error_set(err, -EINVAL, "Snapshot name too long");
+    new_id(s, id, sizeof(id));
+    gettimeofday(&tv, NULL);
+    pthread_mutex_lock(&node->lock);
+    /* The copy of the active L1 table. */
+    l1off = qcow2_alloc_clusters(node, qimg_div_round_up((uint64_t)s->l1_size * 8,
+                                                         s->cluster_size), err);
+    ret = l1off < 0 ? (int)l1off : 0;
+    if (!ret)
+        ret = update_refcounts(node, s->l1_table, s->l1_size, 1, &changed, err);
+    if (!ret)
+        ret = write_l1(node, (uint64_t)l1off, s->l1_table, s->l1_size, err);
+    if (!ret && changed)
+        ret = write_l1(node, s->l1_table_offset, s->l1_table, s->l1_size, err);
+    if (ret < 0)
+        goto out;
+    sn.l1_table_offset = (uint64_t)l1off;
+    sn.l1_size = s->l1_size;
+    sn.id = strdup(id);
+    sn.name = strdup(name);
+    sn.date_sec = (uint32_t)tv.tv_sec;
+    sn.date_nsec = (uint32_t)tv.tv_usec * 1000;
+    sn.disk_size = node->size;
+    sn.icount = 0;
+    sn.extra_size = 24;
+    grown = realloc(s->snapshots, (s->nb_snapshots + 1) * sizeof(*grown));
+    if (!sn.id || !sn.name || !grown) {
+        free(sn.id);
+        free(sn.name);
+        if (grown)
+            s->snapshots = grown;
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    s->snapshots = grown;
+    s->snapshots[s->nb_snapshots++] = sn;
+    ret = write_table(node, err);
+out:
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
+static struct qcow2_snapshot *find_by_id_or_name(struct qcow2_state *s,
+                                                 const char *key)
+{
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        if (!strcmp(s->snapshots[i].id, key))
+            return &s->snapshots[i];
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        if (!strcmp(s->snapshots[i].name, key))
+            return &s->snapshots[i];
+    return NULL;
+}
+
+static int read_l1(struct qimg_image *node, const struct qcow2_snapshot *sn,
+                   uint64_t **out, struct qimg_error *err)
+{
+    uint64_t *l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
+    int ret;
+    if (!l1)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = node->file->ops->pread(node->file, sn->l1_table_offset,
+                                 (size_t)sn->l1_size * 8, l1, err);
+    for (uint32_t i = 0; !ret && i < sn->l1_size; i++)
+        l1[i] = be64toh(l1[i]);
+    if (ret < 0) {
+        free(l1);
+        return ret;
+    }
+    *out = l1;
+    return 0;
+}
+
+static int snapshot_apply(struct qimg_image *node, const char *key,
+                          struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_snapshot *sn = find_by_id_or_name(s, key);
+    uint64_t *snap_l1 = NULL, *old = NULL;
+    uint32_t old_size = s->l1_size;
+    bool changed;
+    int ret;
+
+    if (!sn)
+        return qimg_error_set(err, -ENOENT, "Failed to load snapshot: No such "
+                              "file or directory");
+    ret = read_l1(node, sn, &snap_l1, err);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&node->lock);
+    if (sn->l1_size > s->l1_size)
+        ret = qcow2_grow_l1(node, sn->l1_size, err);
+    old = calloc(QIMG_MAX(s->l1_size, 1u), 8);
+    if (!ret && !old)
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (ret < 0)
+        goto out;
+    memcpy(old, s->l1_table, (size_t)old_size * 8);
+    /* References for the snapshot's tables first, then the old state's
+     * references go; the active table switches in between. */
+    ret = update_refcounts(node, snap_l1, sn->l1_size, 1, &changed, err);
+    if (ret < 0)
+        goto out;
+    memset(s->l1_table, 0, (size_t)s->l1_size * 8);
+    memcpy(s->l1_table, snap_l1, (size_t)sn->l1_size * 8);
+    ret = write_l1(node, s->l1_table_offset, s->l1_table, s->l1_size, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (!ret)
+        ret = update_refcounts(node, old, old_size, -1, &changed, err);
+    if (!ret)
+        ret = refresh_active(node, err);
+    if (!ret && sn->disk_size && sn->disk_size != node->size) {
+        node->size = sn->disk_size;
+        ret = qcow2_update_header(node, err);
+    }
+out:
+    pthread_mutex_unlock(&node->lock);
+    free(snap_l1);
+    free(old);
+    return ret;
+}
+
+static int snapshot_delete(struct qimg_image *node, const char *key,
+                           struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_snapshot *sn = NULL, gone;
+    uint64_t *l1 = NULL;
+    bool changed;
+    int ret;
+
+    /* qemu-img snapshot -d looks snapshots up by name only. */
+    for (uint32_t i = 0; i < s->nb_snapshots && !sn; i++)
+        if (!strcmp(s->snapshots[i].name, key))
+            sn = &s->snapshots[i];
+    if (!sn)
+        return qimg_error_set(err, -ENOENT, "snapshot not found");
+    ret = read_l1(node, sn, &l1, err);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&node->lock);
+    gone = *sn;
+    /* The table no longer lists it before its clusters are released. */
+    memmove(sn, sn + 1, (size_t)(s->snapshots + s->nb_snapshots - sn - 1) *
+                            sizeof(*sn));
+    s->nb_snapshots--;
+    ret = write_table(node, err);
+    if (!ret)
+        ret = update_refcounts(node, l1, gone.l1_size, -1, &changed, err);
+    if (!ret)
+        ret = qcow2_free_clusters(node, gone.l1_table_offset,
+                                  qimg_div_round_up((uint64_t)gone.l1_size * 8,
+                                                    s->cluster_size) *
+                                      s->cluster_size, err);
+    if (!ret)
+        ret = refresh_active(node, err);
+    pthread_mutex_unlock(&node->lock);
+    free(gone.id);
+    free(gone.name);
+    free(l1);
+    return ret;
+}
+
+int qcow2_snapshot_change(struct qimg_image *node, enum qimg_snapshot_op op,
+                          const char *name, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    switch (op) {
+    case QIMG_SNAPSHOT_CREATE: ret = snapshot_create(node, name, err); break;
+    case QIMG_SNAPSHOT_APPLY: ret = snapshot_apply(node, name, err); break;
+    case QIMG_SNAPSHOT_DELETE: ret = snapshot_delete(node, name, err); break;
+    default: return qimg_error_set(err, -EINVAL, "Unknown snapshot operation");
+    }
+    if (!ret) {
+        pthread_mutex_lock(&node->lock);
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+        if (!ret)
+            ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+        pthread_mutex_unlock(&node->lock);
+    }
+    return ret;
+}
