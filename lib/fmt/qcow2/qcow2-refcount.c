@@ -255,28 +255,29 @@ int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
     int ret;
 
     for (;;) {
+        bool placed_block = false;
         ret = find_free(node, n, &start, err);
         if (ret < 0)
             return ret;
-        ret = qcow2_update_refcount(node, start << s->cluster_bits,
-                                    n << s->cluster_bits, 1, err);
-        if (ret < 0)
-            return ret;
-        /* A refcount block may have been placed inside the run: retry. */
-        bool ok = true;
-        for (uint64_t i = 0; i < n && ok; i++) {
-            uint64_t rc;
-            ret = qcow2_get_refcount(node, start + i, &rc, err);
+        /* Refcount blocks for the run must exist first; a new block takes
+         * the first free cluster, possibly inside the run: look again. */
+        for (uint64_t ti = start >> s->refcount_block_bits;
+             ti <= (start + n - 1) >> s->refcount_block_bits; ti++) {
+            if (ti < s->refcount_table_size &&
+                (s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK))
+                continue;
+            ret = ensure_refblock(node, ti, err);
             if (ret < 0)
                 return ret;
-            ok = rc == 1;
+            placed_block = true;
         }
-        if (ok)
+        if (!placed_block)
             break;
-        qcow2_update_refcount(node, start << s->cluster_bits,
-                              n << s->cluster_bits, -1, err);
-        s->free_cluster_index = start + 1;
     }
+    ret = qcow2_update_refcount(node, start << s->cluster_bits,
+                                n << s->cluster_bits, 1, err);
+    if (ret < 0)
+        return ret;
     if (n == 1 || start == s->free_cluster_index)
         s->free_cluster_index = start + n;
     return (int64_t)(start << s->cluster_bits);
