@@ -80,28 +80,38 @@ static int cmp_ordered(const void *a, const void *b)
     return x->index > y->index ? -1 : 1;   /* newest first */
 }
 
-void cli_json_print(FILE *out, const json_t *v, int level)
+/* The members of object v in QEMU's order; caller frees. */
+static struct ordered_key *ordered_keys(const json_t *v, size_t *n)
 {
     const char *key;
     json_t *member;
+    size_t i = 0;
+    struct ordered_key *keys;
+
+    *n = json_object_size(v);
+    keys = calloc(*n ? *n : 1, sizeof(*keys));
+    if (!keys)
+        abort();
+    json_object_foreach((json_t *)v, key, member) {
+        keys[i].key = key;
+        keys[i].bucket = qdict_bucket(key);
+        keys[i].index = i;
+        i++;
+    }
+    qsort(keys, *n, sizeof(*keys), cmp_ordered);
+    return keys;
+}
+
+void cli_json_print(FILE *out, const json_t *v, int level)
+{
     size_t i, n;
 
     if (json_is_object(v)) {
-        struct ordered_key *keys;
-        n = json_object_size(v);
-        keys = calloc(n ? n : 1, sizeof(*keys));
-        if (!keys)
-            abort();
-        i = 0;
-        json_object_foreach((json_t *)v, key, member) {
-            keys[i].key = key;
-            keys[i].bucket = qdict_bucket(key);
-            keys[i].index = i;
-            i++;
-        }
-        qsort(keys, n, sizeof(*keys), cmp_ordered);
+        struct ordered_key *keys = ordered_keys(v, &n);
         if (!n) {
-            fputs("{}", out);
+            fputs("{\n", out);
+            indent(out, level);
+            fputc('}', out);
             free(keys);
             return;
         }
@@ -121,7 +131,10 @@ void cli_json_print(FILE *out, const json_t *v, int level)
     } else if (json_is_array(v)) {
         n = json_array_size(v);
         if (!n) {
-            fputs("[]", out);
+            /* QEMU prints an empty list over two lines. */
+            fputs("[\n", out);
+            indent(out, level);
+            fputc(']', out);
             return;
         }
         fputs("[\n", out);
@@ -147,10 +160,12 @@ static void print_human_key(FILE *out, const char *key)
 
 void cli_json_print_human(FILE *out, const json_t *v, int level)
 {
-    const char *key;
-    json_t *member;
+    size_t n;
+    struct ordered_key *keys = ordered_keys(v, &n);
 
-    json_object_foreach((json_t *)v, key, member) {
+    for (size_t k = 0; k < n; k++) {
+        const char *key = keys[k].key;
+        json_t *member = json_object_get(v, key);
         indent(out, level);
         print_human_key(out, key);
         if (json_is_object(member)) {
@@ -161,9 +176,17 @@ void cli_json_print_human(FILE *out, const json_t *v, int level)
             for (size_t i = 0; i < json_array_size(member); i++) {
                 json_t *e = json_array_get(member, i);
                 indent(out, level + 1);
-                fprintf(out, "[%zu]:\n", i);
-                if (json_is_object(e))
+                if (json_is_object(e)) {
+                    fprintf(out, "[%zu]:\n", i);
                     cli_json_print_human(out, e, level + 2);
+                } else {
+                    fprintf(out, "[%zu]: ", i);
+                    if (json_is_string(e))
+                        fputs(json_string_value(e), out);
+                    else
+                        print_scalar(out, e);
+                    fputc('\n', out);
+                }
             }
         } else {
             fputs(": ", out);
@@ -174,4 +197,5 @@ void cli_json_print_human(FILE *out, const json_t *v, int level)
             fputc('\n', out);
         }
     }
+    free(keys);
 }

@@ -128,3 +128,27 @@ def test_snapshot_create_apply_delete(pair, geom):
 def test_snapshot_errors(pair, args):
     pair.sh("truncate -s 1M a.img")
     pair.same("snapshot", *args)
+
+
+def make_bitmaps(d):
+    img = d / "bm.qcow2"
+    subprocess.run([str(REF), "create", "-q", "-f", "qcow2", str(img), "4M"],
+                   check=True)
+    subprocess.run([str(REF), "bitmap", "--add", "-g", "64k", str(img), "b1"],
+                   check=True)
+    subprocess.run([str(REF), "bitmap", "--add", "-g", "512", str(img), "b2"],
+                   check=True)
+    subprocess.run([str(REF), "bitmap", "--disable", str(img), "b2"], check=True)
+
+
+@pytest.mark.parametrize("args", [
+    ["info", "bm.qcow2"], ["info", "--output=json", "bm.qcow2"],
+    ["measure", "-O", "qcow2", "bm.qcow2"],
+    ["measure", "-O", "qcow2", "-o", "cluster_size=4k", "bm.qcow2"],
+    ["check", "bm.qcow2"],
+])
+def test_reference_bitmaps_listed(pair, args):
+    """Persistent bitmaps made by the reference are listed by info (with
+    flags and granularity) and sized by measure as the reference does."""
+    pair.setup_once(make_bitmaps)
+    pair.same(*args)

@@ -97,6 +97,11 @@ static int inc_refs(struct check *c, uint64_t off, uint64_t len)
     return 0;
 }
 
+static void inc_refs_cb(void *opaque, uint64_t off, uint64_t len)
+{
+    inc_refs(opaque, off, len);
+}
+
 static uint64_t l2e(const struct qcow2_state *s, const uint8_t *l2, uint64_t i)
 {
     return qimg_ld_be64(l2 + i * s->l2_entry_size);
@@ -465,6 +470,8 @@ static int compute_refs(struct check *c, struct qimg_error *err)
         check_snapshot_l1(c, &s->snapshots[i]);
     if (s->nb_snapshots)
         inc_refs(c, s->snapshots_offset, s->snapshots_size);
+    if (qcow2_bitmaps_for_each_range(c->node, inc_refs_cb, c) < 0)
+        c->res->check_errors++;
     check_refcount_table(c);
     return 0;
 }

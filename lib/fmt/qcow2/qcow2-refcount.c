@@ -140,8 +140,14 @@ static int ensure_refblock(struct qimg_image *node, uint64_t ti,
         if (ret < 0)
             return ret;
     }
-    if (s->refcount_table[ti])
+    if (s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK)
         return 0;
+    if (s->refcount_table[ti]) {
+        /* Only reserved bits: a damaged entry we must not build on. */
+        qcow2_mark_corrupt(node, NULL);
+        return qimg_error_set(err, -EIO, "Refcount table entry %llu is "
+                              "corrupt", (unsigned long long)ti);
+    }
     /* Find a free cluster without taking a reference yet. */
     for (ci = QIMG_MAX(s->free_cluster_index, 1);; ci++) {
         uint64_t rc;
@@ -627,4 +633,27 @@ out:
     free(block);
     free(old_blocks);
     return ret;
+}
+
+/* Clusters in [0, end) with a nonzero refcount, counting up to limit. */
+uint64_t qcow2_count_used(struct qimg_image *node, uint64_t end,
+                          uint64_t limit)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t per_block = 1ull << s->refcount_block_bits, n = 0;
+    struct qimg_error err;
+
+    for (uint64_t ti = 0; ti < s->refcount_table_size &&
+                          ti * per_block < end && n < limit; ti++) {
+        uint64_t off = s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK;
+        uint8_t *block;
+        if (!off)
+            continue;
+        if ((off & (s->cluster_size - 1)) ||
+            qcow2_cache_get(node, &s->refblock_cache, off, &block, &err) < 0)
+            return 0;   /* broken refcounts: count nothing */
+        for (uint64_t i = 0; i < per_block && ti * per_block + i < end; i++)
+            n += qcow2_refcount_read_entry(s, block, i) != 0;
+    }
+    return n;
 }

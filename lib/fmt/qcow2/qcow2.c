@@ -97,23 +97,26 @@ static int read_extensions(struct qimg_image *node, const uint8_t *hdr,
     struct qcow2_state *s = node->state;
     uint64_t off = start;
 
-    while (off + 8 <= end) {
+    /* As QEMU: an extension header or body crossing `end` (even the end
+     * marker's) is "too large"; QEMU's backing format field is 16 bytes. */
+    while (off < end) {
+        if (end - off < 8)
+            return qimg_error_set(err, -EINVAL, "Header extension too large");
         uint32_t type = qimg_ld_be32(hdr + off);
         uint32_t len = qimg_ld_be32(hdr + off + 4);
         const uint8_t *data = hdr + off + 8;
         uint64_t next;
 
+        if (len > end - off - 8)
+            return qimg_error_set(err, -EINVAL, "Header extension too large");
         if (type == QCOW2_EXT_END)
             return 0;
-        if (len > end - off - 8)
-            return qimg_error_set(err, -EINVAL, "qcow2_read_extension: ERROR: "
-                                  "Invalid extension length");
         switch (type) {
         case QCOW2_EXT_BACKING_FMT:
-            if (len >= sizeof(node->backing_fmt))
+            if (len >= 16)
                 return qimg_error_set(err, -EINVAL, "ERROR: ext_backing_format: "
                                       "len=%u too large (>=%zu)", len,
-                                      sizeof(node->backing_fmt));
+                                      (size_t)16);
             memcpy(node->backing_fmt, data, len);
             node->backing_fmt[len] = '\0';
             break;
@@ -128,15 +131,20 @@ static int read_extensions(struct qimg_image *node, const uint8_t *hdr,
             break;
         case QCOW2_EXT_BITMAPS:
             if (len != sizeof(s->bitmaps_ext))
-                return qimg_error_set(err, -EINVAL, "ERROR: bitmaps_ext: "
-                                      "Invalid extension length");
+                return qimg_error_set(err, -EINVAL, "bitmaps_ext: Invalid "
+                                      "extension length");
             memcpy(s->bitmaps_ext, data, len);
             s->has_bitmaps_ext = true;
             break;
         case QCOW2_EXT_CRYPTO:
+            if (s->crypt_method != 2)
+                return qimg_error_set(err, -EINVAL, "CRYPTO header extension "
+                                      "only expected with LUKS encryption "
+                                      "method");
             if (len != sizeof(s->crypto_ext))
-                return qimg_error_set(err, -EINVAL, "Invalid encryption header "
-                                      "extension length");
+                return qimg_error_set(err, -EINVAL, "CRYPTO header extension "
+                                      "size %u, but expected size %zu", len,
+                                      sizeof(s->crypto_ext));
             memcpy(s->crypto_ext, data, len);
             s->has_crypto_ext = true;
             break;
@@ -364,7 +372,8 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     /* The first cluster is at most 2 MiB: read what the file holds of it. */
     hlen = (size_t)QIMG_MIN((uint64_t)QIMG_MAX(file_size, 0),
                             1ull << QCOW2_MAX_CLUSTER_BITS);
-    hdr = calloc(1, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN));
+    /* At least the longest header we parse: bytes past EOF read as zero. */
+    hdr = calloc(1, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE));
     if (!hdr)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     ret = node->file->ops->pread(node->file, 0, hlen, hdr, err);
@@ -404,6 +413,9 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
         goto out;
     }
     ret = qcow2_snapshots_load(node, err);
+    if (ret < 0)
+        goto out;
+    ret = qcow2_bitmaps_load(node, err);
     if (ret < 0)
         goto out;
     ret = qcow2_cache_init(&s->l2_cache, QIMG_MAX(QCOW2_L2_CACHE_BYTES /
@@ -469,6 +481,7 @@ static void free_state(struct qcow2_state *s)
     free(s->unknown_ext);
     s->unknown_ext = NULL;
     qcow2_snapshots_free(s);
+    qcow2_bitmaps_free(s);
 }
 
 static void qcow2_close(struct qimg_image *node)
@@ -672,6 +685,8 @@ static int qcow2_get_info(struct qimg_image *node, struct qimg_info *info,
     if (s->version >= 3)
         json_object_set_new(data, "lazy-refcounts",
                             json_boolean(s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS));
+    if (s->nb_bitmaps)
+        json_object_set_new(data, "bitmaps", qcow2_bitmaps_info(s));
     json_object_set_new(data, "refcount-bits", json_integer(s->refcount_bits));
     if (s->version >= 3) {
         json_object_set_new(data, "corrupt",
@@ -817,6 +832,8 @@ const struct qimg_format qimg_format_qcow2 = {
     .pread = qcow2_pread,
     .pwrite = qcow2_pwrite,
     .pwrite_compressed = qcow2_pwrite_compressed,
+    .compress_cluster = qcow2_compress_cluster,
+    .pwrite_compressed_data = qcow2_pwrite_compressed_data,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
     .discard = qcow2_discard,
     .flush = qcow2_flush,

@@ -90,6 +90,7 @@ struct qcow2_cache_entry {
     uint64_t offset;     /* host offset of the table, 0 = free slot */
     uint8_t *data;       /* one cluster, big-endian as on disk */
     uint64_t lru;
+    int32_t next;        /* next entry in the same hash bucket, -1: none */
     bool dirty;
 };
 
@@ -99,6 +100,12 @@ struct qcow2_cache {
     size_t table_size;          /* bytes: the cluster size */
     uint64_t lru_clock;
     struct qcow2_cache *depends; /* write this cache back first */
+    /* Lookup by offset: bucket heads (entry indexes, -1: empty), a power
+     * of two at least twice n.  Tables live in one allocation, n slots of
+     * table_size, touched only as slots are first used. */
+    int32_t *buckets;
+    size_t bucket_mask;
+    uint8_t *slab;
 };
 
 struct qcow2_snapshot {
@@ -112,6 +119,14 @@ struct qcow2_snapshot {
     uint64_t disk_size;
     uint64_t icount;          /* UINT64_MAX: not recorded */
     uint32_t extra_size;
+};
+
+struct qcow2_bitmap {
+    char *name;
+    uint32_t flags;
+    uint8_t granularity_bits;
+    uint64_t table_offset;      /* bitmap table: entries of 8 bytes */
+    uint32_t table_size;
 };
 
 struct qcow2_state {
@@ -171,11 +186,16 @@ struct qcow2_state {
     uint8_t crypto_ext[16];
     bool has_crypto_ext;
 
+    struct qcow2_bitmap *bitmaps;      /* persistent bitmaps (directory) */
+    uint32_t nb_bitmaps;
     struct qcow2_snapshot *snapshots;  /* nb_snapshots entries */
     uint64_t snapshots_size;       /* bytes of the table on disk */
 
     bool dirty_set;                /* we set the dirty bit on disk */
     bool header_needs_update;
+    /* Block status looks for holes in the file under data clusters only
+     * when the image looks metadata-preallocated; decided once. */
+    bool prealloc_checked, prealloc_meta;
 };
 
 static inline struct qcow2_state *qcow2_state(struct qimg_image *node)
@@ -241,6 +261,10 @@ int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
                         struct qimg_error *err);
 /* End of the last cluster with a nonzero refcount (from the table). */
 uint64_t qcow2_image_end(struct qimg_image *node);
+/* Clusters in [0, end) with a nonzero refcount, counting up to limit (0
+ * when a refcount block cannot be read). */
+uint64_t qcow2_count_used(struct qimg_image *node, uint64_t end,
+                          uint64_t limit);
 /* Move the refcount table to the end of the image, sized for `clusters`
  * host clusters (what QEMU does before preallocating data). */
 int qcow2_relocate_reftable(struct qimg_image *node, uint64_t clusters,
@@ -265,6 +289,11 @@ int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                  const void *buf, struct qimg_error *err);
 int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
                             const void *buf, struct qimg_error *err);
+ssize_t qcow2_compress_cluster(struct qimg_image *node, const void *buf,
+                               size_t len, void *out, struct qimg_error *err);
+int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
+                                 size_t len, const void *buf, const void *cdata,
+                                 size_t clen, struct qimg_error *err);
 int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
                         unsigned flags, struct qimg_error *err);
 int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
@@ -306,6 +335,19 @@ size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
 /* Space the persistent bitmaps of src would take with cluster_size. */
 int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
                           uint64_t *bytes, struct qimg_error *err);
+
+/* qcow2-bitmap.c */
+#include <jansson.h>
+int qcow2_bitmaps_load(struct qimg_image *node, struct qimg_error *err);
+void qcow2_bitmaps_free(struct qcow2_state *s);
+/* The "bitmaps" list of info's format-specific data. */
+json_t *qcow2_bitmaps_info(const struct qcow2_state *s);
+/* Call inc(opaque, offset, len) for every cluster range the bitmaps use
+ * (directory, tables, data); returns 0 or a negative errno. */
+int qcow2_bitmaps_for_each_range(struct qimg_image *node,
+                                 void (*inc)(void *opaque, uint64_t off,
+                                             uint64_t len),
+                                 void *opaque);
 
 /* qcow2-snapshot.c */
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
