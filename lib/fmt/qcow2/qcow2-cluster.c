@@ -219,14 +219,45 @@ int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
 
 /* ---- block status -------------------------------------------------------- */
 
+/*
+ * Whether the file under data clusters may have holes that read as zero:
+ * qemu-img looks only when the image seems preallocated with metadata,
+ * i.e. the clusters in use (nonzero refcount, within the file) reach
+ * max(10/9 of the clusters the file really allocates, 2 more).  Decided
+ * at the first query.  Called with the lock.
+ */
+static bool looks_preallocated(struct qimg_image *node)
+{
+    struct qcow2_state *s = node->state;
+    const struct qimg_storage_ops *ops = node->file->ops;
+    int64_t len, alloc;
+    uint64_t real, limit, end;
+
+    if (!s->prealloc_checked) {
+        s->prealloc_checked = true;
+        len = ops->get_size(node->file);
+        alloc = ops->allocated_size ? ops->allocated_size(node->file) : -1;
+        if (!s->data_file && len >= 0 && alloc >= 0) {
+            real = (uint64_t)alloc >> s->cluster_bits;
+            limit = QIMG_MAX(real * 10 / 9, real + 2);
+            end = qimg_div_round_up((uint64_t)len, s->cluster_size);
+            s->prealloc_meta = qcow2_count_used(node, end, limit) >= limit;
+        }
+    }
+    return s->prealloc_meta;
+}
+
 int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
                        struct qimg_extent *ext, struct qimg_error *err)
 {
     struct qcow2_mapping m;
+    bool recurse;
     int ret;
 
     pthread_mutex_lock(&node->lock);
     ret = qcow2_get_mapping(node, off, len, &m, err);
+    recurse = ret >= 0 && m.type == QCOW2_CLUSTER_NORMAL &&
+              looks_preallocated(node);
     pthread_mutex_unlock(&node->lock);
     if (ret < 0)
         return ret;
@@ -248,7 +279,8 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
         ext->host_offset = m.host_offset;
         break;
     case QCOW2_CLUSTER_NORMAL:
-        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
+        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID |
+                     (recurse ? QIMG_BS_RECURSE_FILE : 0);
         ext->host_offset = m.host_offset;
         break;
     case QCOW2_CLUSTER_COMPRESSED:
@@ -330,11 +362,21 @@ static int get_l2_for_write(struct qimg_image *node, uint64_t off,
 
 /* ---- writes -------------------------------------------------------------- */
 
-/* Drop the reference an old L2 entry held on its host cluster(s). */
+/*
+ * Drop the reference an old L2 entry held on its host cluster(s).  The L2
+ * change that dropped the entry must reach the file first: otherwise a
+ * crash could leave the entry pointing at a cluster whose count already
+ * went down (an under-count, which a later allocation would turn into two
+ * users of one cluster).  Increments go the other way (refcounts first),
+ * which the cache dependency handles.
+ */
 static int release_entry(struct qimg_image *node, uint64_t entry,
                          struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    int ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (ret < 0)
+        return ret;
     if (entry & QCOW2_OFLAG_COMPRESSED) {
         uint64_t coff = entry & s->cluster_offset_mask;
         uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
@@ -840,14 +882,98 @@ int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
 
 /* ---- compressed writes --------------------------------------------------- */
 
+static int check_compressed_write(struct qimg_image *node, uint64_t off,
+                                  size_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size;
+
+    if (off & (cs - 1) || (len != cs && off + len != node->size) || len > cs)
+        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
+                              "whole cluster");
+    if (s->data_file)
+        return qimg_error_set(err, -ENOTSUP, "Cannot use compression with an "
+                              "external data file");
+    return 0;
+}
+
+/* Compress one cluster (a short tail padded with zeroes) into out, which
+ * holds a cluster; no lock.  At most cs - 1 bytes are kept: 0 means store
+ * it uncompressed. */
+ssize_t qcow2_compress_cluster(struct qimg_image *node, const void *buf,
+                               size_t len, void *out, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size;
+    uint8_t *in = NULL;
+    ssize_t n;
+
+    if (len > cs)
+        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
+                              "whole cluster");
+    if (len < cs) {
+        in = calloc(1, cs);
+        if (!in)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        memcpy(in, buf, len);
+    }
+    n = qcow2_compress(s, in ? in : buf, cs, out, cs - 1);
+    free(in);
+    if (n < 0)
+        return qimg_error_set(err, (int)n, "Compression failed");
+    return n;
+}
+
+/* Store a cluster compressed by qcow2_compress_cluster (clen bytes of
+ * cdata; clen 0: buf uncompressed), packed after the previous one. */
+int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
+                                 size_t len, const void *buf, const void *cdata,
+                                 size_t clen, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t idx, entry, sectors;
+    uint8_t *l2;
+    int64_t coff;
+    int ret = check_compressed_write(node, off, len, err);
+
+    if (ret < 0)
+        return ret;
+    if (clen == 0)
+        return qcow2_pwrite(node, off, len, buf, err);
+    pthread_mutex_lock(&node->lock);
+    ret = get_l2_for_write(node, off, &l2, err);
+    if (ret < 0)
+        goto unlock;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    entry = l2_get(s, l2, idx);
+    coff = qcow2_alloc_bytes(node, (uint64_t)clen, err);
+    if (coff < 0) {
+        ret = (int)coff;
+        goto unlock;
+    }
+    ret = node->file->ops->pwrite(node->file, (uint64_t)coff, clen, cdata, err);
+    if (ret < 0)
+        goto unlock;
+    ret = get_l2(node, off, &l2, err);
+    if (ret < 0)
+        goto unlock;
+    sectors = (((uint64_t)coff + (uint64_t)clen - 1) >> 9) - ((uint64_t)coff >> 9);
+    l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift) |
+                           (uint64_t)coff, 0);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED))
+        ret = release_entry(node, entry, err);
+unlock:
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
 int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
                             const void *buf, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t cs = s->cluster_size, idx, entry, sectors;
-    uint8_t *in = NULL, *out = NULL, *l2;
+    uint8_t *out;
     ssize_t n;
-    int64_t coff;
     int ret;
 
     if (!len) {
@@ -863,57 +989,16 @@ int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
         return node->file->ops->truncate(node->file, aligned, QIMG_PREALLOC_OFF,
                                          err);
     }
-    if (off & (cs - 1) || (len != cs && off + len != node->size) || len > cs)
-        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
-                              "whole cluster");
-    if (s->data_file)
-        return qimg_error_set(err, -ENOTSUP, "Cannot use compression with an "
-                              "external data file");
-    in = calloc(1, cs);
-    out = malloc(cs);
-    if (!in || !out) {
-        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-        goto out;
-    }
-    memcpy(in, buf, len);
-    /* Compression runs outside the lock; at most cs - 1 bytes are kept,
-     * anything else is stored uncompressed. */
-    n = qcow2_compress(s, in, cs, out, cs - 1);
-    if (n < 0) {
-        ret = qimg_error_set(err, (int)n, "Compression failed");
-        goto out;
-    }
-    if (n == 0) {
-        ret = qcow2_pwrite(node, off, len, buf, err);
-        goto out;
-    }
-    pthread_mutex_lock(&node->lock);
-    ret = get_l2_for_write(node, off, &l2, err);
+    ret = check_compressed_write(node, off, len, err);
     if (ret < 0)
-        goto unlock;
-    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
-    entry = l2_get(s, l2, idx);
-    coff = qcow2_alloc_bytes(node, (uint64_t)n, err);
-    if (coff < 0) {
-        ret = (int)coff;
-        goto unlock;
-    }
-    ret = node->file->ops->pwrite(node->file, (uint64_t)coff, (size_t)n, out, err);
-    if (ret < 0)
-        goto unlock;
-    ret = get_l2(node, off, &l2, err);
-    if (ret < 0)
-        goto unlock;
-    sectors = (((uint64_t)coff + (uint64_t)n - 1) >> 9) - ((uint64_t)coff >> 9);
-    l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift) |
-                           (uint64_t)coff, 0);
-    qcow2_cache_mark_dirty(&s->l2_cache, l2);
-    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED))
-        ret = release_entry(node, entry, err);
-unlock:
-    pthread_mutex_unlock(&node->lock);
-out:
-    free(in);
+        return ret;
+    out = malloc(s->cluster_size);
+    if (!out)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    n = qcow2_compress_cluster(node, buf, len, out, err);
+    ret = n < 0 ? (int)n
+                : qcow2_pwrite_compressed_data(node, off, len, buf, out,
+                                               (size_t)n, err);
     free(out);
     return ret;
 }

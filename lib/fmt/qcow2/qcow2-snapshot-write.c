@@ -18,6 +18,57 @@
 
 #include "fmt/qcow2/qcow2.h"
 
+/*
+ * Before references are added, every table l1 reaches loses its COPIED
+ * flags on disk: a crash in between leaves flags missing where the count
+ * is still 1 (harmless, repaired by check -r leaks), never a COPIED flag
+ * on a shared cluster, which would let a write change a snapshot.
+ */
+static int write_l1(struct qimg_image *node, uint64_t off, const uint64_t *l1,
+                    uint32_t n, struct qimg_error *err);
+
+static int clear_copied_flags(struct qimg_image *node, uint64_t *l1,
+                              uint32_t l1_size, uint64_t l1_offset,
+                              struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2 = malloc(s->cluster_size);
+    int ret;
+
+    if (!l2)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    for (uint32_t i = 0; !ret && i < l1_size; i++) {
+        uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        bool dirty = false;
+        if (!l2off)
+            continue;
+        qcow2_cache_discard(&s->l2_cache, l2off);
+        ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
+        for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
+            uint8_t *p = l2 + j * s->l2_entry_size;
+            uint64_t e = qimg_ld_be64(p);
+            if (e & QCOW2_OFLAG_COPIED) {
+                qimg_st_be64(p, e & ~QCOW2_OFLAG_COPIED);
+                dirty = true;
+            }
+        }
+        if (!ret && dirty)
+            ret = node->file->ops->pwrite(node->file, l2off, s->cluster_size,
+                                          l2, err);
+    }
+    free(l2);
+    /* The active L1 table's flags go too (l1_offset 0: not active). */
+    if (!ret && l1_offset) {
+        for (uint32_t i = 0; i < l1_size; i++)
+            l1[i] &= ~QCOW2_OFLAG_COPIED;
+        ret = write_l1(node, l1_offset, l1, l1_size, err);
+    }
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    return ret;
+}
+
 /* Add `addend` to everything l1 reaches and recompute the COPIED flags in
  * its tables; l1 (host order) is updated in place. */
 static int update_refcounts(struct qimg_image *node, uint64_t *l1,
@@ -25,9 +76,16 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
                             struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint8_t *l2 = malloc(s->cluster_size);
+    uint8_t *l2;
     int ret = 0;
 
+    if (addend > 0) {
+        ret = clear_copied_flags(node, l1, l1_size,
+                                 l1 == s->l1_table ? s->l1_table_offset : 0, err);
+        if (ret < 0)
+            return ret;
+    }
+    l2 = malloc(s->cluster_size);
     if (!l2)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     *l1_changed = false;
