@@ -10,6 +10,34 @@
 
 #include "cli.h"
 
+/* QEMU's hint after "without backing format" has no final newline. */
+static void report_prepare_error(const struct qimg_error *err,
+                                 const char *filename)
+{
+    if (strstr(err->msg, "\nDetected format of ")) {
+        fflush(stdout);
+        fprintf(stderr, "%s: %s: %s", cli_prog, filename, err->msg);
+        return;
+    }
+    cli_report(err, "%s: ", filename);
+}
+
+/* Whether -b/-o backing_file is given without -F/-o backing_fmt. */
+static bool unopened_backing_without_format(const char *options,
+                                            const char *backing,
+                                            const char *backing_fmt)
+{
+    struct qimg_opts *o = qimg_opts_new();
+    bool has_file, has_fmt;
+
+    if (options)
+        qimg_opts_parse(o, options, NULL, NULL);
+    has_file = backing || qimg_opts_get(o, "backing_file");
+    has_fmt = backing_fmt || qimg_opts_get(o, "backing_fmt");
+    qimg_opts_free(o);
+    return has_file && !has_fmt;
+}
+
 int cmd_create(int argc, char **argv)
 {
     enum { OPT_OBJECT = 256 };
@@ -75,7 +103,21 @@ int cmd_create(int argc, char **argv)
     }
     if (qimg_create_prepare(fmt, filename, options, size, backing, backing_fmt,
                             unsafe, &opts, &summary, &err) < 0) {
-        cli_report(&err, "%s: ", filename);
+        /* -u: a backing file without format is refused before the size is
+         * missed. */
+        if (unsafe && !strcmp(err.msg, "Image creation needs a size "
+                                       "parameter") &&
+            unopened_backing_without_format(options, backing, backing_fmt))
+            cli_error("%s: Backing file specified without backing format",
+                      filename);
+        else
+            report_prepare_error(&err, filename);
+        goto out;
+    }
+    if (unsafe && qimg_opts_get(opts, "backing_file") &&
+        !qimg_opts_get(opts, "backing_fmt")) {
+        cli_error("%s: Backing file specified without backing format",
+                  filename);
         goto out;
     }
     if (!quiet) {

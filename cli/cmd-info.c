@@ -124,31 +124,80 @@ static void print_human(const json_t *o)
     }
 }
 
+/* The name to open after img, as "full-backing-filename" says, or NULL. */
+static char *next_in_chain(const json_t *d)
+{
+    const char *bf = json_string_value(json_object_get(d, "backing-filename"));
+    const char *img = json_string_value(json_object_get(d, "filename"));
+
+    if (!bf)
+        return NULL;
+    /* Resolved here too: the name may outgrow the info structure. */
+    if (!strncmp(bf, "json:", 5) || !strncmp(img, "json:", 5))
+        return strdup(bf);
+    return qimg_path_combine(img, bf);
+}
+
+static bool seen_before(json_t *seen, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(seen, i, v) {
+        if (!strcmp(json_string_value(v), name))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Like qemu-img, each image of a chain is opened on its own (without its
+ * backing file), by the name and format its overlay records, so that a
+ * missing image is named and a loop is caught by name.
+ */
 static int run_info(const struct info_args *a)
 {
     struct cli_open o = {
         .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
         /* info reads only headers: QEMU takes no locks for it */
-        .flags = QIMG_OPEN_NO_LOCK | (a->backing_chain ? 0 : QIMG_OPEN_NO_BACKING) |
+        .flags = QIMG_OPEN_NO_LOCK | QIMG_OPEN_NO_BACKING |
                  (a->force_share ? QIMG_OPEN_SHARE : 0),
     };
-    struct qimg_image *img = cli_open_image(&o);
     struct qimg_error err = {0};
-    json_t *list;
+    json_t *list = json_array(), *seen = json_array();
+    char *name = strdup(a->filename), *fmt = NULL;
     int ret = 1;
 
-    if (!img)
-        return 1;
-    list = json_array();
-    for (struct qimg_image *n = img; n; n = qimg_image_backing(n)) {
-        json_t *d = describe(n, &err);
+    while (name) {
+        struct qimg_image *img;
+        json_t *d;
+
+        if (seen_before(seen, name)) {
+            cli_error("Backing file '%s' creates an infinite loop.", name);
+            goto out;
+        }
+        json_array_append_new(seen, json_string(name));
+        o.filename = name;
+        img = cli_open_image(&o);
+        if (!img)
+            goto out;
+        d = describe(img, &err);
         if (!d) {
-            cli_report(&err, "%s: ", qimg_image_filename(n));
+            cli_report(&err, "%s: ", qimg_image_filename(img));
+            qimg_close(img);
             goto out;
         }
         json_array_append_new(list, d);
+        qimg_close(img);
+        free(name);
+        free(fmt);
+        name = fmt = NULL;
         if (!a->backing_chain)
             break;
+        name = next_in_chain(d);
+        if (json_object_get(d, "backing-filename-format"))
+            fmt = strdup(json_string_value(json_object_get(d, "backing-filename-format")));
+        o.fmt = fmt;
+        o.image_opts = false;
     }
     if (a->output == CLI_OUTPUT_JSON) {
         cli_json_print(stdout, a->backing_chain ? list : json_array_get(list, 0), 0);
@@ -162,8 +211,10 @@ static int run_info(const struct info_args *a)
     }
     ret = 0;
 out:
+    free(name);
+    free(fmt);
     json_decref(list);
-    qimg_close(img);
+    json_decref(seen);
     return ret;
 }
 

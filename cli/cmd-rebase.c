@@ -1,11 +1,182 @@
 /*
- * cmd-rebase.c - qemu-img rebase (not implemented yet; see the issue tracker).
+ * cmd-rebase.c - qemu-img rebase
+ *
+ * rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache]
+ *        [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
+ * Exit status: 0 on success, 1 on any error.
+ *
+ * Safe mode copies into the image whatever would change under it with the
+ * new backing file; -u only rewrites the header.  -b "" removes the backing
+ * file (in safe mode after copying everything the old chain provides).
  */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli.h"
+
+struct rebase_args {
+    const char *filename;
+    const char *fmt;
+    const char *backing;
+    const char *backing_fmt;
+    const char *cache, *src_cache;
+    bool image_opts, quiet, progress, unsafe, force_share;
+};
+
+/*
+ * qemu-img's progress for rebase: printed when it moved by more than 2%
+ * since the last line, and at 0 and 100.  Values are floats, as QEMU's.
+ */
+#define REBASE_MIN_SKIP 2.0f
+
+struct progress {
+    bool on;
+    float last;
+};
+
+static void progress_show(struct progress *pr, float cur)
+{
+    if (!pr->on)
+        return;
+    if (cur > 100)
+        cur = 100;
+    if (cur > pr->last + REBASE_MIN_SKIP || cur < pr->last - REBASE_MIN_SKIP ||
+        cur == 0 || cur == 100) {
+        pr->last = cur;
+        printf("    (%3.2f/100%%)\r", cur);
+        fflush(stdout);
+    }
+}
+
+static void on_progress(void *opaque, double percent)
+{
+    progress_show(opaque, (float)percent);
+}
+
+static void progress_end(struct progress *pr)
+{
+    if (pr->on) {
+        printf("\n");
+        fflush(stdout);
+    }
+}
+
+/*
+ * Record the new backing file.  As qemu-img, a named backing file needs a
+ * format, and progress shows 100% even when this step fails.
+ */
+static int change_backing(const struct rebase_args *a, struct qimg_image *img,
+                          struct progress *pr)
+{
+    bool named = a->backing && a->backing[0];
+    struct qimg_error err = {0};
+    const char *why;
+    int ret;
+
+    progress_show(pr, 100);
+    if (named && !a->backing_fmt)
+        ret = -EINVAL;
+    else
+        ret = qimg_change_backing(img, named ? a->backing : NULL,
+                                  named ? a->backing_fmt : NULL, &err);
+    if (!ret)
+        return 0;
+    if (ret == -ENOSPC)
+        why = "No space left in the file header";
+    else if (ret == -EINVAL && named && !a->backing_fmt)
+        why = "backing format must be specified";
+    else
+        why = strerror(-ret);
+    cli_error("Could not change the backing file to '%s': %s",
+              a->backing ? a->backing : "(null)", why);
+    return ret;
+}
+
+static int run_rebase(const struct rebase_args *a, struct progress *pr)
+{
+    struct cli_open o = {
+        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
+        .flags = QIMG_OPEN_RDWR | (a->unsafe ? QIMG_OPEN_NO_BACKING : 0),
+        .quiet = a->quiet,
+    };
+    struct qimg_rebase_params p = {
+        .backing = a->backing, .backing_fmt = a->backing_fmt,
+        .unsafe = a->unsafe,
+        .backing_flags = a->force_share ? QIMG_OPEN_SHARE : 0,
+        .progress = on_progress, .opaque = pr,
+    };
+    struct qimg_error err = {0};
+    struct qimg_image *img;
+    int ret;
+
+    if (!cli_parse_cache(a->cache, &o.cache)) {
+        cli_error("Invalid cache option: %s", a->cache);
+        return 1;
+    }
+    if (!cli_parse_cache(a->src_cache, &p.backing_cache)) {
+        cli_error("Invalid source cache option: %s", a->src_cache);
+        return 1;
+    }
+    img = cli_open_image(&o);
+    if (!img)
+        return 1;
+    p.img = img;
+    ret = qimg_rebase(&p, &err);
+    if (ret < 0)
+        cli_report(&err, NULL);
+    else
+        ret = change_backing(a, img, pr);
+    qimg_close(img);
+    return ret < 0 ? 1 : 0;
+}
 
 int cmd_rebase(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    return cli_not_implemented("rebase");
+    enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {"force-share", no_argument, NULL, 'U'},
+        {NULL, 0, NULL, 0},
+    };
+    struct rebase_args a = {.cache = "writeback", .src_cache = "writeback"};
+    struct progress pr = {0};
+    int c, ret;
+
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", longopts,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h': return cli_help();
+        case 'f': a.fmt = optarg; break;
+        case 'F': a.backing_fmt = optarg; break;
+        case 'b': a.backing = optarg; break;
+        case 'u': a.unsafe = true; break;
+        case 'p': a.progress = true; break;
+        case 't': a.cache = optarg; break;
+        case 'T': a.src_cache = optarg; break;
+        case 'q': a.quiet = true; break;
+        case 'U': a.force_share = true; break;
+        case OPT_OBJECT:
+            if (cli_add_object(optarg))
+                return 1;
+            break;
+        case OPT_IMAGE_OPTS: a.image_opts = true; break;
+        default: return cli_bad_option(c, argv);
+        }
+    }
+    if (a.quiet)
+        a.progress = false;
+    if (optind != argc - 1)
+        return cli_usage_error("Expecting one image file name");
+    if (!a.unsafe && !a.backing)
+        return cli_usage_error("Must specify backing file (-b) or use unsafe "
+                               "mode (-u)");
+    a.filename = argv[optind];
+    pr.on = a.progress;
+    progress_show(&pr, 0);
+    ret = run_rebase(&a, &pr);
+    progress_end(&pr);
+    return ret;
 }

@@ -515,10 +515,11 @@ struct qimg_rebase_params {
 };
 
 /*
- * qemu-img rebase: unless unsafe, copy into img every area it does not
- * allocate where the old and the new backing chains differ, then record
- * the new backing file.  Messages in qemu-img's words ("Could not open new
- * backing file 'X': ...", "Could not change the backing file to 'X': ...").
+ * The first part of qemu-img rebase: unless unsafe, copy into img every
+ * area it does not allocate where the old and the new backing chains
+ * differ, so that recording the new backing file afterwards (with
+ * qimg_change_backing()) changes nothing the guest sees.  Messages in
+ * qemu-img's words ("Could not open new backing file 'X': ...").
  */
 int qimg_rebase(const struct qimg_rebase_params *params,
                 struct qimg_error *err);

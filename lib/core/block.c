@@ -77,7 +77,13 @@ static struct chain_id file_id(const char *path)
 {
     struct chain_id id = {0};
     struct stat st;
-    if (stat(path, &st) == 0) {
+    uint64_t mem = qimg_mem_id(path);
+    if (mem) {
+        /* Memory storage: the buffer is the identity (no inode). */
+        id.dev = (dev_t)-1;
+        id.ino = (ino_t)mem;
+        id.valid = true;
+    } else if (stat(path, &st) == 0) {
         id.dev = st.st_dev;
         id.ino = st.st_ino;
         id.valid = true;
@@ -123,11 +129,14 @@ static int open_backing(struct qimg_image *node, struct qimg_error *err)
                               "an infinite loop", node->backing_name,
                               node->filename);
     }
-    /* Backing files are opened read-only and shared, as QEMU does. */
+    /* Backing files are opened read-only, and as QEMU does, others may
+     * not write to or resize them (unless -U). */
     opening = &self;
     ret = qimg_image_open_node(&b, name, node->backing_fmt[0] ? node->backing_fmt
                                                                : NULL,
-                               NULL, (node->flags & ~QIMG_OPEN_RDWR),
+                               NULL, (node->flags & ~(QIMG_OPEN_RDWR |
+                                                      QIMG_OPEN_RESIZE)) |
+                                         QIMG_OPEN_NO_SHARE,
                                node->cache, node->depth + 1, err);
     opening = self.up;
     if (ret < 0) {
@@ -410,6 +419,28 @@ int qimg_pwrite_compressed(struct qimg_image *img, uint64_t off, size_t len,
     return img->fmt->pwrite_compressed(img, off, len, buf, err);
 }
 
+ssize_t qimg_compress_cluster(struct qimg_image *img, const void *buf,
+                              size_t len, void *out, struct qimg_error *err)
+{
+    if (!img->fmt->compress_cluster || !img->fmt->pwrite_compressed_data)
+        return -ENOTSUP;
+    return img->fmt->compress_cluster(img, buf, len, out, err);
+}
+
+int qimg_pwrite_compressed_data(struct qimg_image *img, uint64_t off,
+                                size_t len, const void *buf, const void *cdata,
+                                size_t clen, struct qimg_error *err)
+{
+    int ret = check_request(img, off, len, true, err);
+    if (ret < 0)
+        return ret;
+    if (!img->fmt->pwrite_compressed_data)
+        return qimg_error_set(err, -ENOTSUP, "Compression is not supported for "
+                              "this image format");
+    return img->fmt->pwrite_compressed_data(img, off, len, buf, cdata, clen,
+                                            err);
+}
+
 int qimg_pwrite_zeroes(struct qimg_image *img, uint64_t off, uint64_t len,
                        unsigned flags, struct qimg_error *err)
 {
@@ -466,13 +497,22 @@ int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
                               "support resize");
     if (size > INT64_MAX)
         return qimg_error_set(err, -EFBIG, "Image size too large");
-    return img->fmt->truncate(img, size, exact, prealloc, err);
+    uint64_t old = img->size;
+    int ret = img->fmt->truncate(img, size, exact, prealloc, err);
+    /* As QEMU: a grown area must not show a longer backing file (fully
+     * preallocated data already hides it). */
+    if (!ret && size > old && img->backing && img->backing->size > old &&
+        prealloc != QIMG_PREALLOC_FALLOC && prealloc != QIMG_PREALLOC_FULL)
+        ret = qimg_zero_grown(img, old, err);
+    return ret;
 }
 
 /*
- * A data extent whose host area is a hole in the file reads as zero: ask
- * the storage and narrow the extent to what it answers for (as QEMU's block
- * layer does, so map output matches).
+ * A data extent whose host area is a hole in the file reads as zero: when
+ * the driver asks for it (QIMG_BS_RECURSE_FILE), ask the storage and narrow
+ * the extent to what it answers for, as QEMU's block layer does, so map
+ * output matches.  Without the flag QEMU does not look (and the lseek calls
+ * would cost more than the rest of a compare or convert).
  */
 static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
 {
@@ -480,8 +520,10 @@ static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
     struct qimg_extent fe;
     struct qimg_error err;
     int64_t fsize;
+    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
 
-    if (img->fmt->is_raw || !st || !st->ops->block_status ||
+    ext->flags &= ~QIMG_BS_RECURSE_FILE;
+    if (!asked || img->fmt->is_raw || !st || !st->ops->block_status ||
         (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
         (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
             (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||

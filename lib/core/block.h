@@ -114,6 +114,9 @@ void qimg_mem_set_exclusive(bool on);
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
 int qimg_mem_get(const char *name, void **data, size_t *len);
+/* A nonzero id unique to the buffer registered as name, or 0: backing
+ * loops are detected by it as files are by inode. */
+uint64_t qimg_mem_id(const char *name);
 
 /* ---- format drivers ------------------------------------------------------ */
 
@@ -158,7 +161,8 @@ struct qimg_format {
     int (*discard)(struct qimg_image *node, uint64_t off, uint64_t len,
                    struct qimg_error *err);
     int (*flush)(struct qimg_image *node, struct qimg_error *err);
-    /* One extent at off in this layer only (ALLOCATED/DATA/ZERO flags). */
+    /* One extent at off in this layer only (ALLOCATED/DATA/ZERO flags;
+     * QIMG_BS_RECURSE_FILE to have the storage asked about holes). */
     int (*block_status)(struct qimg_image *node, uint64_t off, uint64_t len,
                         struct qimg_extent *ext, struct qimg_error *err);
     int (*truncate)(struct qimg_image *node, uint64_t size, bool exact,
@@ -184,7 +188,30 @@ struct qimg_format {
     /* Drop every guest cluster so that all reads go to the backing file
      * (qemu-img commit empties the overlay). */
     int (*make_empty)(struct qimg_image *node, struct qimg_error *err);
+    /*
+     * pwrite_compressed in two steps, so that the copy engine compresses
+     * in all its threads and still lays clusters out in guest order.
+     * compress_cluster (any thread, no lock) compresses len bytes of one
+     * cluster into out (at least a cluster) and returns the compressed
+     * length, 0 when it does not shrink, or a negative errno; then
+     * pwrite_compressed_data stores it (clen 0: buf as it is).  Optional.
+     */
+    ssize_t (*compress_cluster)(struct qimg_image *node, const void *buf,
+                                size_t len, void *out, struct qimg_error *err);
+    int (*pwrite_compressed_data)(struct qimg_image *node, uint64_t off,
+                                  size_t len, const void *buf,
+                                  const void *cdata, size_t clen,
+                                  struct qimg_error *err);
 };
+
+/*
+ * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID
+ * extent of its storage when holes in the file under it may read as zero
+ * (QEMU asks the file only then, e.g. for qcow2 images with preallocated
+ * metadata).  The core narrows the extent with the storage's status and
+ * clears the flag; callers never see it.
+ */
+#define QIMG_BS_RECURSE_FILE (1u << 15)
 
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
@@ -219,6 +246,26 @@ int qimg_image_open_node(struct qimg_image **out, const char *filename,
                          const char *format, const struct qimg_opts *fmt_opts,
                          unsigned flags, enum qimg_cache cache, int depth,
                          struct qimg_error *err);
+
+/*
+ * After img grew from old bytes: make the new area read as zero although
+ * the backing file is longer (zero clusters from the first aligned offset,
+ * zeroes written before it), as QEMU does.  On failure the size goes back
+ * to old and err says "Failed to zero out new clusters: ..." (chain.c).
+ */
+int qimg_zero_grown(struct qimg_image *img, uint64_t old,
+                    struct qimg_error *err);
+
+/*
+ * qimg_pwrite_compressed in two steps (see compress_cluster in struct
+ * qimg_format): out holds at least a cluster.  -ENOTSUP when the format
+ * has no two-step form (use qimg_pwrite_compressed).
+ */
+ssize_t qimg_compress_cluster(struct qimg_image *img, const void *buf,
+                              size_t len, void *out, struct qimg_error *err);
+int qimg_pwrite_compressed_data(struct qimg_image *img, uint64_t off,
+                                size_t len, const void *buf, const void *cdata,
+                                size_t clen, struct qimg_error *err);
 
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,

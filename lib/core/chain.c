@@ -110,35 +110,57 @@ static bool allocated_here(const struct qimg_extent *e)
     return e->flags & (QIMG_BS_ALLOCATED | QIMG_BS_DATA | QIMG_BS_ZERO);
 }
 
+/* Status of off in img alone; *pnum 0 at or past its end. */
+static int layer_status(struct qimg_image *img, uint64_t off, uint64_t bytes,
+                        uint64_t *pnum, bool *alloc, struct qimg_error *err)
+{
+    struct qimg_extent e;
+    int ret;
+
+    *pnum = 0;
+    *alloc = false;
+    if (off >= img->size)
+        return 0;
+    ret = qimg_block_status(img, off, QIMG_MIN(bytes, img->size - off), &e, err);
+    if (ret < 0)
+        return ret;
+    *pnum = e.length;
+    *alloc = allocated_here(&e);
+    return 0;
+}
+
 /*
- * Whether a layer from top down to (not including) base allocates off, and
- * for how many bytes (*pnum) that answer holds, with QEMU's rule that a
- * short intermediate layer does not cut the answer at its end.
+ * QEMU's bdrv_is_allocated_above(top, base, include_base=false): 1 when a
+ * layer from top down to (not including) base allocates off, *pnum bytes
+ * alike.  Past the end of a short layer below top, the zeroes it reads as
+ * count as allocated there; at or past top's own end *pnum is 0.
  */
 static int allocated_above(struct qimg_image *top, struct qimg_image *base,
                            uint64_t off, uint64_t bytes, uint64_t *pnum,
                            struct qimg_error *err)
 {
-    uint64_t n = bytes;
+    bool alloc;
+    int ret;
 
-    for (struct qimg_image *i = top; i && i != base; i = i->backing) {
-        struct qimg_extent e;
-        uint64_t here = 0;
-        if (off < i->size) {
-            int ret = qimg_block_status(i, off, QIMG_MIN(bytes, i->size - off),
-                                        &e, err);
-            if (ret < 0)
-                return ret;
-            here = e.length;
-            if (allocated_here(&e)) {
-                *pnum = here;
-                return 1;
-            }
-        }
-        if (n > here && (i == top || off + here < i->size))
-            n = here;
+    if (top == base) {
+        *pnum = bytes;
+        return 0;
     }
-    *pnum = n;
+    ret = layer_status(top, off, bytes, pnum, &alloc, err);
+    if (ret < 0 || !*pnum || alloc)
+        return ret < 0 ? ret : alloc;
+    for (struct qimg_image *p = top->backing; p && p != base; p = p->backing) {
+        bytes = *pnum;
+        ret = layer_status(p, off, bytes, pnum, &alloc, err);
+        if (ret < 0)
+            return ret;
+        if (!*pnum) {
+            *pnum = bytes;
+            return 1;
+        }
+        if (alloc)
+            return 1;
+    }
     return 0;
 }
 
@@ -180,14 +202,13 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     unsigned flags = (old->flags | QIMG_OPEN_RDWR) & ~QIMG_OPEN_SHARE;
     enum qimg_cache cache = old->cache;
     int depth = old->depth, ret;
-    char *name = strdup(old->filename);
+    char *name;
 
+    if (!old->read_only)
+        return 0;
+    name = strdup(old->filename);
     if (!name)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    if (!old->read_only) {
-        free(name);
-        return 0;
-    }
     /* Close first: our own read locks must not stand in the way. */
     parent->backing = NULL;
     qimg_close(old);
@@ -252,9 +273,10 @@ static void commit_throttle(struct commit_job *j, uint64_t bytes)
         return;
     j->copied += bytes;
     /* The first slice's worth goes at once; then keep to the rate. */
-    if (j->copied <= rate / 10)
+    uint64_t free_bytes = (uint64_t)((double)rate * RATE_SLICE_NS / 1e9);
+    if (j->copied <= free_bytes)
         return;
-    due = (uint64_t)((double)(j->copied - rate / 10) / (double)rate * 1e9);
+    due = (uint64_t)((double)(j->copied - free_bytes) / (double)rate * 1e9);
     elapsed = now_ns() - ((uint64_t)j->start.tv_sec * 1000000000ull +
                           (uint64_t)j->start.tv_nsec);
     if (due > elapsed) {
@@ -290,7 +312,7 @@ static bool target_aligned(const struct commit_job *j, uint64_t off,
                            uint64_t bytes)
 {
     uint64_t cs = j->target_cluster;
-    return !cs || (off % cs == 0 && (bytes % cs == 0 || off + bytes >= j->len));
+    return !cs || (off % cs == 0 && (off + bytes) % cs == 0);
 }
 
 /*
@@ -414,6 +436,50 @@ int qimg_commit(const struct qimg_commit_params *p, struct qimg_error *err)
     return ret;
 }
 
+/* ---- growing over a longer backing file ------------------------------------ */
+
+/* Size in which the format zeroes (its subcluster), 1 when it has none. */
+static uint64_t zero_alignment(struct qimg_image *img)
+{
+    bool ext_l2;
+    uint64_t cs = image_cluster_size(img, &ext_l2);
+    if (ext_l2)
+        cs /= 32;
+    return cs ? cs : 1;
+}
+
+int qimg_zero_grown(struct qimg_image *img, uint64_t old,
+                    struct qimg_error *err)
+{
+    uint64_t size = img->size, align = zero_alignment(img), start;
+    struct qimg_error e = {0};
+    int ret = 0;
+
+    if (!qimg_align_up(old, align, &start))
+        start = size;
+    if (size > start)
+        ret = qimg_pwrite_zeroes(img, start, size - start,
+                                 QIMG_ZERO_NO_FALLBACK, &e);
+    if (ret < 0) {
+        /* The size must not change when the new area cannot be zeroed. */
+        img->fmt->truncate(img, old, false, QIMG_PREALLOC_OFF, &e);
+        return qimg_error_set(err, ret, "Failed to zero out new clusters: %s",
+                              strerror(-ret));
+    }
+    if (start > old) {
+        uint64_t len = QIMG_MIN(start, size) - old;
+        uint8_t *zero = calloc(1, (size_t)len);
+        if (!zero)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = qimg_pwrite(img, old, (size_t)len, zero, &e);
+        free(zero);
+        if (ret < 0)
+            return qimg_error_set(err, ret, "Failed to zero out the new area: "
+                                  "%s", strerror(-ret));
+    }
+    return 0;
+}
+
 /* ---- rebase ---------------------------------------------------------------- */
 
 #define REBASE_IO (2u << 20)
@@ -492,11 +558,9 @@ static int zero_partial(struct qimg_image *img, uint64_t off, uint64_t len,
 static int write_zeroes(struct qimg_image *img, uint64_t off, uint64_t len,
                         struct qimg_error *err)
 {
-    bool ext_l2;
-    uint64_t cs = image_cluster_size(img, &ext_l2), align, end = off + len;
+    uint64_t align = zero_alignment(img), end = off + len;
     int ret = 0;
 
-    align = ext_l2 ? cs / 32 : cs;
     if (align <= 1)
         return qimg_pwrite_zeroes(img, off, len, 0, err);
     while (!ret && off < end) {
@@ -583,13 +647,17 @@ static int rebase_step(struct rebase_job *j, uint64_t off, uint64_t *n,
     if (allocated_here(&e))
         return 0;
     if (j->prefix) {
+        uint64_t bytes = *n;
         /* Unchanged since the new backing file: nothing to do. */
         ret = allocated_above(j->old, j->prefix, off, *n, n, err);
         if (ret < 0)
             return qimg_error_set(err, ret, "error while reading image "
                                   "metadata: %s", strerror(-ret));
-        if (!ret)
+        if (!ret && *n)
             return 0;
+        /* Past the end of the old backing file: its zeroes must be kept. */
+        if (!*n)
+            *n = bytes;
     }
     if (off >= j->old_size) {
         memset(j->buf_old, 0, (size_t)*n);
@@ -684,30 +752,6 @@ static int rebase_open_new(struct rebase_job *j, bool *owned,
     return 0;
 }
 
-static int rebase_change(struct rebase_job *j, struct qimg_error *err)
-{
-    const struct qimg_rebase_params *p = j->p;
-    bool named = p->backing && p->backing[0];
-    struct qimg_error e = {0};
-    int ret;
-
-    if (named && !p->backing_fmt)
-        ret = -EINVAL;   /* the format must be recorded with the name */
-    else
-        ret = qimg_change_backing(j->img, named ? p->backing : NULL,
-                                  named ? p->backing_fmt : NULL, &e);
-    if (ret == 0)
-        return 0;
-    if (ret == -ENOSPC)
-        snprintf(e.msg, sizeof(e.msg), "No space left in the file header");
-    else if (ret == -EINVAL && named && !p->backing_fmt)
-        snprintf(e.msg, sizeof(e.msg), "backing format must be specified");
-    else
-        snprintf(e.msg, sizeof(e.msg), "%s", strerror(-ret));
-    return qimg_error_set(err, ret, "Could not change the backing file to "
-                          "'%s': %s", p->backing ? p->backing : "(null)", e.msg);
-}
-
 int qimg_rebase(const struct qimg_rebase_params *p, struct qimg_error *err)
 {
     struct rebase_job j = {.p = p, .img = p->img};
@@ -726,9 +770,5 @@ int qimg_rebase(const struct qimg_rebase_params *p, struct qimg_error *err)
     }
     if (owned)
         qimg_close(j.new);
-    if (ret < 0)
-        return ret;
-    if (p->progress)
-        p->progress(p->opaque, 100);
-    return rebase_change(&j, err);
+    return ret;
 }

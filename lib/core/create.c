@@ -56,31 +56,46 @@ static bool has_desc(const struct qimg_opt_desc **d, int nd, const char *name)
     return false;
 }
 
-/* Size of the backing file, for a create without an explicit size. */
-static int backing_size(const char *filename, const char *backing,
-                        const char *backing_fmt, uint64_t *size,
-                        struct qimg_error *err)
+/*
+ * Open the backing file (with its chain, shared, read-only) as qemu-img
+ * create does unless -u: it must open, its format must be given, and it
+ * gives the size when none was.  Error texts carry qemu-img's hints; the
+ * one after "without backing format" ends without a newline, as QEMU's.
+ */
+static int check_backing(const char *filename, const char *backing,
+                         const char *backing_fmt, uint64_t *size,
+                         struct qimg_error *err)
 {
+    struct qimg_open_params p = {
+        .format = backing_fmt, .flags = QIMG_OPEN_SHARE,
+        .cache = QIMG_CACHE_WRITEBACK,
+    };
     struct qimg_image *b = NULL;
-    char *full = NULL;
-    const char *slash = strrchr(filename, '/');
+    char *full;
     int ret;
 
-    if (backing[0] != '/' && slash && strncmp(backing, "json:", 5)) {
-        if (asprintf(&full, "%.*s/%s", (int)(slash - filename), filename,
-                     backing) < 0)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
-    }
-    ret = qimg_image_open_node(&b, full ? full : backing, backing_fmt, NULL,
-                               QIMG_OPEN_NO_BACKING | QIMG_OPEN_SHARE,
-                               QIMG_CACHE_WRITEBACK, 0, err);
-    if (ret < 0) {
-        qimg_error_prefix(err, "Could not open backing image: ");
-    } else {
-        *size = b->size;
-    }
-    qimg_close(b);
+    if (!strncmp(backing, "json:", 5))
+        full = strdup(backing);
+    else
+        full = qimg_path_combine(filename, backing);
+    if (!full)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    p.filename = full;
+    ret = qimg_open(&b, &p, err);
     free(full);
+    if (ret < 0) {
+        size_t l = strlen(err->msg);
+        snprintf(err->msg + l, sizeof(err->msg) - l,
+                 "\nCould not open backing image.");
+        return ret;
+    }
+    if (!backing_fmt) {
+        ret = qimg_error_set(err, -EINVAL, "Backing file specified without "
+                             "backing format\nDetected format of %s.",
+                             qimg_image_format(b));
+    }
+    *size = b->size;
+    qimg_close(b);
     return ret;
 }
 
@@ -161,14 +176,16 @@ int qimg_create_prepare(const char *fmt, const char *filename,
             goto fail;
         }
     }
-    if (!qimg_opts_get(opts, "size") && bf && !no_backing_open) {
+    if (bf && !no_backing_open) {
         uint64_t bsize = 0;
-        ret = backing_size(filename, bf, qimg_opts_get(opts, "backing_fmt"),
-                           &bsize, err);
+        ret = check_backing(filename, bf, qimg_opts_get(opts, "backing_fmt"),
+                            &bsize, err);
         if (ret < 0)
             goto fail;
-        snprintf(num, sizeof(num), "%" PRIu64, bsize);
-        qimg_opts_set(opts, "size", num);
+        if (!qimg_opts_get(opts, "size")) {
+            snprintf(num, sizeof(num), "%" PRIu64, bsize);
+            qimg_opts_set(opts, "size", num);
+        }
     }
     if (!qimg_opts_get(opts, "size")) {
         ret = qimg_error_set(err, -EINVAL, "Image creation needs a size "

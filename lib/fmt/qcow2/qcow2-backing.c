@@ -4,6 +4,7 @@
  * after its clusters were committed into the backing file.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,11 +105,19 @@ static bool can_reset(const struct qcow2_state *s)
            s->crypt_method != QCOW2_CRYPT_LUKS && !s->data_file;
 }
 
+/* Zero a range of the file, efficiently where the storage can (QEMU's
+ * fallocate leaves the same extents, hence the same "disk size"). */
 static int zero_file(struct qimg_image *node, uint64_t off, uint64_t len,
                      struct qimg_error *err)
 {
-    uint8_t *z = calloc(1, (size_t)len);
+    struct qimg_storage *st = node->file;
+    uint8_t *z;
     int ret;
+
+    if (st->ops->pwrite_zeroes && st->ops->pwrite_zeroes(st, off, len, 0,
+                                                         err) == 0)
+        return 0;
+    z = calloc(1, (size_t)len);
     if (!z)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     ret = node->file->ops->pwrite(node->file, off, (size_t)len, z, err);
@@ -214,10 +223,13 @@ int qcow2_make_empty(struct qimg_image *node, struct qimg_error *err)
         pthread_mutex_unlock(&node->lock);
         return ret;
     }
-    /* Otherwise drop cluster by cluster.  Discarding in a v2 image leaves
-     * clusters unallocated; in v3 it would leave zero clusters over the
-     * backing file, so drop the mappings as shrinking does. */
-    if (s->version < 3)
-        return qcow2_discard(node, 0, node->size, err);
-    return qcow2_drop_tail(node, 0, err);
+    /* Otherwise discard every cluster, leaving it unallocated (L2 tables
+     * stay), as QEMU does.  A discard leaves unallocated clusters where no
+     * backing file shows through; hide the backing file meanwhile, or
+     * discarded clusters would become zero clusters over it. */
+    struct qimg_image *backing = node->backing;
+    node->backing = NULL;
+    ret = qcow2_discard(node, 0, node->size, err);
+    node->backing = backing;
+    return ret;
 }
