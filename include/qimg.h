@@ -26,7 +26,7 @@ extern "C" {
 
 /* ---- errors ---------------------------------------------------------- */
 
-#define QIMG_ERROR_MSG_MAX 1024
+#define QIMG_ERROR_MSG_MAX 4096
 
 struct qimg_error {
     int code;                       /* negative errno, 0 when unset */

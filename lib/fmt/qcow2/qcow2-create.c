@@ -207,7 +207,7 @@ static int write_skeleton(const char *filename, const struct qcow2_params *p,
 {
     struct qcow2_state s;
     struct qimg_storage *st = NULL;
-    uint8_t *buf = calloc(3, p->cluster_size);
+    uint8_t *buf = calloc(1, 3 * p->cluster_size + QCOW2_HEADER_BUF_EXTRA);
     struct qimg_opts *fopts = qimg_opts_new();
     int ret;
 
@@ -235,7 +235,10 @@ static int write_skeleton(const char *filename, const struct qcow2_params *p,
     }
     if (p->lazy_refcounts)
         s.compatible |= QCOW2_COMPAT_LAZY_REFCOUNTS;
-    qcow2_build_header(&s, 0, NULL, NULL, buf, true);
+    if (qcow2_build_header(&s, 0, NULL, NULL, buf, true) > p->cluster_size) {
+        ret = qimg_error_set(err, -ENOSPC, "No space left in the file header");
+        goto out;
+    }
     /* Refcount table entry 0 -> block at cluster 2, counting clusters 0-2. */
     qimg_st_be64(buf + p->cluster_size, 2 * p->cluster_size);
     s.refcount_bits = p->refcount_bits;

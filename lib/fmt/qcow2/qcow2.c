@@ -590,7 +590,8 @@ size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
 int qcow2_update_header(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint8_t *buf = malloc(s->cluster_size);
+    /* Room past the cluster: extensions are measured after building. */
+    uint8_t *buf = calloc(1, s->cluster_size + QCOW2_HEADER_BUF_EXTRA);
     size_t len;
     int ret;
 

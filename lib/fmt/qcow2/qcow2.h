@@ -328,6 +328,9 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
                   struct qimg_error *err);
 #define QCOW2_N_CREATE_OPTS 21
 extern const struct qimg_opt_desc qcow2_create_opts[QCOW2_N_CREATE_OPTS];
+/* Buffers given to qcow2_build_header hold cluster_size + this: the header,
+ * extensions (names are bounded) and backing name, measured afterwards. */
+#define QCOW2_HEADER_BUF_EXTRA 8192
 size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
                           const char *backing, const char *backing_fmt,
                           uint8_t *buf, bool with_feature_table);
