@@ -21,6 +21,7 @@
 #include "core/util.h"
 
 struct mem_buf {
+    uint64_t id;            /* unique per registration, never 0 */
     char *name;
     uint8_t *data;
     size_t len;
@@ -32,6 +33,7 @@ struct mem_buf {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct mem_buf *registry;
 static bool exclusive;
+static uint64_t last_id;
 
 static struct mem_buf *find_locked(const char *name)
 {
@@ -94,6 +96,7 @@ int qimg_mem_register(const char *name, const void *data, size_t len)
     b->refs = 1;
     pthread_mutex_init(&b->lock, NULL);
     pthread_mutex_lock(&registry_lock);
+    b->id = ++last_id;
     old = unlink_locked(name);
     b->next = registry;
     registry = b;
@@ -131,6 +134,18 @@ bool qimg_mem_claims(const char *filename)
     claimed = exclusive || find_locked(filename);
     pthread_mutex_unlock(&registry_lock);
     return claimed;
+}
+
+uint64_t qimg_mem_id(const char *name)
+{
+    struct mem_buf *b;
+    uint64_t id;
+
+    pthread_mutex_lock(&registry_lock);
+    b = find_locked(name);
+    id = b ? b->id : 0;
+    pthread_mutex_unlock(&registry_lock);
+    return id;
 }
 
 int qimg_mem_get(const char *name, void **data, size_t *len)

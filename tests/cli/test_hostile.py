@@ -102,3 +102,124 @@ def test_truncated_files(tmp_path):
         for args in (["info", t], ["check", t], ["map", t]):
             q = run(QIMG, args, tmp_path, timeout=60)
             assert q.rc >= 0 and q.rc in (0, 1, 2, 3, 63), (n, args, q)
+
+
+# ---- limits (docs/LIMITS.md): each bound and one past it ----------------
+# A plain 4 MiB qcow2 (64 KiB clusters) patched at the boundary of a limit.
+# The reference must accept the first and refuse the second the same way:
+# identical exit status, output and message.
+LIMIT_CASES = {
+    "l1-size-max": [(36, BE32((32 << 20) // 8))],
+    "l1-size-max+1": [(36, BE32((32 << 20) // 8 + 1))],
+    "reftable-max": [(56, BE32((8 << 20) >> 16))],
+    "reftable-max+1": [(56, BE32(((8 << 20) >> 16) + 1))],
+    # Snapshot tables past EOF read as zeroes: 65536 empty entries.
+    "snapshots-max": [(60, BE32(65536)), (64, BE64(1 << 30))],
+    "snapshots-max+1": [(60, BE32(65537)), (64, BE64(1 << 30))],
+    "header-length-cluster": [(100, BE32(65536))],
+    "header-length-cluster+8": [(100, BE32(65536 + 8))],
+    "backing-name-1023": [(8, BE64(0x1000)), (16, BE32(1023))],
+    "backing-name-1024": [(8, BE64(0x1000)), (16, BE32(1024))],
+    "refcount-order-6": [(96, BE32(6))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIMIT_CASES))
+def test_limits_qcow2(pair, name):
+    def make(d):
+        img = d / "l.qcow2"
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", str(img),
+                        "4M"], check=True)
+        for off, data in LIMIT_CASES[name]:
+            patch(img, off, data)
+    pair.setup(make)
+    pair.same("info", "l.qcow2")
+
+
+def test_truncated_header_reads_as_zero(pair):
+    """A file cut inside its header (104 of the 112 bytes its header
+    length claims): the missing bytes read as zero, as in QEMU.  Under
+    ASan this once read past the header buffer."""
+    def make(d):
+        img = d / "h.qcow2"
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", str(img),
+                        "1M"], check=True)
+        data = img.read_bytes()
+        assert struct.unpack(">I", data[100:104])[0] == 112
+        img.write_bytes(data[:104])
+    pair.setup(make)
+    for cmd in ("info", "check", "map"):
+        pair.same(cmd, "h.qcow2")
+
+
+def test_backing_loop_bounded(tmp_path):
+    """a -> b -> a, each with the largest L1 and refcount tables allowed:
+    QEMU 7.2 recurses until memory runs out; qimg refuses the loop at once
+    (before, it opened 64 levels of 40 MiB of tables: 2.6 GB)."""
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    for img, back in ((a, "b.qcow2"), (b, "a.qcow2")):
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", "-u", "-b",
+                        back, "-F", "qcow2", str(img), "1M"], check=True)
+        patch(img, 36, BE32((32 << 20) // 8))
+        patch(img, 56, BE32((8 << 20) >> 16))
+    for args in (["map", a], ["compare", a, b], ["check", a]):
+        q = run(QIMG, args, tmp_path, timeout=20)
+        assert q.rc >= 0, f"{args}: killed by signal {-q.rc}"
+        if args[0] != "check":   # check does not open the backing chain
+            assert q.rc in (1, 2) and "infinite loop" in q.err, q
+
+
+# Sizes whose fraction rounds to 1.0 (QEMU's conversion of 2^64 to an
+# integer gives 0 there: "1.99...9k" is 1024), long digit strings, limits.
+@pytest.mark.parametrize("size", [
+    "1.99999999999999999999k", "0.99999999999999999999999M",
+    "1.999999999999999990999000091990090001k", "1.99999999999999999999",
+    "15.9999999999999999999E", "16E", "8E", "0.5", "0.5k", "1.k", ".5k",
+    "18446744073709551615", "18446744073709551616", "0x", "1e3", "1 k",
+])
+def test_size_edge_cases(pair, size):
+    pair.same("create", "-f", "raw", "s.raw", size)
+
+
+# Option lists shorter than what they expand to ("o" is o=on, "?" help).
+@pytest.mark.parametrize("opts", ["o", "x", "no", "?", "n", ",", "=", ",,",
+                                  "a=", "=b", "o,?"])
+def test_short_option_lists(pair, opts):
+    pair.same("create", "-f", "qcow2", "-o", opts, "o.qcow2", "1M")
+    pair.same("measure", "-O", "qcow2", "-o", opts, "--size", "1M")
+
+
+# Header extensions (the first at 0x70 in a plain image, before the
+# feature table): lengths crossing the end of the extension area, the end
+# marker with a length, fields of fixed size.  Messages must be QEMU's.
+EXT_CASES = {
+    "len-huge": [(0x74, BE32(0xfffffff0))],
+    "len-to-cluster-end": [(0x74, BE32(0x10000 - 0x78))],
+    "len-past-cluster-end": [(0x74, BE32(0x10000 - 0x78 + 1))],
+    "unknown-len-past-end": [(0x70, BE32(0x12345678) + BE32(0x10000))],
+    "end-marker-len-huge": [(0x70, BE32(0) + BE32(0xfffffff0))],
+    "end-marker-len-1": [(0x70, BE32(0) + BE32(1))],
+    "area-ends-7-bytes-in": [(100, BE32(0x10000 - 7))],
+    "area-ends-8-bytes-in": [(100, BE32(0x10000 - 8))],
+    "header-length-113": [(100, BE32(113))],
+    "backing-fmt-15": [(0x70, BE32(0xe2792aca) + BE32(15))],
+    "backing-fmt-16": [(0x70, BE32(0xe2792aca) + BE32(16))],
+    "backing-fmt-64": [(0x70, BE32(0xe2792aca) + BE32(64))],
+    "crypto-without-luks": [(0x70, BE32(0x0537be77) + BE32(16))],
+    "crypto-luks-len-8": [(32, BE32(2)), (0x70, BE32(0x0537be77) + BE32(8))],
+    "bitmaps-len-16": [(0x70, BE32(0x23852875) + BE32(16))],
+    "bitmaps-len-0": [(0x70, BE32(0x23852875) + BE32(0))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXT_CASES))
+def test_header_extensions(pair, name):
+    def make(d):
+        img = d / "x.qcow2"
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", str(img),
+                        "1M"], check=True)
+        assert img.read_bytes()[0x70:0x74] == BE32(0x6803f857)
+        for off, data in EXT_CASES[name]:
+            patch(img, off, data)
+    pair.setup(make)
+    pair.same("info", "x.qcow2")

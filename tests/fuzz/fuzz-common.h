@@ -91,10 +91,11 @@ static inline void fuzz_read(struct qimg_image *img, uint64_t off,
 }
 
 /*
- * Walk the whole image with block status (this layer, then the chain),
- * checking each answer is a nonempty prefix of the question; on the chain
- * walk read every extent within the budget: whole for small images,
- * sampled (head and tail) for large ones.
+ * Walk the whole image with block status through the chain (which asks
+ * each layer in turn), checking each answer is a nonempty prefix of the
+ * question, and read every extent within the budget: whole for small
+ * images, sampled (head and tail) for large ones.  Zero extents must read
+ * as zero.
  */
 static inline void fuzz_walk(struct qimg_image *img, uint64_t *budget)
 {
@@ -103,33 +104,22 @@ static inline void fuzz_walk(struct qimg_image *img, uint64_t *budget)
     struct qimg_error err;
     size_t step = 4096 + 512 + 3;
 
-    for (int chain = 0; chain < 2; chain++) {
-        off = 0;
-        for (unsigned i = 0; off < size && i < FUZZ_EXTENT_BUDGET; i++) {
-            int ret = chain ? qimg_block_status_chain(img, NULL, off,
-                                                      size - off, &ext, &err)
-                            : qimg_block_status(img, off, size - off, &ext,
-                                                &err);
-            if (ret < 0)
-                break;
-            FUZZ_ASSERT(ext.length > 0 && ext.length <= size - off,
-                        "block status at %llu: length %llu of %llu",
-                        (unsigned long long)off,
-                        (unsigned long long)ext.length,
-                        (unsigned long long)(size - off));
-            /* Zero extents must read as zero through the chain. */
-            int zero = (ext.flags & QIMG_BS_ZERO) != 0;
-            uint64_t head = ext.length < 2 * FUZZ_MAX_REQ ? ext.length
-                                                          : FUZZ_MAX_REQ;
-            if (chain) {
-                fuzz_read(img, off, head, step, zero, budget);
-                if (head < ext.length)
-                    fuzz_read(img, off + ext.length - FUZZ_MAX_REQ,
-                              FUZZ_MAX_REQ, FUZZ_MAX_REQ, zero, budget);
-            }
-            off += ext.length;
-            step = step * 3 % FUZZ_MAX_REQ + 1;
-        }
+    for (unsigned i = 0; off < size && i < FUZZ_EXTENT_BUDGET; i++) {
+        if (qimg_block_status_chain(img, NULL, off, size - off, &ext, &err) < 0)
+            break;
+        FUZZ_ASSERT(ext.length > 0 && ext.length <= size - off,
+                    "block status at %llu: length %llu of %llu",
+                    (unsigned long long)off, (unsigned long long)ext.length,
+                    (unsigned long long)(size - off));
+        int zero = (ext.flags & QIMG_BS_ZERO) != 0;
+        uint64_t head = ext.length < 2 * FUZZ_MAX_REQ ? ext.length
+                                                      : FUZZ_MAX_REQ;
+        fuzz_read(img, off, head, step, zero, budget);
+        if (head < ext.length)
+            fuzz_read(img, off + ext.length - FUZZ_MAX_REQ, FUZZ_MAX_REQ,
+                      FUZZ_MAX_REQ, zero, budget);
+        off += ext.length;
+        step = step * 3 % FUZZ_MAX_REQ + 1;
     }
     /* Odd requests around the end of the image. */
     if (size)

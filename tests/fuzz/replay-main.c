@@ -3,14 +3,18 @@
  * LLVMFuzzerTestOneInput on each file named (directories: each file in
  * them, sorted), so the regression inputs in tests/fuzz/regressions/ are
  * replayed by `make check` and by the sanitizer build.  A crash fails the
- * test by crashing this program.
+ * test by crashing this program; so does an input that makes the process
+ * peak above libFuzzer's default memory limit (-rss_limit_mb=2048).
  */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+
+#define REPLAY_RSS_LIMIT_MB 2048
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -43,6 +47,13 @@ static int run_file(const char *path)
     fflush(stdout);
     LLVMFuzzerTestOneInput(buf, len);
     free(buf);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0 &&
+        ru.ru_maxrss / 1024 > REPLAY_RSS_LIMIT_MB) {
+        fprintf(stderr, "%s: peak RSS %ld MiB above %d MiB\n", path,
+                ru.ru_maxrss / 1024, REPLAY_RSS_LIMIT_MB);
+        abort();
+    }
     return 0;
 }
 

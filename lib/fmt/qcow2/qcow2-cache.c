@@ -5,6 +5,12 @@
  * refcount blocks): its dirty tables are written only after the other
  * cache has been written and flushed, so that an L2 entry never reaches the
  * disk before the refcount that protects the cluster it points to.
+ *
+ * Lookups are the hot path (every guest request maps through an L2 table,
+ * every allocation reads refcounts): a hash of the table offset finds the
+ * entry in O(1), and the tables sit in one slab so that a table pointer
+ * leads back to its entry by arithmetic.  Eviction scans for the least
+ * recently used entry, which only happens on a miss.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -12,12 +18,38 @@
 
 #include "fmt/qcow2/qcow2.h"
 
+#define NO_ENTRY (-1)
+
+static size_t bucket_of(const struct qcow2_cache *c, uint64_t offset)
+{
+    /* Fibonacci hashing of the table number: offsets are cluster aligned. */
+    uint64_t h = (offset / c->table_size) * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 32) & c->bucket_mask;
+}
+
 int qcow2_cache_init(struct qcow2_cache *c, size_t entries, size_t table_size)
 {
+    size_t nb = 2;
+
     memset(c, 0, sizeof(*c));
+    if (!entries || !table_size || entries > INT32_MAX / 4 ||
+        entries > SIZE_MAX / table_size)
+        return -EINVAL;
+    while (nb < 2 * entries)
+        nb *= 2;
     c->e = calloc(entries, sizeof(*c->e));
-    if (!c->e)
+    c->buckets = malloc(nb * sizeof(*c->buckets));
+    /* Large enough to be mapped lazily: untouched slots cost no memory. */
+    c->slab = malloc(entries * table_size);
+    if (!c->e || !c->buckets || !c->slab) {
+        qcow2_cache_release(c);
         return -ENOMEM;
+    }
+    for (size_t i = 0; i < entries; i++)
+        c->e[i].next = NO_ENTRY;
+    for (size_t i = 0; i < nb; i++)
+        c->buckets[i] = NO_ENTRY;
+    c->bucket_mask = nb - 1;
     c->n = entries;
     c->table_size = table_size;
     return 0;
@@ -25,10 +57,42 @@ int qcow2_cache_init(struct qcow2_cache *c, size_t entries, size_t table_size)
 
 void qcow2_cache_release(struct qcow2_cache *c)
 {
-    for (size_t i = 0; c->e && i < c->n; i++)
-        free(c->e[i].data);
     free(c->e);
+    free(c->buckets);
+    free(c->slab);
     c->e = NULL;
+    c->buckets = NULL;
+    c->slab = NULL;
+}
+
+static struct qcow2_cache_entry *find(struct qcow2_cache *c, uint64_t offset)
+{
+    if (!offset)
+        return NULL;
+    for (int32_t i = c->buckets[bucket_of(c, offset)]; i != NO_ENTRY;
+         i = c->e[i].next)
+        if (c->e[i].offset == offset)
+            return &c->e[i];
+    return NULL;
+}
+
+static void link_entry(struct qcow2_cache *c, struct qcow2_cache_entry *e)
+{
+    size_t b = bucket_of(c, e->offset);
+    e->next = c->buckets[b];
+    c->buckets[b] = (int32_t)(e - c->e);
+}
+
+static void unlink_entry(struct qcow2_cache *c, struct qcow2_cache_entry *e)
+{
+    int32_t *p = &c->buckets[bucket_of(c, e->offset)];
+    int32_t me = (int32_t)(e - c->e);
+
+    while (*p != NO_ENTRY && *p != me)
+        p = &c->e[*p].next;
+    if (*p == me)
+        *p = e->next;
+    e->next = NO_ENTRY;
 }
 
 static int write_entry(struct qimg_image *node, struct qcow2_cache *c,
@@ -50,32 +114,40 @@ static int write_entry(struct qimg_image *node, struct qcow2_cache *c,
     return 0;
 }
 
+static int by_offset(const void *a, const void *b)
+{
+    const struct qcow2_cache_entry *x = *(struct qcow2_cache_entry *const *)a;
+    const struct qcow2_cache_entry *y = *(struct qcow2_cache_entry *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
 int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
                       struct qimg_error *err)
 {
-    bool wrote = false;
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->e[i].offset && c->e[i].dirty) {
-            int ret = write_entry(node, c, &c->e[i], err);
-            if (ret < 0)
-                return ret;
-            wrote = true;
-        }
-    }
-    /* Ordering point for caches that depend on this one. */
-    if (wrote)
-        return node->file->ops->flush(node->file, err);
-    return 0;
-}
+    struct qcow2_cache_entry **dirty;
+    size_t nd = 0;
+    int ret = 0;
 
-static struct qcow2_cache_entry *find(struct qcow2_cache *c, uint64_t offset)
-{
-    if (!offset)
-        return NULL;
     for (size_t i = 0; i < c->n; i++)
-        if (c->e[i].offset == offset)
-            return &c->e[i];
-    return NULL;
+        nd += c->e[i].offset && c->e[i].dirty;
+    if (!nd)
+        return 0;
+    /* In file order, so that the tables go out as one sequential stream. */
+    dirty = malloc(nd * sizeof(*dirty));
+    if (!dirty)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    nd = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->e[i].offset && c->e[i].dirty)
+            dirty[nd++] = &c->e[i];
+    qsort(dirty, nd, sizeof(*dirty), by_offset);
+    for (size_t i = 0; i < nd && !ret; i++)
+        ret = write_entry(node, c, dirty[i], err);
+    free(dirty);
+    /* Ordering point for caches that depend on this one. */
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    return ret;
 }
 
 /* A slot to reuse: a free one, else the least recently used (written back). */
@@ -96,13 +168,12 @@ static int victim(struct qimg_image *node, struct qcow2_cache *c,
         int ret = write_entry(node, c, best, err);
         if (ret < 0)
             return ret;
+        unlink_entry(c, best);
     }
-    if (!best->data) {
-        best->data = malloc(c->table_size);
-        if (!best->data)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
-    }
+    if (!best->data)
+        best->data = c->slab + (size_t)(best - c->e) * c->table_size;
     best->offset = 0;
+    best->dirty = false;
     *out = best;
     return 0;
 }
@@ -128,9 +199,9 @@ int qcow2_cache_get(struct qimg_image *node, struct qcow2_cache *c,
         ret = node->file->ops->pread(node->file, offset, c->table_size, e->data,
                                      err);
         if (ret < 0)
-            return ret;
+            return ret;    /* the slot stays free */
         e->offset = offset;
-        e->dirty = false;
+        link_entry(c, e);
     }
     e->lru = ++c->lru_clock;
     *table = e->data;
@@ -149,6 +220,8 @@ int qcow2_cache_get_empty(struct qimg_image *node, struct qcow2_cache *c,
         if (ret < 0)
             return ret;
         e->offset = offset;
+        if (offset)
+            link_entry(c, e);
     }
     memset(e->data, 0, c->table_size);
     e->dirty = true;
@@ -159,18 +232,20 @@ int qcow2_cache_get_empty(struct qimg_image *node, struct qcow2_cache *c,
 
 void qcow2_cache_mark_dirty(struct qcow2_cache *c, const uint8_t *table)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->e[i].data == table) {
-            c->e[i].dirty = true;
-            return;
-        }
-    }
+    size_t i;
+
+    if (!c->slab || table < c->slab)
+        return;
+    i = (size_t)(table - c->slab) / c->table_size;
+    if (i < c->n && c->e[i].data == table)
+        c->e[i].dirty = true;
 }
 
 void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset)
 {
     struct qcow2_cache_entry *e = find(c, offset);
     if (e) {
+        unlink_entry(c, e);
         e->offset = 0;
         e->dirty = false;
     }

@@ -1,0 +1,285 @@
+#!/bin/bash
+# bench/run.sh [BUILD_DIR] - qimg against qemu-img, side by side.
+#
+# Generates deterministic inputs, runs every workload with qimg and with the
+# reference alternately BENCH_RUNS times, checks each result of qimg with
+# the reference (qemu-img compare against the input, qemu-img check of
+# qcow2 outputs, identical stdout and exit status for read-only commands),
+# and prints the median wall time, CPU time (user + system) and peak RSS of
+# each tool, the ratio of the wall times, and the geometric mean of those
+# ratios.  A wrong answer from qimg
+# is a failure however fast it was: the run ends with a FAILED banner and
+# exit status 1.
+#
+# Environment (all optional):
+#   QIMG=path            qimg binary (default BUILD_DIR/qimg)
+#   QEMU_IMG=path        reference (default /usr/bin/qemu-img)
+#   BENCH_DIR=dir        scratch directory (default /tmp/qimg-bench)
+#   BENCH_SIZE=size      virtual size of the data images (default 1G;
+#                        BENCH_SIZE=4G is the size of the issue)
+#   BENCH_RUNS=n         runs of each tool per workload (default 3)
+#   BENCH_KEEP=1         keep the scratch directory (and reuse its inputs
+#                        on the next run with the same size and seed)
+#   BENCH_SEED=n         seed of the generated content (default 1)
+#   BENCH_ONLY=regex     only the workloads whose name matches
+#   BENCH_SPARSE_WRITES=n  4 KiB writes into the 1 TiB image (default 4096)
+#
+# Times are wall-clock seconds of the whole process, measured around
+# /usr/bin/time (which gives the peak RSS); the page cache is warm for both
+# tools and `sync` runs before every timed command so that one tool's
+# dirty pages are not written back on the other's time.
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${1:-$ROOT/build}
+case "$BUILD" in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+QIMG=${QIMG:-$BUILD/qimg}
+REF=${QEMU_IMG:-/usr/bin/qemu-img}
+QEMU_IO=${QEMU_IO:-/usr/bin/qemu-io}
+DIR=${BENCH_DIR:-/tmp/qimg-bench}
+RUNS=${BENCH_RUNS:-3}
+KEEP=${BENCH_KEEP:-0}
+SEED=${BENCH_SEED:-1}
+ONLY=${BENCH_ONLY:-}
+SPARSE_WRITES=${BENCH_SPARSE_WRITES:-4096}
+SIZE=$(numfmt --from=iec "${BENCH_SIZE:-1G}") || exit 2
+TIME=/usr/bin/time
+MARK=.qimg-bench
+
+die() { echo "bench: $*" >&2; exit 2; }
+
+for t in "$QIMG" "$REF" "$QEMU_IO" "$TIME" python3 numfmt; do
+    command -v "$t" >/dev/null || die "missing $t (scripts/deps.sh test)"
+done
+[ "$SIZE" -ge $((64 << 20)) ] || die "BENCH_SIZE must be at least 64M"
+
+# Refuse to wipe a directory that is not ours.
+if [ -e "$DIR" ] && [ ! -e "$DIR/$MARK" ] && [ -n "$(ls -A "$DIR")" ]; then
+    die "$DIR exists and is not a bench directory"
+fi
+mkdir -p "$DIR/in" "$DIR/work" && touch "$DIR/$MARK" || exit 2
+cleanup() { [ "$KEEP" = 1 ] || rm -rf "$DIR"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+IN=$DIR/in
+WORK=$DIR/work
+
+# ---- inputs ---------------------------------------------------------------
+
+qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
+
+make_inputs() {
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v2"
+    if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
+        echo "bench: reusing inputs in $IN"
+        return
+    fi
+    rm -rf "${IN:?}"/* && cd "$IN" || exit 2
+    echo "bench: generating inputs in $IN ($stamp)"
+    python3 "$ROOT/bench/gen.py" raw in.raw "$SIZE" "$SEED" || die "gen.py"
+    "$REF" convert -f raw -O qcow2 in.raw in.qcow2 || die "qcow2 input"
+    # A late difference: one sector changed 1 MiB before the end.
+    cp --sparse=always in.qcow2 late.qcow2
+    echo "write -P 0x5a $((SIZE - (1 << 20))) 512" | qio late.qcow2
+    # 3-layer chain: in.qcow2 <- mid.qcow2 <- top.qcow2, each overlay with
+    # scattered writes (about 6% and 1.5% of the size).
+    "$REF" create -q -f qcow2 -b "$IN/in.qcow2" -F qcow2 mid.qcow2 "$SIZE"
+    "$REF" create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 "$SIZE"
+    python3 "$ROOT/bench/gen.py" iocmds "$SIZE" $((SEED + 1)) \
+        $((SIZE >> 23)) $((1 << 20)) | qio mid.qcow2
+    python3 "$ROOT/bench/gen.py" iocmds "$SIZE" $((SEED + 2)) \
+        $((SIZE >> 23)) $((256 << 10)) | qio top.qcow2
+    # 1 TiB, sparse: small writes all over it (one L2 table each, mostly).
+    "$REF" create -q -f qcow2 sparse.qcow2 1T
+    python3 "$ROOT/bench/gen.py" iocmds $((1 << 40)) $((SEED + 3)) \
+        "$SPARSE_WRITES" 4096 | qio sparse.qcow2
+    # What the allocating-write workload must leave (see WORKLOADS).
+    "$REF" create -q -f qcow2 alloc.qcow2 1T
+    # shellcheck disable=SC2086
+    "$REF" $BENCH_W alloc.qcow2 >/dev/null || die "bench -w"
+    echo "$stamp" >stamp
+    cd "$ROOT" || exit 2
+}
+
+# ---- measuring ------------------------------------------------------------
+
+# timed TOOL ARGS...: run in $WORK; sets RC, SECS, CPU (user + system
+# seconds), RSS (KiB); output in $WORK/.out and $WORK/.err.
+timed() {
+    local t0 t1
+    sync
+    t0=$EPOCHREALTIME
+    (cd "$WORK" && exec "$TIME" -f '%e %M %U %S' -o "$WORK/.time" "$@" \
+        >"$WORK/.out" 2>"$WORK/.err")
+    RC=$?
+    t1=$EPOCHREALTIME
+    SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    RSS=$(awk 'END { print $2 }' "$WORK/.time")
+    CPU=$(awk 'END { printf "%.2f", $3 + $4 }' "$WORK/.time")
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+FAILS=()
+fail() {
+    FAILS+=("$1: $2")
+    printf '\n!!!!! FAIL %s: %s\n' "$1" "$2" >&2
+    sed 's/^/!!!!!   /' "$WORK/.why" >&2 2>/dev/null
+}
+
+# ---- verification of one qimg result -----------------------------------
+
+# same_content FMT_A A FMT_B B: the reference sees equal content.
+same_content() {
+    if ! (cd "$WORK" && "$REF" compare -f "$1" -F "$3" "$2" "$4") \
+        >"$WORK/.why" 2>&1; then
+        fail "$NAME" "content of $4 differs from $2"
+        return 1
+    fi
+}
+
+# qcow2_ok FILE: the reference finds no problem in FILE.
+qcow2_ok() {
+    if ! (cd "$WORK" && "$REF" check "$1") >"$WORK/.why" 2>&1; then
+        fail "$NAME" "qemu-img check $1 failed"
+        return 1
+    fi
+}
+
+# ---- workloads ------------------------------------------------------------
+#
+# Each workload is: NAME|PREP|ARGS|VERIFY, run in $WORK, @IN@ standing for
+# the input directory.  PREP (shell, untimed) runs before every run of
+# either tool; VERIFY (shell) checks what qimg left.  For
+# read-only commands VERIFY is "same", comparing stdout and exit status
+# with the reference's.
+WORKLOADS=(
+"convert raw->qcow2|rm -f out.qcow2|convert -f raw -O qcow2 @IN@/in.raw out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert qcow2->raw|rm -f out.raw|convert -f qcow2 -O raw @IN@/in.qcow2 out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
+"convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert chain flatten|rm -f out.qcow2|convert -f qcow2 -O qcow2 @IN@/top.qcow2 out.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"compare identical|:|compare -f qcow2 -F raw @IN@/in.qcow2 @IN@/in.raw|same"
+"compare late diff|:|compare -f qcow2 -F qcow2 @IN@/in.qcow2 @IN@/late.qcow2|same"
+"check 1T sparse|:|check @IN@/sparse.qcow2|same"
+"map json 1T sparse|:|map --output=json @IN@/sparse.qcow2|same"
+"bench -w 1T alloc|rm -f b.qcow2 && \$REF create -q -f qcow2 b.qcow2 1T|@BENCH_W@ b.qcow2|same_content qcow2 @IN@/alloc.qcow2 qcow2 b.qcow2 && qcow2_ok b.qcow2"
+"info chain|:|info --backing-chain @IN@/top.qcow2|same"
+"measure|:|measure -O qcow2 -f raw @IN@/in.raw|same"
+"dd qcow2->raw|rm -f out.raw|dd -f qcow2 -O raw bs=1M if=@IN@/in.qcow2 of=out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
+"commit|cp --sparse=always @IN@/mid.qcow2 @IN@/top.qcow2 .|commit -f qcow2 top.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 mid.qcow2 && same_content qcow2 @IN@/top.qcow2 qcow2 top.qcow2 && qcow2_ok mid.qcow2"
+"rebase|cp --sparse=always @IN@/mid.qcow2 @IN@/top.qcow2 .|rebase -f qcow2 -b @IN@/in.qcow2 -F qcow2 top.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 top.qcow2 && qcow2_ok top.qcow2"
+)
+
+# Allocating writes: 4 KiB every 256 MiB of an empty 1 TiB image, 8 in
+# flight, so that each allocates a data cluster and most an L2 table.
+BENCH_W="bench -w -f qcow2 -c $SPARSE_WRITES -d 8 -s 4k -S 268435456"
+
+# Commands still being written answer "not implemented yet": skip those.
+implemented() {
+    local cmd=${1%% *}
+    case "$cmd" in commit|rebase) ;; *) return 0 ;; esac
+    ! "$QIMG" "$cmd" 2>&1 | grep -q "not implemented yet"
+}
+
+RESULTS=()
+run_workload() {
+    local name=$1 prep=$2 args=$3 verify=$4 i
+    local -a qt=() rt=() qm=() rs=() qc=() rc=()
+    local ref_out ref_rc ok=1
+    prep=${prep//@IN@/$IN}
+    args=${args//@IN@/$IN}
+    args=${args//@BENCH_W@/$BENCH_W}
+    verify=${verify//@IN@/$IN}
+    if ! implemented "$args"; then
+        RESULTS+=("$name|-|-|-|-|-|-|-|skipped (not implemented)")
+        echo "bench: $name: skipped (qimg ${args%% *} not implemented yet)"
+        return
+    fi
+    printf 'bench: %-24s' "$name"
+    for ((i = 0; i < RUNS; i++)); do
+        # The reference first, so that "same" has its answer to compare.
+        (cd "$WORK" && eval "$prep") || die "$name: prep failed"
+        # shellcheck disable=SC2086
+        timed "$REF" $args
+        rt+=("$SECS") rs+=("$RSS") rc+=("$CPU")
+        ref_out=$(cat "$WORK/.out")
+        ref_rc=$RC
+        if [ "$verify" != same ] && [ "$RC" != 0 ]; then
+            cp "$WORK/.err" "$WORK/.why"
+            fail "$name" "the reference failed (rc=$RC): broken bench input"
+            ok=0
+        fi
+        (cd "$WORK" && eval "$prep") || die "$name: prep failed"
+        # shellcheck disable=SC2086
+        timed "$QIMG" $args
+        qt+=("$SECS") qm+=("$RSS") qc+=("$CPU")
+        printf ' %s/%s' "${qt[-1]}" "${rt[-1]}"
+        if [ "$verify" = same ]; then
+            if [ "$RC" != "$ref_rc" ] || [ "$(cat "$WORK/.out")" != "$ref_out" ]; then
+                { echo "rc $RC (qemu-img: $ref_rc)"
+                  diff <(echo "$ref_out") "$WORK/.out" | head -8; } >"$WORK/.why"
+                fail "$name" "output differs from qemu-img's"
+                ok=0
+            fi
+        elif [ "$RC" != 0 ]; then
+            cp "$WORK/.err" "$WORK/.why"
+            fail "$name" "qimg failed (rc=$RC)"
+            ok=0
+        else
+            NAME=$name
+            eval "$verify" || ok=0
+        fi
+    done
+    echo
+    local q r qr rr qcpu rcpu ratio
+    q=$(printf '%s\n' "${qt[@]}" | median)
+    r=$(printf '%s\n' "${rt[@]}" | median)
+    qr=$(printf '%s\n' "${qm[@]}" | median)
+    rr=$(printf '%s\n' "${rs[@]}" | median)
+    qcpu=$(printf '%s\n' "${qc[@]}" | median)
+    rcpu=$(printf '%s\n' "${rc[@]}" | median)
+    ratio=$(awk -v a="$q" -v b="$r" 'BEGIN { if (b < 0.001) b = 0.001; printf "%.2f", a / b }')
+    RESULTS+=("$name|$q|$r|$ratio|$qcpu|$rcpu|$((qr / 1024))|$((rr / 1024))|$([ $ok = 1 ] && echo ok || echo FAILED)")
+}
+
+make_inputs
+echo "bench: qimg=$QIMG reference=$REF runs=$RUNS size=$SIZE"
+LOAD0=$(cut -d' ' -f1 /proc/loadavg)
+for w in "${WORKLOADS[@]}"; do
+    IFS='|' read -r name prep args verify <<<"$w"
+    if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then
+        continue
+    fi
+    rm -rf "${WORK:?}"/* "$WORK"/.[!.]*
+    run_workload "$name" "$prep" "$args" "$verify"
+done
+rm -rf "${WORK:?}"/*
+
+# ---- report ---------------------------------------------------------------
+
+echo
+echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(df -T "$DIR" | awk 'NR == 2 { print $2 }') on $(df "$DIR" | awk 'NR == 2 { print $1 }'); size $(numfmt --to=iec "$SIZE"), median of $RUNS"
+echo "load average $LOAD0 before, $(cut -d' ' -f1 /proc/loadavg) after"
+if awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    echo "bench: WARNING: the machine was busy: wall times are noisy (CPU seconds less so)"
+fi
+echo
+echo "| workload | qimg s | qemu-img s | ratio | qimg CPU s | qemu-img CPU s | qimg MiB | qemu-img MiB | result |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+for r in "${RESULTS[@]}"; do
+    IFS='|' read -r name q rf ratio qc rc qm rs res <<<"$r"
+    echo "| $name | $q | $rf | $ratio | $qc | $rc | $qm | $rs | $res |"
+done
+printf '%s\n' "${RESULTS[@]}" | awk -F'|' '$4 != "-" { s += log($4); n++ }
+    END { if (n) printf "\ngeometric mean of the time ratios (qimg/qemu-img): %.2f over %d workloads\n", exp(s / n), n }'
+
+if [ ${#FAILS[@]} -gt 0 ]; then
+    echo
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    echo "!!!!! FAILED: qimg gave wrong results (${#FAILS[@]}):"
+    printf '!!!!!   %s\n' "${FAILS[@]}"
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    exit 1
+fi
+exit 0
