@@ -11,14 +11,15 @@
  *
  * Threads: `parallel` workers share the walker under e->lock, each taking
  * the next chunk, then reading and zero-scanning it (and with -c
- * compressing it) in a buffer of a shared pool, without the lock.  Writes are committed in chunk order (a worker
- * waits for its turn) unless out_of_order; so at most `parallel` chunks
- * are in flight and memory stays at parallel * chunk_size.  Past their
- * first chunk, workers read only when their chunk is among the next
- * `read_ahead` to be written (CPUs + 1 chunks of 2 MiB): more buffers
- * filled ahead of the writer only push the data out of the CPU caches
- * before it is written (8 workers on 2 CPUs cost half as much CPU again);
- * for the same reason a chunk takes the buffer released last.  The first
+ * compressing it) in a buffer of a shared pool, without the lock.  Writes
+ * are committed in chunk order (a worker waits for its turn) unless
+ * out_of_order; so at most `parallel` chunks are in flight and memory
+ * stays at parallel * chunk_size.  Past its first chunk, a worker takes
+ * another only while fewer than `read_ahead` (CPUs + 1 chunks of 2 MiB)
+ * are taken and not yet written: more buffers filled ahead of the writer
+ * only push the data out of the CPU caches before it is written (8
+ * workers on 2 CPUs cost half as much CPU again); for the same reason a
+ * chunk takes the buffer released last.  The first
  * error stops new requests; those in flight that fail report too, as
  * qemu-img's coroutines do.
  */
