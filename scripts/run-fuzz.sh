@@ -9,7 +9,7 @@
 set -u
 BUILD=${1:?usage: run-fuzz.sh BUILD SECONDS [TARGET...]}
 SECONDS_EACH=${2:-60}
-shift 2 || shift $#
+if [ $# -ge 2 ]; then shift 2; else shift $#; fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=${*:-qcow2 probe raw opts size json}
 FUZZ=$BUILD/fuzz
