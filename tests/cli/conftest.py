@@ -129,3 +129,24 @@ def make_sparse(path, size, extents=()):
         for off, data in extents:
             f.seek(off)
             f.write(data)
+
+
+def batches(cases, size=12):
+    """Error cases run in batches: a fresh directory pair per batch keeps
+    the test count (and pytest's per-test cost) down."""
+    return [cases[i:i + size] for i in range(0, len(cases), size)]
+
+
+def same_each(pair, cmd, batch, scratch=("out.img",)):
+    """pair.same for each case, removing scratch outputs between cases;
+    all mismatches are reported together."""
+    bad = []
+    for args in batch:
+        r, q = pair.both(cmd, *args)
+        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
+            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
+        for d in pair.dirs():
+            for name in scratch:
+                if (d / name).is_file():
+                    (d / name).unlink()
+    assert not bad, "\n\n".join(bad)

@@ -6,30 +6,9 @@ import subprocess
 
 import pytest
 
-from conftest import REF, run
+from conftest import REF, batches, run, same_each
 
 MiB = 1 << 20
-
-
-def batches(cases, size=12):
-    """Error cases run in batches: a fresh directory pair per batch keeps
-    the test count (and pytest's per-test cost) down."""
-    return [cases[i:i + size] for i in range(0, len(cases), size)]
-
-
-def same_each(pair, cmd, batch, scratch=("out.img",)):
-    """pair.same for each case, removing scratch outputs between cases;
-    all mismatches are reported together."""
-    bad = []
-    for args in batch:
-        r, q = pair.both(cmd, *args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
-        for d in pair.dirs():
-            for name in scratch:
-                if (d / name).is_file():
-                    (d / name).unlink()
-    assert not bad, "\n\n".join(bad)
 
 
 def make_input(path, size=MiB):
