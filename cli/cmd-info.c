@@ -13,10 +13,7 @@
 #include "cli.h"
 
 struct info_args {
-    const char *filename;
-    const char *fmt;
-    bool image_opts;
-    bool force_share;
+    struct cli_image_args img;  /* file name, -f, -U, --image-opts */
     bool backing_chain;
     enum cli_output output;
 };
@@ -156,15 +153,13 @@ static bool seen_before(json_t *seen, const char *name)
  */
 static int run_info(const struct info_args *a)
 {
-    struct cli_open o = {
-        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
-        /* info reads only headers: QEMU takes no locks for it */
-        .flags = QIMG_OPEN_NO_LOCK | QIMG_OPEN_NO_BACKING |
-                 (a->force_share ? QIMG_OPEN_SHARE : 0),
-    };
+    /* info reads only headers: no read permission, but formats still
+     * refuse to share write, as QEMU's do */
+    struct cli_open o = cli_image_args_open(&a->img, QIMG_OPEN_NO_IO |
+                                            QIMG_OPEN_NO_BACKING);
     struct qimg_error err = {0};
     json_t *list = json_array(), *seen = json_array();
-    char *name = strdup(a->filename), *fmt = NULL;
+    char *name = strdup(a->img.filename), *fmt = NULL;
     int ret = 1;
 
     while (name) {
@@ -220,40 +215,29 @@ out:
 
 int cmd_info(int argc, char **argv)
 {
-    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_OBJECT, OPT_IMAGE_OPTS };
+    enum { OPT_BACKING_CHAIN = CLI_OPT_OWN };
     static const struct option longopts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"format", required_argument, NULL, 'f'},
-        {"output", required_argument, NULL, OPT_OUTPUT},
+        CLI_LONGOPT_HELP, CLI_LONGOPT_FORMAT, CLI_LONGOPT_OUTPUT,
         {"backing-chain", no_argument, NULL, OPT_BACKING_CHAIN},
-        {"object", required_argument, NULL, OPT_OBJECT},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
-        {"force-share", no_argument, NULL, 'U'},
+        CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS, CLI_LONGOPT_FORCE_SHARE,
         {NULL, 0, NULL, 0},
     };
     struct info_args a = {.output = CLI_OUTPUT_HUMAN};
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': return cli_help();
-        case 'f': a.fmt = optarg; break;
-        case 'U': a.force_share = true; break;
-        case OPT_OUTPUT:
+        case CLI_OPT_OUTPUT:    /* info checks it at once, unlike check */
             if (!cli_parse_output(optarg, &a.output))
                 return 1;
             break;
         case OPT_BACKING_CHAIN: a.backing_chain = true; break;
-        case OPT_OBJECT:
-            if (cli_add_object(optarg))
-                return 1;
-            break;
-        case OPT_IMAGE_OPTS: a.image_opts = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            ret = cli_image_option(c, argv, &a.img);
+            if (ret != CLI_CONTINUE)
+                return ret;
         }
     }
-    if (optind != argc - 1)
-        return cli_usage_error("Expecting one image file name");
-    a.filename = argv[optind];
-    return run_info(&a);
+    ret = cli_image_args_end(argc, argv, &a.img, NULL);
+    return ret != CLI_CONTINUE ? ret : run_info(&a);
 }

@@ -166,6 +166,7 @@ enum {
     QIMG_OPEN_RESIZE = 1 << 4,      /* also take the resize permission */
     QIMG_OPEN_NO_SHARE = 1 << 5,    /* refuse others write/resize (convert) */
     QIMG_OPEN_CHECK = 1 << 6,       /* opened by check: no automatic repair */
+    QIMG_OPEN_NO_IO = 1 << 7,       /* headers only (info): no read permission */
 };
 
 struct qimg_open_params {

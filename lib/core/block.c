@@ -149,6 +149,35 @@ static int open_backing(struct qimg_image *node, struct qimg_error *err)
     return 0;
 }
 
+/*
+ * As QEMU's format drivers do, every format but raw keeps its metadata
+ * consistent by refusing to share write and resize of the file under it
+ * (unless -U), and takes resize along with write.
+ */
+static unsigned storage_flags_for(const struct qimg_format *fmt,
+                                  unsigned flags)
+{
+    if (fmt->is_raw || (flags & (QIMG_OPEN_SHARE | QIMG_OPEN_NO_LOCK)))
+        return flags;
+    flags |= QIMG_OPEN_NO_SHARE;
+    if (flags & QIMG_OPEN_RDWR)
+        flags |= QIMG_OPEN_RESIZE;
+    return flags;
+}
+
+/* Take the format's permissions on the storage opened before probing. */
+static int apply_format_perms(struct qimg_image *node, struct qimg_error *err)
+{
+    unsigned flags = storage_flags_for(node->fmt, node->flags);
+
+    if (flags == node->flags)
+        return 0;
+    node->flags = flags;
+    if (!node->file->ops->set_perm)
+        return 0;
+    return node->file->ops->set_perm(node->file, flags, err);
+}
+
 int qimg_image_open_node(struct qimg_image **out, const char *filename,
                          const char *format, const struct qimg_opts *fmt_opts,
                          unsigned flags, enum qimg_cache cache, int depth,
@@ -183,11 +212,16 @@ int qimg_image_open_node(struct qimg_image **out, const char *filename,
                              "with read-only images");
         goto fail;
     }
-    ret = qimg_storage_open(&node->file, filename, flags, cache, err);
+    if (node->fmt)
+        node->flags = storage_flags_for(node->fmt, flags);
+    ret = qimg_storage_open(&node->file, filename, node->flags, cache, err);
     if (ret < 0)
         goto fail;
     if (!node->fmt) {
         ret = probe_node(node, err);
+        if (ret < 0)
+            goto fail;
+        ret = apply_format_perms(node, err);
         if (ret < 0)
             goto fail;
     }

@@ -122,7 +122,8 @@ static void flags_to_perm(unsigned flags, unsigned *perm, unsigned *unshared)
     *unshared = 0;
     if (flags & QIMG_OPEN_NO_LOCK)
         return;
-    *perm = PERM_CONSISTENT_READ;
+    if (!(flags & QIMG_OPEN_NO_IO))
+        *perm = PERM_CONSISTENT_READ;
     if (flags & QIMG_OPEN_RDWR)
         *perm |= PERM_WRITE;
     if (flags & QIMG_OPEN_RESIZE)

@@ -332,3 +332,72 @@ def test_lock_bytes_match(pair, strace_works, implemented, args):
     pair.setup(reset_images)
     got = lock_calls(QIMG, list(args), pair.qimg_dir)
     assert got == ref
+
+
+# ---- qcow2: format nodes refuse to share write and resize -------------------
+#
+# QEMU's format drivers (all but raw) never let others write to or resize
+# the file under them, even when they only read it; so a qcow2 image held
+# writable by one process cannot be opened without -U by another, even for
+# info or map, and a qcow2 image held read-only cannot be written.
+
+QCOW2_HOLDERS = {
+    "qemu-io": [QEMU_IO, "-f", "qcow2", "a.qcow2"],
+    "qemu-io-ro": [QEMU_IO, "-r", "-f", "qcow2", "a.qcow2"],
+    "qemu-io-ro-raw": [QEMU_IO, "-r", "-f", "raw", "a.qcow2"],
+    "qemu-io-raw": [QEMU_IO, "-f", "raw", "a.qcow2"],
+}
+
+QCOW2_COMMANDS = [
+    ["info", "a.qcow2"],
+    ["info", "-U", "a.qcow2"],
+    ["info", "-f", "raw", "a.qcow2"],
+    ["map", "a.qcow2"],
+    ["map", "-U", "a.qcow2"],
+    ["check", "a.qcow2"],
+    ["check", "-r", "all", "a.qcow2"],
+    ["compare", "a.qcow2", "b.qcow2"],
+    ["compare", "-U", "a.qcow2", "b.qcow2"],
+    ["measure", "-O", "qcow2", "a.qcow2"],
+    ["convert", "-O", "raw", "a.qcow2", "out.img"],
+    ["convert", "-O", "qcow2", "b.qcow2", "a.qcow2"],
+    ["snapshot", "-l", "a.qcow2"],
+    ["snapshot", "-c", "s1", "a.qcow2"],
+    ["resize", "a.qcow2", "8M"],
+    ["amend", "-o", "lazy_refcounts=on", "a.qcow2"],
+    ["rebase", "-u", "-b", "", "a.qcow2"],
+    ["commit", "a.qcow2"],
+    ["dd", "if=a.qcow2", "of=out.img"],
+]
+
+
+def reset_qcow2(d):
+    for name in ("a.qcow2", "b.qcow2", "out.img"):
+        if (d / name).exists():
+            (d / name).unlink()
+    for name in ("a.qcow2", "b.qcow2"):
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", name, "4M"],
+                       cwd=d, check=True, timeout=TIMEOUT)
+    subprocess.run([str(QEMU_IO), "-f", "qcow2", "-c", "write -P 7 1M 64k",
+                    "a.qcow2"], cwd=d, check=True, capture_output=True,
+                   timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("holder", sorted(QCOW2_HOLDERS))
+@pytest.mark.parametrize("args", QCOW2_COMMANDS, ids=lambda a: " ".join(a))
+def test_qcow2_command_on_held_image(pair, holders, holder, args):
+    pair.setup(reset_qcow2)
+    for d in pair.dirs():
+        holders.start(QCOW2_HOLDERS[holder], d, "a.qcow2", holder)
+    pair.same(*args, timeout=TIMEOUT)
+    if (pair.ref_dir / "out.img").exists():
+        pair.same_content("out.img")
+
+
+@pytest.mark.parametrize("args", QCOW2_COMMANDS, ids=lambda a: " ".join(a))
+def test_qcow2_lock_bytes_match(pair, strace_works, args):
+    pair.setup(reset_qcow2)
+    ref = lock_calls(REF, list(args), pair.ref_dir)
+    pair.setup(reset_qcow2)
+    got = lock_calls(QIMG, list(args), pair.qimg_dir)
+    assert got == ref
