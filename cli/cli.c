@@ -443,3 +443,42 @@ int cli_not_implemented(const char *name)
     cli_error("'%s' is not implemented yet", name);
     return 1;
 }
+
+int cli_image_option(int c, char **argv, struct cli_image_args *a)
+{
+    switch (c) {
+    case 'h': return cli_help();
+    case 'f': a->fmt = optarg; break;
+    case 'U': a->force_share = true; break;
+    case CLI_OPT_OUTPUT: a->output = optarg; break;
+    case CLI_OPT_OBJECT:
+        if (cli_add_object(optarg))
+            return 1;
+        break;
+    case CLI_OPT_IMAGE_OPTS: a->image_opts = true; break;
+    default: return cli_bad_option(c, argv);
+    }
+    return CLI_CONTINUE;
+}
+
+int cli_image_args_end(int argc, char **argv, struct cli_image_args *a,
+                       enum cli_output *out)
+{
+    if (optind != argc - 1)
+        return cli_usage_error("Expecting one image file name");
+    a->filename = argv[optind];
+    /* qemu-img checks the output format only once the arguments add up */
+    if (out && a->output && !cli_parse_output(a->output, out))
+        return 1;
+    return CLI_CONTINUE;
+}
+
+struct cli_open cli_image_args_open(const struct cli_image_args *a,
+                                    unsigned flags)
+{
+    struct cli_open o = {
+        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
+        .flags = flags | (a->force_share ? QIMG_OPEN_SHARE : 0),
+    };
+    return o;
+}

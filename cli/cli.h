@@ -105,6 +105,46 @@ void cli_json_print_human(FILE *out, const struct json_t *value, int level);
 void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n);
 struct json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n);
 
+/* ---- options the image commands share -------------------------------- */
+/* getopt_long values of the shared long options; a command's own long
+ * options start at CLI_OPT_OWN. */
+enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS, CLI_OPT_OWN };
+#define CLI_LONGOPT_HELP {"help", no_argument, NULL, 'h'}
+#define CLI_LONGOPT_FORMAT {"format", required_argument, NULL, 'f'}
+#define CLI_LONGOPT_OUTPUT {"output", required_argument, NULL, CLI_OPT_OUTPUT}
+#define CLI_LONGOPT_OBJECT {"object", required_argument, NULL, CLI_OPT_OBJECT}
+#define CLI_LONGOPT_IMAGE_OPTS \
+    {"image-opts", no_argument, NULL, CLI_OPT_IMAGE_OPTS}
+#define CLI_LONGOPT_FORCE_SHARE {"force-share", no_argument, NULL, 'U'}
+
+/* The values of the shared options and the one image file name. */
+struct cli_image_args {
+    const char *filename;
+    const char *fmt;        /* -f */
+    const char *output;     /* --output, checked by cli_image_args_end */
+    bool image_opts;        /* --image-opts */
+    bool force_share;       /* -U */
+};
+/* Returned by the two functions below when parsing goes on. */
+#define CLI_CONTINUE (-1)
+/*
+ * One getopt_long result a command does not handle itself: -h, -f, -U,
+ * --output, --object, --image-opts, else the unknown/missing-argument
+ * error.  Returns CLI_CONTINUE or the exit status to end the command with.
+ */
+int cli_image_option(int c, char **argv, struct cli_image_args *a);
+/*
+ * After the options: exactly one file name must remain ("Expecting one
+ * image file name" otherwise); then --output, when given and out is not
+ * NULL, is parsed into *out.  Returns CLI_CONTINUE or an exit status.
+ */
+int cli_image_args_end(int argc, char **argv, struct cli_image_args *a,
+                       enum cli_output *out);
+/* The cli_open for the image they name: flags, plus QIMG_OPEN_SHARE for
+ * -U; the caller adds the cache mode and quiet. */
+struct cli_open cli_image_args_open(const struct cli_image_args *a,
+                                    unsigned flags);
+
 /* Each subcommand, argv[0] being its name. Returns the exit status. */
 int cmd_amend(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
