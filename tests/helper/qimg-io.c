@@ -101,16 +101,21 @@ int main(int argc, char **argv)
     struct qimg_open_params p = {.flags = QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE};
     struct qimg_image *img;
     struct qimg_error err = {0};
+    bool ack = false;
     int c, ret = 0;
 
-    while ((c = getopt(argc, argv, "f:t:")) != -1) {
-        if (c == 'f')
+    /* -a: print "ok CMD" once each command has completed, so that crash
+     * tests know which writes and flushes were acknowledged. */
+    while ((c = getopt(argc, argv, "af:t:")) != -1) {
+        if (c == 'a')
+            ack = true;
+        else if (c == 'f')
             p.format = optarg;
         else if (c == 't' && qimg_cache_parse(optarg, &p.cache) < 0)
             return 2;
     }
     if (optind >= argc) {
-        fprintf(stderr, "usage: qimg-io [-f fmt] FILE CMD...\n");
+        fprintf(stderr, "usage: qimg-io [-a] [-f fmt] [-t cache] FILE CMD...\n");
         return 2;
     }
     p.filename = argv[optind++];
@@ -118,8 +123,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "qimg-io: %s\n", err.msg);
         return 1;
     }
-    for (; optind < argc && !ret; optind++)
+    for (; optind < argc && !ret; optind++) {
+        char *cmd = strdup(argv[optind]);   /* run() splits its argument */
+        if (!cmd)
+            return 1;
         ret = run(img, argv[optind]);
+        if (!ret && ack) {
+            printf("ok %s\n", cmd);
+            fflush(stdout);
+        }
+        free(cmd);
+    }
     if (!ret && qimg_flush(img, &err) < 0) {
         fprintf(stderr, "qimg-io: flush: %s\n", err.msg);
         ret = 1;
