@@ -174,8 +174,13 @@ static int read_compressed_part(struct qimg_image *node, uint64_t entry,
     return ret;
 }
 
-int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
-                struct qimg_error *err)
+/*
+ * Read guest data.  Readers take the lock only to look up each mapping;
+ * a copy-on-write (locked) reads the old content while it keeps holding
+ * the lock, so that no other writer can replace the cluster meanwhile.
+ */
+static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
+                      void *buf, bool locked, struct qimg_error *err)
 {
     uint8_t *p = buf;
 
@@ -184,9 +189,11 @@ int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
         size_t n;
         int ret;
 
-        pthread_mutex_lock(&node->lock);
+        if (!locked)
+            pthread_mutex_lock(&node->lock);
         ret = qcow2_get_mapping(node, off, len, &m, err);
-        pthread_mutex_unlock(&node->lock);
+        if (!locked)
+            pthread_mutex_unlock(&node->lock);
         if (ret < 0)
             return ret;
         n = (size_t)QIMG_MIN((uint64_t)len, m.bytes);
@@ -215,6 +222,12 @@ int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
         len -= n;
     }
     return 0;
+}
+
+int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
+                struct qimg_error *err)
+{
+    return read_guest(node, off, len, buf, false, err);
 }
 
 /* ---- block status -------------------------------------------------------- */
@@ -398,10 +411,10 @@ static int read_old_cluster(struct qimg_image *node, uint64_t cluster_off,
     uint64_t n = QIMG_MIN(s->cluster_size, node->size - cluster_off);
     int ret;
 
-    /* qcow2_pread takes the lock itself: drop it around the call. */
-    pthread_mutex_unlock(&node->lock);
-    ret = qcow2_pread(node, cluster_off, (size_t)n, buf, err);
-    pthread_mutex_lock(&node->lock);
+    /* Keep the lock: another writer of this cluster must not allocate a
+     * second copy (and release the old one twice) or overwrite it while
+     * its old content is read. */
+    ret = read_guest(node, cluster_off, (size_t)n, buf, true, err);
     memset(buf + n, 0, s->cluster_size - n);
     return ret;
 }
