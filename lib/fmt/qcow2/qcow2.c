@@ -738,9 +738,11 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
     uint64_t old = node->size;
     int ret;
 
-    if (s->nb_snapshots)
-        return qimg_error_set(err, -ENOTSUP, "Can't resize an image which has "
-                              "snapshots");
+    /* Version 3 snapshots record their own disk size, so that applying
+     * one restores it; version 2 ones do not. */
+    if (s->nb_snapshots && s->version < 3)
+        return qimg_error_set(err, -ENOTSUP, "Can't resize a v2 image which "
+                              "has snapshots");
     if (size % 512)
         return qimg_error_set(err, -EINVAL, "The new size must be a multiple of "
                               "512");
