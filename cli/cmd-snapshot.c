@@ -92,8 +92,13 @@ int cmd_snapshot(int argc, char **argv)
         if (op == QIMG_SNAPSHOT_APPLY && qimg_image_probed_raw(img))
             cli_warn_probed_raw(qimg_image_filename(img));
         if (qimg_snapshot_change(img, op, name, &err) < 0) {
-            cli_error("Could not %s snapshot '%s': %s", verb[action], name,
-                      err.msg);
+            /* qemu-img reports a failed create by its errno alone. */
+            if (op == QIMG_SNAPSHOT_CREATE)
+                cli_error("Could not create snapshot '%s': %d (%s)", name,
+                          err.code, strerror(-err.code));
+            else
+                cli_error("Could not %s snapshot '%s': %s", verb[action], name,
+                          err.msg);
             ret = 1;
         }
     }

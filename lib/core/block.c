@@ -810,7 +810,7 @@ int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
                                   "snapshots");
         if (op == QIMG_SNAPSHOT_DELETE)
             return qimg_error_set(err, -ENOENT, "snapshot not found");
-        return qimg_error_set(err, -ENOTSUP, "-95 (Operation not supported)");
+        return qimg_error_set(err, -ENOTSUP, "Operation not supported");
     }
     if (img->read_only)
         return qimg_error_set(err, -EACCES, "Image is read-only");

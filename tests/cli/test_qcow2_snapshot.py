@@ -152,3 +152,17 @@ def test_reference_bitmaps_listed(pair, args):
     flags and granularity) and sized by measure as the reference does."""
     pair.setup_once(make_bitmaps)
     pair.same(*args)
+
+
+def make_data_file_image(d):
+    subprocess.run(["/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    "data_file=d.raw,data_file_raw=on", "df.qcow2", "8M"],
+                   cwd=d, check=True)
+
+
+@pytest.mark.parametrize("args", [["-c", "x"], ["-a", "x"], ["-d", "x"], ["-l"]])
+def test_snapshot_with_external_data_file(pair, args):
+    """An image whose data lives in an external file has no snapshots:
+    create and apply fail with qemu-img's messages."""
+    pair.setup(make_data_file_image)
+    pair.same("snapshot", *args, "df.qcow2")

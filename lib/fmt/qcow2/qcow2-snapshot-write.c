@@ -368,6 +368,10 @@ static int snapshot_apply(struct qimg_image *node, const char *key,
     bool changed;
     int ret;
 
+    /* The data file holds only the active state: nothing to go back to. */
+    if (s->data_file)
+        return qimg_error_set(err, -ENOTSUP, "Failed to load snapshot: "
+                              "Operation not supported");
     if (!sn)
         return qimg_error_set(err, -ENOENT, "Failed to load snapshot: No such "
                               "file or directory");
