@@ -78,6 +78,10 @@ def test_qimg_writes_reference_reads(tmp_path, geom):
     assert r.rc == 0, r
     run(REF, ["create", "-q", "-f", "raw", mirror, "20M"], tmp_path)
     ops = ops_for(cluster_of(geom))
+    if any("preallocation=" in g for g in geom):
+        # every cluster is allocated: compressed writes are refused there
+        # (test_compressed_write_into_allocated_cluster)
+        ops = [(q.replace("writec", "write"), r) for q, r in ops]
     r = run(QIMG_IO, ["-f", "qcow2", img] + [o[0] for o in ops], tmp_path)
     assert r.rc == 0, r
     qemu_io_raw(mirror, [o[1] for o in ops])
@@ -165,3 +169,42 @@ def test_compressed_convert_is_byte_identical(tmp_path, ctype, cluster):
                                  tmp_path / "q.qcow2"], tmp_path)
     assert r.rc == q.rc == 0, (r, q)
     assert (tmp_path / "r.qcow2").read_bytes() == (tmp_path / "q.qcow2").read_bytes()
+
+
+@pytest.mark.parametrize("prep", [["-o", "preallocation=metadata"], []],
+                         ids=["preallocated", "written"])
+def test_compressed_write_into_allocated_cluster(tmp_path, prep):
+    """As QEMU, a compressed write into a cluster that already has a host
+    cluster fails with EIO and leaves the image clean and unchanged."""
+    for tool in ("ref", "qimg"):
+        img = tmp_path / f"{tool}.qcow2"
+        run(REF, ["create", "-q", "-f", "qcow2", *prep, img, "4M"], tmp_path)
+        subprocess.run([str(QEMU_IO), "-c", "write -P 1 0 128k", str(img)],
+                       check=True, capture_output=True)
+    r = subprocess.run([str(QEMU_IO), "-c", "write -c -P 2 0 64k",
+                        str(tmp_path / "ref.qcow2")], capture_output=True,
+                       text=True)
+    q = run(QIMG_IO, ["-f", "qcow2", tmp_path / "qimg.qcow2",
+                      "writec -P 2 0 64k"], tmp_path)
+    assert "Input/output error" in r.stdout + r.stderr
+    assert q.rc != 0 and "allocated cluster" in q.err, q
+    for tool in ("ref", "qimg"):
+        chk = run(REF, ["check", tmp_path / f"{tool}.qcow2"], tmp_path)
+        assert chk.rc == 0, chk
+    cmp = run(REF, ["compare", tmp_path / "ref.qcow2", tmp_path / "qimg.qcow2"],
+              tmp_path)
+    assert cmp.rc == 0, cmp
+
+
+def test_convert_compressed_into_allocated_target(pair):
+    """convert -n -c onto an image whose clusters are allocated fails as
+    qemu-img's does, with the same message and exit code."""
+    def setup(d):
+        run(REF, ["create", "-q", "-f", "qcow2", "full.qcow2", "4M"], d)
+        run(REF, ["create", "-q", "-f", "qcow2", "src.qcow2", "4M"], d)
+        for img, pat in (("full.qcow2", 9), ("src.qcow2", 3)):
+            subprocess.run([str(QEMU_IO), "-c", f"write -P {pat} 0 4M", img],
+                           cwd=d, check=True, capture_output=True)
+    pair.setup(setup)
+    pair.same("convert", "-n", "-c", "-O", "qcow2", "src.qcow2", "full.qcow2")
+    pair.same("check", "full.qcow2")

@@ -959,6 +959,13 @@ int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
         goto unlock;
     idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
     entry = l2_get(s, l2, idx);
+    /* As QEMU, compress only into clusters without a host cluster: an
+     * allocated one may be shared (snapshots), and is not reused. */
+    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED)) {
+        ret = qimg_error_set(err, -EIO, "Compressed write into an allocated "
+                             "cluster");
+        goto unlock;
+    }
     coff = qcow2_alloc_bytes(node, (uint64_t)clen, err);
     if (coff < 0) {
         ret = (int)coff;
@@ -974,8 +981,6 @@ int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
     l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift) |
                            (uint64_t)coff, 0);
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
-    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED))
-        ret = release_entry(node, entry, err);
 unlock:
     pthread_mutex_unlock(&node->lock);
     return ret;
