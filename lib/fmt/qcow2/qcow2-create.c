@@ -398,6 +398,14 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
     virt = src ? qimg_image_size(src) : size;
     if (!qimg_align_up(virt, p.cluster_size, &virt))
         return qimg_error_set(err, -EFBIG, "Image size too large");
+    /* The L1 table an image of --size needs must fit QEMU's limit
+     * (qemu-img checks only --size, not the size of a source image). */
+    uint64_t l2_tables = qimg_div_round_up(virt / p.cluster_size,
+                                           p.cluster_size /
+                                               (p.extended_l2 ? 16 : 8));
+    if (!src && l2_tables > QCOW2_MAX_L1_SIZE / 8)
+        return qimg_error_set(err, -EFBIG, "The image size is too large (try "
+                              "using a larger cluster size)");
     if (src) {
         /* Count the clusters the source's data would occupy. */
         for (uint64_t off = 0; off < virt;) {
