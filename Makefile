@@ -2,7 +2,7 @@
 BUILD ?= build
 
 .PHONY: all deps test-deps configure check demo bench fmt clean install \
-	check-asan fuzz
+	check-asan fuzz check-valgrind
 
 all: deps configure
 	ninja -C $(BUILD)
@@ -62,3 +62,19 @@ fuzz: test-deps
 		-Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
 	ninja -C $(FUZZ_BUILD)
 	scripts/run-fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The unit tests and the integration tests with every qimg process under
+# valgrind (tests/cli/conftest.py wraps the programs of the build tree when
+# QIMG_VALGRIND is set).  An invalid access or a definite/indirect leak
+# makes the process exit 99, which fails its test.  Slow (about an hour on
+# 2 cores): run by hand, not in CI.  VALGRIND_TESTS picks pytest targets.
+VALGRIND = valgrind --error-exitcode=99 --leak-check=full \
+	--errors-for-leak-kinds=definite,indirect -q
+VALGRIND_JOBS ?= 2
+VALGRIND_TESTS ?= tests/cli
+check-valgrind: test-deps configure
+	ninja -C $(BUILD)
+	meson test -C $(BUILD) --print-errorlogs --timeout-multiplier 20 \
+		--wrapper '$(VALGRIND)'
+	QIMG_BUILD=$(CURDIR)/$(BUILD) QIMG_VALGRIND='$(VALGRIND)' /usr/bin/python3 -m pytest \
+		-q -rfs -n $(VALGRIND_JOBS) $(VALGRIND_TESTS)

@@ -6,8 +6,9 @@
 # the reference (qemu-img compare against the input, qemu-img check of
 # qcow2 outputs, identical stdout and exit status for read-only commands),
 # and prints the median wall time, CPU time (user + system) and peak RSS of
-# each tool, the ratio of the wall times, and the geometric mean of those
-# ratios.  A wrong answer from qimg
+# each tool, the ratios of the wall times and of the CPU times, and the
+# geometric means of those ratios (on a machine shared with other jobs the
+# CPU ratio is the steadier one).  A wrong answer from qimg
 # is a failure however fast it was: the run ends with a FAILED banner and
 # exit status 1.
 #
@@ -192,7 +193,7 @@ run_workload() {
     args=${args//@BENCH_W@/$BENCH_W}
     verify=${verify//@IN@/$IN}
     if ! implemented "$args"; then
-        RESULTS+=("$name|-|-|-|-|-|-|-|skipped (not implemented)")
+        RESULTS+=("$name|-|-|-|-|-|-|-|-|skipped (not implemented)")
         echo "bench: $name: skipped (qimg ${args%% *} not implemented yet)"
         return
     fi
@@ -232,7 +233,7 @@ run_workload() {
         fi
     done
     echo
-    local q r qr rr qcpu rcpu ratio
+    local q r qr rr qcpu rcpu ratio cratio
     q=$(printf '%s\n' "${qt[@]}" | median)
     r=$(printf '%s\n' "${rt[@]}" | median)
     qr=$(printf '%s\n' "${qm[@]}" | median)
@@ -240,7 +241,9 @@ run_workload() {
     qcpu=$(printf '%s\n' "${qc[@]}" | median)
     rcpu=$(printf '%s\n' "${rc[@]}" | median)
     ratio=$(awk -v a="$q" -v b="$r" 'BEGIN { if (b < 0.001) b = 0.001; printf "%.2f", a / b }')
-    RESULTS+=("$name|$q|$r|$ratio|$qcpu|$rcpu|$((qr / 1024))|$((rr / 1024))|$([ $ok = 1 ] && echo ok || echo FAILED)")
+    # CPU times below 20 ms are mostly process start-up: no ratio.
+    cratio=$(awk -v a="$qcpu" -v b="$rcpu" 'BEGIN { if (b < 0.02) print "-"; else printf "%.2f", a / b }')
+    RESULTS+=("$name|$q|$r|$ratio|$qcpu|$rcpu|$cratio|$((qr / 1024))|$((rr / 1024))|$([ $ok = 1 ] && echo ok || echo FAILED)")
 }
 
 make_inputs
@@ -265,14 +268,16 @@ if awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
     echo "bench: WARNING: the machine was busy: wall times are noisy (CPU seconds less so)"
 fi
 echo
-echo "| workload | qimg s | qemu-img s | ratio | qimg CPU s | qemu-img CPU s | qimg MiB | qemu-img MiB | result |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| workload | qimg s | qemu-img s | ratio | qimg CPU s | qemu-img CPU s | CPU ratio | qimg MiB | qemu-img MiB | result |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for r in "${RESULTS[@]}"; do
-    IFS='|' read -r name q rf ratio qc rc qm rs res <<<"$r"
-    echo "| $name | $q | $rf | $ratio | $qc | $rc | $qm | $rs | $res |"
+    IFS='|' read -r name q rf ratio qc rc cr qm rs res <<<"$r"
+    echo "| $name | $q | $rf | $ratio | $qc | $rc | $cr | $qm | $rs | $res |"
 done
 printf '%s\n' "${RESULTS[@]}" | awk -F'|' '$4 != "-" { s += log($4); n++ }
-    END { if (n) printf "\ngeometric mean of the time ratios (qimg/qemu-img): %.2f over %d workloads\n", exp(s / n), n }'
+    $7 != "-" { c += log($7); m++ }
+    END { if (n) printf "\ngeometric mean of the time ratios (qimg/qemu-img): %.2f over %d workloads\n", exp(s / n), n
+          if (m) printf "geometric mean of the CPU time ratios: %.2f over %d workloads\n", exp(c / m), m }'
 
 if [ ${#FAILS[@]} -gt 0 ]; then
     echo

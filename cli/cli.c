@@ -257,6 +257,16 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
     qimg_close(img);
 }
 
+/* Library warnings print as they come, as QEMU's do. */
+static void print_warning(const char *msg, enum qimg_msg_kind kind)
+{
+    if (kind == QIMG_MSG_PLAIN)
+        fputs(msg, stderr);
+    else
+        fprintf(stderr, "%s: %s%s", cli_prog,
+                kind == QIMG_MSG_WARNING ? "warning: " : "", msg);
+}
+
 struct qimg_image *cli_open_image(const struct cli_open *o)
 {
     struct qimg_open_params p = {
@@ -287,6 +297,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
     }
+    qimg_set_warning_handler(print_warning);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);
         cli_report(&err, "Could not open '%s': ", o->filename);

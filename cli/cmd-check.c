@@ -27,11 +27,8 @@ enum {
 };
 
 struct check_args {
-    const char *filename;
-    const char *fmt;
+    struct cli_image_args img;  /* file name, -f, -U, --image-opts */
     const char *cache;      /* -T, validated after the argument count */
-    bool image_opts;
-    bool force_share;
     bool quiet;
     unsigned fix;           /* QIMG_CHECK_FIX_* */
     enum cli_output output;
@@ -170,16 +167,13 @@ static int exit_status(const struct qimg_check *r)
 
 static int run_check(const struct check_args *a)
 {
-    struct cli_open o = {
-        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
-        .flags = QIMG_OPEN_CHECK | (a->fix ? QIMG_OPEN_RDWR : 0) |
-                 (a->force_share ? QIMG_OPEN_SHARE : 0),
-        .quiet = a->quiet,
-    };
+    struct cli_open o = cli_image_args_open(&a->img, QIMG_OPEN_CHECK |
+                                            (a->fix ? QIMG_OPEN_RDWR : 0));
     struct qimg_check res;
     struct qimg_image *img;
     int ret;
 
+    o.quiet = a->quiet;
     if (a->cache && !cli_parse_cache(a->cache, &o.cache)) {
         cli_error("Invalid source cache option: %s", a->cache);
         return CHECK_ERROR;
@@ -203,25 +197,18 @@ static int run_check(const struct check_args *a)
 
 int cmd_check(int argc, char **argv)
 {
-    enum { OPT_OUTPUT = 256, OPT_OBJECT, OPT_IMAGE_OPTS };
     static const struct option longopts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"format", required_argument, NULL, 'f'},
+        CLI_LONGOPT_HELP, CLI_LONGOPT_FORMAT,
         {"repair", required_argument, NULL, 'r'},
-        {"output", required_argument, NULL, OPT_OUTPUT},
-        {"object", required_argument, NULL, OPT_OBJECT},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
-        {"force-share", no_argument, NULL, 'U'},
+        CLI_LONGOPT_OUTPUT, CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS,
+        CLI_LONGOPT_FORCE_SHARE,
         {NULL, 0, NULL, 0},
     };
     struct check_args a = {.output = CLI_OUTPUT_HUMAN};
-    const char *output = NULL;
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': return cli_help();
-        case 'f': a.fmt = optarg; break;
         case 'r':
             if (!strcmp(optarg, "leaks")) {
                 a.fix = QIMG_CHECK_FIX_LEAKS;
@@ -234,21 +221,11 @@ int cmd_check(int argc, char **argv)
             break;
         case 'T': a.cache = optarg; break;
         case 'q': a.quiet = true; break;
-        case 'U': a.force_share = true; break;
-        case OPT_OUTPUT: output = optarg; break;
-        case OPT_OBJECT:
-            if (cli_add_object(optarg))
-                return 1;
-            break;
-        case OPT_IMAGE_OPTS: a.image_opts = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
+                return ret;
         }
     }
-    if (optind != argc - 1)
-        return cli_usage_error("Expecting one image file name");
-    a.filename = argv[optind];
-    /* qemu-img checks the output format only once the arguments add up */
-    if (output && !cli_parse_output(output, &a.output))
-        return 1;
-    return run_check(&a);
+    ret = cli_image_args_end(argc, argv, &a.img, &a.output);
+    return ret != CLI_CONTINUE ? ret : run_check(&a);
 }

@@ -15,10 +15,9 @@
 #include "cli.h"
 
 struct commit_args {
-    const char *filename;
-    const char *fmt;
+    struct cli_image_args img;  /* file name, -f, --image-opts */
     const char *base;
-    bool image_opts, quiet, progress, drop;
+    bool quiet, progress, drop;
     enum qimg_cache cache;
     uint64_t rate_limit;
 };
@@ -40,18 +39,18 @@ static void progress_abandon(const struct commit_args *a)
 
 static int do_commit(const struct commit_args *a)
 {
-    struct cli_open o = {
-        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
-        .flags = QIMG_OPEN_RDWR, .cache = a->cache, .quiet = a->quiet,
-    };
+    struct cli_open o = cli_image_args_open(&a->img, QIMG_OPEN_RDWR);
     struct qimg_commit_params p = {
         .keep_top = a->drop, .rate_limit = a->rate_limit,
         .progress = on_progress,
     };
     struct qimg_error err = {0};
-    struct qimg_image *img = cli_open_image(&o);
+    struct qimg_image *img;
     int ret = 1;
 
+    o.cache = a->cache;
+    o.quiet = a->quiet;
+    img = cli_open_image(&o);
     if (!img)
         return 1;
     cli_progress_init(a->progress, 1.0);
@@ -61,7 +60,7 @@ static int do_commit(const struct commit_args *a)
         if (!p.base) {
             progress_abandon(a);
             cli_error("Did not find '%s' in the backing chain of '%s'", a->base,
-                      a->filename);
+                      a->img.filename);
             goto out;
         }
     } else {
@@ -89,22 +88,17 @@ out:
 
 int cmd_commit(int argc, char **argv)
 {
-    enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
     static const struct option longopts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"object", required_argument, NULL, OPT_OBJECT},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        CLI_LONGOPT_HELP, CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS,
         {NULL, 0, NULL, 0},
     };
     struct commit_args a = {.cache = QIMG_CACHE_WRITEBACK};
     const char *cache = "writeback";
     int64_t rate;
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': return cli_help();
-        case 'f': a.fmt = optarg; break;
         case 't': cache = optarg; break;
         case 'b':
             a.base = optarg;
@@ -119,19 +113,16 @@ int cmd_commit(int argc, char **argv)
                 return 1;
             a.rate_limit = (uint64_t)rate;
             break;
-        case OPT_OBJECT:
-            if (cli_add_object(optarg))
-                return 1;
-            break;
-        case OPT_IMAGE_OPTS: a.image_opts = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
+                return ret;
         }
     }
     if (a.quiet)
         a.progress = false;
-    if (optind != argc - 1)
-        return cli_usage_error("Expecting one image file name");
-    a.filename = argv[optind];
+    ret = cli_image_args_end(argc, argv, &a.img, NULL);
+    if (ret != CLI_CONTINUE)
+        return ret;
     if (!cli_parse_cache(cache, &a.cache)) {
         cli_error("Invalid cache option: %s", cache);
         return 1;

@@ -398,24 +398,65 @@ static bool open_sources(struct convert *c)
     return true;
 }
 
-static bool supports_bitmaps(const char *fmt)
-{
-    return !strcmp(fmt, "qcow2");
-}
-
+/* QEMU visits a node's bitmaps newest first: directory order reversed. */
 static bool check_source_bitmaps(struct convert *c)
 {
+    struct qimg_bitmap *list = NULL;
+    size_t n = 0;
+    bool ok = true;
+
     if (!c->bitmaps)
         return true;
     if (c->n_srcs > 1) {
         cli_error("Copying bitmaps only possible with single source");
         return false;
     }
-    if (!supports_bitmaps(qimg_image_format(c->src_imgs[0]))) {
+    if (!qimg_bitmap_supported(c->src_imgs[0])) {
         cli_error("Source lacks bitmap support");
         return false;
     }
-    return true;
+    qimg_bitmap_list(c->src_imgs[0], &list, &n, NULL);
+    for (size_t i = n; i-- > 0 && ok && !c->skip_broken;) {
+        if (list[i].in_use) {
+            cli_error("Cannot copy inconsistent bitmap '%s'\nTry "
+                      "--skip-broken-bitmaps, or use 'qemu-img bitmap "
+                      "--remove' to delete it", list[i].name);
+            ok = false;
+        }
+    }
+    free(list);
+    return ok;
+}
+
+/* After the data: each usable bitmap of the source, created in the target
+ * with the same granularity and state and filled from the source. */
+static bool copy_bitmaps(struct convert *c)
+{
+    struct qimg_image *src = c->src_imgs[0];
+    struct qimg_bitmap *list = NULL;
+    size_t n = 0;
+    bool ok = true;
+
+    qimg_bitmap_list(src, &list, &n, NULL);
+    for (size_t i = n; i-- > 0 && ok;) {
+        struct qimg_error err = {0};
+        const char *name = list[i].name;
+        if (list[i].in_use) {
+            cli_warn("Skipping inconsistent bitmap '%s'", name);
+            continue;
+        }
+        if (qimg_bitmap_add(c->tgt, name, list[i].granularity,
+                            !list[i].enabled, &err) < 0) {
+            cli_error("Failed to create bitmap %s: %s", name, err.msg);
+            ok = false;
+        } else if (qimg_bitmap_merge(c->tgt, name, src, name, &err) < 0) {
+            cli_error("Failed to populate bitmap %s: %s", name, err.msg);
+            qimg_bitmap_remove(c->tgt, name, NULL);
+            ok = false;
+        }
+    }
+    free(list);
+    return ok;
 }
 
 /* ---- target ---------------------------------------------------------------- */
@@ -506,6 +547,11 @@ static bool open_target(struct convert *c)
     c->tgt = cli_open_image(&o);
     if (!c->tgt)
         return false;
+    if (c->bitmaps && !qimg_bitmap_supported(c->tgt)) {
+        cli_error("Format driver '%s' does not support bitmaps",
+                  qimg_image_format(c->tgt));
+        return false;
+    }
     if (c->no_create && qimg_image_size(c->tgt) < c->total) {
         cli_error("output file is smaller than input file");
         return false;
@@ -513,15 +559,6 @@ static bool open_target(struct convert *c)
     if (c->no_create && c->compress &&
         !qimg_format_can_compress(qimg_image_format(c->tgt))) {
         cli_error("Compression not supported for this file format");
-        return false;
-    }
-    if (c->bitmaps && !supports_bitmaps(qimg_image_format(c->tgt))) {
-        cli_error("Format driver '%s' does not support bitmaps",
-                  qimg_image_format(c->tgt));
-        return false;
-    }
-    if (c->bitmaps) {
-        cli_error("Copying bitmaps is not supported yet");
         return false;
     }
     return true;
@@ -628,6 +665,8 @@ static int convert_images(struct convert *c, bool *done)
         goto out;
     }
     if (!open_target(c) || !do_copy(c))
+        goto out;
+    if (c->bitmaps && !copy_bitmaps(c))
         goto out;
     *done = true;
     ret = 0;

@@ -93,6 +93,9 @@ static bool create_output(const struct dd *d, uint64_t size)
     return ok;
 }
 
+#define DD_PARALLEL 2
+#define DD_CHUNK (1u << 20)
+
 static int run_dd(const struct dd *d)
 {
     struct cli_open in_o = {
@@ -139,6 +142,12 @@ static int run_dd(const struct dd *d)
     p.n_sources = 1;
     p.target = out;
     p.sparse_size = 0;      /* dd writes every block, zeroes included */
+    /* qemu-img dd copies one block at a time and reports only the first
+     * failure, so many requests in flight buy nothing here: one reading
+     * ahead of the one writing, 1 MiB each, keeps the speed of the
+     * default 8 x 2 MiB at half the peak memory (below qemu-img's). */
+    p.parallel = DD_PARALLEL;
+    p.chunk_size = DD_CHUNK;
     p.result = &res;
     if (qimg_copy(&p, &err) < 0) {
         if (res.stage == QIMG_COPY_READ || res.stage == QIMG_COPY_STATUS)

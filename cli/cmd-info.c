@@ -233,8 +233,7 @@ int cmd_info(int argc, char **argv)
             break;
         case OPT_BACKING_CHAIN: a.backing_chain = true; break;
         default:
-            ret = cli_image_option(c, argv, &a.img);
-            if (ret != CLI_CONTINUE)
+            if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
                 return ret;
         }
     }

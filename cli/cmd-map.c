@@ -20,10 +20,7 @@
 #define MAP_CHUNK (UINT64_C(1) << 30)
 
 struct map_args {
-    const char *filename;
-    const char *fmt;
-    bool image_opts;
-    bool force_share;
+    struct cli_image_args img;  /* file name, -f, -U, --image-opts */
     int64_t start;
     int64_t max_length;     /* -1: to the end of the image */
     enum cli_output output;
@@ -156,10 +153,7 @@ static int walk(struct qimg_image *img, uint64_t start, uint64_t end,
 
 static int run_map(const struct map_args *a)
 {
-    struct cli_open o = {
-        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
-        .flags = a->force_share ? QIMG_OPEN_SHARE : 0,
-    };
+    struct cli_open o = cli_image_args_open(&a->img, 0);
     struct map_printer p = {.output = a->output};
     struct qimg_image *img = cli_open_image(&o);
     uint64_t size, start = (uint64_t)a->start, end;
@@ -181,33 +175,19 @@ static int run_map(const struct map_args *a)
 
 int cmd_map(int argc, char **argv)
 {
-    enum { OPT_OUTPUT = 256, OPT_OBJECT, OPT_IMAGE_OPTS, OPT_START, OPT_MAXLEN };
+    enum { OPT_START = CLI_OPT_OWN, OPT_MAXLEN };
     static const struct option longopts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"format", required_argument, NULL, 'f'},
-        {"output", required_argument, NULL, OPT_OUTPUT},
-        {"object", required_argument, NULL, OPT_OBJECT},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
-        {"force-share", no_argument, NULL, 'U'},
+        CLI_LONGOPT_HELP, CLI_LONGOPT_FORMAT, CLI_LONGOPT_OUTPUT,
+        CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS, CLI_LONGOPT_FORCE_SHARE,
         {"start-offset", required_argument, NULL, OPT_START},
         {"max-length", required_argument, NULL, OPT_MAXLEN},
         {NULL, 0, NULL, 0},
     };
     struct map_args a = {.output = CLI_OUTPUT_HUMAN, .max_length = -1};
-    const char *output = NULL;
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': return cli_help();
-        case 'f': a.fmt = optarg; break;
-        case 'U': a.force_share = true; break;
-        case OPT_OUTPUT: output = optarg; break;
-        case OPT_OBJECT:
-            if (cli_add_object(optarg))
-                return 1;
-            break;
-        case OPT_IMAGE_OPTS: a.image_opts = true; break;
         case OPT_START:
             a.start = cli_cvtnum_full("start offset", optarg);
             if (a.start < 0)
@@ -218,14 +198,11 @@ int cmd_map(int argc, char **argv)
             if (a.max_length < 0)
                 return 1;
             break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
+                return ret;
         }
     }
-    if (optind != argc - 1)
-        return cli_usage_error("Expecting one image file name");
-    a.filename = argv[optind];
-    /* qemu-img checks the output format only once the arguments add up */
-    if (output && !cli_parse_output(output, &a.output))
-        return 1;
-    return run_map(&a);
+    ret = cli_image_args_end(argc, argv, &a.img, &a.output);
+    return ret != CLI_CONTINUE ? ret : run_map(&a);
 }

@@ -16,12 +16,11 @@
 #include "cli.h"
 
 struct rebase_args {
-    const char *filename;
-    const char *fmt;
+    struct cli_image_args img;  /* file name, -f, -U, --image-opts */
     const char *backing;
     const char *backing_fmt;
     const char *cache, *src_cache;
-    bool image_opts, quiet, progress, unsafe, force_share;
+    bool quiet, progress, unsafe;
 };
 
 /*
@@ -95,15 +94,17 @@ static int change_backing(const struct rebase_args *a, struct qimg_image *img,
 
 static int run_rebase(const struct rebase_args *a, struct progress *pr)
 {
+    /* -U is for the backing files: the image itself is written */
     struct cli_open o = {
-        .filename = a->filename, .fmt = a->fmt, .image_opts = a->image_opts,
+        .filename = a->img.filename, .fmt = a->img.fmt,
+        .image_opts = a->img.image_opts,
         .flags = QIMG_OPEN_RDWR | (a->unsafe ? QIMG_OPEN_NO_BACKING : 0),
         .quiet = a->quiet,
     };
     struct qimg_rebase_params p = {
         .backing = a->backing, .backing_fmt = a->backing_fmt,
         .unsafe = a->unsafe,
-        .backing_flags = a->force_share ? QIMG_OPEN_SHARE : 0,
+        .backing_flags = a->img.force_share ? QIMG_OPEN_SHARE : 0,
         .progress = on_progress, .opaque = pr,
     };
     struct qimg_error err = {0};
@@ -133,12 +134,9 @@ static int run_rebase(const struct rebase_args *a, struct progress *pr)
 
 int cmd_rebase(int argc, char **argv)
 {
-    enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
     static const struct option longopts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"object", required_argument, NULL, OPT_OBJECT},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
-        {"force-share", no_argument, NULL, 'U'},
+        CLI_LONGOPT_HELP, CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS,
+        CLI_LONGOPT_FORCE_SHARE,
         {NULL, 0, NULL, 0},
     };
     struct rebase_args a = {.cache = "writeback", .src_cache = "writeback"};
@@ -148,8 +146,6 @@ int cmd_rebase(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", longopts,
                             NULL)) != -1) {
         switch (c) {
-        case 'h': return cli_help();
-        case 'f': a.fmt = optarg; break;
         case 'F': a.backing_fmt = optarg; break;
         case 'b': a.backing = optarg; break;
         case 'u': a.unsafe = true; break;
@@ -157,23 +153,19 @@ int cmd_rebase(int argc, char **argv)
         case 't': a.cache = optarg; break;
         case 'T': a.src_cache = optarg; break;
         case 'q': a.quiet = true; break;
-        case 'U': a.force_share = true; break;
-        case OPT_OBJECT:
-            if (cli_add_object(optarg))
-                return 1;
-            break;
-        case OPT_IMAGE_OPTS: a.image_opts = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
+                return ret;
         }
     }
+    ret = cli_image_args_end(argc, argv, &a.img, NULL);
+    if (ret != CLI_CONTINUE)
+        return ret;
     if (a.quiet)
         a.progress = false;
-    if (optind != argc - 1)
-        return cli_usage_error("Expecting one image file name");
     if (!a.unsafe && !a.backing)
         return cli_usage_error("Must specify backing file (-b) or use unsafe "
                                "mode (-u)");
-    a.filename = argv[optind];
     pr.on = a.progress;
     progress_show(&pr, 0);
     ret = run_rebase(&a, &pr);

@@ -41,6 +41,21 @@ void qimg_error_prefix(struct qimg_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void qimg_error_clear(struct qimg_error *err);
 
+/*
+ * Messages about non-fatal problems met while working, which QEMU prints
+ * as it meets them (stale bitmaps found at open, bitmaps that could not be
+ * stored at close).  The handler gets the text as QEMU prints it after the
+ * prefix its kind implies, line breaks included.  Process-global; NULL
+ * (the default) drops them.
+ */
+enum qimg_msg_kind {
+    QIMG_MSG_WARNING,   /* "<prog>: warning: " */
+    QIMG_MSG_ERROR,     /* "<prog>: " */
+    QIMG_MSG_PLAIN,     /* no prefix */
+};
+void qimg_set_warning_handler(void (*handler)(const char *msg,
+                                              enum qimg_msg_kind kind));
+
 /* ---- sizes --------------------------------------------------------------- */
 
 /*
@@ -288,6 +303,42 @@ int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
 int qimg_snapshot_load_tmp(struct qimg_image *img, const char *id,
                            const char *name, struct qimg_error *err);
 
+/* ---- persistent dirty bitmaps -------------------------------------------- */
+
+struct qimg_bitmap {
+    char name[1024];
+    uint64_t granularity;       /* guest bytes per bit */
+    bool enabled;               /* records writes ("auto") */
+    bool in_use;                /* left in use: contents unusable */
+};
+/* The image's persistent bitmaps in directory order (*list owned by the
+ * caller, free(); non-NULL when n = 0); -ENOTSUP when the format has
+ * none. */
+int qimg_bitmap_list(struct qimg_image *img, struct qimg_bitmap **list,
+                     size_t *n, struct qimg_error *err);
+/* True when the image can store persistent bitmaps (qcow2 v3). */
+bool qimg_bitmap_supported(struct qimg_image *img);
+/*
+ * qemu-img bitmap's operations on a writable image, with QEMU's messages
+ * ("Dirty bitmap 'X' not found", ...).  Bitmaps live in memory while the
+ * image is open, record writes when enabled, and are written back by
+ * qimg_close().  granularity 0: the format's default.
+ */
+int qimg_bitmap_add(struct qimg_image *img, const char *name,
+                    uint64_t granularity, bool disabled,
+                    struct qimg_error *err);
+int qimg_bitmap_remove(struct qimg_image *img, const char *name,
+                       struct qimg_error *err);
+int qimg_bitmap_clear(struct qimg_image *img, const char *name,
+                      struct qimg_error *err);
+int qimg_bitmap_enable(struct qimg_image *img, const char *name, bool enable,
+                       struct qimg_error *err);
+/* Set in bitmap name of img every bit set in bitmap src_name of src (src
+ * may be img; images of the same size). */
+int qimg_bitmap_merge(struct qimg_image *img, const char *name,
+                      struct qimg_image *src, const char *src_name,
+                      struct qimg_error *err);
+
 /* ---- bench ---------------------------------------------------------------- */
 
 struct qimg_bench_params {
@@ -524,6 +575,31 @@ struct qimg_rebase_params {
  */
 int qimg_rebase(const struct qimg_rebase_params *params,
                 struct qimg_error *err);
+
+/* ---- reading in place (lib/copy/copy-map.c) ------------------------------ */
+
+/* One mapping and the host file it came from; zero-initialise, and end
+ * with qimg_mapping_close().  Not shared between threads. */
+struct qimg_mapping {
+    void *addr;
+    size_t len;
+    int fd;
+    char *path;
+};
+
+/*
+ * Guest bytes [off, off+len) of img (through its backing chain) without
+ * copying them: mapped from the host file when they lie there as is (and
+ * the range is large enough to gain from it); valid until the next
+ * qimg_map or qimg_unmap on m.  NULL: read them with qimg_pread.  A
+ * mapping cannot report errors: touching bytes the file cannot supply (an
+ * I/O error, a file truncated meanwhile) raises SIGBUS, which the caller
+ * must catch and then read instead.
+ */
+const void *qimg_map(struct qimg_image *img, uint64_t off, size_t len,
+                     struct qimg_mapping *m);
+void qimg_unmap(struct qimg_mapping *m);
+void qimg_mapping_close(struct qimg_mapping *m);
 
 #ifdef __cplusplus
 }

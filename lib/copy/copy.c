@@ -630,6 +630,14 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
 
 /* ---- workers ------------------------------------------------------------ */
 
+/* A chunk left to the target's backing file, or zero where the target
+ * reads as zero already (see plan_chunk and write_zero_run). */
+static bool writes_nothing(const struct engine *e, const struct chunk *c)
+{
+    return c->kind == KIND_BACKING ||
+           (c->kind == KIND_ZERO && e->zero_init && e->p->sparse_size);
+}
+
 /* Take the next chunk under the lock, honouring the rate limit and, past
  * the first chunk, the read-ahead budget (see the top of the file).
  * Returns 1 with *c set, 0 when there is nothing left (or stopped). */
@@ -671,6 +679,14 @@ static int take_chunk(struct worker *wk, struct chunk *c)
             if (e->p->progress && e->alloc_total)
                 e->p->progress(e->p->opaque, (float)(100.0 * (double)e->alloc_done
                                                      / (double)e->alloc_total));
+        }
+        /* Past its first chunk (see start_together), a worker passes over
+         * chunks that write nothing: they need no turn, and handing the
+         * turn on cost two wake-ups each (half the chunks of a sparse
+         * image are holes). */
+        if (wk->started && writes_nothing(e, c)) {
+            e->next_seq--;      /* its place in the order, given back */
+            continue;
         }
         return 1;
     }

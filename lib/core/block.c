@@ -4,6 +4,7 @@
  * check bounds once before calling a driver.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -814,5 +815,36 @@ int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
     }
     if (img->read_only)
         return qimg_error_set(err, -EACCES, "Image is read-only");
+    if (op == QIMG_SNAPSHOT_APPLY && img->fmt->bitmap) {
+        /* QEMU refuses to revert under any persistent bitmap. */
+        struct qimg_bitmap *list;
+        size_t n = 0;
+        if (qimg_bitmap_list(img, &list, &n, NULL) == 0)
+            free(list);
+        if (n)
+            return qimg_error_set(err, -EBUSY, "Device has active dirty "
+                                  "bitmaps");
+    }
     return img->fmt->snapshot->change(img, op, name, err);
+}
+
+static void (*warning_handler)(const char *msg, enum qimg_msg_kind kind);
+
+void qimg_set_warning_handler(void (*handler)(const char *msg,
+                                              enum qimg_msg_kind kind))
+{
+    warning_handler = handler;
+}
+
+void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    if (!warning_handler)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    warning_handler(msg, kind);
 }

@@ -29,6 +29,10 @@
 #define QIMG_MAX_REQUEST (64u << 20)
 /* Bytes read from the head of a file to probe its format. */
 #define QIMG_PROBE_BYTES 2048
+/* The end of the addressable range (QEMU's BDRV_MAX_LENGTH: INT64_MAX
+ * aligned down to 1 GiB): a storage request ending past it fails with
+ * EIO before any I/O, as in QEMU. */
+#define QIMG_MAX_LENGTH ((uint64_t)INT64_MAX - ((1u << 30) - 1))
 
 /* ---- storage (protocol) layer ------------------------------------------ */
 
@@ -130,6 +134,46 @@ struct qimg_snapshot_ops {
                   const char *name, struct qimg_error *err);
 };
 
+/* A bitmap's contents, borrowed from its driver. */
+struct qimg_bitmap_view {
+    const uint8_t *bits;        /* one bit per granule, LSB first */
+    uint64_t nbits;
+    uint32_t granularity_bits;
+    uint64_t size;              /* guest bytes covered */
+};
+
+/* Persistent dirty bitmaps, for formats that store them (the messages
+ * are QEMU's; see qimg_bitmap_add and friends). */
+struct qimg_bitmap_ops {
+    bool (*supported)(struct qimg_image *node);
+    int (*list)(struct qimg_image *node, struct qimg_bitmap **list, size_t *n,
+                struct qimg_error *err);
+    int (*add)(struct qimg_image *node, const char *name, uint64_t granularity,
+               bool disabled, struct qimg_error *err);
+    int (*remove)(struct qimg_image *node, const char *name,
+                  struct qimg_error *err);
+    int (*clear)(struct qimg_image *node, const char *name,
+                 struct qimg_error *err);
+    int (*enable)(struct qimg_image *node, const char *name, bool enable,
+                  struct qimg_error *err);
+    /* Contents of a usable bitmap (loaded on demand). */
+    int (*view)(struct qimg_image *node, const char *name,
+                struct qimg_bitmap_view *v, struct qimg_error *err);
+    int (*merge)(struct qimg_image *node, const char *name,
+                 struct qimg_image *src, const char *src_name,
+                 struct qimg_error *err);
+};
+
+/* qimg_bitmap_ops.view for any node: "Dirty bitmap 'X' not found" when its
+ * format has no bitmaps. */
+int qimg_bitmap_view(struct qimg_image *node, const char *name,
+                     struct qimg_bitmap_view *v, struct qimg_error *err);
+/* Pass a message to the handler set with qimg_set_warning_handler(). */
+void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* QEMU's automatic node name ("#block" and digits) for messages. */
+void qimg_node_name(const struct qimg_image *node, char *buf, size_t len);
+
 struct qimg_format {
     const char *name;
     const char *description;
@@ -202,6 +246,7 @@ struct qimg_format {
                                   size_t len, const void *buf,
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
+    const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
 };
 
 /*

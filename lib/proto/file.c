@@ -308,10 +308,20 @@ static int bounce(struct file_state *s, uint64_t off, size_t len, void *rbuf,
     return ret;
 }
 
+/* Requests ending past QIMG_MAX_LENGTH fail as in QEMU's block layer. */
+static int check_range(uint64_t off, size_t len, struct qimg_error *err)
+{
+    if (off > QIMG_MAX_LENGTH || len > QIMG_MAX_LENGTH - off)
+        return qimg_error_set(err, -EIO, "%s", strerror(EIO));
+    return 0;
+}
+
 static int file_pread(struct qimg_storage *st, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err)
 {
     struct file_state *s = st->priv;
+    if (check_range(off, len, err) < 0)
+        return -EIO;
     if (s->direct && !is_aligned(s, off, len, buf))
         return bounce(s, off, len, buf, NULL, err);
     return raw_pread(s->fd, off, len, buf, err);
@@ -321,6 +331,8 @@ static int file_pwrite(struct qimg_storage *st, uint64_t off, size_t len,
                        const void *buf, struct qimg_error *err)
 {
     struct file_state *s = st->priv;
+    if (check_range(off, len, err) < 0)
+        return -EIO;
     if (s->direct && !is_aligned(s, off, len, buf))
         return bounce(s, off, len, NULL, buf, err);
     return raw_pwrite(s->fd, off, len, buf, err);

@@ -6,7 +6,9 @@ files, with the same relative file names, so output that names files is
 identical.  qimg runs through a link named qemu-img, so messages carry the
 same program name.
 """
+import functools
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,8 +32,56 @@ class Result:
         return f"rc={self.rc}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
 
 
+# QIMG_VALGRIND=1 (make check-valgrind) runs every program of the build
+# tree that goes through run() under valgrind: an invalid access or a
+# definite/indirect leak makes it exit 99 with the report on stderr, which
+# fails the comparison.  Another value than 1 is the valgrind command line.
+# Valgrind is 20-50x slower, so timeouts are scaled.
+VALGRIND = os.environ.get("QIMG_VALGRIND", "") not in ("", "0")
+VALGRIND_CMD = (shlex.split(os.environ["QIMG_VALGRIND"])
+                if VALGRIND and os.environ["QIMG_VALGRIND"] != "1" else
+                ["valgrind", "--error-exitcode=99", "--leak-check=full",
+                 "--errors-for-leak-kinds=definite,indirect", "-q"])
+VALGRIND_SLOWDOWN = 20
+
+
+def valgrind_skip(reason):
+    """Skip a test that cannot run under valgrind (timing, signals)."""
+    if VALGRIND:
+        pytest.skip(f"not under valgrind: {reason}")
+
+
+# Test files not run under valgrind, with the reason.
+VALGRIND_SKIP = {
+    "test_crash.py": "kills qimg with SIGKILL after random delays: timing "
+                     "based, and it starts qimg itself (not through run()), "
+                     "so valgrind would only slow it down",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not VALGRIND:
+        return
+    for item in items:
+        reason = VALGRIND_SKIP.get(item.path.name)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"valgrind: {reason}"))
+
+
+def tool_argv(tool):
+    """The argv prefix that runs tool (under valgrind when asked and the
+    tool is one of ours)."""
+    path = Path(tool)
+    if VALGRIND and path.is_absolute() and BUILD.resolve() in \
+            path.resolve().parents:
+        return VALGRIND_CMD + [str(path)]
+    return [str(path)]
+
+
 def run(tool, args, cwd, env=None, input=None, timeout=120):
-    proc = subprocess.run([str(tool)] + [str(a) for a in args], cwd=cwd,
+    if VALGRIND and timeout is not None and tool_argv(tool)[0] != str(tool):
+        timeout *= VALGRIND_SLOWDOWN
+    proc = subprocess.run(tool_argv(tool) + [str(a) for a in args], cwd=cwd,
                           capture_output=True, text=True, env=env,
                           input=input, timeout=timeout)
     return Result(proc)
@@ -150,3 +200,28 @@ def same_each(pair, cmd, batch, scratch=("out.img",)):
                 if (d / name).is_file():
                     (d / name).unlink()
     assert not bad, "\n\n".join(bad)
+
+
+@functools.lru_cache(maxsize=None)
+def qimg_formats():
+    """Formats this qimg build knows (the help's last format list)."""
+    out = subprocess.run([str(QIMG), "--help"], capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("Supported formats:"):
+            return tuple(line.split(":", 1)[1].split())
+    return ()
+
+
+def needs_format(fmt):
+    """Skip marker for tests of a format this qimg build lacks."""
+    return pytest.mark.skipif(fmt not in qimg_formats(),
+                              reason=f"qimg has no {fmt} driver yet")
+
+
+def same_help_status(pair, cmd, usage):
+    """cmd -h: the help is intentionally reworded, so only the status and
+    stderr are compared, and qimg's help must show the command's usage."""
+    r, q = pair.both(cmd, "-h")
+    assert (q.rc, q.err) == (r.rc, r.err), f"REF {r!r}\nQIMG {q!r}"
+    assert usage in q.out

@@ -8,11 +8,10 @@ corruptions once qimg has a qcow2 driver; until then those tests skip.
 """
 import shutil
 import struct
-import subprocess
 
 import pytest
 
-from conftest import QIMG, make_sparse
+from conftest import make_sparse, needs_format, same_help_status
 
 
 def populate(d):
@@ -85,25 +84,13 @@ def test_check_raw(pair, args):
 
 def test_check_help_exit_status(pair):
     """-h prints the (intentionally reworded) help and succeeds."""
-    r, q = pair.both("check", "-h")
-    assert (q.rc, q.err) == (r.rc, r.err)
-    assert "check [--object objectdef]" in q.out
+    same_help_status(pair, "check", "check [--object objectdef]")
 
 
 # ---- formats with a check (qcow2) --------------------------------------
 
-def qimg_formats():
-    """Formats this qimg build knows (the help's last format list)."""
-    out = subprocess.run([str(QIMG), "--help"], capture_output=True,
-                         text=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Supported formats:"):
-            return line.split(":", 1)[1].split()
-    return []
 
-
-needs_qcow2 = pytest.mark.skipif("qcow2" not in qimg_formats(),
-                                 reason="qimg has no qcow2 driver yet")
+needs_qcow2 = needs_format("qcow2")
 
 
 def damage(path, mode):

@@ -269,3 +269,35 @@ def test_compare_qcow2(pair, workdir, args):
         pytest.skip("qimg does not open qcow2 yet")
     pair.setup(qcow2_setup)
     pair.same("compare", *args)
+
+
+# ---- reading in place (lib/copy/copy-map.c) ---------------------------------
+
+def _shared_maps(workdir, args):
+    """Run qimg compare under strace; its stdout and the read-only shared
+    file mappings it made (how compare reads data in place)."""
+    import os
+    trace = workdir / "strace.out"
+    # LeakSanitizer (make check-asan) cannot run under ptrace.
+    env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") +
+               ":detect_leaks=0")
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=mmap", "-o",
+                        str(trace), str(QIMG), "compare", *args], cwd=workdir,
+                       capture_output=True, text=True, env=env)
+    maps = [ln for ln in trace.read_text().splitlines()
+            if "PROT_READ, MAP_SHARED" in ln]
+    return r, maps
+
+
+@pytest.mark.parametrize("cache", [[], ["-T", "none"]])
+def test_large_extents_compared_in_place(images, cache):
+    """Large data extents are compared where they lie in the page cache
+    (mapped, not copied), with the reference's answers; -T none bypasses
+    the page cache and reads instead."""
+    for a, b in (("r.img", "r_changed.img"), ("r.img", "r_copy.img"),
+                 ("r5.img", "r5x.img")):
+        args = [*cache, a, b]
+        ref = run(REF, ["compare", *args], images.ref_dir)
+        r, maps = _shared_maps(images.qimg_dir, args)
+        assert (r.returncode, r.stdout) == (ref.rc, ref.out), (args, r, ref)
+        assert (len(maps) >= 2) == (not cache), (args, maps)

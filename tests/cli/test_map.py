@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import QIMG, make_sparse
+from conftest import make_sparse, needs_format, same_help_status
 
 K = 1024
 M = 1024 * 1024
@@ -150,15 +150,12 @@ def test_map_options(pair, args):
 
 def test_map_help_exit_status(pair):
     """-h prints the (intentionally reworded) help and succeeds."""
-    r, q = pair.both("map", "-h")
-    assert (q.rc, q.err) == (r.rc, r.err)
-    assert "map [--object objectdef]" in q.out
+    same_help_status(pair, "map", "map [--object objectdef]")
 
 
 def test_map_writer_present(pair):
     """map opens read-only sharing writes: it works while another process
     holds the image open for writing."""
-    import subprocess
     from conftest import QEMU_IO
     pair.setup(populate)
     holders = []
@@ -184,19 +181,7 @@ def test_map_writer_present(pair):
             p.wait(timeout=10)
 
 
-def qimg_formats():
-    """Formats this qimg build knows (the help's last format list)."""
-    out = subprocess.run([str(QIMG), "--help"], capture_output=True,
-                         text=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Supported formats:"):
-            return line.split(":", 1)[1].split()
-    return []
-
-
-def needs(fmt):
-    return pytest.mark.skipif(fmt not in qimg_formats(),
-                              reason=f"qimg has no {fmt} driver yet")
+needs = needs_format
 
 
 @needs("qcow2")

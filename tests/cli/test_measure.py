@@ -5,11 +5,9 @@ multiple of 512, empty, sparse), human and JSON output, -O/-o handling
 argument-combination error.  getopt errors print QEMU's help, which qimg
 words differently, so those compare status and stderr only.
 """
-import subprocess
-
 import pytest
 
-from conftest import QIMG, make_sparse
+from conftest import make_sparse, needs_format
 
 M = 1024 * 1024
 
@@ -166,17 +164,7 @@ def test_measure_getopt_errors(pair, args):
     assert "measure [--output=ofmt]" in q.out
 
 
-def qimg_formats():
-    out = subprocess.run([str(QIMG), "--help"], capture_output=True,
-                         text=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Supported formats:"):
-            return line.split(":", 1)[1].split()
-    return []
-
-
-needs_qcow2 = pytest.mark.skipif("qcow2" not in qimg_formats(),
-                                 reason="qimg has no qcow2 driver yet")
+needs_qcow2 = needs_format("qcow2")
 
 
 @needs_qcow2

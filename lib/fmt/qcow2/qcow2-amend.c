@@ -308,7 +308,11 @@ int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
             return ret;
     }
     if (r.data_file) {
-        snprintf(s->data_file_name, sizeof(s->data_file_name), "%s", r.data_file);
+        char *name = strdup(r.data_file);
+        if (!name)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        free(s->data_file_name);
+        s->data_file_name = name;
         ret = qcow2_update_header(node, err);
         if (ret < 0)
             return ret;

@@ -10,9 +10,6 @@
 
 #include "fmt/qcow2/qcow2.h"
 
-/* Room for the header, every extension we write and a backing name. */
-#define HEADER_BUF_EXTRA 4096
-
 #define QCOW2_CRYPT_LUKS 2
 
 /*
@@ -23,7 +20,7 @@
 static int write_header_cluster(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    size_t cap = (size_t)s->cluster_size + HEADER_BUF_EXTRA, len;
+    size_t cap = (size_t)s->cluster_size + QCOW2_HEADER_BUF_EXTRA, len;
     uint8_t *buf = calloc(1, cap);
     int ret;
 

@@ -32,6 +32,7 @@ struct check {
     uint64_t cap;
     uint64_t file_len;
     bool refblock_broken;   /* a refcount block is shared: rebuild */
+    unsigned fix;           /* QIMG_CHECK_FIX_* of this run */
     int past_eof;           /* references past EOF: no repair fixes them */
 };
 
@@ -142,12 +143,14 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active)
                 /* Compressed clusters are always counted as fragmented. */
                 c->res->fragmented_clusters++;
             }
-            inc_refs(c, qimg_align_down(coff, 512), sectors * 512);
+            /* The range as QEMU reports it: from the exact byte offset. */
+            inc_refs(c, coff, sectors * 512 - (coff & 511));
             continue;
         }
-        bool zero = s->subcluster_bits
-                        ? false
-                        : (s->version >= 3 && (e & QCOW2_OFLAG_ZERO));
+        if (e & QCOW2_L2E_STD_RESERVED) {
+            report(c, "ERROR found l2 entry with reserved bits set: %" PRIx64, e);
+            c->res->corruptions++;
+        }
         uint64_t bitmap = s->l2_entry_size == 16
                               ? qimg_ld_be64(l2 + i * 16 + 8) : 0;
         bool allocated = off || (s->data_file && (e & QCOW2_OFLAG_COPIED));
@@ -155,7 +158,6 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active)
             allocated = false;
         if (!allocated)
             continue;
-        (void)zero;
         if (active) {
             c->res->allocated_clusters++;
             if (*next_contiguous && off != *next_contiguous)
@@ -163,10 +165,13 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active)
             *next_contiguous = off + s->cluster_size;
         }
         if (off & (s->cluster_size - 1)) {
-            report(c, "ERROR offset=%" PRIx64 ": Cluster is not properly "
-                   "aligned; L2 entry corrupted", off);
+            /* Reported, and (as QEMU) still counted where it points. */
+            bool data = s->subcluster_bits ? (bitmap & 0xffffffffull) != 0
+                                           : !(e & QCOW2_OFLAG_ZERO);
+            report(c, "ERROR offset=%" PRIx64 ": %s cluster is not properly "
+                   "aligned; L2 entry corrupted.", off,
+                   data ? "Data" : "Preallocated");
             c->res->corruptions++;
-            continue;
         }
         if (!s->data_file)
             inc_refs(c, off, s->cluster_size);
@@ -183,8 +188,14 @@ static int check_l1(struct check *c, uint64_t l1_off, uint32_t l1_size,
     inc_refs(c, l1_off, (uint64_t)l1_size * 8);
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t off = table[i] & QCOW2_L1E_OFFSET_MASK;
-        if (!off)
+        /* As QEMU: any non-zero entry names an L2 table, even at 0. */
+        if (!table[i])
             continue;
+        if (table[i] & QCOW2_L1E_RESERVED) {
+            report(c, "ERROR found L1 entry with reserved bits set: %" PRIx64,
+                   table[i]);
+            c->res->corruptions++;
+        }
         inc_refs(c, off, s->cluster_size);
         if (off & (s->cluster_size - 1)) {
             report(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; "
@@ -206,6 +217,13 @@ static void check_refcount_table(struct check *c)
              (uint64_t)s->refcount_table_clusters << s->cluster_bits);
     for (uint64_t i = 0; i < s->refcount_table_size; i++) {
         uint64_t off = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+        if (s->refcount_table[i] & ~QCOW2_REFT_OFFSET_MASK) {
+            report(c, "ERROR refcount table entry %" PRIu64 " has reserved "
+                   "bits set", i);
+            c->res->corruptions++;
+            c->refblock_broken = true;
+            continue;
+        }
         if (!off)
             continue;
         if (off & (s->cluster_size - 1)) {
@@ -433,6 +451,13 @@ static void check_snapshot_l1(struct check *c, const struct qcow2_snapshot *sn)
         c->res->corruptions++;
         return;
     }
+    if (sn->l1_size > QCOW2_MAX_L1_SIZE / 8) {
+        report(c, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is "
+               "too large; snapshot table entry corrupted", sn->id, sn->name,
+               sn->l1_size);
+        c->res->corruptions++;
+        return;
+    }
     l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
     if (!l1 || c->node->file->ops->pread(c->node->file, sn->l1_table_offset,
                                          (size_t)sn->l1_size * 8, l1, NULL) < 0) {
@@ -445,6 +470,27 @@ static void check_snapshot_l1(struct check *c, const struct qcow2_snapshot *sn)
         l1[i] = be64toh(l1[i]);
     check_l1(c, sn->l1_table_offset, sn->l1_size, l1, false);
     free(l1);
+}
+
+/*
+ * Version 3 requires 16 bytes of extra data per snapshot entry (large VM
+ * state size, disk size); QEMU's check reports shorter entries (also those
+ * past the end of the file, read as zeroes).  QEMU's -r all rewrites the
+ * table then; qimg does not, so it stays silent in repair mode.
+ */
+static void check_snapshot_entries(struct check *c)
+{
+    struct qcow2_state *s = c->s;
+
+    if (s->version < 3 || (c->fix & QIMG_CHECK_FIX_ERRORS))
+        return;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        if (s->snapshots[i].extra_size < 16) {
+            report(c, "ERROR snapshot table entry %" PRIu32 " is incomplete",
+                   i);
+            c->res->corruptions++;
+        }
+    }
 }
 
 /* Count every reference from the metadata into a fresh array. */
@@ -464,6 +510,7 @@ static int compute_refs(struct check *c, struct qimg_error *err)
         return qimg_error_set(err, -ENOMEM, "Image too large to check");
     c->res->allocated_clusters = c->res->fragmented_clusters = 0;
     c->res->compressed_clusters = 0;
+    check_snapshot_entries(c);
     inc_refs(c, 0, s->cluster_size);
     check_l1(c, s->l1_table_offset, s->l1_size, s->l1_table, true);
     for (uint32_t i = 0; i < s->nb_snapshots; i++)
@@ -516,8 +563,8 @@ static int check_copied(struct check *c, unsigned fix, struct qimg_error *err)
             continue;
         for (uint64_t j = 0; j < qcow2_l2_entries(s); j++) {
             uint64_t e = l2e(s, l2, j), doff = e & QCOW2_L2E_OFFSET_MASK;
-            if ((e & QCOW2_OFLAG_COMPRESSED) || !doff || s->data_file ||
-                (doff & (s->cluster_size - 1)))
+            /* Unaligned entries too: QEMU judges them by their cluster. */
+            if ((e & QCOW2_OFLAG_COMPRESSED) || !doff || s->data_file)
                 continue;
             if (qcow2_get_refcount(c->node, doff >> s->cluster_bits, &rc, err) < 0)
                 continue;
@@ -551,7 +598,7 @@ int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                 struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    struct check c = {.node = node, .s = s, .res = res};
+    struct check c = {.node = node, .s = s, .res = res, .fix = fix};
     bool rebuild = false;
     int ret;
 

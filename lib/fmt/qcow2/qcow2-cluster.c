@@ -530,6 +530,135 @@ static uint64_t in_place_host(struct qimg_image *node, uint64_t off,
     return host_of(e) + qcow2_offset_into_cluster(s, off);
 }
 
+/*
+ * Extend an in-place write of n bytes at off (host `host`) over the
+ * following clusters of the same L2 table whose hosts continue the run,
+ * up to len bytes: one pwrite instead of one per cluster.
+ */
+static size_t in_place_run(struct qimg_image *node, uint64_t off, size_t len,
+                           uint64_t host, size_t n)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    uint64_t l2_end = qimg_align_down(off, l2_span) + l2_span;
+    struct qimg_error ignored = {0};
+
+    while (n < len && off + n < l2_end) {
+        size_t m = (size_t)QIMG_MIN((uint64_t)(len - n), s->cluster_size);
+        if (in_place_host(node, off + n, m, &ignored) != host + n)
+            break;
+        n += m;
+    }
+    return n;
+}
+
+/* Whether a guest cluster's entry holds nothing a write must keep or
+ * release: no host cluster, not compressed, no allocated subcluster. */
+static bool entry_is_fresh(const struct qcow2_state *s, uint64_t e,
+                           uint64_t bm)
+{
+    if ((e & QCOW2_OFLAG_COMPRESSED) || host_of(e))
+        return false;
+    return !s->subcluster_bits || !(bm & 0xffffffffull);
+}
+
+/* Whole clusters from off (cluster aligned), within len and one L2 table,
+ * that a write fills into freshly allocated host clusters. */
+static uint64_t fresh_clusters(struct qimg_image *node, uint64_t off,
+                               size_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    uint64_t max = QIMG_MIN((uint64_t)len >> s->cluster_bits,
+                            qcow2_l2_entries(s) - idx), k = 0;
+    uint8_t *l2;
+
+    if (s->data_file || qcow2_offset_into_cluster(s, off) || !max ||
+        get_l2(node, off, &l2, err) < 0)
+        return 0;
+    if (!l2)
+        return max;
+    while (k < max && entry_is_fresh(s, l2_get(s, l2, idx + k),
+                                     l2_bitmap(s, l2, idx + k)))
+        k++;
+    return k;
+}
+
+/*
+ * Write k whole fresh clusters at off: one allocation (one refcount
+ * update), one data write, then the L2 entries.  The order is the crash-
+ * safe one of write_cluster: refcounts raised first (the L2 cache depends
+ * on the refcount cache), data written before any entry points at it.
+ * Called with the lock held.
+ */
+static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
+                       const uint8_t *data, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qimg_storage *st = node->file;
+    uint64_t idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    uint64_t bytes = k << s->cluster_bits;
+    uint8_t *l2;
+    int64_t host;
+    int ret;
+
+    ret = get_l2_for_write(node, off, &l2, err);
+    if (ret < 0)
+        return ret;
+    host = qcow2_alloc_clusters(node, k, err);
+    if (host < 0)
+        return (int)host;
+    ret = st->ops->pwrite(st, (uint64_t)host, (size_t)bytes, data, err);
+    /* The allocation may have evicted the table: fetch it again. */
+    if (!ret)
+        ret = get_l2(node, off, &l2, err);
+    if (ret < 0) {
+        struct qimg_error ignored = {0};
+        qcow2_free_clusters(node, (uint64_t)host, bytes, &ignored);
+        return ret;
+    }
+    for (uint64_t i = 0; i < k; i++)
+        l2_set(s, l2, idx + i,
+               ((uint64_t)host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
+               s->subcluster_bits ? 0xffffffffull : 0);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    return 0;
+}
+
+/*
+ * One step of a write: in place over a run of allocated clusters (the
+ * data written without the lock), into a batch of fresh clusters, or one
+ * cluster through write_cluster.  Called with the lock; returns without
+ * it, with the bytes done in *done.
+ */
+static int write_step(struct qimg_image *node, uint64_t off, size_t len,
+                      const uint8_t *p, size_t *done, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff = qimg_align_down(off, s->cluster_size), host, k;
+    size_t n = (size_t)QIMG_MIN((uint64_t)len, coff + s->cluster_size - off);
+    int ret;
+
+    host = in_place_host(node, off, n, err);
+    if (host) {
+        struct qimg_storage *st = qcow2_data_storage(node);
+        n = in_place_run(node, off, len, host, n);
+        pthread_mutex_unlock(&node->lock);
+        *done = n;
+        return st->ops->pwrite(st, host, n, p, err);
+    }
+    k = fresh_clusters(node, off, len, err);
+    if (k) {
+        n = (size_t)(k << s->cluster_bits);
+        ret = write_fresh(node, off, k, p, err);
+    } else {
+        ret = write_cluster(node, off, n, p, err);
+    }
+    pthread_mutex_unlock(&node->lock);
+    *done = n;
+    return ret;
+}
+
 int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                  const void *buf, struct qimg_error *err)
 {
@@ -548,21 +677,10 @@ int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
             return ret;
     }
     while (len) {
-        uint64_t coff = qimg_align_down(off, s->cluster_size);
-        size_t n = (size_t)QIMG_MIN((uint64_t)len, coff + s->cluster_size - off);
-        uint64_t host;
+        size_t n = 0;
 
         pthread_mutex_lock(&node->lock);
-        host = in_place_host(node, off, n, err);
-        if (host) {
-            struct qimg_storage *st = qcow2_data_storage(node);
-            pthread_mutex_unlock(&node->lock);
-            /* Extend the in-place run over following contiguous clusters. */
-            ret = st->ops->pwrite(st, host, n, p, err);
-        } else {
-            ret = write_cluster(node, off, n, p, err);
-            pthread_mutex_unlock(&node->lock);
-        }
+        ret = write_step(node, off, len, p, &n, err);
         if (ret < 0)
             return ret;
         off += n;
@@ -893,130 +1011,38 @@ int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
     return ret;
 }
 
-/* ---- compressed writes --------------------------------------------------- */
+/* ---- compressed writes (the data side is in qcow2-compress.c) ---------- */
 
-static int check_compressed_write(struct qimg_image *node, uint64_t off,
-                                  size_t len, struct qimg_error *err)
+int qcow2_compressed_l2_prepare(struct qimg_image *node, uint64_t off,
+                                struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t cs = s->cluster_size;
+    uint64_t entry;
+    uint8_t *l2;
+    int ret = get_l2_for_write(node, off, &l2, err);
 
-    if (off & (cs - 1) || (len != cs && off + len != node->size) || len > cs)
-        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
-                              "whole cluster");
-    if (s->data_file)
-        return qimg_error_set(err, -ENOTSUP, "Cannot use compression with an "
-                              "external data file");
+    if (ret < 0)
+        return ret;
+    entry = l2_get(s, l2, (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1));
+    /* As QEMU, compress only into clusters without a host cluster: an
+     * allocated one may be shared (snapshots), and is not reused. */
+    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED))
+        return qimg_error_set(err, -EIO, "Compressed write into an allocated "
+                              "cluster");
     return 0;
 }
 
-/* Compress one cluster (a short tail padded with zeroes) into out, which
- * holds a cluster; no lock.  At most cs - 1 bytes are kept: 0 means store
- * it uncompressed. */
-ssize_t qcow2_compress_cluster(struct qimg_image *node, const void *buf,
-                               size_t len, void *out, struct qimg_error *err)
+int qcow2_compressed_l2_set(struct qimg_image *node, uint64_t off,
+                            uint64_t descriptor, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t cs = s->cluster_size;
-    uint8_t *in = NULL;
-    ssize_t n;
-
-    if (len > cs)
-        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
-                              "whole cluster");
-    if (len < cs) {
-        in = calloc(1, cs);
-        if (!in)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
-        memcpy(in, buf, len);
-    }
-    n = qcow2_compress(s, in ? in : buf, cs, out, cs - 1);
-    free(in);
-    if (n < 0)
-        return qimg_error_set(err, (int)n, "Compression failed");
-    return n;
-}
-
-/* Store a cluster compressed by qcow2_compress_cluster (clen bytes of
- * cdata; clen 0: buf uncompressed), packed after the previous one. */
-int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
-                                 size_t len, const void *buf, const void *cdata,
-                                 size_t clen, struct qimg_error *err)
-{
-    struct qcow2_state *s = node->state;
-    uint64_t idx, entry, sectors;
     uint8_t *l2;
-    int64_t coff;
-    int ret = check_compressed_write(node, off, len, err);
+    int ret = get_l2(node, off, &l2, err);
 
     if (ret < 0)
         return ret;
-    if (clen == 0)
-        return qcow2_pwrite(node, off, len, buf, err);
-    pthread_mutex_lock(&node->lock);
-    ret = get_l2_for_write(node, off, &l2, err);
-    if (ret < 0)
-        goto unlock;
-    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
-    entry = l2_get(s, l2, idx);
-    /* As QEMU, compress only into clusters without a host cluster: an
-     * allocated one may be shared (snapshots), and is not reused. */
-    if (host_of(entry) || (entry & QCOW2_OFLAG_COMPRESSED)) {
-        ret = qimg_error_set(err, -EIO, "Compressed write into an allocated "
-                             "cluster");
-        goto unlock;
-    }
-    coff = qcow2_alloc_bytes(node, (uint64_t)clen, err);
-    if (coff < 0) {
-        ret = (int)coff;
-        goto unlock;
-    }
-    ret = node->file->ops->pwrite(node->file, (uint64_t)coff, clen, cdata, err);
-    if (ret < 0)
-        goto unlock;
-    ret = get_l2(node, off, &l2, err);
-    if (ret < 0)
-        goto unlock;
-    sectors = (((uint64_t)coff + (uint64_t)clen - 1) >> 9) - ((uint64_t)coff >> 9);
-    l2_set(s, l2, idx, QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift) |
-                           (uint64_t)coff, 0);
+    l2_set(s, l2, (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1),
+           descriptor, 0);
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
-unlock:
-    pthread_mutex_unlock(&node->lock);
-    return ret;
-}
-
-int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
-                            const void *buf, struct qimg_error *err)
-{
-    struct qcow2_state *s = node->state;
-    uint8_t *out;
-    ssize_t n;
-    int ret;
-
-    if (!len) {
-        /* End of a compressed stream: pad the file to a whole sector. */
-        int64_t fsize = node->file->ops->get_size(node->file);
-        uint64_t aligned;
-        if (fsize < 0)
-            return qimg_error_set(err, (int)fsize, "Could not get file size");
-        if (!qimg_align_up((uint64_t)fsize, 512, &aligned))
-            return qimg_error_set(err, -EFBIG, "File too large");
-        if (aligned == (uint64_t)fsize)
-            return 0;
-        return node->file->ops->truncate(node->file, aligned, QIMG_PREALLOC_OFF,
-                                         err);
-    }
-    ret = check_compressed_write(node, off, len, err);
-    if (ret < 0)
-        return ret;
-    out = malloc(s->cluster_size);
-    if (!out)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    n = qcow2_compress_cluster(node, buf, len, out, err);
-    ret = n < 0 ? (int)n
-                : qcow2_pwrite_compressed_data(node, off, len, buf, out,
-                                               (size_t)n, err);
-    free(out);
-    return ret;
+    return 0;
 }

@@ -1,18 +1,30 @@
 /*
- * qcow2-compress.c - compressed clusters: zlib (raw deflate, 4 KiB window,
- * as QEMU writes it) and zstd; reading a compressed descriptor, and writing
+ * qcow2-compress.c - compressed clusters: deflate (raw, as QEMU's zlib
+ * type holds it) and zstd; reading a compressed descriptor, and writing
  * one cluster compressed.
+ *
+ * Deflate is written by libdeflate, not zlib: for a third to a half of
+ * zlib's CPU time, and no larger output than QEMU's zlib level 6 (see
+ * QCOW2_DEFLATE_LEVEL).  Its streams differ from zlib's, so images are not
+ * byte-identical to qemu-img's, but they read the same: QEMU inflates a
+ * cluster with one inflate() call into the whole cluster, where matches
+ * may reach back anywhere in the output, so libdeflate's 32 KiB window is
+ * fine although QEMU's own deflate uses 4 KiB (tests/cli/test_qcow2_io.py
+ * checks that qemu-img reads them).  Reading stays on zlib, whose
+ * tolerance of a stream running past the cluster QEMU relies on.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <libdeflate.h>
 #include <zlib.h>
 #include <zstd.h>
 
 #include "fmt/qcow2/qcow2.h"
 
-/* QEMU compresses with a 2^12 window; negative bits select raw deflate. */
+/* QEMU inflates with a 2^12 window; negative bits select raw deflate. */
 #define QCOW2_ZLIB_WINDOW_BITS (-12)
 
 static int inflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
@@ -72,31 +84,84 @@ int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
     return inflate_raw(in, in_len, out, out_len);
 }
 
+/*
+ * libdeflate level 4: on the benchmark's mixed data its output is 0.5%
+ * smaller than zlib level 6 for 42% of the CPU time, on binaries 4%
+ * smaller for 29% (level 6 would cost twice as much for 1-2% less).
+ */
+#define QCOW2_DEFLATE_LEVEL 4
+
+/* Compression contexts, one per thread (workers compress in parallel),
+ * kept for the thread's life: allocating one per cluster costs a good
+ * part of compressing it. */
+struct compress_ctx {
+    struct libdeflate_compressor *deflate;
+    ZSTD_CCtx *zstd;
+};
+
+static pthread_key_t ctx_key;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+static bool ctx_key_ok;
+
+static void ctx_free(void *p)
+{
+    struct compress_ctx *c = p;
+    libdeflate_free_compressor(c->deflate);
+    ZSTD_freeCCtx(c->zstd);
+    free(c);
+}
+
+static void ctx_key_init(void)
+{
+    ctx_key_ok = pthread_key_create(&ctx_key, ctx_free) == 0;
+}
+
+static struct compress_ctx *thread_ctx(void)
+{
+    struct compress_ctx *c;
+
+    pthread_once(&ctx_once, ctx_key_init);
+    if (!ctx_key_ok)
+        return NULL;
+    c = pthread_getspecific(ctx_key);
+    if (!c) {
+        c = calloc(1, sizeof(*c));
+        if (c && pthread_setspecific(ctx_key, c)) {
+            free(c);
+            c = NULL;
+        }
+    }
+    return c;
+}
+
 static ssize_t deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
                            size_t out_cap)
 {
-    z_stream z;
-    int ret;
+    struct compress_ctx *c = thread_ctx();
 
-    memset(&z, 0, sizeof(z));
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED,
-                     QCOW2_ZLIB_WINDOW_BITS, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+    if (c && !c->deflate)
+        c->deflate = libdeflate_alloc_compressor(QCOW2_DEFLATE_LEVEL);
+    if (!c || !c->deflate)
         return -ENOMEM;
-    z.next_in = (Bytef *)in;
-    z.avail_in = (uInt)in_len;
-    z.next_out = out;
-    z.avail_out = (uInt)out_cap;
-    ret = deflate(&z, Z_FINISH);
-    deflateEnd(&z);
-    if (ret != Z_STREAM_END)
-        return 0;   /* did not fit: store uncompressed */
-    return (ssize_t)(out_cap - z.avail_out);
+    /* 0 when it does not fit: stored uncompressed */
+    return (ssize_t)libdeflate_deflate_compress(c->deflate, in, in_len, out,
+                                                out_cap);
 }
 
+/* The same frames as ZSTD_compress (QEMU's level, content size in the
+ * header), from a context reused by the thread. */
 static ssize_t zstd_compress(const uint8_t *in, size_t in_len, uint8_t *out,
                              size_t out_cap)
 {
-    size_t r = ZSTD_compress(out, out_cap, in, in_len, ZSTD_CLEVEL_DEFAULT);
+    struct compress_ctx *c = thread_ctx();
+    size_t r;
+
+    if (c && !c->zstd)
+        c->zstd = ZSTD_createCCtx();
+    if (!c || !c->zstd)
+        return -ENOMEM;
+    r = ZSTD_compressCCtx(c->zstd, out, out_cap, in, in_len,
+                          ZSTD_CLEVEL_DEFAULT);
     if (ZSTD_isError(r))
         return 0;
     return (ssize_t)r;
@@ -133,5 +198,121 @@ int qcow2_read_compressed(struct qimg_image *node, uint64_t l2_entry,
         ret = qimg_error_set(err, -EIO, "Could not decompress cluster at "
                              "offset %#llx", (unsigned long long)coff);
     free(in);
+    return ret;
+}
+
+/* ---- compressed writes --------------------------------------------------- */
+
+static int check_compressed_write(struct qimg_image *node, uint64_t off,
+                                  size_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size;
+
+    if (off & (cs - 1) || (len != cs && off + len != node->size) || len > cs)
+        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
+                              "whole cluster");
+    if (s->data_file)
+        return qimg_error_set(err, -ENOTSUP, "Cannot use compression with an "
+                              "external data file");
+    return 0;
+}
+
+/* Compress one cluster (a short tail padded with zeroes) into out, which
+ * holds a cluster; no lock.  At most cs - 1 bytes are kept: 0 means store
+ * it uncompressed. */
+ssize_t qcow2_compress_cluster(struct qimg_image *node, const void *buf,
+                               size_t len, void *out, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size;
+    uint8_t *in = NULL;
+    ssize_t n;
+
+    if (len > cs)
+        return qimg_error_set(err, -EINVAL, "Compressed writes must cover one "
+                              "whole cluster");
+    if (len < cs) {
+        in = calloc(1, cs);
+        if (!in)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        memcpy(in, buf, len);
+    }
+    n = qcow2_compress(s, in ? in : buf, cs, out, cs - 1);
+    free(in);
+    if (n < 0)
+        return qimg_error_set(err, (int)n, "Compression failed");
+    return n;
+}
+
+/* Store a cluster compressed by qcow2_compress_cluster (clen bytes of
+ * cdata; clen 0: buf uncompressed), packed after the previous one. */
+int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
+                                 size_t len, const void *buf, const void *cdata,
+                                 size_t clen, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t sectors;
+    int64_t coff;
+    int ret = check_compressed_write(node, off, len, err);
+
+    if (ret < 0)
+        return ret;
+    if (clen == 0)
+        return qcow2_pwrite(node, off, len, buf, err);
+    pthread_mutex_lock(&node->lock);
+    /* The L2 table first, then the data: QEMU's layout. */
+    ret = qcow2_compressed_l2_prepare(node, off, err);
+    if (ret < 0)
+        goto unlock;
+    coff = qcow2_alloc_bytes(node, (uint64_t)clen, err);
+    if (coff < 0) {
+        ret = (int)coff;
+        goto unlock;
+    }
+    ret = node->file->ops->pwrite(node->file, (uint64_t)coff, clen, cdata, err);
+    if (ret < 0)
+        goto unlock;
+    sectors = (((uint64_t)coff + (uint64_t)clen - 1) >> 9) - ((uint64_t)coff >> 9);
+    ret = qcow2_compressed_l2_set(node, off, QCOW2_OFLAG_COMPRESSED |
+                                  (sectors << s->csize_shift) | (uint64_t)coff,
+                                  err);
+unlock:
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
+int qcow2_pwrite_compressed(struct qimg_image *node, uint64_t off, size_t len,
+                            const void *buf, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *out;
+    ssize_t n;
+    int ret;
+
+    if (!len) {
+        /* End of a compressed stream: pad the file to a whole sector. */
+        int64_t fsize = node->file->ops->get_size(node->file);
+        uint64_t aligned;
+        if (fsize < 0)
+            return qimg_error_set(err, (int)fsize, "Could not get file size");
+        if (!qimg_align_up((uint64_t)fsize, 512, &aligned))
+            return qimg_error_set(err, -EFBIG, "File too large");
+        if (aligned == (uint64_t)fsize)
+            return 0;
+        return node->file->ops->truncate(node->file, aligned, QIMG_PREALLOC_OFF,
+                                         err);
+    }
+    ret = check_compressed_write(node, off, len, err);
+    if (ret < 0)
+        return ret;
+    out = malloc(s->cluster_size);
+    if (!out)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    n = qcow2_compress_cluster(node, buf, len, out, err);
+    ret = n < 0 ? (int)n
+                : qcow2_pwrite_compressed_data(node, off, len, buf, out,
+                                               (size_t)n, err);
+    free(out);
     return ret;
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fmt/qcow2/qcow2.h"
 
@@ -203,7 +204,8 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
 
 /* Write header, refcount table and the first refcount block. */
 static int write_skeleton(const char *filename, const struct qcow2_params *p,
-                          const struct qimg_opts *opts, struct qimg_error *err)
+                          const struct qimg_opts *opts, bool *created,
+                          struct qimg_error *err)
 {
     struct qcow2_state s;
     struct qimg_storage *st = NULL;
@@ -229,14 +231,16 @@ static int write_skeleton(const char *filename, const struct qcow2_params *p,
         s.incompatible |= QCOW2_INCOMPAT_EXTL2;
     if (p->data_file) {
         s.incompatible |= QCOW2_INCOMPAT_DATA_FILE;
-        snprintf(s.data_file_name, sizeof(s.data_file_name), "%s", p->data_file);
+        s.data_file_name = (char *)p->data_file;   /* borrowed: read only */
         if (p->data_file_raw)
             s.autoclear |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
     }
     if (p->lazy_refcounts)
         s.compatible |= QCOW2_COMPAT_LAZY_REFCOUNTS;
     if (qcow2_build_header(&s, 0, NULL, NULL, buf, true) > p->cluster_size) {
-        ret = qimg_error_set(err, -ENOSPC, "No space left in the file header");
+        /* Only a long data file name can overflow a new header. */
+        ret = qimg_error_set(err, -ENOSPC, "Could not update qcow2 header: %s",
+                             strerror(ENOSPC));
         goto out;
     }
     /* Refcount table entry 0 -> block at cluster 2, counting clusters 0-2. */
@@ -254,6 +258,7 @@ static int write_skeleton(const char *filename, const struct qcow2_params *p,
     ret = qimg_storage_for(filename)->create(filename, fopts, err);
     if (ret < 0)
         goto out;
+    *created = true;
     ret = qimg_storage_open(&st, filename, QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE,
                             QIMG_CACHE_WRITEBACK, err);
     if (ret < 0)
@@ -285,28 +290,26 @@ static int create_data_file(const struct qcow2_params *p, struct qimg_error *err
     return ret;
 }
 
-int qcow2_create(const char *filename, const struct qimg_opts *opts,
-                 struct qimg_error *err)
+/* As QEMU, a failed create removes the files it created (local files
+ * only: other storages have no delete). */
+static void remove_created(const char *name, bool created)
 {
-    struct qcow2_params p;
+    if (created && qimg_storage_for(name) == &qimg_storage_file)
+        unlink(name);
+}
+
+/* The steps after the skeleton: open it, size the L1 table, record the
+ * backing file, preallocate. */
+static int finish_create(const char *filename, const struct qcow2_params *p,
+                         struct qimg_error *err)
+{
     struct qimg_image *node = NULL;
     struct qimg_opts *oo = NULL;
     int ret;
 
-    ret = parse_params(opts, &p, false, err);
-    if (ret < 0)
-        return ret;
-    if (p.data_file) {
-        ret = create_data_file(&p, err);
-        if (ret < 0)
-            return ret;
-    }
-    ret = write_skeleton(filename, &p, opts, err);
-    if (ret < 0)
-        return ret;
-    if (p.data_file) {
+    if (p->data_file) {
         oo = qimg_opts_new();
-        qimg_opts_set(oo, "data-file", p.data_file);
+        qimg_opts_set(oo, "data-file", p->data_file);
     }
     ret = qimg_image_open_node(&node, filename, "qcow2", oo,
                                QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE |
@@ -317,26 +320,56 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts,
         return ret;
     struct qcow2_state *s = node->state;
     pthread_mutex_lock(&node->lock);
-    ret = qcow2_grow_l1(node, qcow2_l1_size_for(p.size, s->cluster_bits,
+    ret = qcow2_grow_l1(node, qcow2_l1_size_for(p->size, s->cluster_bits,
                                                 s->l2_bits), err);
-    node->size = p.size;
-    if (p.backing_file) {
+    node->size = p->size;
+    if (p->backing_file) {
         snprintf(node->backing_name, sizeof(node->backing_name), "%s",
-                 p.backing_file);
+                 p->backing_file);
         snprintf(node->backing_fmt, sizeof(node->backing_fmt), "%s",
-                 p.backing_fmt ? p.backing_fmt : "");
+                 p->backing_fmt ? p->backing_fmt : "");
     }
-    if (!ret)
+    if (!ret) {
         ret = qcow2_update_header(node, err);
+        if (ret == -ENOSPC && p->backing_file)
+            qimg_error_set(err, ret, "Could not assign backing file '%s' with "
+                           "format '%s': %s", p->backing_file,
+                           p->backing_fmt ? p->backing_fmt : "", strerror(ENOSPC));
+    }
     pthread_mutex_unlock(&node->lock);
     /* A raw data file is mapped 1:1 from the start. */
-    if (!ret && (p.prealloc != QIMG_PREALLOC_OFF || p.data_file_raw))
-        ret = qcow2_preallocate(node, 0, p.size,
-                                p.prealloc == QIMG_PREALLOC_OFF
-                                    ? QIMG_PREALLOC_METADATA : p.prealloc, err);
+    if (!ret && (p->prealloc != QIMG_PREALLOC_OFF || p->data_file_raw))
+        ret = qcow2_preallocate(node, 0, p->size,
+                                p->prealloc == QIMG_PREALLOC_OFF
+                                    ? QIMG_PREALLOC_METADATA : p->prealloc, err);
     if (!ret)
         ret = qimg_flush(node, err);
     qimg_close(node);
+    return ret;
+}
+
+int qcow2_create(const char *filename, const struct qimg_opts *opts,
+                 struct qimg_error *err)
+{
+    struct qcow2_params p;
+    bool created_data = false, created = false;
+    int ret;
+
+    ret = parse_params(opts, &p, false, err);
+    if (ret < 0)
+        return ret;
+    if (p.data_file) {
+        ret = create_data_file(&p, err);
+        created_data = ret == 0;
+    }
+    if (!ret)
+        ret = write_skeleton(filename, &p, opts, &created, err);
+    if (!ret)
+        ret = finish_create(filename, &p, err);
+    if (ret < 0) {
+        remove_created(filename, created);
+        remove_created(p.data_file, created_data);
+    }
     return ret;
 }
 

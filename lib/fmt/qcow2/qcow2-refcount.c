@@ -120,12 +120,32 @@ int qcow2_get_refcount(struct qimg_image *node, uint64_t cluster_index,
 static int grow_refcount_table(struct qimg_image *node, uint64_t min_entries,
                                struct qimg_error *err);
 
+/* The first cluster at or after `from` (never the header) with refcount 0. */
+static int first_free(struct qimg_image *node, uint64_t from, uint64_t *ci,
+                      struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    for (*ci = QIMG_MAX(from, 1);; (*ci)++) {
+        uint64_t rc;
+        int ret;
+        if ((*ci << s->cluster_bits) > QCOW2_MAX_HOST_OFFSET)
+            return qimg_error_set(err, -EFBIG, "Image file too large");
+        ret = qcow2_get_refcount(node, *ci, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (!rc)
+            return 0;
+    }
+}
+
 /*
  * Make sure a refcount block exists for table index ti.  A new block is
- * placed in the first free cluster; if that cluster falls into the range
- * the block itself describes, the block counts itself.
+ * placed in the first free cluster at or after cluster `from`; if that
+ * cluster falls into the range the block itself describes, the block
+ * counts itself.
  */
-static int ensure_refblock(struct qimg_image *node, uint64_t ti,
+static int ensure_refblock(struct qimg_image *node, uint64_t ti, uint64_t from,
                            struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
@@ -148,18 +168,26 @@ static int ensure_refblock(struct qimg_image *node, uint64_t ti,
         return qimg_error_set(err, -EIO, "Refcount table entry %llu is "
                               "corrupt", (unsigned long long)ti);
     }
-    /* Find a free cluster without taking a reference yet. */
-    for (ci = QIMG_MAX(s->free_cluster_index, 1);; ci++) {
-        uint64_t rc;
-        ret = qcow2_get_refcount(node, ci, &rc, err);
+    /*
+     * Find a free cluster without taking a reference yet.  Its count must
+     * go into an existing block (or this one): a cluster in a range
+     * without a block gets that block first, which takes the cluster
+     * itself (counting it from here would count it twice); look again.
+     */
+    for (;;) {
+        uint64_t ti2;
+        ret = first_free(node, from, &ci, err);
         if (ret < 0)
             return ret;
-        if (!rc)
+        ti2 = ci >> s->refcount_block_bits;
+        if (ti2 == ti || (ti2 < s->refcount_table_size &&
+                          (s->refcount_table[ti2] & QCOW2_REFT_OFFSET_MASK)))
             break;
+        ret = ensure_refblock(node, ti2, ci, err);
+        if (ret < 0)
+            return ret;
     }
     off = (int64_t)(ci << s->cluster_bits);
-    if ((uint64_t)off > QCOW2_MAX_HOST_OFFSET)
-        return qimg_error_set(err, -EFBIG, "Image file too large");
     if ((ci >> s->refcount_block_bits) == ti) {
         /* Self-describing block. */
         ret = qcow2_cache_get_empty(node, &s->refblock_cache, (uint64_t)off,
@@ -205,7 +233,7 @@ int qcow2_update_refcount(struct qimg_image *node, uint64_t offset,
         uint8_t *block;
         int ret;
 
-        ret = ensure_refblock(node, ti, err);
+        ret = ensure_refblock(node, ti, s->free_cluster_index, err);
         if (ret < 0)
             return ret;
         ret = get_refblock(node, ti, &block, err);
@@ -253,6 +281,28 @@ static int find_free(struct qimg_image *node, uint64_t n, uint64_t *start,
     }
 }
 
+/* Whether the n clusters from `start` all have refcount 0. */
+static int run_is_free(struct qimg_image *node, uint64_t start, uint64_t n,
+                       struct qimg_error *err)
+{
+    for (uint64_t ci = start; ci < start + n; ci++) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(node, ci, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (rc)
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * Allocate a run of n clusters with one refcount update.  Refcount blocks
+ * the run lacks go right after it (where QEMU puts them, so images keep
+ * its layout and the run stays contiguous).  Growing the refcount table
+ * places the new table past what the old one covers, which may be inside
+ * the run: then look for a run again.
+ */
 int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
                              struct qimg_error *err)
 {
@@ -265,19 +315,22 @@ int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
         ret = find_free(node, n, &start, err);
         if (ret < 0)
             return ret;
-        /* Refcount blocks for the run must exist first; a new block takes
-         * the first free cluster, possibly inside the run: look again. */
         for (uint64_t ti = start >> s->refcount_block_bits;
              ti <= (start + n - 1) >> s->refcount_block_bits; ti++) {
             if (ti < s->refcount_table_size &&
                 (s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK))
                 continue;
-            ret = ensure_refblock(node, ti, err);
+            ret = ensure_refblock(node, ti, start + n, err);
             if (ret < 0)
                 return ret;
             placed_block = true;
         }
         if (!placed_block)
+            break;
+        ret = run_is_free(node, start, n, err);
+        if (ret < 0)
+            return ret;
+        if (ret)
             break;
     }
     ret = qcow2_update_refcount(node, start << s->cluster_bits,
@@ -475,7 +528,8 @@ int qcow2_relocate_reftable(struct qimg_image *node, uint64_t clusters,
     /* The new table's own clusters need refcounts: make sure their block
      * exists before the table is written. */
     for (uint64_t c = start; c < start + tclusters; c++) {
-        ret = ensure_refblock(node, c >> s->refcount_block_bits, err);
+        ret = ensure_refblock(node, c >> s->refcount_block_bits,
+                              s->free_cluster_index, err);
         if (ret < 0)
             return ret;
     }

@@ -342,8 +342,11 @@ static struct qcow2_snapshot *find_by_id_or_name(struct qcow2_state *s,
 static int read_l1(struct qimg_image *node, const struct qcow2_snapshot *sn,
                    uint64_t **out, struct qimg_error *err)
 {
-    uint64_t *l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
-    int ret;
+    uint64_t *l1;
+    int ret = qcow2_snapshot_l1_check(node->state, sn, err);
+    if (ret < 0)
+        return ret;
+    l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
     if (!l1)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     ret = node->file->ops->pread(node->file, sn->l1_table_offset,

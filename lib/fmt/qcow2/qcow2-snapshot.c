@@ -79,11 +79,22 @@ static int64_t parse_entry(struct qcow2_state *s, const uint8_t *buf,
     sn->name = dup_field(buf + pos + 40 + extra + id_len, name_len);
     if (!sn->id || !sn->name)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    /* The L1 geometry is checked where the table is used, as in QEMU:
+     * a bad entry does not stop the image from opening. */
+    return (int64_t)((need + 7) & ~7ull);
+}
+
+int qcow2_snapshot_l1_check(const struct qcow2_state *s,
+                            const struct qcow2_snapshot *sn,
+                            struct qimg_error *err)
+{
     if (sn->l1_size > QCOW2_MAX_L1_SIZE / 8)
         return qimg_error_set(err, -EFBIG, "Snapshot L1 table too large");
-    if (sn->l1_table_offset & (s->cluster_size - 1))
+    if ((sn->l1_table_offset & (s->cluster_size - 1)) ||
+        !qimg_range_ok(sn->l1_table_offset, (uint64_t)sn->l1_size * 8,
+                       INT64_MAX))
         return qimg_error_set(err, -EINVAL, "Snapshot L1 table offset invalid");
-    return (int64_t)((need + 7) & ~7ull);
+    return 0;
 }
 
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err)
@@ -115,13 +126,13 @@ int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err)
         }
         ret = node->file->ops->pread(node->file, off, 40, buf, err);
         if (ret < 0)
-            break;
+            goto read_failed;
         size_t var = (size_t)QIMG_MIN(qimg_ld_be32(buf + 36),
                                       (uint32_t)QCOW2_MAX_SNAPSHOT_EXTRA + 1) +
                      qimg_ld_be16(buf + 12) + qimg_ld_be16(buf + 14);
         ret = node->file->ops->pread(node->file, off + 40, var, buf + 40, err);
         if (ret < 0)
-            break;
+            goto read_failed;
         int64_t n = parse_entry(s, buf, 0, 40 + var, &s->snapshots[i], err);
         if (n < 0) {
             ret = (int)n;
@@ -133,6 +144,10 @@ int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err)
     if (ret < 0)
         qimg_error_prefix(err, "Could not read snapshots: ");
     s->snapshots_size = pos;
+    return ret;
+read_failed:    /* QEMU's wording for an I/O error on the table */
+    free(buf);
+    qimg_error_prefix(err, "Failed to read snapshot table: ");
     return ret;
 }
 
@@ -194,6 +209,9 @@ static int qcow2_snapshot_load_tmp(struct qimg_image *node, const char *id,
     sn = find(s, id, name);
     if (!sn)
         return qimg_error_set(err, -ENOENT, "Can't find snapshot");
+    ret = qcow2_snapshot_l1_check(s, sn, err);
+    if (ret < 0)
+        return ret;
     l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
     if (!l1)
         return qimg_error_set(err, -ENOMEM, "Out of memory");

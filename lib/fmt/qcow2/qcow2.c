@@ -129,13 +129,12 @@ static int read_extensions(struct qimg_image *node, const uint8_t *hdr,
             *ftable_len = len;
             s->has_feature_table = true;
             break;
-        case QCOW2_EXT_BITMAPS:
-            if (len != sizeof(s->bitmaps_ext))
-                return qimg_error_set(err, -EINVAL, "bitmaps_ext: Invalid "
-                                      "extension length");
-            memcpy(s->bitmaps_ext, data, len);
-            s->has_bitmaps_ext = true;
+        case QCOW2_EXT_BITMAPS: {
+            int ret = qcow2_bitmaps_parse_ext(node, data, len, err);
+            if (ret < 0)
+                return ret;
             break;
+        }
         case QCOW2_EXT_CRYPTO:
             if (s->crypt_method != 2)
                 return qimg_error_set(err, -EINVAL, "CRYPTO header extension "
@@ -149,11 +148,12 @@ static int read_extensions(struct qimg_image *node, const uint8_t *hdr,
             s->has_crypto_ext = true;
             break;
         case QCOW2_EXT_DATA_FILE:
-            if (len >= sizeof(s->data_file_name))
-                return qimg_error_set(err, -EINVAL, "ERROR: Could not read data "
-                                      "file name");
-            memcpy(s->data_file_name, data, len);
-            s->data_file_name[len] = '\0';
+            /* Any length inside the extension area, as QEMU; the name
+             * ends at its first NUL. */
+            free(s->data_file_name);
+            s->data_file_name = strndup((const char *)data, len);
+            if (!s->data_file_name)
+                return qimg_error_set(err, -ENOMEM, "Out of memory");
             break;
         default: {
             /* Unknown extension: keep it to write back unchanged. */
@@ -191,8 +191,8 @@ static int parse_header(struct qimg_image *node, const uint8_t *h,
     s->cluster_bits = qimg_ld_be32(h + 20);
     if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
         s->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
-        return qimg_error_set(err, -EINVAL, "Unsupported cluster size: 2^%d",
-                              (int32_t)s->cluster_bits);
+        return qimg_error_set(err, -EINVAL, "Unsupported cluster size: 2^%u",
+                              s->cluster_bits);
     s->cluster_size = 1ull << s->cluster_bits;
     node->size = qimg_ld_be64(h + 24);
     s->crypt_method = qimg_ld_be32(h + 32);
@@ -249,16 +249,10 @@ static int check_features(struct qimg_image *node, const uint8_t *ftable,
     if (s->compression_type > QCOW2_COMPRESSION_ZSTD)
         return qimg_error_set(err, -ENOTSUP, "qcow2: unknown compression type: "
                               "%u", s->compression_type);
-    if (s->crypt_method > 2)
-        return qimg_error_set(err, -EINVAL, "Unsupported encryption method: %u",
-                              s->crypt_method);
-    if (s->crypt_method)
-        return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
-                              "yet");
+    /* Subclusters (1/32 of a cluster) of at least 512 bytes. */
     if ((s->incompatible & QCOW2_INCOMPAT_EXTL2) && s->cluster_bits < 14)
-        return qimg_error_set(err, -EINVAL, "Extended L2 entries are only "
-                              "supported with cluster sizes of at least 16384 "
-                              "bytes");
+        return qimg_error_set(err, -EINVAL, "Unsupported subcluster size: %u",
+                              (unsigned)(s->cluster_size >> 5));
     return 0;
 }
 
@@ -278,17 +272,60 @@ static void derive_geometry(struct qcow2_state *s)
     s->cluster_offset_mask = (1ull << s->csize_shift) - 1;
 }
 
+/*
+ * The checks of the table geometry made before any table is read, in
+ * QEMU's order and with its messages: refcount table, snapshot table, L1
+ * table.
+ */
+static int validate_tables(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t rt_bytes = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
+    unsigned shift = s->cluster_bits + s->l2_bits;
+    /* QEMU's rounding, which wraps for sizes within one L1 entry of 2^64;
+     * those fail at the end of the open ("File too large"). */
+    uint64_t l1_need = (node->size + (1ull << shift) - 1) >> shift;
+
+    if (rt_bytes > QCOW2_MAX_REFTABLE_SIZE)
+        return qimg_error_set(err, -EINVAL, "Reference count table too large");
+    if (!rt_bytes)
+        return qimg_error_set(err, -EINVAL, "Image does not contain a "
+                              "reference count table");
+    if (validate_table_offset(s, s->refcount_table_offset, rt_bytes, 1))
+        return qimg_error_set(err, -EINVAL, "Reference count table offset "
+                              "invalid");
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+        return qimg_error_set(err, -EINVAL, "Snapshot table too large");
+    /* QEMU counts the fixed 40 bytes of each entry here. */
+    if (validate_table_offset(s, s->snapshots_offset, s->nb_snapshots, 40))
+        return qimg_error_set(err, -EINVAL, "Snapshot table offset invalid");
+    if (s->l1_size > QCOW2_MAX_L1_SIZE / 8)
+        return qimg_error_set(err, -EFBIG, "Active L1 table too large");
+    if (l1_need > INT32_MAX)
+        return qimg_error_set(err, -EFBIG, "Image is too big");
+    if (s->l1_size < l1_need)
+        return qimg_error_set(err, -EINVAL, "L1 table is too small");
+    if (validate_table_offset(s, s->l1_table_offset, s->l1_size, 8))
+        return qimg_error_set(err, -EINVAL, "Active L1 table offset invalid");
+    return 0;
+}
+
+/* Checked, as in QEMU, once the L1 and refcount tables were read. */
+static int check_encryption(const struct qcow2_state *s, struct qimg_error *err)
+{
+    if (s->crypt_method > 2)
+        return qimg_error_set(err, -EINVAL, "Unsupported encryption method %u",
+                              s->crypt_method);
+    if (s->crypt_method)
+        return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
+                              "yet");
+    return 0;
+}
+
 static int load_l1(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t need = qcow2_l1_size_for(node->size, s->cluster_bits, s->l2_bits);
 
-    if (s->l1_size > QCOW2_MAX_L1_SIZE / 8)
-        return qimg_error_set(err, -EFBIG, "Active L1 table too large");
-    if (s->l1_size < need)
-        return qimg_error_set(err, -EINVAL, "L1 table is too small");
-    if (s->l1_size && validate_table_offset(s, s->l1_table_offset, s->l1_size, 8))
-        return qimg_error_set(err, -EINVAL, "Invalid L1 table offset");
     s->l1_table = calloc(QIMG_MAX(s->l1_size, 1u), 8);
     if (!s->l1_table)
         return qimg_error_set(err, -ENOMEM, "Could not allocate L1 table");
@@ -305,15 +342,24 @@ static int load_l1(struct qimg_image *node, struct qimg_error *err)
     return 0;
 }
 
+/* Before the extensions, which end where the backing name starts. */
+static int check_backing_offset(const struct qcow2_state *s,
+                                struct qimg_error *err)
+{
+    if (s->backing_file_offset &&
+        (s->backing_file_offset > s->cluster_size ||
+         s->backing_file_size > s->cluster_size - s->backing_file_offset))
+        return qimg_error_set(err, -EINVAL, "Invalid backing file offset");
+    return 0;
+}
+
+/* After the tables were read (QEMU's order). */
 static int read_backing_name(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
 
     if (!s->backing_file_offset)
         return 0;
-    if (s->backing_file_offset > s->cluster_size ||
-        s->backing_file_size > s->cluster_size - s->backing_file_offset)
-        return qimg_error_set(err, -EINVAL, "Invalid backing file offset");
     if (s->backing_file_size > QCOW2_MAX_BACKING_NAME)
         return qimg_error_set(err, -EINVAL, "Backing file name too long");
     int ret = node->file->ops->pread(node->file, s->backing_file_offset,
@@ -341,7 +387,11 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
     }
     if (!name)
         name = s->data_file_name;
-    if (!name[0])
+    /* Header-only opens (info) do not open the data file at all: QEMU's
+     * info works while it is missing or its name empty. */
+    if (node->flags & QIMG_OPEN_NO_IO)
+        return 0;
+    if (!name)   /* an empty recorded name is opened (and refused) */
         return qimg_error_set(err, -EINVAL, "'data-file' is required for this "
                               "image");
     /* QEMU opens the data file by its recorded name, relative to the
@@ -379,7 +429,10 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     ret = node->file->ops->pread(node->file, 0, hlen, hdr, err);
     if (ret < 0)
         goto out;
-    ret = parse_header(node, hdr, hlen, err);
+    /* A file cut inside its header reads as zeroes past its end, as in
+     * QEMU ("Unsupported cluster size: 2^0", "qcow2 header too short"). */
+    ret = parse_header(node, hdr, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE),
+                       err);
     if (ret < 0)
         goto out;
     if (s->header_length < s->cluster_size && hlen >= s->cluster_size) {
@@ -395,23 +448,27 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     if (ret < 0)
         goto out;
     derive_geometry(s);
-    ret = read_backing_name(node, err);
+    ret = check_backing_offset(s, err);
+    if (ret < 0)
+        goto out;
+    ret = validate_tables(node, err);
     if (ret < 0)
         goto out;
     ret = load_l1(node, err);
     if (ret < 0)
         goto out;
+    /* Only reading can fail here: the geometry was validated above. */
     ret = qcow2_refcount_load(node, err);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Could not initialize refcount handling: ");
+        goto out;
+    }
+    ret = check_encryption(s, err);
     if (ret < 0)
         goto out;
-    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-        ret = qimg_error_set(err, -EFBIG, "Snapshot table too large");
+    ret = read_backing_name(node, err);
+    if (ret < 0)
         goto out;
-    }
-    if (s->nb_snapshots && validate_table_offset(s, s->snapshots_offset, 1, 1)) {
-        ret = qimg_error_set(err, -EINVAL, "Invalid snapshot table offset");
-        goto out;
-    }
     ret = qcow2_snapshots_load(node, err);
     if (ret < 0)
         goto out;
@@ -437,6 +494,12 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     ret = open_data_file(node, opts, err);
     if (ret < 0)
         goto out;
+    /* QEMU's block layer refuses the size last, after the driver opened. */
+    if (node->size > INT64_MAX) {
+        ret = qimg_error_set(err, -EFBIG, "Could not refresh total sector "
+                             "count: %s", strerror(EFBIG));
+        goto out;
+    }
     if (!node->read_only && (s->incompatible & QCOW2_INCOMPAT_DIRTY) &&
         !(node->flags & QIMG_OPEN_CHECK)) {
         /* Left dirty (lazy refcounts, or a crash): repair, then mark clean,
@@ -451,13 +514,17 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     }
     if (!node->read_only) {
         /* Bits we do not maintain must be cleared before any write. */
-        uint64_t keep = s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+        uint64_t keep = s->autoclear & QCOW2_AUTOCLEAR_KNOWN;
         if (s->autoclear != keep) {
             s->autoclear = keep;
             ret = qcow2_update_header(node, err);
             if (ret < 0)
                 goto out;
         }
+        /* Bitmaps are loaded and marked in use until close. */
+        ret = qcow2_bitmaps_open_rw(node, err);
+        if (ret < 0)
+            goto out;
     }
 out:
     free(hdr);
@@ -474,6 +541,8 @@ static void free_state(struct qcow2_state *s)
     qcow2_cache_release(&s->refblock_cache);
     qimg_storage_close(s->data_file);
     s->data_file = NULL;
+    free(s->data_file_name);
+    s->data_file_name = NULL;
     free(s->l1_table);
     s->l1_table = NULL;
     free(s->refcount_table);
@@ -490,6 +559,10 @@ static void qcow2_close(struct qimg_image *node)
     struct qimg_error err;
 
     if (!node->read_only) {
+        /* Storing bitmaps allocates: before the caches are written. */
+        pthread_mutex_lock(&node->lock);
+        qcow2_bitmaps_close(node, &err);
+        pthread_mutex_unlock(&node->lock);
         qcow2_cache_flush(node, &s->l2_cache, &err);
         qcow2_cache_flush(node, &s->refblock_cache, &err);
         if (s->dirty_set)
@@ -498,13 +571,26 @@ static void qcow2_close(struct qimg_image *node)
     free_state(s);
 }
 
-static void put_ext(uint8_t *buf, size_t *off, uint32_t type, const void *data,
-                    uint32_t len)
+/* Room qcow2_build_header may write into (see QCOW2_HEADER_BUF_EXTRA). */
+static size_t header_buf_size(const struct qcow2_state *s)
 {
-    qimg_st_be32(buf + *off, type);
-    qimg_st_be32(buf + *off + 4, len);
-    memcpy(buf + *off + 8, data, len);
-    *off += 8 + ((len + 7u) & ~7u);
+    return (size_t)s->cluster_size + QCOW2_HEADER_BUF_EXTRA;
+}
+
+/* Append an extension; one that would not fit in the buffer (a name from
+ * an option can be of any length) is only counted. */
+static void put_ext(const struct qcow2_state *s, uint8_t *buf, size_t *off,
+                    uint32_t type, const void *data, size_t len)
+{
+    size_t rec = 8 + ((len + 7u) & ~(size_t)7);
+
+    if (len <= UINT32_MAX && rec <= header_buf_size(s) - QIMG_MIN(*off,
+                                                      header_buf_size(s))) {
+        qimg_st_be32(buf + *off, type);
+        qimg_st_be32(buf + *off + 4, (uint32_t)len);
+        memcpy(buf + *off + 8, data, len);
+    }
+    *off += rec;
 }
 
 /* The feature name table QEMU writes into every v3 image. */
@@ -560,18 +646,18 @@ size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
         off = QCOW2_V2_HEADER_LEN;
     }
     if (backing_fmt && *backing_fmt)
-        put_ext(buf, &off, QCOW2_EXT_BACKING_FMT, backing_fmt,
-                (uint32_t)strlen(backing_fmt));
-    if (s->data_file_name[0])
-        put_ext(buf, &off, QCOW2_EXT_DATA_FILE, s->data_file_name,
-                (uint32_t)strlen(s->data_file_name));
+        put_ext(s, buf, &off, QCOW2_EXT_BACKING_FMT, backing_fmt,
+                strlen(backing_fmt));
+    if (s->data_file_name && s->data_file_name[0])
+        put_ext(s, buf, &off, QCOW2_EXT_DATA_FILE, s->data_file_name,
+                strlen(s->data_file_name));
     if (s->has_crypto_ext)
-        put_ext(buf, &off, QCOW2_EXT_CRYPTO, s->crypto_ext, 16);
+        put_ext(s, buf, &off, QCOW2_EXT_CRYPTO, s->crypto_ext, 16);
     /* QEMU leaves the feature table out of images with clusters below 8 KiB. */
     if (with_feature_table && s->version >= 3 && s->cluster_size >= 8192)
-        put_ext(buf, &off, QCOW2_EXT_FEATURE_TABLE, ft, (uint32_t)feature_table(ft));
+        put_ext(s, buf, &off, QCOW2_EXT_FEATURE_TABLE, ft, feature_table(ft));
     if (s->has_bitmaps_ext)
-        put_ext(buf, &off, QCOW2_EXT_BITMAPS, s->bitmaps_ext, 24);
+        put_ext(s, buf, &off, QCOW2_EXT_BITMAPS, s->bitmaps_ext, 24);
     if (s->unknown_ext_len && off + s->unknown_ext_len + 8 <= s->cluster_size) {
         memcpy(buf + off, s->unknown_ext, s->unknown_ext_len);
         off += s->unknown_ext_len;
@@ -579,9 +665,11 @@ size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
     off += 8;   /* end-of-extensions marker (zeroes) */
     if (backing && *backing) {
         size_t bl = strlen(backing);
-        qimg_st_be64(buf + 8, off);
-        qimg_st_be32(buf + 16, (uint32_t)bl);
-        memcpy(buf + off, backing, bl);
+        if (off <= s->cluster_size && bl <= header_buf_size(s) - off) {
+            qimg_st_be64(buf + 8, off);
+            qimg_st_be32(buf + 16, (uint32_t)bl);
+            memcpy(buf + off, backing, bl);
+        }
         off += bl;
     }
     return off;
@@ -604,7 +692,10 @@ int qcow2_update_header(struct qimg_image *node, struct qimg_error *err)
         return qimg_error_set(err, -ENOSPC, "Header extensions do not fit into "
                               "the first cluster");
     }
-    ret = node->file->ops->pwrite(node->file, 0, len, buf, err);
+    /* The whole cluster, as QEMU writes it: bytes of a longer former
+     * header (a dropped extension, a v3 header after a downgrade) must
+     * not stay behind the end marker. */
+    ret = node->file->ops->pwrite(node->file, 0, s->cluster_size, buf, err);
     free(buf);
     if (ret < 0)
         return ret;
@@ -692,7 +783,7 @@ static int qcow2_get_info(struct qimg_image *node, struct qimg_info *info,
     if (s->version >= 3) {
         json_object_set_new(data, "corrupt",
                             json_boolean(s->incompatible & QCOW2_INCOMPAT_CORRUPT));
-        if (s->data_file_name[0])
+        if (s->data_file_name)   /* even empty, as QEMU shows it */
             json_object_set_new(data, "data-file", json_string(s->data_file_name));
         if (s->incompatible & QCOW2_INCOMPAT_DATA_FILE)
             json_object_set_new(data, "data-file-raw",
@@ -746,11 +837,15 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
     if (size % 512)
         return qimg_error_set(err, -EINVAL, "The new size must be a multiple of "
                               "512");
+    ret = qcow2_bitmaps_can_resize(node, err);
+    if (ret < 0)
+        return ret;
     if (size < old) {
         if (prealloc != QIMG_PREALLOC_OFF)
             return qimg_error_set(err, -ENOTSUP, "Preallocation can't be used "
                                   "for shrinking an image");
-        return qcow2_shrink(node, size, err);
+        ret = qcow2_shrink(node, size, err);
+        return ret < 0 ? ret : qcow2_bitmaps_resized(node, err);
     }
     pthread_mutex_lock(&node->lock);
     ret = qcow2_grow_l1(node, qcow2_l1_size_for(size, s->cluster_bits, s->l2_bits),
@@ -766,60 +861,7 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
             node->size = old;
         pthread_mutex_unlock(&node->lock);
     }
-    return ret;
-}
-
-/* The bitmap directory is bounded as QEMU bounds it (64 MiB). */
-#define QCOW2_MAX_BITMAP_DIR (64u << 20)
-#define QCOW2_MAX_BITMAPS 65535
-
-int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
-                          uint64_t *bytes, struct qimg_error *err)
-{
-    struct qcow2_state *s = src->state;
-    uint32_t nb;
-    uint64_t dir_size, dir_off, total = 0, pos = 0;
-    uint8_t *dir;
-    int ret;
-
-    *bytes = 0;
-    if (!s->has_bitmaps_ext)
-        return 0;
-    nb = qimg_ld_be32(s->bitmaps_ext);
-    dir_size = qimg_ld_be64(s->bitmaps_ext + 8);
-    dir_off = qimg_ld_be64(s->bitmaps_ext + 16);
-    if (nb > QCOW2_MAX_BITMAPS || dir_size > QCOW2_MAX_BITMAP_DIR)
-        return qimg_error_set(err, -EINVAL, "Bitmap directory too large");
-    dir = malloc(dir_size ? dir_size : 1);
-    if (!dir)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    ret = src->file->ops->pread(src->file, dir_off, dir_size, dir, err);
-    for (uint32_t i = 0; !ret && i < nb; i++) {
-        uint32_t extra, name_len, gbits;
-        uint64_t bits, data, clusters, entry;
-        if (pos + 24 > dir_size) {
-            ret = qimg_error_set(err, -EINVAL, "Bitmap directory is corrupt");
-            break;
-        }
-        gbits = dir[pos + 17];
-        name_len = qimg_ld_be16(dir + pos + 18);
-        extra = qimg_ld_be32(dir + pos + 20);
-        if (gbits > 63) {
-            ret = qimg_error_set(err, -EINVAL, "Bitmap granularity is invalid");
-            break;
-        }
-        bits = qimg_div_round_up(src->size, 1ull << gbits);
-        data = qimg_div_round_up(bits, 8);
-        clusters = qimg_div_round_up(data, cluster_size);
-        total += clusters * cluster_size +
-                 qimg_div_round_up(clusters * 8, cluster_size) * cluster_size;
-        entry = 24 + (uint64_t)extra + name_len;
-        pos += (entry + 7) & ~7ull;
-    }
-    if (!ret)
-        *bytes = total + qimg_div_round_up(dir_size, cluster_size) * cluster_size;
-    free(dir);
-    return ret;
+    return ret < 0 ? ret : qcow2_bitmaps_resized(node, err);
 }
 
 const struct qimg_format qimg_format_qcow2 = {
@@ -833,12 +875,12 @@ const struct qimg_format qimg_format_qcow2 = {
     .close = qcow2_close,
     .create = qcow2_create,
     .pread = qcow2_pread,
-    .pwrite = qcow2_pwrite,
-    .pwrite_compressed = qcow2_pwrite_compressed,
+    .pwrite = qcow2_pwrite_marked,
+    .pwrite_compressed = qcow2_pwrite_compressed_marked,
     .compress_cluster = qcow2_compress_cluster,
-    .pwrite_compressed_data = qcow2_pwrite_compressed_data,
-    .pwrite_zeroes = qcow2_pwrite_zeroes,
-    .discard = qcow2_discard,
+    .pwrite_compressed_data = qcow2_pwrite_compressed_data_marked,
+    .pwrite_zeroes = qcow2_pwrite_zeroes_marked,
+    .discard = qcow2_discard_marked,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .truncate = qcow2_truncate,
@@ -851,4 +893,5 @@ const struct qimg_format qimg_format_qcow2 = {
     .amend = qcow2_amend,
     .change_backing = qcow2_change_backing,
     .make_empty = qcow2_make_empty,
+    .bitmap = &qcow2_bitmap_ops,
 };

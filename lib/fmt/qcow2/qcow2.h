@@ -9,7 +9,9 @@
  *   qcow2-refcount.c refcounts: lookup, update, cluster allocation
  *   qcow2-create.c   create and measure
  *   qcow2-check.c    check and repair
- *   qcow2-compress.c compressed clusters (zlib raw deflate, zstd)
+ *   qcow2-compress.c compressed clusters (raw deflate, zstd): reads, writes
+ *   qcow2-bitmap*.c  persistent dirty bitmaps: directory, contents, the
+ *                    writable session and operations
  *
  * Locking: node->lock guards every field below that changes after open
  * (tables, caches, free-cluster cursor, header fields).  Guest data I/O
@@ -71,6 +73,9 @@
 #define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
 #define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
 #define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+/* Bits an entry must have clear (check reports them). */
+#define QCOW2_L1E_RESERVED 0x7f000000000001ffull
+#define QCOW2_L2E_STD_RESERVED 0x3f000000000001feull
 
 #define QCOW2_COMPRESSION_ZLIB 0
 #define QCOW2_COMPRESSION_ZSTD 1
@@ -121,12 +126,36 @@ struct qcow2_snapshot {
     uint32_t extra_size;
 };
 
+/* Persistent dirty bitmaps (qcow2.txt "Bitmaps"); QEMU's limits. */
+#define QCOW2_MAX_BITMAPS 65535
+#define QCOW2_MAX_BITMAP_DIR (1024u * QCOW2_MAX_BITMAPS)
+#define QCOW2_BME_MAX_NAME 1023
+#define QCOW2_BME_MIN_GRAN_BITS 9
+#define QCOW2_BME_MAX_GRAN_BITS 31
+#define QCOW2_BME_MAX_TABLE_SIZE 0x8000000u
+#define QCOW2_BME_MAX_PHYS_SIZE 0x20000000u     /* bytes of bitmap data */
+#define QCOW2_BME_FLAG_IN_USE (1u << 0)
+#define QCOW2_BME_FLAG_AUTO (1u << 1)
+#define QCOW2_BME_TABLE_RESERVED 0xff000000000001feull
+#define QCOW2_BME_TABLE_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_BME_TABLE_ALL_ONES 1ull
+#define QCOW2_BT_DIRTY_TRACKING 1
+/* Our own bounds on what hostile images can make us do (docs/LIMITS.md):
+ * bytes of bitmap tables read at open, bytes of bitmaps held in memory. */
+#define QCOW2_MAX_BITMAP_TABLES_READ (256ull << 20)
+#define QCOW2_MAX_BITMAP_MEMORY (1ull << 30)
+
 struct qcow2_bitmap {
     char *name;
-    uint32_t flags;
+    uint32_t flags;             /* as in the directory (QCOW2_BME_FLAG_*) */
     uint8_t granularity_bits;
-    uint64_t table_offset;      /* bitmap table: entries of 8 bytes */
-    uint32_t table_size;
+    uint64_t table_offset;      /* 0: not in the directory yet (new) */
+    uint32_t table_size;        /* entries of 8 bytes */
+    /* In memory: one bit per granule, LSB first as stored on disk. */
+    uint8_t *bits;              /* NULL until loaded */
+    uint64_t nbits;
+    bool enabled;               /* records writes ("auto") */
+    bool inconsistent;          /* in use when opened: contents unusable */
 };
 
 struct qcow2_state {
@@ -174,13 +203,15 @@ struct qcow2_state {
 
     /* external data file (NULL: guest data lives in node->file) */
     struct qimg_storage *data_file;
-    char data_file_name[1024];
+    /* recorded name (malloc'd; NULL: none).  Any length that fits in the
+     * header cluster, as in QEMU. */
+    char *data_file_name;
 
     /* header extensions we do not interpret, kept verbatim on rewrite */
     uint8_t *unknown_ext;
     size_t unknown_ext_len;
     bool has_feature_table;
-    /* bitmaps extension (kept, autoclear bit cleared on write for now) */
+    /* bitmaps extension as written back (qcow2_bitmaps_sync_ext) */
     uint8_t bitmaps_ext[24];
     bool has_bitmaps_ext;
     uint8_t crypto_ext[16];
@@ -188,6 +219,12 @@ struct qcow2_state {
 
     struct qcow2_bitmap *bitmaps;      /* persistent bitmaps (directory) */
     uint32_t nb_bitmaps;
+    uint64_t bitmap_dir_offset, bitmap_dir_size;
+    bool bitmaps_stale;        /* extension without its autoclear bit */
+    bool bitmaps_session;      /* writable open: in use on disk, stored at
+                                  close (qcow2-bitmap-ops.c) */
+    uint32_t bitmaps_tracking; /* enabled loaded bitmaps: writes mark them */
+    uint64_t bitmaps_memory;   /* bytes of bitmap contents loaded */
     struct qcow2_snapshot *snapshots;  /* nb_snapshots entries */
     uint64_t snapshots_size;       /* bytes of the table on disk */
 
@@ -296,6 +333,13 @@ int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
                                  size_t clen, struct qimg_error *err);
 int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
                         unsigned flags, struct qimg_error *err);
+/* The L2 side of a compressed write at off, with the lock held: make the
+ * table writable and refuse a cluster that holds data (prepare, before
+ * the data is placed), then point the entry at the descriptor (set). */
+int qcow2_compressed_l2_prepare(struct qimg_image *node, uint64_t off,
+                                struct qimg_error *err);
+int qcow2_compressed_l2_set(struct qimg_image *node, uint64_t off,
+                            uint64_t descriptor, struct qimg_error *err);
 int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
                   struct qimg_error *err);
 int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
@@ -329,20 +373,35 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
 #define QCOW2_N_CREATE_OPTS 21
 extern const struct qimg_opt_desc qcow2_create_opts[QCOW2_N_CREATE_OPTS];
 /* Buffers given to qcow2_build_header hold cluster_size + this: the header,
- * extensions (names are bounded) and backing name, measured afterwards. */
+ * extensions and backing name, measured afterwards.  What would not fit is
+ * not written, only counted (the result is then > cluster_size). */
 #define QCOW2_HEADER_BUF_EXTRA 8192
 size_t qcow2_build_header(const struct qcow2_state *s, uint64_t size,
                           const char *backing, const char *backing_fmt,
                           uint8_t *buf, bool with_feature_table);
 
-/* Space the persistent bitmaps of src would take with cluster_size. */
-int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
-                          uint64_t *bytes, struct qimg_error *err);
-
-/* qcow2-bitmap.c */
+/* qcow2-bitmap.c: the extension and the directory */
 #include <jansson.h>
+/* Check the bitmaps extension as read from the header (open). */
+int qcow2_bitmaps_parse_ext(struct qimg_image *node, const uint8_t *data,
+                            uint32_t len, struct qimg_error *err);
+/* Read and validate the directory and bitmap tables (open). */
 int qcow2_bitmaps_load(struct qimg_image *node, struct qimg_error *err);
 void qcow2_bitmaps_free(struct qcow2_state *s);
+/* Index of the bitmap called name, or -1. */
+int64_t qcow2_bitmap_find(const struct qcow2_state *s, const char *name);
+/* Refresh bitmaps_ext from nb_bitmaps and the directory location. */
+void qcow2_bitmaps_sync_ext(struct qcow2_state *s);
+/* Write the directory of the stored bitmaps to new clusters, point the
+ * header at it (autoclear bit set, or the extension dropped when none is
+ * left) and free the old one. */
+int qcow2_bitmap_dir_store(struct qimg_image *node, struct qimg_error *err);
+/* Rewrite the directory where it is (flags changed only), with the
+ * autoclear bit cleared meanwhile. */
+int qcow2_bitmap_dir_update_in_place(struct qimg_image *node,
+                                     struct qimg_error *err);
+/* Header write followed by a flush. */
+int qcow2_update_header_sync(struct qimg_image *node, struct qimg_error *err);
 /* The "bitmaps" list of info's format-specific data. */
 json_t *qcow2_bitmaps_info(const struct qcow2_state *s);
 /* Call inc(opaque, offset, len) for every cluster range the bitmaps use
@@ -352,9 +411,67 @@ int qcow2_bitmaps_for_each_range(struct qimg_image *node,
                                              uint64_t len),
                                  void *opaque);
 
+/* qcow2-bitmap-data.c: bitmap tables and contents */
+/* Bytes of the in-memory bitmap of nbits bits (whole 64-bit words). */
+uint64_t qcow2_bitmap_bytes(uint64_t nbits);
+/* Read and check a bitmap table (host order, *table malloc'ed). */
+int qcow2_bitmap_table_load(struct qimg_image *node, uint64_t offset,
+                            uint32_t size, uint64_t **table,
+                            struct qimg_error *err);
+/* Load bm's contents from its table (no-op when loaded or new). */
+int qcow2_bitmap_load_bits(struct qimg_image *node, struct qcow2_bitmap *bm,
+                           struct qimg_error *err);
+/* Write bm's contents to new clusters and a new table (as QEMU: one
+ * cluster per part with a set bit, zero entries elsewhere). */
+int qcow2_bitmap_store_bits(struct qimg_image *node, struct qcow2_bitmap *bm,
+                            struct qimg_error *err);
+/* Free a stored table and the data clusters it points to. */
+int qcow2_bitmap_free_table(struct qimg_image *node, uint64_t offset,
+                            uint32_t size, struct qimg_error *err);
+/* Set the bits covering guest bytes [off, off+len). */
+void qcow2_bitmap_set_range(struct qcow2_bitmap *bm, uint64_t off,
+                            uint64_t len);
+/* Resize the contents for a guest of size bytes (new bits clear). */
+int qcow2_bitmap_resize(struct qcow2_bitmap *bm, uint64_t size);
+
+/* qcow2-bitmap-ops.c: the writable session and the operations */
+/* Writable open: load every consistent bitmap and mark it in use. */
+int qcow2_bitmaps_open_rw(struct qimg_image *node, struct qimg_error *err);
+/* Close: store the bitmaps back, in use cleared. */
+int qcow2_bitmaps_close(struct qimg_image *node, struct qimg_error *err);
+/* Mark guest bytes written in the enabled bitmaps (any thread). */
+void qcow2_bitmaps_mark(struct qimg_image *node, uint64_t off, uint64_t len);
+/* The driver's write entry points: qcow2-cluster.c's, then marking. */
+int qcow2_pwrite_marked(struct qimg_image *node, uint64_t off, size_t len,
+                        const void *buf, struct qimg_error *err);
+int qcow2_pwrite_compressed_marked(struct qimg_image *node, uint64_t off,
+                                   size_t len, const void *buf,
+                                   struct qimg_error *err);
+int qcow2_pwrite_compressed_data_marked(struct qimg_image *node, uint64_t off,
+                                        size_t len, const void *buf,
+                                        const void *cdata, size_t clen,
+                                        struct qimg_error *err);
+int qcow2_pwrite_zeroes_marked(struct qimg_image *node, uint64_t off,
+                               uint64_t len, unsigned flags,
+                               struct qimg_error *err);
+int qcow2_discard_marked(struct qimg_image *node, uint64_t off, uint64_t len,
+                         struct qimg_error *err);
+/* Before a resize: every bitmap must be usable.  After: resize them. */
+int qcow2_bitmaps_can_resize(struct qimg_image *node, struct qimg_error *err);
+int qcow2_bitmaps_resized(struct qimg_image *node, struct qimg_error *err);
+/* Space the persistent bitmaps of src would take with cluster_size. */
+int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
+                          uint64_t *bytes, struct qimg_error *err);
+extern const struct qimg_bitmap_ops qcow2_bitmap_ops;
+
 /* qcow2-snapshot.c */
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
+/* A snapshot's L1 size and offset, checked before its table is read:
+ * QEMU's "Snapshot L1 table too large" / "... offset invalid". */
+int qcow2_snapshot_l1_check(const struct qcow2_state *s,
+                            const struct qcow2_snapshot *sn,
+                            struct qimg_error *err);
 extern const struct qimg_snapshot_ops qcow2_snapshot_ops;
 /* qcow2-snapshot-write.c */
 int qcow2_snapshot_change(struct qimg_image *node, enum qimg_snapshot_op op,
