@@ -41,6 +41,9 @@ step convert -p -c -f raw -O qcow2 -o compression_type=zstd disk.img disk.qcow2
 step compare -f raw -F qcow2 disk.img disk.qcow2
 step snapshot -c before-update disk.qcow2
 echo
+echo "# a persistent dirty bitmap records what changes from now on"
+step bitmap --add -g 64k disk.qcow2 since-snapshot
+echo
 echo "# the disk is updated elsewhere, as a raw file"
 cp disk.img updated.img
 printf 'updated boot sector!!' | dd of=updated.img conv=notrunc status=none
@@ -48,19 +51,24 @@ echo
 echo "# an overlay on the updated disk, rebased onto the compressed image:"
 echo "# it keeps only what differs, then is committed into it"
 step create -f qcow2 -b updated.img -F raw overlay.qcow2
-step rebase -p -b disk.qcow2 -F qcow2 overlay.qcow2
+step rebase -b disk.qcow2 -F qcow2 overlay.qcow2
 step check overlay.qcow2
 step info --backing-chain overlay.qcow2
 step commit overlay.qcow2
 step compare -f raw -F qcow2 updated.img disk.qcow2
 step check disk.qcow2
+step info disk.qcow2
 step measure -O qcow2 disk.qcow2
+echo
+echo "# a copy with its bitmaps, for an incremental backup elsewhere"
+step convert --bitmaps -O qcow2 disk.qcow2 backup.qcow2
 echo
 echo "# the snapshot still holds the disk as it was before the update"
 step snapshot -l disk.qcow2
 step convert -f qcow2 -O raw -l before-update disk.qcow2 restored.img
 step compare -f raw -F raw disk.img restored.img
 ref check disk.qcow2
+ref info backup.qcow2
 ref compare -f raw -F qcow2 updated.img disk.qcow2
 echo
 echo "demo finished"
