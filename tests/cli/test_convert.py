@@ -58,8 +58,13 @@ def same_image(pair, name, fmt="raw", blocks=True):
     pair.same_content(name, fmt)
     assert ref_map(pair.qimg_dir, name, fmt) == ref_map(pair.ref_dir, name, fmt)
     if blocks and fmt == "raw":
-        assert os.stat(pair.path_qimg(name)).st_blocks == \
-            os.stat(pair.path_ref(name)).st_blocks
+        # Same allocation, up to the filesystem's own extent-tree blocks,
+        # which depend on how fragmented the writes left the file (ext4
+        # adds a 4 KiB index block now and then): preallocation mistakes
+        # are megabytes.
+        got = os.stat(pair.path_qimg(name)).st_blocks
+        want = os.stat(pair.path_ref(name)).st_blocks
+        assert abs(got - want) <= 16, (got, want)
 
 
 # ---- successful conversions ------------------------------------------------
