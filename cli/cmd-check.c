@@ -190,6 +190,9 @@ static int run_check(const struct check_args *a)
                 print_human(&res);
         }
         ret = exit_status(&res);
+        /* Internal errors: the counts are shown, then this (qemu-img). */
+        if (res.check_errors)
+            cli_error("Check failed");
     }
     qimg_close(img);
     return ret;

@@ -37,7 +37,6 @@ struct map_entry {
 
 struct map_printer {
     enum cli_output output;
-    unsigned printed;        /* entries printed so far (JSON separators) */
 };
 
 static bool same_file(const char *a, const char *b)
@@ -66,17 +65,21 @@ static const char *tf(bool b)
     return b ? "true" : "false";
 }
 
-static void print_json_entry(struct map_printer *p, const struct map_entry *e)
+/*
+ * "[" is printed before the walk and each entry's separator as soon as the
+ * next entry is known, as qemu-img does: an error part way leaves exactly
+ * its output behind.
+ */
+static void print_json_entry(const struct map_entry *e, bool more)
 {
-    printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", "
+    printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", "
            "\"depth\": %d, \"present\": %s, \"zero\": %s, \"data\": %s",
-           p->printed ? ",\n" : "[", e->start, e->length, e->depth,
+           e->start, e->length, e->depth,
            tf(e->flags & QIMG_BS_ALLOCATED), tf(e->flags & QIMG_BS_ZERO),
            tf(e->flags & QIMG_BS_DATA));
     if (e->flags & QIMG_BS_OFFSET_VALID)
         printf(", \"offset\": %" PRIu64, e->offset);
-    printf("}");
-    p->printed++;
+    printf("}%s", more ? ",\n" : "");
 }
 
 /*
@@ -99,10 +102,11 @@ static int print_human_entry(const struct map_entry *e)
     return 0;
 }
 
-static int print_entry(struct map_printer *p, const struct map_entry *e)
+static int print_entry(struct map_printer *p, const struct map_entry *e,
+                       bool more)
 {
     if (p->output == CLI_OUTPUT_JSON) {
-        print_json_entry(p, e);
+        print_json_entry(e, more);
         return 0;
     }
     return print_human_entry(e);
@@ -139,12 +143,12 @@ static int walk(struct qimg_image *img, uint64_t start, uint64_t end,
             cur.length += next.length;
             continue;
         }
-        if (cur.length && print_entry(p, &cur) < 0)
+        if (cur.length && print_entry(p, &cur, true) < 0)
             return 1;
         cur = next;
     }
     /* The last run; with nothing mapped JSON still shows an empty entry. */
-    if (print_entry(p, &cur) < 0)
+    if (print_entry(p, &cur, false) < 0)
         return 1;
     if (p->output == CLI_OUTPUT_JSON)
         printf("]\n");
@@ -163,6 +167,8 @@ static int run_map(const struct map_args *a)
         return 1;
     if (a->output == CLI_OUTPUT_HUMAN)
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+    else
+        printf("[");
     /* Both values are at most INT64_MAX, so the sum cannot wrap. */
     size = qimg_image_size(img);
     end = a->max_length < 0 ? size : start + (uint64_t)a->max_length;

@@ -142,8 +142,11 @@ def test_check_qcow2(pair, name, opts):
 def test_check_qcow2_repair(pair, name, repair, opts):
     make_qcow2(pair)
     pair.same("check", "-r", repair, *opts, f"{name}.qcow2")
-    # The repaired images must now check the same way as well.
+    # The repaired images must now check the same way as well, and be the
+    # same files (freed clusters are discarded as QEMU does).
     pair.same("check", "--output=json", f"{name}.qcow2")
+    assert pair.path_ref(f"{name}.qcow2").read_bytes() == \
+        pair.path_qimg(f"{name}.qcow2").read_bytes()
 
 
 @needs_qcow2

@@ -172,6 +172,8 @@ int qcow2_bitmap_store_bits(struct qimg_image *node, struct qcow2_bitmap *bm,
                                                        s->cluster_size), err);
     if (off < 0) {
         ret = (int)off;
+        qimg_error_prefix(err, "Failed to allocate clusters for bitmap '%s': ",
+                          bm->name);
         goto out;
     }
     ret = node->file->ops->pwrite(node->file, (uint64_t)off, tb_size * 8,
@@ -188,8 +190,8 @@ out:
 
 /* A failed free is reported and skipped, as QEMU does: the clusters
  * merely leak. */
-static void free_clusters(struct qimg_image *node, uint64_t off, uint64_t len,
-                          bool discard)
+void qcow2_free_clusters_or_warn(struct qimg_image *node, uint64_t off,
+                                 uint64_t len, bool discard)
 {
     struct qimg_error e = {0};
 
@@ -212,10 +214,11 @@ int qcow2_bitmap_free_table(struct qimg_image *node, uint64_t offset,
     /* QEMU always discards freed bitmap data in the file. */
     for (uint32_t k = 0; k < size; k++)
         if (table[k] & QCOW2_BME_TABLE_OFFSET_MASK)
-            free_clusters(node, table[k] & QCOW2_BME_TABLE_OFFSET_MASK,
-                          s->cluster_size, true);
+            qcow2_free_clusters_or_warn(node,
+                                        table[k] & QCOW2_BME_TABLE_OFFSET_MASK,
+                                        s->cluster_size, true);
     free(table);
-    free_clusters(node, offset, (uint64_t)size * 8, false);
+    qcow2_free_clusters_or_warn(node, offset, (uint64_t)size * 8, false);
     return 0;
 }
 

@@ -111,6 +111,7 @@ static int write_entry(struct qimg_image *node, struct qcow2_cache *c,
     if (ret < 0)
         return ret;
     e->dirty = false;
+    c->wgen++;
     return 0;
 }
 
@@ -121,8 +122,10 @@ static int by_offset(const void *a, const void *b)
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
-int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
-                      struct qimg_error *err)
+/* Write the dirty tables back, in file order so that they go out as one
+ * sequential stream. */
+static int write_dirty(struct qimg_image *node, struct qcow2_cache *c,
+                       struct qimg_error *err)
 {
     struct qcow2_cache_entry **dirty;
     size_t nd = 0;
@@ -132,7 +135,6 @@ int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
         nd += c->e[i].offset && c->e[i].dirty;
     if (!nd)
         return 0;
-    /* In file order, so that the tables go out as one sequential stream. */
     dirty = malloc(nd * sizeof(*dirty));
     if (!dirty)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
@@ -144,10 +146,59 @@ int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
     for (size_t i = 0; i < nd && !ret; i++)
         ret = write_entry(node, c, dirty[i], err);
     free(dirty);
-    /* Ordering point for caches that depend on this one. */
-    if (!ret)
-        ret = node->file->ops->flush(node->file, err);
     return ret;
+}
+
+int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
+                      struct qimg_error *err)
+{
+    int ret = write_dirty(node, c, err);
+
+    /* Ordering point for caches that depend on this one: also for tables
+     * written back earlier (eviction, qcow2_cache_write_back) that no
+     * flush has covered yet. */
+    if (!ret && c->wgen != c->sgen) {
+        uint64_t gen = c->wgen;
+        ret = node->file->ops->flush(node->file, err);
+        if (!ret)
+            c->sgen = gen;
+    }
+    return ret;
+}
+
+int qcow2_cache_write_back(struct qimg_image *node, struct qcow2_cache *c,
+                           uint64_t *gen, struct qimg_error *err)
+{
+    struct qcow2_cache *dep = c->depends;
+    int ret;
+
+    c->depends = NULL;
+    ret = write_dirty(node, c, err);
+    c->depends = dep;
+    *gen = c->wgen;
+    return ret;
+}
+
+int qcow2_cache_write_table(struct qimg_image *node, struct qcow2_cache *c,
+                            const uint8_t *table, struct qimg_error *err)
+{
+    size_t i = c->slab && table >= c->slab
+                   ? (size_t)(table - c->slab) / c->table_size : c->n;
+    struct qcow2_cache *dep = c->depends;
+    int ret;
+
+    if (i >= c->n || c->e[i].data != table)
+        return qimg_error_set(err, -EINVAL, "Table not in the cache");
+    c->depends = NULL;
+    ret = write_entry(node, c, &c->e[i], err);
+    c->depends = dep;
+    return ret;
+}
+
+void qcow2_cache_synced(struct qcow2_cache *c, uint64_t gen)
+{
+    if (gen > c->sgen)
+        c->sgen = gen;
 }
 
 /* A slot to reuse: a free one, else the least recently used (written back). */

@@ -198,10 +198,10 @@ static int check_l1(struct check *c, uint64_t l1_off, uint32_t l1_size,
         }
         inc_refs(c, off, s->cluster_size);
         if (off & (s->cluster_size - 1)) {
+            /* Reported, and (as QEMU) still walked where it points. */
             report(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; "
                    "L1 entry corrupted", off);
             c->res->corruptions++;
-            continue;
         }
         check_l2(c, off, active);
     }
@@ -253,8 +253,16 @@ static void check_refcount_table(struct check *c)
 static int set_refcount(struct check *c, uint64_t i, uint64_t stored, uint64_t v,
                         struct qimg_error *err)
 {
+    struct qimg_storage *file = c->node->file;
+    uint64_t off = i << c->s->cluster_bits;
     int64_t delta = (int64_t)v - (int64_t)stored;
-    return qcow2_update_refcount(c->node, i << c->s->cluster_bits, 1, delta, err);
+    int ret = qcow2_update_refcount(c->node, off, 1, delta, err);
+
+    /* QEMU's repair discards a cluster it frees: the file reads zeroes
+     * there (and takes no space) afterwards. */
+    if (!ret && !v && file->ops->discard)
+        file->ops->discard(file, off, c->s->cluster_size, NULL);
+    return ret;
 }
 
 /*
@@ -316,8 +324,9 @@ static int compare_refcounts(struct check *c, unsigned fix, bool *rebuild,
             }
         }
     }
-    c->res->image_end_offset = any ? (int64_t)((highest + 1) << s->cluster_bits)
-                                   : 0;
+    /* At least the header cluster, even when no count could be read. */
+    (void)any;
+    c->res->image_end_offset = (int64_t)((highest + 1) << s->cluster_bits);
     return 0;
 }
 
@@ -475,30 +484,55 @@ static void check_snapshot_l1(struct check *c, const struct qcow2_snapshot *sn)
 /*
  * Version 3 requires 16 bytes of extra data per snapshot entry (large VM
  * state size, disk size); QEMU's check reports shorter entries (also those
- * past the end of the file, read as zeroes).  QEMU's -r all rewrites the
- * table then; qimg does not, so it stays silent in repair mode.
+ * past the end of the file, read as zeroes).  -r all completes them as
+ * QEMU does (disk size: the image's, icount: none) and rewrites the table
+ * to new clusters, discarding the old ones.
  */
-static void check_snapshot_entries(struct check *c)
+static int check_snapshot_entries(struct check *c, struct qimg_error *err)
 {
     struct qcow2_state *s = c->s;
+    bool repair = c->fix & QIMG_CHECK_FIX_ERRORS, any = false;
+    uint64_t old_off = s->snapshots_offset, old_size = s->snapshots_size;
+    struct qimg_storage *file = c->node->file;
+    int ret;
 
-    if (s->version < 3 || (c->fix & QIMG_CHECK_FIX_ERRORS))
-        return;
+    if (s->version < 3)
+        return 0;
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-        if (s->snapshots[i].extra_size < 16) {
-            report(c, "ERROR snapshot table entry %" PRIu32 " is incomplete",
-                   i);
+        struct qcow2_snapshot *sn = &s->snapshots[i];
+        if (sn->extra_size >= 16)
+            continue;
+        report(c, "%s snapshot table entry %" PRIu32 " is incomplete",
+               repair ? "Repairing" : "ERROR", i);
+        if (!repair) {
             c->res->corruptions++;
+            continue;
         }
+        sn->extra_size = 24;
+        sn->disk_size = c->node->size;
+        sn->icount = UINT64_MAX;
+        c->res->corruptions_fixed++;
+        any = true;
     }
+    if (!any)
+        return 0;
+    ret = qcow2_snapshot_write_table(c->node, err);
+    if (!ret && old_size && file->ops->discard)
+        file->ops->discard(file, old_off, qimg_align_down(old_size +
+                           c->s->cluster_size - 1, c->s->cluster_size), NULL);
+    return ret;
 }
 
 /* Count every reference from the metadata into a fresh array. */
 static int compute_refs(struct check *c, struct qimg_error *err)
 {
     struct qcow2_state *s = c->s;
+    /* First: its repair rewrites the table, which may grow the file. */
+    int ret = check_snapshot_entries(c, err);
     int64_t fsize = c->node->file->ops->get_size(c->node->file);
 
+    if (ret < 0)
+        return ret;
     if (fsize < 0)
         return qimg_error_set(err, (int)fsize, "Could not get file size");
     free(c->refs);
@@ -510,15 +544,17 @@ static int compute_refs(struct check *c, struct qimg_error *err)
         return qimg_error_set(err, -ENOMEM, "Image too large to check");
     c->res->allocated_clusters = c->res->fragmented_clusters = 0;
     c->res->compressed_clusters = 0;
-    check_snapshot_entries(c);
     inc_refs(c, 0, s->cluster_size);
     check_l1(c, s->l1_table_offset, s->l1_size, s->l1_table, true);
     for (uint32_t i = 0; i < s->nb_snapshots; i++)
         check_snapshot_l1(c, &s->snapshots[i]);
     if (s->nb_snapshots)
         inc_refs(c, s->snapshots_offset, s->snapshots_size);
-    if (qcow2_bitmaps_for_each_range(c->node, inc_refs_cb, c) < 0)
-        c->res->check_errors++;
+    /* A bitmap table that cannot be read fails the whole check, as in
+     * QEMU (an in-use bitmap's table is not validated at open). */
+    ret = qcow2_bitmaps_for_each_range(c->node, inc_refs_cb, c);
+    if (ret < 0)
+        return qimg_error_set(err, ret, "Invalid bitmap table");
     check_refcount_table(c);
     return 0;
 }
@@ -528,20 +564,21 @@ static int check_copied(struct check *c, unsigned fix, struct qimg_error *err)
 {
     struct qcow2_state *s = c->s;
     uint8_t *l2 = malloc(s->cluster_size);
+    /* Leaks mode repairs COPIED bits too when no refcount is too low (as
+     * QEMU: then the counts can be trusted). */
+    bool repair = (fix & QIMG_CHECK_FIX_ERRORS) ||
+                  ((fix & QIMG_CHECK_FIX_LEAKS) && !c->res->corruptions);
 
     if (!l2)
         return -ENOMEM;
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t l1 = s->l1_table[i], off = l1 & QCOW2_L1E_OFFSET_MASK, rc;
         bool dirty = false;
-        if (!off || (off & (s->cluster_size - 1)))
+        /* Unaligned tables too: QEMU judges them by their cluster. */
+        if (!off)
             continue;
         if (qcow2_get_refcount(c->node, off >> s->cluster_bits, &rc, err) < 0)
             continue;
-        /* Setting a missing COPIED bit where the count is 1 cannot hurt:
-         * that is repaired even in leaks mode, as QEMU does. */
-        bool repair = (fix & QIMG_CHECK_FIX_ERRORS) ||
-                      ((fix & QIMG_CHECK_FIX_LEAKS) && rc == 1);
         if ((rc == 1) != !!(l1 & QCOW2_OFLAG_COPIED)) {
             report(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64
                    " refcount=%" PRIu64, repair ? "Repairing" : "ERROR", i, l1, rc);
@@ -570,11 +607,9 @@ static int check_copied(struct check *c, unsigned fix, struct qimg_error *err)
                 continue;
             if ((rc == 1) == !!(e & QCOW2_OFLAG_COPIED))
                 continue;
-            bool repair_e = (fix & QIMG_CHECK_FIX_ERRORS) ||
-                            ((fix & QIMG_CHECK_FIX_LEAKS) && rc == 1);
             report(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
-                   " refcount=%" PRIu64, repair_e ? "Repairing" : "ERROR", e, rc);
-            if (repair_e) {
+                   " refcount=%" PRIu64, repair ? "Repairing" : "ERROR", e, rc);
+            if (repair) {
                 e = rc == 1 ? (e | QCOW2_OFLAG_COPIED) : (e & ~QCOW2_OFLAG_COPIED);
                 qimg_st_be64(l2 + j * s->l2_entry_size, e);
                 dirty = true;
@@ -611,9 +646,6 @@ int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
     if (ret < 0)
         goto out;
     res->total_clusters = (int64_t)qimg_div_round_up(node->size, s->cluster_size);
-    /* New refcount blocks made by repairs must not land on used clusters. */
-    if (fix)
-        s->free_cluster_index = QIMG_MAX(s->free_cluster_index, c.nb_clusters);
     compare_refcounts(&c, 0, &rebuild, err);
     rebuild |= c.refblock_broken;
     if (rebuild && fix) {

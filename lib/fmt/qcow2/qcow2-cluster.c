@@ -73,13 +73,8 @@ static int get_l2(struct qimg_image *node, uint64_t off, uint8_t **l2,
     l2off = s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK;
     if (!l2off)
         return 0;
-    if (l2off & (s->cluster_size - 1)) {
-        qcow2_mark_corrupt(node, NULL);
-        return qimg_error_set(err, -EIO, "Marking image as corrupt: L2 table "
-                              "offset %#llx unaligned (L1 index: %#llx)",
-                              (unsigned long long)l2off,
-                              (unsigned long long)l1i);
-    }
+    if (qcow2_check_l2_offset(node, l2off, l1i, err) < 0)
+        return -EIO;
     return qcow2_cache_get(node, &s->l2_cache, l2off, l2, err);
 }
 
@@ -123,15 +118,11 @@ int qcow2_get_mapping(struct qimg_image *node, uint64_t offset, uint64_t bytes,
                         t == QCOW2_CLUSTER_UNALLOCATED_ALLOC;
         if (has_host) {
             if (host_of(e) & (s->cluster_size - 1)) {
-                qcow2_mark_corrupt(node, NULL);
-                return qimg_error_set(err, -EIO, "Marking image as corrupt: "
-                                      "Cluster allocation offset %#llx "
-                                      "unaligned (L2 offset: %#llx, L2 index: "
-                                      "%#llx)", (unsigned long long)host_of(e),
-                                      (unsigned long long)(s->l1_table[offset >>
-                                          (s->cluster_bits + s->l2_bits)] &
-                                          QCOW2_L1E_OFFSET_MASK),
-                                      (unsigned long long)idx);
+                if (pos > offset)
+                    break;   /* the run ends here; the next lookup fails */
+                return qcow2_check_cluster_offset(node, host_of(e),
+                    s->l1_table[offset >> (s->cluster_bits + s->l2_bits)] &
+                        QCOW2_L1E_OFFSET_MASK, idx, err);
             }
         }
         if (pos == offset) {
@@ -315,17 +306,139 @@ static int write_l1_entry(struct qimg_image *node, uint64_t l1i,
                                    be, err);
 }
 
+/* ---- L2 allocation flushed without the lock ----------------------------
+ *
+ * A new L2 table must be on stable storage, with the refcount of its
+ * cluster, before L1 points at it: a storage flush per new table, as in
+ * QEMU.  Writers allocate tables in parallel (bench -w: every request
+ * needs one), so the flush runs without node->lock: the table's L1 index
+ * is marked pending, and other writers of that index wait until L1 points
+ * at the table.
+ */
+
+static bool l2_pending(const struct qcow2_state *s, uint64_t l1i)
+{
+    for (unsigned i = 0; i < s->n_l2_alloc_pending; i++)
+        if (s->l2_alloc_pending[i] == l1i)
+            return true;
+    return false;
+}
+
+static void l2_pending_done(struct qcow2_state *s, uint64_t l1i)
+{
+    for (unsigned i = 0; i < s->n_l2_alloc_pending; i++)
+        if (s->l2_alloc_pending[i] == l1i) {
+            s->l2_alloc_pending[i] =
+                s->l2_alloc_pending[--s->n_l2_alloc_pending];
+            break;
+        }
+    pthread_cond_broadcast(&s->l2_alloc_cond);
+}
+
+/* Wait (the lock released meanwhile) while a table for l1i is pending;
+ * returns whether it waited. */
+static bool l2_wait_pending(struct qimg_image *node, uint64_t l1i)
+{
+    struct qcow2_state *s = node->state;
+    bool waited = false;
+
+    while (l2_pending(s, l1i)) {
+        pthread_cond_wait(&s->l2_alloc_cond, &node->lock);
+        waited = true;
+    }
+    return waited;
+}
+
+/* Write the new table at new_off and the refcounts, flush without the
+ * lock, then point L1 at it.  Called with the lock; returns with it. */
+static int install_l2_unlocked(struct qimg_image *node, uint64_t l1i,
+                               int64_t new_off, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t gen = 0, l2_gen;
+    uint8_t *dst;
+    int ret;
+
+    ret = qcow2_cache_get_empty(node, &s->l2_cache, (uint64_t)new_off, &dst,
+                                err);
+    /* Refcounts may go out early (an over-count is safe); the zeroed
+     * table points at nothing, so it needs no ordering but its own
+     * refcount's, which the same flush covers. */
+    if (!ret)
+        ret = qcow2_cache_write_back(node, &s->refblock_cache, &gen, err);
+    if (!ret)
+        ret = qcow2_cache_write_table(node, &s->l2_cache, dst, err);
+    if (ret < 0)
+        return ret;
+    l2_gen = s->l2_cache.wgen;
+    if (!s->l2_alloc_cond_ready) {
+        ret = pthread_cond_init(&s->l2_alloc_cond, NULL);
+        if (ret)
+            return qimg_error_set(err, -ret, "Cannot create a condition");
+        s->l2_alloc_cond_ready = true;
+    }
+    s->l2_alloc_pending[s->n_l2_alloc_pending++] = l1i;
+    pthread_mutex_unlock(&node->lock);
+    ret = node->file->ops->flush(node->file, err);
+    pthread_mutex_lock(&node->lock);
+    if (!ret) {
+        qcow2_cache_synced(&s->refblock_cache, gen);
+        qcow2_cache_synced(&s->l2_cache, l2_gen);
+        /* Kept on a failed write, as the locked path does: the entry
+         * may have reached the file, so the table must not be freed. */
+        s->l1_table[l1i] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+        ret = write_l1_entry(node, l1i, err);
+    }
+    l2_pending_done(s, l1i);
+    return ret;
+}
+
+/*
+ * Make sure the L2 table for a write at off exists, allocating a new one
+ * (where L1 points at nothing) with the flush outside the lock.  Returns
+ * 1 when the lock was released (the caller must look at the metadata
+ * again), 0 when the table is there or is left to get_l2_for_write (a
+ * shared table to copy, too many pending), <0 on error.
+ */
+static int prepare_l2_unlocked(struct qimg_image *node, uint64_t off,
+                               struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+    int64_t new_off;
+    int ret;
+
+    if (l2_wait_pending(node, l1i))
+        return 1;
+    if (s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK ||
+        s->n_l2_alloc_pending == QIMG_ARRAY_SIZE(s->l2_alloc_pending))
+        return 0;
+    new_off = qcow2_alloc_clusters(node, 1, err);
+    if (new_off < 0)
+        return (int)new_off;
+    ret = install_l2_unlocked(node, l1i, new_off, err);
+    if (ret < 0 && !(s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK)) {
+        struct qimg_error ignored = {0};
+        qcow2_cache_discard(&s->l2_cache, (uint64_t)new_off);
+        qcow2_free_clusters(node, (uint64_t)new_off, s->cluster_size, &ignored);
+    }
+    return ret < 0 ? ret : 1;
+}
+
 /* Return a writable L2 table (refcount 1) for guest offset off. */
 static int get_l2_for_write(struct qimg_image *node, uint64_t off,
                             uint8_t **l2, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
-    uint64_t old = s->l1_table[l1i], old_off = old & QCOW2_L1E_OFFSET_MASK;
+    uint64_t old, old_off;
     uint8_t *src = NULL, *dst;
     int64_t new_off;
     int ret;
 
+    l2_wait_pending(node, l1i);
+    old = s->l1_table[l1i];
+    old_off = old & QCOW2_L1E_OFFSET_MASK;
     if (old_off && (old & QCOW2_OFLAG_COPIED))
         return get_l2(node, off, l2, err);
     if (old_off) {
@@ -399,7 +512,7 @@ static int release_entry(struct qimg_image *node, uint64_t entry,
                                      -1, err);
     }
     if (host_of(entry) && !s->data_file)
-        return qcow2_free_clusters(node, host_of(entry), s->cluster_size, err);
+        return qcow2_free_host_cluster(node, host_of(entry), err);
     return 0;
 }
 
@@ -639,6 +752,12 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     size_t n = (size_t)QIMG_MIN((uint64_t)len, coff + s->cluster_size - off);
     int ret;
 
+    while ((ret = prepare_l2_unlocked(node, off, err)) == 1)
+        ;
+    if (ret < 0) {
+        pthread_mutex_unlock(&node->lock);
+        return ret;
+    }
     host = in_place_host(node, off, n, err);
     if (host) {
         struct qimg_storage *st = qcow2_data_storage(node);

@@ -50,31 +50,7 @@ static int inflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
 }
 
 static int unzstd(const uint8_t *in, size_t in_len, uint8_t *out,
-                  size_t out_len)
-{
-    ZSTD_DCtx *d = ZSTD_createDCtx();
-    ZSTD_inBuffer ib = {in, in_len, 0};
-    ZSTD_outBuffer ob = {out, out_len, 0};
-    int ret = 0;
-
-    if (!d)
-        return -ENOMEM;
-    /* Stream until the cluster is full: the input may carry padding. */
-    while (ob.pos < ob.size) {
-        size_t r = ZSTD_decompressStream(d, &ob, &ib);
-        if (ZSTD_isError(r)) {
-            ret = -EIO;
-            break;
-        }
-        if (r == 0 || ib.pos == ib.size) {
-            if (ob.pos < ob.size)
-                ret = -EIO;
-            break;
-        }
-    }
-    ZSTD_freeDCtx(d);
-    return ret;
-}
+                  size_t out_len);
 
 int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
                      size_t in_len, uint8_t *out, size_t out_len)
@@ -97,6 +73,7 @@ int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
 struct compress_ctx {
     struct libdeflate_compressor *deflate;
     ZSTD_CCtx *zstd;
+    ZSTD_DCtx *unzstd;
 };
 
 static pthread_key_t ctx_key;
@@ -108,6 +85,7 @@ static void ctx_free(void *p)
     struct compress_ctx *c = p;
     libdeflate_free_compressor(c->deflate);
     ZSTD_freeCCtx(c->zstd);
+    ZSTD_freeDCtx(c->unzstd);
     free(c);
 }
 
@@ -132,6 +110,33 @@ static struct compress_ctx *thread_ctx(void)
         }
     }
     return c;
+}
+
+/* Decompression reuses the thread's context too: creating one per
+ * cluster allocated (and faulted in) its window each time. */
+static int unzstd(const uint8_t *in, size_t in_len, uint8_t *out,
+                  size_t out_len)
+{
+    struct compress_ctx *c = thread_ctx();
+    ZSTD_inBuffer ib = {in, in_len, 0};
+    ZSTD_outBuffer ob = {out, out_len, 0};
+    ZSTD_DCtx *d;
+
+    if (c && !c->unzstd)
+        c->unzstd = ZSTD_createDCtx();
+    if (!c || !c->unzstd)
+        return -ENOMEM;
+    d = c->unzstd;
+    ZSTD_DCtx_reset(d, ZSTD_reset_session_only);
+    /* Stream until the cluster is full: the input may carry padding. */
+    while (ob.pos < ob.size) {
+        size_t r = ZSTD_decompressStream(d, &ob, &ib);
+        if (ZSTD_isError(r))
+            return -EIO;
+        if (r == 0 || ib.pos == ib.size)
+            return ob.pos < ob.size ? -EIO : 0;
+    }
+    return 0;
 }
 
 static ssize_t deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,

@@ -445,7 +445,8 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
             struct qimg_extent e;
             ret = qimg_block_status_chain(src, NULL, off, virt - off, &e, err);
             if (ret < 0)
-                return qimg_error_set(err, ret, "Unable to get block status");
+                return qimg_error_set(err, ret, "Unable to get block status: "
+                                      "%s", strerror(-ret));
             uint64_t n = e.length;
             if (!n)
                 break;

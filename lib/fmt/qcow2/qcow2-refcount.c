@@ -83,9 +83,8 @@ static int get_refblock(struct qimg_image *node, uint64_t table_index,
     uint64_t off = s->refcount_table[table_index] & QCOW2_REFT_OFFSET_MASK;
 
     if (off & (s->cluster_size - 1)) {
-        qcow2_mark_corrupt(node, NULL);
-        return qimg_error_set(err, -EIO, "Refblock offset %#llx unaligned "
-                              "(reftable index: %#llx)",
+        return qcow2_signal_corruption(node, true, err, "Refblock offset "
+                              "%#llx unaligned (reftable index: %#llx)",
                               (unsigned long long)off,
                               (unsigned long long)table_index);
     }

@@ -27,6 +27,31 @@
 static int write_l1(struct qimg_image *node, uint64_t off, const uint64_t *l1,
                     uint32_t n, struct qimg_error *err);
 
+/*
+ * Read the L2 table of L1 entry l1_index into l2 (past the cache, which
+ * must not keep a stale copy), refusing, as QEMU does with a corruption
+ * event, an unaligned table or a cluster entry naming an unaligned host
+ * cluster: nothing is changed in a table before all of it is known good.
+ */
+static int read_l2(struct qimg_image *node, uint64_t l2off, uint64_t l1_index,
+                   uint8_t *l2, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret = qcow2_check_l2_offset(node, l2off, l1_index, err);
+
+    if (ret < 0)
+        return ret;
+    qcow2_cache_discard(&s->l2_cache, l2off);
+    ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
+    for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
+        uint64_t e = qimg_ld_be64(l2 + j * s->l2_entry_size);
+        if (!(e & QCOW2_OFLAG_COMPRESSED))
+            ret = qcow2_check_cluster_offset(node, e & QCOW2_L2E_OFFSET_MASK,
+                                             l2off, j, err);
+    }
+    return ret;
+}
+
 static int clear_copied_flags(struct qimg_image *node, uint64_t *l1,
                               uint32_t l1_size, uint64_t l1_offset,
                               struct qimg_error *err)
@@ -43,8 +68,7 @@ static int clear_copied_flags(struct qimg_image *node, uint64_t *l1,
         bool dirty = false;
         if (!l2off)
             continue;
-        qcow2_cache_discard(&s->l2_cache, l2off);
-        ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
+        ret = read_l2(node, l2off, i, l2, err);
         for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
             uint8_t *p = l2 + j * s->l2_entry_size;
             uint64_t e = qimg_ld_be64(p);
@@ -95,8 +119,7 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
         bool dirty = false;
         if (!l2off)
             continue;
-        qcow2_cache_discard(&s->l2_cache, l2off);
-        ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
+        ret = read_l2(node, l2off, i, l2, err);
         for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
             uint8_t *p = l2 + j * s->l2_entry_size;
             uint64_t e = qimg_ld_be64(p), ne = e & ~QCOW2_OFLAG_COPIED;
@@ -188,7 +211,7 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t size = 0, pos = 0, old_off = s->snapshots_offset;
-    uint64_t old_size = s->snapshots_size;
+    uint64_t old_size = s->snapshots_size, used = 0;
     uint8_t *buf, hdr[12];
     int64_t off = 0;
     int ret;
@@ -219,6 +242,7 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
             qimg_st_be64(e + 56, sn->icount);
         memcpy(e + 40 + sn->extra_size, sn->id, idl);
         memcpy(e + 40 + sn->extra_size + idl, sn->name, nl);
+        used = pos + 40 + sn->extra_size + idl + nl;
         pos += entry_size(sn);
     }
     if (size) {
@@ -229,8 +253,9 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
             return (int)off;
         }
         ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+        /* Without the last entry's padding, as QEMU writes it. */
         if (!ret)
-            ret = node->file->ops->pwrite(node->file, (uint64_t)off, size, buf,
+            ret = node->file->ops->pwrite(node->file, (uint64_t)off, used, buf,
                                           err);
         if (!ret)
             ret = node->file->ops->flush(node->file, err);
@@ -293,10 +318,12 @@ static int snapshot_create(struct qimg_image *node, const char *name,
     l1off = qcow2_alloc_clusters(node, qimg_div_round_up((uint64_t)s->l1_size * 8,
                                                          s->cluster_size), err);
     ret = l1off < 0 ? (int)l1off : 0;
-    if (!ret)
-        ret = update_refcounts(node, s->l1_table, s->l1_size, 1, &changed, err);
+    /* The copy keeps the COPIED flags the active table has now (QEMU's
+     * layout; they mean nothing in a snapshot table). */
     if (!ret)
         ret = write_l1(node, (uint64_t)l1off, s->l1_table, s->l1_size, err);
+    if (!ret)
+        ret = update_refcounts(node, s->l1_table, s->l1_size, 1, &changed, err);
     if (!ret && changed)
         ret = write_l1(node, s->l1_table_offset, s->l1_table, s->l1_size, err);
     if (ret < 0)
@@ -325,6 +352,11 @@ static int snapshot_create(struct qimg_image *node, const char *name,
 out:
     pthread_mutex_unlock(&node->lock);
     return ret;
+}
+
+int qcow2_snapshot_write_table(struct qimg_image *node, struct qimg_error *err)
+{
+    return write_table(node, err);
 }
 
 static struct qcow2_snapshot *find_by_id_or_name(struct qcow2_state *s,
@@ -378,6 +410,15 @@ static int snapshot_apply(struct qimg_image *node, const char *key,
     if (!sn)
         return qimg_error_set(err, -ENOENT, "Failed to load snapshot: No such "
                               "file or directory");
+    /* A bad table: QEMU prints why on a line of its own, then fails with
+     * the bare error. */
+    struct qimg_error why = {0};
+    ret = qcow2_snapshot_l1_check(s, sn, &why);
+    if (ret < 0) {
+        qimg_message(QIMG_MSG_ERROR, "%s\n", why.msg);
+        return qimg_error_set(err, ret, "Failed to load snapshot: %s",
+                              strerror(-ret));
+    }
     ret = read_l1(node, sn, &snap_l1, err);
     if (ret < 0)
         return ret;
@@ -442,11 +483,11 @@ static int snapshot_delete(struct qimg_image *node, const char *key,
     ret = write_table(node, err);
     if (!ret)
         ret = update_refcounts(node, l1, gone.l1_size, -1, &changed, err);
-    if (!ret)
-        ret = qcow2_free_clusters(node, gone.l1_table_offset,
-                                  qimg_div_round_up((uint64_t)gone.l1_size * 8,
-                                                    s->cluster_size) *
-                                      s->cluster_size, err);
+    if (!ret)   /* a table QEMU cannot free (past 2^62) merely leaks */
+        qcow2_free_clusters_or_warn(node, gone.l1_table_offset,
+                                    qimg_div_round_up((uint64_t)gone.l1_size *
+                                                      8, s->cluster_size) *
+                                        s->cluster_size, false);
     if (!ret)
         ret = refresh_active(node, err);
     pthread_mutex_unlock(&node->lock);

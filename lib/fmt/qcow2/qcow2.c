@@ -558,7 +558,9 @@ static void qcow2_close(struct qimg_image *node)
     struct qcow2_state *s = node->state;
     struct qimg_error err;
 
-    if (!node->read_only) {
+    /* After a fatal corruption event nothing more is written (QEMU drops
+     * the node then). */
+    if (!node->read_only && !qcow2_is_broken(node)) {
         /* Storing bitmaps allocates: before the caches are written. */
         pthread_mutex_lock(&node->lock);
         qcow2_bitmaps_close(node, &err);
@@ -851,6 +853,9 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
     ret = qcow2_grow_l1(node, qcow2_l1_size_for(size, s->cluster_bits, s->l2_bits),
                         err);
     pthread_mutex_unlock(&node->lock);
+    if (ret < 0)   /* QEMU's wording, whatever the cause */
+        return qimg_error_set(err, ret, "Failed to grow the L1 table: %s",
+                              strerror(-ret));
     if (!ret && prealloc != QIMG_PREALLOC_OFF)
         ret = qcow2_preallocate(node, old, size, prealloc, err);
     if (!ret) {

@@ -105,6 +105,10 @@ struct qcow2_cache {
     size_t table_size;          /* bytes: the cluster size */
     uint64_t lru_clock;
     struct qcow2_cache *depends; /* write this cache back first */
+    /* Tables written back (wgen) and known on stable storage (sgen):
+     * counts of write-backs, so that a flush without the lock can say
+     * which ones it covered (qcow2_cache_synced). */
+    uint64_t wgen, sgen;
     /* Lookup by offset: bucket heads (entry indexes, -1: empty), a power
      * of two at least twice n.  Tables live in one allocation, n slots of
      * table_size, touched only as slots are first used. */
@@ -233,6 +237,19 @@ struct qcow2_state {
     /* Block status looks for holes in the file under data clusters only
      * when the image looks metadata-preallocated; decided once. */
     bool prealloc_checked, prealloc_meta;
+
+    /* New L2 tables flushed without the lock (qcow2-cluster.c): their L1
+     * indexes; writers of those wait on l2_alloc_cond (initialised on
+     * first use). */
+    uint64_t l2_alloc_pending[8];
+    unsigned n_l2_alloc_pending;
+    bool l2_alloc_cond_ready;
+    pthread_cond_t l2_alloc_cond;
+
+    /* Corruption events (qcow2-corrupt.c): one printed; after a fatal
+     * one the node refuses further work. */
+    bool corruption_signalled;
+    bool broken;
 };
 
 static inline struct qcow2_state *qcow2_state(struct qimg_image *node)
@@ -261,6 +278,29 @@ static inline struct qimg_storage *qcow2_data_storage(struct qimg_image *node)
 /* qcow2.c */
 int qcow2_update_header(struct qimg_image *node, struct qimg_error *err);
 int qcow2_mark_corrupt(struct qimg_image *node, struct qimg_error *err);
+/* A corruption event (qcow2-corrupt.c): prints QEMU's line the first
+ * time, marks a writable image corrupt when fatal; returns -EIO. */
+int qcow2_signal_corruption(struct qimg_image *node, bool fatal,
+                            struct qimg_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+bool qcow2_is_broken(struct qimg_image *node);
+/* Write the in-memory snapshot table to new clusters and switch the header
+ * to it (node->lock held; qcow2-snapshot-write.c). */
+int qcow2_snapshot_write_table(struct qimg_image *node, struct qimg_error *err);
+/* Free clusters; a failure is QEMU's warning "qcow2_free_clusters failed"
+ * and the clusters leak (qcow2-bitmap-data.c). */
+void qcow2_free_clusters_or_warn(struct qimg_image *node, uint64_t off,
+                                 uint64_t len, bool discard);
+/* 0, or a fatal corruption event for an unaligned L2 table (in L1 entry
+ * l1_index) or host cluster (entry l2_index of the table at l2_offset). */
+int qcow2_check_l2_offset(struct qimg_image *node, uint64_t l2_offset,
+                          uint64_t l1_index, struct qimg_error *err);
+int qcow2_check_cluster_offset(struct qimg_image *node, uint64_t host,
+                               uint64_t l2_offset, uint64_t l2_index,
+                               struct qimg_error *err);
+/* Free the host cluster of an L2 entry (unaligned: a non-fatal event). */
+int qcow2_free_host_cluster(struct qimg_image *node, uint64_t host,
+                            struct qimg_error *err);
 int qcow2_set_dirty(struct qimg_image *node, bool dirty, struct qimg_error *err);
 /* Minimum L1 entries for a virtual size. */
 uint64_t qcow2_l1_size_for(uint64_t size, uint32_t cluster_bits,
@@ -280,6 +320,16 @@ void qcow2_cache_mark_dirty(struct qcow2_cache *c, const uint8_t *table);
 int qcow2_cache_flush(struct qimg_image *node, struct qcow2_cache *c,
                       struct qimg_error *err);
 void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
+/* Write back the dirty tables without flushing the storage (no dependency
+ * handling: for caches nothing depends on in that order, or when the
+ * caller orders them); returns the generation a later flush covers. */
+int qcow2_cache_write_back(struct qimg_image *node, struct qcow2_cache *c,
+                           uint64_t *gen, struct qimg_error *err);
+/* Write back one table (no dependency handling). */
+int qcow2_cache_write_table(struct qimg_image *node, struct qcow2_cache *c,
+                            const uint8_t *table, struct qimg_error *err);
+/* A storage flush, started after generation gen was written, completed. */
+void qcow2_cache_synced(struct qcow2_cache *c, uint64_t gen);
 
 /* qcow2-refcount.c */
 int qcow2_refcount_load(struct qimg_image *node, struct qimg_error *err);
