@@ -570,6 +570,8 @@ static void qcow2_close(struct qimg_image *node)
         if (s->dirty_set)
             qcow2_set_dirty(node, false, &err);
     }
+    if (s->l2_alloc_cond_ready)
+        pthread_cond_destroy(&s->l2_alloc_cond);
     free_state(s);
 }
 
