@@ -425,6 +425,8 @@ int qimg_commit(const struct qimg_commit_params *p, struct qimg_error *err)
         ret = commit_run(&j, err);
     free(j.dirty);
     free(j.buf);
+    if (ret < 0 && ret != -ENOMEM)  /* qemu-img reports the job's errno */
+        return qimg_error_set(err, ret, "Block job failed: %s", strerror(-ret));
     if (ret < 0)
         return ret;
     if (p->keep_top || !j.top->fmt->make_empty)

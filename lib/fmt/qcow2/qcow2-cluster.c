@@ -535,6 +535,9 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
             return (int)h;
         host = (uint64_t)h;
     }
+    ret = qcow2_check_data_write(node, host + wstart, wend - wstart, err);
+    if (ret < 0)
+        return ret;
     if (wstart == into && wend == into + len) {
         ret = st->ops->pwrite(st, host + into, len, data, err);
     } else {
@@ -672,7 +675,9 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
     host = qcow2_alloc_clusters(node, k, err);
     if (host < 0)
         return (int)host;
-    ret = st->ops->pwrite(st, (uint64_t)host, (size_t)bytes, data, err);
+    ret = qcow2_check_data_write(node, (uint64_t)host, bytes, err);
+    if (!ret)
+        ret = st->ops->pwrite(st, (uint64_t)host, (size_t)bytes, data, err);
     /* The allocation may have evicted the table: fetch it again. */
     if (!ret)
         ret = qcow2_get_l2(node, off, &l2, err);
@@ -713,9 +718,10 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     if (host) {
         struct qimg_storage *st = qcow2_data_storage(node);
         n = in_place_run(node, off, len, host, n);
+        ret = qcow2_check_data_write(node, host, n, err);
         pthread_mutex_unlock(&node->lock);
         *done = n;
-        return st->ops->pwrite(st, host, n, p, err);
+        return ret < 0 ? ret : st->ops->pwrite(st, host, n, p, err);
     }
     k = fresh_clusters(node, off, len, err);
     if (k) {

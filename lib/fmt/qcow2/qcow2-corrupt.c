@@ -99,3 +99,48 @@ int qcow2_free_host_cluster(struct qimg_image *node, uint64_t host,
     }
     return qcow2_free_clusters(node, host, s->cluster_size, err);
 }
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+/*
+ * Before guest data is written at host [host, host+len) of the image file:
+ * refuse, as QEMU does, a write that would land on metadata, which only a
+ * damaged or hostile image makes possible (an L2 entry pointing at a
+ * table, refcounts that call a table free).  QEMU's default checks these
+ * structures in this order; the ones found without I/O are checked here:
+ * the header, the active L1 table, the refcount table, the snapshot table
+ * and the bitmap directory.  Called with the lock.
+ */
+int qcow2_check_data_write(struct qimg_image *node, uint64_t host,
+                           uint64_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size;
+    const char *what = NULL;
+
+    if (s->data_file)
+        return 0;       /* guest data lives in another file */
+    if (ranges_overlap(host, len, 0, cs))
+        what = "qcow2_header";
+    else if (ranges_overlap(host, len, s->l1_table_offset,
+                            qimg_div_round_up((uint64_t)s->l1_size * 8, cs) * cs))
+        what = "active L1 table";
+    else if (ranges_overlap(host, len, s->refcount_table_offset,
+                            (uint64_t)s->refcount_table_clusters * cs))
+        what = "refcount table";
+    else if (s->nb_snapshots &&
+             ranges_overlap(host, len, s->snapshots_offset,
+                            qimg_div_round_up(s->snapshots_size, cs) * cs))
+        what = "snapshot table";
+    else if (s->has_bitmaps_ext &&
+             ranges_overlap(host, len, s->bitmap_dir_offset,
+                            qimg_div_round_up(s->bitmap_dir_size, cs) * cs))
+        what = "bitmap directory";
+    if (!what)
+        return 0;
+    return qcow2_signal_corruption(node, true, err, "Preventing invalid write "
+                                   "on metadata (overlaps with %s)", what);
+}

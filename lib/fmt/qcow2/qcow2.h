@@ -280,6 +280,10 @@ int qcow2_update_header(struct qimg_image *node, struct qimg_error *err);
 int qcow2_mark_corrupt(struct qimg_image *node, struct qimg_error *err);
 /* A corruption event (qcow2-corrupt.c): prints QEMU's line the first
  * time, marks a writable image corrupt when fatal; returns -EIO. */
+/* A fatal corruption event when guest data at host [host, host+len)
+ * would overwrite metadata (qcow2-corrupt.c); 0 otherwise. */
+int qcow2_check_data_write(struct qimg_image *node, uint64_t host,
+                           uint64_t len, struct qimg_error *err);
 int qcow2_signal_corruption(struct qimg_image *node, bool fatal,
                             struct qimg_error *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
