@@ -371,28 +371,6 @@ static struct qcow2_snapshot *find_by_id_or_name(struct qcow2_state *s,
     return NULL;
 }
 
-static int read_l1(struct qimg_image *node, const struct qcow2_snapshot *sn,
-                   uint64_t **out, struct qimg_error *err)
-{
-    uint64_t *l1;
-    int ret = qcow2_snapshot_l1_check(node->state, sn, err);
-    if (ret < 0)
-        return ret;
-    l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
-    if (!l1)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    ret = node->file->ops->pread(node->file, sn->l1_table_offset,
-                                 (size_t)sn->l1_size * 8, l1, err);
-    for (uint32_t i = 0; !ret && i < sn->l1_size; i++)
-        l1[i] = be64toh(l1[i]);
-    if (ret < 0) {
-        free(l1);
-        return ret;
-    }
-    *out = l1;
-    return 0;
-}
-
 static int snapshot_apply(struct qimg_image *node, const char *key,
                           struct qimg_error *err)
 {
@@ -419,7 +397,7 @@ static int snapshot_apply(struct qimg_image *node, const char *key,
         return qimg_error_set(err, ret, "Failed to load snapshot: %s",
                               strerror(-ret));
     }
-    ret = read_l1(node, sn, &snap_l1, err);
+    ret = qcow2_snapshot_read_l1(node, sn, &snap_l1, err);
     if (ret < 0)
         return ret;
     pthread_mutex_lock(&node->lock);
@@ -471,7 +449,7 @@ static int snapshot_delete(struct qimg_image *node, const char *key,
             sn = &s->snapshots[i];
     if (!sn)
         return qimg_error_set(err, -ENOENT, "snapshot not found");
-    ret = read_l1(node, sn, &l1, err);
+    ret = qcow2_snapshot_read_l1(node, sn, &l1, err);
     if (ret < 0)
         return ret;
     pthread_mutex_lock(&node->lock);

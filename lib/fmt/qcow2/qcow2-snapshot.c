@@ -195,6 +195,31 @@ static int qcow2_snapshot_list(struct qimg_image *node,
     return 0;
 }
 
+/* The snapshot's L1 table, checked and in host order (*out: free()). */
+int qcow2_snapshot_read_l1(struct qimg_image *node,
+                           const struct qcow2_snapshot *sn, uint64_t **out,
+                           struct qimg_error *err)
+{
+    uint64_t *l1;
+    int ret = qcow2_snapshot_l1_check(node->state, sn, err);
+
+    if (ret < 0)
+        return ret;
+    l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
+    if (!l1)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = node->file->ops->pread(node->file, sn->l1_table_offset,
+                                 (size_t)sn->l1_size * 8, l1, err);
+    if (ret < 0) {
+        free(l1);
+        return ret;
+    }
+    for (uint32_t i = 0; i < sn->l1_size; i++)
+        l1[i] = be64toh(l1[i]);
+    *out = l1;
+    return 0;
+}
+
 static int qcow2_snapshot_load_tmp(struct qimg_image *node, const char *id,
                                    const char *name, struct qimg_error *err)
 {
@@ -209,20 +234,9 @@ static int qcow2_snapshot_load_tmp(struct qimg_image *node, const char *id,
     sn = find(s, id, name);
     if (!sn)
         return qimg_error_set(err, -ENOENT, "Can't find snapshot");
-    ret = qcow2_snapshot_l1_check(s, sn, err);
+    ret = qcow2_snapshot_read_l1(node, sn, &l1, err);
     if (ret < 0)
         return ret;
-    l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
-    if (!l1)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    ret = node->file->ops->pread(node->file, sn->l1_table_offset,
-                                 (size_t)sn->l1_size * 8, l1, err);
-    if (ret < 0) {
-        free(l1);
-        return ret;
-    }
-    for (uint32_t i = 0; i < sn->l1_size; i++)
-        l1[i] = be64toh(l1[i]);
     pthread_mutex_lock(&node->lock);
     free(s->l1_table);
     s->l1_table = l1;

@@ -526,6 +526,10 @@ void qcow2_snapshots_free(struct qcow2_state *s);
 int qcow2_snapshot_l1_check(const struct qcow2_state *s,
                             const struct qcow2_snapshot *sn,
                             struct qimg_error *err);
+/* The snapshot's L1 table, checked and in host order (*out: free()). */
+int qcow2_snapshot_read_l1(struct qimg_image *node,
+                           const struct qcow2_snapshot *sn, uint64_t **out,
+                           struct qimg_error *err);
 extern const struct qimg_snapshot_ops qcow2_snapshot_ops;
 /* qcow2-snapshot-write.c */
 int qcow2_snapshot_change(struct qimg_image *node, enum qimg_snapshot_op op,
