@@ -182,10 +182,7 @@ static int expand_zero_clusters_in(struct qimg_image *node, uint64_t *l1,
             dirty = true;
         }
         if (!ret && dirty) {
-            ret = qcow2_cache_flush(node, &s->refblock_cache, err);
-            if (!ret)
-                ret = node->file->ops->pwrite(node->file, l2off, s->cluster_size,
-                                              l2, err);
+            ret = qcow2_write_l2_table(node, l2off, l2, err);
         }
     }
 out:

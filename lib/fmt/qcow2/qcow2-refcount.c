@@ -710,3 +710,21 @@ uint64_t qcow2_count_used(struct qimg_image *node, uint64_t end,
     }
     return n;
 }
+
+/*
+ * Write a changed L2 table that is not in the L2 cache (an inactive or
+ * rewritten one) straight to the file, after the refcount blocks it
+ * depends on: a crash must never leave an entry whose cluster's refcount
+ * is not on disk yet.
+ */
+int qcow2_write_l2_table(struct qimg_image *node, uint64_t l2off,
+                         const uint8_t *l2, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+
+    if (ret < 0)
+        return ret;
+    return node->file->ops->pwrite(node->file, l2off, s->cluster_size, l2,
+                                   err);
+}

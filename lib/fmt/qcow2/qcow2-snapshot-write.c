@@ -151,10 +151,7 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
             }
         }
         if (!ret && dirty) {
-            ret = qcow2_cache_flush(node, &s->refblock_cache, err);
-            if (!ret)
-                ret = node->file->ops->pwrite(node->file, l2off, s->cluster_size,
-                                              l2, err);
+            ret = qcow2_write_l2_table(node, l2off, l2, err);
         }
         if (!ret && addend)
             ret = qcow2_update_refcount(node, l2off, 1, addend, err);

@@ -518,6 +518,11 @@ int qcow2_measure_bitmaps(struct qimg_image *src, uint64_t cluster_size,
                           uint64_t *bytes, struct qimg_error *err);
 extern const struct qimg_bitmap_ops qcow2_bitmap_ops;
 
+/* qcow2-refcount.c: write an uncached L2 table after the refcount blocks
+ * it depends on. */
+int qcow2_write_l2_table(struct qimg_image *node, uint64_t l2off,
+                         const uint8_t *l2, struct qimg_error *err);
+
 /* qcow2-snapshot.c */
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
