@@ -64,6 +64,25 @@ static char *resolve_backing(const char *overlay, const char *backing)
     return qimg_path_combine(overlay, backing);
 }
 
+int qimg_open_child_storage(struct qimg_image *parent, const char *name,
+                            unsigned child_flags, unsigned flags,
+                            struct qimg_storage **out, struct qimg_error *err)
+{
+    char *path = NULL;
+    int ret;
+
+    *out = NULL;
+    if (child_flags & QIMG_CHILD_RELATIVE) {
+        path = resolve_backing(parent->filename, name);
+        if (!path)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    ret = qimg_storage_open(out, path ? path : name, flags, parent->cache,
+                            err);
+    free(path);
+    return ret;
+}
+
 /*
  * The files of the nodes whose backing files are being opened, innermost
  * first: opens run alone on a thread and depth first, so this list holds

@@ -312,6 +312,22 @@ int qimg_pwrite_compressed_data(struct qimg_image *img, uint64_t off,
                                 size_t len, const void *buf, const void *cdata,
                                 size_t clen, struct qimg_error *err);
 
+/*
+ * Open a file that an image names inside itself (a qcow2 data file, a vmdk
+ * extent, a vhdx/vpc parent): the one entry point for such opens, so that
+ * name resolution and the untrusted-image policy live in one place.
+ * With QIMG_CHILD_RELATIVE the name is taken relative to the directory of
+ * parent's file name (as QEMU resolves vmdk extents and backing files);
+ * without it, as given (QEMU opens qcow2 data files relative to the
+ * working directory).  flags are QIMG_OPEN_* for the new storage: pass
+ * parent->flags for "the same access as the image".  *out is owned by the
+ * caller (qimg_storage_close).
+ */
+enum { QIMG_CHILD_RELATIVE = 1 << 0 };
+int qimg_open_child_storage(struct qimg_image *parent, const char *name,
+                            unsigned child_flags, unsigned flags,
+                            struct qimg_storage **out, struct qimg_error *err);
+
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);

@@ -376,8 +376,6 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
 {
     struct qcow2_state *s = node->state;
     const char *name = qimg_opts_get(opts, "data-file");
-    char *path = NULL;
-    int ret;
 
     if (!(s->incompatible & QCOW2_INCOMPAT_DATA_FILE)) {
         if (name)
@@ -396,10 +394,8 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
                               "image");
     /* QEMU opens the data file by its recorded name, relative to the
      * working directory. */
-    ret = qimg_storage_open(&s->data_file, path ? path : name, node->flags,
-                            node->cache, err);
-    free(path);
-    return ret;
+    return qimg_open_child_storage(node, name, 0, node->flags, &s->data_file,
+                                   err);
 }
 
 static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
