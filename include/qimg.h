@@ -385,6 +385,10 @@ struct qimg_info {
     bool dirty;
     bool has_dirty_flag;        /* format has a dirty flag to report */
     bool encrypted;
+    /* Every write must be a compressed whole cluster (vmdk
+     * streamOptimized): convert then compresses without -c, as qemu-img
+     * does (QEMU's BlockDriverInfo.needs_compressed_writes). */
+    bool needs_compressed_writes;
     char backing_file[4096];    /* as written in the image, "" if none */
     char backing_fmt[64];
     char full_backing_filename[4096];
