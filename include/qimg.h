@@ -389,6 +389,10 @@ struct qimg_info {
      * streamOptimized): convert then compresses without -c, as qemu-img
      * does (QEMU's BlockDriverInfo.needs_compressed_writes). */
     bool needs_compressed_writes;
+    /* The driver has no such information for this image (QEMU's
+     * bdrv_get_info fails: vmdk extents of different kinds): info then
+     * shows neither a cluster size nor the dirty flag. */
+    bool no_driver_info;
     char backing_file[4096];    /* as written in the image, "" if none */
     char backing_fmt[64];
     char full_backing_filename[4096];

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "fmt/vmdk/vmdk.h"
 
 static void report(struct qimg_check *res, const char *fmt, uint64_t sector)
@@ -66,8 +67,18 @@ int vmdk_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                 break;
             }
         }
-        /* QEMU steps by the grain from wherever it is */
-        sector += e->grain_sectors;
+        /* QEMU steps by the grain from wherever it is; grains of a
+         * directory entry without a table are all unallocated: jump */
+        if (l.state == VMDK_GRAIN_UNALLOC && l.l2_sector == 0 &&
+            e->l1_entry_sectors == e->l2_size * e->grain_sectors) {
+            uint64_t rel = sector - e->start;
+            uint64_t end = e->start + (rel / e->l1_entry_sectors + 1) *
+                                          (uint64_t)e->l1_entry_sectors;
+            sector += qimg_div_round_up(end - sector, e->grain_sectors) *
+                      e->grain_sectors;
+        } else {
+            sector += e->grain_sectors;
+        }
     }
     if (!ret)
         return 0;

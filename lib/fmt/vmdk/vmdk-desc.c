@@ -230,10 +230,47 @@ static int invalid_line(const char *p, struct qimg_error *err)
                           (int)(np - p), p);
 }
 
+/*
+ * Extent files already open, by the name their lines give (all names are
+ * relative to the image's own directory, so equal names are one file):
+ * lines naming a file again share its storage, instead of one open file
+ * and one set of locks per line (which the kernel checks against each
+ * other: quadratic for thousands of lines).
+ */
+#define NAME_SLOTS (2 * VMDK_MAX_EXTENTS)
+
+struct name_slot {
+    char *name;
+    struct qimg_storage *st;
+};
+
+static uint32_t name_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static struct name_slot *name_find(struct name_slot *tab, const char *name)
+{
+    uint32_t i = name_hash(name) % NAME_SLOTS;
+    while (tab[i].name && strcmp(tab[i].name, name))
+        i = (i + 1) % NAME_SLOTS;
+    return &tab[i];
+}
+
+static void names_free(struct name_slot *tab)
+{
+    for (size_t i = 0; tab && i < NAME_SLOTS; i++)
+        free(tab[i].name);
+    free(tab);
+}
+
 /* Open the extent one line names and append it (a sparse file holding a
  * descriptor appends the extents that one names instead). */
 static int open_extent(struct qimg_image *node, const struct vmdk_extent_line *l,
-                       struct qimg_error *err)
+                       struct name_slot *names, struct qimg_error *err)
 {
     struct vmdk_state *s = node->state;
     struct qimg_storage *st = NULL;
@@ -246,14 +283,20 @@ static int open_extent(struct qimg_image *node, const struct vmdk_extent_line *l
     if (s->n_ext >= VMDK_MAX_EXTENTS)
         return qimg_error_set(err, -EFBIG, "Too many extents in the VMDK "
                               "descriptor (more than %u)", VMDK_MAX_EXTENTS);
-    ret = qimg_open_child_storage(node, l->fname, QIMG_CHILD_RELATIVE,
-                                  node->flags, &st, err);
-    if (ret < 0)
-        return -EINVAL;
+    struct name_slot *slot = name_find(names, l->fname);
+    bool shared = slot->st != NULL;
+    if (shared) {
+        st = slot->st;
+    } else {
+        ret = qimg_open_child_storage(node, l->fname, QIMG_CHILD_RELATIVE,
+                                      node->flags, &st, err);
+        if (ret < 0)
+            return -EINVAL;
+    }
     if (flat) {
         memset(&proto, 0, sizeof(proto));
         proto.file = st;
-        proto.owns_file = true;
+        proto.owns_file = !shared;
         proto.kind = VMDK_KIND_FLAT;
         proto.sectors = (uint64_t)l->sectors;
         /* QEMU shifts the sector offset without a check. */
@@ -270,12 +313,19 @@ static int open_extent(struct qimg_image *node, const struct vmdk_extent_line *l
             ret = vmdk_open_sparse(node, st, buf, err);
         free(buf);
     }
-    for (size_t i = before; i < s->n_ext; i++)
+    for (size_t i = before; i < s->n_ext; i++) {
         used |= s->ext[i].file == st;
-    if (!used)
+        if (shared && s->ext[i].file == st)
+            s->ext[i].owns_file = false;
+    }
+    if (!used && !shared)
         qimg_storage_close(st);
     if (ret < 0)
         return ret;
+    if (used && !shared) {
+        slot->name = strdup(l->fname);
+        slot->st = slot->name ? st : NULL;
+    }
     /* QEMU names the last extent added after the line's type */
     if (s->n_ext > before)
         snprintf(s->ext[s->n_ext - 1].type, sizeof(s->ext[0].type), "%s",
@@ -288,12 +338,16 @@ int vmdk_parse_extents(struct qimg_image *node, const char *desc,
 {
     struct vmdk_extent_line l = {0};
     const char *last_p = NULL, *last_w = NULL;
+    struct name_slot *names = calloc(NAME_SLOTS, sizeof(*names));
+    int ret = 0;
 
-    for (const char *p = desc; *p; p = next_line(p)) {
+    if (!names)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+
+    for (const char *p = desc; *p && !ret; p = next_line(p)) {
         /* The scan starts at the first non-blank character: lines that
          * lead to the same one give the same result (blank lines). */
         const char *w = (last_p && p <= last_w) ? last_w : skip_space(p);
-        int ret;
 
         if (w != last_w)
             vmdk_scan_extent_line(w, &l);
@@ -303,19 +357,18 @@ int vmdk_parse_extents(struct qimg_image *node, const char *desc,
             continue;
         if (!strcmp(l.type, "FLAT")) {
             if (l.matches != 5 || l.flat_offset < 0)
-                return invalid_line(p, err);
+                ret = invalid_line(p, err);
         } else if (!strcmp(l.type, "VMFS")) {
             if (l.matches != 4)
-                return invalid_line(p, err);
+                ret = invalid_line(p, err);
             l.flat_offset = 0;
         } else if (l.matches != 4) {
-            return invalid_line(p, err);
+            ret = invalid_line(p, err);
         }
-        if (l.sectors <= 0 || !type_known(l.type))
+        if (ret || l.sectors <= 0 || !type_known(l.type))
             continue;
-        ret = open_extent(node, &l, err);
-        if (ret < 0)
-            return ret;
+        ret = open_extent(node, &l, names, err);
     }
-    return 0;
+    names_free(names);
+    return ret;
 }

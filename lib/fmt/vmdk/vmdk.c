@@ -445,6 +445,16 @@ static uint64_t grain_bytes(const struct vmdk_extent *e)
     return e->grain_sectors * VMDK_SECTOR;
 }
 
+/* A sparse extent without grains (a COWD granularity of 0: QEMU divides
+ * by it and crashes) can only fail its I/O. */
+static int no_grains(const struct vmdk_extent *e, struct qimg_error *err)
+{
+    if (e->kind == VMDK_KIND_FLAT || (e->grain_sectors && e->l1_entry_sectors))
+        return 0;
+    return qimg_error_set(err, -EIO, "Invalid granularity, image may be "
+                          "corrupt");
+}
+
 /* Byte offset of off inside e, and the bytes left in e from there. */
 static uint64_t ext_off(const struct vmdk_extent *e, uint64_t off)
 {
@@ -467,19 +477,35 @@ static int map_run(struct qimg_image *node, struct vmdk_extent *e,
                    uint64_t *n, struct qimg_error *err)
 {
     uint64_t gb = grain_bytes(e), eoff = ext_off(e, off);
-    uint64_t in = eoff % gb, done;
-    struct vmdk_lookup next;
+    uint64_t in, done, cur_sector;
+    struct vmdk_lookup cur;
     int ret;
 
+    if ((ret = no_grains(e, err)) < 0)
+        return ret;
+    in = eoff % gb;
     len = QIMG_MIN(len, ext_left(e, off));
     pthread_mutex_lock(&node->lock);
     ret = vmdk_lookup(node, e, eoff / VMDK_SECTOR, l, err);
     done = QIMG_MIN(len, gb - in);
+    cur = *l;
+    cur_sector = eoff / VMDK_SECTOR;
     while (!ret && done < len && l->state != VMDK_GRAIN_ERROR &&
            !(l->state == VMDK_GRAIN_DATA && e->compressed)) {
-        ret = vmdk_lookup(node, e, (eoff + done) / VMDK_SECTOR, &next, err);
-        if (ret < 0 || next.state != l->state ||
-            (l->state == VMDK_GRAIN_DATA && next.host != l->host + in + done))
+        if (cur.state == VMDK_GRAIN_UNALLOC && cur.l2_sector == 0 &&
+            e->l1_entry_sectors == e->l2_size * e->grain_sectors) {
+            /* no grain table: its whole directory entry is unallocated */
+            uint64_t end = (cur_sector / e->l1_entry_sectors + 1) *
+                           e->l1_entry_sectors * VMDK_SECTOR;
+            if (end > eoff + done) {
+                done = QIMG_MIN(len, end - eoff);
+                continue;
+            }
+        }
+        cur_sector = (eoff + done) / VMDK_SECTOR;
+        ret = vmdk_lookup(node, e, cur_sector, &cur, err);
+        if (ret < 0 || cur.state != l->state ||
+            (l->state == VMDK_GRAIN_DATA && cur.host != l->host + in + done))
             break;
         done += QIMG_MIN(len - done, gb);
     }
@@ -654,6 +680,8 @@ static int64_t write_step(struct qimg_image *node, struct vmdk_extent *e,
     int ret;
 
     len = QIMG_MIN(len, ext_left(e, off));
+    if ((ret = no_grains(e, err)) < 0)
+        return ret;
     if (e->kind == VMDK_KIND_FLAT) {
         ret = e->file->ops->pwrite(e->file, e->flat_offset + ext_off(e, off),
                                    (size_t)len, buf, err);
@@ -755,38 +783,37 @@ static int zero_grains(struct qimg_image *node, uint64_t off, uint64_t len,
 
     while (len) {
         struct vmdk_extent *e = vmdk_find_extent(s, off / VMDK_SECTOR);
+        uint32_t v = VMDK_GTE_ZEROED;
         struct vmdk_lookup l;
-        uint64_t gb, in, n;
-        int ret = 0;
+        uint64_t gb, n;
+        int ret;
 
         if (!e)
             return qimg_error_set(err, -EIO, "%s", strerror(EIO));
         if (e->kind == VMDK_KIND_SESPARSE)
             return qimg_error_set(err, -ENOTSUP, "%s", strerror(ENOTSUP));
-        if (e->kind == VMDK_KIND_FLAT || !e->zero_grain)
-            return -ENOTSUP;
+        if ((ret = no_grains(e, err)) < 0)
+            return ret;
         gb = grain_bytes(e);
-        in = ext_off(e, off) % gb;
-        n = QIMG_MIN(len, gb - in);
-        if (in || n < gb || ext_left(e, off) < gb)
-            return -ENOTSUP;
+        n = QIMG_MIN(len, gb - ext_off(e, off) % gb);
+        /* QEMU's order: the mapping, then whether a zeroed grain fits */
         pthread_mutex_lock(&node->lock);
         ret = vmdk_lookup(node, e, ext_off(e, off) / VMDK_SECTOR, &l, err);
-        if (!ret && l.state == VMDK_GRAIN_ERROR)
-            ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
         if (!ret && e->compressed && l.state == VMDK_GRAIN_DATA) {
             qimg_message(QIMG_MSG_ERROR, "Could not write to allocated cluster "
                          "for streamOptimized\n");
             ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
-        }
-        if (!ret && !dry && l.state != VMDK_GRAIN_ZERO) {
-            uint32_t v = VMDK_GTE_ZEROED;
+        } else if (!ret && l.state == VMDK_GRAIN_ERROR) {
+            ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+        } else if (!ret && (e->kind == VMDK_KIND_FLAT || !e->zero_grain ||
+                            ext_off(e, off) % gb || n < gb)) {
+            ret = -ENOTSUP;
+        } else if (!ret && !dry && l.state != VMDK_GRAIN_ZERO) {
             if (e->compressed)
                 ret = vmdk_stream_zero(node, e, &l, err);
-            else if (l.l2_sector == 0 && (ret = vmdk_alloc_gt(node, e, &l,
-                                                               err)) < 0)
-                ;
-            else
+            else if (l.l2_sector == 0)
+                ret = vmdk_alloc_gt(node, e, &l, err);
+            if (!ret && !e->compressed)
                 ret = vmdk_set_gte(node, e, &l, 1, &v, err);
         }
         if (!ret)
@@ -916,10 +943,10 @@ static int vmdk_block_status(struct qimg_image *node, uint64_t off,
         qimg_extent_refine(e->file, ext);
         return 0;
     }
-    in = ext_off(e, off) % grain_bytes(e);
     ret = map_run(node, e, off, len, &l, &n, err);
     if (ret < 0)
         return ret;
+    in = ext_off(e, off) % grain_bytes(e);
     switch (l.state) {
     case VMDK_GRAIN_ERROR:
         return qimg_error_set(err, -EIO, "%s", strerror(EIO));
@@ -980,6 +1007,7 @@ static int vmdk_get_info(struct qimg_image *node, struct qimg_info *info,
 
     for (size_t i = 1; i < s->n_ext; i++)
         uniform &= same_kind(&s->ext[0], &s->ext[i]);
+    info->no_driver_info = !uniform;
     if (uniform) {
         info->needs_compressed_writes = s->ext[0].compressed;
         if (s->ext[0].kind != VMDK_KIND_FLAT)
