@@ -154,4 +154,30 @@ for j in '{"driver":"qcow2","file":{"driver":"file","filename":"fuzz.img"}}' \
     printf '%s' "$j" >"$OUT/json/seed$i"
     i=$((i + 1))
 done
+# vmdk: small images of every subformat, written by the reference; for
+# vmdk-desc, a descriptor (two bytes of length first) and its extent.
+mkdir -p "$OUT/vmdk" "$OUT/vmdk-desc"
+for sub in monolithicSparse streamOptimized twoGbMaxExtentSparse \
+           monolithicFlat; do
+    "$QEMU_IMG" create -q -f qcow2 vsrc.qcow2 1M
+    "$QEMU_IO" -f qcow2 -c "write -P 0x11 0 70k" -c "write -P 0x22 512k 4k" \
+        vsrc.qcow2 >/dev/null
+    "$QEMU_IMG" convert -O vmdk -o "subformat=$sub" vsrc.qcow2 "v-$sub.vmdk"
+done
+"$QEMU_IMG" create -q -f vmdk -o zeroed_grain=on v-zg.vmdk 1M
+"$QEMU_IO" -f vmdk -c "write -P 1 0 4k" -c "write -z 64k 64k" v-zg.vmdk >/dev/null
+keep vmdk v-monolithicSparse.vmdk v-streamOptimized.vmdk v-zg.vmdk \
+    v-monolithicFlat.vmdk
+desc_seed() {  # desc_seed NAME DESCRIPTOR-FILE EXTENT-FILE
+    len=$(stat -c %s "$2")
+    { printf "\\$(printf %03o $((len & 255)))\\$(printf %03o $((len >> 8)))"
+      cat "$2" "$3"; } >"$OUT/vmdk-desc/$1"
+}
+sed 's/v-twoGbMaxExtentSparse-s001.vmdk/extent.vmdk/' \
+    v-twoGbMaxExtentSparse.vmdk >d1.txt
+desc_seed sparse d1.txt v-twoGbMaxExtentSparse-s001.vmdk
+sed 's/v-monolithicFlat-flat.vmdk/extent.vmdk/' v-monolithicFlat.vmdk >d2.txt
+head -c 65536 v-monolithicFlat-flat.vmdk >e2.raw
+desc_seed flat d2.txt e2.raw
+desc_seed stream d1.txt v-streamOptimized.vmdk
 echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"

@@ -198,6 +198,16 @@ static int open_vmdk4(struct qimg_image *node, struct qimg_storage *file,
         return qimg_error_set(err, -EINVAL, "File truncated, expecting at "
                               "least %" PRId64 " bytes",
                               (int64_t)(h.grain_offset * VMDK_SECTOR));
+    /* compressed grains are inflated whole (QEMU takes up to 1 GiB and
+     * allocates three times that per read) */
+    if (compressed && h.granularity > VMDK_MAX_GRAIN_SECTORS)
+        ;   /* QEMU's own message comes from vmdk_add_extent */
+    else if (compressed &&
+             h.granularity * VMDK_SECTOR > VMDK_MAX_COMPRESSED_GRAIN)
+        return qimg_error_set(err, -EFBIG, "Compressed grains of %" PRIu64
+                              " bytes are too large (at most %u)",
+                              h.granularity * VMDK_SECTOR,
+                              VMDK_MAX_COMPRESSED_GRAIN);
     memset(&proto, 0, sizeof(proto));
     proto.file = file;
     proto.owns_file = file != node->file;
