@@ -205,8 +205,15 @@ int qimg_discard(struct qimg_image *img, uint64_t off, uint64_t len,
 int qimg_flush(struct qimg_image *img, struct qimg_error *err)
 {
     int ret = 0;
-    if (!img->read_only && img->fmt->flush)
+    if (!img->read_only && img->fmt->flush) {
+        /* QEMU raises these on the node's primary child (the file; for a
+         * protocol node, what is under it). */
+        struct qimg_storage *ev = img->fmt == &qimg_format_protocol
+                                      ? img->file->child : img->file;
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_OS);
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_DISK);
         ret = img->fmt->flush(img, err);
+    }
     return ret;
 }
 

@@ -424,6 +424,22 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
             protocol = true;
         }
     }
+    /* cache.* options override the cache mode, for this node and what it
+     * opens under it, as QEMU's children inherit them. */
+    v = qimg_opts_get(o, "cache.direct");
+    if (v) {
+        bool direct = opt_true(v);
+        if (direct && node->cache == QIMG_CACHE_WRITEBACK)
+            node->cache = QIMG_CACHE_NONE;
+        else if (direct && node->cache == QIMG_CACHE_WRITETHROUGH)
+            node->cache = QIMG_CACHE_DIRECTSYNC;
+        else if (!direct && node->cache == QIMG_CACHE_NONE)
+            node->cache = QIMG_CACHE_WRITEBACK;
+        else if (!direct && node->cache == QIMG_CACHE_DIRECTSYNC)
+            node->cache = QIMG_CACHE_WRITETHROUGH;
+    }
+    if (opt_true(qimg_opts_get(o, "cache.no-flush")))
+        node->cache = QIMG_CACHE_UNSAFE;
     if (opt_true(qimg_opts_get(o, "force-share")))
         node->flags |= QIMG_OPEN_SHARE;
     if (opt_true(qimg_opts_get(o, "read-only"))) {

@@ -263,6 +263,8 @@ static int read_config(struct bd_state *s, const char *path,
     return ret;
 }
 
+static void bd_event(struct qimg_storage *st, enum qimg_event ev);
+
 /* ---- events and checks --------------------------------------------------------- */
 
 static void bd_event(struct qimg_storage *st, enum qimg_event ev)
@@ -530,6 +532,8 @@ static int bd_open(struct qimg_storage *st, const struct qimg_opts *opts,
     st->priv = s;
     st->caps = st->child->caps;
     st->align = st->child->align;
+    /* Rules on the "none" event are active from the start. */
+    bd_event(st, QIMG_EV_NONE);
     return 0;
 }
 

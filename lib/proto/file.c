@@ -663,7 +663,15 @@ static int file_block_status(struct qimg_storage *st, uint64_t off,
     if (hole < 0 || (uint64_t)hole <= off)
         hole = (off_t)(off + len);
     ext->flags = QIMG_BS_DATA | QIMG_BS_OFFSET_VALID;
-    ext->length = QIMG_MIN(len, (uint64_t)hole - off);
+    ext->length = (uint64_t)hole - off;
+    /* With O_DIRECT no partial sector is reported: a data extent ending
+     * in the file's last partial sector covers that sector whole. */
+    if (s->align > 1 && ext->length % s->align) {
+        uint64_t up;
+        if (qimg_align_up(ext->length, s->align, &up))
+            ext->length = up;
+    }
+    ext->length = QIMG_MIN(len, ext->length);
     return 0;
 }
 
