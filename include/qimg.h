@@ -105,6 +105,8 @@ enum qimg_val_type {
 int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
                         const char *value, enum qimg_val_type type);
 enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i);
+/* Position of key in opts, or -1. */
+long qimg_opts_index(const struct qimg_opts *opts, const char *key);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);

@@ -319,7 +319,8 @@ int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
         /* Unallocated with nothing below, or below a short backing file:
          * reads as zero, decided at this layer. */
         if (!n->backing) {
-            ext->flags |= QIMG_BS_ZERO;
+            if (n->fmt->supports_backing)
+                ext->flags |= QIMG_BS_ZERO;
             return 0;
         }
         if (off >= n->backing->size) {

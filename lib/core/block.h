@@ -29,8 +29,10 @@
 #define QIMG_MAX_CHAIN_DEPTH 64
 /* Largest single request a driver receives; callers split larger ones. */
 #define QIMG_MAX_REQUEST (64u << 20)
-/* Bytes read from the head of a file to probe its format. */
-#define QIMG_PROBE_BYTES 2048
+/* Bytes read from the head of a file to probe its format: QEMU's
+ * BLOCK_PROBE_BUF_SIZE, so that every probe sees what QEMU's sees (and
+ * filters such as blkverify see the same first read). */
+#define QIMG_PROBE_BYTES 512
 /* The end of the addressable range (QEMU's BDRV_MAX_LENGTH: INT64_MAX
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
@@ -373,6 +375,11 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* The format can have a backing file (QEMU's supports_backing):
+     * then what a layer does not allocate reads as zero when nothing is
+     * below it, and block status says so.  Without it an unallocated
+     * extent is neither data nor zero (map: "present": false). */
+    bool supports_backing;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);

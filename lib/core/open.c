@@ -413,6 +413,11 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
         filename = NULL;
     }
     driver = qimg_opts_get(o, "driver");
+    /* A driver that is not a string is no driver (QEMU reads it as a
+     * string only). */
+    if (driver && qimg_opts_type(o, (size_t)qimg_opts_index(o, "driver")) !=
+                      QIMG_VAL_STRING)
+        driver = NULL;
     if (driver) {
         fmt = qimg_format_find(driver);
         if (!fmt) {

@@ -157,8 +157,8 @@ static int open_common(struct qimg_storage *st, const struct qimg_opts *opts,
     if (locking && strcmp(locking, "on") && strcmp(locking, "off") &&
         strcmp(locking, "auto")) {
         free(s);
-        return qimg_error_set(err, -EINVAL, "Parameter 'locking' does not "
-                              "accept value '%s'", locking);
+        return qimg_error_set(err, -EINVAL, "invalid parameter value: %s",
+                              locking);
     }
     pthread_mutex_init(&s->rmw, NULL);
     if (cache == QIMG_CACHE_NONE || cache == QIMG_CACHE_DIRECTSYNC)

@@ -873,6 +873,7 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
 
 const struct qimg_format qimg_format_qcow2 = {
     .name = "qcow2",
+    .supports_backing = true,
     .description = "QEMU copy-on-write image, version 2",
     .state_size = sizeof(struct qcow2_state),
     .create_opts = qcow2_create_opts,
