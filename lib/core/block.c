@@ -245,6 +245,10 @@ int qimg_image_open_node(struct qimg_image **out, const char *filename,
         if (ret < 0)
             goto fail;
     }
+    if (node->fmt->read_only && (node->flags & QIMG_OPEN_RDWR)) {
+        ret = qimg_error_set(err, -EACCES, "Image is read-only");
+        goto fail;
+    }
     if (node->fmt->state_size) {
         node->state = calloc(1, node->fmt->state_size);
         if (!node->state) {
@@ -684,6 +688,7 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
+    info->has_dirty_flag = !img->fmt->no_get_info;
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",

@@ -183,6 +183,13 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* A format that is only read (dmg, bochs, cloop): a writable open
+     * fails with "Image is read-only" before the driver's open, as QEMU's
+     * auto-read-only check makes it. */
+    bool read_only;
+    /* QEMU's driver has no bdrv_get_info: info --output=json shows no
+     * "dirty-flag" (qimg_info.has_dirty_flag stays false). */
+    bool no_get_info;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -263,6 +270,9 @@ extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
+extern const struct qimg_format qimg_format_bochs;
+extern const struct qimg_format qimg_format_cloop;
+extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
 
