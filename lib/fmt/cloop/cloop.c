@@ -34,6 +34,11 @@
  * table must also lie inside the file, which bounds the allocation by the
  * file's size. */
 #define CLOOP_MAX_OFFSETS_BYTES (512u << 20)
+/* Largest table that may run past the end of the file (QEMU reads the
+ * missing part as zeroes): beyond it, the table must lie in the file, so
+ * that a hostile header cannot make us allocate more than the file's
+ * size. */
+#define CLOOP_MAX_OFFSETS_PAST_EOF (1u << 20)
 
 static const char cloop_magic[] =
     "#!/bin/sh\n"
@@ -92,9 +97,10 @@ static int read_offsets(struct qimg_image *node, struct qimg_error *err)
         return qimg_error_set(err, -EINVAL, "image requires too many offsets, "
                               "try increasing block size");
     /* QEMU reads a table past the end of the file as zeroes (and then
-     * allocates up to 512 MiB for it); we refuse it. */
+     * allocates up to 512 MiB for it); we refuse large ones. */
     if (file_size < 0 ||
-        !qimg_range_ok(CLOOP_OFFSETS_OFFSET, bytes, (uint64_t)file_size))
+        (bytes > CLOOP_MAX_OFFSETS_PAST_EOF &&
+         !qimg_range_ok(CLOOP_OFFSETS_OFFSET, bytes, (uint64_t)file_size)))
         return qimg_error_set(err, -EINVAL, "offsets table of %u blocks "
                               "extends past the end of the file, image file "
                               "is corrupt", s->n_blocks);
@@ -102,7 +108,7 @@ static int read_offsets(struct qimg_image *node, struct qimg_error *err)
     if (!s->offsets)
         return qimg_error_set(err, -ENOMEM, "Could not allocate offsets "
                               "table");
-    ret = node->file->ops->pread(node->file, CLOOP_OFFSETS_OFFSET, bytes,
+    ret = node->file->ops->pread(node->file, CLOOP_OFFSETS_OFFSET, (size_t)bytes,
                                  s->offsets, err);
     if (ret < 0)
         return ret;
