@@ -87,6 +87,10 @@ def test_refused(images):
         ["create", "-f", "bochs", "x", "1M"],
         ["create", "-f", "bochs", "-o", "help"],
         ["convert", "-O", "bochs", "a.raw", "o.img"],
+        ["convert", "-O", "bochs", "a.img", "nbd://example.com"],
+        ["create", "-f", "bochs", "nbd://example.com", "64M"],
+        ["dd", "if=a.img", "of=nbd://example.com", "-O", "bochs"],
+        ["dd", "if=a.img", "of=o.img", "-O", "bochs"],
         ["convert", "-n", "-O", "raw", "a.raw", "a.img"],
         ["bench", "-w", "a.img"]])
 
