@@ -181,3 +181,32 @@ def pattern(n_sectors, seed=1):
     for i in range(n_sectors):
         out += struct.pack(">IIII", seed, i, seed * 7 + i, 0xdeadbeef) * 32
     return bytes(out)
+
+
+def dmg_from_raw(raw_path, path, chunk_sectors=2048, level=6):
+    """A dmg of the raw image at raw_path, streamed (for benchmarks): one
+    zlib chunk per chunk_sectors sectors, zero chunks where the raw image
+    reads as zero, one partition, XML property list."""
+    entries = []
+    step = chunk_sectors * SECTOR
+    with open(raw_path, "rb") as src, open(path, "wb") as out:
+        sector = 0
+        while True:
+            data = src.read(step)
+            if not data:
+                break
+            data += bytes(-len(data) % SECTOR)
+            n = len(data) // SECTOR
+            if data.count(0) == len(data):
+                entries.append((TYPES["zero"], 0, sector, n, out.tell(), 0))
+            else:
+                enc = zlib.compress(data, level)
+                entries.append((TYPES["zlib"], 0, sector, n, out.tell(),
+                                len(enc)))
+                out.write(enc)
+            sector += n
+        entries.append((TYPES["end"], 0, sector, 0, out.tell(), 0))
+        fork_len = out.tell()
+        meta = plist_xml([_mish(0, sector, 0, entries)])
+        out.write(meta)
+        out.write(koly(0, fork_len, 0, 0, fork_len, len(meta), sector))
