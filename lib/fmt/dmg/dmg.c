@@ -314,7 +314,8 @@ static int finish_table(struct qimg_image *node, struct qimg_error *err)
     uint32_t n = 0;
     uint64_t end = 0;
 
-    qsort(s->chunks, s->n_chunks, sizeof(*s->chunks), cmp_chunk);
+    if (s->n_chunks)
+        qsort(s->chunks, s->n_chunks, sizeof(*s->chunks), cmp_chunk);
     for (uint32_t i = 0; i < s->n_chunks; i++) {
         struct dmg_chunk *c = &s->chunks[i];
         uint64_t c_end;
