@@ -103,7 +103,7 @@ static int grow_buffers(struct qimg_chunk_slot *s, size_t in_len,
                         size_t out_len, size_t *lost)
 {
     *lost = 0;
-    if (s->in_cap < in_len) {
+    if (s->in_cap < in_len || !s->in) {
         free(s->in);
         s->in = malloc(in_len ? in_len : 1);
         if (!s->in) {
@@ -113,7 +113,7 @@ static int grow_buffers(struct qimg_chunk_slot *s, size_t in_len,
             s->in_cap = in_len;
         }
     }
-    if (s->out_cap < out_len) {
+    if (s->out_cap < out_len || !s->out) {
         free(s->out);
         s->out = malloc(out_len ? out_len : 1);
         if (!s->out) {
