@@ -72,10 +72,14 @@ def test_read_commands(images):
     cases = []
     for name in IMAGES:
         cases.append(["info", name])
-        if name not in CRASH:
-            cases.append(["convert", "-O", "raw", name, "out.img"])
-        if name not in CRASH and (images.ref_dir / (name + ".raw")).exists():
+        if name in CRASH:
+            continue
+        # compare reads every sector; convert where there is no content
+        # to compare with (images that fail to read).
+        if (images.ref_dir / (name + ".raw")).exists():
             cases.append(["compare", name, name + ".raw"])
+        else:
+            cases.append(["convert", "-O", "raw", name, "out.img"])
     for name in ("all.dmg", "rsrc.dmg"):
         cases += [["info", "--output=json", name], ["map", name],
                   ["check", name], ["check", "--output=json", name],
@@ -261,14 +265,5 @@ def test_hostile_ours(hostile, pair):
                                     "0: Input/output error\n"), q
 
 
-def test_many_chunks(pair):
-    """A table of a million and one chunks is refused (the reference
-    accepts it).  Empty chunks count: they are dropped only once the
-    table is complete; the image is written once (40 MiB)."""
-    n = (1 << 20) + 1
-    t = dmggen._mish(0, 0, 0, [(E["zero"], 0, 0, 0, 0, 0)])
-    fork = dmggen.resource_fork([t[:-40] + t[-40:] * n])
-    k = dmggen.koly(0, 0, 0, len(fork), 0, 0, 8)
-    (pair.qimg_dir / "m.dmg").write_bytes(fork + bytes(k))
-    q = pair.qimg("info", "m.dmg")
-    assert q.rc == 1 and "more than 1048576 chunks" in q.err, q
+# The chunk table bound (DMG_MAX_CHUNKS, 40 MiB images) is tested in
+# memory by tests/unit/test-dmg.c.
