@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REF, batches, needs_format, run, write_file
+from conftest import batches, needs_format
 from rofmt import same_cases
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
