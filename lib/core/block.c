@@ -872,3 +872,13 @@ void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
     va_end(ap);
     warning_handler(msg, kind);
 }
+
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err)
+{
+    if (!opts || !qimg_opts_count(opts))
+        return 0;
+    return qimg_error_set(err, -EINVAL, "Block format '%s' does not support "
+                          "the option '%s'", node->fmt->name,
+                          qimg_opts_key(opts, 0));
+}

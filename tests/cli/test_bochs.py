@@ -61,7 +61,11 @@ def test_read_commands(images):
                       ["compare", "-f", "bochs", "-F", "raw", name, raw]]
     cases += [["info", "-f", "bochs", "a.img"], ["snapshot", "-l", "a.img"],
               ["measure", "-O", "qcow2", "a.img"],
-              ["info", "-f", "bochs", "a.raw"]]
+              ["info", "-f", "bochs", "a.raw"],
+              ["info", "--image-opts",
+               "driver=bochs,file.filename=a.img,x=y"],
+              ["info", "--image-opts",
+               "driver=bochs,file.filename=a.raw,x=y"]]
     same_cases(images, cases)
 
 

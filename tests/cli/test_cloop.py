@@ -75,7 +75,9 @@ def test_read_commands(images):
                       ["compare", "-s", name, name],
                       ["snapshot", "-l", name],
                       ["measure", "-O", "qcow2", name],
-                      ["compare", "-f", "cloop", "-F", "raw", name, raw]]
+                      ["compare", "-f", "cloop", "-F", "raw", name, raw],
+                      ["info", "--image-opts",
+                       f"driver=cloop,file.filename={name},a=b,c=d"]]
     same_cases(images, cases)
 
 

@@ -92,7 +92,12 @@ def test_read_commands(images):
         (d / "all.img").write_bytes((d / "all.dmg").read_bytes())
     cases += [["info", "all.img"], ["info", "-f", "dmg", "all.img"],
               ["info", "-f", "dmg", "all.dmg.raw"],
-              ["compare", "lzfse.dmg", "lzfse.dmg"]]
+              ["compare", "lzfse.dmg", "lzfse.dmg"],
+              ["info", "--image-opts", "driver=dmg,file.filename=all.dmg"],
+              ["info", "--image-opts",
+               "driver=dmg,file.filename=all.dmg,foo=bar"],
+              ["info", "--image-opts",
+               "driver=dmg,file.filename=all.dmg.raw,foo=bar"]]
     same_cases(images, cases)
 
 

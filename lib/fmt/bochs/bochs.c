@@ -164,6 +164,9 @@ static int bochs_open(struct qimg_image *node, const struct qimg_opts *opts,
                              "the file");
         goto fail;
     }
+    ret = qimg_opts_refuse_all(node, opts, err);
+    if (ret < 0)
+        goto fail;
     return 0;
 
 fail:

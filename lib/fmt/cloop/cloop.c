@@ -156,6 +156,12 @@ static int cloop_open(struct qimg_image *node, const struct qimg_opts *opts,
      * show the same size so that both tools agree on every image. */
     sectors_per_block = s->block_size / 512;
     node->size = (uint64_t)(uint32_t)(s->n_blocks * sectors_per_block) * 512;
+    ret = qimg_opts_refuse_all(node, opts, err);
+    if (ret < 0) {
+        qimg_chunk_cache_release(&s->cache);
+        s->cache_ok = false;
+        goto fail;
+    }
     return 0;
 
 fail:

@@ -423,6 +423,8 @@ static int dmg_open(struct qimg_image *node, const struct qimg_opts *opts,
     if (koly < 0)
         return (int)koly;
     ret = read_tables(node, (uint64_t)koly, err);
+    if (ret == 0)
+        ret = qimg_opts_refuse_all(node, opts, err);
     if (ret == 0) {
         ret = qimg_chunk_cache_init(&s->cache);
         if (ret < 0)
