@@ -361,6 +361,7 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
+    info->has_dirty_flag = !img->fmt->no_get_info;
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",
@@ -547,4 +548,14 @@ void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     warning_handler(msg, kind);
+}
+
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err)
+{
+    if (!opts || !qimg_opts_count(opts))
+        return 0;
+    return qimg_error_set(err, -EINVAL, "Block format '%s' does not support "
+                          "the option '%s'", node->fmt->name,
+                          qimg_opts_key(opts, 0));
 }

@@ -380,6 +380,13 @@ struct qimg_format {
      * below it, and block status says so.  Without it an unallocated
      * extent is neither data nor zero (map: "present": false). */
     bool supports_backing;
+    /* A format that is only read (dmg, bochs, cloop): a writable open
+     * fails with "Image is read-only" before the driver's open, as QEMU's
+     * auto-read-only check makes it. */
+    bool read_only;
+    /* QEMU's driver has no bdrv_get_info: info --output=json shows no
+     * "dirty-flag" (qimg_info.has_dirty_flag stays false). */
+    bool no_get_info;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -460,6 +467,9 @@ extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
+extern const struct qimg_format qimg_format_bochs;
+extern const struct qimg_format qimg_format_cloop;
+extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
 /* The format of a node opened at the protocol level (driver=file,
@@ -567,6 +577,10 @@ int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
 
 /* Option helpers for drivers. */
+/* For drivers that take no open options: QEMU's error for the first one
+ * (checked once the driver has opened, as QEMU does), or 0. */
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err);
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,

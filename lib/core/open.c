@@ -346,6 +346,8 @@ static int open_format(struct qimg_image *node, const char *filename,
         if (ret < 0)
             return ret;
     }
+    if (node->fmt->read_only && (node->flags & QIMG_OPEN_RDWR))
+        return qimg_error_set(err, -EACCES, "Image is read-only");
     if (node->fmt->state_size) {
         node->state = calloc(1, node->fmt->state_size);
         if (!node->state)
