@@ -49,7 +49,7 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
             json_object_set_new(o, "backing-filename-format",
                                 json_string(info.backing_fmt));
     }
-    if (!info.no_driver_info)
+    if (info.has_dirty_flag)
         json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
     qimg_info_release(&info);
     struct qimg_snapshot *snaps = NULL;

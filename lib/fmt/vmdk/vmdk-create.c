@@ -211,7 +211,7 @@ static int create_extent(const struct create_params *p, const char *name,
         if (qimg_opts_get(p->opts, keep[i]))
             qimg_opts_set(fo, keep[i], qimg_opts_get(p->opts, keep[i]));
     qimg_opts_set(fo, "size", "0");
-    ret = qimg_storage_for(name)->create(name, fo, err);
+    ret = qimg_storage_create_name(name, fo, err);
     qimg_opts_free(fo);
     if (ret < 0)
         return ret;

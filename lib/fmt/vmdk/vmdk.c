@@ -1007,7 +1007,9 @@ static int vmdk_get_info(struct qimg_image *node, struct qimg_info *info,
 
     for (size_t i = 1; i < s->n_ext; i++)
         uniform &= same_kind(&s->ext[0], &s->ext[i]);
-    info->no_driver_info = !uniform;
+    /* QEMU's bdrv_get_info fails for extents of different kinds: no
+     * cluster size, no dirty flag */
+    info->has_dirty_flag = uniform;
     if (uniform) {
         info->needs_compressed_writes = s->ext[0].compressed;
         if (s->ext[0].kind != VMDK_KIND_FLAT)
@@ -1115,6 +1117,7 @@ const struct qimg_format qimg_format_vmdk = {
     .name = "vmdk",
     .description = "VMware virtual disk",
     .state_size = sizeof(struct vmdk_state),
+    .supports_backing = true,
     .create_opts = vmdk_create_opts,
     .n_create_opts = QIMG_ARRAY_SIZE(vmdk_create_opts),
     .probe = vmdk_probe,
