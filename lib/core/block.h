@@ -265,6 +265,7 @@ const struct qimg_format *qimg_format_find(const char *name);
 
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vhdx;
 
 /* ---- the image node ------------------------------------------------------ */
 
