@@ -28,6 +28,10 @@ int vhdx_load_bat(struct qimg_image *node, struct qimg_error *err)
      * count wraps for huge sizes, and it allocates what the region says. */
     if (s->bat_entries > s->bat_rt.length / 8)
         return -EINVAL;
+    /* QEMU reads the region in one request, which its block layer
+     * refuses past BDRV_REQUEST_MAX_BYTES. */
+    if (s->bat_rt.length > VHDX_QEMU_MAX_REQUEST)
+        return -EIO;
     if (blocks > UINT32_MAX || s->bat_entries > VHDX_MAX_BAT_ENTRIES)
         return qimg_error_set(err, -EFBIG, "VHDX image needs %llu BAT "
                               "entries: more than %llu (a 64 TiB image with "

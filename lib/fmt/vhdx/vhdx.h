@@ -93,6 +93,10 @@ enum {
     ((VHDX_MAX_IMAGE_SIZE / VHDX_BLOCK_SIZE_MIN) + \
      (VHDX_MAX_IMAGE_SIZE / VHDX_BLOCK_SIZE_MIN) / 4096)
 
+/* QEMU's largest single request (BDRV_REQUEST_MAX_BYTES): a BAT region
+ * longer than this fails its one read with EIO. */
+#define VHDX_QEMU_MAX_REQUEST 0x7ffffe00u
+
 /* ---- the log (MS-VHDX 2.3) ------------------------------------------------ */
 
 #define VHDX_LOG_SECTOR 4096u
