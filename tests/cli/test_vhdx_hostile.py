@@ -204,7 +204,6 @@ CASES = {
     "bat-zero-with-offset": bat(4, (5 << 20) | 2),
     "bat-region-short": bat_region_length(8),
     "bat-region-zero": bat_region_length(0),
-    "bat-region-2g": big_bat_region(0x7FF00000),
     "bat-region-4g": big_bat_region(0xFFF00000),
     "truncated-metadata": truncate_to(3 * MiB + 100),
     "truncated-header": truncate_to(100 << 10),
