@@ -97,7 +97,7 @@ static int read_log(struct qimg_image *node, uint32_t pos, void *buf,
     uint64_t at;
 
     if (sc && ++sc->sectors_read > sc->budget)
-        return qimg_error_set(err, -EINVAL, "VHDX log search gave up after "
+        return qimg_error_set(err, -ELOOP, "VHDX log search gave up after "
                               "reading %llu sectors",
                               (unsigned long long)sc->budget);
     if (qimg_add_overflow(s->log.offset, pos, &at))
@@ -324,7 +324,7 @@ static int flush_desc(struct qimg_image *node, const struct log_desc *d,
     int ret;
 
     if (!qimg_range_ok(d->file_offset, len, VHDX_LOG_MAX_FILE_OFFSET))
-        return qimg_error_set(err, -EINVAL, "VHDX log entry writes past "
+        return qimg_error_set(err, -EFBIG, "VHDX log entry writes past "
                               "%llu bytes", (unsigned long long)
                               VHDX_LOG_MAX_FILE_OFFSET);
     if (d->signature == VHDX_LOG_ZERO_SIG) {

@@ -62,16 +62,18 @@ static int vhdx_open(struct qimg_image *node, const struct qimg_opts *opts,
         return ret;
     qimg_error_clear(err);
     ret = vhdx_parse_log(node, err);
-    if (ret == -EPERM)
-        return ret;     /* read-only with a log to replay: its own words */
     if (ret == 0)
         ret = vhdx_parse_region_table(node, err);
     if (ret == 0)
         ret = vhdx_parse_metadata(node, err);
     if (ret == 0)
         ret = vhdx_load_bat(node, err);
-    if (ret == -EFBIG)
-        return ret;     /* our own limit: its own words */
+    /* Read-only with a log to replay, and qimg's own limits (EFBIG,
+     * ELOOP), have their own words; QEMU gives an errno for the rest. */
+    if (ret == -EPERM || ret == -EFBIG || ret == -ELOOP) {
+        vhdx_close(node);
+        return ret;
+    }
     if (ret < 0)
         goto fail;
     node->size = (s->virtual_size >> 9) << 9;
