@@ -16,6 +16,7 @@ MAX_SEED=${MAX_SEED:-524288}
 ulimit -c 0
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -154,4 +155,6 @@ for j in '{"driver":"qcow2","file":{"driver":"file","filename":"fuzz.img"}}' \
     printf '%s' "$j" >"$OUT/json/seed$i"
     i=$((i + 1))
 done
+# vhdx: compact images in the fuzz-vhdx input layout.
+QEMU_IMG=$QEMU_IMG QEMU_IO=$QEMU_IO python3 "$SCRIPTS/../tests/fuzz/make-vhdx-seeds.py" "$OUT/vhdx"
 echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"

@@ -247,7 +247,22 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /*
+     * For formats without block_status, whose images QEMU reports as
+     * data throughout (so map and compare must too): whether the extent
+     * at off is known to read as zero (ext->flags QIMG_BS_ZERO) or not
+     * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
+     * skip reading zeroes its zero detection would find anyway: what it
+     * writes does not change.  Optional; same concurrency as block_status.
+     */
+    int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_extent *ext, struct qimg_error *err);
 };
+
+/* The driver's zero_hint for [off, off + len) of img alone (DATA for all
+ * of it without one); ext->length is at least 1 and at most len. */
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 
 /*
  * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID

@@ -164,6 +164,48 @@ int vhdx_map_read(struct qimg_image *node, uint64_t off, uint64_t len,
     return map_block(node, off, len, m, false, err);
 }
 
+int vhdx_zero_hint(struct qimg_image *node, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err)
+{
+    struct qimg_storage *st = node->file;
+    struct qimg_map_ext m;
+    struct qimg_extent fe;
+    int64_t fsize;
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = map_block(node, off, len, &m, false, err);
+    pthread_mutex_unlock(&node->lock);
+    memset(ext, 0, sizeof(*ext));
+    ext->length = m.len;
+    ext->flags = QIMG_BS_DATA;
+    if (ret < 0) {
+        /* The read will fail and say so: nothing to hint. */
+        ext->length = len;
+        return 0;
+    }
+    if (m.kind != QIMG_MAP_DATA) {
+        ext->flags = QIMG_BS_ZERO;
+        return 0;
+    }
+    /* Present blocks are sparse where QEMU wrote nothing into them. */
+    fsize = st->ops->get_size(st);
+    if (fsize >= 0 && m.host >= (uint64_t)fsize) {
+        ext->flags = QIMG_BS_ZERO;
+        return 0;
+    }
+    if (!st->ops->block_status)
+        return 0;
+    memset(&fe, 0, sizeof(fe));
+    if (st->ops->block_status(st, m.host, m.len, &fe, err) < 0)
+        return 0;       /* a hint only */
+    if (fe.length && fe.length < ext->length)
+        ext->length = fe.length;
+    if (fe.flags & QIMG_BS_ZERO)
+        ext->flags = QIMG_BS_ZERO;
+    return 0;
+}
+
 static int map_write(struct qimg_image *node, uint64_t off, uint64_t len,
                      struct qimg_map_ext *m, struct qimg_error *err)
 {

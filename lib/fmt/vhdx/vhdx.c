@@ -147,4 +147,5 @@ const struct qimg_format qimg_format_vhdx = {
     .flush = vhdx_flush,
     .get_info = vhdx_get_info,
     .check = vhdx_check,
+    .zero_hint = vhdx_zero_hint,
 };

@@ -225,6 +225,10 @@ int vhdx_check_bat(struct qimg_image *node, int *errors,
                    struct qimg_error *err);
 int vhdx_map_read(struct qimg_image *node, uint64_t off, uint64_t len,
                   struct qimg_map_ext *m, struct qimg_error *err);
+/* Where the image reads as zero (struct qimg_format.zero_hint): blocks
+ * without data, and holes of the file inside present blocks. */
+int vhdx_zero_hint(struct qimg_image *node, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 /* The write callbacks of lib/fmt/table for this image's block size. */
 void vhdx_write_ops_init(struct vhdx_state *s);
 
