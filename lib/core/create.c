@@ -114,9 +114,9 @@ int qimg_create_prepare(const char *fmt, const char *filename,
 
     *opts_out = NULL;
     *summary = NULL;
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
+    if (f ? !f->create : !qimg_format_can_create(fmt))
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
     nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, err);

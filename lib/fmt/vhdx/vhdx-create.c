@@ -292,7 +292,7 @@ int vhdx_create(const char *filename, const struct qimg_opts *opts,
             qimg_opts_set(fopts, file_keys[i],
                           qimg_opts_get(opts, file_keys[i]));
     qimg_opts_set(fopts, "size", "0");
-    ret = qimg_storage_for(filename)->create(filename, fopts, err);
+    ret = qimg_storage_create_name(filename, fopts, err);
     qimg_opts_free(fopts);
     if (ret < 0)
         return ret;
