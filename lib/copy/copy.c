@@ -51,8 +51,6 @@ struct chunk {
     uint64_t dst;       /* target offset */
     uint64_t len;
     enum kind kind;
-    bool hinted;        /* zeroes the format hinted at: qemu-img reads
-                           them as data (progress, rate limit, sizes) */
 };
 
 /* Position of the walk and the cached block status extent. */
@@ -61,7 +59,6 @@ struct walker {
     uint64_t dst;
     uint64_t ext_end;   /* target offset where the cached extent ends */
     enum kind ext_kind;
-    bool ext_hinted;
 };
 
 struct ratelimit {
@@ -230,28 +227,8 @@ static int query_status(struct engine *e, struct walker *w,
     tail = (off + n) % e->src_align[w->src];
     if (n > tail)
         n -= tail;
-    w->ext_kind = classify(e, &x, s->img, w->dst);
-    w->ext_hinted = false;
-    /* Data of a format without block status: skip the zeroes it knows
-     * of (qimg_zero_hint).  Not with a target backing file, compression
-     * or salvaging, whose handling of zero data differs from zero areas. */
-    if (w->ext_kind == KIND_DATA && x.depth == 0 &&
-        !(x.flags & (QIMG_BS_OFFSET_VALID | QIMG_BS_COMPRESSED)) &&
-        s->img->fmt->zero_hint && !e->p->target_has_backing &&
-        !e->p->compress && !e->p->salvage) {
-        struct qimg_extent h;
-        ret = qimg_zero_hint(s->img, off, n, &h, err);
-        if (ret < 0)
-            return qimg_error_set(err, ret, "error while reading block "
-                                  "status at offset %llu: %s",
-                                  (unsigned long long)off, strerror(-ret));
-        n = h.length;
-        if (h.flags & QIMG_BS_ZERO) {
-            w->ext_kind = KIND_ZERO;
-            w->ext_hinted = true;
-        }
-    }
     w->ext_end = w->dst + n;
+    w->ext_kind = classify(e, &x, s->img, w->dst);
     return 0;
 }
 
@@ -285,14 +262,12 @@ static int next_chunk(struct engine *e, struct walker *w, struct chunk *c,
             len = qimg_align_down(len, e->cluster);
         }
     }
-    if (kind == KIND_DATA || w->ext_hinted ||
-        (kind == KIND_ZERO && !e->p->sparse_size))
+    if (kind == KIND_DATA || (kind == KIND_ZERO && !e->p->sparse_size))
         len = QIMG_MIN(len, e->chunk_size);
     c->seq = e->next_seq++;
     c->dst = w->dst;
     c->len = len;
     c->kind = kind;
-    c->hinted = w->ext_hinted && kind == KIND_ZERO;
     w->dst += len;
     return 1;
 }
@@ -300,7 +275,7 @@ static int next_chunk(struct engine *e, struct walker *w, struct chunk *c,
 /* Chunks that count for progress: the ones that will hold data. */
 static bool counts(const struct engine *e, const struct chunk *c)
 {
-    return c->kind == KIND_DATA || c->hinted ||
+    return c->kind == KIND_DATA ||
            (c->kind == KIND_ZERO && !e->p->sparse_size);
 }
 
@@ -352,6 +327,35 @@ static size_t source_of(const struct engine *e, uint64_t dst)
     return i;
 }
 
+/*
+ * Read [off, off + len) of a source, leaving out what its format knows to
+ * read as zero (qimg_zero_hint: vhdx, whose images have no block status
+ * and so come as data throughout): the buffer is the same, the copy
+ * cheaper.
+ */
+static int read_source(struct qimg_image *img, uint64_t off, uint64_t len,
+                       uint8_t *buf, struct qimg_error *err)
+{
+    if (!img->fmt->zero_hint)
+        return qimg_pread(img, off, (size_t)len, buf, err);
+    while (len) {
+        struct qimg_extent h;
+        int ret = qimg_zero_hint(img, off, len, &h, err);
+        uint64_t n = h.length;
+
+        if (ret < 0)
+            return ret;
+        if (h.flags & QIMG_BS_ZERO)
+            memset(buf, 0, (size_t)n);
+        else if ((ret = qimg_pread(img, off, (size_t)n, buf, err)) < 0)
+            return ret;
+        off += n;
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
 /* Read target range [dst, dst+len) from whichever sources hold it. */
 static int read_range(struct engine *e, uint64_t dst, uint64_t len,
                       uint8_t *buf, struct qimg_error *err)
@@ -368,7 +372,7 @@ static int read_range(struct engine *e, uint64_t dst, uint64_t len,
         }
         spos = dst - e->src_start[i];
         n = QIMG_MIN(len, s->length - spos);
-        ret = qimg_pread(s->img, s->offset + spos, (size_t)n, buf, err);
+        ret = read_source(s->img, s->offset + spos, n, buf, err);
         if (ret < 0)
             return ret;
         dst += n;

@@ -439,11 +439,11 @@ struct qimg_format {
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
     /*
      * For formats without block_status, whose images QEMU reports as
-     * data throughout (so map and compare must too): whether the extent
-     * at off is known to read as zero (ext->flags QIMG_BS_ZERO) or not
+     * data throughout (so map and compare must too): whether reads of the
+     * extent at off give zeroes (ext->flags QIMG_BS_ZERO) or may not
      * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
-     * skip reading zeroes its zero detection would find anyway: what it
-     * writes does not change.  Optional; same concurrency as block_status.
+     * fill such parts of its read buffers without reading them: what it
+     * writes does not change.  Optional; same concurrency as pread.
      */
     int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
                      struct qimg_extent *ext, struct qimg_error *err);
