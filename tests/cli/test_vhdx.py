@@ -148,6 +148,10 @@ CONVERT_CASES = [
     ["-O", "vhdx", "-S", "64k", "in.raw", "out.vhdx"],
     ["-O", "vhdx", "-c", "in.raw", "out.vhdx"],
     ["-f", "vhdx", "-O", "qcow2", "in.vhdx", "out.vhdx"],
+    ["-p", "-f", "vhdx", "-O", "qcow2", "-o", "cluster_size=4k", "in.vhdx",
+     "out.vhdx"],
+    ["-p", "-f", "vhdx", "-O", "qcow2", "-S", "0", "in.vhdx", "out.vhdx"],
+    ["-f", "vhdx", "-O", "qcow2", "-c", "in.vhdx", "out.vhdx"],
     ["-f", "vhdx", "-O", "raw", "in.vhdx", "out.vhdx"],
     ["-O", "vhdx", "in.vhdx", "out.vhdx"],
     ["-O", "vhdx", "-B", "in.raw", "in.raw", "out.vhdx"],
@@ -179,6 +183,11 @@ def test_convert(pair):
             if fmt == "vhdx":
                 assert_same_image(pair.path_ref("out.vhdx"),
                                   pair.path_qimg("out.vhdx"))
+            elif "-c" not in args:
+                # Reading a vhdx skips its zeroes (zero_hint): the qcow2
+                # written must still be qemu-img's, byte for byte.
+                assert (pair.path_ref("out.vhdx").read_bytes() ==
+                        pair.path_qimg("out.vhdx").read_bytes()), args
             pair.same("compare", "-F", fmt, "in.raw", "out.vhdx")
             r = run(REF, ["compare", "-f", fmt, "-F", fmt,
                           pair.path_ref("out.vhdx"),
