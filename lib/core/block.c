@@ -205,8 +205,15 @@ int qimg_discard(struct qimg_image *img, uint64_t off, uint64_t len,
 int qimg_flush(struct qimg_image *img, struct qimg_error *err)
 {
     int ret = 0;
-    if (!img->read_only && img->fmt->flush)
+    if (!img->read_only && img->fmt->flush) {
+        /* QEMU raises these on the node's primary child (the file; for a
+         * protocol node, what is under it). */
+        struct qimg_storage *ev = img->fmt == &qimg_format_protocol
+                                      ? img->file->child : img->file;
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_OS);
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_DISK);
         ret = img->fmt->flush(img, err);
+    }
     return ret;
 }
 
@@ -331,7 +338,8 @@ int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
         /* Unallocated with nothing below, or below a short backing file:
          * reads as zero, decided at this layer. */
         if (!n->backing) {
-            ext->flags |= QIMG_BS_ZERO;
+            if (n->fmt->supports_backing)
+                ext->flags |= QIMG_BS_ZERO;
             return 0;
         }
         if (off >= n->backing->size) {
@@ -372,6 +380,7 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
+    info->has_dirty_flag = !img->fmt->no_get_info;
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",
@@ -558,4 +567,14 @@ void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     warning_handler(msg, kind);
+}
+
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err)
+{
+    if (!opts || !qimg_opts_count(opts))
+        return 0;
+    return qimg_error_set(err, -EINVAL, "Block format '%s' does not support "
+                          "the option '%s'", node->fmt->name,
+                          qimg_opts_key(opts, 0));
 }

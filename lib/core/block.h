@@ -29,8 +29,10 @@
 #define QIMG_MAX_CHAIN_DEPTH 64
 /* Largest single request a driver receives; callers split larger ones. */
 #define QIMG_MAX_REQUEST (64u << 20)
-/* Bytes read from the head of a file to probe its format. */
-#define QIMG_PROBE_BYTES 2048
+/* Bytes read from the head of a file to probe its format: QEMU's
+ * BLOCK_PROBE_BUF_SIZE, so that every probe sees what QEMU's sees (and
+ * filters such as blkverify see the same first read). */
+#define QIMG_PROBE_BYTES 512
 /* The end of the addressable range (QEMU's BDRV_MAX_LENGTH: INT64_MAX
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
@@ -373,6 +375,18 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* The format can have a backing file (QEMU's supports_backing):
+     * then what a layer does not allocate reads as zero when nothing is
+     * below it, and block status says so.  Without it an unallocated
+     * extent is neither data nor zero (map: "present": false). */
+    bool supports_backing;
+    /* A format that is only read (dmg, bochs, cloop): a writable open
+     * fails with "Image is read-only" before the driver's open, as QEMU's
+     * auto-read-only check makes it. */
+    bool read_only;
+    /* QEMU's driver has no bdrv_get_info: info --output=json shows no
+     * "dirty-flag" (qimg_info.has_dirty_flag stays false). */
+    bool no_get_info;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -468,6 +482,9 @@ extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
+extern const struct qimg_format qimg_format_bochs;
+extern const struct qimg_format qimg_format_cloop;
+extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
 extern const struct qimg_format qimg_format_vhdx;
@@ -576,6 +593,10 @@ int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
 
 /* Option helpers for drivers. */
+/* For drivers that take no open options: QEMU's error for the first one
+ * (checked once the driver has opened, as QEMU does), or 0. */
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err);
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,
