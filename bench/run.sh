@@ -83,6 +83,7 @@ make_inputs() {
     "$REF" convert -f qcow2 -O vmdk in.qcow2 in.vmdk || die "vmdk input"
     "$REF" convert -f qcow2 -O vmdk -o subformat=streamOptimized in.qcow2 \
         in-stream.vmdk || die "stream input"
+    "$REF" convert -f raw -O vhdx in.raw in.vhdx || die "vhdx input"
     # A late difference: one sector changed 1 MiB before the end.
     cp --sparse=always in.qcow2 late.qcow2
     echo "write -P 0x5a $((SIZE - (1 << 20))) 512" | qio late.qcow2
@@ -172,6 +173,7 @@ WORKLOADS=(
 "convert qcow2->raw|rm -f out.raw|convert -f qcow2 -O raw @IN@/in.qcow2 out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
 "convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert vhdx->qcow2|rm -f out.qcow2|convert -f vhdx -O qcow2 @IN@/in.vhdx out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert chain flatten|rm -f out.qcow2|convert -f qcow2 -O qcow2 @IN@/top.qcow2 out.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "compare identical|:|compare -f qcow2 -F raw @IN@/in.qcow2 @IN@/in.raw|same"
 "compare late diff|:|compare -f qcow2 -F qcow2 @IN@/in.qcow2 @IN@/late.qcow2|same"

@@ -16,6 +16,7 @@ MAX_SEED=${MAX_SEED:-524288}
 ulimit -c 0
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -214,4 +215,6 @@ sed 's/v-monolithicFlat-flat.vmdk/extent.vmdk/' v-monolithicFlat.vmdk >d2.txt
 head -c 65536 v-monolithicFlat-flat.vmdk >e2.raw
 desc_seed flat d2.txt e2.raw
 desc_seed stream d1.txt v-streamOptimized.vmdk
+# vhdx: compact images in the fuzz-vhdx input layout.
+QEMU_IMG=$QEMU_IMG QEMU_IO=$QEMU_IO python3 "$SCRIPTS/../tests/fuzz/make-vhdx-seeds.py" "$OUT/vhdx"
 echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"

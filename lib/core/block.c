@@ -308,6 +308,25 @@ int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
     return 0;
 }
 
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err)
+{
+    int ret = 0;
+
+    memset(ext, 0, sizeof(*ext));
+    len = off < img->size ? QIMG_MIN(len, img->size - off) : 0;
+    if (img->fmt->zero_hint && len)
+        ret = img->fmt->zero_hint(img, off, len, ext, err);
+    if (ret < 0 || !img->fmt->zero_hint) {
+        ext->flags = QIMG_BS_DATA;
+        ext->length = len;
+        return ret;
+    }
+    if (!ext->length || ext->length > len)
+        ext->length = len;
+    return 0;
+}
+
 int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
                             uint64_t off, uint64_t len,
                             struct qimg_extent *ext, struct qimg_error *err)

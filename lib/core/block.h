@@ -453,7 +453,22 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /*
+     * For formats without block_status, whose images QEMU reports as
+     * data throughout (so map and compare must too): whether reads of the
+     * extent at off give zeroes (ext->flags QIMG_BS_ZERO) or may not
+     * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
+     * fill such parts of its read buffers without reading them: what it
+     * writes does not change.  Optional; same concurrency as pread.
+     */
+    int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_extent *ext, struct qimg_error *err);
 };
+
+/* The driver's zero_hint for [off, off + len) of img alone (DATA for all
+ * of it without one); ext->length is at least 1 and at most len. */
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 
 /*
  * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID
@@ -484,6 +499,7 @@ extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vhdx;
 extern const struct qimg_format qimg_format_vmdk;
 /* The format of a node opened at the protocol level (driver=file,
  * -f host_device, null-co://): every operation goes to its storage, and
