@@ -265,6 +265,8 @@ const struct qimg_format *qimg_format_find(const char *name);
 
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vdi;
+extern const struct qimg_format qimg_format_vpc;
 
 /* ---- the image node ------------------------------------------------------ */
 
@@ -327,6 +329,18 @@ enum { QIMG_CHILD_RELATIVE = 1 << 0 };
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
+
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
 
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
