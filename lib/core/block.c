@@ -733,7 +733,7 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
     if (!f->measure)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+        return qimg_error_set(err, -ENOTSUP, "Block driver '%s' does not "
                               "support size measurement", fmt);
     return f->measure(opts, src, size, out, err);
 }

@@ -142,9 +142,10 @@ static int check_dyn_header(struct qimg_image *node, const uint8_t *h,
 }
 
 /*
- * Our bound on what the BAT points at: no block may overlap the footer
- * copy, the dynamic header, the BAT or another block (QEMU does not look;
- * guest writes would then land on metadata or on another block's data).
+ * Our bound on what the BAT points at in a writable image: no block may
+ * overlap the footer copy, the dynamic header, the BAT or another block
+ * (QEMU does not look; guest writes would then land on metadata or on
+ * another block's data).
  */
 struct vpc_region { uint64_t start, end; uint64_t entry; };
 
@@ -266,9 +267,12 @@ static int open_dynamic(struct qimg_image *node, uint64_t sectors,
         return qimg_error_set(err, -EINVAL, "block-vpc: free_data_block_"
                               "offset points after the end of file. The "
                               "image has been truncated.");
-    ret = check_overlaps(node, dyn_off, err);
-    if (ret < 0)
-        return ret;
+    /* Reads of aliased blocks are harmless; writes are not. */
+    if (!node->read_only) {
+        ret = check_overlaps(node, dyn_off, err);
+        if (ret < 0)
+            return ret;
+    }
     s->alloc.end = free_off;
     /* A new block's bitmap must start at a sector a BAT entry can hold. */
     s->alloc.max = VPC_MAX_BAT_SECTOR * VPC_SECTOR + s->bitmap_size +
@@ -314,10 +318,16 @@ static int vpc_open(struct qimg_image *node, const struct qimg_opts *opts,
     node->size = sectors * VPC_SECTOR;
     if (!s->fixed) {
         ret = open_dynamic(node, sectors, err);
-        if (ret < 0)
+        if (ret < 0) {
             vpc_close(node);
+            return ret;
+        }
     }
-    return ret;
+    /* Where the footer was found decides how the image is opened; its
+     * type, how it is read and written (as in QEMU: a footer copy at 0
+     * saying "fixed" makes a pass-through image). */
+    s->fixed = qimg_ld_be32(s->footer + VPC_F_TYPE) == VPC_TYPE_FIXED;
+    return 0;
 }
 
 static int vpc_flush(struct qimg_image *node, struct qimg_error *err)
