@@ -57,7 +57,7 @@ static int vdi_allocate(struct qimg_image *node, uint64_t block_off,
     struct vdi_state *s = node->state;
 
     (void)block_off;
-    if (!s->can_allocate)
+    if (s->blocks_allocated >= s->next_used)
         return qimg_error_set(err, -EIO, "Cannot allocate a block: the "
                               "block map already uses index %u (the image "
                               "needs checking)", s->blocks_allocated);

@@ -121,23 +121,23 @@ static int load_bmap(struct qimg_image *node, uint32_t bmap_off,
 
 /*
  * New blocks take the next index (blocks_allocated); on a damaged image
- * an entry may already point there or beyond, and QEMU would then give
- * two guest blocks the same data.  We refuse to allocate instead.
+ * an entry may already use it or one after it, and QEMU would then give
+ * two guest blocks the same data.  The first such index bounds
+ * allocation (vdi-io.c).
  */
-static bool allocation_safe(const struct vdi_state *s)
+static uint64_t first_used_from(const struct vdi_state *s, uint64_t from)
 {
-    uint64_t top = 0;
-    bool any = false;
+    uint64_t first = UINT64_MAX;
 
     for (uint64_t i = 0; i < s->bmap.n; i++) {
         uint32_t e = (uint32_t)qimg_table_get(&s->bmap, i);
-        if (VDI_IS_ALLOCATED(e)) {
-            top = QIMG_MAX(top, e);
-            any = true;
-        }
+        if (VDI_IS_ALLOCATED(e) && e >= from)
+            first = QIMG_MIN(first, (uint64_t)e);
     }
-    any |= s->bmap.n < s->blocks_in_image;   /* zero entries past EOF */
-    return !any || top < s->blocks_allocated;
+    /* Zero entries past EOF name block 0. */
+    if (s->bmap.n < s->blocks_in_image && from == 0)
+        first = 0;
+    return first;
 }
 
 static void vdi_close(struct qimg_image *node)
@@ -173,7 +173,7 @@ static int vdi_open(struct qimg_image *node, const struct qimg_opts *opts,
     ret = load_bmap(node, qimg_ld_le32(s->header + VDI_H_OFFSET_BMAP), err);
     if (ret < 0)
         return ret;
-    s->can_allocate = allocation_safe(s);
+    s->next_used = first_used_from(s, s->blocks_allocated);
     node->size = size;
     return 0;
 }

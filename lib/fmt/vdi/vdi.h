@@ -80,10 +80,12 @@ struct vdi_state {
     /* The entries of the map that lie inside the file; entries past it
      * read as 0 (block 0), as QEMU reads them. */
     struct qimg_table bmap;
-    /* New blocks go at offset_data + blocks_allocated * block_size; false
-     * when an entry already points there or beyond (a damaged image),
-     * where a new block would share another's data. */
-    bool can_allocate;
+    /* New blocks go at offset_data + blocks_allocated * block_size.  On
+     * a damaged image an entry may already use that index: the smallest
+     * index at or past blocks_allocated that an entry uses (UINT64_MAX:
+     * none), where allocation must stop before a new block shares
+     * another's data. */
+    uint64_t next_used;
 };
 
 /* Entry i of the block map (i < blocks_in_image). */
