@@ -26,7 +26,13 @@ CREATE_CASES = [
 ] + [(o, s) for o in ["", "force_size"]
      for s in ["0", "1", "1000", "127M", "2040G", "2041G", "3000G", "127G"]
 ] + [("subformat=fixed", "1000"), ("subformat=fixed,force_size", "2040G"),
-     ("subformat=fixed", "2041G")]
+     ("subformat=fixed", "2041G")
+# geometry thresholds of the CHS algorithm (17, 31, 63, 255 sectors per
+# track; 65535 x 16 x 63 sectors; the maximum geometry) and odd sizes
+] + [("", s) for s in ["8912896", "35651584", "66060288", "65536k", "140M",
+                       "200M", "247M", "250M", "4G", "33030144512",
+                       "33030144513", "31G", "32G", "128G", "136899993600",
+                       "136899993601", "1000G", "123456789"]]
 
 
 @pytest.mark.parametrize("batch", batches(CREATE_CASES, 16))
