@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v2"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v3"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -79,6 +79,7 @@ make_inputs() {
     echo "bench: generating inputs in $IN ($stamp)"
     python3 "$ROOT/bench/gen.py" raw in.raw "$SIZE" "$SEED" || die "gen.py"
     "$REF" convert -f raw -O qcow2 in.raw in.qcow2 || die "qcow2 input"
+    "$REF" convert -f raw -O vdi in.raw in.vdi || die "vdi input"
     # A late difference: one sector changed 1 MiB before the end.
     cp --sparse=always in.qcow2 late.qcow2
     echo "write -P 0x5a $((SIZE - (1 << 20))) 512" | qio late.qcow2
@@ -159,6 +160,8 @@ WORKLOADS=(
 "convert qcow2->raw|rm -f out.raw|convert -f qcow2 -O raw @IN@/in.qcow2 out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
 "convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert qcow2->vpc fixed|rm -f out.vhd|convert -f qcow2 -O vpc -o subformat=fixed @IN@/in.qcow2 out.vhd|same_content qcow2 @IN@/in.qcow2 vpc out.vhd"
+"convert vdi->raw|rm -f out.raw|convert -f vdi -O raw @IN@/in.vdi out.raw|same_content vdi @IN@/in.vdi raw out.raw"
 "convert chain flatten|rm -f out.qcow2|convert -f qcow2 -O qcow2 @IN@/top.qcow2 out.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "compare identical|:|compare -f qcow2 -F raw @IN@/in.qcow2 @IN@/in.raw|same"
 "compare late diff|:|compare -f qcow2 -F qcow2 @IN@/in.qcow2 @IN@/late.qcow2|same"

@@ -25,15 +25,16 @@ int vpc_map(struct qimg_image *node, uint64_t off, uint64_t len,
             struct qimg_map_ext *m, struct qimg_error *err)
 {
     struct vpc_state *s = node->state;
-    uint64_t bs = s->block_size, i = off / bs, e;
+    uint64_t bs = s->block_size, i, e;
 
     (void)err;
-    if (s->fixed) {
+    if (s->fixed) {      /* (no block size) */
         m->kind = QIMG_MAP_DATA;
         m->host = off;
         m->len = len;
         return 0;
     }
+    i = off / bs;
     m->len = bs - off % bs;
     e = bat_entry(s, i);
     if (e != VPC_BAT_UNUSED) {

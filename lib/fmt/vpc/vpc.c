@@ -147,64 +147,54 @@ static int check_dyn_header(struct qimg_image *node, const uint8_t *h,
  * (QEMU does not look; guest writes would then land on metadata or on
  * another block's data).
  */
-struct vpc_region { uint64_t start, end; uint64_t entry; };
-
-static int cmp_region(const void *a, const void *b)
+static int cmp_u32(const void *a, const void *b)
 {
-    const struct vpc_region *x = a, *y = b;
-    return x->start < y->start ? -1 : x->start > y->start;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
 }
 
+/* Blocks are sorted by their sector: 4 bytes per used entry at most (as
+ * much again as the BAT), for the duration of the check. */
 static int check_overlaps(struct qimg_image *node, uint64_t dyn_off,
                           struct qimg_error *err)
 {
     struct vpc_state *s = node->state;
-    uint64_t n = 3, bat_end;
-    struct vpc_region *r;
+    uint64_t span = (uint64_t)s->bitmap_size + s->block_size, n = 0;
+    const uint64_t meta[3][2] = {
+        {0, VPC_FOOTER_SIZE},
+        {dyn_off, dyn_off + VPC_DYN_HEADER_SIZE},
+        {s->bat_offset, s->bat_offset + s->bat.n * 4},
+    };
+    uint32_t *v = malloc((size_t)QIMG_MAX(s->bat.n, 1) * sizeof(*v));
     int ret = 0;
 
-    for (uint64_t i = 0; i < s->bat.n; i++)
-        n += qimg_table_get(&s->bat, i) != VPC_BAT_UNUSED;
-    r = calloc((size_t)n, sizeof(*r));
-    if (!r)
+    if (!v)
         return qimg_error_set(err, -ENOMEM, "Unable to allocate memory for "
                               "page table");
-    /* entry UINT64_MAX marks metadata; bat_end cannot overflow (its
-     * range was validated by qimg_table_load). */
-    bat_end = s->bat_offset + s->bat.n * 4;
-    r[0] = (struct vpc_region){0, VPC_FOOTER_SIZE, UINT64_MAX};
-    r[1] = (struct vpc_region){dyn_off, dyn_off + VPC_DYN_HEADER_SIZE,
-                               UINT64_MAX};
-    r[2] = (struct vpc_region){s->bat_offset, bat_end, UINT64_MAX};
-    n = 3;
-    for (uint64_t i = 0; i < s->bat.n; i++) {
-        uint64_t e = qimg_table_get(&s->bat, i);
+    /* The dynamic header must not overlap the footer copy or the BAT. */
+    if (dyn_off < meta[0][1] ||
+        (dyn_off < meta[2][1] && meta[2][0] < meta[1][1]))
+        ret = qimg_error_set(err, -EINVAL, "Invalid VHD image: the dynamic "
+                             "header overlaps the footer or the BAT");
+    for (uint64_t i = 0; i < s->bat.n && !ret; i++) {
+        uint64_t e = qimg_table_get(&s->bat, i), start = e * VPC_SECTOR;
         if (e == VPC_BAT_UNUSED)
             continue;
-        r[n++] = (struct vpc_region){e * VPC_SECTOR, e * VPC_SECTOR +
-                                     s->bitmap_size + s->block_size, i};
+        for (int m = 0; m < 3 && !ret; m++)
+            if (start < meta[m][1] && meta[m][0] < start + span)
+                ret = qimg_error_set(err, -EINVAL, "Invalid VHD image: "
+                                     "block %llu overlaps the image metadata",
+                                     (unsigned long long)i);
+        v[n++] = (uint32_t)e;
     }
-    qsort(r, (size_t)n, sizeof(*r), cmp_region);
-    for (uint64_t i = 1; i < n && !ret; i++) {
-        if (r[i].start >= r[i - 1].end)
-            continue;
-        uint64_t a = r[i - 1].entry, b = r[i].entry;
-        if (a == UINT64_MAX && b == UINT64_MAX)
-            ret = qimg_error_set(err, -EINVAL, "Invalid VHD image: the "
-                                 "dynamic header overlaps the footer or "
-                                 "the BAT");
-        else if (a == UINT64_MAX || b == UINT64_MAX)
-            ret = qimg_error_set(err, -EINVAL, "Invalid VHD image: block "
-                                 "%llu overlaps the image metadata",
-                                 (unsigned long long)(a == UINT64_MAX ? b
-                                                                      : a));
-        else
-            ret = qimg_error_set(err, -EINVAL, "Invalid VHD image: blocks "
-                                 "%llu and %llu overlap",
-                                 (unsigned long long)QIMG_MIN(a, b),
-                                 (unsigned long long)QIMG_MAX(a, b));
-    }
-    free(r);
+    if (!ret)
+        qsort(v, (size_t)n, sizeof(*v), cmp_u32);
+    for (uint64_t i = 1; i < n && !ret; i++)
+        if ((uint64_t)(v[i] - v[i - 1]) * VPC_SECTOR < span)
+            ret = qimg_error_set(err, -EINVAL, "Invalid VHD image: two blocks "
+                                 "overlap at offset %llu",
+                                 (unsigned long long)v[i] * VPC_SECTOR);
+    free(v);
     return ret;
 }
 
