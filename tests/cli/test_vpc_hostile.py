@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from conftest import QIMG, batches, needs_format, run
+from conftest import QIMG, batches, needs_format, run, same_each
 from test_hostile_memory import peak_rss
 from vhdvdi import (DYN, bat_entry, fix_dyn, fix_footer, patch, qemu_io,
                     ref_create, set_bat_entry)
@@ -217,3 +217,21 @@ def test_vpc_huge_bat_bounded(tmp_path, entries):
         assert rc == 1 and rss < 64 << 20 and secs < 30, (cmd, rc, rss, secs)
         r = run(QIMG, args[1:], tmp_path)
         assert "the BAT may take at most 256 MiB" in r.err, r
+
+
+def test_vpc_vdi_probe(pair):
+    """Format probing as 7.2 probes: dynamic vpc by its footer copy, fixed
+    vpc as raw, vdi by its signature (from 512 bytes on), short files."""
+    def setup(d):
+        ref_create(d, "vpc", "dyn.vhd", "1M")
+        ref_create(d, "vpc", "fixed.vhd", "1M", "subformat=fixed")
+        ref_create(d, "vdi", "t.vdi", "1M")
+        data = (d / "t.vdi").read_bytes()
+        (d / "short511.vdi").write_bytes(data[:511])
+        (d / "short512.vdi").write_bytes(data[:512])
+        (d / "conectix8").write_bytes(b"conectix")
+        (d / "conectix7").write_bytes(b"conecti")
+    pair.setup_once(setup)
+    same_each(pair, "info", [[n] for n in ("dyn.vhd", "fixed.vhd", "t.vdi",
+                                           "short511.vdi", "short512.vdi",
+                                           "conectix8", "conectix7")], ())

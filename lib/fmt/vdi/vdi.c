@@ -22,7 +22,9 @@ uint32_t vdi_entry(const struct vdi_state *s, uint64_t i)
 static int vdi_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     (void)filename;
-    if (len < VDI_HEADER_SIZE)
+    /* QEMU probes a zero-padded 512-byte buffer: a shorter file with the
+     * signature in it is vdi too. */
+    if (len < VDI_H_SIGNATURE + 4)
         return 0;
     return qimg_ld_le32(buf + VDI_H_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
 }
