@@ -27,6 +27,11 @@ static int vdi_map(struct qimg_image *node, uint64_t off, uint64_t len,
          * QIMG_MAX_LENGTH, so no overflow (reads past EOF are zeroes). */
         m->kind = QIMG_MAP_DATA;
         m->host = s->offset_data + (uint64_t)e * VDI_BLOCK_SIZE + in;
+        /* Blocks in a row in the file are one extent (fewer, larger
+         * reads; QEMU answers block by block, which map merges alike). */
+        for (uint32_t next = e + 1; m->len < len && next < VDI_DISCARDED &&
+                                    vdi_entry(s, ++i) == next; next++)
+            m->len += VDI_BLOCK_SIZE;
         return 0;
     }
     m->kind = QIMG_MAP_ZERO;
