@@ -155,10 +155,7 @@ static int vdi_open(struct qimg_image *node, const struct qimg_opts *opts,
     uint64_t size = 0;
     int ret;
 
-    for (size_t i = 0; i < qimg_opts_count(opts); i++)
-        return qimg_error_set(err, -EINVAL, "Block format 'vdi' does not "
-                              "support the option '%s'",
-                              qimg_opts_key(opts, i));
+    (void)opts;   /* none: the core refuses them after the open */
     ret = node->file->ops->pread(node->file, 0, VDI_HEADER_SIZE, s->header,
                                  err);
     if (ret < 0)
@@ -284,8 +281,11 @@ static const struct qimg_opt_desc vdi_create_opts[] = {
     {"static", QIMG_OPT_BOOL, "VDI static (pre-allocated) image", "off"},
 };
 
+static const char *const vdi_runtime_opts[] = {NULL};
+
 const struct qimg_format qimg_format_vdi = {
     .name = "vdi",
+    .runtime_opts = vdi_runtime_opts,
     .description = "VirtualBox VDI image",
     .state_size = sizeof(struct vdi_state),
     .create_opts = vdi_create_opts,

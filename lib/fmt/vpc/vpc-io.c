@@ -157,7 +157,7 @@ int vpc_pwrite(struct qimg_image *node, uint64_t off, size_t len,
         .map = vpc_map, .block_size = s->block_size,
         .allocate = vpc_allocate, .commit = vpc_commit,
         /* QEMU writes only what the guest wrote into a new block. */
-        .write_covered_only = true,
+        .new_block_reads_zero = true,
     };
     int ret;
 

@@ -46,24 +46,23 @@ static bool uses_current_size(const uint8_t *app)
     return !memcmp(app, "tap", 4);
 }
 
-/* The force_size_calc open option: 0 auto, 1 chs, 2 current_size. */
+/* The force_size_calc open option: 0 auto, 1 chs, 2 current_size (the
+ * core refuses other options once the image is open, as QEMU does). */
 static int parse_open_opts(const struct qimg_opts *opts, int *calc,
                            struct qimg_error *err)
 {
+    const char *v = opts ? qimg_opts_get(opts, "force_size_calc") : NULL;
+
     *calc = 0;
-    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        const char *k = qimg_opts_key(opts, i), *v = qimg_opts_value(opts, i);
-        if (strcmp(k, "force_size_calc"))
-            return qimg_error_set(err, -EINVAL, "Block format 'vpc' does not "
-                                  "support the option '%s'", k);
-        if (!strcmp(v, "current_size"))
-            *calc = 2;
-        else if (!strcmp(v, "chs"))
-            *calc = 1;
-        else
-            return qimg_error_set(err, -EINVAL, "Invalid size calculation "
-                                  "mode: '%s'", v);
-    }
+    if (!v)
+        return 0;
+    if (!strcmp(v, "current_size"))
+        *calc = 2;
+    else if (!strcmp(v, "chs"))
+        *calc = 1;
+    else
+        return qimg_error_set(err, -EINVAL, "Invalid size calculation mode: "
+                              "'%s'", v);
     return 0;
 }
 
@@ -346,8 +345,13 @@ static const struct qimg_opt_desc vpc_create_opts[] = {
      "calculation", NULL},
 };
 
+static const char *const vpc_runtime_opts[] = {"force_size_calc", NULL};
+
 const struct qimg_format qimg_format_vpc = {
     .name = "vpc",
+    .runtime_opts = vpc_runtime_opts,
+    /* QEMU's strong runtime option: it names the image by its options. */
+    .strong_opts = vpc_runtime_opts,
     .description = "Virtual PC / Hyper-V / Azure VHD image",
     .state_size = sizeof(struct vpc_state),
     .create_opts = vpc_create_opts,
