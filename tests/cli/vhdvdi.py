@@ -183,3 +183,13 @@ def vhdiinfo(path):
 
 def have_vhdiinfo():
     return shutil.which("vhdiinfo") is not None
+
+
+def rss_budget(tmp_path, extra):
+    """The peak resident size a qimg command may reach: what `qimg
+    --version` shows from this process (Linux counts the forking
+    process's pages in a child's peak) plus extra bytes."""
+    from test_hostile_memory import peak_rss
+    from conftest import QIMG
+    _, base, _ = peak_rss([QIMG, "--version"], tmp_path)
+    return base + extra
