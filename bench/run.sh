@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v3 vmdk"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v4 vmdk"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -84,6 +84,7 @@ make_inputs() {
     "$REF" convert -f qcow2 -O vmdk -o subformat=streamOptimized in.qcow2 \
         in-stream.vmdk || die "stream input"
     "$REF" convert -f raw -O vhdx in.raw in.vhdx || die "vhdx input"
+    "$REF" convert -f raw -O vdi in.raw in.vdi || die "vdi input"
     # A late difference: one sector changed 1 MiB before the end.
     cp --sparse=always in.qcow2 late.qcow2
     echo "write -P 0x5a $((SIZE - (1 << 20))) 512" | qio late.qcow2
@@ -174,6 +175,8 @@ WORKLOADS=(
 "convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert vhdx->qcow2|rm -f out.qcow2|convert -f vhdx -O qcow2 @IN@/in.vhdx out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert qcow2->vpc fixed|rm -f out.vhd|convert -f qcow2 -O vpc -o subformat=fixed @IN@/in.qcow2 out.vhd|same_content qcow2 @IN@/in.qcow2 vpc out.vhd"
+"convert vdi->raw|rm -f out.raw|convert -f vdi -O raw @IN@/in.vdi out.raw|same_content vdi @IN@/in.vdi raw out.raw"
 "convert chain flatten|rm -f out.qcow2|convert -f qcow2 -O qcow2 @IN@/top.qcow2 out.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "compare identical|:|compare -f qcow2 -F raw @IN@/in.qcow2 @IN@/in.raw|same"
 "compare late diff|:|compare -f qcow2 -F qcow2 @IN@/in.qcow2 @IN@/late.qcow2|same"

@@ -148,6 +148,32 @@ if command -v create_compressed_fs >/dev/null; then
     keep cloop c.cloop c0.cloop
 fi
 
+# vpc and vdi: each subformat, empty and written (a partial last block
+# included), small enough to be seeds; truncated copies.
+other() {   # other FMT NAME SIZE OPTIONS [qemu-io commands...]
+    fmt=$1 name=$2 size=$3 opts=$4
+    shift 4
+    "$QEMU_IMG" create -q -f "$fmt" ${opts:+-o "$opts"} "$name.$fmt" "$size"
+    for c in "$@"; do
+        "$QEMU_IO" -f "$fmt" -c "$c" "$name.$fmt" >/dev/null
+    done
+}
+other vpc dyn-empty 64M ""
+other vpc dyn 5M "" "write -P 1 0 4k" "write -P 2 2M 3k" "write -P 3 5000k 4k"
+other vpc dyn-force 3M "force_size" "write -P 4 1M 512"
+other vpc fixed 256k "subformat=fixed" "write -P 5 4k 4k"
+other vpc fixed-force 128k "subformat=fixed,force_size"
+other vdi dyn-empty 64M ""
+other vdi dyn 3M "" "write -P 1 0 4k" "write -P 2 1M 3k" "write -P 3 2500k 4k"
+other vdi odd 1500k "" "write -P 4 1400k 4k"
+other vdi static 256k "static=on" "write -P 5 4k 4k"
+for n in 100 511 512 600 1024 1536 2048; do
+    head -c "$n" dyn.vpc >"trunc$n.vpc"
+    head -c "$n" dyn.vdi >"trunc$n.vdi"
+done
+keep vpc ./*.vpc
+keep vdi ./*.vdi
+
 # raw: an option line, then the file.
 mkdir -p "$OUT/raw"
 i=0

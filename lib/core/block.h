@@ -298,6 +298,9 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (fuzz targets that
+ * write keep each input cheap this way). */
+void qimg_mem_set_max_size(uint64_t bytes);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
@@ -499,8 +502,10 @@ extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vdi;
 extern const struct qimg_format qimg_format_vhdx;
 extern const struct qimg_format qimg_format_vmdk;
+extern const struct qimg_format qimg_format_vpc;
 /* The format of a node opened at the protocol level (driver=file,
  * -f host_device, null-co://): every operation goes to its storage, and
  * the node reports the storage's driver name as its format. */
@@ -600,6 +605,18 @@ enum { QIMG_CHILD_RELATIVE = 1 << 0 };
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
+
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
 
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,

@@ -121,6 +121,14 @@ int qimg_mem_unregister(const char *name)
     return 0;
 }
 
+/* Largest size writes may grow a buffer to (qimg_mem_set_max_size). */
+static _Atomic uint64_t max_size = QIMG_MEM_MAX_SIZE;
+
+void qimg_mem_set_max_size(uint64_t bytes)
+{
+    max_size = bytes < QIMG_MEM_MAX_SIZE ? bytes : QIMG_MEM_MAX_SIZE;
+}
+
 void qimg_mem_set_exclusive(bool on)
 {
     pthread_mutex_lock(&registry_lock);
@@ -225,7 +233,7 @@ static int resize_locked(struct mem_buf *b, uint64_t size,
 {
     uint8_t *p;
 
-    if (size > QIMG_MEM_MAX_SIZE)
+    if (size > max_size)
         return qimg_error_set(err, -EFBIG, "File too large");
     if (size > b->cap || size < b->cap / 4) {
         size_t cap = size > b->cap ? (size_t)QIMG_MIN(QIMG_MAX(size, b->cap +
