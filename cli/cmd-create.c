@@ -78,7 +78,8 @@ int cmd_create(int argc, char **argv)
                 goto out;
             break;
         default:
-            ret = cli_bad_option(c, argv);
+            if ((ret = cli_bad_option(c, argv)) == CLI_CONTINUE)
+                break;
             goto out;
         }
     }
