@@ -65,17 +65,25 @@ enum qimg_name_kind qimg_policy_name_kind(const char *name, char *proto,
     return QIMG_NAME_PROTOCOL;
 }
 
+static bool plain_byte(unsigned char c)
+{
+    return c >= 0x20 && c < 0x7f && c != '\\';
+}
+
 void qimg_policy_quote(const char *name, char *out, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
+    size_t o = 0, total = 0;
 
     if (!len)
         return;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        total += plain_byte(*p) ? 1 : 4;
     for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-        bool plain = *p >= 0x20 && *p < 0x7f && *p != '\\';
+        bool plain = plain_byte(*p);
         size_t need = plain ? 1 : 4;
-        if (o + need + 4 > len) {   /* room for "..." and the NUL */
+        /* Cut with room for "..." and the NUL, unless all of it fits. */
+        if (total >= len && o + need + 4 > len) {
             if (len >= 4) {
                 o = QIMG_MIN(o, len - 4);
                 memcpy(out + o, "...", 3);
@@ -256,22 +264,36 @@ static bool allowed_locked(unsigned role, const char *fname)
     return ok;
 }
 
+int qimg_policy_check_driver(unsigned flags,
+                             const struct qimg_storage_ops *ops,
+                             const char *fname, struct qimg_error *err)
+{
+    unsigned role = flags_role(flags);
+    char why[128];
+
+    if (!role || !qimg_untrusted_enabled())
+        return 0;
+    if (ops == &qimg_storage_file || ops == &qimg_storage_host_device ||
+        ops == &qimg_storage_host_cdrom)
+        return 0;
+    snprintf(why, sizeof(why), "would be opened by the '%s' driver, which "
+             "untrusted mode refuses", ops->name);
+    return refuse(err, -EPERM, role, fname ? fname : "", why);
+}
+
 int qimg_policy_check_open(unsigned flags,
                            const struct qimg_storage_ops *ops,
                            const char *fname, struct qimg_error *err)
 {
     unsigned role = flags_role(flags);
-    char why[128], opt[64];
+    char opt[64];
     bool ok;
 
     if (!role || !qimg_untrusted_enabled())
         return 0;
-    if (ops != &qimg_storage_file && ops != &qimg_storage_host_device &&
-        ops != &qimg_storage_host_cdrom) {
-        snprintf(why, sizeof(why), "would be opened by the '%s' driver, "
-                 "which untrusted mode refuses", ops->name);
-        return refuse(err, -EPERM, role, fname ? fname : "", why);
-    }
+    int ret = qimg_policy_check_driver(flags, ops, fname, err);
+    if (ret < 0)
+        return ret;
     if (!fname)
         return refuse(err, -EPERM, role, "", "has no file name");
     pthread_mutex_lock(&policy.lock);

@@ -53,6 +53,11 @@ int qimg_policy_max_depth(void);
  * protocol (recorded: as the image has it; path: resolved, or NULL). */
 int qimg_policy_check_name(unsigned role, const char *recorded,
                            const char *path, struct qimg_error *err);
+/* As soon as the storage driver for a file in role is known (before it
+ * parses the name): only the plain file and device drivers. */
+int qimg_policy_check_driver(unsigned flags,
+                             const struct qimg_storage_ops *ops,
+                             const char *fname, struct qimg_error *err);
 /* Before a storage opens fname for a file in role (flags hold
  * QIMG_OPEN_ROLE): the driver must be a plain file or device one, and
  * fname resolve to an allowed file.  0 outside untrusted mode or without

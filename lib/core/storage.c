@@ -342,6 +342,9 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
             goto fail;
         }
     }
+    ret = qimg_policy_check_driver(flags, ops, fname, err);
+    if (ret < 0)
+        goto fail;
     if (ops->parse_filename && parse) {
         char *copy = strdup(fname);
         if (!copy) {
