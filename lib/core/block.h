@@ -193,6 +193,16 @@ struct qimg_storage_ops {
                     struct qimg_error *err);
     /* A format raised ev (blkdebug acts on it); NULL: ignored. */
     void (*event)(struct qimg_storage *st, enum qimg_event ev);
+    /*
+     * Module stubs (core/module.c): a storage whose client library is heavy
+     * lives in the shared module MODULE.so, which exports its real table
+     * as MODULE_SYMBOL.  The stub in the storage table sets only name,
+     * protocol and these three; lookups swap in the loaded table, kept in
+     * *module_loaded.  NULL module: a storage linked into the library.
+     */
+    const char *module;
+    const char *module_symbol;
+    const struct qimg_storage_ops **module_loaded;
 };
 
 struct qimg_storage {
@@ -274,6 +284,18 @@ int qimg_storage_create_name(const char *filename,
 
 /* All storages a name or a driver option selects, and lookups. */
 size_t qimg_storage_count(void);
+/* The real table of a module stub, loading its module on first use (a
+ * warning and NULL when it cannot load); any other table as given. */
+const struct qimg_storage_ops *
+qimg_module_storage(const struct qimg_storage_ops *stub);
+/* Define the stub VAR of a module storage NAME with protocol PROTO (or
+ * NULL), exported by module MODULE as SYMBOL. */
+#define QIMG_STORAGE_MODULE_STUB(var, name_, proto, module_, symbol)       \
+    static const struct qimg_storage_ops *var##_loaded;                   \
+    const struct qimg_storage_ops var = {                                  \
+        .name = (name_), .protocol = (proto), .module = (module_),         \
+        .module_symbol = (symbol), .module_loaded = &var##_loaded,         \
+    }
 const struct qimg_storage_ops *qimg_storage_at(size_t i);
 /* QEMU's path_has_protocol: a ':' before any '/'. */
 bool qimg_path_has_protocol(const char *name);
@@ -312,6 +334,9 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (fuzz targets that
+ * write keep each input cheap this way). */
+void qimg_mem_set_max_size(uint64_t bytes);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
@@ -454,7 +479,9 @@ struct qimg_format {
      * pwrite_compressed in two steps, so that the copy engine compresses
      * in all its threads and still lays clusters out in guest order.
      * compress_cluster (any thread, no lock) compresses len bytes of one
-     * cluster into out (at least a cluster) and returns the compressed
+     * cluster into out (at least two clusters and 64 bytes: formats whose
+     * compressed clusters carry a header, or are always compressed,
+     * may need more than a cluster) and returns the compressed
      * length, 0 when it does not shrink, or a negative errno; then
      * pwrite_compressed_data stores it (clen 0: buf as it is).  Optional.
      */
@@ -491,6 +518,16 @@ int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
  */
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
+/*
+ * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
+ * st says about holes there, as QEMU's block layer does for
+ * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
+ * ZERO, and the extent is cut where the storage's answer ends.  For
+ * drivers whose data is in other storages than node->file (vmdk flat
+ * extents); errors are ignored (extra information only).
+ */
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext);
+
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
@@ -501,7 +538,10 @@ extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vdi;
 extern const struct qimg_format qimg_format_vhdx;
+extern const struct qimg_format qimg_format_vmdk;
+extern const struct qimg_format qimg_format_vpc;
 /* The format of a node opened at the protocol level (driver=file,
  * -f host_device, null-co://): every operation goes to its storage, and
  * the node reports the storage's driver name as its format. */
@@ -615,6 +655,18 @@ enum {
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
+
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
 
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
