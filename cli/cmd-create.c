@@ -78,8 +78,10 @@ int cmd_create(int argc, char **argv)
                 goto out;
             break;
         default:
-            if ((ret = cli_bad_option(c, argv)) == CLI_CONTINUE)
+            if ((ret = cli_bad_option(c, argv)) == CLI_CONTINUE) {
+                ret = 1;   /* the failure code, as before the option */
                 break;
+            }
             goto out;
         }
     }

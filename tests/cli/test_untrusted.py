@@ -47,9 +47,11 @@ def qcow2(d, name, backing=None, bfmt="raw", size="1M"):
 
 def qcow2_data_file(d, name, data_name):
     """A qcow2 image whose header names data_name as its data file (made
-    with a harmless file, then renamed by amend, which opens nothing)."""
-    ref(d, "create", "-q", "-f", "qcow2", "-o", "data_file=" + name + ".df",
-        name, "1M")
+    with a harmless file, then renamed by amend, which opens nothing).
+    data_file_raw: every cluster is mapped, so the data file's bytes are
+    the guest's (what leaks)."""
+    ref(d, "create", "-q", "-f", "qcow2", "-o", "data_file=" + name + ".df" +
+        ",data_file_raw=on", name, "1M")
     ref(d, "amend", "-o", "data_file=" + data_name.replace(",", ",,"), name)
 
 
@@ -63,7 +65,8 @@ def base(d, name="base.qcow2"):
 
 def leaked(d, r, out="out.raw"):
     """Did the secret reach the output or the converted file?"""
-    text = (r.out + r.err).encode()
+    so, se = (r.out, r.err) if hasattr(r, "out") else (r.stdout, r.stderr)
+    text = (so + se).encode()
     data = (d / out).read_bytes() if (d / out).exists() else b""
     return SECRET in text or SECRET[:16] in data
 
@@ -385,14 +388,23 @@ def limits_of(d, args, env=None):
             time.sleep(0.05)
         lim = proc_status(p.pid)
     finally:
-        with open(fifo, "wb"):
+        # A writer that does not block when qimg never opened the FIFO.
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
             pass
-        p.communicate(timeout=20)
+        try:
+            p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise
     return lim
 
 
 def test_process_limits(tmp_path):
     d = tmp_path
+    write_secret(d)
     env = dict(os.environ, QIMG_UNTRUSTED="1")
     own = proc_status(os.getpid())
     plain = limits_of(d, ["info", "FIFO"])
@@ -400,7 +412,7 @@ def test_process_limits(tmp_path):
     for args, e in ((["info", "--untrusted", "FIFO"], None),
                     (["info", "FIFO"], env),
                     (["--untrusted", "map", "FIFO"], None),
-                    (["check", "--allow-file", "wait.fifo", "FIFO"], None)):
+                    (["check", "--allow-file", "secret", "FIFO"], None)):
         lim = limits_of(d, args, e)
         assert lim["cpu"] == "30", (args, lim)
         # 1 GiB beyond what the program held when the mode started
