@@ -119,6 +119,18 @@ def escapes(d):
     add("data file /proc/self/fd/0", "dfprocfd.qcow2", stdin="secret")
     qcow2(d, "proccwd.qcow2", "/proc/self/cwd/secret")
     add("backing file /proc/self/cwd/...", "proccwd.qcow2")
+    qcow2(d, "shadow.qcow2", "json:" + json.dumps(
+        {"driver": "raw", "file": {"driver": "file",
+                                   "filename": "/etc/shadow"}}))
+    add("json: backing file naming /etc/shadow", "shadow.qcow2", leaks=False)
+    qcow2(d, "http.qcow2", "http://127.0.0.1:1/x", bfmt="raw")
+    add("http:// backing file", "http.qcow2", leaks=False)
+    qcow2(d, "nbdunix.qcow2", "nbd+unix:///x?socket=/tmp/none")
+    add("nbd+unix:// backing file", "nbdunix.qcow2", leaks=False)
+    # a harmless-looking backing image whose own data file is the secret
+    qcow2_data_file(d, "dfsecret.qcow2", str(d / "secret"))
+    qcow2(d, "dfinback.qcow2", "dfsecret.qcow2", "qcow2")
+    add("data file inside a backing file", "dfinback.qcow2")
     os.mkfifo(d / "fifo")
     qcow2(d, "fifo.qcow2", str(d / "fifo"))
     add("FIFO as backing file (would hang)", "fifo.qcow2", leaks=False)
@@ -230,6 +242,21 @@ def test_allowed_files_open(tmp_path):
                                        "--allow-extent", "base.qcow2"])]:
         r = qimg(d, "convert", *opts, "-O", "raw", image, "out.raw")
         assert r.rc == 1 and REFUSED in r.err, (image, opts, r)
+
+
+def test_data_file_in_allowed_backing(tmp_path):
+    """Allowing a backing file does not allow the data file it names."""
+    d = tmp_path
+    write_secret(d)
+    qcow2_data_file(d, "dfsecret.qcow2", str(d / "secret"))
+    qcow2(d, "top.qcow2", "dfsecret.qcow2", "qcow2")
+    r = qimg(d, "convert", "-O", "raw", "top.qcow2", "out.raw")
+    assert r.rc == 0 and leaked(d, r), r
+    (d / "out.raw").unlink()
+    r = qimg(d, "convert", "--allow-backing", "dfsecret.qcow2", "-O", "raw",
+             "top.qcow2", "out.raw")
+    assert r.rc == 1 and f"data file '{d}/secret' {REFUSED}" in r.err and \
+        not leaked(d, r), r
 
 
 def test_symlink_chain_escape(tmp_path):
