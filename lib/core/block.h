@@ -193,6 +193,12 @@ struct qimg_storage_ops {
                     struct qimg_error *err);
     /* A format raised ev (blkdebug acts on it); NULL: ignored. */
     void (*event)(struct qimg_storage *st, enum qimg_event ev);
+    /* The directory names relative to this storage are taken against, in
+     * *dir (malloc'ed, ending in '/' or empty), or an error when there is
+     * none (QEMU's bdrv_dirname, e.g. quorum).  NULL: the directory of
+     * the exact name, else of the child's. */
+    int (*dirname)(struct qimg_storage *st, char **dir,
+                   struct qimg_error *err);
     /*
      * Module stubs (core/module.c): a storage whose client library is heavy
      * lives in the shared module MODULE.so, which exports its real table
@@ -223,6 +229,11 @@ struct qimg_storage {
      * name and options count, events do not reach it. */
     struct qimg_storage *child2;
     const char *child2_name;
+    /* A list of children (quorum's), an array named children_key in
+     * json:{...} names; owned by the storage driver. */
+    struct qimg_storage *const *children;
+    size_t n_children;
+    const char *children_key;
     /* The node storage: a format node used as the file of another format
      * ({"driver": "raw", "file": {"driver": "qcow2", ...}}). */
     struct qimg_image *node;
@@ -313,6 +324,7 @@ extern const struct qimg_storage_ops qimg_storage_file;
 extern const struct qimg_storage_ops qimg_storage_host_device;
 extern const struct qimg_storage_ops qimg_storage_host_cdrom;
 extern const struct qimg_storage_ops qimg_storage_null_co;
+extern const struct qimg_storage_ops qimg_storage_quorum;
 extern const struct qimg_storage_ops qimg_storage_null_aio;
 extern const struct qimg_storage_ops qimg_storage_blkdebug;
 extern const struct qimg_storage_ops qimg_storage_blkverify;
@@ -596,8 +608,17 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
                    const struct qimg_opts *options, unsigned flags,
                    enum qimg_cache cache, int depth, struct qimg_error *err);
 /* The backing file name of node resolved as QEMU resolves it (relative
- * to the overlay's directory; json: names as they are).  malloc'ed. */
+ * to the overlay's directory; json: names as they are).  malloc'ed;
+ * NULL when the overlay's directory cannot be known. */
 char *qimg_node_backing_path(const struct qimg_image *node);
+/* QEMU's bdrv_dirname: the directory (malloc'ed, ending in '/', or "")
+ * relative names in a node or storage are resolved against: of its exact
+ * name, else of its file / child; an error ("Cannot generate a base
+ * directory for X nodes") when there is none. */
+int qimg_node_dirname(const struct qimg_image *node, char **dir,
+                      struct qimg_error *err);
+int qimg_storage_dirname(struct qimg_storage *st, char **dir,
+                         struct qimg_error *err);
 /* Compute node->name (and its storages' names) as QEMU's
  * bdrv_refresh_filename does. */
 int qimg_node_refresh_name(struct qimg_image *node);
