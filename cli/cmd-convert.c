@@ -596,7 +596,8 @@ static bool do_copy(struct convert *c)
         .sparse_size = c->sparse,
         /* a new image reads as zero unless a backing file shows through */
         .target_is_zero = c->no_create ? c->target_is_zero
-                                       : !c->target_has_backing,
+                                       : !c->target_has_backing &&
+                                             qimg_image_has_zero_init(c->tgt),
         .target_has_backing = c->target_has_backing,
         .target_backing_size = backing ? (int64_t)qimg_image_size(backing) : -1,
         .compress = c->compress, .copy_offload = c->copy_range,

@@ -177,7 +177,8 @@ static int open_backing(struct qimg_image *node, struct qimg_error *err)
 static unsigned storage_flags_for(const struct qimg_format *fmt,
                                   unsigned flags)
 {
-    if (fmt->is_raw || (flags & (QIMG_OPEN_SHARE | QIMG_OPEN_NO_LOCK)))
+    if (fmt->is_raw || fmt->plain_perms ||
+        (flags & (QIMG_OPEN_SHARE | QIMG_OPEN_NO_LOCK)))
         return flags;
     flags |= QIMG_OPEN_NO_SHARE;
     if (flags & QIMG_OPEN_RDWR)
@@ -393,6 +394,11 @@ struct qimg_image *qimg_image_backing(const struct qimg_image *img)
 bool qimg_image_probed_raw(const struct qimg_image *img)
 {
     return img->probed_raw;
+}
+
+bool qimg_image_has_zero_init(const struct qimg_image *img)
+{
+    return !img->fmt->no_zero_init;
 }
 
 bool qimg_image_read_only(const struct qimg_image *img)

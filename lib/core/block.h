@@ -77,6 +77,9 @@ struct qimg_storage_ops {
     /* Change the lock/permission state (e.g. read-only -> read-write). */
     int (*set_perm)(struct qimg_storage *st, unsigned flags,
                     struct qimg_error *err);
+    /* Delete filename (a format whose create failed halfway removes what
+     * it made, as QEMU's luks driver does).  Optional. */
+    int (*remove)(const char *filename, struct qimg_error *err);
 };
 
 struct qimg_storage {
@@ -183,6 +186,14 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* Take only the permissions asked of the file, sharing write and
+     * resize as raw does (QEMU's luks driver, "for backward
+     * compatibility"), instead of a format's exclusive ones. */
+    bool plain_perms;
+    /* A new image does not read as zero, so convert must write zeroes
+     * (luks: a hole in the file decrypts to garbage).  QEMU's
+     * bdrv_has_zero_init() false. */
+    bool no_zero_init;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -265,6 +276,7 @@ const struct qimg_format *qimg_format_find(const char *name);
 
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_luks;
 
 /* ---- the image node ------------------------------------------------------ */
 

@@ -249,7 +249,8 @@ static int validate_number(const char *key, const char *v, struct qimg_error *er
 {
     char *end;
     errno = 0;
-    if (*v == '-' || (strtoull(v, &end, 0), errno) || *end || end == v)
+    /* strtoull's rules, as QEMU's: "-1" is accepted (and wraps). */
+    if ((strtoull(v, &end, 0), errno) || *end || end == v)
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
     return 0;

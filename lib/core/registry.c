@@ -11,6 +11,7 @@
 
 /* Listed alphabetically, as qemu-img lists its formats. */
 const struct qimg_format *const qimg_formats[] = {
+    &qimg_format_luks,
     &qimg_format_qcow2,
     &qimg_format_raw,
 };

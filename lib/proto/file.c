@@ -636,6 +636,14 @@ static const struct qimg_opt_desc file_create_opts[] = {
      "Extent size hint for the image file, 0 to disable", NULL},
 };
 
+static int file_remove(const char *filename, struct qimg_error *err)
+{
+    if (unlink(filename) < 0)
+        return qimg_error_set(err, -errno, "Could not delete '%s': %s",
+                              filename, strerror(errno));
+    return 0;
+}
+
 const struct qimg_storage_ops qimg_storage_file = {
     .name = "file",
     .create_opts = file_create_opts,
@@ -653,4 +661,5 @@ const struct qimg_storage_ops qimg_storage_file = {
     .allocated_size = file_allocated_size,
     .create = file_create,
     .set_perm = file_set_perm,
+    .remove = file_remove,
 };
