@@ -71,6 +71,9 @@ struct cli_open {
     unsigned flags;     /* QIMG_OPEN_* */
     enum qimg_cache cache;
     bool quiet;
+    /* More options for the format with a plain file name (convert's new
+     * target gets the key secrets of its -o list, as qemu-img's does). */
+    const struct qimg_opts *extra;
 };
 /* QEMU's warning for a writable image whose raw format was guessed. */
 void cli_warn_probed_raw(const char *filename);

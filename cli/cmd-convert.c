@@ -531,20 +531,36 @@ static struct qimg_opts *prepare_target(struct convert *c)
     return opts;
 }
 
-static bool open_target(struct convert *c)
+/* The key secrets of the creation options, which the new target needs
+ * to be opened (qemu-img's img_add_key_secrets). */
+static struct qimg_opts *target_secrets(const struct qimg_opts *opts)
 {
+    static const char *const keys[] = {"key-secret", "encrypt.key-secret"};
+    struct qimg_opts *o = qimg_opts_new();
+
+    for (size_t i = 0; o && opts && i < 2; i++)
+        if (qimg_opts_get(opts, keys[i]))
+            qimg_opts_set(o, keys[i], qimg_opts_get(opts, keys[i]));
+    return o;
+}
+
+static bool open_target(struct convert *c, const struct qimg_opts *opts)
+{
+    struct qimg_opts *secrets = target_secrets(opts);
     struct cli_open o = {
         .filename = c->target, .image_opts = c->tgt_image_opts,
         .fmt = c->out_fmt, .flags = QIMG_OPEN_RDWR, .cache = c->tcache,
-        .quiet = c->quiet,
+        .quiet = c->quiet, .extra = secrets,
     };
 
     if (!cli_parse_cache(c->cache, &c->tcache)) {
         cli_error("Invalid cache option: %s", c->cache);
+        qimg_opts_free(secrets);
         return false;
     }
     o.cache = c->tcache;
     c->tgt = cli_open_image(&o);
+    qimg_opts_free(secrets);
     if (!c->tgt)
         return false;
     if (c->bitmaps && !qimg_bitmap_supported(c->tgt)) {
@@ -665,7 +681,7 @@ static int convert_images(struct convert *c, bool *done)
                    c->out_fmt);
         goto out;
     }
-    if (!open_target(c) || !do_copy(c))
+    if (!open_target(c, opts) || !do_copy(c))
         goto out;
     if (c->bitmaps && !copy_bitmaps(c))
         goto out;
