@@ -1,0 +1,314 @@
+/*
+ * Unit tests for the allocation-table helper (lib/fmt/table): loading with
+ * bounds, both byte orders and widths, sector write-back that never
+ * touches bytes past the table, the append allocator, and the block-map
+ * data path (reads through unallocated / zero / data mappings, allocating
+ * writes that fill from the backing file, in-place writes) over a toy
+ * format held in the memory storage.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "core/block.h"
+#include "core/util.h"
+#include "fmt/table/table.h"
+
+static struct qimg_storage *mem_storage(const char *name, const void *data,
+                                        size_t len)
+{
+    struct qimg_storage *st = NULL;
+    struct qimg_error err = {0};
+
+    assert_int_equal(qimg_mem_register(name, data, len), 0);
+    if (qimg_storage_open(&st, name, QIMG_OPEN_RDWR | QIMG_OPEN_NO_LOCK,
+                          QIMG_CACHE_WRITEBACK, &err) < 0)
+        fail_msg("open %s: %s", name, err.msg);
+    return st;
+}
+
+static void test_load_orders_and_widths(void **state)
+{
+    uint8_t disk[64];
+    struct qimg_error err = {0};
+    struct qimg_table t;
+
+    for (size_t i = 0; i < sizeof(disk); i++)
+        disk[i] = (uint8_t)i;
+    struct qimg_storage *st = mem_storage("mem:t1", disk, sizeof(disk));
+    struct qimg_table_geom g = {.offset = 8, .n = 2, .esize = 4,
+                                .big_endian = true, .max_bytes = 64};
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), 0);
+    assert_int_equal(qimg_table_get(&t, 0), 0x08090a0bu);
+    assert_int_equal(qimg_table_get(&t, 1), 0x0c0d0e0fu);
+    qimg_table_release(&t);
+    g.big_endian = false;
+    g.esize = 8;
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), 0);
+    assert_true(qimg_table_get(&t, 0) == 0x0f0e0d0c0b0a0908ull);
+    qimg_table_release(&t);
+    qimg_storage_close(st);
+    qimg_mem_unregister("mem:t1");
+}
+
+static void test_load_bounds(void **state)
+{
+    uint8_t disk[512] = {0};
+    struct qimg_error err = {0};
+    struct qimg_table t;
+    struct qimg_storage *st = mem_storage("mem:t2", disk, sizeof(disk));
+
+    /* Larger than the format's limit: refused before any allocation. */
+    struct qimg_table_geom g = {.offset = 0, .n = 1ull << 40, .esize = 4,
+                                .max_bytes = 1 << 20};
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), -EFBIG);
+    assert_null(t.raw);
+    /* n * esize overflowing 64 bits. */
+    g.n = UINT64_MAX / 2;
+    g.max_bytes = UINT64_MAX;
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), -EFBIG);
+    /* Offset + size wrapping. */
+    g.n = 16;
+    g.offset = UINT64_MAX - 8;
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), -EINVAL);
+    /* Past the end of the file: refused only when asked. */
+    g.offset = 500;
+    g.inside_file = true;
+    assert_int_equal(qimg_table_load(&t, st, &g, "block map", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "block map"));
+    g.inside_file = false;
+    assert_int_equal(qimg_table_load(&t, st, &g, "block map", &err), 0);
+    assert_int_equal(qimg_table_get(&t, 15), 0);   /* past EOF: zero */
+    qimg_table_release(&t);
+    /* Bad widths are programmer errors reported, not crashes. */
+    g.esize = 3;
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), -EINVAL);
+    /* An empty table. */
+    g.esize = 4;
+    g.n = 0;
+    assert_int_equal(qimg_table_load(&t, st, &g, "BAT", &err), 0);
+    assert_null(t.raw);
+    qimg_table_release(&t);
+    qimg_storage_close(st);
+    qimg_mem_unregister("mem:t2");
+}
+
+static void test_store_sectors(void **state)
+{
+    uint8_t disk[2048];
+    struct qimg_error err = {0};
+    struct qimg_table t;
+    void *copy;
+    size_t len;
+
+    memset(disk, 0xee, sizeof(disk));
+    struct qimg_storage *st = mem_storage("mem:t3", disk, sizeof(disk));
+    /* 200 four-byte entries at 512: 800 bytes, the second sector partly. */
+    struct qimg_table_geom g = {.offset = 512, .n = 200, .esize = 4,
+                                .max_bytes = 4096};
+    assert_int_equal(qimg_table_init_zero(&t, st, &g, "BAT", &err), 0);
+    qimg_table_set(&t, 199, 0x11223344);
+    qimg_table_set(&t, 3, 0xffffffffu);
+    assert_int_equal(qimg_table_store(&t, 199, 1, &err), 0);
+    assert_int_equal(qimg_mem_get("mem:t3", &copy, &len), 0);
+    uint8_t *d = copy;
+    /* The sector holding entry 199 (bytes 1024..1312) went out whole up to
+     * the table's end; the first sector and the bytes after the table
+     * were not written. */
+    assert_int_equal(qimg_ld_le32(d + 512 + 199 * 4), 0x11223344);
+    assert_int_equal(d[1024], 0);
+    assert_int_equal(d[512 + 3 * 4], 0xee);
+    assert_int_equal(d[512 + 800], 0xee);
+    free(copy);
+    assert_int_equal(qimg_table_store_all(&t, &err), 0);
+    assert_int_equal(qimg_mem_get("mem:t3", &copy, &len), 0);
+    d = copy;
+    assert_int_equal(qimg_ld_le32(d + 512 + 3 * 4), 0xffffffffu);
+    assert_int_equal(d[512 + 800], 0xee);
+    free(copy);
+    /* Out-of-range stores are clamped. */
+    assert_int_equal(qimg_table_store(&t, 500, 10, &err), 0);
+    assert_int_equal(qimg_table_store(&t, 190, 1000, &err), 0);
+    qimg_table_release(&t);
+    qimg_storage_close(st);
+    qimg_mem_unregister("mem:t3");
+}
+
+static void test_alloc(void **state)
+{
+    struct qimg_error err = {0};
+    struct qimg_alloc a = {.end = 1000, .max = 1 << 20};
+    uint64_t off;
+
+    assert_int_equal(qimg_alloc_append(&a, 4096, 4096, &off, &err), 0);
+    assert_int_equal(off, 4096);
+    assert_int_equal(a.end, 8192);
+    assert_int_equal(qimg_alloc_append(&a, 10, 0, &off, &err), 0);
+    assert_int_equal(off, 8192);
+    assert_int_equal(qimg_alloc_append(&a, 1 << 20, 512, &off, &err), -EFBIG);
+    assert_int_equal(a.end, 8202);     /* unchanged by the failure */
+    a.end = UINT64_MAX - 10;
+    a.max = UINT64_MAX;
+    assert_int_equal(qimg_alloc_append(&a, 100, 0, &off, &err), -EFBIG);
+    assert_int_equal(qimg_alloc_append(&a, 1, 4096, &off, &err), -EFBIG);
+}
+
+/* ---- a toy format: 8 blocks of 4 KiB, a little-endian 4-byte map at
+ * offset 0 (0: unallocated, 1: zero, else the host offset), data from
+ * 4096 on. */
+
+#define TOY_BS 4096u
+#define TOY_BLOCKS 8u
+
+struct toy {
+    struct qimg_table map;
+    struct qimg_alloc alloc;
+    int commits;
+};
+
+static int toy_map(struct qimg_image *node, uint64_t off, uint64_t len,
+                   struct qimg_map_ext *m, struct qimg_error *err)
+{
+    struct toy *t = node->state;
+    uint64_t i = off / TOY_BS, e = qimg_table_get(&t->map, i);
+
+    m->len = TOY_BS - off % TOY_BS;
+    m->kind = e == 0 ? QIMG_MAP_UNALLOC : e == 1 ? QIMG_MAP_ZERO
+                                                  : QIMG_MAP_DATA;
+    m->host = e + off % TOY_BS;
+    return 0;
+}
+
+static int toy_allocate(struct qimg_image *node, uint64_t block_off,
+                        uint64_t *host, struct qimg_error *err)
+{
+    struct toy *t = node->state;
+    return qimg_alloc_append(&t->alloc, TOY_BS, TOY_BS, host, err);
+}
+
+static int toy_commit(struct qimg_image *node, uint64_t block_off,
+                      uint64_t host, enum qimg_map_kind was,
+                      struct qimg_error *err)
+{
+    struct toy *t = node->state;
+    t->commits++;
+    qimg_table_set(&t->map, block_off / TOY_BS, host);
+    return qimg_table_store(&t->map, block_off / TOY_BS, 1, err);
+}
+
+static const struct qimg_table_write_ops toy_ops = {
+    .map = toy_map, .block_size = TOY_BS, .allocate = toy_allocate,
+    .commit = toy_commit, .fill_from_backing = true,
+};
+
+static void test_data_path(void **state)
+{
+    static uint8_t disk[4096 + 4096], back[TOY_BS * TOY_BLOCKS];
+    static uint8_t buf[TOY_BS * 3];
+    struct qimg_error err = {0};
+    struct qimg_image node = {0}, *backing = NULL;
+    struct toy toy = {0};
+    struct qimg_extent ext;
+
+    /* Block 0 unallocated, 1 zero, 2 at host 4096 (bytes 'D'). */
+    qimg_st_le32(disk + 4, 1);
+    qimg_st_le32(disk + 8, 4096);
+    memset(disk + 4096, 'D', 4096);
+    memset(back, 'B', sizeof(back));
+    node.file = mem_storage("mem:toy", disk, sizeof(disk));
+    node.filename = "mem:toy";
+    node.size = TOY_BS * TOY_BLOCKS;
+    node.state = &toy;
+    pthread_mutex_init(&node.lock, NULL);
+    assert_int_equal(qimg_mem_register("mem:toyback", back, sizeof(back)), 0);
+    struct qimg_open_params p = {.filename = "mem:toyback", .format = "raw",
+                                 .flags = QIMG_OPEN_NO_LOCK};
+    assert_int_equal(qimg_open(&backing, &p, &err), 0);
+    node.backing = backing;
+    struct qimg_table_geom g = {.offset = 0, .n = TOY_BLOCKS, .esize = 4,
+                                .max_bytes = 4096};
+    assert_int_equal(qimg_table_load(&toy.map, node.file, &g, "map", &err), 0);
+    toy.alloc = (struct qimg_alloc){.end = 8192, .max = 1 << 20};
+
+    /* Reads across the three kinds. */
+    assert_int_equal(qimg_table_pread(&node, 4000, 8192, buf, toy_map, &err),
+                     0);
+    assert_int_equal(buf[0], 'B');       /* 4000..4095: backing */
+    assert_int_equal(buf[96], 0);        /* 4096..8191: zero */
+    assert_int_equal(buf[96 + 4096], 'D'); /* 8192..: data */
+    assert_int_equal(qimg_table_block_status(&node, 8192 + 10, 100000, &ext,
+                                             toy_map, false, &err), 0);
+    assert_int_equal(ext.flags, QIMG_BS_ALLOCATED | QIMG_BS_DATA |
+                                    QIMG_BS_OFFSET_VALID);
+    assert_int_equal(ext.host_offset, 4096 + 10);
+    assert_int_equal(ext.length, TOY_BS - 10);
+    assert_int_equal(qimg_table_block_status(&node, 4096, 4096, &ext, toy_map,
+                                             false, &err), 0);
+    assert_int_equal(ext.flags, QIMG_BS_ALLOCATED | QIMG_BS_ZERO);
+    assert_int_equal(qimg_table_block_status(&node, 0, 4096, &ext, toy_map,
+                                             false, &err), 0);
+    assert_int_equal(ext.flags, 0);
+
+    /* A partial write into the unallocated block 0 fills from the
+     * backing file; into the zero block 1 with zeroes. */
+    assert_int_equal(qimg_table_pwrite(&node, 100, 8, "abcdefgh", &toy_ops,
+                                       &err), 0);
+    assert_int_equal(qimg_table_pwrite(&node, 4096 + 100, 8, "ABCDEFGH",
+                                       &toy_ops, &err), 0);
+    assert_int_equal(toy.commits, 2);
+    assert_int_equal(qimg_table_get(&toy.map, 0), 8192);
+    assert_int_equal(qimg_table_get(&toy.map, 1), 12288);
+    assert_int_equal(qimg_table_pread(&node, 0, 8192, buf, toy_map, &err), 0);
+    assert_int_equal(buf[99], 'B');
+    assert_memory_equal(buf + 100, "abcdefgh", 8);
+    assert_int_equal(buf[108], 'B');
+    assert_int_equal(buf[4096 + 99], 0);
+    assert_memory_equal(buf + 4096 + 100, "ABCDEFGH", 8);
+    /* In place: no new commit; a write over two data blocks. */
+    memset(buf, 'x', sizeof(buf));
+    assert_int_equal(qimg_table_pwrite(&node, 50, 8192, buf, &toy_ops, &err),
+                     0);
+    assert_int_equal(toy.commits, 2);    /* blocks 0..2 were all data */
+    assert_int_equal(qimg_table_pread(&node, 0, 8192 + 100, buf, toy_map,
+                                      &err), 0);
+    assert_int_equal(buf[49], 'B');
+    assert_int_equal(buf[50], 'x');
+    assert_int_equal(buf[8192 + 49], 'x');
+    assert_int_equal(buf[8192 + 50], 'D');
+    /* The map on disk followed the commits. */
+    void *copy;
+    size_t len;
+    assert_int_equal(qimg_mem_get("mem:toy", &copy, &len), 0);
+    assert_int_equal(qimg_ld_le32((uint8_t *)copy + 0), 8192);
+    assert_int_equal(qimg_ld_le32((uint8_t *)copy + 4), 12288);
+    free(copy);
+    /* Allocation failure leaves the table alone. */
+    toy.alloc.max = toy.alloc.end;
+    assert_int_equal(qimg_table_pwrite(&node, 5 * TOY_BS, 1, "z", &toy_ops,
+                                       &err), -EFBIG);
+    assert_int_equal(qimg_table_get(&toy.map, 5), 0);
+
+    qimg_table_release(&toy.map);
+    qimg_close(backing);
+    qimg_storage_close(node.file);
+    pthread_mutex_destroy(&node.lock);
+    qimg_mem_unregister("mem:toy");
+    qimg_mem_unregister("mem:toyback");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_load_orders_and_widths),
+        cmocka_unit_test(test_load_bounds),
+        cmocka_unit_test(test_store_sectors),
+        cmocka_unit_test(test_alloc),
+        cmocka_unit_test(test_data_path),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
