@@ -340,6 +340,30 @@ int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
 
+/*
+ * For drivers that can only read and write whole units of `align` bytes
+ * (encrypted sectors): a request not aligned to them is widened to whole
+ * units.  qimg_rmw_pread reads the widened range into a bounce buffer;
+ * qimg_rmw_pwrite reads the partial units at the ends, patches them and
+ * writes the widened range, holding *lock over the read-modify-write so
+ * that two writers of different bytes of one unit never lose either's
+ * bytes.  Aligned requests go straight to the callbacks.  The widened
+ * range must lie inside the image (its size a multiple of align).
+ */
+typedef int (*qimg_unit_pread_fn)(struct qimg_image *node, uint64_t off,
+                                  size_t len, void *buf,
+                                  struct qimg_error *err);
+typedef int (*qimg_unit_pwrite_fn)(struct qimg_image *node, uint64_t off,
+                                   size_t len, const void *buf,
+                                   struct qimg_error *err);
+int qimg_rmw_pread(struct qimg_image *node, uint64_t off, size_t len,
+                   void *buf, uint32_t align, qimg_unit_pread_fn pread,
+                   struct qimg_error *err);
+int qimg_rmw_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                    const void *buf, uint32_t align, pthread_mutex_t *lock,
+                    qimg_unit_pread_fn pread, qimg_unit_pwrite_fn pwrite,
+                    struct qimg_error *err);
+
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);

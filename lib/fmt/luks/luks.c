@@ -149,72 +149,15 @@ static int write_sectors(struct qimg_image *node, uint64_t off, size_t len,
                                    err);
 }
 
-static bool aligned(uint64_t off, size_t len)
-{
-    return !(off % SECTOR) && !(len % SECTOR);
-}
-
-static int luks_pread(struct qimg_image *node, uint64_t off, size_t len,
-                      void *buf, struct qimg_error *err)
-{
-    uint64_t a0, a1 = 0;
-    uint8_t *bounce;
-    int ret;
-
-    if (aligned(off, len))   /* decrypted in the caller's buffer */
-        return read_sectors(node, off, len, buf, err);
-    a0 = qimg_align_down(off, SECTOR);
-    qimg_align_up(off + len, SECTOR, &a1);   /* within the image */
-    bounce = malloc(a1 - a0);
-    if (!bounce)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    ret = read_sectors(node, a0, a1 - a0, bounce, err);
-    if (!ret)
-        memcpy(buf, bounce + (off - a0), len);
-    free(bounce);
-    return ret;
-}
-
-/* A request with partial sectors: the edges are read, patched and all of
- * it written under the lock, so two writers of one sector never mix. */
-static int write_unaligned(struct qimg_image *node, uint64_t off, size_t len,
-                           const uint8_t *buf, struct qimg_error *err)
-{
-    uint64_t a0 = qimg_align_down(off, SECTOR), a1 = 0;
-    uint8_t *bounce;
-    size_t n;
-    int ret = 0;
-
-    qimg_align_up(off + len, SECTOR, &a1);
-    n = (size_t)(a1 - a0);
-    bounce = malloc(n);
-    if (!bounce)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    pthread_mutex_lock(&node->lock);
-    if (off != a0)
-        ret = read_sectors(node, a0, SECTOR, bounce, err);
-    if (!ret && off + len != a1 && (a1 - SECTOR != a0 || off == a0))
-        ret = read_sectors(node, a1 - SECTOR, SECTOR, bounce + n - SECTOR, err);
-    if (!ret) {
-        memcpy(bounce + (off - a0), buf, len);
-        ret = write_sectors(node, a0, n, bounce, err);
-    }
-    pthread_mutex_unlock(&node->lock);
-    free(bounce);
-    return ret;
-}
-
-static int luks_pwrite(struct qimg_image *node, uint64_t off, size_t len,
-                       const void *buf, struct qimg_error *err)
+/* Aligned writes: the caller's data stays as it is, a copy is encrypted
+ * a step at a time. */
+static int write_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                         const void *buf, struct qimg_error *err)
 {
     const uint8_t *p = buf;
-    uint8_t *bounce;
+    uint8_t *bounce = malloc(QIMG_MIN(len, (size_t)LUKS_MAX_IO));
     int ret = 0;
 
-    if (!aligned(off, len))
-        return write_unaligned(node, off, len, buf, err);
-    /* The caller's data stays as it is: encrypt a copy, a step at a time. */
-    bounce = malloc(QIMG_MIN(len, (size_t)LUKS_MAX_IO));
     if (!bounce)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     while (!ret && len) {
@@ -227,6 +170,27 @@ static int luks_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     }
     free(bounce);
     return ret;
+}
+
+/* Aligned reads decrypt in the caller's buffer. */
+static int read_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                        void *buf, struct qimg_error *err)
+{
+    return read_sectors(node, off, len, buf, err);
+}
+
+static int luks_pread(struct qimg_image *node, uint64_t off, size_t len,
+                      void *buf, struct qimg_error *err)
+{
+    return qimg_rmw_pread(node, off, len, buf, SECTOR, read_aligned, err);
+}
+
+/* Partial sectors are read, patched and rewritten under node->lock. */
+static int luks_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                       const void *buf, struct qimg_error *err)
+{
+    return qimg_rmw_pwrite(node, off, len, buf, SECTOR, &node->lock,
+                           read_aligned, write_aligned, err);
 }
 
 static int luks_flush(struct qimg_image *node, struct qimg_error *err)

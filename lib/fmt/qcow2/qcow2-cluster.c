@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/crypto.h"
 #include "fmt/qcow2/qcow2.h"
 #include "fmt/qcow2/qcow2-l2.h"
 
@@ -148,11 +149,9 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
         case QCOW2_CLUSTER_ZERO_ALLOC:
             memset(p, 0, n);
             break;
-        case QCOW2_CLUSTER_NORMAL: {
-            struct qimg_storage *st = qcow2_data_storage(node);
-            ret = st->ops->pread(st, m.host_offset, n, p, err);
+        case QCOW2_CLUSTER_NORMAL:
+            ret = qcow2_data_pread(node, m.host_offset, off, n, p, err);
             break;
-        }
         case QCOW2_CLUSTER_COMPRESSED:
             ret = read_compressed_part(node, m.l2_entry, off, n, p, err);
             break;
@@ -166,9 +165,19 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
     return 0;
 }
 
+static int pread_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                         void *buf, struct qimg_error *err)
+{
+    return read_guest(node, off, len, buf, false, err);
+}
+
 int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
                 struct qimg_error *err)
 {
+    /* Encrypted images are read in whole sectors. */
+    if (qcow2_crypto_unaligned(node->state, off, len))
+        return qimg_rmw_pread(node, off, len, buf, QIMG_CRYPTO_SECTOR_SIZE,
+                              pread_aligned, err);
     return read_guest(node, off, len, buf, false, err);
 }
 
@@ -218,6 +227,8 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
         return ret;
     ext->length = m.bytes;
     ext->host_file = qcow2_data_storage(node)->filename;
+    if (qcow2_state(node)->crypto)   /* QEMU shows no host offsets then */
+        recurse = false;
     switch (m.type) {
     case QCOW2_CLUSTER_UNALLOCATED:
         ext->flags = 0;
@@ -241,6 +252,10 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
     case QCOW2_CLUSTER_COMPRESSED:
         ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_COMPRESSED;
         break;
+    }
+    if (qcow2_state(node)->crypto) {
+        ext->flags &= ~QIMG_BS_OFFSET_VALID;
+        ext->host_offset = 0;
     }
     return 0;
 }
@@ -499,7 +514,6 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
     uint64_t coff = qimg_align_down(off, s->cluster_size);
     uint64_t into = off - coff, idx, entry, bitmap;
     uint64_t unit = s->subcluster_size, host, wstart, wend, touched = 0;
-    struct qimg_storage *st = qcow2_data_storage(node);
     uint8_t *l2, *buf;
     bool reuse, carry_all;
     int ret;
@@ -539,7 +553,7 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
     if (ret < 0)
         return ret;
     if (wstart == into && wend == into + len) {
-        ret = st->ops->pwrite(st, host + into, len, data, err);
+        ret = qcow2_data_pwrite(node, host + into, off, len, data, err);
     } else {
         buf = malloc(s->cluster_size);
         if (!buf)
@@ -547,8 +561,8 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
         ret = read_old_cluster(node, coff, buf, err);
         if (!ret) {
             memcpy(buf + into, data, len);
-            ret = st->ops->pwrite(st, host + wstart, wend - wstart, buf + wstart,
-                                  err);
+            ret = qcow2_data_pwrite(node, host + wstart, coff + wstart,
+                                    wend - wstart, buf + wstart, err);
         }
         free(buf);
     }
@@ -662,7 +676,6 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
                        const uint8_t *data, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    struct qimg_storage *st = node->file;
     uint64_t idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
     uint64_t bytes = k << s->cluster_bits;
     uint8_t *l2;
@@ -677,7 +690,8 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
         return (int)host;
     ret = qcow2_check_data_write(node, (uint64_t)host, bytes, err);
     if (!ret)
-        ret = st->ops->pwrite(st, (uint64_t)host, (size_t)bytes, data, err);
+        ret = qcow2_data_pwrite(node, (uint64_t)host, off, (size_t)bytes,
+                                data, err);
     /* The allocation may have evicted the table: fetch it again. */
     if (!ret)
         ret = qcow2_get_l2(node, off, &l2, err);
@@ -716,12 +730,11 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     }
     host = in_place_host(node, off, n, err);
     if (host) {
-        struct qimg_storage *st = qcow2_data_storage(node);
         n = in_place_run(node, off, len, host, n);
         ret = qcow2_check_data_write(node, host, n, err);
         pthread_mutex_unlock(&node->lock);
         *done = n;
-        return ret < 0 ? ret : st->ops->pwrite(st, host, n, p, err);
+        return ret < 0 ? ret : qcow2_data_pwrite(node, host, off, n, p, err);
     }
     k = fresh_clusters(node, off, len, err);
     if (k) {
@@ -735,8 +748,8 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     return ret;
 }
 
-int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
-                 const void *buf, struct qimg_error *err)
+static int pwrite_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                          const void *buf, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     const uint8_t *p = buf;
@@ -764,6 +777,19 @@ int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
         len -= n;
     }
     return 0;
+}
+
+int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                 const void *buf, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    /* Encrypted images are written in whole sectors. */
+    if (qcow2_crypto_unaligned(s, off, len))
+        return qimg_rmw_pwrite(node, off, len, buf, QIMG_CRYPTO_SECTOR_SIZE,
+                               &s->crypto_rmw_lock, pread_aligned,
+                               pwrite_aligned, err);
+    return pwrite_aligned(node, off, len, buf, err);
 }
 
 /* ---- compressed writes (the data side is in qcow2-compress.c) ---------- */
