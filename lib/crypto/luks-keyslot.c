@@ -519,11 +519,12 @@ static int parse_amend(const struct qimg_opts *opts, const char *prefix,
     memset(a, 0, sizeof(*a));
     snprintf(key, sizeof(key), "%sstate", prefix);
     state = qimg_opts_get(opts, key);
+    /* QEMU names the member without the prefix here */
     if (!state)
-        return qimg_error_set(err, -EINVAL, "Parameter '%s' is missing", key);
+        return qimg_error_set(err, -EINVAL, "Parameter 'state' is missing");
     if (strcmp(state, "active") && strcmp(state, "inactive"))
-        return qimg_error_set(err, -EINVAL, "Parameter '%s' does not accept "
-                              "value '%s'", key, state);
+        return qimg_error_set(err, -EINVAL, "Parameter 'state' does not "
+                              "accept value '%s'", state);
     a->active = !strcmp(state, "active");
     snprintf(key, sizeof(key), "%snew-secret", prefix);
     a->new_secret = qimg_opts_get(opts, key);
