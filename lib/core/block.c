@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
+
 #include "core/block.h"
 #include "core/jsonopts.h"
 #include "core/util.h"
@@ -123,9 +125,77 @@ static const struct open_frame *find_loop(const struct open_frame *f,
     return NULL;
 }
 
-static int open_backing(struct qimg_image *node, struct qimg_error *err)
+static bool is_storage_key(const char *key);
+
+/*
+ * The "backing.*" options of an overlay (--image-opts
+ * backing.encrypt.key-secret=..., backing.file.filename=...): the backing
+ * node's own, prefix removed.  NULL when there are none.
+ */
+static struct qimg_opts *backing_opts(const struct qimg_opts *opts)
+{
+    struct qimg_opts *b = NULL;
+
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        const char *k = qimg_opts_key(opts, i);
+        if (strncmp(k, "backing.", 8))
+            continue;
+        if (!b && !(b = qimg_opts_new()))
+            return NULL;
+        qimg_opts_set(b, k + 8, qimg_opts_value(opts, i));
+    }
+    return b;
+}
+
+/* The format options among a backing's options (not its storage's). */
+static struct qimg_opts *format_keys(const struct qimg_opts *opts)
+{
+    struct qimg_opts *f = qimg_opts_new();
+
+    for (size_t i = 0; f && i < qimg_opts_count(opts); i++)
+        if (!is_storage_key(qimg_opts_key(opts, i)))
+            qimg_opts_set(f, qimg_opts_key(opts, i), qimg_opts_value(opts, i));
+    return f;
+}
+
+/*
+ * Name an image opened with options its file name cannot express (the
+ * format's strong_opts, e.g. a key secret) by a json:{...} pseudo-
+ * filename, as QEMU does: those options, "driver", and the file.
+ */
+static void set_display_name(struct qimg_image *node,
+                             const struct qimg_opts *opts)
+{
+    json_t *o, *file;
+    char *text;
+    bool any = false;
+
+    for (const char *const *k = node->fmt->strong_opts; k && *k; k++)
+        any |= qimg_opts_get(opts, *k) != NULL;
+    if (!any || !node->file)
+        return;
+    o = json_object();
+    for (const char *const *k = node->fmt->strong_opts; *k; k++)
+        if (qimg_opts_get(opts, *k))
+            json_object_set_new(o, *k, json_string(qimg_opts_get(opts, *k)));
+    json_object_set_new(o, "driver", json_string(node->fmt->name));
+    file = json_object();
+    json_object_set_new(file, "driver", json_string(node->file->ops->name));
+    json_object_set_new(file, "filename", json_string(node->file->filename));
+    json_object_set_new(o, "file", file);
+    text = json_dumps(o, JSON_PRESERVE_ORDER | JSON_COMPACT);
+    json_decref(o);
+    if (text && (node->display_name = malloc(strlen(text) + 6)))
+        sprintf(node->display_name, "json:%s", text);
+    free(text);
+}
+
+static int open_backing(struct qimg_image *node, const struct qimg_opts *opts,
+                        struct qimg_error *err)
 {
     struct qimg_image *b = NULL;
+    struct qimg_opts *bopts = backing_opts(opts), *bfmt = NULL;
+    const char *format;
     char *name;
     int ret;
 
@@ -133,14 +203,28 @@ static int open_backing(struct qimg_image *node, struct qimg_error *err)
         return qimg_error_set(err, -ELOOP, "Backing chain of '%s' is deeper "
                               "than %d images", node->filename,
                               QIMG_MAX_CHAIN_DEPTH);
-    name = resolve_backing(node->filename, node->backing_name);
-    if (!name)
+    /* backing.file.filename and backing.driver override the header */
+    if (bopts && qimg_opts_get(bopts, "file.filename"))
+        name = strdup(qimg_opts_get(bopts, "file.filename"));
+    else
+        name = resolve_backing(node->filename, node->backing_name);
+    format = bopts && qimg_opts_get(bopts, "driver")
+                 ? qimg_opts_get(bopts, "driver")
+             : node->backing_fmt[0] ? node->backing_fmt : NULL;
+    if (bopts)
+        bfmt = format_keys(bopts);
+    if (!name) {
+        qimg_opts_free(bopts);
+        qimg_opts_free(bfmt);
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
     /* QEMU hangs on loops; we refuse them. */
     struct open_frame self = {opening, file_id(node->file->filename)};
     const struct open_frame *loop = find_loop(&self, name);
     if (loop) {
         free(name);
+        qimg_opts_free(bopts);
+        qimg_opts_free(bfmt);
         if (loop == &self)
             return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' "
                                   "refers to itself", node->backing_name,
@@ -152,13 +236,14 @@ static int open_backing(struct qimg_image *node, struct qimg_error *err)
     /* Backing files are opened read-only, and as QEMU does, others may
      * not write to or resize them (unless -U). */
     opening = &self;
-    ret = qimg_image_open_node(&b, name, node->backing_fmt[0] ? node->backing_fmt
-                                                               : NULL,
-                               NULL, (node->flags & ~(QIMG_OPEN_RDWR |
+    ret = qimg_image_open_node(&b, name, format, bfmt,
+                               (node->flags & ~(QIMG_OPEN_RDWR |
                                                       QIMG_OPEN_RESIZE)) |
                                          QIMG_OPEN_NO_SHARE,
                                node->cache, node->depth + 1, err);
     opening = self.up;
+    qimg_opts_free(bopts);
+    qimg_opts_free(bfmt);
     if (ret < 0) {
         qimg_error_prefix(err, "Could not open backing file: ");
         free(name);
@@ -259,8 +344,14 @@ int qimg_image_open_node(struct qimg_image **out, const char *filename,
         node->state = NULL;
         goto fail;
     }
+    set_display_name(node, fmt_opts);
+    if (fmt_opts && qimg_opts_count(fmt_opts) &&
+        !(node->opts = qimg_opts_dup(fmt_opts))) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto fail_close;
+    }
     if (node->backing_name[0] && !(flags & QIMG_OPEN_NO_BACKING)) {
-        ret = open_backing(node, err);
+        ret = open_backing(node, fmt_opts, err);
         if (ret < 0)
             goto fail_close;
     }
@@ -363,12 +454,14 @@ void qimg_close(struct qimg_image *img)
     pthread_mutex_destroy(&img->lock);
     free(img->state);
     free(img->filename);
+    free(img->display_name);
+    qimg_opts_free(img->opts);
     free(img);
 }
 
 const char *qimg_image_filename(const struct qimg_image *img)
 {
-    return img->filename;
+    return img->display_name ? img->display_name : img->filename;
 }
 
 const char *qimg_image_format(const struct qimg_image *img)
@@ -398,7 +491,8 @@ bool qimg_image_probed_raw(const struct qimg_image *img)
 
 bool qimg_image_has_zero_init(const struct qimg_image *img)
 {
-    return !img->fmt->no_zero_init;
+    return !img->fmt->has_zero_init ||
+           img->fmt->has_zero_init((struct qimg_image *)img);
 }
 
 bool qimg_image_read_only(const struct qimg_image *img)

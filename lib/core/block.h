@@ -186,14 +186,14 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* Open options that the file name cannot express (QEMU's
+     * strong_runtime_opts): an image opened with one is named by a
+     * json:{...} pseudo-filename, as QEMU names it.  NULL-terminated. */
+    const char *const *strong_opts;
     /* Take only the permissions asked of the file, sharing write and
      * resize as raw does (QEMU's luks driver, "for backward
      * compatibility"), instead of a format's exclusive ones. */
     bool plain_perms;
-    /* A new image does not read as zero, so convert must write zeroes
-     * (luks: a hole in the file decrypts to garbage).  QEMU's
-     * bdrv_has_zero_init() false. */
-    bool no_zero_init;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -258,6 +258,11 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /* Whether a just-created image reads as zero, so that convert can
+     * skip zero areas (QEMU's bdrv_has_zero_init).  NULL: it does.  luks
+     * and preallocated encrypted qcow2 do not: holes and zeroed clusters
+     * decrypt to garbage. */
+    bool (*has_zero_init)(struct qimg_image *node);
 };
 
 /*
@@ -286,6 +291,9 @@ struct qimg_image {
     struct qimg_storage *file;      /* storage under the format */
     struct qimg_image *backing;     /* opened backing image or NULL */
     char *filename;                 /* name as given by the user */
+    char *display_name;             /* json:{...} name or NULL (strong_opts) */
+    struct qimg_opts *opts;         /* format options it was opened with,
+                                       for reopening (NULL: none) */
     uint64_t size;                  /* guest-visible size in bytes */
     unsigned flags;                 /* QIMG_OPEN_* */
     enum qimg_cache cache;

@@ -202,19 +202,27 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     unsigned flags = (old->flags | QIMG_OPEN_RDWR) & ~QIMG_OPEN_SHARE;
     enum qimg_cache cache = old->cache;
     int depth = old->depth, ret;
+    struct qimg_opts *opts = NULL;
     char *name;
 
     if (!old->read_only)
         return 0;
     name = strdup(old->filename);
-    if (!name)
+    /* the same options (key secrets, its own backing's) */
+    if (old->opts)
+        opts = qimg_opts_dup(old->opts);
+    if (!name || (old->opts && !opts)) {
+        free(name);
+        qimg_opts_free(opts);
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
     /* Close first: our own read locks must not stand in the way. */
     parent->backing = NULL;
     qimg_close(old);
-    ret = qimg_image_open_node(&fresh, name, fmt, NULL, flags, cache, depth,
+    ret = qimg_image_open_node(&fresh, name, fmt, opts, flags, cache, depth,
                                err);
     free(name);
+    qimg_opts_free(opts);
     if (ret < 0)
         return ret;
     parent->backing = fresh;

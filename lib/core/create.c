@@ -67,7 +67,8 @@ static int check_backing(const char *filename, const char *backing,
                          struct qimg_error *err)
 {
     struct qimg_open_params p = {
-        .format = backing_fmt, .flags = QIMG_OPEN_SHARE,
+        /* headers only, as QEMU: an encrypted backing needs no key */
+        .format = backing_fmt, .flags = QIMG_OPEN_SHARE | QIMG_OPEN_NO_IO,
         .cache = QIMG_CACHE_WRITEBACK,
     };
     struct qimg_image *b = NULL;

@@ -237,6 +237,11 @@ static int luks_get_info(struct qimg_image *node, struct qimg_info *info,
                                                            "Out of memory");
 }
 
+static bool luks_has_zero_init(struct qimg_image *node)
+{
+    return false;   /* what the file reads as zero decrypts to garbage */
+}
+
 static const char *const luks_storage_keys[] = {
     "size", "preallocation", "nocow", "extent_size_hint", NULL,
 };
@@ -356,6 +361,8 @@ static const struct qimg_opt_desc luks_amend_opts[] = {
      NULL},
 };
 
+static const char *const luks_strong_opts[] = {"key-secret", NULL};
+
 const struct qimg_format qimg_format_luks = {
     .name = "luks",
     .description = "LUKS1 encrypted image",
@@ -363,7 +370,7 @@ const struct qimg_format qimg_format_luks = {
     .create_opts = luks_create_opts,
     .n_create_opts = QIMG_ARRAY_SIZE(luks_create_opts),
     .plain_perms = true,
-    .no_zero_init = true,
+    .strong_opts = luks_strong_opts,
     .probe = luks_probe,
     .open = luks_open,
     .close = luks_close,
@@ -377,4 +384,5 @@ const struct qimg_format qimg_format_luks = {
     .amend_opts = luks_amend_opts,
     .n_amend_opts = QIMG_ARRAY_SIZE(luks_amend_opts),
     .amend = luks_amend,
+    .has_zero_init = luks_has_zero_init,
 };

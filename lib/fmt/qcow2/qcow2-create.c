@@ -437,7 +437,11 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
     if (!src && l2_tables > QCOW2_MAX_L1_SIZE / 8)
         return qimg_error_set(err, -EFBIG, "The image size is too large (try "
                               "using a larger cluster size)");
-    if (src) {
+    if (src && p.backing_file) {
+        /* As QEMU: what the new backing file shares with the source is
+         * unknown, so every cluster may need writing. */
+        required = virt;
+    } else if (src) {
         /* Count the clusters the source's data would occupy. */
         for (uint64_t off = 0; off < virt;) {
             struct qimg_extent e;

@@ -242,6 +242,15 @@ int qcow2_data_pwrite(struct qimg_image *node, uint64_t host, uint64_t guest,
     return ret;
 }
 
+bool qcow2_has_zero_init(struct qimg_image *node)
+{
+    struct qcow2_state *s = node->state;
+    /* Preallocated images have their first L2 table (QEMU's test);
+     * encrypted preallocated clusters decrypt to garbage. */
+    bool preallocated = s->l1_size && s->l1_table && s->l1_table[0];
+    return !(preallocated && s->crypto);
+}
+
 bool qcow2_crypto_unaligned(const struct qcow2_state *s, uint64_t off,
                             size_t len)
 {

@@ -863,6 +863,8 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
     return ret < 0 ? ret : qcow2_bitmaps_resized(node, err);
 }
 
+static const char *const qcow2_strong_opts[] = {"encrypt.key-secret", NULL};
+
 const struct qimg_format qimg_format_qcow2 = {
     .name = "qcow2",
     .description = "QEMU copy-on-write image, version 2",
@@ -893,4 +895,6 @@ const struct qimg_format qimg_format_qcow2 = {
     .change_backing = qcow2_change_backing,
     .make_empty = qcow2_make_empty,
     .bitmap = &qcow2_bitmap_ops,
+    .has_zero_init = qcow2_has_zero_init,
+    .strong_opts = qcow2_strong_opts,
 };

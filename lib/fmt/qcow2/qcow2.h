@@ -604,6 +604,8 @@ int qcow2_crypto_amend_check(const struct qcow2_state *s,
                              struct qimg_error *err);
 int qcow2_crypto_amend(struct qimg_image *node, const struct qimg_opts *opts,
                        bool force, struct qimg_error *err);
+/* QEMU's bdrv_has_zero_init: false for preallocated encrypted images. */
+bool qcow2_has_zero_init(struct qimg_image *node);
 /* Where the LUKS header clusters are (len 0: none), for check. */
 void qcow2_crypto_header_range(const struct qcow2_state *s, uint64_t *off,
                                uint64_t *len);
