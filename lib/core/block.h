@@ -381,5 +381,12 @@ int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,
                        bool def, bool *out, struct qimg_error *err);
+/* A QIMG_OPT_NUMBER value as QEMU reads it (strtoull: "-1" wraps). */
+int qimg_opts_get_number(const struct qimg_opts *opts, const char *key,
+                         uint64_t def, uint64_t *out, struct qimg_error *err);
+/* A number a QAPI int member takes: "Parameter 'K' expects integer"
+ * outside int64 (the value is then used as QEMU's unsigned cast). */
+int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
+                        int64_t def, int64_t *out, struct qimg_error *err);
 
 #endif /* QIMG_CORE_BLOCK_H */

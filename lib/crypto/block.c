@@ -162,16 +162,13 @@ int qimg_crypto_parse_create_opts(struct qimg_crypto_create_opts *o,
         o->hash_alg = v;
         if (ret < 0)
             return ret;
+        int64_t it = 0;
         snprintf(key, sizeof(key), "%siter-time", prefix);
-        const char *it = qimg_opts_get(opts, key);
-        if (it) {
-            char *end;
-            errno = 0;
-            o->iter_time = strtoull(it, &end, 0);
-            if (errno || *end || end == it)
-                return qimg_error_set(err, -EINVAL, "Parameter '%s' expects a "
-                                      "number", key);
-        }
+        ret = qimg_opts_get_int64(opts, key, QIMG_LUKS_DEFAULT_ITER_TIME_MS,
+                                  &it, err);
+        if (ret < 0)
+            return ret;
+        o->iter_time = (uint64_t)it;   /* QEMU's cast: -1 is huge */
         /* essiv needs a hash: sha256 unless one was given. */
         if (o->ivgen_alg == QIMG_IVGEN_ESSIV)
             o->has_ivgen_hash = true;

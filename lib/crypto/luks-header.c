@@ -1,8 +1,11 @@
 /*
  * luks-header.c - the LUKS1 header: byte layout, QEMU's sanity checks,
  * parsing of the algorithm strings and the info block (see luks-header.h).
- * All arithmetic on header fields is 64-bit: nothing here can overflow
- * or allocate, whatever the header holds.
+ * Nothing here allocates or reads, whatever the header holds.  The slot
+ * overlap checks use QEMU's 32-bit sector arithmetic, wrap included, so
+ * that the same images are accepted: an offset that wraps only makes
+ * the slot's key material read from far past the end (zeroes), which
+ * unlocks nothing.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -132,8 +135,9 @@ int qimg_luks_header_check(const struct qimg_luks_header *h,
 
     for (int i = 0; i < QIMG_LUKS_NUM_SLOTS; i++) {
         const struct qimg_luks_slot *s1 = &h->slots[i];
-        uint64_t start1 = s1->key_offset_sector;
-        uint64_t len1 = qimg_luks_split_sectors(h->master_key_len, s1->stripes);
+        uint32_t start1 = s1->key_offset_sector;
+        uint32_t len1 = (uint32_t)qimg_luks_split_sectors(h->master_key_len,
+                                                          s1->stripes);
 
         if (s1->stripes != QIMG_LUKS_STRIPES)
             return qimg_error_set(err, -EINVAL, "Keyslot %d is corrupted "
@@ -149,15 +153,16 @@ int qimg_luks_header_check(const struct qimg_luks_header *h,
         if (start1 < header_sectors)
             return qimg_error_set(err, -EINVAL, "Keyslot %d is overlapping "
                                   "with the LUKS header", i);
-        if (start1 + len1 > h->payload_offset_sector)
+        if ((uint32_t)(start1 + len1) > h->payload_offset_sector)
             return qimg_error_set(err, -EINVAL, "Keyslot %d is overlapping "
                                   "with the encrypted payload", i);
         for (int j = i + 1; j < QIMG_LUKS_NUM_SLOTS; j++) {
             const struct qimg_luks_slot *s2 = &h->slots[j];
-            uint64_t start2 = s2->key_offset_sector;
-            uint64_t len2 = qimg_luks_split_sectors(h->master_key_len,
-                                                    s2->stripes);
-            if (start1 + len1 > start2 && start2 + len2 > start1)
+            uint32_t start2 = s2->key_offset_sector;
+            uint32_t len2 = (uint32_t)qimg_luks_split_sectors(
+                h->master_key_len, s2->stripes);
+            if ((uint32_t)(start1 + len1) > start2 &&
+                (uint32_t)(start2 + len2) > start1)
                 return qimg_error_set(err, -EINVAL, "Keyslots %d and %d are "
                                       "overlapping in the header", i, j);
         }

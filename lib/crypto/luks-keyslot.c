@@ -490,21 +490,16 @@ struct amend_opts {
     uint64_t iter_time;
 };
 
+/* A QAPI int member (QEMU's range and message). */
 static int parse_number(const struct qimg_opts *opts, const char *key,
                         bool *has, uint64_t *out, struct qimg_error *err)
 {
-    const char *v = qimg_opts_get(opts, key);
-    char *end;
+    int64_t v = 0;
+    int ret = qimg_opts_get_int64(opts, key, 0, &v, err);
 
-    *has = v != NULL;
-    if (!v)
-        return 0;
-    errno = 0;
-    *out = strtoull(v, &end, 0);
-    if (errno || *end || end == v)
-        return qimg_error_set(err, -EINVAL, "Parameter '%s' expects a number",
-                              key);
-    return 0;
+    *has = qimg_opts_get(opts, key) != NULL;
+    *out = (uint64_t)v;
+    return ret;
 }
 
 /* QEMU's QCryptoBlockAmendOptionsLUKS, members in QAPI order. */

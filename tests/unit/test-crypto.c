@@ -272,7 +272,7 @@ static void p_iter(struct qimg_luks_header *h) { h->slots[0].iterations = 0; }
 static void p_low(struct qimg_luks_header *h) { h->slots[0].key_offset_sector = 3; }
 static void p_high(struct qimg_luks_header *h)
 {
-    h->slots[7].key_offset_sector = 0xfffffff0u;   /* no 32-bit wrap */
+    h->slots[7].key_offset_sector = 0x10000u;
 }
 static void p_overlap(struct qimg_luks_header *h)
 {

@@ -208,6 +208,9 @@ static int luks_truncate(struct qimg_image *node, uint64_t size, bool exact,
     if (qimg_add_overflow(size, s->payload, &end) || end > INT64_MAX)
         return qimg_error_set(err, -EFBIG, "The requested file size is too "
                               "large");
+    if (prealloc == QIMG_PREALLOC_METADATA)   /* the file's refusal */
+        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation "
+                              "mode: metadata");
     /* As QEMU's: the file grows, the new area is not encrypted zeroes. */
     ret = node->file->ops->truncate(node->file, end, prealloc, err);
     if (!ret)

@@ -135,7 +135,7 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
                                   &p->data_file_raw, err)) < 0 ||
         (ret = qimg_opts_get_bool(opts, "lazy_refcounts", false,
                                   &p->lazy_refcounts, err)) < 0 ||
-        (ret = qimg_opts_get_size(opts, "refcount_bits", 16, &rb, err)) < 0)
+        (ret = qimg_opts_get_number(opts, "refcount_bits", 16, &rb, err)) < 0)
         return ret;
     p->backing_file = qimg_opts_get(opts, "backing_file");
     p->backing_fmt = qimg_opts_get(opts, "backing_fmt");
