@@ -28,7 +28,7 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
         return NULL;
     o = json_object();
     json_object_set_new(o, "virtual-size", json_integer((json_int_t)info.virtual_size));
-    char *name = cli_image_name(qimg_image_filename(img));
+    char *name = cli_image_name(qimg_image_display_name(img));
     json_object_set_new(o, "filename", json_string(name ? name : ""));
     free(name);
     if (info.cluster_size)

@@ -197,6 +197,9 @@ int qimg_open(struct qimg_image **out, const struct qimg_open_params *params,
 void qimg_close(struct qimg_image *img);
 
 const char *qimg_image_filename(const struct qimg_image *img);
+/* The name QEMU's info shows: the file name, or a json:{...} name for an
+ * image opened with options its file name cannot express (key secrets). */
+const char *qimg_image_display_name(const struct qimg_image *img);
 const char *qimg_image_format(const struct qimg_image *img);
 /* Name of the storage file under the format (for map's "File" column). */
 const char *qimg_image_file_name(const struct qimg_image *img);

@@ -344,6 +344,18 @@ int qimg_image_open_node(struct qimg_image **out, const char *filename,
         node->state = NULL;
         goto fail;
     }
+    /* Without its backing chain, backing.* options are left unused:
+     * QEMU refuses those as any unknown option. */
+    for (size_t i = 0; (flags & QIMG_OPEN_NO_BACKING) &&
+                       i < qimg_opts_count(fmt_opts); i++) {
+        const char *k = qimg_opts_key(fmt_opts, i);
+        if (!strncmp(k, "backing.", 8)) {
+            ret = qimg_error_set(err, -EINVAL, "Block format '%s' does not "
+                                 "support the option '%s'", node->fmt->name,
+                                 k);
+            goto fail_close;
+        }
+    }
     set_display_name(node, fmt_opts);
     if (fmt_opts && qimg_opts_count(fmt_opts) &&
         !(node->opts = qimg_opts_dup(fmt_opts))) {
@@ -460,6 +472,11 @@ void qimg_close(struct qimg_image *img)
 }
 
 const char *qimg_image_filename(const struct qimg_image *img)
+{
+    return img->filename;
+}
+
+const char *qimg_image_display_name(const struct qimg_image *img)
 {
     return img->display_name ? img->display_name : img->filename;
 }

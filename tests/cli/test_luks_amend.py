@@ -5,7 +5,7 @@ each tool opens the other's result with every secret."""
 import pytest
 
 from conftest import QIMG, REF, run
-from cryptotest import OBJ, copy_to_qimg, same_norm, spec
+from cryptotest import OBJ, copy_to_qimg, run_retry, same_norm, spec
 
 SECRETS = ["--object", "secret,id=s0,data=hunter0",
            "--object", "secret,id=s1,data=hunter1",
@@ -98,9 +98,9 @@ def test_amend_cross_open(image):
     """A slot qimg adds opens in the reference and the other way round."""
     pair = image
     for tool, cwd in [(QIMG, pair.qimg_dir), (REF, pair.ref_dir)]:
-        r = run(tool, ["amend", *SECRETS, "--image-opts",
-                       spec("luks", "a.luks"), "-o",
-                       "state=active,new-secret=s2,iter-time=10"], cwd)
+        r = run_retry(tool, ["amend", *SECRETS, "--image-opts",
+                             spec("luks", "a.luks"), "-o",
+                             "state=active,new-secret=s2,iter-time=10"], cwd)
         assert r.rc == 0, r
     for tool, cwd, other in [(REF, pair.ref_dir, pair.qimg_dir),
                              (QIMG, pair.qimg_dir, pair.ref_dir)]:

@@ -4,7 +4,6 @@ case is cheap), truncated files, payloads past the end, and the bound on
 PBKDF2 work (an image claiming 2^32 iterations: the reference would spin
 for hours, qimg refuses at once)."""
 import os
-import struct
 import time
 
 from conftest import QIMG, REF, run

@@ -131,6 +131,15 @@ static int crypto_open(struct qimg_image *node, const struct qimg_opts *opts,
                                                      : 0;
     struct qimg_crypto_io io;
 
+    /* QEMU ignores encrypt.* options of unencrypted images; the others
+     * take key-secret (and format, checked below) only. */
+    for (size_t i = 0; s->crypt_method && i < qimg_opts_count(opts); i++) {
+        const char *k = qimg_opts_key(opts, i);
+        if (!strncmp(k, "encrypt.", 8) && strcmp(k, "encrypt.key-secret") &&
+            strcmp(k, "encrypt.format"))
+            return qimg_error_set(err, -EINVAL, "Parameter '%s' is "
+                                  "unexpected", k + 8);
+    }
     switch (s->crypt_method) {
     case QCOW2_CRYPT_NONE:
         if (fmt)
@@ -267,20 +276,20 @@ int qcow2_crypto_parse_create(const struct qimg_opts *opts, bool *encrypt,
                               struct qimg_error *err)
 {
     const char *fmt = qimg_opts_get(opts, "encrypt.format");
-    bool legacy = false, has_legacy = qimg_opts_get(opts, "encryption");
-    int ret;
+    const char *legacy = qimg_opts_get(opts, "encryption");
 
     *encrypt = false;
-    if (fmt && has_legacy)
+    /* As QEMU: "encryption=on" is format aes, "off" is dropped, anything
+     * else is taken as a format name (and refused as one). */
+    if (legacy && !strcmp(legacy, "off"))
+        legacy = NULL;
+    else if (legacy && !strcmp(legacy, "on"))
+        legacy = "aes";
+    if (fmt && legacy)
         return qimg_error_set(err, -EINVAL, "'encrypt.format' and its alias "
                               "'encryption' can't be used at the same time");
-    if (has_legacy) {
-        ret = qimg_opts_get_bool(opts, "encryption", false, &legacy, err);
-        if (ret < 0)
-            return ret;
-        if (legacy)
-            fmt = "aes";
-    }
+    if (legacy)
+        fmt = legacy;
     if (!fmt) {
         for (size_t i = 0; i < qimg_opts_count(opts); i++)
             if (!strncmp(qimg_opts_key(opts, i), "encrypt.", 8))

@@ -400,7 +400,7 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     for (size_t i = 0; i < qimg_opts_count(opts); i++) {
         const char *k = qimg_opts_key(opts, i);
         if (strcmp(k, "data-file") && strncmp(k, "backing", 7) &&
-            strcmp(k, "encrypt.key-secret") && strcmp(k, "encrypt.format"))
+            strncmp(k, "encrypt.", 8))   /* qcow2-crypto.c checks them */
             return qimg_error_set(err, -EINVAL, "Block format 'qcow2' does not "
                                   "support the option '%s'", k);
     }
