@@ -105,11 +105,6 @@ void cli_json_print(FILE *out, const struct json_t *value, int level);
  * information" does: "key: value" lines, '-' in keys shown as ' '. */
 void cli_json_print_human(FILE *out, const struct json_t *value, int level);
 
-/* An image's name as QEMU shows it: a json:{...} name (an image opened
- * with options its file name cannot express) re-rendered in QEMU's
- * member order.  malloc'ed. */
-char *cli_image_name(const char *name);
-
 /* Snapshot listings as qemu-img prints them (info, snapshot -l). */
 void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n);
 struct json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n);

@@ -28,9 +28,7 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
         return NULL;
     o = json_object();
     json_object_set_new(o, "virtual-size", json_integer((json_int_t)info.virtual_size));
-    char *name = cli_image_name(qimg_image_display_name(img));
-    json_object_set_new(o, "filename", json_string(name ? name : ""));
-    free(name);
+    json_object_set_new(o, "filename", json_string(qimg_image_filename(img)));
     if (info.cluster_size)
         json_object_set_new(o, "cluster-size", json_integer(info.cluster_size));
     json_object_set_new(o, "format", json_string(qimg_image_format(img)));
@@ -51,7 +49,8 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
             json_object_set_new(o, "backing-filename-format",
                                 json_string(info.backing_fmt));
     }
-    json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
+    if (info.has_dirty_flag)
+        json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
     qimg_info_release(&info);
     struct qimg_snapshot *snaps = NULL;
     size_t nsnaps = 0;
@@ -77,10 +76,10 @@ static void print_human(const json_t *o)
                cli_size_str((uint64_t)json_integer_value(v), buf, sizeof(buf)));
     else
         printf("disk size: unavailable\n");
-    if (json_object_get(o, "encrypted"))
-        printf("encrypted: yes\n");
     if ((v = json_object_get(o, "cluster-size")))
         printf("cluster_size: %lld\n", (long long)json_integer_value(v));
+    if (json_object_get(o, "encrypted"))
+        printf("encrypted: yes\n");
     if ((v = json_object_get(o, "backing-filename"))) {
         const char *bf = json_string_value(v);
         const char *full = json_string_value(json_object_get(o, "full-backing-filename"));

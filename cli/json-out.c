@@ -58,14 +58,6 @@ static void print_scalar(FILE *out, const json_t *v)
  * inserted key first.  We reproduce that order so output matches byte for
  * byte.
  */
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
-    for (unsigned i = 0; key[i]; i++)
-        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    return (1103515243u * v + 12345u) % 512u;
-}
-
 struct ordered_key {
     const char *key;
     unsigned bucket;
@@ -94,7 +86,7 @@ static struct ordered_key *ordered_keys(const json_t *v, size_t *n)
         abort();
     json_object_foreach((json_t *)v, key, member) {
         keys[i].key = key;
-        keys[i].bucket = qdict_bucket(key);
+        keys[i].bucket = qimg_qdict_bucket(key);
         keys[i].index = i;
         i++;
     }
@@ -150,55 +142,6 @@ void cli_json_print(FILE *out, const json_t *v, int level)
     } else {
         print_scalar(out, v);
     }
-}
-
-/* QEMU's compact JSON (qobject_to_json): ", " and ": " separators. */
-static void print_compact(FILE *out, const json_t *v)
-{
-    size_t n;
-
-    if (json_is_object(v)) {
-        struct ordered_key *keys = ordered_keys(v, &n);
-        fputc('{', out);
-        for (size_t i = 0; i < n; i++) {
-            if (i)
-                fputs(", ", out);
-            print_string(out, keys[i].key);
-            fputs(": ", out);
-            print_compact(out, json_object_get(v, keys[i].key));
-        }
-        free(keys);
-        fputc('}', out);
-    } else if (json_is_array(v)) {
-        fputc('[', out);
-        for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i)
-                fputs(", ", out);
-            print_compact(out, json_array_get(v, i));
-        }
-        fputc(']', out);
-    } else {
-        print_scalar(out, v);
-    }
-}
-
-char *cli_image_name(const char *name)
-{
-    json_t *v;
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f;
-
-    if (strncmp(name, "json:", 5) || !(v = json_loads(name + 5, 0, NULL)))
-        return strdup(name);
-    f = open_memstream(&buf, &len);
-    if (f) {
-        fputs("json:", f);
-        print_compact(f, v);
-        fclose(f);
-    }
-    json_decref(v);
-    return buf ? buf : strdup(name);
 }
 
 static void print_human_key(FILE *out, const char *key)

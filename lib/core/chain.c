@@ -208,10 +208,13 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     if (!old->read_only)
         return 0;
     name = strdup(old->filename);
-    /* the same options (key secrets, its own backing's) */
-    if (old->opts)
-        opts = qimg_opts_dup(old->opts);
-    if (!name || (old->opts && !opts)) {
+    /* the same format options (key secrets, its own backing's) */
+    if (old->options && (opts = qimg_opts_new()))
+        for (size_t i = 0; i < qimg_opts_count(old->options); i++)
+            if (strcmp(qimg_opts_key(old->options, i), "driver"))
+                qimg_opts_set(opts, qimg_opts_key(old->options, i),
+                              qimg_opts_value(old->options, i));
+    if (!name || (old->options && !opts)) {
         free(name);
         qimg_opts_free(opts);
         return qimg_error_set(err, -ENOMEM, "Out of memory");

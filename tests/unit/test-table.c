@@ -301,6 +301,66 @@ static void test_data_path(void **state)
     qimg_mem_unregister("mem:toyback");
 }
 
+/* new_block_reads_zero: only the bytes a write covers go to a new block.
+ * The toy's "fresh" area is filled with 'P' so that bytes the helper did
+ * not write show (a real format's allocate() makes them read as zero). */
+static void test_new_block_reads_zero(void **state)
+{
+    static uint8_t disk[4096 + 2 * TOY_BS];
+    struct qimg_error err = {0};
+    struct qimg_image node = {0};
+    struct toy toy = {0};
+    struct qimg_table_write_ops ops = toy_ops;
+    uint8_t buf[TOY_BS];
+
+    memset(disk + 4096, 'P', 2 * TOY_BS);
+    qimg_st_le32(disk + 4, 1);              /* block 1: zero */
+    node.file = mem_storage("mem:toyz", disk, sizeof(disk));
+    node.filename = "mem:toyz";
+    node.size = TOY_BS * TOY_BLOCKS;
+    node.state = &toy;
+    pthread_mutex_init(&node.lock, NULL);
+    struct qimg_table_geom g = {.offset = 0, .n = TOY_BLOCKS, .esize = 4,
+                                .max_bytes = 4096};
+    assert_int_equal(qimg_table_load(&toy.map, node.file, &g, "map", &err), 0);
+    toy.alloc = (struct qimg_alloc){.end = 4096, .max = 1 << 20};
+    ops.fill_from_backing = false;
+    ops.new_block_reads_zero = true;
+
+    /* Into the unallocated block 0 and the zero block 1. */
+    assert_int_equal(qimg_table_pwrite(&node, 100, 8, "abcdefgh", &ops, &err),
+                     0);
+    assert_int_equal(qimg_table_pwrite(&node, TOY_BS + 7, 3, "xyz", &ops,
+                                       &err), 0);
+    assert_int_equal(qimg_table_get(&toy.map, 0), 4096);
+    assert_int_equal(qimg_table_get(&toy.map, 1), 4096 + TOY_BS);
+    assert_int_equal(node.file->ops->pread(node.file, 4096, TOY_BS, buf, &err),
+                     0);
+    assert_int_equal(buf[99], 'P');
+    assert_memory_equal(buf + 100, "abcdefgh", 8);
+    assert_int_equal(buf[108], 'P');
+    assert_int_equal(node.file->ops->pread(node.file, 4096 + TOY_BS, TOY_BS,
+                                           buf, &err), 0);
+    assert_int_equal(buf[6], 'P');
+    assert_memory_equal(buf + 7, "xyz", 3);
+    /* With fill_from_backing an unallocated block is still staged whole
+     * (zeroes here: no backing file). */
+    ops.fill_from_backing = true;
+    toy.alloc.end = 4096 + TOY_BS;  /* reuse block 1's area for block 2 */
+    assert_int_equal(qimg_table_pwrite(&node, 2 * TOY_BS + 1, 1, "q", &ops,
+                                       &err), 0);
+    assert_int_equal(node.file->ops->pread(node.file, 4096 + TOY_BS, TOY_BS,
+                                           buf, &err), 0);
+    assert_int_equal(buf[0], 0);
+    assert_int_equal(buf[1], 'q');
+    assert_int_equal(buf[7], 0);
+
+    qimg_table_release(&toy.map);
+    qimg_storage_close(node.file);
+    pthread_mutex_destroy(&node.lock);
+    qimg_mem_unregister("mem:toyz");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,6 +369,7 @@ int main(void)
         cmocka_unit_test(test_store_sectors),
         cmocka_unit_test(test_alloc),
         cmocka_unit_test(test_data_path),
+        cmocka_unit_test(test_new_block_reads_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -87,12 +87,6 @@ static int luks_open(struct qimg_image *node, const struct qimg_opts *opts,
     uint64_t size;
     int ret;
 
-    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        const char *k = qimg_opts_key(opts, i);
-        if (strcmp(k, "key-secret"))
-            return qimg_error_set(err, -EINVAL, "Block format 'luks' does not "
-                                  "support the option '%s'", k);
-    }
     ret = qimg_crypto_open(&s->crypto, QIMG_CRYPTO_FORMAT_LUKS,
                            qimg_opts_get(opts, "key-secret"), "",
                            (node->flags & QIMG_OPEN_NO_IO)
@@ -364,6 +358,7 @@ static const struct qimg_opt_desc luks_amend_opts[] = {
      NULL},
 };
 
+/* key-secret is also what makes the node's name json:{...} */
 static const char *const luks_strong_opts[] = {"key-secret", NULL};
 
 const struct qimg_format qimg_format_luks = {
@@ -373,6 +368,7 @@ const struct qimg_format qimg_format_luks = {
     .create_opts = luks_create_opts,
     .n_create_opts = QIMG_ARRAY_SIZE(luks_create_opts),
     .plain_perms = true,
+    .runtime_opts = luks_strong_opts,   /* unknown ones refused after open */
     .strong_opts = luks_strong_opts,
     .probe = luks_probe,
     .open = luks_open,

@@ -274,6 +274,10 @@ static int write_new_block(struct qimg_image *node, uint64_t block_off,
         return ret;
     if (n == blen) {
         ret = node->file->ops->pwrite(node->file, host, n, data, err);
+    } else if (ops->new_block_reads_zero &&
+               !(ops->fill_from_backing && was == QIMG_MAP_UNALLOC)) {
+        ret = node->file->ops->pwrite(node->file, host + (off - block_off),
+                                      n, data, err);
     } else {
         block = malloc((size_t)bs);
         if (!block)

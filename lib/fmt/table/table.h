@@ -180,6 +180,14 @@ struct qimg_table_write_ops {
      * UNALLOC (zeroes otherwise), false writes zeroes.
      */
     bool fill_from_backing;
+    /*
+     * allocate() leaves the new block reading as zeroes (it extended the
+     * file over it, say) and the block was ZERO or UNALLOC without
+     * fill_from_backing: only the bytes the write covers are written,
+     * the rest stays as it is (a hole in a sparse file, as QEMU's vhdx
+     * leaves it).  false stages and writes the whole block.
+     */
+    bool new_block_reads_zero;
 };
 
 /*
