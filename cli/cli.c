@@ -321,17 +321,9 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
     }
-    if (!o->image_opts && o->extra && qimg_opts_count(o->extra) &&
-        strncmp(o->filename, "json:", 5)) {
-        dict = qimg_opts_new();
-        qimg_opts_set(dict, "file.filename", o->filename);
-        if (o->fmt)
-            qimg_opts_set(dict, "driver", o->fmt);
-        for (size_t i = 0; i < qimg_opts_count(o->extra); i++)
-            qimg_opts_set(dict, qimg_opts_key(o->extra, i),
-                          qimg_opts_value(o->extra, i));
-        p.options = dict;
-    }
+    /* options beside the file name, as bdrv_open takes them */
+    if (!o->image_opts && o->extra && qimg_opts_count(o->extra))
+        p.options = o->extra;
     qimg_set_warning_handler(print_warning);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);

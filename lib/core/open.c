@@ -509,6 +509,13 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
         ret = open_backing(node, bopts, err);
         if (ret < 0)
             goto fail;
+    } else if (!protocol && qimg_opts_count(bopts)) {
+        /* Without its backing chain, backing.* options are left unused:
+         * QEMU refuses those as any unknown option. */
+        ret = qimg_error_set(err, -EINVAL, "Block format '%s' does not "
+                             "support the option 'backing.%s'",
+                             node->fmt->name, qimg_opts_key(bopts, 0));
+        goto fail;
     }
     if (!protocol && node->fmt->runtime_opts) {
         const char *bad = qimg_opts_first_unlisted(node->options,

@@ -131,13 +131,7 @@ int main(int argc, char **argv)
         return 2;
     }
     p.filename = argv[optind++];
-    if (o) {
-        /* open options: a dict naming the file */
-        qimg_opts_set(o, "file.filename", p.filename);
-        if (p.format)
-            qimg_opts_set(o, "driver", p.format);
-        p.options = o;
-    }
+    p.options = o;   /* options beside the file name */
     if (qimg_open(&img, &p, &err) < 0) {
         fprintf(stderr, "qimg-io: %s\n", err.msg);
         return 1;
