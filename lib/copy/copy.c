@@ -785,7 +785,7 @@ static int worker_init(struct worker *wk, struct engine *e)
     }
     wk->clen = -1;
     if (e->p->compress && e->p->target->fmt->compress_cluster) {
-        wk->cbuf = malloc(e->cluster);
+        wk->cbuf = malloc(2 * (size_t)e->cluster + 64);   /* block.h */
         if (!wk->cbuf)
             return -ENOMEM;
     }
