@@ -7,6 +7,9 @@ calibrates PBKDF2 on its own).  Small iter-time values keep PBKDF2 fast;
 the reference still spends ~1 s calibrating per key slot it writes, so
 the reference creates few images."""
 import os
+import pathlib
+import subprocess
+import time
 
 import pytest
 
@@ -223,6 +226,32 @@ def test_messages_hide_secrets(pair, ref_images):
     q = pair.qimg("convert", "--object", "secret,id=s0,data=SeCrEt",
                   "--image-opts", spec("luks", "d.luks"), "-O", "raw", "x")
     assert q.rc == 1 and "SeCrEt" not in q.out + q.err
+
+
+def test_secret_hidden_from_cmdline(workdir):
+    """A secret's data= is blanked in the process arguments once read: a
+    create that spends its time in PBKDF2 calibration shows none of it in
+    /proc/PID/cmdline (what ps shows)."""
+    p = subprocess.Popen([str(QIMG), "create", "-q", "-f", "luks", "--object",
+                          "secret,id=s0,data=SeCrEt", "-o",
+                          "key-secret=s0,iter-time=3000", "x.luks", "1M"],
+                         cwd=workdir, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    seen = []
+    deadline = time.monotonic() + 20
+    while (p.poll() is None and time.monotonic() < deadline and
+           len(seen) < 6):
+        try:
+            seen.append((pathlib.Path("/proc") / str(p.pid) /
+                         "cmdline").read_bytes())
+        except OSError:
+            break
+        time.sleep(0.2)
+    p.kill()
+    p.wait()
+    late = [c for c in seen[1:] if c]
+    assert late, "process ended before its arguments could be read"
+    assert all(b"SeCrEt" not in c and b"id=s0" in c for c in late), late
 
 
 def test_convert(pair):
