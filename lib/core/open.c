@@ -243,7 +243,7 @@ static int open_backing(struct qimg_image *node, const struct qimg_opts *bopts,
 static unsigned storage_flags_for(const struct qimg_format *fmt,
                                   unsigned flags)
 {
-    if (fmt->is_raw || fmt == &qimg_format_protocol ||
+    if (fmt->is_raw || fmt->plain_perms || fmt == &qimg_format_protocol ||
         (flags & (QIMG_OPEN_SHARE | QIMG_OPEN_NO_LOCK)))
         return flags;
     flags |= QIMG_OPEN_NO_SHARE;
@@ -546,6 +546,13 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
         ret = open_backing(node, bopts, err);
         if (ret < 0)
             goto fail;
+    } else if (!protocol && qimg_opts_count(bopts)) {
+        /* Without its backing chain, backing.* options are left unused:
+         * QEMU refuses those as any unknown option. */
+        ret = qimg_error_set(err, -EINVAL, "Block format '%s' does not "
+                             "support the option 'backing.%s'",
+                             node->fmt->name, qimg_opts_key(bopts, 0));
+        goto fail;
     }
     if (!protocol && node->fmt->runtime_opts) {
         const char *bad = qimg_opts_first_unlisted(node->options,
