@@ -130,15 +130,7 @@ bool cli_add_option_list(char **acc, const char *arg)
 
 bool cli_has_help_option(const char *list)
 {
-    struct qimg_opts *o;
-    bool help;
-    if (!list)
-        return false;
-    o = qimg_opts_new();
-    qimg_opts_parse(o, list, NULL, NULL);
-    help = qimg_opts_get(o, "help") != NULL;
-    qimg_opts_free(o);
-    return help;
+    return list && qimg_opts_has_help(list);
 }
 
 static const char *type_name(enum qimg_opt_type t)
@@ -258,7 +250,7 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
 }
 
 /* Library warnings print as they come, as QEMU's do. */
-static void print_warning(const char *msg, enum qimg_msg_kind kind)
+void cli_print_library_message(const char *msg, enum qimg_msg_kind kind)
 {
     if (kind == QIMG_MSG_PLAIN)
         fputs(msg, stderr);
@@ -297,7 +289,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
     }
-    qimg_set_warning_handler(print_warning);
+    qimg_set_warning_handler(cli_print_library_message);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);
         cli_report(&err, "Could not open '%s': ", o->filename);

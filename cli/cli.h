@@ -22,6 +22,9 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print an error and "Try '<prog> --help' ..."; returns exit status 1. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The library's warning handler (main installs it): "<prog>: warning: "
+ * and the message as it comes. */
+void cli_print_library_message(const char *msg, enum qimg_msg_kind kind);
 /* Print the library error with an optional prefix. */
 void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
     __attribute__((format(printf, 2, 3)));

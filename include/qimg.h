@@ -85,6 +85,9 @@ void qimg_opts_free(struct qimg_opts *opts);
  */
 int qimg_opts_parse(struct qimg_opts *opts, const char *str,
                     const char *implied_key, struct qimg_error *err);
+/* Whether an option list asks for help: an element "help" or "?" without
+ * a value (not "help=on", not "nohelp"), as qemu-img looks for it. */
+bool qimg_opts_has_help(const char *str);
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
@@ -135,11 +138,20 @@ int qimg_create_opts(const char *fmt, const char *filename,
 
 /*
  * Validate values in opts against the descriptors (types: bool on/off,
- * number, size) and normalise sizes to plain byte counts.  Unknown keys fail
- * with "Invalid parameter 'KEY'".
+ * number, size) and normalise sizes and numbers to plain decimal (a size
+ * written in hex with a multiplier, deprecated, is warned about and kept
+ * as written).  Unknown keys fail with "Invalid parameter 'KEY'".
  */
 int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
                        size_t nd, struct qimg_error *err);
+/*
+ * qimg_opts_parse() and qimg_opts_validate() element by element, as QEMU
+ * parses -o: the first bad element is the one reported, and every element
+ * is checked (and warned about) even when a later one replaces it.
+ */
+int qimg_opts_parse_checked(struct qimg_opts *opts, const char *str,
+                            const struct qimg_opt_desc *d, size_t nd,
+                            struct qimg_error *err);
 
 /*
  * Prepare the creation of an image as qemu-img create does: parse the -o

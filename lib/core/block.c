@@ -738,27 +738,6 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     return f->measure(opts, src, size, out, err);
 }
 
-int qimg_create(const char *fmt, const char *filename,
-                const struct qimg_opts *opts, struct qimg_error *err)
-{
-    const struct qimg_format *f = qimg_format_find(fmt);
-
-    if (!f)
-        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
-                              "support image creation", fmt);
-    int ret = f->create(filename, opts, err);
-    if (ret == -EFBIG) {
-        /* Clearer than whatever the storage said. */
-        qimg_error_set(err, ret, "The image size is too large for file format "
-                       "'%s'%s", fmt, qimg_opts_get(opts, "cluster_size")
-                                          ? " (try using a larger cluster size)"
-                                          : "");
-    }
-    return ret;
-}
-
 int qimg_cache_parse(const char *name, enum qimg_cache *out)
 {
     static const struct { const char *name; enum qimg_cache mode; } modes[] = {

@@ -33,6 +33,10 @@
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
 #define QIMG_MAX_LENGTH ((uint64_t)INT64_MAX - ((1u << 30) - 1))
+/* QEMU's checks of a new image length before any driver runs (create.c):
+ * past INT64_MAX "Image size cannot be negative" (-EINVAL), past
+ * QIMG_MAX_LENGTH "offset(N) exceeds maximum(M)" (-EIO); else 0. */
+int qimg_check_new_length(uint64_t size, struct qimg_error *err);
 
 /* ---- storage (protocol) layer ------------------------------------------ */
 
@@ -333,6 +337,9 @@ int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
 
 /* Option helpers for drivers. */
+/* The deprecation warning for a size written in hex with a multiplier
+ * ("0x10k"), when value is one; QEMU warns each time it parses it. */
+void qimg_opts_warn_hex_size(const char *value);
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,

@@ -14,36 +14,78 @@
 
 #define MAX_DESCS 128
 
-/* The summary: every option with a value or a default, in desc order. */
+/* Append to a growing string; false when out of memory. */
+static bool append(char **out, size_t *len, size_t *cap, const char *s,
+                   size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = (*len + n + 1) * 2;
+        char *p = realloc(*out, ncap);
+        if (!p)
+            return false;
+        *out = p;
+        *cap = ncap;
+    }
+    memcpy(*out + *len, s, n);
+    *len += n;
+    (*out)[*len] = '\0';
+    return true;
+}
+
+/* A string value as qemu-img prints it back: commas doubled, so that the
+ * line reads as an option list again. */
+static bool append_escaped(char **out, size_t *len, size_t *cap,
+                           const char *v)
+{
+    for (; *v; v++)
+        if (!append(out, len, cap, v, 1) ||
+            (*v == ',' && !append(out, len, cap, ",", 1)))
+            return false;
+    return true;
+}
+
+/*
+ * The summary: every option with a value or a default, in desc order.
+ * As QEMU prints it: strings escaped, sizes and numbers that were given as
+ * their signed 64-bit value, anything else (defaults, booleans) as written.
+ */
 static char *summarise(const struct qimg_opts *opts,
                        const struct qimg_opt_desc **d, int nd)
 {
     size_t cap = 256, len = 0;
     char *out = malloc(cap);
+    bool ok = out != NULL;
 
-    if (!out)
-        return NULL;
-    out[0] = '\0';
-    for (int i = 0; i < nd; i++) {
-        const char *v = qimg_opts_get(opts, d[i]->name);
-        size_t need;
-        if (!v)
-            v = d[i]->def;
+    if (ok)
+        out[0] = '\0';
+    for (int i = 0; ok && i < nd; i++) {
+        const char *given = qimg_opts_get(opts, d[i]->name);
+        const char *v = given ? given : d[i]->def;
+        char num[32];
+        uint64_t n;
+
         if (!v)
             continue;
-        need = len + strlen(d[i]->name) + strlen(v) + 3;
-        if (need > cap) {
-            char *n;
-            cap = need * 2;
-            n = realloc(out, cap);
-            if (!n) {
-                free(out);
-                return NULL;
-            }
-            out = n;
+        ok = (!len || append(&out, &len, &cap, " ", 1)) &&
+             append(&out, &len, &cap, d[i]->name, strlen(d[i]->name)) &&
+             append(&out, &len, &cap, "=", 1);
+        if (!ok)
+            break;
+        if (d[i]->type == QIMG_OPT_STRING) {
+            ok = append_escaped(&out, &len, &cap, v);
+            continue;
         }
-        len += (size_t)sprintf(out + len, "%s%s=%s", len ? " " : "",
-                               d[i]->name, v);
+        if (given && (d[i]->type == QIMG_OPT_SIZE ||
+                      d[i]->type == QIMG_OPT_NUMBER) &&
+            qimg_parse_size(v, &n, NULL) == 0) {
+            snprintf(num, sizeof(num), "%" PRId64, (int64_t)n);
+            v = num;
+        }
+        ok = append(&out, &len, &cap, v, strlen(v));
+    }
+    if (!ok) {
+        free(out);
+        return NULL;
     }
     return out;
 }
@@ -99,6 +141,14 @@ static int check_backing(const char *filename, const char *backing,
     return ret;
 }
 
+static bool given_size_is_unset(const struct qimg_opts *opts)
+{
+    const char *v = qimg_opts_get(opts, "size");
+    uint64_t n;
+
+    return v && qimg_parse_size(v, &n, NULL) == 0 && n == UINT64_MAX;
+}
+
 int qimg_create_prepare(const char *fmt, const char *filename,
                         const char *options, int64_t size,
                         const char *backing, const char *backing_fmt,
@@ -126,16 +176,16 @@ int qimg_create_prepare(const char *fmt, const char *filename,
     if (!opts)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     if (options) {
-        ret = qimg_opts_parse(opts, options, NULL, err);
-        if (ret < 0)
-            goto fail;
         struct qimg_opt_desc flat[MAX_DESCS];
         for (int i = 0; i < nd; i++)
             flat[i] = *d[i];
-        ret = qimg_opts_validate(opts, flat, (size_t)nd, err);
+        ret = qimg_opts_parse_checked(opts, options, flat, (size_t)nd, err);
         if (ret < 0)
             goto fail;
     }
+    /* qemu-img takes a size of 2^64 - 1 for "no size given" */
+    if (given_size_is_unset(opts))
+        qimg_opts_del(opts, "size");
     if (!qimg_opts_get(opts, "size")) {
         if (size >= 0) {
             snprintf(num, sizeof(num), "%" PRId64, size);
@@ -202,6 +252,78 @@ int qimg_create_prepare(const char *fmt, const char *filename,
 fail:
     qimg_opts_free(opts);
     return ret;
+}
+
+/*
+ * The effective value of a create option: what was given, else the
+ * format's default (QEMU's option lists fall back to their defaults).
+ */
+static const char *create_opt_value(const struct qimg_format *f,
+                                    const struct qimg_opts *opts,
+                                    const char *name)
+{
+    const char *v = qimg_opts_get(opts, name);
+
+    for (size_t i = 0; !v && i < f->n_create_opts; i++)
+        if (!strcmp(f->create_opts[i].name, name))
+            v = f->create_opts[i].def;
+    return v;
+}
+
+/*
+ * QEMU's drivers parse the size options a second time while creating, so
+ * a size in hex with a multiplier is warned about once more, in the
+ * reverse order of the option descriptors (storage options first).
+ */
+static void warn_hex_sizes_again(const char *fmt, const char *filename,
+                                 const struct qimg_opts *opts)
+{
+    const struct qimg_opt_desc *d[MAX_DESCS];
+    int nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, NULL);
+
+    for (int i = nd - 1; i >= 0; i--) {
+        const char *v = qimg_opts_get(opts, d[i]->name);
+        if (v && d[i]->type == QIMG_OPT_SIZE)
+            qimg_opts_warn_hex_size(v);
+    }
+}
+
+int qimg_create(const char *fmt, const char *filename,
+                const struct qimg_opts *opts, struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    const char *cluster_size;
+    uint64_t cs = 0;
+    int ret;
+
+    if (!f)
+        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->create)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
+    warn_hex_sizes_again(fmt, filename, opts);
+    ret = f->create(filename, opts, err);
+    if (ret != -EFBIG)
+        return ret;
+    /* Clearer than whatever the driver said; a format with clusters (a
+     * cluster_size option that is set or has a non-zero default) gets
+     * qemu-img's hint. */
+    cluster_size = create_opt_value(f, opts, "cluster_size");
+    if (cluster_size && qimg_parse_size(cluster_size, &cs, NULL) < 0)
+        cs = 0;
+    return qimg_error_set(err, ret, "The image size is too large for file "
+                          "format '%s'%s", fmt,
+                          cs ? " (try using a larger cluster size)" : "");
+}
+
+int qimg_check_new_length(uint64_t size, struct qimg_error *err)
+{
+    if (size > INT64_MAX)
+        return qimg_error_set(err, -EINVAL, "Image size cannot be negative");
+    if (size > QIMG_MAX_LENGTH)
+        return qimg_error_set(err, -EIO, "offset(%" PRIu64 ") exceeds "
+                              "maximum(%" PRIu64 ")", size, QIMG_MAX_LENGTH);
+    return 0;
 }
 
 int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,

@@ -318,6 +318,14 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
     qimg_opts_free(oo);
     if (ret < 0)
         return ret;
+    /* QEMU sizes the new image with a generic truncate, whose own checks
+     * come first. */
+    ret = qimg_check_new_length(p->size, err);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Could not resize image: ");
+        qimg_close(node);
+        return ret;
+    }
     struct qcow2_state *s = node->state;
     pthread_mutex_lock(&node->lock);
     ret = qcow2_grow_l1(node, qcow2_l1_size_for(p->size, s->cluster_bits,
