@@ -186,13 +186,17 @@ int cli_print_create_opts_help(const char *fmt, const char *filename)
 int cli_add_object(const char *def)
 {
     struct qimg_error err;
-    if (!strcmp(def, "help") || !strcmp(def, "?")) {
-        printf("List of user creatable objects:\n  secret\n");
-        exit(0);
-    }
-    if (qimg_secret_add(def, &err) < 0) {
+    char *help = NULL;
+
+    if (qimg_object_add(def, &help, &err) < 0) {
         cli_error("%s", err.msg);
         return 1;
+    }
+    if (help) {
+        /* qemu-img prints it and exits at once, whatever comes next */
+        fputs(help, stdout);
+        free(help);
+        exit(0);
     }
     return 0;
 }

@@ -57,7 +57,7 @@ int cli_print_opt_list(const struct qimg_opt_desc **d, size_t n);
 /* Print "-o help" for fmt (with filename: merged with the storage's). */
 int cli_print_create_opts_help(const char *fmt, const char *filename);
 
-/* --object: only "secret" is known. Returns 0 or 1 (exit status). */
+/* --object (help printed, then exit 0). Returns 0 or 1 (exit status). */
 int cli_add_object(const char *def);
 
 /* --output=human|json. Returns false after printing the error. */

@@ -113,6 +113,12 @@ struct qimg_opt_desc {
 
 /* ---- secrets (--object secret,...) ---------------------------------- */
 
+/*
+ * --object: check a definition as qemu-img 7.2 does and create the object
+ * (process-global; only secrets are used).  When it asks for help, *help
+ * is the text to print (free it) and nothing is created.
+ */
+int qimg_object_add(const char *def, char **help, struct qimg_error *err);
 /* Register a secret from an --object definition string.  Process-global. */
 int qimg_secret_add(const char *objdef, struct qimg_error *err);
 /* Borrowed pointer to the secret's bytes, or NULL. */
