@@ -393,6 +393,12 @@ static bool open_sources(struct convert *c)
             return false;
         }
     }
+    /* A bare snapshot name or id (not snapshot.id=/name=) is refused for
+     * several sources, once they are open. */
+    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
+        cli_error("No support for concatenating multiple snapshot");
+        return false;
+    }
     if (c->snapshot && !cli_load_snapshot(c->src_imgs[0], c->snapshot))
         return false;
     return true;
@@ -522,12 +528,6 @@ static struct qimg_opts *prepare_target(struct convert *c)
     free(summary);
     snprintf(num, sizeof(num), "%llu", (unsigned long long)c->total);
     qimg_opts_set(opts, "size", num);
-    if (qimg_opts_get(opts, "backing_file") &&
-        !qimg_opts_get(opts, "backing_fmt")) {
-        cli_error("Use of backing file requires explicit backing format");
-        qimg_opts_free(opts);
-        return NULL;
-    }
     return opts;
 }
 
@@ -634,10 +634,6 @@ static int convert_images(struct convert *c, bool *done)
     int ret = 1;
 
     *done = false;
-    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
-        cli_error("No support for concatenating multiple snapshot");
-        return 1;
-    }
     if (!open_sources(c))
         return 1;
     if (!c->no_create) {
@@ -653,6 +649,16 @@ static int convert_images(struct convert *c, bool *done)
                   "has a backing file");
         *done = true;
         ret = 0;
+        goto out;
+    }
+    if (c->n_srcs > 1 && c->target_has_backing) {
+        cli_error("Having a backing file for the target makes no sense when "
+                  "concatenating multiple input images");
+        goto out;
+    }
+    if (opts && qimg_opts_get(opts, "backing_file") &&
+        !qimg_opts_get(opts, "backing_fmt")) {
+        cli_error("Use of backing file requires explicit backing format");
         goto out;
     }
     if (c->compress && !c->no_create && !check_compress(c->out_fmt, opts))
