@@ -383,12 +383,13 @@ int qimg_bench(struct qimg_image *img, const struct qimg_bench_params *params,
 int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
                     size_t max, struct qimg_error *err);
 /*
- * Check opts against the format's amend options: unknown keys give
- * "Invalid parameter 'K'", with "This option is only supported for image
- * creation" when K is a creation option; typed values are validated.
+ * Parse an -o list into opts against the format's amend options, element
+ * by element as qemu-img: unknown keys give "Invalid parameter 'K'", with
+ * "This option is only supported for image creation" when the list parses
+ * with the creation options added; typed values are validated.
  */
-int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
-                          struct qimg_error *err);
+int qimg_amend_parse_opts(const char *fmt, const char *options,
+                          struct qimg_opts *opts, struct qimg_error *err);
 /* Change options of an open (read-write) image. */
 int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
                void (*progress)(void *opaque, double percent), void *opaque,

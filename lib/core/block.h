@@ -37,6 +37,9 @@
  * past INT64_MAX "Image size cannot be negative" (-EINVAL), past
  * QIMG_MAX_LENGTH "offset(N) exceeds maximum(M)" (-EIO); else 0. */
 int qimg_check_new_length(uint64_t size, struct qimg_error *err);
+/* Whether name is one of QEMU's block driver names (its BlockdevDriver
+ * enum, which create options such as backing_fmt are checked against). */
+bool qimg_blockdev_driver_known(const char *name);
 
 /* ---- storage (protocol) layer ------------------------------------------ */
 

@@ -183,9 +183,6 @@ int qimg_create_prepare(const char *fmt, const char *filename,
         if (ret < 0)
             goto fail;
     }
-    /* qemu-img takes a size of 2^64 - 1 for "no size given" */
-    if (given_size_is_unset(opts))
-        qimg_opts_del(opts, "size");
     if (!qimg_opts_get(opts, "size")) {
         if (size >= 0) {
             snprintf(num, sizeof(num), "%" PRId64, size);
@@ -196,6 +193,9 @@ int qimg_create_prepare(const char *fmt, const char *filename,
                              "only once");
         goto fail;
     }
+    /* qemu-img takes a size of 2^64 - 1 for "no size given" */
+    if (given_size_is_unset(opts))
+        qimg_opts_del(opts, "size");
     if (backing) {
         if (!has_desc(d, nd, "backing_file")) {
             ret = qimg_error_set(err, -ENOTSUP, "Backing file not supported "
@@ -326,6 +326,26 @@ int qimg_check_new_length(uint64_t size, struct qimg_error *err)
     return 0;
 }
 
+bool qimg_blockdev_driver_known(const char *name)
+{
+    /* QEMU 7.2's BlockdevDriver enum as Debian builds it (without the
+     * io_uring and libblkio drivers) */
+    static const char *const drivers[] = {
+        "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs",
+        "cloop", "compress", "copy-before-write", "copy-on-read", "dmg",
+        "file", "snapshot-access", "ftp", "ftps", "gluster", "host_cdrom",
+        "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs",
+        "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow",
+        "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh",
+        "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
+    };
+
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(drivers); i++)
+        if (!strcmp(drivers[i], name))
+            return true;
+    return false;
+}
+
 int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
                     size_t max, struct qimg_error *err)
 {
@@ -342,33 +362,41 @@ int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
     return (int)n;
 }
 
-int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
-                          struct qimg_error *err)
+int qimg_amend_parse_opts(const char *fmt, const char *options,
+                          struct qimg_opts *opts, struct qimg_error *err)
 {
     const struct qimg_format *f = qimg_format_find(fmt);
     struct qimg_opt_desc flat[MAX_DESCS];
     const struct qimg_opt_desc *create[MAX_DESCS];
+    struct qimg_opts *scratch;
+    size_t n = 0;
     int nc, ret;
 
     if (!f || !f->amend)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support option amendment", fmt);
-    for (size_t i = 0; i < f->n_amend_opts; i++)
-        flat[i] = f->amend_opts[i];
-    ret = qimg_opts_validate(opts, flat, f->n_amend_opts, err);
-    if (ret == -EINVAL && !strncmp(err->msg, "Invalid parameter '", 19)) {
-        /* Say so when the key is one that only creation knows. */
-        nc = qimg_create_opts(fmt, NULL, create, MAX_DESCS, NULL);
-        for (int i = 0; i < nc; i++) {
-            size_t kl = strlen(create[i]->name);
-            if (!strncmp(err->msg + 19, create[i]->name, kl) &&
-                err->msg[19 + kl] == '\'' && !err->msg[20 + kl]) {
-                size_t l = strlen(err->msg);
-                snprintf(err->msg + l, sizeof(err->msg) - l,
-                         "\nThis option is only supported for image creation");
-                break;
-            }
-        }
+    for (; n < f->n_amend_opts && n < MAX_DESCS; n++)
+        flat[n] = f->amend_opts[n];
+    ret = qimg_opts_parse_checked(opts, options, flat, n, err);
+    if (ret != -EINVAL)
+        return ret;
+    /* As qemu-img: parse again with the creation options added, and when
+     * that works the failing key is one only creation knows. */
+    nc = qimg_create_opts(fmt, NULL, create, MAX_DESCS, NULL);
+    for (int i = 0; i < nc && n < MAX_DESCS; i++) {
+        bool dup = false;
+        for (size_t j = 0; j < f->n_amend_opts; j++)
+            dup |= !strcmp(flat[j].name, create[i]->name);
+        if (!dup)
+            flat[n++] = *create[i];
     }
+    scratch = qimg_opts_new();
+    if (scratch && qimg_opts_parse_checked(scratch, options, flat, n,
+                                           NULL) == 0) {
+        size_t l = strlen(err->msg);
+        snprintf(err->msg + l, sizeof(err->msg) - l,
+                 "\nThis option is only supported for image creation");
+    }
+    qimg_opts_free(scratch);
     return ret;
 }

@@ -491,6 +491,7 @@ static char *type_help(const char *class_name)
     size_t n = 0, len = 0;
     char *out, *p;
 
+
     for (size_t i = 0; i < QIMG_ARRAY_SIZE(object_types); i++)
         if (object_types[i].class_name &&
             !strcmp(object_types[i].class_name, class_name))
@@ -503,23 +504,27 @@ static char *type_help(const char *class_name)
                                    "  refresh=<bool>\n";
         return strdup(text);
     }
-    for (size_t i = 0; i < t->n_members && n < QIMG_ARRAY_SIZE(lines); i++)
-        if (t->members[i].help_type)
-            lines[n++] = t->members[i].name;
+    /* QEMU sorts the whole "name=<type>" lines */
+    for (size_t i = 0; i < t->n_members && n < QIMG_ARRAY_SIZE(lines); i++) {
+        char *line;
+        if (!t->members[i].help_type)
+            continue;
+        if (asprintf(&line, "  %s=<%s>\n", t->members[i].name,
+                     t->members[i].help_type) < 0)
+            break;
+        lines[n++] = line;
+        len += strlen(line);
+    }
     qsort(lines, n, sizeof(lines[0]), cmp_str);
-    len = strlen(class_name) + 16;
-    for (size_t i = 0; i < n; i++)
-        len += strlen(lines[i]) + 64;
+    len += strlen(class_name) + 16;
     out = p = malloc(len);
-    if (!out)
-        return NULL;
-    p += sprintf(p, "%s options:\n", class_name);
+    if (out) {
+        p += sprintf(p, "%s options:\n", class_name);
+        for (size_t i = 0; i < n; i++)
+            p = stpcpy(p, lines[i]);
+    }
     for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < t->n_members; j++)
-            if (!strcmp(t->members[j].name, lines[i]) &&
-                t->members[j].help_type)
-                p += sprintf(p, "  %s=<%s>\n", lines[i],
-                             t->members[j].help_type);
+        free((char *)lines[i]);
     return out;
 }
 
@@ -601,7 +606,10 @@ static int check_member(const struct member *m, const struct keyvals *kv,
                                   "integer", m->name);
         break;
     case M_INT32:
-        if (!parse_int(v, &n) || n < INT32_MIN || n > INT32_MAX)
+        if (!parse_int(v, &n))
+            return qimg_error_set(err, -EINVAL, "Parameter '%s' expects "
+                                  "integer", m->name);
+        if (n < INT32_MIN || n > INT32_MAX)
             return qimg_error_set(err, -EINVAL, "Parameter '%s' expects "
                                   "int32_t", m->name);
         break;
@@ -740,7 +748,9 @@ static int check_secret_source(const struct keyvals *kv, const char *data,
                                struct qimg_error *err)
 {
     const char *file = kv_get(kv, "file"), *format = kv_get(kv, "format");
+    const char *keyid = kv_get(kv, "keyid");
     bool base64 = format && !strcmp(format, "base64");
+    int ret;
 
     if (!data)
         data = kv_get(kv, "data");
@@ -750,9 +760,18 @@ static int check_secret_source(const struct keyvals *kv, const char *data,
     if (!data && !file)
         return qimg_error_set(err, -EINVAL, "Either 'file' or 'data' must be "
                               "provided");
-    if (file)
-        return check_secret_file(file, base64, err);
-    return base64 ? check_base64(data, strlen(data), err) : 0;
+    ret = file ? check_secret_file(file, base64, err)
+               : base64 ? check_base64(data, strlen(data), err) : 0;
+    if (ret < 0 || !keyid)
+        return ret;
+    /* the key is looked up once the data is read: this secret itself is
+     * registered by then, without data */
+    if (!strcmp(keyid, kv_get(kv, "id")))
+        return qimg_error_set(err, -EINVAL, "Secret with id '%s' has no data",
+                              keyid);
+    if (!qimg_secret_get(keyid, NULL))
+        return qimg_error_set(err, -EINVAL, "No secret with id '%s'", keyid);
+    return 0;
 }
 
 static int add_secret(const struct keyvals *kv, const char *data,

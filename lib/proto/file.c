@@ -569,7 +569,7 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
 {
     enum qimg_prealloc prealloc = QIMG_PREALLOC_OFF;
     const char *pa = qimg_opts_get(opts, "preallocation");
-    uint64_t size = 0;
+    uint64_t size = 0, hint = 0;
     bool nocow = false;
     int fd, ret;
 
@@ -584,6 +584,12 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
         return ret;
     if (pa && qimg_prealloc_parse(pa, &prealloc) < 0)
         return qimg_error_set(err, -EINVAL, "invalid parameter value: %s", pa);
+    /* QEMU's hint is a 32-bit value (FS_IOC_FSSETXATTR), checked first */
+    ret = qimg_opts_get_size(opts, "extent_size_hint", 0, &hint, err);
+    if (ret < 0)
+        return ret;
+    if (hint > UINT32_MAX)
+        return qimg_error_set(err, -EINVAL, "Extent size hint is too large");
     fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return qimg_error_set(err, -errno, "Could not create '%s': %s",
