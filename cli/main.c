@@ -135,28 +135,15 @@ static const char help_params[] =
 "  'of=FILE' write to FILE\n"
 "  'skip=N' skip N bs-sized blocks at the start of input\n";
 
-static int cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* "Supported formats:" lists the driver table's names in strcmp() order,
- * as qemu-img sorts its driver list. */
+/* "Supported formats:" lists every driver name, formats and storages, in
+ * the strcmp() order qemu-img sorts its driver list in (the library gives
+ * them sorted). */
 static void print_formats(void)
 {
-    size_t n = qimg_format_count();
-    const char **names = malloc((n ? n : 1) * sizeof(*names));
-
-    if (!names)
-        abort();
-    for (size_t i = 0; i < n; i++)
-        names[i] = qimg_format_name_at(i);
-    qsort(names, n, sizeof(*names), cmp_names);
     printf("Supported formats:");
-    for (size_t i = 0; i < n; i++)
-        printf(" %s", names[i]);
+    for (size_t i = 0; i < qimg_format_count(); i++)
+        printf(" %s", qimg_format_name_at(i));
     printf("\n");
-    free(names);
 }
 
 int cli_help(void)

@@ -52,6 +52,11 @@ enum qimg_msg_kind {
     QIMG_MSG_WARNING,   /* "<prog>: warning: " */
     QIMG_MSG_ERROR,     /* "<prog>: " */
     QIMG_MSG_PLAIN,     /* no prefix */
+    /* A debugging driver found what QEMU stops the process for
+     * (blkverify's mismatches): the program prints it as is and exits
+     * with status 1, as QEMU does.  Without a handler the request fails
+     * with EIO instead. */
+    QIMG_MSG_FATAL,
 };
 void qimg_set_warning_handler(void (*handler)(const char *msg,
                                               enum qimg_msg_kind kind));
@@ -89,6 +94,20 @@ int qimg_opts_parse(struct qimg_opts *opts, const char *str,
  * a value (not "help=on", not "nohelp"), as qemu-img looks for it. */
 bool qimg_opts_has_help(const char *str);
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
+/* The JSON type a value had where it came from (json: filenames keep
+ * their types; -o and --image-opts values are strings).  Values are
+ * always stored as text: numbers in decimal, booleans as on/off, null
+ * as "". */
+enum qimg_val_type {
+    QIMG_VAL_STRING,
+    QIMG_VAL_INT,
+    QIMG_VAL_REAL,
+    QIMG_VAL_BOOL,
+    QIMG_VAL_NULL,
+};
+int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
+                        const char *value, enum qimg_val_type type);
+enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);
@@ -111,6 +130,13 @@ struct qimg_opt_desc {
     const char *def;   /* default shown in "Formatting ..." or NULL */
 };
 
+/*
+ * The bucket of key in QEMU's dictionaries (a string hash modulo 512):
+ * QEMU lists a dictionary's members by bucket, the most recently added
+ * first within one, and so prints JSON in that order.
+ */
+unsigned qimg_qdict_bucket(const char *key);
+
 /* ---- secrets (--object secret,...) ---------------------------------- */
 
 /*
@@ -126,7 +152,8 @@ const char *qimg_secret_get(const char *id, size_t *len);
 
 /* ---- formats ----------------------------------------------------------- */
 
-/* Number of registered formats and their names, in listing order. */
+/* Number of registered drivers (formats and storages, as QEMU counts
+ * them) and their names, sorted as qemu-img lists them. */
 size_t qimg_format_count(void);
 const char *qimg_format_name_at(size_t i);
 bool qimg_format_known(const char *name);

@@ -164,9 +164,9 @@ int qimg_create_prepare(const char *fmt, const char *filename,
 
     *opts_out = NULL;
     *summary = NULL;
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
+    if (f ? !f->create : !qimg_format_can_create(fmt))
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
     nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, err);
@@ -292,16 +292,20 @@ int qimg_create(const char *fmt, const char *filename,
                 const struct qimg_opts *opts, struct qimg_error *err)
 {
     const struct qimg_format *f = qimg_format_find(fmt);
+    const struct qimg_storage_ops *s = f ? NULL : qimg_storage_find(fmt);
     const char *cluster_size;
     uint64_t cs = 0;
     int ret;
 
-    if (!f)
+    warn_hex_sizes_again(fmt, filename, opts);
+    /* -f file, -f host_device: the storage itself. */
+    if (s && (s->create || s->create_by_open))
+        return qimg_storage_create(s, filename, opts, err);
+    if (!f && !s)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
+    if (!f || !f->create)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
-    warn_hex_sizes_again(fmt, filename, opts);
     ret = f->create(filename, opts, err);
     if (ret != -EFBIG)
         return ret;

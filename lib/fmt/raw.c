@@ -76,8 +76,7 @@ static void raw_close(struct qimg_image *node)
 static int raw_create(const char *filename, const struct qimg_opts *opts,
                       struct qimg_error *err)
 {
-    const struct qimg_storage_ops *st = qimg_storage_for(filename);
-    return st->create(filename, opts, err);
+    return qimg_storage_create_name(filename, opts, err);
 }
 
 static int raw_pread(struct qimg_image *node, uint64_t off, size_t len,
@@ -220,8 +219,27 @@ static const struct qimg_opt_desc raw_create_opts[] = {
     {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
 };
 
+/* Over a format node (json:{"driver": "raw", "file": {"driver":
+ * "qcow2", ...}}) QEMU shows that node's cluster size. */
+static int raw_get_info(struct qimg_image *node, struct qimg_info *info,
+                        struct qimg_error *err)
+{
+    struct qimg_info inner;
+
+    if (!node->file->node)
+        return 0;
+    if (qimg_get_info(node->file->node, &inner, err) == 0)
+        info->cluster_size = inner.cluster_size;
+    qimg_info_release(&inner);
+    return 0;
+}
+
+/* A window of the file is not the file: such a node is named json:. */
+static const char *const raw_strong_opts[] = {"offset", "size", NULL};
+
 const struct qimg_format qimg_format_raw = {
     .name = "raw",
+    .strong_opts = raw_strong_opts,
     .description = "raw image",
     .state_size = sizeof(struct raw_state),
     .create_opts = raw_create_opts,
@@ -239,4 +257,5 @@ const struct qimg_format qimg_format_raw = {
     .block_status = raw_block_status,
     .truncate = raw_truncate,
     .measure = raw_measure,
+    .get_info = raw_get_info,
 };
