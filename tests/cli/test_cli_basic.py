@@ -104,3 +104,12 @@ def test_program_name_from_argv0(tmp_path):
     assert r.rc == 1
     assert r.err == ("my-tool: Command not found: foo\n"
                      "Try 'my-tool --help' for more information\n")
+
+
+def test_snapshot_without_action(pair):
+    """snapshot with no -l/-a/-c/-d opens the image for writing and does
+    nothing: a guessed raw image warns, -U is refused."""
+    pair.setup(lambda d: (d / "a.img").write_bytes(b"\0" * 4096))
+    for args in (["a.img"], ["-U", "a.img"], ["-q", "a.img"],
+                 ["-U", "-l", "a.img"]):
+        pair.same("snapshot", *args)
