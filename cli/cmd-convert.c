@@ -43,6 +43,7 @@ struct convert {
     const char *target;
 
     struct qimg_image **src_imgs;
+    uint64_t *src_lens;     /* sizes when opened, before -l (as QEMU's) */
     struct qimg_image *tgt;
     uint64_t total;
     enum qimg_cache tcache, scache;
@@ -375,7 +376,8 @@ static bool check_protocol(const char *filename)
 static bool open_sources(struct convert *c)
 {
     c->src_imgs = calloc((size_t)c->n_srcs, sizeof(*c->src_imgs));
-    if (!c->src_imgs)
+    c->src_lens = calloc((size_t)c->n_srcs, sizeof(*c->src_lens));
+    if (!c->src_imgs || !c->src_lens)
         abort();
     for (int i = 0; i < c->n_srcs; i++) {
         struct cli_open o = {
@@ -387,7 +389,8 @@ static bool open_sources(struct convert *c)
         c->src_imgs[i] = cli_open_image(&o);
         if (!c->src_imgs[i])
             return false;
-        if (__builtin_add_overflow(c->total, qimg_image_size(c->src_imgs[i]),
+        c->src_lens[i] = qimg_image_size(c->src_imgs[i]);
+        if (__builtin_add_overflow(c->total, c->src_lens[i],
                                    &c->total) || c->total > INT64_MAX) {
             cli_error("Image size too large");
             return false;
@@ -613,7 +616,10 @@ static bool do_copy(struct convert *c)
         abort();
     for (int i = 0; i < c->n_srcs; i++) {
         srcs[i].img = c->src_imgs[i];
-        srcs[i].length = qimg_image_size(c->src_imgs[i]);
+        /* a snapshot (-l) larger than the image is copied as far as the
+         * image's size when opened, as qemu-img does */
+        uint64_t now = qimg_image_size(c->src_imgs[i]);
+        srcs[i].length = c->src_lens[i] < now ? c->src_lens[i] : now;
     }
     ret = qimg_copy(&p, &err);
     free(srcs);
@@ -719,6 +725,7 @@ int cmd_convert(int argc, char **argv)
             qimg_close(c.src_imgs[i]);
     qimg_close(c.tgt);
     free(c.src_imgs);
+    free(c.src_lens);
     free(c.options);
     return ret;
 }

@@ -128,3 +128,21 @@ def test_convert_several_inputs(pair, inputs, batch):
             for f in d.iterdir():
                 f.unlink()
     assert not bad, "\n\n".join(bad)
+
+
+@needs_qcow2
+def test_snapshot_larger_than_image(pair):
+    """convert -l copies as much as the image's size when opened, even
+    when the snapshot is larger (QEMU takes the sizes before loading it)."""
+    def make(d):
+        sh(d, REF, "create", "-f", "qcow2", "-o", "cluster_size=512",
+           "s.qcow2", "64M")
+        sh(d, REF, "snapshot", "-c", "foo", "s.qcow2")
+        with open(d / "s.qcow2", "r+b") as f:
+            f.seek(24)
+            f.write((512).to_bytes(8, "big"))     # virtual size
+            f.seek(36)
+            f.write((1).to_bytes(4, "big"))       # L1 size
+    pair.setup(make)
+    pair.same("convert", "-l", "foo", "s.qcow2", "out.img")
+    compare_targets(pair)
