@@ -335,6 +335,10 @@ static int check_options(struct convert *c)
                   c->compress ? 'c' : 'S');
         return 1;
     }
+    if (c->copy_range && c->salvage) {
+        cli_error("Cannot use copy offloading in salvaging mode");
+        return 1;
+    }
     if (c->tgt_image_opts && !c->no_create) {
         cli_error("--target-image-opts requires use of -n flag");
         return 1;

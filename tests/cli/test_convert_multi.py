@@ -77,6 +77,11 @@ CASES = [
     ["-C", "-O", "raw", "a.img", "b.img", "out.img"],
     ["--target-is-zero", "-n", "a.img", "b.img", "t.img"],
     ["--target-is-zero", "a.img", "b.img", "out.img"],
+    # option conflicts, in qemu-img's order
+    ["-C", "--salvage", "-O", "raw", "a.img", "b.img", "out.img"],
+    ["--salvage", "-C", "-c", "-O", "qcow2", "a.img", "out.img"],
+    ["--skip-broken-bitmaps", "-C", "--salvage", "a.img", "out.img"],
+    ["-C", "--salvage", "--target-image-opts", "a.img", "out.img"],
 ]
 
 TARGETS = {"out.img": None, "t.img": "raw", "t.qcow2": "qcow2",
