@@ -65,7 +65,7 @@ def populate(d):
 FULL = {("create", "-f", "raw", "n.img", "{v}"),
         ("create", "-f", "raw", "-o", "size={v}", "n.img"),
         ("bench", "-c", "{v}", "-s", "512", "a.img")}
-FEW = ["+1k", " +1k", "-1", "18446744073709551616", "0x10k"]
+FEW = ["+1k", " +1k", "-1", "18446744073709551616"]
 
 
 def cases():
