@@ -399,10 +399,11 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     const struct qimg_format *f = qimg_format_find(fmt);
 
     memset(out, 0, sizeof(*out));
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->measure)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+    /* a storage (-O file) is a block driver without measure, as in QEMU */
+    if (!f || !f->measure)
+        return qimg_error_set(err, -ENOTSUP, "Block driver '%s' does not "
                               "support size measurement", fmt);
     return f->measure(opts, src, size, out, err);
 }

@@ -297,8 +297,8 @@ int qimg_create(const char *fmt, const char *filename,
     uint64_t cs = 0;
     int ret;
 
-    warn_hex_sizes_again(fmt, filename, opts);
-    /* -f file, -f host_device: the storage itself. */
+    /* -f file, -f host_device: the storage itself (QEMU parses its
+     * options once). */
     if (s && (s->create || s->create_by_open))
         return qimg_storage_create(s, filename, opts, err);
     if (!f && !s)
@@ -306,6 +306,7 @@ int qimg_create(const char *fmt, const char *filename,
     if (!f || !f->create)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
+    warn_hex_sizes_again(fmt, filename, opts);
     ret = f->create(filename, opts, err);
     if (ret != -EFBIG)
         return ret;
