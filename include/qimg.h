@@ -108,6 +108,8 @@ enum qimg_val_type {
 int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
                         const char *value, enum qimg_val_type type);
 enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i);
+/* Position of key in opts, or -1. */
+long qimg_opts_index(const struct qimg_opts *opts, const char *key);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);
@@ -429,8 +431,13 @@ struct qimg_info {
     int64_t actual_size;        /* bytes allocated on disk, -1 unknown */
     uint32_t cluster_size;      /* 0: none */
     bool dirty;
-    bool has_dirty_flag;        /* format has a dirty flag to report */
+    bool has_dirty_flag;        /* "dirty-flag" is reported (QEMU's driver
+                                   answers bdrv_get_info) */
     bool encrypted;
+    /* Every write must be a compressed whole cluster (vmdk
+     * streamOptimized): convert then compresses without -c, as qemu-img
+     * does (QEMU's BlockDriverInfo.needs_compressed_writes). */
+    bool needs_compressed_writes;
     char backing_file[4096];    /* as written in the image, "" if none */
     char backing_fmt[64];
     char full_backing_filename[4096];

@@ -205,8 +205,15 @@ int qimg_discard(struct qimg_image *img, uint64_t off, uint64_t len,
 int qimg_flush(struct qimg_image *img, struct qimg_error *err)
 {
     int ret = 0;
-    if (!img->read_only && img->fmt->flush)
+    if (!img->read_only && img->fmt->flush) {
+        /* QEMU raises these on the node's primary child (the file; for a
+         * protocol node, what is under it). */
+        struct qimg_storage *ev = img->fmt == &qimg_format_protocol
+                                      ? img->file->child : img->file;
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_OS);
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_DISK);
         ret = img->fmt->flush(img, err);
+    }
     return ret;
 }
 
@@ -237,20 +244,13 @@ int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
  * output matches.  Without the flag QEMU does not look (and the lseek calls
  * would cost more than the rest of a compare or convert).
  */
-static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext)
 {
-    struct qimg_storage *st = img->file;
     struct qimg_extent fe;
     struct qimg_error err;
     int64_t fsize;
-    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
 
-    ext->flags &= ~QIMG_BS_RECURSE_FILE;
-    if (!asked || img->fmt->is_raw || !st || !st->ops->block_status ||
-        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
-        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
-            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
-        ext->host_file != st->filename)
+    if (!st || !st->ops->block_status)
         return;
     fsize = st->ops->get_size(st);
     if (fsize >= 0 && ext->host_offset >= (uint64_t)fsize) {
@@ -264,6 +264,21 @@ static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
         ext->length = fe.length;
     if (fe.flags & QIMG_BS_ZERO)
         ext->flags |= QIMG_BS_ZERO;
+}
+
+static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+{
+    struct qimg_storage *st = img->file;
+    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
+
+    ext->flags &= ~QIMG_BS_RECURSE_FILE;
+    if (!asked || img->fmt->is_raw || !st ||
+        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
+        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
+            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
+        ext->host_file != st->filename)
+        return;
+    qimg_extent_refine(st, ext);
 }
 
 int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
@@ -293,6 +308,25 @@ int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
     return 0;
 }
 
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err)
+{
+    int ret = 0;
+
+    memset(ext, 0, sizeof(*ext));
+    len = off < img->size ? QIMG_MIN(len, img->size - off) : 0;
+    if (img->fmt->zero_hint && len)
+        ret = img->fmt->zero_hint(img, off, len, ext, err);
+    if (ret < 0 || !img->fmt->zero_hint) {
+        ext->flags = QIMG_BS_DATA;
+        ext->length = len;
+        return ret;
+    }
+    if (!ext->length || ext->length > len)
+        ext->length = len;
+    return 0;
+}
+
 int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
                             uint64_t off, uint64_t len,
                             struct qimg_extent *ext, struct qimg_error *err)
@@ -312,7 +346,8 @@ int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
         /* Unallocated with nothing below, or below a short backing file:
          * reads as zero, decided at this layer. */
         if (!n->backing) {
-            ext->flags |= QIMG_BS_ZERO;
+            if (n->fmt->supports_backing)
+                ext->flags |= QIMG_BS_ZERO;
             return 0;
         }
         if (off >= n->backing->size) {
@@ -353,6 +388,7 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
+    info->has_dirty_flag = !img->fmt->no_get_info;
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",
@@ -515,4 +551,14 @@ void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     warning_handler(msg, kind);
+}
+
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err)
+{
+    if (!opts || !qimg_opts_count(opts))
+        return 0;
+    return qimg_error_set(err, -EINVAL, "Block format '%s' does not support "
+                          "the option '%s'", node->fmt->name,
+                          qimg_opts_key(opts, 0));
 }

@@ -29,8 +29,10 @@
 #define QIMG_MAX_CHAIN_DEPTH 64
 /* Largest single request a driver receives; callers split larger ones. */
 #define QIMG_MAX_REQUEST (64u << 20)
-/* Bytes read from the head of a file to probe its format. */
-#define QIMG_PROBE_BYTES 2048
+/* Bytes read from the head of a file to probe its format: QEMU's
+ * BLOCK_PROBE_BUF_SIZE, so that every probe sees what QEMU's sees (and
+ * filters such as blkverify see the same first read). */
+#define QIMG_PROBE_BYTES 512
 /* The end of the addressable range (QEMU's BDRV_MAX_LENGTH: INT64_MAX
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
@@ -303,6 +305,9 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (fuzz targets that
+ * write keep each input cheap this way). */
+void qimg_mem_set_max_size(uint64_t bytes);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
@@ -380,6 +385,18 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* The format can have a backing file (QEMU's supports_backing):
+     * then what a layer does not allocate reads as zero when nothing is
+     * below it, and block status says so.  Without it an unallocated
+     * extent is neither data nor zero (map: "present": false). */
+    bool supports_backing;
+    /* A format that is only read (dmg, bochs, cloop): a writable open
+     * fails with "Image is read-only" before the driver's open, as QEMU's
+     * auto-read-only check makes it. */
+    bool read_only;
+    /* QEMU's driver has no bdrv_get_info: info --output=json shows no
+     * "dirty-flag" (qimg_info.has_dirty_flag stays false). */
+    bool no_get_info;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -433,7 +450,9 @@ struct qimg_format {
      * pwrite_compressed in two steps, so that the copy engine compresses
      * in all its threads and still lays clusters out in guest order.
      * compress_cluster (any thread, no lock) compresses len bytes of one
-     * cluster into out (at least a cluster) and returns the compressed
+     * cluster into out (at least two clusters and 64 bytes: formats whose
+     * compressed clusters carry a header, or are always compressed,
+     * may need more than a cluster) and returns the compressed
      * length, 0 when it does not shrink, or a negative errno; then
      * pwrite_compressed_data stores it (clen 0: buf as it is).  Optional.
      */
@@ -444,7 +463,22 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /*
+     * For formats without block_status, whose images QEMU reports as
+     * data throughout (so map and compare must too): whether reads of the
+     * extent at off give zeroes (ext->flags QIMG_BS_ZERO) or may not
+     * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
+     * fill such parts of its read buffers without reading them: what it
+     * writes does not change.  Optional; same concurrency as pread.
+     */
+    int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_extent *ext, struct qimg_error *err);
 };
+
+/* The driver's zero_hint for [off, off + len) of img alone (DATA for all
+ * of it without one); ext->length is at least 1 and at most len. */
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 
 /*
  * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID
@@ -455,13 +489,30 @@ struct qimg_format {
  */
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
+/*
+ * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
+ * st says about holes there, as QEMU's block layer does for
+ * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
+ * ZERO, and the extent is cut where the storage's answer ends.  For
+ * drivers whose data is in other storages than node->file (vmdk flat
+ * extents); errors are ignored (extra information only).
+ */
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext);
+
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
+extern const struct qimg_format qimg_format_bochs;
+extern const struct qimg_format qimg_format_cloop;
+extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vdi;
+extern const struct qimg_format qimg_format_vhdx;
+extern const struct qimg_format qimg_format_vmdk;
+extern const struct qimg_format qimg_format_vpc;
 /* The format of a node opened at the protocol level (driver=file,
  * -f host_device, null-co://): every operation goes to its storage, and
  * the node reports the storage's driver name as its format. */
@@ -562,6 +613,18 @@ int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
 
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
+
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
@@ -570,6 +633,10 @@ int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
 /* The deprecation warning for a size written in hex with a multiplier
  * ("0x10k"), when value is one; QEMU warns each time it parses it. */
 void qimg_opts_warn_hex_size(const char *value);
+/* For drivers that take no open options: QEMU's error for the first one
+ * (checked once the driver has opened, as QEMU does), or 0. */
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err);
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,

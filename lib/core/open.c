@@ -346,6 +346,8 @@ static int open_format(struct qimg_image *node, const char *filename,
         if (ret < 0)
             return ret;
     }
+    if (node->fmt->read_only && (node->flags & QIMG_OPEN_RDWR))
+        return qimg_error_set(err, -EACCES, "Image is read-only");
     if (node->fmt->state_size) {
         node->state = calloc(1, node->fmt->state_size);
         if (!node->state)
@@ -413,6 +415,11 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
         filename = NULL;
     }
     driver = qimg_opts_get(o, "driver");
+    /* A driver that is not a string is no driver (QEMU reads it as a
+     * string only). */
+    if (driver && qimg_opts_type(o, (size_t)qimg_opts_index(o, "driver")) !=
+                      QIMG_VAL_STRING)
+        driver = NULL;
     if (driver) {
         fmt = qimg_format_find(driver);
         if (!fmt) {
@@ -424,6 +431,22 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
             protocol = true;
         }
     }
+    /* cache.* options override the cache mode, for this node and what it
+     * opens under it, as QEMU's children inherit them. */
+    v = qimg_opts_get(o, "cache.direct");
+    if (v) {
+        bool direct = opt_true(v);
+        if (direct && node->cache == QIMG_CACHE_WRITEBACK)
+            node->cache = QIMG_CACHE_NONE;
+        else if (direct && node->cache == QIMG_CACHE_WRITETHROUGH)
+            node->cache = QIMG_CACHE_DIRECTSYNC;
+        else if (!direct && node->cache == QIMG_CACHE_NONE)
+            node->cache = QIMG_CACHE_WRITEBACK;
+        else if (!direct && node->cache == QIMG_CACHE_DIRECTSYNC)
+            node->cache = QIMG_CACHE_WRITETHROUGH;
+    }
+    if (opt_true(qimg_opts_get(o, "cache.no-flush")))
+        node->cache = QIMG_CACHE_UNSAFE;
     if (opt_true(qimg_opts_get(o, "force-share")))
         node->flags |= QIMG_OPEN_SHARE;
     if (opt_true(qimg_opts_get(o, "read-only"))) {

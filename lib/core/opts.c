@@ -99,6 +99,11 @@ int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
     return 0;
 }
 
+long qimg_opts_index(const struct qimg_opts *opts, const char *key)
+{
+    return find(opts, key);
+}
+
 enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i)
 {
     return opts->v[i].type;

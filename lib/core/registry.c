@@ -12,8 +12,15 @@
 
 /* Listed alphabetically, as qemu-img lists its formats. */
 const struct qimg_format *const qimg_formats[] = {
+    &qimg_format_bochs,
+    &qimg_format_cloop,
+    &qimg_format_dmg,
     &qimg_format_qcow2,
     &qimg_format_raw,
+    &qimg_format_vdi,
+    &qimg_format_vhdx,
+    &qimg_format_vmdk,
+    &qimg_format_vpc,
 };
 const size_t qimg_n_formats = QIMG_ARRAY_SIZE(qimg_formats);
 
@@ -102,6 +109,9 @@ int qimg_create_opts(const char *fmt, const char *filename,
                               st->n_create_opts);
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->create)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
     n = add_descs(out, 0, max, f->create_opts, f->n_create_opts);
     if (filename && !f->no_storage) {
         const struct qimg_storage_ops *s = qimg_storage_for(filename);

@@ -296,6 +296,9 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
     if (!o)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     drv = qimg_opts_get(o, "driver");
+    if (drv && qimg_opts_type(o, (size_t)qimg_opts_index(o, "driver")) !=
+                   QIMG_VAL_STRING)
+        drv = NULL;
     if (drv) {
         if (qimg_format_find(drv)) {
             ret = qimg_storage_open_node(out, filename, o, flags, cache,

@@ -62,7 +62,7 @@ static int raw_open(struct qimg_image *node, const struct qimg_opts *opts,
                               " actual size of the containing file (%lld)",
                               (unsigned long long)s->offset,
                               (unsigned long long)size, (long long)file_size);
-    if (s->fixed_size && (s->offset % 512 || size % 512))
+    if (s->fixed_size && size % 512)
         return qimg_error_set(err, -EINVAL, "Specified size is not multiple "
                               "of 512");
     node->size = size;
@@ -166,7 +166,10 @@ static int raw_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
         if (ret < 0)
             return ret;
     }
-    /* Raw decides every byte itself: always allocated. */
+    /* Raw passes its file's answer on; what the file calls neither data
+     * nor zero (null-co) is not present. */
+    if (!(ext->flags & (QIMG_BS_DATA | QIMG_BS_ZERO)))
+        return 0;
     ext->flags |= QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
     return 0;
 }

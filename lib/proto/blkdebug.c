@@ -217,13 +217,12 @@ static int read_config(struct bd_state *s, const char *path,
     FILE *f = fopen(path, "r");
     char line[1024], group[64] = "", key[64], value[1024];
     struct qimg_opts *sec = NULL;
-    int ret = 0, lno = 0;
+    int ret = 0;
 
     if (!f)
         return qimg_error_set(err, -errno, "Could not read blkdebug config "
                               "file: %s", strerror(errno));
     while (ret == 0 && fgets(line, sizeof(line), f)) {
-        lno++;
         if (line[0] == '\n' || line[0] == '#')
             continue;
         if (line[0] == '[') {
@@ -244,14 +243,13 @@ static int read_config(struct bd_state *s, const char *path,
         if (sscanf(line, " %63s = \"%1023[^\"]\"", key, value) == 2 ||
             sscanf(line, " %63s = \"\"", key) == 1) {
             if (!sec) {
-                ret = qimg_error_set(err, -EINVAL, "%s:%d: no group defined",
-                                     path, lno);
+                ret = qimg_error_set(err, -EINVAL, "no group defined");
                 break;
             }
             qimg_opts_set(sec, key, value);
             continue;
         }
-        ret = qimg_error_set(err, -EINVAL, "%s:%d: parse error", path, lno);
+        ret = qimg_error_set(err, -EINVAL, "parse error");
     }
     if (ret == 0 && sec && (!strcmp(group, "inject-error") ||
                             !strcmp(group, "set-state")))
@@ -262,6 +260,8 @@ static int read_config(struct bd_state *s, const char *path,
     fclose(f);
     return ret;
 }
+
+static void bd_event(struct qimg_storage *st, enum qimg_event ev);
 
 /* ---- events and checks --------------------------------------------------------- */
 
@@ -530,6 +530,8 @@ static int bd_open(struct qimg_storage *st, const struct qimg_opts *opts,
     st->priv = s;
     st->caps = st->child->caps;
     st->align = st->child->align;
+    /* Rules on the "none" event are active from the start. */
+    bd_event(st, QIMG_EV_NONE);
     return 0;
 }
 

@@ -157,8 +157,8 @@ static int open_common(struct qimg_storage *st, const struct qimg_opts *opts,
     if (locking && strcmp(locking, "on") && strcmp(locking, "off") &&
         strcmp(locking, "auto")) {
         free(s);
-        return qimg_error_set(err, -EINVAL, "Parameter 'locking' does not "
-                              "accept value '%s'", locking);
+        return qimg_error_set(err, -EINVAL, "invalid parameter value: %s",
+                              locking);
     }
     pthread_mutex_init(&s->rmw, NULL);
     if (cache == QIMG_CACHE_NONE || cache == QIMG_CACHE_DIRECTSYNC)
@@ -663,7 +663,15 @@ static int file_block_status(struct qimg_storage *st, uint64_t off,
     if (hole < 0 || (uint64_t)hole <= off)
         hole = (off_t)(off + len);
     ext->flags = QIMG_BS_DATA | QIMG_BS_OFFSET_VALID;
-    ext->length = QIMG_MIN(len, (uint64_t)hole - off);
+    ext->length = (uint64_t)hole - off;
+    /* With O_DIRECT no partial sector is reported: a data extent ending
+     * in the file's last partial sector covers that sector whole. */
+    if (s->align > 1 && ext->length % s->align) {
+        uint64_t up;
+        if (qimg_align_up(ext->length, s->align, &up))
+            ext->length = up;
+    }
+    ext->length = QIMG_MIN(len, ext->length);
     return 0;
 }
 
