@@ -368,9 +368,10 @@ int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
     const struct qimg_format *f = qimg_format_find(fmt);
     size_t n = 0;
 
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->amend)
+    /* a storage (-f file) is a driver without amend, as in QEMU */
+    if (!f || !f->amend)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support option amendment", fmt);
     for (; n < f->n_amend_opts && n < max; n++)

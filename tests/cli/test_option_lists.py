@@ -100,6 +100,26 @@ def test_formatting_line_escapes(pair):
     ], scratch=("n.img", "x,y", "x,,y"))
 
 
+def run_cases(pair, cases):
+    """Run each case in both tools; n.img is removed after each, and an
+    amend's q.qcow2 made again."""
+    bad = []
+    for args in cases:
+        r, q = pair.both(*args)
+        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
+            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
+        for d in pair.dirs():
+            if (d / "n.img").exists():
+                (d / "n.img").unlink()
+        if args[0] == "amend":
+            for d in pair.dirs():
+                (d / "q.qcow2").unlink()
+            pair.setup(lambda d: subprocess.run(
+                [str(REF), "create", "-f", "qcow2", "q.qcow2", "1M"], cwd=d,
+                check=True, capture_output=True))
+    assert not bad, "\n\n".join(bad)
+
+
 @needs_qcow2
 def test_option_lists_other_commands(pair):
     """The same list syntax through convert, amend and measure."""
@@ -131,18 +151,34 @@ def test_option_lists_other_commands(pair):
                "1M"] for f in ("bogus", "vvfat", "io_uring", "host_device")]
     cases += [["create", "-f", "qcow2", "-u", "-o", "backing_fmt=bogus,"
                "compat=x", "n.img", "1M"]]
-    bad = []
-    for args in cases:
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
-        for d in pair.dirs():
-            if (d / "n.img").exists():
-                (d / "n.img").unlink()
-        if args[0] == "amend":
-            for d in pair.dirs():
-                (d / "q.qcow2").unlink()
-            pair.setup(lambda d: subprocess.run(
-                [str(REF), "create", "-f", "qcow2", "q.qcow2", "1M"], cwd=d,
-                check=True, capture_output=True))
-    assert not bad, "\n\n".join(bad)
+    run_cases(pair, cases)
+
+
+def test_storages_as_formats(pair):
+    """-f/-O naming a storage (file, host_device, host_cdrom, null-co):
+    its own creation options merged with those of the storage the file
+    name selects (a device's simple options for /dev/null), the refusals
+    of storages that cannot create, measure and amend."""
+    pair.setup(populate)
+    cases = []
+    for fmt in ("file", "host_device", "host_cdrom", "null-co"):
+        cases += [["create", "-f", fmt, "n.img", "-o", "help"],
+                  ["create", "-f", fmt, "/dev/null", "-o", "help"],
+                  ["create", "-f", fmt, "n.img", "-o", "nocow=on", "1M"],
+                  ["convert", "-O", fmt, "-o", "help", "a.img", "n.img"],
+                  ["measure", "-O", fmt, "--size", "1M"],
+                  ["measure", "-O", fmt, "-o", "help", "--size", "1M"],
+                  ["amend", "-f", fmt, "-o", "help", "a.img"],
+                  ["amend", "-f", fmt, "-o", "size=1", "a.img"]]
+    cases += [["create", "-f", "raw", "/dev/null", "-o", "help"],
+              ["create", "-f", "raw", "/dev/null", "-o", "nocow=on", "1M"],
+              ["create", "-f", "raw", "/dev/null", "-o", "preallocation=x",
+               "1M"],
+              ["create", "-f", "host_device", "/dev/null", "-o",
+               "preallocation=x", "1M"],
+              ["create", "-f", "host_device", "/dev/null", "-o",
+               "preallocation=falloc", "1M"],
+              ["create", "-f", "host_device", "/dev/null", "1M"],
+              ["create", "-f", "file", "/dev/null", "1M"],
+              ["create", "-f", "raw", "/dev/null", "1M"]]
+    run_cases(pair, cases)
