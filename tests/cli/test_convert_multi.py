@@ -151,3 +151,29 @@ def test_snapshot_larger_than_image(pair):
     pair.setup(make)
     pair.same("convert", "-l", "foo", "s.qcow2", "out.img")
     compare_targets(pair)
+
+
+@needs_qcow2
+def test_convert_n_into_compat010(pair):
+    """-n into a compat=0.10 qcow2 (no zero flag): without a backing file
+    the zero areas are discarded, as QEMU's v2 zero writes do (iotest
+    122), so an empty target stays unallocated and old data is freed."""
+    def make(d):
+        sh(d, REF, "create", "-f", "qcow2", "o.qcow2", "4M")
+        sh(d, REF, "create", "-f", "raw", "s.img", "4M")
+        sh(d, QEMU_IO, "-f", "raw", "-c", "write -P 1 100k 200k", "s.img")
+        for t in ("t1", "t2"):
+            sh(d, REF, "create", "-f", "qcow2", "-o", "compat=0.10",
+               t + ".qcow2", "4M")
+        sh(d, QEMU_IO, "-f", "qcow2", "-c", "write -P 2 0 4M", "t2.qcow2")
+    pair.setup(make)
+    pair.same("convert", "-O", "qcow2", "-n", "o.qcow2", "t1.qcow2")
+    pair.same("convert", "-O", "qcow2", "-n", "s.img", "t2.qcow2")
+    for t in ("t1.qcow2", "t2.qcow2"):
+        maps = [subprocess.run([str(REF), "map", "--output=json", t], cwd=d,
+                               capture_output=True, text=True).stdout
+                for d in pair.dirs()]
+        checks = [subprocess.run([str(REF), "check", t], cwd=d,
+                                 capture_output=True, text=True).stdout
+                  for d in pair.dirs()]
+        assert maps[0] == maps[1] and checks[0] == checks[1], (maps, checks)
