@@ -135,15 +135,7 @@ bool cli_add_option_list(char **acc, const char *arg)
 
 bool cli_has_help_option(const char *list)
 {
-    struct qimg_opts *o;
-    bool help;
-    if (!list)
-        return false;
-    o = qimg_opts_new();
-    qimg_opts_parse(o, list, NULL, NULL);
-    help = qimg_opts_get(o, "help") != NULL;
-    qimg_opts_free(o);
-    return help;
+    return list && qimg_opts_has_help(list);
 }
 
 static const char *type_name(enum qimg_opt_type t)
@@ -216,16 +208,20 @@ static void hide_secret_data(char *def)
 int cli_add_object(const char *def)
 {
     struct qimg_error err;
-    if (!strcmp(def, "help") || !strcmp(def, "?")) {
-        printf("List of user creatable objects:\n  secret\n");
-        exit(0);
-    }
-    if (qimg_secret_add(def, &err) < 0) {
+    char *help = NULL;
+
+    if (qimg_object_add(def, &help, &err) < 0) {
         cli_error("%s", err.msg);
         return 1;
     }
     /* def is an argv element (getopt's optarg): writable */
     hide_secret_data((char *)def);
+    if (help) {
+        /* qemu-img prints it and exits at once, whatever comes next */
+        fputs(help, stdout);
+        free(help);
+        exit(0);
+    }
     return 0;
 }
 
@@ -282,7 +278,7 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
 }
 
 /* Library warnings print as they come, as QEMU's do. */
-static void print_warning(const char *msg, enum qimg_msg_kind kind)
+void cli_print_library_message(const char *msg, enum qimg_msg_kind kind)
 {
     if (kind == QIMG_MSG_PLAIN) {
         fputs(msg, stderr);
@@ -329,7 +325,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
     /* options beside the file name, as bdrv_open takes them */
     if (!o->image_opts && o->extra && qimg_opts_count(o->extra))
         p.options = o->extra;
-    qimg_set_warning_handler(print_warning);
+    qimg_set_warning_handler(cli_print_library_message);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);
         cli_report(&err, "Could not open '%s': ", o->filename);

@@ -22,6 +22,9 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print an error and "Try '<prog> --help' ..."; returns exit status 1. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The library's warning handler (main installs it): "<prog>: warning: "
+ * and the message as it comes. */
+void cli_print_library_message(const char *msg, enum qimg_msg_kind kind);
 /* Print the library error with an optional prefix. */
 void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -86,7 +89,7 @@ int cli_print_opt_list(const struct qimg_opt_desc **d, size_t n);
 /* Print "-o help" for fmt (with filename: merged with the storage's). */
 int cli_print_create_opts_help(const char *fmt, const char *filename);
 
-/* --object: only "secret" is known. Returns 0 or 1 (exit status).  def
+/* --object (help printed, then exit 0). Returns 0 or 1 (exit status).  def
  * must be an argv element: a secret's data= is blanked in it. */
 int cli_add_object(const char *def);
 

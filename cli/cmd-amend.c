@@ -114,8 +114,8 @@ int cmd_amend(int argc, char **argv)
         goto out;
     }
     opts = qimg_opts_new();
-    if (qimg_opts_parse(opts, options, NULL, &err) < 0 ||
-        qimg_amend_check_opts(qimg_image_format(img), opts, &err) < 0) {
+    if (qimg_amend_parse_opts(qimg_image_format(img), options, opts,
+                              &err) < 0) {
         cli_error("%s", err.msg);
         goto out;
     }

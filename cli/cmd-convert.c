@@ -43,6 +43,7 @@ struct convert {
     const char *target;
 
     struct qimg_image **src_imgs;
+    uint64_t *src_lens;     /* sizes when opened, before -l (as QEMU's) */
     struct qimg_image *tgt;
     uint64_t total;
     enum qimg_cache tcache, scache;
@@ -334,6 +335,10 @@ static int check_options(struct convert *c)
                   c->compress ? 'c' : 'S');
         return 1;
     }
+    if (c->copy_range && c->salvage) {
+        cli_error("Cannot use copy offloading in salvaging mode");
+        return 1;
+    }
     if (c->tgt_image_opts && !c->no_create) {
         cli_error("--target-image-opts requires use of -n flag");
         return 1;
@@ -375,7 +380,8 @@ static bool check_protocol(const char *filename)
 static bool open_sources(struct convert *c)
 {
     c->src_imgs = calloc((size_t)c->n_srcs, sizeof(*c->src_imgs));
-    if (!c->src_imgs)
+    c->src_lens = calloc((size_t)c->n_srcs, sizeof(*c->src_lens));
+    if (!c->src_imgs || !c->src_lens)
         abort();
     for (int i = 0; i < c->n_srcs; i++) {
         struct cli_open o = {
@@ -387,11 +393,18 @@ static bool open_sources(struct convert *c)
         c->src_imgs[i] = cli_open_image(&o);
         if (!c->src_imgs[i])
             return false;
-        if (__builtin_add_overflow(c->total, qimg_image_size(c->src_imgs[i]),
+        c->src_lens[i] = qimg_image_size(c->src_imgs[i]);
+        if (__builtin_add_overflow(c->total, c->src_lens[i],
                                    &c->total) || c->total > INT64_MAX) {
             cli_error("Image size too large");
             return false;
         }
+    }
+    /* A bare snapshot name or id (not snapshot.id=/name=) is refused for
+     * several sources, once they are open. */
+    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
+        cli_error("No support for concatenating multiple snapshot");
+        return false;
     }
     if (c->snapshot && !cli_load_snapshot(c->src_imgs[0], c->snapshot))
         return false;
@@ -528,12 +541,6 @@ static struct qimg_opts *prepare_target(struct convert *c)
     free(summary);
     snprintf(num, sizeof(num), "%llu", (unsigned long long)c->total);
     qimg_opts_set(opts, "size", num);
-    if (qimg_opts_get(opts, "backing_file") &&
-        !qimg_opts_get(opts, "backing_fmt")) {
-        cli_error("Use of backing file requires explicit backing format");
-        qimg_opts_free(opts);
-        return NULL;
-    }
     return opts;
 }
 
@@ -642,7 +649,10 @@ static bool do_copy(struct convert *c)
         abort();
     for (int i = 0; i < c->n_srcs; i++) {
         srcs[i].img = c->src_imgs[i];
-        srcs[i].length = qimg_image_size(c->src_imgs[i]);
+        /* a snapshot (-l) larger than the image is copied as far as the
+         * image's size when opened, as qemu-img does */
+        uint64_t now = qimg_image_size(c->src_imgs[i]);
+        srcs[i].length = c->src_lens[i] < now ? c->src_lens[i] : now;
     }
     ret = qimg_copy(&p, &err);
     free(srcs);
@@ -663,10 +673,6 @@ static int convert_images(struct convert *c, bool *done)
     int ret = 1;
 
     *done = false;
-    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
-        cli_error("No support for concatenating multiple snapshot");
-        return 1;
-    }
     if (!open_sources(c))
         return 1;
     if (!c->no_create) {
@@ -682,6 +688,16 @@ static int convert_images(struct convert *c, bool *done)
                   "has a backing file");
         *done = true;
         ret = 0;
+        goto out;
+    }
+    if (c->n_srcs > 1 && c->target_has_backing) {
+        cli_error("Having a backing file for the target makes no sense when "
+                  "concatenating multiple input images");
+        goto out;
+    }
+    if (opts && qimg_opts_get(opts, "backing_file") &&
+        !qimg_opts_get(opts, "backing_fmt")) {
+        cli_error("Use of backing file requires explicit backing format");
         goto out;
     }
     if (c->compress && !c->no_create && !check_compress(c->out_fmt, opts))
@@ -742,6 +758,7 @@ int cmd_convert(int argc, char **argv)
             qimg_close(c.src_imgs[i]);
     qimg_close(c.tgt);
     free(c.src_imgs);
+    free(c.src_lens);
     free(c.options);
     return ret;
 }

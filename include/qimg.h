@@ -90,6 +90,9 @@ void qimg_opts_free(struct qimg_opts *opts);
  */
 int qimg_opts_parse(struct qimg_opts *opts, const char *str,
                     const char *implied_key, struct qimg_error *err);
+/* Whether an option list asks for help: an element "help" or "?" without
+ * a value (not "help=on", not "nohelp"), as qemu-img looks for it. */
+bool qimg_opts_has_help(const char *str);
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
 /* The JSON type a value had where it came from (json: filenames keep
  * their types; -o and --image-opts values are strings).  Values are
@@ -138,6 +141,12 @@ unsigned qimg_qdict_bucket(const char *key);
 
 /* ---- secrets (--object secret,...) ---------------------------------- */
 
+/*
+ * --object: check a definition as qemu-img 7.2 does and create the object
+ * (process-global; only secrets are used).  When it asks for help, *help
+ * is the text to print (free it) and nothing is created.
+ */
+int qimg_object_add(const char *def, char **help, struct qimg_error *err);
 /* Register a secret from an --object definition string.  Process-global. */
 int qimg_secret_add(const char *objdef, struct qimg_error *err);
 /* Borrowed pointer to the secret's bytes, or NULL. */
@@ -205,11 +214,20 @@ int qimg_create_opts(const char *fmt, const char *filename,
 
 /*
  * Validate values in opts against the descriptors (types: bool on/off,
- * number, size) and normalise sizes to plain byte counts.  Unknown keys fail
- * with "Invalid parameter 'KEY'".
+ * number, size) and normalise sizes and numbers to plain decimal (a size
+ * written in hex with a multiplier, deprecated, is warned about and kept
+ * as written).  Unknown keys fail with "Invalid parameter 'KEY'".
  */
 int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
                        size_t nd, struct qimg_error *err);
+/*
+ * qimg_opts_parse() and qimg_opts_validate() element by element, as QEMU
+ * parses -o: the first bad element is the one reported, and every element
+ * is checked (and warned about) even when a later one replaces it.
+ */
+int qimg_opts_parse_checked(struct qimg_opts *opts, const char *str,
+                            const struct qimg_opt_desc *d, size_t nd,
+                            struct qimg_error *err);
 
 /*
  * Prepare the creation of an image as qemu-img create does: parse the -o
@@ -442,12 +460,13 @@ int qimg_bench(struct qimg_image *img, const struct qimg_bench_params *params,
 int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
                     size_t max, struct qimg_error *err);
 /*
- * Check opts against the format's amend options: unknown keys give
- * "Invalid parameter 'K'", with "This option is only supported for image
- * creation" when K is a creation option; typed values are validated.
+ * Parse an -o list into opts against the format's amend options, element
+ * by element as qemu-img: unknown keys give "Invalid parameter 'K'", with
+ * "This option is only supported for image creation" when the list parses
+ * with the creation options added; typed values are validated.
  */
-int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
-                          struct qimg_error *err);
+int qimg_amend_parse_opts(const char *fmt, const char *options,
+                          struct qimg_opts *opts, struct qimg_error *err);
 /* Change options of an open (read-write) image. */
 int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
                void (*progress)(void *opaque, double percent), void *opaque,

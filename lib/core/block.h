@@ -37,6 +37,13 @@
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
 #define QIMG_MAX_LENGTH ((uint64_t)INT64_MAX - ((1u << 30) - 1))
+/* QEMU's checks of a new image length before any driver runs (create.c):
+ * past INT64_MAX "Image size cannot be negative" (-EINVAL), past
+ * QIMG_MAX_LENGTH "offset(N) exceeds maximum(M)" (-EIO); else 0. */
+int qimg_check_new_length(uint64_t size, struct qimg_error *err);
+/* Whether name is one of QEMU's block driver names (its BlockdevDriver
+ * enum, which create options such as backing_fmt are checked against). */
+bool qimg_blockdev_driver_known(const char *name);
 
 /*
  * Internal open flag: the storage or node being opened is a file an image
@@ -731,6 +738,9 @@ int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
 
 /* Option helpers for drivers. */
+/* The deprecation warning for a size written in hex with a multiplier
+ * ("0x10k"), when value is one; QEMU warns each time it parses it. */
+void qimg_opts_warn_hex_size(const char *value);
 /* For drivers that take no open options: QEMU's error for the first one
  * (checked once the driver has opened, as QEMU does), or 0. */
 int qimg_opts_refuse_all(const struct qimg_image *node,

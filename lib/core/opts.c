@@ -157,9 +157,9 @@ struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts)
     return d;
 }
 
-/* Copy the next element of s (up to an unescaped ',' or end) into out,
- * un-doubling commas.  stop_at_eq ends the element at '=' too. */
-static const char *take_token(const char *s, char *out, bool stop_at_eq)
+/* Copy a value (up to an unescaped ',' or the end) into out, un-doubling
+ * commas. */
+static const char *take_value(const char *s, char *out)
 {
     size_t n = 0;
     while (*s) {
@@ -167,8 +167,6 @@ static const char *take_token(const char *s, char *out, bool stop_at_eq)
             if (s[1] != ',')
                 break;
             s++;
-        } else if (stop_at_eq && *s == '=') {
-            break;
         }
         out[n++] = *s++;
     }
@@ -176,8 +174,25 @@ static const char *take_token(const char *s, char *out, bool stop_at_eq)
     return s;
 }
 
-int qimg_opts_parse(struct qimg_opts *opts, const char *str,
-                    const char *implied_key, struct qimg_error *err)
+/* Copy a key (up to the first '=' or ',': keys have no escapes, as in
+ * QEMU, so "a,,b=c" is the flag "a", an empty flag and "b=c"). */
+static const char *take_key(const char *s, char *out)
+{
+    size_t n = strcspn(s, "=,");
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return s + n;
+}
+
+/* Called for each element of a list in order (flag: it had no '='); a
+ * negative return stops. */
+typedef int (*element_fn)(struct qimg_opts *opts, const char *key,
+                          const char *val, bool flag, void *ctx,
+                          struct qimg_error *err);
+
+static int parse_elements(struct qimg_opts *opts, const char *str,
+                          const char *implied_key, element_fn fn, void *ctx,
+                          struct qimg_error *err)
 {
     /* Room for the input, or for what replaces it: the implied key,
      * "help", "on", "off". */
@@ -192,31 +207,30 @@ int qimg_opts_parse(struct qimg_opts *opts, const char *str,
         goto out;
     }
     while (*p) {
-        const char *after_key = take_token(p, key, true);
+        const char *after_key = take_key(p, key);
+        bool flag = false;
         if (*after_key == '=') {
-            p = take_token(after_key + 1, val, false);
+            p = take_value(after_key + 1, val);
         } else if (first && implied_key) {
-            p = take_token(p, val, false);
+            p = take_value(p, val);
             strcpy(key, implied_key);
         } else {
             p = after_key;
+            flag = true;
             if (!strcmp(key, "?"))
                 strcpy(key, "help");
             /* Short booleans: "flag" is flag=on, "noflag" is flag=off. */
-            if (!strncmp(key, "no", 2) && strcmp(key, "help")) {
+            if (!strncmp(key, "no", 2)) {
                 memmove(key, key + 2, strlen(key + 2) + 1);
                 strcpy(val, "off");
+                flag = false;   /* "nohelp" asks for no help */
             } else {
                 strcpy(val, "on");
             }
         }
-        if (!*key && *p == '\0' && !first)
-            break;
-        ret = qimg_opts_set(opts, key, val);
-        if (ret < 0) {
-            qimg_error_set(err, ret, "Too many options");
+        ret = fn(opts, key, val, flag, ctx, err);
+        if (ret < 0)
             goto out;
-        }
         first = false;
         if (*p == ',')
             p++;
@@ -225,6 +239,79 @@ out:
     free(key);
     free(val);
     return ret;
+}
+
+static int set_element(struct qimg_opts *opts, const char *key,
+                       const char *val, bool flag, void *ctx,
+                       struct qimg_error *err)
+{
+    int ret = qimg_opts_set(opts, key, val);
+
+    (void)flag;
+    (void)ctx;
+    if (ret < 0)
+        qimg_error_set(err, ret, "Too many options");
+    return ret;
+}
+
+int qimg_opts_parse(struct qimg_opts *opts, const char *str,
+                    const char *implied_key, struct qimg_error *err)
+{
+    return parse_elements(opts, str, implied_key, set_element, NULL, err);
+}
+
+static int find_help(struct qimg_opts *opts, const char *key,
+                     const char *val, bool flag, void *ctx,
+                     struct qimg_error *err)
+{
+    (void)opts;
+    (void)val;
+    (void)err;
+    if (flag && !strcmp(key, "help"))
+        *(bool *)ctx = true;
+    return 0;
+}
+
+bool qimg_opts_has_help(const char *str)
+{
+    struct qimg_opts *scratch = qimg_opts_new();
+    bool help = false;
+
+    if (scratch)
+        parse_elements(scratch, str, NULL, find_help, &help, NULL);
+    qimg_opts_free(scratch);
+    return help;
+}
+
+struct descs {
+    const struct qimg_opt_desc *d;
+    size_t nd;
+};
+
+static int validate_one(struct qimg_opts *opts, size_t i,
+                        const struct qimg_opt_desc *d, size_t nd,
+                        struct qimg_error *err);
+
+static int set_checked_element(struct qimg_opts *opts, const char *key,
+                               const char *val, bool flag, void *ctx,
+                               struct qimg_error *err)
+{
+    const struct descs *descs = ctx;
+    int ret = set_element(opts, key, val, flag, NULL, err);
+
+    if (ret < 0)
+        return ret;
+    return validate_one(opts, (size_t)find(opts, key), descs->d, descs->nd,
+                        err);
+}
+
+int qimg_opts_parse_checked(struct qimg_opts *opts, const char *str,
+                            const struct qimg_opt_desc *d, size_t nd,
+                            struct qimg_error *err)
+{
+    struct descs descs = {d, nd};
+
+    return parse_elements(opts, str, NULL, set_checked_element, &descs, err);
 }
 
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
@@ -299,14 +386,101 @@ int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
     return 0;
 }
 
-static int validate_number(const char *key, const char *v, struct qimg_error *err)
+/* Warn about "0x10k" as QEMU does each time it parses such a size. */
+void qimg_opts_warn_hex_size(const char *value)
 {
-    char *end;
+    uint64_t v;
+    bool hex = false;
+
+    if (qimg_parse_size(value, &v, &hex) == 0 && hex)
+        qimg_message(QIMG_MSG_WARNING, "Using a multiplier suffix on hex "
+                     "numbers is deprecated: %s\n", value);
+}
+
+/*
+ * A size option, as QEMU's option parser reads it: out of range and
+ * malformed values have their own messages; hex with a multiplier is
+ * deprecated (warned) and kept as written, so that creation can warn again
+ * where QEMU parses it a second time; anything else becomes a byte count.
+ */
+static int validate_size(struct qimg_opts *opts, size_t i,
+                         struct qimg_error *err)
+{
+    const char *key = opts->v[i].key, *v = opts->v[i].value;
+    char buf[32];
+    uint64_t sz;
+    bool hex = false;
+    int ret = qimg_parse_size(v, &sz, &hex);
+
+    if (ret == -ERANGE)
+        return qimg_error_set(err, -EINVAL, "Value '%s' is out of range for "
+                              "parameter '%s'", v, key);
+    if (ret < 0)
+        return qimg_opts_get_size(opts, key, 0, &sz, err);
+    if (hex) {
+        qimg_opts_warn_hex_size(v);
+        return 0;
+    }
+    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)sz);
+    return qimg_opts_set(opts, key, buf);
+}
+
+/*
+ * A number option: C's strtoull() in base 0 over the whole value, as
+ * QEMU's option parser (leading blanks, a sign, "0x" hex, "0" octal; a
+ * '-' wraps), normalised to decimal.
+ */
+static int validate_number(struct qimg_opts *opts, size_t i,
+                           struct qimg_error *err)
+{
+    const char *key = opts->v[i].key, *v = opts->v[i].value;
+    char buf[32], *end;
+    unsigned long long n;
+
     errno = 0;
-    /* strtoull's rules, as QEMU's: "-1" is accepted (and wraps). */
-    if ((strtoull(v, &end, 0), errno) || *end || end == v)
+    n = strtoull(v, &end, 0);
+    if (errno == ERANGE)
+        return qimg_error_set(err, -EINVAL, "Value '%s' is too large for "
+                              "parameter '%s'", v, key);
+    if (end == v || *end)
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
+    snprintf(buf, sizeof(buf), "%llu", n);
+    return qimg_opts_set(opts, key, buf);
+}
+
+static const struct qimg_opt_desc *find_desc(const struct qimg_opt_desc *d,
+                                             size_t nd, const char *key)
+{
+    const struct qimg_opt_desc *desc = NULL;
+
+    for (size_t j = 0; j < nd; j++)
+        if (!strcmp(d[j].name, key))
+            desc = &d[j];
+    return desc;
+}
+
+/* Check (and normalise) the option at index i against its descriptor. */
+static int validate_one(struct qimg_opts *opts, size_t i,
+                        const struct qimg_opt_desc *d, size_t nd,
+                        struct qimg_error *err)
+{
+    const char *key = opts->v[i].key;
+    const struct qimg_opt_desc *desc = find_desc(d, nd, key);
+    bool b;
+
+    if (!desc)
+        return qimg_error_set(err, -EINVAL, "Invalid parameter '%s'", key);
+    switch (desc->type) {
+    case QIMG_OPT_SIZE:
+        return validate_size(opts, i, err);
+    case QIMG_OPT_BOOL:
+        return qimg_opts_get_bool(opts, key, false, &b, err);
+    case QIMG_OPT_NUMBER:
+        return validate_number(opts, i, err);
+    case QIMG_OPT_STRING:
+        break;
+    }
     return 0;
 }
 
@@ -314,35 +488,7 @@ int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
                        size_t nd, struct qimg_error *err)
 {
     for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        const char *key = opts->v[i].key;
-        const struct qimg_opt_desc *desc = NULL;
-        char buf[32];
-        uint64_t sz;
-        bool b;
-        int ret = 0;
-
-        for (size_t j = 0; j < nd; j++)
-            if (!strcmp(d[j].name, key))
-                desc = &d[j];
-        if (!desc)
-            return qimg_error_set(err, -EINVAL, "Invalid parameter '%s'", key);
-        switch (desc->type) {
-        case QIMG_OPT_SIZE:
-            ret = qimg_opts_get_size(opts, key, 0, &sz, err);
-            if (!ret) {
-                snprintf(buf, sizeof(buf), "%llu", (unsigned long long)sz);
-                ret = qimg_opts_set(opts, key, buf);
-            }
-            break;
-        case QIMG_OPT_BOOL:
-            ret = qimg_opts_get_bool(opts, key, false, &b, err);
-            break;
-        case QIMG_OPT_NUMBER:
-            ret = validate_number(key, opts->v[i].value, err);
-            break;
-        case QIMG_OPT_STRING:
-            break;
-        }
+        int ret = validate_one(opts, i, d, nd, err);
         if (ret < 0)
             return ret;
     }

@@ -105,9 +105,18 @@ int qimg_create_opts(const char *fmt, const char *filename,
     const struct qimg_storage_ops *st = f ? NULL : qimg_storage_find(fmt);
     size_t n;
 
-    if (st)   /* -f file: the storage's own options */
-        return (int)add_descs(out, 0, max, st->create_opts,
-                              st->n_create_opts);
+    if (st && !st->create && !st->create_by_open)   /* -f null-co */
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
+    if (st) {   /* -f file: the storage's own options, then as for formats
+                 * those of the storage the file name selects */
+        n = add_descs(out, 0, max, st->create_opts, st->n_create_opts);
+        if (filename) {
+            const struct qimg_storage_ops *s = qimg_storage_for(filename);
+            n = add_descs(out, n, max, s->create_opts, s->n_create_opts);
+        }
+        return (int)n;
+    }
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
     if (!f->create)

@@ -478,9 +478,9 @@ static int create_by_open(const struct qimg_storage_ops *ops,
         goto out;
     if (pa && strcmp(pa, "off")) {
         enum qimg_prealloc p;
-        if (qimg_prealloc_parse(pa, &p) < 0)
-            ret = qimg_error_set(err, -EINVAL, "Parameter 'preallocation' "
-                                 "does not accept value '%s'", pa);
+        if (qimg_prealloc_parse(pa, &p) < 0)   /* QAPI's enum message */
+            ret = qimg_error_set(err, -EINVAL, "invalid parameter value: %s",
+                                 pa);
         else
             ret = qimg_error_set(err, -ENOTSUP, "Unsupported preallocation "
                                  "mode '%s'", pa);

@@ -37,7 +37,7 @@ static int zero_cluster(struct qimg_image *node, uint64_t off, bool unmap,
     bm = l2_bitmap(s, l2, idx);
     bool keep = !unmap && !(e & QCOW2_OFLAG_COMPRESSED) && host_of(e) &&
                 (e & QCOW2_OFLAG_COPIED);
-    if (discard && !node->backing) {
+    if ((discard || s->version < 3) && !node->backing) {
         ne = 0;   /* unallocated reads as zero without a backing file */
     } else if (discard && s->version < 3) {
         ne = 0;
@@ -86,11 +86,15 @@ int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
 {
     struct qcow2_state *s = node->state;
     uint64_t end = off + len, first, last;
+    /* v2 has no zero flag, but without a backing file unallocated
+     * clusters read as zero: the clusters are freed, their L2 tables
+     * allocated, as QEMU's discard does (iotest 122). */
+    bool v2_discard = s->version < 3;
     int ret = 0;
 
-    /* v2 has no zero flag; a raw data file must hold real zeroes. */
-    if (s->version < 3 || (s->data_file &&
-                           (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)))
+    /* a raw data file must hold real zeroes */
+    if ((v2_discard && node->backing) ||
+        (s->data_file && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)))
         return -ENOTSUP;
     /* Whole clusters get the zero flag (the image's last, partial cluster
      * counts as whole); partial head and tail are written as zeroes. */
@@ -108,7 +112,8 @@ int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
         ret = write_zero_buffer(node, off, first - off, err);
     if (!ret)
         ret = zero_or_discard(node, first, last - first,
-                              flags & QIMG_ZERO_MAY_UNMAP, false, err);
+                              v2_discard || (flags & QIMG_ZERO_MAY_UNMAP),
+                              false, err);
     if (!ret && last < end)
         ret = write_zero_buffer(node, last, end - last, err);
     return ret;
