@@ -2,6 +2,9 @@
  * cli.c - helpers shared by all subcommands (see cli.h).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -395,7 +398,15 @@ static struct {
     double min_step, last;
     volatile sig_atomic_t requested;
     double current;
-} progress;
+    /* --progress=json|FD: JSON lines on fd (-1: off) */
+    int json_fd;
+    double json_last;
+    uint64_t total;
+    struct timespec start;
+} progress = {.json_fd = -1};
+
+/* JSON progress lines are written when the value moved by this much. */
+#define JSON_PROGRESS_STEP 1.0
 
 static void print_progress_line(double percent)
 {
@@ -409,6 +420,62 @@ static void on_sigusr1(int sig)
     progress.requested = 1;
 }
 
+bool cli_parse_progress(const char *arg)
+{
+    char *end;
+    long fd;
+
+    if (!strcmp(arg, "json")) {
+        progress.json_fd = 2;
+        return true;
+    }
+    errno = 0;
+    fd = strtol(arg, &end, 10);
+    if (*arg && !*end && !errno && fd >= 0 && fd <= INT_MAX &&
+        fcntl((int)fd, F_GETFD) != -1) {
+        progress.json_fd = (int)fd;
+        return true;
+    }
+    cli_error("Invalid progress option '%s': expected 'json' or an open "
+              "file descriptor number", arg);
+    return false;
+}
+
+void cli_progress_set_total(uint64_t bytes)
+{
+    progress.total = bytes;
+}
+
+static double seconds_since_start(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - progress.start.tv_sec) +
+           (double)(now.tv_nsec - progress.start.tv_nsec) / 1e9;
+}
+
+/* One JSON object per line: bytes done, total, percent, rate (bytes/s). */
+static void print_json_line(double percent)
+{
+    double elapsed = seconds_since_start();
+    uint64_t done = (uint64_t)((double)progress.total * percent / 100.0 + 0.5);
+    char line[256];
+    int n;
+
+    if (done > progress.total)
+        done = progress.total;
+    n = snprintf(line, sizeof(line),
+                 "{\"done\": %llu, \"total\": %llu, \"percent\": %.2f, "
+                 "\"rate\": %.0f, \"elapsed\": %.3f}\n",
+                 (unsigned long long)done, (unsigned long long)progress.total,
+                 percent, elapsed > 0 ? (double)done / elapsed : 0.0, elapsed);
+    progress.json_last = percent;
+    if (n > 0 && write(progress.json_fd, line, (size_t)n) < 0) {
+        /* a closed reader stops the reports, not the command */
+        progress.json_fd = -1;
+    }
+}
+
 void cli_progress_init(bool enabled, double min_step)
 {
     progress.enabled = enabled;
@@ -416,13 +483,19 @@ void cli_progress_init(bool enabled, double min_step)
     progress.last = 0;
     progress.current = 0;
     signal(SIGUSR1, on_sigusr1);
+    clock_gettime(CLOCK_MONOTONIC, &progress.start);
     if (enabled)
         print_progress_line(0);
+    if (progress.json_fd >= 0)
+        print_json_line(0);
 }
 
 void cli_progress_print(double percent)
 {
     progress.current = percent;
+    if (progress.json_fd >= 0 && percent < 100.0 &&
+        percent - progress.json_last >= JSON_PROGRESS_STEP)
+        print_json_line(percent);
     if (progress.requested) {
         progress.requested = 0;
         print_progress_line(percent);
@@ -446,6 +519,9 @@ void cli_progress_end(void)
         fflush(stdout);
     }
     progress.enabled = false;
+    if (progress.json_fd >= 0)
+        print_json_line(100.0);
+    progress.json_fd = -1;
 }
 
 const char *cli_size_str(uint64_t size, char *buf, size_t len)
@@ -472,6 +548,10 @@ int cli_image_option(int c, char **argv, struct cli_image_args *a)
             return 1;
         break;
     case CLI_OPT_IMAGE_OPTS: a->image_opts = true; break;
+    case CLI_OPT_PROGRESS:
+        if (!cli_parse_progress(optarg))
+            return 1;
+        break;
     default: return cli_bad_option(c, argv);
     }
     return CLI_CONTINUE;

@@ -89,6 +89,15 @@ bool cli_load_snapshot(struct qimg_image *img, const char *param);
 void cli_progress_init(bool enabled, double min_step);
 void cli_progress_print(double percent);
 void cli_progress_end(void);
+/*
+ * --progress=json (JSON lines on stderr) or --progress=FD (on that open
+ * descriptor), a qimg addition: one object per update with the bytes
+ * done, the total, the percentage, the average rate and the elapsed time.
+ * Prints the error and returns false for anything else.
+ */
+bool cli_parse_progress(const char *arg);
+/* The byte count 100% stands for in JSON progress (image size, usually). */
+void cli_progress_set_total(uint64_t bytes);
 
 /* Print a size the way qemu-img's human output does ("1 GiB"). */
 const char *cli_size_str(uint64_t size, char *buf, size_t len);
@@ -108,7 +117,8 @@ struct json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n);
 /* ---- options the image commands share -------------------------------- */
 /* getopt_long values of the shared long options; a command's own long
  * options start at CLI_OPT_OWN. */
-enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS, CLI_OPT_OWN };
+enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS,
+       CLI_OPT_PROGRESS, CLI_OPT_OWN };
 #define CLI_LONGOPT_HELP {"help", no_argument, NULL, 'h'}
 #define CLI_LONGOPT_FORMAT {"format", required_argument, NULL, 'f'}
 #define CLI_LONGOPT_OUTPUT {"output", required_argument, NULL, CLI_OPT_OUTPUT}
@@ -116,6 +126,9 @@ enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS, CLI_OPT_OWN };
 #define CLI_LONGOPT_IMAGE_OPTS \
     {"image-opts", no_argument, NULL, CLI_OPT_IMAGE_OPTS}
 #define CLI_LONGOPT_FORCE_SHARE {"force-share", no_argument, NULL, 'U'}
+/* --progress=json|FD (qimg only adds it; qemu-img 7.2 has no such option) */
+#define CLI_LONGOPT_PROGRESS \
+    {"progress", required_argument, NULL, CLI_OPT_PROGRESS}
 
 /* The values of the shared options and the one image file name. */
 struct cli_image_args {
@@ -150,6 +163,7 @@ int cmd_amend(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_checksum(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_convert(int argc, char **argv);

@@ -14,12 +14,14 @@
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
+    bool qimg_only;     /* not a qemu-img 7.2 command: hidden as qemu-img */
 };
 
 /* Sorted by name. */
 static const struct command commands[] = {
     {"amend", cmd_amend},       {"bench", cmd_bench},
     {"bitmap", cmd_bitmap},     {"check", cmd_check},
+    {"checksum", cmd_checksum, true},
     {"commit", cmd_commit},     {"compare", cmd_compare},
     {"convert", cmd_convert},   {"create", cmd_create},
     {"dd", cmd_dd},             {"info", cmd_info},
@@ -27,6 +29,12 @@ static const struct command commands[] = {
     {"rebase", cmd_rebase},     {"resize", cmd_resize},
     {"snapshot", cmd_snapshot},
 };
+
+/* Run through a link named qemu-img: only qemu-img 7.2's commands. */
+static bool cli_is_qemu_img(void)
+{
+    return strcmp(cli_prog, "qimg") != 0;
+}
 
 void cli_version(void)
 {
@@ -161,7 +169,8 @@ int main(int argc, char **argv)
         return 0;   /* only global options: qemu-img quietly succeeds */
     cmd = argv[optind];
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        if (!strcmp(cmd, commands[i].name)) {
+        if (!strcmp(cmd, commands[i].name) &&
+            !(commands[i].qimg_only && cli_is_qemu_img())) {
             int sub_argc = argc - optind;
             char **sub_argv = argv + optind;
             optind = 0;   /* reset getopt for the subcommand */
