@@ -96,8 +96,18 @@ void cli_progress_end(void);
  * Prints the error and returns false for anything else.
  */
 bool cli_parse_progress(const char *arg);
+/* CLI_OPT_PROGRESS: without a value sets *bar (-p); otherwise as
+ * cli_parse_progress.  Returns CLI_CONTINUE or the exit status 1. */
+int cli_progress_option(const char *arg, bool *bar);
 /* The byte count 100% stands for in JSON progress (image size, usually). */
 void cli_progress_set_total(uint64_t bytes);
+/* For commands that draw their own bar: a JSON line when the value moved
+ * by a whole percent (cli_progress_print does this itself), and the
+ * final 100% line (cli_progress_end does this itself). */
+void cli_progress_json(double percent);
+/* True when --progress=json|FD asked for JSON progress. */
+bool cli_progress_json_on(void);
+void cli_progress_json_end(void);
 
 /* Print a size the way qemu-img's human output does ("1 GiB"). */
 const char *cli_size_str(uint64_t size, char *buf, size_t len);
@@ -126,9 +136,11 @@ enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS,
 #define CLI_LONGOPT_IMAGE_OPTS \
     {"image-opts", no_argument, NULL, CLI_OPT_IMAGE_OPTS}
 #define CLI_LONGOPT_FORCE_SHARE {"force-share", no_argument, NULL, 'U'}
-/* --progress=json|FD (qimg only adds it; qemu-img 7.2 has no such option) */
+/* --progress (as -p, the long form newer qemu-img has) and --progress=json
+ * or --progress=FD (qimg's machine-readable progress): qemu-img 7.2 has no
+ * such option.  Handle CLI_OPT_PROGRESS with cli_progress_option(). */
 #define CLI_LONGOPT_PROGRESS \
-    {"progress", required_argument, NULL, CLI_OPT_PROGRESS}
+    {"progress", optional_argument, NULL, CLI_OPT_PROGRESS}
 
 /* The values of the shared options and the one image file name. */
 struct cli_image_args {

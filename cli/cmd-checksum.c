@@ -92,6 +92,10 @@ int cmd_checksum(int argc, char **argv)
         case 'a': a.alg = optarg; break;
         case 'T': a.cache = optarg; break;
         case 'p': a.progress = true; break;
+        case CLI_OPT_PROGRESS:
+            if ((ret = cli_progress_option(optarg, &a.progress)) != CLI_CONTINUE)
+                return ret;
+            break;
         default:
             if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
                 return ret;
