@@ -188,6 +188,19 @@ int cmd_rebase(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 
+/* ---- shell completion (cli/complete.c) -------------------------------- */
+/*
+ * qimg --complete [--] WORD...: the candidates for the last WORD (the one
+ * being typed; the words before it follow the program name), one per
+ * line, from the command table, the help's syntax lines and the driver
+ * tables.  The bash completion script calls it.  Returns 0.
+ */
+int cli_complete(int argc, char **argv);
+/* The help's syntax line of cmd ("  cmd [...] ...\n"), or NULL. */
+const char *cli_help_syntax(const char *cmd);
+/* The command names, i from 0; NULL past the last. */
+const char *cli_command_at(size_t i);
+
 /* For commands a later issue implements. */
 int cli_not_implemented(const char *name);
 

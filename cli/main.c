@@ -42,6 +42,25 @@ void cli_version(void)
            "Copyright (c) 2026 the qimg developers\n", cli_prog);
 }
 
+/* qimg --version: also the formats and storages compiled in (run as
+ * qemu-img, the text stays what it was). */
+static void print_version(void)
+{
+    cli_version();
+    if (cli_is_qemu_img())
+        return;
+    printf("Formats:");
+    for (size_t i = 0; qimg_format_driver_at(i); i++)
+        printf(" %s", qimg_format_driver_at(i));
+    printf("\nStorages:");
+    for (size_t i = 0; qimg_storage_name_at(i); i++)
+        printf(" %s", qimg_storage_name_at(i));
+    printf("\nChecksums:");
+    for (size_t i = 0; qimg_checksum_algorithm_at(i); i++)
+        printf(" %s", qimg_checksum_algorithm_at(i));
+    printf("\n");
+}
+
 /* The command syntax lines are the interface qemu-img 7.2 documents. */
 static const char help_syntax[] =
 "  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename\n"
@@ -59,6 +78,28 @@ static const char help_syntax[] =
 "  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
 "  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
 "  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n";
+
+/* Commands only qimg has (listed when run as qimg). */
+static const char help_syntax_qimg[] =
+"  checksum [--object objectdef] [--image-opts] [-f fmt] [-a alg[/block_size]] [-T src_cache] [-U] [-p] [--progress=json|FD] filename\n";
+
+const char *cli_help_syntax(const char *cmd)
+{
+    const char *texts[] = {help_syntax, help_syntax_qimg};
+    size_t n = strlen(cmd);
+
+    for (size_t t = 0; t < 2; t++)
+        for (const char *l = texts[t]; *l; l = strchr(l, '\n') + 1)
+            if (!strncmp(l + 2, cmd, n) && l[2 + n] == ' ')
+                return l;
+    return NULL;
+}
+
+const char *cli_command_at(size_t i)
+{
+    return i < sizeof(commands) / sizeof(commands[0]) ? commands[i].name
+                                                      : NULL;
+}
 
 static const char help_params[] =
 "Command parameters:\n"
@@ -114,8 +155,9 @@ int cli_help(void)
            "    '-V', '--version'    output version information and exit\n"
            "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
            "                         specify tracing options\n\n"
-           "Command syntax:\n%s\n%s\nSupported formats:",
-           cli_prog, help_syntax, help_params);
+           "Command syntax:\n%s%s\n%s\nSupported formats:",
+           cli_prog, help_syntax, cli_is_qemu_img() ? "" : help_syntax_qimg,
+           help_params);
     for (size_t i = 0; i < qimg_format_count(); i++)
         printf(" %s", qimg_format_name_at(i));
     printf("\n");
@@ -148,6 +190,8 @@ int main(int argc, char **argv)
     int c;
 
     cli_prog = slash ? slash + 1 : argv[0];
+    if (argc >= 2 && !strcmp(argv[1], "--complete"))
+        return cli_complete(argc - 2, argv + 2);
     if (argc < 2)
         return cli_usage_error("Not enough arguments");
     opterr = 0;
@@ -156,7 +200,7 @@ int main(int argc, char **argv)
         case 'h':
             return cli_help();
         case 'V':
-            cli_version();
+            print_version();
             return 0;
         case 'T':
             handle_trace(optarg);

@@ -150,6 +150,10 @@ const char *qimg_secret_get(const char *id, size_t *len);
 size_t qimg_format_count(void);
 const char *qimg_format_name_at(size_t i);
 bool qimg_format_known(const char *name);
+/* The image formats alone, then the storages (protocols) alone, in
+ * registry order; NULL past the last. */
+const char *qimg_format_driver_at(size_t i);
+const char *qimg_storage_name_at(size_t i);
 /* True if the format can create images. */
 bool qimg_format_can_create(const char *name);
 
