@@ -43,7 +43,7 @@ clean:
 STATIC_BUILD ?= build-static
 static: deps
 	@test -f $(STATIC_BUILD)/build.ninja || meson setup $(STATIC_BUILD) \
-		-Dstatic=true -Dman=disabled
+		-Dstatic=true -Dmodules=false -Dman=disabled
 	ninja -C $(STATIC_BUILD) qimg
 	scripts/check-static.sh $(STATIC_BUILD)/qimg
 
