@@ -183,6 +183,16 @@ struct qimg_storage_ops {
                     struct qimg_error *err);
     /* A format raised ev (blkdebug acts on it); NULL: ignored. */
     void (*event)(struct qimg_storage *st, enum qimg_event ev);
+    /*
+     * Module stubs (core/module.c): a storage whose client library is heavy
+     * lives in the shared module MODULE.so, which exports its real table
+     * as MODULE_SYMBOL.  The stub in the storage table sets only name,
+     * protocol and these three; lookups swap in the loaded table, kept in
+     * *module_loaded.  NULL module: a storage linked into the library.
+     */
+    const char *module;
+    const char *module_symbol;
+    const struct qimg_storage_ops **module_loaded;
 };
 
 struct qimg_storage {
@@ -260,6 +270,18 @@ int qimg_storage_create_name(const char *filename,
 
 /* All storages a name or a driver option selects, and lookups. */
 size_t qimg_storage_count(void);
+/* The real table of a module stub, loading its module on first use (a
+ * warning and NULL when it cannot load); any other table as given. */
+const struct qimg_storage_ops *
+qimg_module_storage(const struct qimg_storage_ops *stub);
+/* Define the stub VAR of a module storage NAME with protocol PROTO (or
+ * NULL), exported by module MODULE as SYMBOL. */
+#define QIMG_STORAGE_MODULE_STUB(var, name_, proto, module_, symbol)       \
+    static const struct qimg_storage_ops *var##_loaded;                   \
+    const struct qimg_storage_ops var = {                                  \
+        .name = (name_), .protocol = (proto), .module = (module_),         \
+        .module_symbol = (symbol), .module_loaded = &var##_loaded,         \
+    }
 const struct qimg_storage_ops *qimg_storage_at(size_t i);
 /* QEMU's path_has_protocol: a ':' before any '/'. */
 bool qimg_path_has_protocol(const char *name);

@@ -40,7 +40,7 @@ const struct qimg_storage_ops *qimg_storage_find(const char *name)
 {
     for (size_t i = 0; i < QIMG_ARRAY_SIZE(storages); i++)
         if (!strcmp(storages[i]->name, name))
-            return storages[i];
+            return qimg_module_storage(storages[i]);
     return NULL;
 }
 
@@ -72,8 +72,13 @@ const struct qimg_storage_ops *qimg_storage_for_name(const char *filename,
     memcpy(proto, filename, len);
     proto[len] = '\0';
     for (size_t i = 0; i < QIMG_ARRAY_SIZE(storages); i++)
-        if (storages[i]->protocol && !strcmp(storages[i]->protocol, proto))
-            return storages[i];
+        if (storages[i]->protocol && !strcmp(storages[i]->protocol, proto)) {
+            const struct qimg_storage_ops *ops =
+                qimg_module_storage(storages[i]);
+            if (ops)
+                return ops;
+            break;
+        }
     qimg_error_set(err, -EINVAL, "Unknown protocol '%s'", proto);
     return NULL;
 }
