@@ -134,6 +134,7 @@ struct job {
     unsigned busy;              /* workers still inside the window */
     bool stop;
     int error;                  /* first failure, under lock */
+    atomic_bool failed;         /* set with error: workers stop early */
     struct qimg_error err;
 };
 
@@ -143,6 +144,7 @@ static void job_fail(struct job *j, const struct qimg_error *e)
     if (!j->error) {
         j->error = e->code ? e->code : -EIO;
         j->err = *e;
+        atomic_store(&j->failed, true);
     }
     pthread_mutex_unlock(&j->lock);
 }
@@ -213,7 +215,7 @@ static void work_window(struct job *j, unsigned char *buf)
         uint64_t c = atomic_fetch_add(&j->next_chunk, 1);
         uint64_t first, count;
 
-        if (c >= chunks || j->error)
+        if (c >= chunks || atomic_load(&j->failed))
             return;
         first = j->win_first + c * j->chunk_blocks;
         count = QIMG_MIN(j->chunk_blocks, j->win_first + j->win_count - first);
