@@ -2,6 +2,7 @@
 registration and candidates for a few prefixes), the pkg-config file, the
 header and the versioned shared library (a tiny program built against
 them), and qimg --version naming the drivers compiled in."""
+import json
 import os
 import re
 import subprocess
@@ -74,6 +75,15 @@ def test_bash_completion(dest):
     assert "qcow2" in formats and "file" in formats
 
 
+def sanitize_flags():
+    """A library built with sanitizers (make check-asan) needs them in the
+    program that links it too."""
+    opts = json.loads((BUILD / "meson-info" /
+                       "intro-buildoptions.json").read_text())
+    value = next(o["value"] for o in opts if o["name"] == "b_sanitize")
+    return [] if value == "none" else [f"-fsanitize={value}"]
+
+
 def test_pkg_config_and_library(dest, tmp_path):
     d, files = dest
     pc = files["qimg.pc"]
@@ -100,8 +110,8 @@ int main(void)
     return qimg_format_known("qcow2") ? 0 : 1;
 }
 ''')
-    subprocess.run(["cc", "t.c", "-o", "t", *flags], cwd=tmp_path,
-                   check=True, capture_output=True)
+    subprocess.run(["cc", "t.c", "-o", "t", *flags, *sanitize_flags()],
+                   cwd=tmp_path, check=True, capture_output=True)
     r = subprocess.run(["./t"], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "LD_LIBRARY_PATH": str(so.parent)})
     assert r.returncode == 0 and "qcow2" in r.stdout.split()
