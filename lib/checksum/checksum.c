@@ -187,19 +187,23 @@ static int hash_blocks(struct job *j, uint64_t first, uint64_t count,
                        j->dlen);
             continue;
         }
-        /* Data (or a zero piece shorter than a block): whole blocks. */
-        n = qimg_div_round_up(n, j->bs);
-        for (; n-- && b < end; b++) {
+        /* Data (or a zero piece shorter than a block): whole blocks, read
+         * in one request (buf holds a chunk). */
+        n = QIMG_MIN(qimg_div_round_up(n, j->bs), end - b);
+        ret = qimg_pread(j->img, pos, (size_t)QIMG_MIN(n * j->bs,
+                                                       j->size - pos),
+                         buf, err);
+        if (ret < 0)
+            return ret;
+        for (uint64_t k = 0; k < n; k++, b++) {
             uint64_t len = block_len(j, b);
+            const unsigned char *data = buf + k * j->bs;
             unsigned char *md = j->digests + (b - j->win_first) * j->dlen;
 
-            ret = qimg_pread(j->img, b * j->bs, (size_t)len, buf, err);
-            if (ret < 0)
-                return ret;
-            if (len == j->bs && qimg_buffer_is_zero(buf, (size_t)len))
+            if (len == j->bs && qimg_buffer_is_zero(data, (size_t)len))
                 memcpy(md, j->zero_md, j->dlen);
             else
-                gcry_md_hash_buffer(j->algo, md, buf, (size_t)len);
+                gcry_md_hash_buffer(j->algo, md, data, (size_t)len);
         }
     }
     return 0;
