@@ -444,7 +444,10 @@ int cmd_compare(int argc, char **argv)
             if (cli_progress_option(optarg, &c.progress) != CLI_CONTINUE)
                 return CMP_ERR_OPEN;
             break;
-        default: return cli_bad_option(ch, argv);
+        default:
+            if ((ret = cli_bad_option(ch, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     if (optind != argc - 2)

@@ -201,7 +201,7 @@ int cmd_dd(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct dd d = {.bs = 512, .out_fmt = "raw"};
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":hf:O:U", longopts, NULL)) != -1) {
         switch (c) {
@@ -218,7 +218,10 @@ int cmd_dd(int argc, char **argv)
             if (cli_progress_option(optarg, &d.progress) != CLI_CONTINUE)
                 return 1;
             break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     for (int i = optind; i < argc; i++)
