@@ -50,7 +50,7 @@ static void *try_dir(const char *dir, const char *name, char *why,
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *e = dlerror();
-        snprintf(why, why_size, "%s", e ? e : path);
+        snprintf(why, why_size, "%.400s", e ? e : path);
     }
     return h;
 }
