@@ -2,6 +2,10 @@
  * cli.c - helpers shared by all subcommands (see cli.h).
  */
 #include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -418,7 +422,16 @@ static struct {
     double min_step, last;
     volatile sig_atomic_t requested;
     double current;
-} progress;
+    /* --progress=json|FD: JSON lines on fd (-1: off) */
+    int json_fd;
+    double json_last;
+    uint64_t total;
+    bool total_set;     /* no JSON line before the total is known */
+    struct timespec start;
+} progress = {.json_fd = -1};
+
+/* JSON progress lines are written when the value moved by this much. */
+#define JSON_PROGRESS_STEP 1.0
 
 static void print_progress_line(double percent)
 {
@@ -432,6 +445,128 @@ static void on_sigusr1(int sig)
     progress.requested = 1;
 }
 
+bool cli_parse_progress(const char *arg)
+{
+    char *end;
+    long fd;
+
+    clock_gettime(CLOCK_MONOTONIC, &progress.start);
+    progress.json_last = -JSON_PROGRESS_STEP;
+    if (!strcmp(arg, "json")) {
+        progress.json_fd = 2;
+        return true;
+    }
+    errno = 0;
+    fd = strtol(arg, &end, 10);
+    if (*arg && !*end && !errno && fd >= 0 && fd <= INT_MAX &&
+        fcntl((int)fd, F_GETFD) != -1) {
+        /* the numbered descriptor is not inherited by children */
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        progress.json_fd = (int)fd;
+        return true;
+    }
+    cli_error("Invalid progress option '%s': expected 'json' or an open "
+              "file descriptor number", arg);
+    return false;
+}
+
+int cli_progress_option(const char *arg, bool *bar)
+{
+    if (!arg) {
+        *bar = true;
+        return CLI_CONTINUE;
+    }
+    return cli_parse_progress(arg) ? CLI_CONTINUE : 1;
+}
+
+bool cli_progress_json_on(void)
+{
+    return progress.json_fd >= 0;
+}
+
+void cli_progress_set_total(uint64_t bytes)
+{
+    progress.total = bytes;
+    progress.total_set = true;
+    /* the first line, once the total is known */
+    cli_progress_json(0);
+}
+
+static double seconds_since_start(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - progress.start.tv_sec) +
+           (double)(now.tv_nsec - progress.start.tv_nsec) / 1e9;
+}
+
+/*
+ * write(2) that fails with EPIPE instead of raising SIGPIPE when the
+ * reader went away: the signal is blocked meanwhile and a pending one
+ * consumed, so the command carries on without its progress reader.
+ */
+static bool write_no_sigpipe(int fd, const char *buf, size_t len)
+{
+    sigset_t pipe_set, old;
+    const struct timespec zero = {0, 0};
+    bool ok = true;
+
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    while (len) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ok = false;
+            if (errno == EPIPE)
+                sigtimedwait(&pipe_set, NULL, &zero);
+            break;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return ok;
+}
+
+/* One JSON object per line: bytes done, total, percent, rate (bytes/s). */
+static void print_json_line(double percent)
+{
+    double elapsed = seconds_since_start();
+    uint64_t done = (uint64_t)((double)progress.total * percent / 100.0 + 0.5);
+    char line[256];
+    int n;
+
+    if (done > progress.total)
+        done = progress.total;
+    n = snprintf(line, sizeof(line),
+                 "{\"done\": %llu, \"total\": %llu, \"percent\": %.2f, "
+                 "\"rate\": %.0f, \"elapsed\": %.3f}\n",
+                 (unsigned long long)done, (unsigned long long)progress.total,
+                 percent, elapsed > 0 ? (double)done / elapsed : 0.0, elapsed);
+    progress.json_last = percent;
+    if (n > 0 && !write_no_sigpipe(progress.json_fd, line, (size_t)n)) {
+        /* a closed reader stops the reports, not the command */
+        progress.json_fd = -1;
+    }
+}
+
+void cli_progress_json(double percent)
+{
+    if (progress.json_fd >= 0 && progress.total_set && percent < 100.0 &&
+        percent - progress.json_last >= JSON_PROGRESS_STEP)
+        print_json_line(percent);
+}
+
+void cli_progress_json_end(void)
+{
+    if (progress.json_fd >= 0)
+        print_json_line(100.0);
+    progress.json_fd = -1;
+}
+
 void cli_progress_init(bool enabled, double min_step)
 {
     progress.enabled = enabled;
@@ -439,6 +574,7 @@ void cli_progress_init(bool enabled, double min_step)
     progress.last = 0;
     progress.current = 0;
     signal(SIGUSR1, on_sigusr1);
+    clock_gettime(CLOCK_MONOTONIC, &progress.start);
     if (enabled)
         print_progress_line(0);
 }
@@ -446,6 +582,7 @@ void cli_progress_init(bool enabled, double min_step)
 void cli_progress_print(double percent)
 {
     progress.current = percent;
+    cli_progress_json(percent);
     if (progress.requested) {
         progress.requested = 0;
         print_progress_line(percent);
@@ -469,6 +606,7 @@ void cli_progress_end(void)
         fflush(stdout);
     }
     progress.enabled = false;
+    cli_progress_json_end();
 }
 
 const char *cli_size_str(uint64_t size, char *buf, size_t len)

@@ -57,6 +57,7 @@ struct convert {
 enum {
     OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_TARGET_IMAGE_OPTS, OPT_SALVAGE,
     OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SKIP_BROKEN,
+    OPT_PROGRESS_MACHINE,   /* --progress=json|FD (qimg) */
 };
 
 /* qemu-img 7.2's long options: getopt resolves abbreviations over these. */
@@ -111,6 +112,11 @@ static int match_alias(int argc, char **argv, const char **arg)
             continue;
         if (!aliases[i].has_arg) {
             *arg = NULL;
+            if (eq && aliases[i].opt == 'p') {
+                /* --progress=json|FD: qimg's machine-readable progress */
+                *arg = eq + 1;
+                return OPT_PROGRESS_MACHINE;
+            }
             return eq ? 0 : aliases[i].opt;
         }
         if (eq) {
@@ -264,6 +270,10 @@ static int handle_option(struct convert *c, int opt, const char *arg,
         c->explicit_sparse = true;
         break;
     case 'p': c->progress = true; break;
+    case OPT_PROGRESS_MACHINE:
+        if (!cli_parse_progress(arg))
+            return 1;
+        break;
     case 't': c->cache = arg; break;
     case 'T': c->src_cache = arg; break;
     case 'q': c->quiet = true; break;
@@ -406,6 +416,7 @@ static bool open_sources(struct convert *c)
         cli_error("No support for concatenating multiple snapshot");
         return false;
     }
+    cli_progress_set_total(c->total);
     if (c->snapshot && !cli_load_snapshot(c->src_imgs[0], c->snapshot))
         return false;
     return true;
@@ -733,9 +744,12 @@ static int run_convert(struct convert *c)
     ret = convert_images(c, &done);
     if (done) {
         cli_progress_end();
-    } else if (c->progress_on) {
-        printf("\n");
-        fflush(stdout);
+    } else {
+        cli_progress_json_end();
+        if (c->progress_on) {
+            printf("\n");
+            fflush(stdout);
+        }
     }
     return ret;
 }

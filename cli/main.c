@@ -14,12 +14,14 @@
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
+    bool qimg_only;     /* not a qemu-img 7.2 command: hidden as qemu-img */
 };
 
 /* Sorted by name. */
 static const struct command commands[] = {
     {"amend", cmd_amend},       {"bench", cmd_bench},
     {"bitmap", cmd_bitmap},     {"check", cmd_check},
+    {"checksum", cmd_checksum, true},
     {"commit", cmd_commit},     {"compare", cmd_compare},
     {"convert", cmd_convert},   {"create", cmd_create},
     {"dd", cmd_dd},             {"info", cmd_info},
@@ -28,10 +30,35 @@ static const struct command commands[] = {
     {"snapshot", cmd_snapshot},
 };
 
+/* Run through a link named qemu-img: only qemu-img 7.2's commands. */
+static bool cli_is_qemu_img(void)
+{
+    return strcmp(cli_prog, "qimg") != 0;
+}
+
 void cli_version(void)
 {
     printf("%s version " QIMG_VERSION " (qimg, compatible with qemu-img 7.2)\n"
            "Copyright (c) 2026 the qimg developers\n", cli_prog);
+}
+
+/* qimg --version: also the formats and storages compiled in (run as
+ * qemu-img, the text stays what it was). */
+static void print_version(void)
+{
+    cli_version();
+    if (cli_is_qemu_img())
+        return;
+    printf("Formats:");
+    for (size_t i = 0; qimg_format_driver_at(i); i++)
+        printf(" %s", qimg_format_driver_at(i));
+    printf("\nStorages:");
+    for (size_t i = 0; qimg_storage_name_at(i); i++)
+        printf(" %s", qimg_storage_name_at(i));
+    printf("\nChecksums:");
+    for (size_t i = 0; qimg_checksum_algorithm_at(i); i++)
+        printf(" %s", qimg_checksum_algorithm_at(i));
+    printf("\n");
 }
 
 /* The help text is qemu-img 7.2's, line for line: scripts and people
@@ -52,6 +79,28 @@ static const char help_syntax[] =
 "  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
 "  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
 "  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n";
+
+/* Commands only qimg has (listed when run as qimg). */
+static const char help_syntax_qimg[] =
+"  checksum [--object objectdef] [--image-opts] [-f fmt] [-a alg[/block_size]] [-T src_cache] [-U] [-p] [--progress=json|FD] filename\n";
+
+const char *cli_help_syntax(const char *cmd)
+{
+    const char *texts[] = {help_syntax, help_syntax_qimg};
+    size_t n = strlen(cmd);
+
+    for (size_t t = 0; t < 2; t++)
+        for (const char *l = texts[t]; *l; l = strchr(l, '\n') + 1)
+            if (!strncmp(l + 2, cmd, n) && l[2 + n] == ' ')
+                return l;
+    return NULL;
+}
+
+const char *cli_command_at(size_t i)
+{
+    return i < sizeof(commands) / sizeof(commands[0]) ? commands[i].name
+                                                      : NULL;
+}
 
 static const char help_params[] =
 "Command parameters:\n"
@@ -155,8 +204,9 @@ int cli_help(void)
            "    '-V', '--version'    output version information and exit\n"
            "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
            "                         specify tracing options\n\n"
-           "Command syntax:\n%s\n%s\n",
-           cli_prog, help_syntax, help_params);
+           "Command syntax:\n%s%s\n%s\n",
+           cli_prog, help_syntax, cli_is_qemu_img() ? "" : help_syntax_qimg,
+           help_params);
     print_formats();
     printf("\nSee <https://qemu.org/contribute/report-a-bug> for how to "
            "report bugs.\n"
@@ -191,6 +241,8 @@ int main(int argc, char **argv)
 
     cli_prog = slash ? slash + 1 : argv[0];
     qimg_set_warning_handler(cli_print_library_message);
+    if (argc >= 2 && !strcmp(argv[1], "--complete"))
+        return cli_complete(argc - 2, argv + 2);
     if (argc < 2)
         return cli_usage_error("Not enough arguments");
     opterr = 0;
@@ -199,7 +251,7 @@ int main(int argc, char **argv)
         case 'h':
             return cli_help();
         case 'V':
-            cli_version();
+            print_version();
             return 0;
         case 'T':
             handle_trace(optarg);
@@ -215,7 +267,8 @@ int main(int argc, char **argv)
         return 0;   /* only global options: qemu-img quietly succeeds */
     cmd = argv[optind];
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        if (!strcmp(cmd, commands[i].name)) {
+        if (!strcmp(cmd, commands[i].name) &&
+            !(commands[i].qimg_only && cli_is_qemu_img())) {
             int sub_argc = argc - optind;
             char **sub_argv = argv + optind;
             optind = 0;   /* reset getopt for the subcommand */

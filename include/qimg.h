@@ -200,6 +200,10 @@ void qimg_untrusted_reset(void);
 size_t qimg_format_count(void);
 const char *qimg_format_name_at(size_t i);
 bool qimg_format_known(const char *name);
+/* The image formats alone, then the storages (protocols) alone, in
+ * registry order; NULL past the last. */
+const char *qimg_format_driver_at(size_t i);
+const char *qimg_storage_name_at(size_t i);
 /* True if the format can create images. */
 bool qimg_format_can_create(const char *name);
 
@@ -701,6 +705,41 @@ const void *qimg_map(struct qimg_image *img, uint64_t off, size_t len,
                      struct qimg_mapping *m);
 void qimg_unmap(struct qimg_mapping *m);
 void qimg_mapping_close(struct qimg_mapping *m);
+
+/* ---- checksums (lib/checksum) ------------------------------------------- */
+
+/* Default block size of the blkhash construction (as nbdcopy's). */
+#define QIMG_CHECKSUM_DEFAULT_BLOCK (64u * 1024)
+/* Longest digest an algorithm gives (bytes). */
+#define QIMG_CHECKSUM_MAX_DIGEST 64
+
+struct qimg_checksum_params {
+    struct qimg_image *img;     /* read through its backing chain */
+    const char *algorithm;      /* qimg_checksum_algorithm_at() name; NULL: sha256 */
+    uint64_t block_size;        /* a power of two; 0: 64 KiB */
+    unsigned threads;           /* 0: one per online core */
+    /* Percentage of the image done, in guest order. */
+    void (*progress)(void *opaque, double percent);
+    void *opaque;
+};
+
+/*
+ * The blkhash digest of img's guest content, as nbdcopy --blkhash computes
+ * it: H(H(block 0) || ... || H(block n-1) || le64(virtual size)), a full
+ * zero block hashing as block_size zero bytes.  Holes and zero extents are
+ * not read; data blocks are hashed in parallel.  digest must hold
+ * QIMG_CHECKSUM_MAX_DIGEST bytes; *digest_len gets its length.
+ */
+int qimg_checksum(const struct qimg_checksum_params *p, unsigned char *digest,
+                  size_t *digest_len, struct qimg_error *err);
+/*
+ * Parse "ALG" or "ALG/BLOCK_SIZE" (nbdcopy's --blkhash syntax, size
+ * suffixes allowed: "sha512/512k") into p->algorithm and p->block_size.
+ */
+int qimg_checksum_parse(const char *spec, struct qimg_checksum_params *p,
+                        struct qimg_error *err);
+/* The algorithm names, i from 0; NULL past the last. */
+const char *qimg_checksum_algorithm_at(size_t i);
 
 #ifdef __cplusplus
 }

@@ -70,6 +70,16 @@ const char *qimg_format_name_at(size_t i)
     return i < n_driver_names ? driver_names[i] : NULL;
 }
 
+const char *qimg_format_driver_at(size_t i)
+{
+    return i < qimg_n_formats ? qimg_formats[i]->name : NULL;
+}
+
+const char *qimg_storage_name_at(size_t i)
+{
+    return i < qimg_storage_count() ? qimg_storage_at(i)->name : NULL;
+}
+
 /* As QEMU's bdrv_find_format: formats and storages are all drivers
  * (-f file, -f null-co). */
 bool qimg_format_known(const char *name)
