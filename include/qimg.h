@@ -87,6 +87,9 @@ int qimg_opts_parse(struct qimg_opts *opts, const char *str,
                     const char *implied_key, struct qimg_error *err);
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
+/* The value of key as it was given, before qimg_opts_validate normalised
+ * it (a size's "1k" for "1024"); the value itself when it was not. */
+const char *qimg_opts_get_orig(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);
 const char *qimg_opts_key(const struct qimg_opts *opts, size_t i);

@@ -258,13 +258,33 @@ struct qimg_format {
  */
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
+/*
+ * True when name is a member of QEMU's BlockdevDriver enumeration (which
+ * its QAPI create options take for backing-fmt): create drivers refuse
+ * other names with "Parameter 'backing-fmt' does not accept value 'X'".
+ */
+bool qimg_blockdev_driver_known(const char *name);
+
+/*
+ * Create the file under a new image of format fmt and open it read-write
+ * with resize, as QEMU's create_opts drivers do: the storage is created
+ * empty (size 0) with only the storage's own options from opts
+ * (preallocation, nocow, ...), the format's being left to the format.
+ */
+int qimg_create_format_file(const struct qimg_format *fmt,
+                            const char *filename, const struct qimg_opts *opts,
+                            struct qimg_storage **out, struct qimg_error *err);
+
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
-extern const struct qimg_format qimg_format_raw;
+extern const struct qimg_format qimg_format_parallels;
+extern const struct qimg_format qimg_format_qcow;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_qed;
+extern const struct qimg_format qimg_format_raw;
 
 /* ---- the image node ------------------------------------------------------ */
 

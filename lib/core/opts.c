@@ -21,6 +21,7 @@
 struct qimg_opt_pair {
     char *key;
     char *value;
+    char *orig;     /* the text as given, when validation normalised it */
 };
 
 struct qimg_opts {
@@ -40,6 +41,7 @@ void qimg_opts_free(struct qimg_opts *opts)
     for (size_t i = 0; i < opts->n; i++) {
         free(opts->v[i].key);
         free(opts->v[i].value);
+        free(opts->v[i].orig);
     }
     free(opts->v);
     free(opts);
@@ -64,7 +66,9 @@ int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value)
         return -ENOMEM;
     if (i >= 0) {
         free(opts->v[i].value);
+        free(opts->v[i].orig);
         opts->v[i].value = v;
+        opts->v[i].orig = NULL;
         return 0;
     }
     if (opts->n >= QIMG_OPTS_MAX) {
@@ -86,6 +90,7 @@ int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value)
         free(v);
         return -ENOMEM;
     }
+    opts->v[opts->n].orig = NULL;
     opts->v[opts->n++].value = v;
     return 0;
 }
@@ -96,6 +101,29 @@ const char *qimg_opts_get(const struct qimg_opts *opts, const char *key)
     return i >= 0 ? opts->v[i].value : NULL;
 }
 
+const char *qimg_opts_get_orig(const struct qimg_opts *opts, const char *key)
+{
+    ssize_t i = find(opts, key);
+    if (i < 0)
+        return NULL;
+    return opts->v[i].orig ? opts->v[i].orig : opts->v[i].value;
+}
+
+/* Replace entry i's value by its normalised form, keeping the text. */
+static int normalise(struct qimg_opts *opts, size_t i, const char *value)
+{
+    char *v = strdup(value);
+
+    if (!v)
+        return -ENOMEM;
+    if (!opts->v[i].orig)
+        opts->v[i].orig = opts->v[i].value;
+    else
+        free(opts->v[i].value);
+    opts->v[i].value = v;
+    return 0;
+}
+
 bool qimg_opts_del(struct qimg_opts *opts, const char *key)
 {
     ssize_t i = find(opts, key);
@@ -103,6 +131,7 @@ bool qimg_opts_del(struct qimg_opts *opts, const char *key)
         return false;
     free(opts->v[i].key);
     free(opts->v[i].value);
+    free(opts->v[i].orig);
     memmove(&opts->v[i], &opts->v[i + 1], (opts->n - i - 1) * sizeof(opts->v[0]));
     opts->n--;
     return true;
@@ -129,7 +158,9 @@ struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts)
     if (!d)
         return NULL;
     for (size_t i = 0; opts && i < opts->n; i++) {
-        if (qimg_opts_set(d, opts->v[i].key, opts->v[i].value) < 0) {
+        if (qimg_opts_set(d, opts->v[i].key, opts->v[i].value) < 0 ||
+            (opts->v[i].orig &&
+             !(d->v[d->n - 1].orig = strdup(opts->v[i].orig)))) {
             qimg_opts_free(d);
             return NULL;
         }
@@ -276,7 +307,7 @@ int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
             ret = qimg_opts_get_size(opts, key, 0, &sz, err);
             if (!ret) {
                 snprintf(buf, sizeof(buf), "%llu", (unsigned long long)sz);
-                ret = qimg_opts_set(opts, key, buf);
+                ret = normalise(opts, i, buf);
             }
             break;
         case QIMG_OPT_BOOL:

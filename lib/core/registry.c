@@ -12,6 +12,7 @@
 /* Listed alphabetically, as qemu-img lists its formats. */
 const struct qimg_format *const qimg_formats[] = {
     &qimg_format_qcow2,
+    &qimg_format_qed,
     &qimg_format_raw,
 };
 const size_t qimg_n_formats = QIMG_ARRAY_SIZE(qimg_formats);
@@ -22,6 +23,27 @@ const struct qimg_format *qimg_format_find(const char *name)
         if (!strcmp(qimg_formats[i]->name, name))
             return qimg_formats[i];
     return NULL;
+}
+
+/* QEMU 7.2's BlockdevDriver enumeration as Debian builds it (the members
+ * that need CONFIG_BLKIO are absent): what its QAPI create options accept
+ * as a backing format, whatever this build implements. */
+static const char *const blockdev_drivers[] = {
+    "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop",
+    "compress", "copy-before-write", "copy-on-read", "dmg", "file",
+    "snapshot-access", "ftp", "ftps", "gluster", "host_cdrom", "host_device",
+    "http", "https", "iscsi", "luks", "nbd", "nfs", "null-aio", "null-co",
+    "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed", "quorum",
+    "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk",
+    "vpc", "vvfat",
+};
+
+bool qimg_blockdev_driver_known(const char *name)
+{
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(blockdev_drivers); i++)
+        if (!strcmp(blockdev_drivers[i], name))
+            return true;
+    return false;
 }
 
 size_t qimg_format_count(void)
