@@ -264,6 +264,10 @@ struct qimg_format {
  * other names with "Parameter 'backing-fmt' does not accept value 'X'".
  */
 bool qimg_blockdev_driver_known(const char *name);
+/* True when QEMU 7.2's qemu-img knows a format of that name (its --help
+ * list), whether or not this build implements it: drivers that check a
+ * backing format by name ("unrecognized backing format") use it. */
+bool qimg_qemu_format_known(const char *name);
 
 /*
  * Create the file under a new image of format fmt and open it read-write

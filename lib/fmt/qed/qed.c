@@ -127,7 +127,9 @@ static int check_geometry(struct qimg_image *node, struct qimg_error *err)
     fsize = node->file->ops->get_size(node->file);
     if (fsize < 0)
         return qimg_error_set(err, (int)fsize, "Failed to get file length");
-    s->alloc.end = qimg_align_down((uint64_t)fsize, h->cluster_size);
+    /* QEMU's file length is in whole sectors, then cut to a cluster. */
+    s->alloc.end = qimg_align_down(((uint64_t)fsize + 511) & ~511ull,
+                                   h->cluster_size);
     s->alloc.max = QIMG_MAX_LENGTH;
     if (!qed_table_size_valid(h->table_size))
         return qimg_error_set(err, -EINVAL, "QED table size is invalid");

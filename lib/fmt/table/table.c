@@ -274,6 +274,12 @@ static int write_new_block(struct qimg_image *node, uint64_t block_off,
         return ret;
     if (n == blen) {
         ret = node->file->ops->pwrite(node->file, host, n, data, err);
+    } else if (ops->allocate_zeroes &&
+               !(ops->fill_from_backing && was == QIMG_MAP_UNALLOC &&
+                 node->backing)) {
+        /* The rest already reads as zero. */
+        ret = node->file->ops->pwrite(node->file, host + (off - block_off), n,
+                                      data, err);
     } else {
         block = malloc((size_t)bs);
         if (!block)
@@ -301,11 +307,11 @@ int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     const uint8_t *p = buf;
     uint64_t bs = ops->block_size;
 
-    if (!qimg_is_pow2(bs) || bs > QIMG_TABLE_MAX_BLOCK)
+    if (!bs || bs > QIMG_TABLE_MAX_BLOCK)
         return qimg_error_set(err, -EINVAL, "Invalid block size");
     while (len) {
         struct qimg_map_ext m;
-        uint64_t block_off = qimg_align_down(off, bs);
+        uint64_t block_off = off - off % bs;
         size_t n = (size_t)QIMG_MIN((uint64_t)len, block_off + bs - off);
         int ret;
 

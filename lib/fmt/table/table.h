@@ -156,7 +156,8 @@ int qimg_table_block_status(struct qimg_image *node, uint64_t off,
 struct qimg_table_write_ops {
     qimg_map_fn map;
     /*
-     * Guest block size in bytes (the unit allocate() makes), power of 2.
+     * Guest block size in bytes (the unit allocate() makes): any size up
+     * to 256 MiB (parallels clusters need not be powers of 2).
      */
     uint64_t block_size;
     /*
@@ -180,6 +181,14 @@ struct qimg_table_write_ops {
      * UNALLOC (zeroes otherwise), false writes zeroes.
      */
     bool fill_from_backing;
+    /*
+     * allocate() leaves the new block reading as zeroes (the file grown
+     * over it, preallocated or as a hole): where nothing is to be copied
+     * from a backing file only the bytes written are written, so the rest
+     * keeps the allocation allocate() chose.  Optional (false: the whole
+     * block is written).
+     */
+    bool allocate_zeroes;
 };
 
 /*
