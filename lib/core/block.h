@@ -269,16 +269,6 @@ bool qimg_blockdev_driver_known(const char *name);
  * backing format by name ("unrecognized backing format") use it. */
 bool qimg_qemu_format_known(const char *name);
 
-/*
- * Create the file under a new image of format fmt and open it read-write
- * with resize, as QEMU's create_opts drivers do: the storage is created
- * empty (size 0) with only the storage's own options from opts
- * (preallocation, nocow, ...), the format's being left to the format.
- */
-int qimg_create_format_file(const struct qimg_format *fmt,
-                            const char *filename, const struct qimg_opts *opts,
-                            struct qimg_storage **out, struct qimg_error *err);
-
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
@@ -351,6 +341,18 @@ enum { QIMG_CHILD_RELATIVE = 1 << 0 };
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
+
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
 
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,

@@ -251,36 +251,23 @@ int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
     return ret;
 }
 
-static bool format_has_opt(const struct qimg_format *f, const char *key)
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err)
 {
-    for (size_t i = 0; i < f->n_create_opts; i++)
-        if (!strcmp(f->create_opts[i].name, key))
-            return true;
-    return false;
-}
-
-int qimg_create_format_file(const struct qimg_format *fmt,
-                            const char *filename, const struct qimg_opts *opts,
-                            struct qimg_storage **out, struct qimg_error *err)
-{
+    const struct qimg_storage_ops *st = qimg_storage_for(filename);
     struct qimg_opts *fopts = qimg_opts_new();
-    int ret = 0;
+    int ret;
 
     *out = NULL;
     if (!fopts)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    for (size_t i = 0; i < qimg_opts_count(opts) && !ret; i++) {
-        const char *k = qimg_opts_key(opts, i);
-        if (!format_has_opt(fmt, k) && strcmp(k, "size"))
-            ret = qimg_opts_set(fopts, k, qimg_opts_value(opts, i));
+    for (size_t i = 0; i < st->n_create_opts; i++) {
+        const char *k = st->create_opts[i].name;
+        if (strcmp(k, "size") && qimg_opts_get(opts, k))
+            qimg_opts_set(fopts, k, qimg_opts_get(opts, k));
     }
-    if (!ret)
-        ret = qimg_opts_set(fopts, "size", "0");
-    if (ret < 0) {
-        qimg_opts_free(fopts);
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    }
-    ret = qimg_storage_for(filename)->create(filename, fopts, err);
+    qimg_opts_set(fopts, "size", "0");
+    ret = st->create(filename, fopts, err);
     qimg_opts_free(fopts);
     if (ret < 0)
         return ret;

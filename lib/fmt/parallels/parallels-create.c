@@ -75,8 +75,7 @@ int parallels_create(const char *filename, const struct qimg_opts *opts,
     uint64_t size = 0, cs = 0;
     int ret;
 
-    ret = qimg_create_format_file(&qimg_format_parallels, filename, opts, &st,
-                                  err);
+    ret = qimg_create_storage(filename, opts, &st, err);
     if (!ret)
         ret = qimg_opts_get_size(opts, "size", 0, &size, err);
     if (!ret)

@@ -305,7 +305,9 @@ static int parallels_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     const struct qimg_table_write_ops ops = {
         .map = parallels_map, .block_size = s->cluster_size,
         .allocate = parallels_allocate, .commit = parallels_commit,
-        .fill_from_backing = true, .allocate_zeroes = true,
+        /* allocate() grew the file over the cluster: it reads as zero
+         * already, and keeps the preallocation's allocation. */
+        .write_covered_only = true,
     };
 
     return qimg_table_pwrite(node, off, len, buf, &ops, err);

@@ -147,8 +147,7 @@ int qcow_create(const char *filename, const struct qimg_opts *opts,
 
     ret = pre_check(opts, err);
     if (!ret)
-        ret = qimg_create_format_file(&qimg_format_qcow, filename, opts, &st,
-                                      err);
+        ret = qimg_create_storage(filename, opts, &st, err);
     if (!ret)
         ret = parse(opts, &p, err);
     if (!ret)

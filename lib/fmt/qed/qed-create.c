@@ -141,7 +141,7 @@ int qed_create(const char *filename, const struct qimg_opts *opts,
     struct qed_params p;
     int ret;
 
-    ret = qimg_create_format_file(&qimg_format_qed, filename, opts, &st, err);
+    ret = qimg_create_storage(filename, opts, &st, err);
     if (!ret)
         ret = parse(opts, &p, err);
     if (!ret)

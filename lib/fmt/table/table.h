@@ -182,19 +182,26 @@ struct qimg_table_write_ops {
      */
     bool fill_from_backing;
     /*
-     * allocate() leaves the new block reading as zeroes (the file grown
-     * over it, preallocated or as a hole): where nothing is to be copied
-     * from a backing file only the bytes written are written, so the rest
-     * keeps the allocation allocate() chose.  Optional (false: the whole
-     * block is written).
+     * New blocks get only the bytes the write covers; the rest of their
+     * host area is left as it is (allocate() puts them past the end of
+     * the file, where it reads as zero) instead of being filled, so that
+     * a small write does not allocate a whole block on the host (vpc).
+     * fill_from_backing is then unused.
      */
-    bool allocate_zeroes;
+    bool write_covered_only;
+    /*
+     * A new block at the end of the image is written whole, block_size
+     * bytes, even where it lies past node->size, for formats whose file
+     * holds whole blocks (vdi).  Without it the write stops at node->size.
+     */
+    bool whole_last_block;
 };
 
 /*
  * Write guest bytes: into DATA mappings in place (outside the lock), and
  * into new blocks through allocate -> whole-block data write -> commit
- * (under the lock; parts the write does not cover are filled as ops say).
+ * (under the lock; parts the write does not cover are filled or left as
+ * ops say).
  */
 int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                       const void *buf, const struct qimg_table_write_ops *ops,
