@@ -75,10 +75,10 @@ static void print_human(const json_t *o)
                cli_size_str((uint64_t)json_integer_value(v), buf, sizeof(buf)));
     else
         printf("disk size: unavailable\n");
-    if ((v = json_object_get(o, "cluster-size")))
-        printf("cluster_size: %lld\n", (long long)json_integer_value(v));
     if (json_object_get(o, "encrypted"))
         printf("encrypted: yes\n");
+    if ((v = json_object_get(o, "cluster-size")))
+        printf("cluster_size: %lld\n", (long long)json_integer_value(v));
     if ((v = json_object_get(o, "backing-filename"))) {
         const char *bf = json_string_value(v);
         const char *full = json_string_value(json_object_get(o, "full-backing-filename"));

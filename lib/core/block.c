@@ -49,7 +49,11 @@ static int probe_node(struct qimg_image *node, struct qimg_error *err)
             return ret;
         }
     }
-    node->fmt = len ? probe_format(buf, len, node->filename) : NULL;
+    /* QEMU probes 512 bytes whatever the length: a shorter file reads
+     * as zeroes past its end (an empty one is raw). */
+    node->fmt = len ? probe_format(buf, QIMG_MAX(len, (size_t)512),
+                                   node->filename)
+                    : NULL;
     if (!node->fmt)
         node->fmt = &qimg_format_raw;
     node->probed_raw = node->fmt->is_raw;
@@ -733,7 +737,7 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
     if (!f->measure)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+        return qimg_error_set(err, -ENOTSUP, "Block driver '%s' does not "
                               "support size measurement", fmt);
     return f->measure(opts, src, size, out, err);
 }

@@ -44,6 +44,9 @@ static int l2_table(struct qimg_image *node, uint64_t off,
     l2_off = qimg_table_get(&s->l1, l1_index);
     if (!l2_off)
         return 0;
+    /* A table that wraps is a read QEMU's block layer refuses: EIO. */
+    if (!qimg_range_ok(l2_off, (uint64_t)s->l2_size * 8, QIMG_MAX_LENGTH))
+        return qimg_error_set(err, -EIO, "%s", strerror(EIO));
     return qimg_table_cache_get(&s->l2, l2_off, t, err);
 }
 
@@ -274,8 +277,9 @@ static int write_new_cluster(struct qimg_image *node, struct qimg_table *t,
     return set_entry(node, t, off, host, err);
 }
 
-int qcow_pwrite(struct qimg_image *node, uint64_t off, size_t len,
-                const void *buf, struct qimg_error *err)
+/* Writes of whole sectors (off and len multiples of 512). */
+static int write_sectors(struct qimg_image *node, uint64_t off, size_t len,
+                         const void *buf, struct qimg_error *err)
 {
     struct qcow_state *s = node->state;
     const uint8_t *p = buf;
@@ -307,6 +311,52 @@ int qcow_pwrite(struct qimg_image *node, uint64_t off, size_t len,
         len -= n;
     }
     return 0;
+}
+
+/*
+ * QEMU's block layer writes qcow images in whole sectors, reading the
+ * rest of a partial sector first (through the backing file where it is
+ * unallocated): a partial write of a new 512-byte cluster keeps the
+ * backing file's bytes around it.
+ */
+static int write_partial_sector(struct qimg_image *node, uint64_t off,
+                                size_t len, const uint8_t *data,
+                                struct qimg_error *err)
+{
+    uint64_t start = off & ~511ull;
+    size_t n = (size_t)QIMG_MIN(512, node->size - start);
+    uint8_t sector[512];
+    int ret = qcow_pread(node, start, n, sector, err);
+
+    if (ret < 0)
+        return ret;
+    memcpy(sector + (off - start), data, len);
+    return write_sectors(node, start, n, sector, err);
+}
+
+int qcow_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                const void *buf, struct qimg_error *err)
+{
+    const uint8_t *p = buf;
+    int ret = 0;
+
+    if (off & 511) {
+        size_t n = (size_t)QIMG_MIN((uint64_t)len, 512 - (off & 511));
+        ret = write_partial_sector(node, off, n, p, err);
+        off += n;
+        p += n;
+        len -= n;
+    }
+    if (!ret && len >= 512) {
+        size_t n = len & ~(size_t)511;
+        ret = write_sectors(node, off, n, p, err);
+        off += n;
+        p += n;
+        len -= n;
+    }
+    if (!ret && len)
+        ret = write_partial_sector(node, off, len, p, err);
+    return ret;
 }
 
 /* ---- compressed clusters (convert -c) ------------------------------------ */

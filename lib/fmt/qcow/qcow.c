@@ -137,7 +137,11 @@ static int load_tables(struct qimg_image *node, uint64_t size,
         return qimg_error_set(err, -EFBIG, "L1 table of %llu bytes is larger "
                               "than qimg's limit of %u bytes",
                               (unsigned long long)g.n * 8, QCOW_MAX_L1_BYTES);
-    /* Bytes past the end of the file read as zeroes, as in QEMU. */
+    /* Bytes past the end of the file read as zeroes, as in QEMU; a table
+     * that wraps is a read its block layer refuses. */
+    if (!qimg_range_ok(g.offset, g.n * 8, QIMG_MAX_LENGTH))
+        return qimg_error_set(err, -EIO, "Could not open '%s': %s",
+                              node->filename, strerror(EIO));
     ret = qimg_table_load(&s->l1, node->file, &g, "L1 table", err);
     if (ret < 0)
         return qimg_error_set(err, ret, "Could not open '%s': %s",

@@ -26,6 +26,8 @@ const struct qimg_opt_desc qed_create_opts[QED_N_CREATE_OPTS] = {
 struct qed_params {
     uint64_t size;
     uint32_t cluster_size, table_size;
+    /* QEMU keeps the option's 64 bits for the L1 table offset alone. */
+    uint64_t cluster_size_opt;
     const char *backing_file, *backing_fmt;
 };
 
@@ -64,6 +66,7 @@ static int parse(const struct qimg_opts *opts, struct qed_params *p,
         p->table_size = (uint32_t)v;
     }
     p->cluster_size = (uint32_t)cs;
+    p->cluster_size_opt = cs;
     /* Silently rounded up to whole sectors. */
     if (!qimg_align_up(size, 512, &p->size))
         p->size = 0;   /* wrapped, as QEMU's ROUND_UP does */
@@ -100,7 +103,7 @@ static int write_image(struct qimg_storage *st, const struct qed_params *p,
     struct qed_header h = {
         .magic = QED_MAGIC, .cluster_size = p->cluster_size,
         .table_size = p->table_size, .header_size = 1,
-        .l1_table_offset = p->cluster_size, .image_size = p->size,
+        .l1_table_offset = p->cluster_size_opt, .image_size = p->size,
     };
     size_t l1_len = (size_t)p->cluster_size * p->table_size;
     size_t blen = p->backing_file ? strlen(p->backing_file) : 0;

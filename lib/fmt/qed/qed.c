@@ -252,6 +252,25 @@ static int qed_open(struct qimg_image *node, const struct qimg_opts *opts,
             return qimg_error_set(err, ret, "Image corrupted");
         }
     }
+    /*
+     * QEMU arms a timer that clears the bit once writes settle, and
+     * qemu-img's first drain fires it at once: the bit is gone from
+     * memory right after open (info never shows it), and from the disk
+     * of a writable image, even one check has yet to repair or one a
+     * repair could not fix.
+     */
+    if (s->h.features & QED_F_NEED_CHECK) {
+        if (node->read_only) {
+            s->h.features &= ~QED_F_NEED_CHECK;
+        } else {
+            node->file->ops->flush(node->file, err);
+            ret = qed_set_need_check(node, false, err);
+            if (ret < 0) {
+                qed_free(s);
+                return ret;
+            }
+        }
+    }
     return 0;
 }
 
@@ -331,8 +350,6 @@ static int qed_change_backing(struct qimg_image *node, const char *backing,
     /* An unknown compat feature may keep data after the header. */
     if (backing && (s->h.compat_features & ~QED_COMPAT_FEATURE_MASK))
         return qimg_error_set(err, -ENOTSUP, "%s", strerror(ENOTSUP));
-    if (len >= sizeof(node->backing_name))
-        return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     h.features &= ~(QED_F_BACKING_FILE | QED_F_BACKING_FORMAT_NO_PROBE);
     if (backing) {
         h.features |= QED_F_BACKING_FILE;
@@ -343,6 +360,10 @@ static int qed_change_backing(struct qimg_image *node, const char *backing,
     h.backing_filename_size = (uint32_t)len;
     if (QED_HEADER_LEN + len > (uint64_t)h.header_size * h.cluster_size)
         return qimg_error_set(err, -ENOSPC, "%s", strerror(ENOSPC));
+    /* One that fits the header but not our name buffer (nor QEMU's,
+     * which could not open the image again). */
+    if (len >= sizeof(node->backing_name))
+        return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     buf = malloc(QED_HEADER_LEN + len);
     if (!buf)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
