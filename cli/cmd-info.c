@@ -49,7 +49,8 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
             json_object_set_new(o, "backing-filename-format",
                                 json_string(info.backing_fmt));
     }
-    json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
+    if (info.has_dirty_flag)
+        json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
     qimg_info_release(&info);
     struct qimg_snapshot *snaps = NULL;
     size_t nsnaps = 0;

@@ -386,7 +386,8 @@ struct qimg_info {
     int64_t actual_size;        /* bytes allocated on disk, -1 unknown */
     uint32_t cluster_size;      /* 0: none */
     bool dirty;
-    bool has_dirty_flag;        /* format has a dirty flag to report */
+    bool has_dirty_flag;        /* "dirty-flag" is reported (QEMU: for
+                                   formats answering bdrv_get_info) */
     bool encrypted;
     char backing_file[4096];    /* as written in the image, "" if none */
     char backing_fmt[64];

@@ -701,6 +701,9 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
                      sizeof(info->full_backing_filename), "%s", full);
         free(full);
     }
+    /* QEMU reports a dirty flag for every format that answers
+     * bdrv_get_info (raw through its file), none for the others. */
+    info->has_dirty_flag = img->fmt->get_info || img->fmt->is_raw;
     if (img->fmt->get_info)
         return img->fmt->get_info(img, info, err);
     return 0;

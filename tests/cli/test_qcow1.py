@@ -3,13 +3,13 @@ encryption included), images made by the same writes byte-identical
 (qemu-io on one side, qimg-io on the other, compressed clusters too),
 convert both ways and convert -c, info, map, commit, the commands qcow
 has no support for, and hostile headers and tables."""
-import json
 import re
 
 import pytest
 
 from conftest import QIMG, REF, batches, needs_format, run, same_each
-from fmtcommon import (BE32, BE64, each_case, files_equal, mirror_writes,
+import fmtcommon
+from fmtcommon import (create_cases, BE32, BE64, each_case, mirror_writes,
                        patch, qimg_io, ref_compare, ref_io, same_files)
 
 pytestmark = needs_format("qcow")
@@ -18,10 +18,7 @@ SECRET = ["--object", "secret,id=s0,data=abc"]
 
 
 def make(pair, name, *args):
-    size = []
-    if args and args[-1][:1].isdigit():
-        size, args = [args[-1]], args[:-1]
-    pair.same("create", "-q", "-f", "qcow", *args, name, *size)
+    fmtcommon.make(pair, "qcow", name, *args)
 
 
 CREATE_CASES = [
@@ -62,20 +59,7 @@ CREATE_CASES = [
 
 @pytest.mark.parametrize("batch", batches(CREATE_CASES, 15))
 def test_create(pair, batch):
-    bad = []
-    for args in batch:
-        r, q = pair.both("create", "-f", "qcow", *args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"args={args}\nREF {r!r}\nQIMG {q!r}")
-        ref, ours = pair.path_ref("x.qcow"), pair.path_qimg("x.qcow")
-        if ref.exists() != ours.exists():
-            bad.append(f"args={args}: file exists only on one side")
-        elif ref.exists():
-            if not files_equal(ref, ours):
-                bad.append(f"args={args}: images differ")
-            ref.unlink()
-            ours.unlink()
-    assert not bad, "\n\n".join(bad)
+    create_cases(pair, "qcow", "x.qcow", batch)
 
 
 WRITES = [

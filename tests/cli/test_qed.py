@@ -3,26 +3,21 @@ by the same writes byte-identical (qemu-io on one side, qimg-io on the
 other), convert both ways, info, map, check and repair (need-check bit,
 QEMU's leak numbering), resize, rebase, commit, the refusals of the
 commands qed has no support for, and hostile headers and tables."""
-import json
 import re
 
 import pytest
 
 from conftest import QIMG, REF, batches, needs_format, run, same_each
-from fmtcommon import (LE32, LE64, each_case, files_equal, mirror_writes,
-                       patch, qimg_io,
+import fmtcommon
+from fmtcommon import (create_cases, LE32, LE64, each_case, info_no_disk_size,
+                       mirror_writes, patch,
                        ref_check_clean, ref_compare, ref_io, same_files)
 
 pytestmark = needs_format("qed")
 
 
-def make(pair, name, *args, fmt="qed"):
-    """create -f fmt [options] name [size]: a trailing size-like argument
-    goes after the name."""
-    size = []
-    if args and args[-1][:1].isdigit():
-        size, args = [args[-1]], args[:-1]
-    pair.same("create", "-q", "-f", fmt, *args, name, *size)
+def make(pair, name, *args):
+    fmtcommon.make(pair, "qed", name, *args)
 
 
 CREATE_CASES = [
@@ -72,20 +67,7 @@ CREATE_CASES = [
 @pytest.mark.parametrize("batch", batches(CREATE_CASES, 14))
 def test_create(pair, batch):
     """Output and status as 7.2's, and the same bytes on disk."""
-    bad = []
-    for args in batch:
-        r, q = pair.both("create", "-f", "qed", *args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"args={args}\nREF {r!r}\nQIMG {q!r}")
-        ref, ours = pair.path_ref("x.qed"), pair.path_qimg("x.qed")
-        if ref.exists() != ours.exists():
-            bad.append(f"args={args}: file exists only on one side")
-        elif ref.exists():
-            if not files_equal(ref, ours):
-                bad.append(f"args={args}: images differ")
-            ref.unlink()
-            ours.unlink()
-    assert not bad, "\n\n".join(bad)
+    create_cases(pair, "qed", "x.qed", batch)
 
 
 def test_create_backing(pair):
@@ -294,15 +276,6 @@ def test_resize(pair):
         ["rb.qed", "4M"], ["rs.qed", "4M"], ["-f", "qed", "r.qed", "9M"],
     ], scratch=())
     same_files(pair, "r.qed", "rb.qed", "rs.qed")
-
-
-def info_no_disk_size(pair, name):
-    """info, the disk size left out: allocation by the file system differs
-    by its extent-tree blocks."""
-    r, q = pair.both("info", "--output=json", name)
-    rj, qj = json.loads(r.out), json.loads(q.out)
-    rj.pop("actual-size"), qj.pop("actual-size")
-    assert (q.rc, qj, q.err) == (r.rc, rj, r.err)
 
 
 def test_rebase_commit(pair):

@@ -79,6 +79,7 @@ int parallels_check(struct qimg_image *node, unsigned fix,
         res->check_errors++;
         return qimg_error_set(err, (int)size, "%s", strerror((int)-size));
     }
+    size = (size + 511) & ~511ll;   /* QEMU sees the file in sectors */
     pthread_mutex_lock(&node->lock);
     if (s->header_unclean) {
         report(res, "%s image was not closed correctly",

@@ -24,11 +24,6 @@ static int check(uint64_t size, uint64_t cs, struct qimg_error *err)
     if (size >= PARALLELS_MAX_IMAGE_FACTOR * cs)
         return qimg_error_set(err, -E2BIG, "Image size is too large for this "
                               "cluster size");
-    if (cs > PARALLELS_MAX_CLUSTER_SIZE)
-        return qimg_error_set(err, -EINVAL, "Clusters of %llu bytes are larger "
-                              "than qimg's limit of %u bytes",
-                              (unsigned long long)cs,
-                              PARALLELS_MAX_CLUSTER_SIZE);
     if (qimg_div_round_up(size, cs) * 4 > PARALLELS_MAX_BAT_BYTES)
         return qimg_error_set(err, -EINVAL, "Catalog of %llu bytes is larger "
                               "than qimg's limit of %u bytes",

@@ -183,10 +183,16 @@ int parallels_read_extension(struct qimg_image *node, uint64_t ext_off,
                              struct qimg_error *err)
 {
     struct parallels_state *s = node->state;
-    struct ext_walk *w = calloc(1, sizeof(*w));
-    uint8_t *c = malloc(s->cluster_size);
+    struct ext_walk *w = NULL;
+    uint8_t *c = NULL;
     int ret;
 
+    if (s->cluster_size > PARALLELS_EXT_MAX_CLUSTER)
+        return qimg_error_set(err, -EFBIG, "Format Extension clusters of %u "
+                              "bytes are larger than qimg's limit of %u bytes",
+                              s->cluster_size, PARALLELS_EXT_MAX_CLUSTER);
+    w = calloc(1, sizeof(*w));
+    c = malloc(s->cluster_size);
     if (!w || !c) {
         ret = qimg_error_set(err, -ENOMEM, "Out of memory");
         goto out;

@@ -70,10 +70,6 @@ static int check_header(struct qimg_image *node, struct qimg_error *err)
     s->cluster_size = s->tracks * 512;
     if (qimg_ld_le32(h + 32) > PARALLELS_MAX_BAT_ENTRIES)
         return qimg_error_set(err, -EFBIG, "Catalog too large");
-    if (s->cluster_size > PARALLELS_MAX_CLUSTER_SIZE)
-        return qimg_error_set(err, -EFBIG, "Invalid image: clusters of %u "
-                              "bytes are larger than qimg's limit of %u",
-                              s->cluster_size, PARALLELS_MAX_CLUSTER_SIZE);
     node->size = sectors * 512;
     /* QEMU refuses what wraps past its largest length, and then every
      * size request for what does not fit 63 bits: we refuse both. */
@@ -179,7 +175,7 @@ static int parallels_open(struct qimg_image *node, const struct qimg_opts *opts,
     ext_off = qimg_ld_le64(s->header + 56);
     if (ext_off && !node->read_only) {
         /* QEMU ignores the extension of a writable image. */
-        qimg_message(QIMG_MSG_WARNING, "Format Extension ignored in RW mode");
+        qimg_message(QIMG_MSG_WARNING, "Format Extension ignored in RW mode\n");
     } else if (ext_off) {
         ret = parallels_read_extension(node, ext_off << 9, err);
         if (ret < 0)

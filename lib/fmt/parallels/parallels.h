@@ -43,9 +43,10 @@
  * 2 GiB for it; 64 MiB covers 16 Mi clusters (16 TiB at the default 1 MiB).
  */
 #define PARALLELS_MAX_BAT_BYTES (64u << 20)
-/* A new cluster partly written is staged whole: 256 MiB at most (QEMU
- * takes up to 2 GiB clusters; Parallels uses 1 MiB). */
-#define PARALLELS_MAX_CLUSTER_SIZE (256u << 20)
+/* The Format Extension is one cluster read whole, and so are the data
+ * clusters of its bitmaps: checked only for clusters up to 64 MiB (QEMU
+ * allocates up to 2 GiB for them; Parallels uses 1 MiB clusters). */
+#define PARALLELS_EXT_MAX_CLUSTER (64u << 20)
 /* The virtual size in bytes must fit QEMU's int64_t. */
 #define PARALLELS_MAX_SECTORS ((uint64_t)INT64_MAX / 512)
 /* Runtime option defaults (QEMU's): grow the file by 128 MiB more than

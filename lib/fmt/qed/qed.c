@@ -295,7 +295,6 @@ static int qed_get_info(struct qimg_image *node, struct qimg_info *info,
     struct qed_state *s = node->state;
 
     info->cluster_size = s->h.cluster_size;
-    info->has_dirty_flag = true;
     info->dirty = s->h.features & QED_F_NEED_CHECK;
     return 0;
 }
