@@ -9,6 +9,7 @@
 # "backing.img" and data file "data.img": the names the fuzz targets
 # register in memory (tests/fuzz/fuzz-common.h).
 set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:?usage: make-fuzz-seeds.sh OUTDIR}
 QEMU_IMG=${QEMU_IMG:-/usr/bin/qemu-img}
 QEMU_IO=${QEMU_IO:-/usr/bin/qemu-io}
@@ -154,4 +155,5 @@ for j in '{"driver":"qcow2","file":{"driver":"file","filename":"fuzz.img"}}' \
     printf '%s' "$j" >"$OUT/json/seed$i"
     i=$((i + 1))
 done
+"$HERE/make-fuzz-seeds-tables.sh" "$OUT"
 echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"
