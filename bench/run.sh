@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v2"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v3"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -98,6 +98,11 @@ make_inputs() {
     "$REF" create -q -f qcow2 alloc.qcow2 1T
     # shellcheck disable=SC2086
     "$REF" $BENCH_W alloc.qcow2 >/dev/null || die "bench -w"
+    # qed, 512 MiB whatever BENCH_SIZE (issue 16's size).
+    python3 "$ROOT/bench/gen.py" raw qed.raw $((512 << 20)) "$SEED" ||
+        die "gen.py qed"
+    "$REF" convert -f raw -O qed qed.raw in.qed || die "qed input"
+    rm -f qed.raw
     echo "$stamp" >stamp
     cd "$ROOT" || exit 2
 }
@@ -157,6 +162,7 @@ qcow2_ok() {
 WORKLOADS=(
 "convert raw->qcow2|rm -f out.qcow2|convert -f raw -O qcow2 @IN@/in.raw out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert qcow2->raw|rm -f out.raw|convert -f qcow2 -O raw @IN@/in.qcow2 out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
+"convert qed->raw 512M|rm -f out.raw|convert -f qed -O raw @IN@/in.qed out.raw|same_content qed @IN@/in.qed raw out.raw"
 "convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert chain flatten|rm -f out.qcow2|convert -f qcow2 -O qcow2 @IN@/top.qcow2 out.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
