@@ -3,7 +3,9 @@
  * count from the budget, hits and misses, least-recently-used eviction,
  * write-through changes seen after eviction, new tables that are not
  * read, dropping, and bounds (a table over its limit, a read past the end
- * of the storage, a failed read leaving no entry).
+ * of the storage, a failed read leaving no entry).  And the block-map
+ * write path with blocks that are not a power of two in size (parallels
+ * clusters of 1536 bytes).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -23,20 +25,29 @@
 #define NT 8
 #define NE 64
 
+static struct qimg_storage *mem_storage_raw(const char *name,
+                                            const void *data, size_t len)
+{
+    struct qimg_storage *st = NULL;
+    struct qimg_error err = {0};
+
+    assert_int_equal(qimg_mem_register(name, data, len), 0);
+    if (qimg_storage_open(&st, name, QIMG_OPEN_RDWR | QIMG_OPEN_NO_LOCK,
+                          QIMG_CACHE_WRITEBACK, &err) < 0)
+        fail_msg("open %s: %s", name, err.msg);
+    return st;
+}
+
 static struct qimg_storage *disk(const char *name)
 {
     uint8_t *d = calloc(NT, NE * 8);
-    struct qimg_storage *st = NULL;
-    struct qimg_error err = {0};
+    struct qimg_storage *st;
 
     for (int k = 0; k < NT; k++)
         for (int i = 0; i < NE; i++)
             qimg_st_be64(d + k * NE * 8 + i * 8, (uint64_t)k * 1000 + i);
-    assert_int_equal(qimg_mem_register(name, d, NT * NE * 8), 0);
+    st = mem_storage_raw(name, d, NT * NE * 8);
     free(d);
-    if (qimg_storage_open(&st, name, QIMG_OPEN_RDWR | QIMG_OPEN_NO_LOCK,
-                          QIMG_CACHE_WRITEBACK, &err) < 0)
-        fail_msg("open %s: %s", name, err.msg);
     return st;
 }
 
@@ -180,6 +191,86 @@ static void test_bounds(void **state)
     qimg_mem_unregister("mem:tc3");
 }
 
+/* ---- odd block sizes -------------------------------------------------- */
+
+#define ODD_BS 1536u
+
+struct odd {
+    struct qimg_table map;          /* host offset per block, 0: none */
+    struct qimg_alloc alloc;
+};
+
+static int odd_map(struct qimg_image *node, uint64_t off, uint64_t len,
+                   struct qimg_map_ext *m, struct qimg_error *err)
+{
+    struct odd *o = node->state;
+    uint64_t e = qimg_table_get(&o->map, off / ODD_BS);
+
+    m->len = ODD_BS - off % ODD_BS;
+    m->kind = e ? QIMG_MAP_DATA : QIMG_MAP_UNALLOC;
+    m->host = e + off % ODD_BS;
+    return 0;
+}
+
+static int odd_allocate(struct qimg_image *node, uint64_t block_off,
+                        uint64_t *host, struct qimg_error *err)
+{
+    struct odd *o = node->state;
+    return qimg_alloc_append(&o->alloc, ODD_BS, 0, host, err);
+}
+
+static int odd_commit(struct qimg_image *node, uint64_t block_off,
+                      uint64_t host, enum qimg_map_kind was,
+                      struct qimg_error *err)
+{
+    struct odd *o = node->state;
+    qimg_table_set(&o->map, block_off / ODD_BS, host);
+    return 0;
+}
+
+static void test_odd_block_size(void **state)
+{
+    static uint8_t disk[512];
+    uint8_t buf[4 * ODD_BS], data[2000];
+    struct qimg_error err = {0};
+    struct qimg_image node = {0};
+    struct odd odd = {0};
+    const struct qimg_table_write_ops ops = {
+        .map = odd_map, .block_size = ODD_BS, .allocate = odd_allocate,
+        .commit = odd_commit, .fill_from_backing = true,
+    };
+    struct qimg_table_geom g = {.n = 4, .esize = 8, .max_bytes = 64};
+
+    node.file = mem_storage_raw("mem:odd", disk, sizeof(disk));
+    node.filename = "mem:odd";
+    node.size = 4 * ODD_BS;
+    node.state = &odd;
+    pthread_mutex_init(&node.lock, NULL);
+    assert_int_equal(qimg_table_init_zero(&odd.map, node.file, &g, "map",
+                                          &err), 0);
+    odd.alloc = (struct qimg_alloc){.end = 512, .max = 1 << 20};
+    memset(data, 'x', sizeof(data));
+    /* 1000..3000 spans blocks 0 and 1 (split at 1536, not 1024/2048). */
+    assert_int_equal(qimg_table_pwrite(&node, 1000, sizeof(data), data, &ops,
+                                       &err), 0);
+    assert_true(qimg_table_get(&odd.map, 0) == 512);
+    assert_true(qimg_table_get(&odd.map, 1) == 512 + ODD_BS);
+    assert_true(qimg_table_get(&odd.map, 2) == 0);
+    assert_int_equal(qimg_table_pread(&node, 0, sizeof(buf), buf, odd_map,
+                                      &err), 0);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        assert_int_equal(buf[i], i >= 1000 && i < 3000 ? 'x' : 0);
+    /* A block size of 0 is refused. */
+    struct qimg_table_write_ops bad = ops;
+    bad.block_size = 0;
+    assert_int_equal(qimg_table_pwrite(&node, 0, 1, data, &bad, &err),
+                     -EINVAL);
+    qimg_table_release(&odd.map);
+    qimg_storage_close(node.file);
+    pthread_mutex_destroy(&node.lock);
+    qimg_mem_unregister("mem:odd");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_hits_and_eviction),
         cmocka_unit_test(test_new_tables),
         cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_odd_block_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
