@@ -114,6 +114,11 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (0: back to it), for
+ * fuzz targets whose hostile images write far past their end: such a
+ * write then fails with EFBIG instead of filling memory.  Not atomic:
+ * set it before any storage is used. */
+void qimg_mem_set_max_size(uint64_t max);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */

@@ -30,6 +30,15 @@ struct mem_buf {
     struct mem_buf *next;
 };
 
+
+/* The largest buffer a write may grow (qimg_mem_set_max_size). */
+static uint64_t mem_max_size = QIMG_MEM_MAX_SIZE;
+
+void qimg_mem_set_max_size(uint64_t max)
+{
+    mem_max_size = max && max < QIMG_MEM_MAX_SIZE ? max : QIMG_MEM_MAX_SIZE;
+}
+
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct mem_buf *registry;
 static bool exclusive;
@@ -76,7 +85,7 @@ int qimg_mem_register(const char *name, const void *data, size_t len)
 {
     struct mem_buf *b, *old;
 
-    if (len > QIMG_MEM_MAX_SIZE)
+    if (len > mem_max_size)
         return -EFBIG;
     b = calloc(1, sizeof(*b));
     if (!b)
@@ -220,7 +229,7 @@ static int resize_locked(struct mem_buf *b, uint64_t size,
 {
     uint8_t *p;
 
-    if (size > QIMG_MEM_MAX_SIZE)
+    if (size > mem_max_size)
         return qimg_error_set(err, -EFBIG, "File too large");
     p = realloc(b->data, size ? size : 1);
     if (!p)
@@ -334,7 +343,7 @@ static int mem_create(const char *filename, const struct qimg_opts *opts,
     ret = qimg_opts_get_size(opts, "size", 0, &size, err);
     if (ret < 0)
         return ret;
-    if (size > QIMG_MEM_MAX_SIZE)
+    if (size > mem_max_size)
         return qimg_error_set(err, -EFBIG, "File too large");
     zero = calloc(1, size ? size : 1);
     if (!zero)
