@@ -49,7 +49,7 @@ MARK=.qimg-bench
 
 die() { echo "bench: $*" >&2; exit 2; }
 
-for t in "$QIMG" "$REF" "$QEMU_IO" "$TIME" python3 numfmt; do
+for t in "$QIMG" "$REF" "$QEMU_IO" "$TIME" python3 numfmt create_compressed_fs; do
     command -v "$t" >/dev/null || die "missing $t (scripts/deps.sh test)"
 done
 [ "$SIZE" -ge $((64 << 20)) ] || die "BENCH_SIZE must be at least 64M"
@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v3"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v4"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -98,11 +98,16 @@ make_inputs() {
     "$REF" create -q -f qcow2 alloc.qcow2 1T
     # shellcheck disable=SC2086
     "$REF" $BENCH_W alloc.qcow2 >/dev/null || die "bench -w"
-    # qed, 512 MiB whatever BENCH_SIZE (issue 16's size).
-    python3 "$ROOT/bench/gen.py" raw qed.raw $((512 << 20)) "$SEED" ||
-        die "gen.py qed"
-    "$REF" convert -f raw -O qed qed.raw in.qed || die "qed input"
-    rm -f qed.raw
+    # The read-only compressed formats: the first 512 MiB of in.raw as a
+    # dmg (1 MiB zlib chunks, zero chunks for holes, as Apple's tools make
+    # them) and as a cloop (64 KiB blocks, create_compressed_fs).
+    head -c $((512 << 20)) in.raw >ro.raw
+    python3 -c "import sys; sys.path.insert(0, '$ROOT/tests');
+import dmggen; dmggen.dmg_from_raw('ro.raw', 'in.dmg')" || die "dmg input"
+    create_compressed_fs -q -B 65536 ro.raw in.cloop >/dev/null 2>&1 ||
+        die "cloop input (cloop-utils)"
+    # qed (issue 16's 512 MiB): the same first 512 MiB.
+    "$REF" convert -f raw -O qed ro.raw in.qed || die "qed input"
     echo "$stamp" >stamp
     cd "$ROOT" || exit 2
 }
@@ -174,6 +179,8 @@ WORKLOADS=(
 "info chain|:|info --backing-chain @IN@/top.qcow2|same"
 "measure|:|measure -O qcow2 -f raw @IN@/in.raw|same"
 "dd qcow2->raw|rm -f out.raw|dd -f qcow2 -O raw bs=1M if=@IN@/in.qcow2 of=out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
+"convert dmg->raw|rm -f out.raw|convert -f dmg -O raw @IN@/in.dmg out.raw|same_content raw @IN@/ro.raw raw out.raw"
+"convert cloop->raw|rm -f out.raw|convert -f cloop -O raw @IN@/in.cloop out.raw|same_content raw @IN@/ro.raw raw out.raw"
 "commit|cp --sparse=always @IN@/mid.qcow2 @IN@/top.qcow2 .|commit -f qcow2 top.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 mid.qcow2 && same_content qcow2 @IN@/top.qcow2 qcow2 top.qcow2 && qcow2_ok mid.qcow2"
 "rebase|cp --sparse=always @IN@/mid.qcow2 @IN@/top.qcow2 .|rebase -f qcow2 -b @IN@/in.qcow2 -F qcow2 top.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 top.qcow2 && qcow2_ok top.qcow2"
 )

@@ -511,6 +511,12 @@ static struct qimg_opts *prepare_target(struct convert *c)
         cli_error("Unknown file format '%s'", c->out_fmt);
         return NULL;
     }
+    /* QEMU asks the format before looking for the protocol. */
+    if (!qimg_format_can_create(c->out_fmt)) {
+        cli_error("Format driver '%s' does not support image creation",
+                  c->out_fmt);
+        return NULL;
+    }
     if (!check_protocol(c->target))
         return NULL;
     if (qimg_create_prepare(c->out_fmt, c->target, c->options,

@@ -114,6 +114,40 @@ printf 'QFI' >short.raw
 : >empty.raw
 keep probe ./*.qcow2 random.raw short.raw empty.raw
 
+# The read-only formats: dmg from the test generator (every chunk type,
+# XML and resource fork), bochs from bximage, cloop from
+# create_compressed_fs (when installed).
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT/dmg" "$OUT/bochs" "$OUT/cloop"
+python3 - "$OUT/dmg" "$ROOT/tests" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[2])
+from dmggen import build_dmg, pattern
+out = sys.argv[1]
+build_dmg(out + "/xml.dmg", [[("zlib", pattern(64)), ("zero", 32),
+                              ("raw", pattern(8, 2)), ("ignore", 8),
+                              ("comment",), ("bzip2", pattern(16, 3)),
+                              ("lzfse", 4, b"x" * 9), ("end",)]])
+build_dmg(out + "/rsrc.dmg", [[("zlib", pattern(16))],
+                              [("raw", pattern(2)), ("zero", 100)]],
+          xml=False)
+build_dmg(out + "/odd.dmg", [[("raw", pattern(1))]], tail_pad=77)
+PY
+if command -v bximage >/dev/null; then
+    bximage -q -func=create -hd=10M -imgmode=growing new.bochs >/dev/null
+    { head -c 8192 /dev/urandom; head -c 200000 /dev/zero;
+      head -c 3000 /dev/urandom; } >flat.raw
+    truncate -s 1M flat.raw
+    bximage -q -func=convert -imgmode=growing flat.raw data.bochs >/dev/null
+    keep bochs new.bochs data.bochs
+fi
+if command -v create_compressed_fs >/dev/null; then
+    { head -c 70000 /dev/urandom; head -c 100000 /dev/zero; } >c.raw
+    create_compressed_fs -q -B 16384 c.raw c.cloop >/dev/null 2>&1
+    create_compressed_fs -q -B 512 -L 0 c.raw c0.cloop >/dev/null 2>&1
+    keep cloop c.cloop c0.cloop
+fi
+
 # raw: an option line, then the file.
 mkdir -p "$OUT/raw"
 i=0

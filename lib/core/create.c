@@ -114,11 +114,22 @@ int qimg_create_prepare(const char *fmt, const char *filename,
 
     *opts_out = NULL;
     *summary = NULL;
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
+    if (f ? !f->create : !qimg_format_can_create(fmt))
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
+    /* The storage the name selects must exist and be able to create,
+     * before anything is printed (QEMU's bdrv_img_create). */
+    if (f && !f->no_storage) {
+        const struct qimg_storage_ops *so =
+            qimg_storage_for_name(filename, true, err);
+        if (!so)
+            return -EINVAL;
+        if (!so->create && !so->create_by_open)
+            return qimg_error_set(err, -ENOTSUP, "Protocol driver '%s' does "
+                                  "not support image creation", so->name);
+    }
     nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, err);
     if (nd < 0)
         return nd;

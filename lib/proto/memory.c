@@ -182,10 +182,11 @@ int qimg_mem_get(const char *name, void **data, size_t *len)
 
 /* ---- storage operations -------------------------------------------------- */
 
-static int mem_open(struct qimg_storage *st, const char *filename,
+static int mem_open(struct qimg_storage *st, const struct qimg_opts *opts,
                     unsigned flags, enum qimg_cache cache,
                     struct qimg_error *err)
 {
+    const char *filename = st->filename;
     struct mem_buf *b;
 
     pthread_mutex_lock(&registry_lock);
@@ -369,6 +370,7 @@ static const struct qimg_opt_desc mem_create_opts[] = {
 
 const struct qimg_storage_ops qimg_storage_memory = {
     .name = "memory",
+    .needs_filename = true,
     .create_opts = mem_create_opts,
     .n_create_opts = QIMG_ARRAY_SIZE(mem_create_opts),
     .open = mem_open,

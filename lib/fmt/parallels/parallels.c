@@ -98,7 +98,7 @@ static int load_bat(struct qimg_image *node, struct qimg_error *err)
     ret = qimg_table_load(&s->bat, node->file, &g, "BAT", err);
     if (ret < 0)
         return qimg_error_set(err, ret, "Could not open '%s': %s",
-                              node->filename, strerror(-ret));
+                              qimg_image_file_name(node), strerror(-ret));
     /* QEMU's data_end: data_off in sectors, or when 0 the end of the BAT
      * in bytes (taken as sectors), then past every allocated cluster. */
     s->data_end = qimg_ld_le32(s->header + 48);
@@ -112,7 +112,8 @@ static int load_bat(struct qimg_image *node, struct qimg_error *err)
     return 0;
 }
 
-/* prealloc-size and prealloc-mode, then no other option. */
+/* prealloc-size and prealloc-mode (the core refuses others after the
+ * open). */
 static int runtime_opts(struct qimg_image *node, const struct qimg_opts *opts,
                         struct qimg_error *err)
 {
@@ -132,13 +133,6 @@ static int runtime_opts(struct qimg_image *node, const struct qimg_opts *opts,
     else if (mode && strcmp(mode, "falloc"))
         return qimg_error_set(err, -EINVAL, "invalid parameter value: %s",
                               mode);
-    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        const char *k = qimg_opts_key(opts, i);
-        if (strcmp(k, "prealloc-size") && strcmp(k, "prealloc-mode") &&
-            strncmp(k, "backing", 7))
-            return qimg_error_set(err, -EINVAL, "Block format 'parallels' does "
-                                  "not support the option '%s'", k);
-    }
     return 0;
 }
 
@@ -154,7 +148,7 @@ static int parallels_open(struct qimg_image *node, const struct qimg_opts *opts,
                                  s->header, err);
     if (ret < 0)
         return qimg_error_set(err, ret, "Could not open '%s': %s",
-                              node->filename, strerror(-ret));
+                              qimg_image_file_name(node), strerror(-ret));
     ret = check_header(node, err);
     if (!ret)
         ret = load_bat(node, err);
@@ -314,8 +308,15 @@ static int parallels_flush(struct qimg_image *node, struct qimg_error *err)
     return node->file->ops->flush(node->file, err);
 }
 
+static const char *const parallels_runtime_opts[] = {"prealloc-size",
+                                                    "prealloc-mode", NULL};
+
 const struct qimg_format qimg_format_parallels = {
     .name = "parallels",
+    .runtime_opts = parallels_runtime_opts,
+    .supports_backing = true,
+    /* QEMU's driver has no bdrv_get_info: no cluster size, no dirty flag. */
+    .no_get_info = true,
     .description = "Parallels expandable image",
     .state_size = sizeof(struct parallels_state),
     .create_opts = parallels_create_opts,

@@ -141,11 +141,11 @@ static int load_tables(struct qimg_image *node, uint64_t size,
      * that wraps is a read its block layer refuses. */
     if (!qimg_range_ok(g.offset, g.n * 8, QIMG_MAX_LENGTH))
         return qimg_error_set(err, -EIO, "Could not open '%s': %s",
-                              node->filename, strerror(EIO));
+                              qimg_image_file_name(node), strerror(EIO));
     ret = qimg_table_load(&s->l1, node->file, &g, "L1 table", err);
     if (ret < 0)
         return qimg_error_set(err, ret, "Could not open '%s': %s",
-                              node->filename, strerror(-ret));
+                              qimg_image_file_name(node), strerror(-ret));
     g.n = s->l2_size;
     g.max_bytes = 1u << (QCOW_MAX_L2_BITS + 3);
     ret = qimg_table_cache_init(&s->l2, node->file, &g, QCOW_L2_CACHE_SLOTS,
@@ -169,7 +169,7 @@ static int read_backing_name(struct qimg_image *node, const uint8_t *b,
     ret = node->file->ops->pread(node->file, off, len, node->backing_name, err);
     if (ret < 0)
         return qimg_error_set(err, ret, "Could not open '%s': %s",
-                              node->filename, strerror(-ret));
+                              qimg_image_file_name(node), strerror(-ret));
     node->backing_name[len] = '\0';
     return 0;
 }
@@ -191,7 +191,7 @@ static int qcow_open(struct qimg_image *node, const struct qimg_opts *opts,
     ret = node->file->ops->pread(node->file, 0, sizeof(b), b, err);
     if (ret < 0)
         return qimg_error_set(err, ret, "Could not open '%s': %s",
-                              node->filename, strerror(-ret));
+                              qimg_image_file_name(node), strerror(-ret));
     ret = check_header(node, b, err);
     if (!ret)
         ret = qcow_open_crypto(node, opts, err);
@@ -200,17 +200,10 @@ static int qcow_open(struct qimg_image *node, const struct qimg_opts *opts,
     if (ret < 0)
         return ret;
     ret = read_backing_name(node, b, err);
-    /* QEMU's block layer refuses options no one took, after the open. */
-    for (size_t i = 0; !ret && i < qimg_opts_count(opts); i++) {
-        const char *k = qimg_opts_key(opts, i);
-        if (strncmp(k, "encrypt.", 8) && strncmp(k, "backing", 7))
-            ret = qimg_error_set(err, -EINVAL, "Block format 'qcow' does not "
-                                 "support the option '%s'", k);
-    }
     fsize = node->file->ops->get_size(node->file);
     if (!ret && fsize < 0)
         ret = qimg_error_set(err, (int)fsize, "Could not open '%s': %s",
-                             node->filename, strerror((int)-fsize));
+                             qimg_image_file_name(node), strerror((int)-fsize));
     if (ret < 0) {
         qcow_free(s);
         return ret;
@@ -256,8 +249,16 @@ static int qcow_make_empty(struct qimg_image *node, struct qimg_error *err)
     return ret;
 }
 
+/* The encryption options; a key makes the node a json: name, as QEMU's
+ * strong runtime option. */
+static const char *const qcow_runtime_opts[] = {"encrypt.", NULL};
+static const char *const qcow_strong_opts[] = {"encrypt.key-secret", NULL};
+
 const struct qimg_format qimg_format_qcow = {
     .name = "qcow",
+    .runtime_opts = qcow_runtime_opts,
+    .strong_opts = qcow_strong_opts,
+    .supports_backing = true,
     .description = "QEMU copy-on-write image, version 1",
     .state_size = sizeof(struct qcow_state),
     .create_opts = qcow_create_opts,

@@ -216,6 +216,7 @@ int qcow2_make_empty(struct qimg_image *node, struct qimg_error *err)
 
     if (can_reset(s)) {
         pthread_mutex_lock(&node->lock);
+        qimg_storage_event(node->file, QIMG_EV_EMPTY_IMAGE_PREPARE);
         ret = reset_image(node, err);
         pthread_mutex_unlock(&node->lock);
         return ret;

@@ -255,7 +255,7 @@ static int write_skeleton(const char *filename, const struct qcow2_params *p,
             qimg_opts_set(fopts, k, qimg_opts_get(opts, k));
     }
     qimg_opts_set(fopts, "size", "0");
-    ret = qimg_storage_for(filename)->create(filename, fopts, err);
+    ret = qimg_storage_create_name(filename, fopts, err);
     if (ret < 0)
         goto out;
     *created = true;
@@ -285,7 +285,7 @@ static int create_data_file(const struct qcow2_params *p, struct qimg_error *err
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     snprintf(num, sizeof(num), "%llu", (unsigned long long)p->size);
     qimg_opts_set(o, "size", num);
-    ret = qimg_storage_for(p->data_file)->create(p->data_file, o, err);
+    ret = qimg_storage_create_name(p->data_file, o, err);
     qimg_opts_free(o);
     return ret;
 }

@@ -67,6 +67,7 @@ int qcow2_refcount_load(struct qimg_image *node, struct qimg_error *err)
     s->refcount_table = malloc(bytes);
     if (!s->refcount_table)
         return qimg_error_set(err, -ENOMEM, "Could not allocate refcount table");
+    qimg_storage_event(node->file, QIMG_EV_REFTABLE_LOAD);
     ret = node->file->ops->pread(node->file, s->refcount_table_offset,
                                  (size_t)bytes, s->refcount_table, err);
     if (ret < 0)
@@ -161,6 +162,7 @@ static int ensure_refblock(struct qimg_image *node, uint64_t ti, uint64_t from,
     }
     if (s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK)
         return 0;
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC);
     if (s->refcount_table[ti]) {
         /* Only reserved bits: a damaged entry we must not build on. */
         qcow2_mark_corrupt(node, NULL);
@@ -204,11 +206,13 @@ static int ensure_refblock(struct qimg_image *node, uint64_t ti, uint64_t from,
             return ret;
     }
     /* The block must be on disk before the table points at it. */
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_WRITE);
     ret = qcow2_cache_flush(node, &s->refblock_cache, err);
     if (ret < 0)
         return ret;
     uint8_t be[8];
     qimg_st_be64(be, (uint64_t)off);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_HOOKUP);
     ret = node->file->ops->pwrite(node->file, s->refcount_table_offset + ti * 8,
                                   8, be, err);
     if (ret < 0)
@@ -332,6 +336,7 @@ int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
         if (ret)
             break;
     }
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC);
     ret = qcow2_update_refcount(node, start << s->cluster_bits,
                                 n << s->cluster_bits, 1, err);
     if (ret < 0)
@@ -356,6 +361,7 @@ int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
     int64_t fresh;
     int ret;
 
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC_BYTES);
     /* A shared cluster whose refcount is at its maximum takes no more. */
     if (into) {
         uint64_t rc;
@@ -400,6 +406,7 @@ int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
 int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
                         struct qimg_error *err)
 {
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_FREE);
     return qcow2_update_refcount(node, offset, len, -1, err);
 }
 
@@ -446,6 +453,7 @@ static int grow_refcount_table(struct qimg_image *node, uint64_t min_entries,
         goto out;
     }
     memcpy(table, s->refcount_table, s->refcount_table_size * 8);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_WRITE_BLOCKS);
     /* Blocks follow the table; each counts the table and blocks it covers. */
     for (uint64_t b = 0; b < nblocks; b++) {
         uint64_t bi = start / per_block + b;
@@ -462,6 +470,7 @@ static int grow_refcount_table(struct qimg_image *node, uint64_t min_entries,
     }
     for (uint64_t i = 0; i < new_entries; i++)
         table[i] = htobe64(table[i]);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_WRITE_TABLE);
     ret = node->file->ops->pwrite(node->file, start << s->cluster_bits,
                                   new_entries * 8, table, err);
     for (uint64_t i = 0; i < new_entries; i++)
@@ -473,6 +482,7 @@ static int grow_refcount_table(struct qimg_image *node, uint64_t min_entries,
         goto out;
     qimg_st_be64(hdr, start << s->cluster_bits);
     qimg_st_be32(hdr + 8, (uint32_t)table_clusters);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_SWITCH_TABLE);
     ret = node->file->ops->pwrite(node->file, 48, 12, hdr, err);
     if (ret < 0)
         goto out;

@@ -210,12 +210,6 @@ static int qed_open(struct qimg_image *node, const struct qimg_opts *opts,
     uint8_t buf[QED_HEADER_LEN];
     int ret;
 
-    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        const char *k = qimg_opts_key(opts, i);
-        if (strncmp(k, "backing", 7))
-            return qimg_error_set(err, -EINVAL, "Block format 'qed' does not "
-                                  "support the option '%s'", k);
-    }
     /* A short file reads as zeroes past its end, as in QEMU. */
     ret = node->file->ops->pread(node->file, 0, sizeof(buf), buf, err);
     if (ret < 0)
@@ -383,8 +377,13 @@ static int qed_change_backing(struct qimg_image *node, const char *backing,
     return 0;
 }
 
+/* No open options of its own (the core refuses others after the open). */
+static const char *const qed_runtime_opts[] = {NULL};
+
 const struct qimg_format qimg_format_qed = {
     .name = "qed",
+    .runtime_opts = qed_runtime_opts,
+    .supports_backing = true,
     .description = "QEMU Enhanced Disk",
     .state_size = sizeof(struct qed_state),
     .create_opts = qed_create_opts,
