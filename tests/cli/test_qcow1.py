@@ -161,8 +161,11 @@ def test_encrypted(pair):
          "encrypt.key-secret=s0", "1M")
     make(pair, "p.qcow", "1M")
     opts = "driver=qcow,file.filename="
-    same_each(pair, "info", [["e.qcow"], ["--output=json", "e.qcow"]],
-              scratch=())
+    same_each(pair, "info", [["e.qcow"], ["--output=json", "e.qcow"],
+                             ["--image-opts", opts + "e.qcow,encrypt."
+                              "key-secret=nope"],
+                             [*SECRET, "--image-opts", opts + "e.qcow,"
+                              "encrypt.key-secret=s0"]], scratch=())
     same_each(pair, "convert", [
         ["-O", "raw", "e.qcow", "out.raw"],
         ["--image-opts", opts + "e.qcow,encrypt.key-secret=nope", "-O",
