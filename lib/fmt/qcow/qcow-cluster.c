@@ -36,7 +36,8 @@ static int l2_table(struct qimg_image *node, uint64_t off,
 {
     struct qcow_state *s = node->state;
     uint64_t l1_index = off >> (s->l2_bits + s->cluster_bits);
-    uint64_t l2_off;
+    uint64_t l2_off, misses;
+    int ret;
 
     *t = NULL;
     if (l1_index >= s->l1.n)
@@ -47,7 +48,11 @@ static int l2_table(struct qimg_image *node, uint64_t off,
     /* A table that wraps is a read QEMU's block layer refuses: EIO. */
     if (!qimg_range_ok(l2_off, (uint64_t)s->l2_size * 8, QIMG_MAX_LENGTH))
         return qimg_error_set(err, -EIO, "%s", strerror(EIO));
-    return qimg_table_cache_get(&s->l2, l2_off, t, err);
+    misses = s->l2.misses;
+    ret = qimg_table_cache_get(&s->l2, l2_off, t, err);
+    if (s->l2.misses != misses)
+        qimg_storage_event(node->file, QIMG_EV_L2_LOAD);
+    return ret;
 }
 
 static uint64_t l2_index(const struct qcow_state *s, uint64_t off)
@@ -101,6 +106,7 @@ static int read_compressed(struct qimg_image *node, uint64_t entry,
 
     if (!in)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    qimg_storage_event(node->file, QIMG_EV_READ_COMPRESSED);
     ret = node->file->ops->pread(node->file, coff, csize, in, err);
     if (ret < 0)
         goto out;
@@ -140,6 +146,8 @@ int qcow_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
             break;
         size_t n = (size_t)r.len;
         if (!r.entry) {
+            if (node->backing)
+                qimg_storage_event(node->file, QIMG_EV_READ_BACKING_AIO);
             ret = qimg_read_backing(node, off, n, p, err);
         } else if (r.entry & QCOW_OFLAG_COMPRESSED) {
             if (!cluster && !(cluster = malloc(s->cluster_size))) {
@@ -152,6 +160,7 @@ int qcow_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
         } else if (r.entry & 511) {
             ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
         } else {
+            qimg_storage_event(node->file, QIMG_EV_READ_AIO);
             ret = node->file->ops->pread(node->file,
                                          r.entry + (off & (s->cluster_size - 1)),
                                          n, p, err);
@@ -210,6 +219,7 @@ static int l2_table_alloc(struct qimg_image *node, uint64_t off,
         return ret;
     ret = qimg_alloc_append(&s->alloc, (uint64_t)s->l2_size * 8,
                             s->cluster_size, &l2_off, err);
+    qimg_storage_event(node->file, QIMG_EV_L2_LOAD);
     if (!ret)
         ret = qimg_table_cache_new(&s->l2, l2_off, t, err);
     if (!ret)
@@ -222,6 +232,7 @@ static int l2_table_alloc(struct qimg_image *node, uint64_t off,
         return ret;
     }
     qimg_table_set(&s->l1, l1_index, l2_off);
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
     ret = qimg_table_store(&s->l1, l1_index, 1, err);
     if (ret < 0)
         *t = NULL;
@@ -234,6 +245,9 @@ static int set_entry(struct qimg_image *node, struct qimg_table *t,
 {
     uint64_t i = l2_index(node->state, off);
 
+    qimg_storage_event(node->file, (v & QCOW_OFLAG_COMPRESSED)
+                                       ? QIMG_EV_L2_UPDATE_COMPRESSED
+                                       : QIMG_EV_L2_UPDATE);
     qimg_table_set(t, i, v);
     return qimg_table_store(t, i, 1, err);
 }
@@ -251,6 +265,7 @@ static int write_new_cluster(struct qimg_image *node, struct qimg_table *t,
     uint8_t *cluster = NULL;
     int ret;
 
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC);
     ret = qimg_alloc_append(&s->alloc, cs, cs, &host, err);
     if (ret < 0)
         return ret;
@@ -262,6 +277,7 @@ static int write_new_cluster(struct qimg_image *node, struct qimg_table *t,
         ret = read_compressed(node, entry, cluster, err);
         if (!ret) {
             memcpy(cluster + in, data, n);
+            qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
             ret = node->file->ops->pwrite(node->file, host, cs, cluster, err);
         }
         free(cluster);
@@ -269,8 +285,10 @@ static int write_new_cluster(struct qimg_image *node, struct qimg_table *t,
         /* Grown to hold the cluster: the bytes not written read as 0. */
         ret = node->file->ops->truncate(node->file, host + cs,
                                         QIMG_PREALLOC_OFF, err);
-        if (!ret)
+        if (!ret) {
+            qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
             ret = node->file->ops->pwrite(node->file, host + in, n, data, err);
+        }
     }
     if (ret < 0)
         return ret;
@@ -299,10 +317,13 @@ static int write_sectors(struct qimg_image *node, uint64_t off, size_t len,
         }
         pthread_mutex_unlock(&node->lock);
         if (!ret && entry && !(entry & QCOW_OFLAG_COMPRESSED)) {
-            ret = (entry & 511) ? qimg_error_set(err, -EIO, "%s", strerror(EIO))
-                                : node->file->ops->pwrite(node->file,
-                                                          entry + in, n, p,
-                                                          err);
+            if (entry & 511) {
+                ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
+            } else {
+                qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
+                ret = node->file->ops->pwrite(node->file, entry + in, n, p,
+                                              err);
+            }
         }
         if (ret < 0)
             return ret;
@@ -417,8 +438,10 @@ int qcow_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
     ret = l2_table_alloc(node, off, &t, err);
     if (!ret)
         ret = qimg_alloc_append(&s->alloc, clen, 512, &host, err);
-    if (!ret)
+    if (!ret) {
+        qimg_storage_event(node->file, QIMG_EV_WRITE_COMPRESSED);
         ret = node->file->ops->pwrite(node->file, host, clen, cdata, err);
+    }
     if (!ret)
         ret = set_entry(node, t, off,
                         host | QCOW_OFLAG_COMPRESSED |

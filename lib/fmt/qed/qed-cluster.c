@@ -66,7 +66,7 @@ static int qed_find(struct qimg_image *node, uint64_t off, uint64_t len,
     }
     if (!qed_table_offset_ok(s, r->l2_offset))
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
-    ret = qimg_table_cache_get(&s->l2, r->l2_offset, &t, err);
+    ret = qed_l2_get(node, r->l2_offset, &t, err);
     if (ret < 0)
         return ret;
     index = (off >> s->l2_shift) & s->l2_mask;
@@ -112,7 +112,7 @@ static int qed_map(struct qimg_image *node, uint64_t off, uint64_t len,
 int qed_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
               struct qimg_error *err)
 {
-    return qimg_table_pread(node, off, len, buf, qed_map, err);
+    return qimg_table_pread_events(node, off, len, buf, qed_map, true, err);
 }
 
 int qed_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
@@ -131,10 +131,11 @@ static int fill(struct qimg_image *node, enum qed_kind was, uint64_t off,
                 size_t len, uint8_t *buf, struct qimg_error *err)
 {
     /* A zero cluster reads as zeroes, whatever the backing file holds. */
-    if (was == QED_ZERO || !len) {
+    if (was == QED_ZERO || !node->backing) {
         memset(buf, 0, len);
         return 0;
     }
+    qimg_storage_event(node->file, QIMG_EV_READ_BACKING_AIO);
     return qimg_read_backing(node, off, len, buf, err);
 }
 
@@ -144,9 +145,34 @@ static int write_buf(struct qimg_image *node, uint64_t host, size_t len,
     return len ? node->file->ops->pwrite(node->file, host, len, buf, err) : 0;
 }
 
+/* The copy-on-write fill of [off, off + len) of a new cluster, at host. */
+static int write_cow(struct qimg_image *node, enum qed_kind was, uint64_t off,
+                     size_t len, uint64_t host, uint8_t *buf,
+                     struct qimg_error *err)
+{
+    int ret;
+
+    if (!len)
+        return 0;
+    ret = fill(node, was, off, len, buf, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_COW_WRITE);
+    return write_buf(node, host, len, buf, err);
+}
+
+/* Guest data: QEMU's write_aio event, then the write. */
+static int write_data(struct qimg_image *node, uint64_t host, size_t len,
+                      const void *buf, struct qimg_error *err)
+{
+    qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
+    return write_buf(node, host, len, buf, err);
+}
+
 /*
  * Write data (n bytes at guest off) into the new clusters at host, which
- * start at the cluster holding off, the rest of them filled.
+ * start at the cluster holding off, the rest of them filled: the part
+ * before it, the part after, then the data, as QEMU writes them.
  */
 static int write_new_clusters(struct qimg_image *node, enum qed_kind was,
                               uint64_t off, size_t n, const uint8_t *data,
@@ -156,34 +182,20 @@ static int write_new_clusters(struct qimg_image *node, enum qed_kind was,
     struct qed_state *s = node->state;
     uint64_t start = qimg_align_down(off, s->h.cluster_size);
     size_t head = (size_t)(off - start), tail = (size_t)(bytes - head - n);
-    uint8_t *b;
+    uint8_t *b = NULL;
     int ret;
 
-    if (!head && !tail)
-        return write_buf(node, host, n, data, err);
-    /* One buffer for a single cluster, else the two partial ends. */
-    b = malloc(bytes == s->h.cluster_size ? bytes : QIMG_MAX(head, tail));
-    if (!b)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    if (bytes == s->h.cluster_size) {
-        ret = fill(node, was, start, head, b, err);
-        if (!ret)
-            ret = fill(node, was, off + n, tail, b + head + n, err);
-        if (!ret) {
-            memcpy(b + head, data, n);
-            ret = write_buf(node, host, (size_t)bytes, b, err);
-        }
-    } else {
-        ret = fill(node, was, start, head, b, err);
-        if (!ret)
-            ret = write_buf(node, host, head, b, err);
-        if (!ret)
-            ret = write_buf(node, host + head, n, data, err);
-        if (!ret)
-            ret = fill(node, was, off + n, tail, b, err);
-        if (!ret)
-            ret = write_buf(node, host + head + n, tail, b, err);
+    if (head || tail) {
+        /* At most a cluster each (QED_MAX_TABLE_BYTES bounds clusters). */
+        b = malloc(QIMG_MAX(head, tail));
+        if (!b)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
     }
+    ret = write_cow(node, was, start, head, host, b, err);
+    if (!ret)
+        ret = write_cow(node, was, off + n, tail, host + head + n, b, err);
+    if (!ret)
+        ret = write_data(node, host + head, n, data, err);
     free(b);
     return ret;
 }
@@ -209,13 +221,14 @@ static int link_clusters(struct qimg_image *node, const struct qed_run *r,
         if (!ret)
             ret = qimg_table_cache_new(&s->l2, l2_offset, &t, err);
     } else {
-        ret = qimg_table_cache_get(&s->l2, l2_offset, &t, err);
+        ret = qed_l2_get(node, l2_offset, &t, err);
     }
     if (ret < 0)
         return ret;
     for (uint64_t i = 0; i < nclusters; i++)
         qimg_table_set(t, index + i, first > 1 ? first + i * s->h.cluster_size
                                                : first);
+    qimg_storage_event(node->file, QIMG_EV_L2_UPDATE);
     if (r->kind != QED_NO_L2)
         return qimg_table_store(t, index, nclusters, err);
     ret = qimg_table_store_all(t, err);
@@ -226,6 +239,7 @@ static int link_clusters(struct qimg_image *node, const struct qed_run *r,
         return ret;
     }
     qimg_table_set(&s->l1, l1_index, l2_offset);
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
     return qimg_table_store(&s->l1, l1_index, 1, err);
 }
 
@@ -304,7 +318,7 @@ static int qed_write(struct qimg_image *node, uint64_t off, uint64_t len,
             ret = write_alloc(node, &r, off, data, err);
         pthread_mutex_unlock(&node->lock);
         if (ret == 0 && r.kind == QED_FOUND)
-            ret = data ? write_buf(node, r.host, (size_t)r.len, data, err)
+            ret = data ? write_data(node, r.host, (size_t)r.len, data, err)
                        : write_zero_data(node, r.host, r.len, err);
         if (ret < 0)
             return ret;

@@ -15,6 +15,18 @@
 #include "core/util.h"
 #include "fmt/qed/qed.h"
 
+int qed_l2_get(struct qimg_image *node, uint64_t offset,
+               struct qimg_table **t, struct qimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t misses = s->l2.misses;
+    int ret = qimg_table_cache_get(&s->l2, offset, t, err);
+
+    if (s->l2.misses != misses)
+        qimg_storage_event(node->file, QIMG_EV_L2_LOAD);
+    return ret;
+}
+
 static int qed_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     if (len < QED_HEADER_LEN || qimg_ld_le32(buf) != QED_MAGIC)

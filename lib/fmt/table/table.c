@@ -197,6 +197,13 @@ static int map_locked(struct qimg_image *node, qimg_map_fn map, uint64_t off,
 int qimg_table_pread(struct qimg_image *node, uint64_t off, size_t len,
                      void *buf, qimg_map_fn map, struct qimg_error *err)
 {
+    return qimg_table_pread_events(node, off, len, buf, map, false, err);
+}
+
+int qimg_table_pread_events(struct qimg_image *node, uint64_t off, size_t len,
+                            void *buf, qimg_map_fn map, bool events,
+                            struct qimg_error *err)
+{
     uint8_t *p = buf;
 
     while (len) {
@@ -207,12 +214,16 @@ int qimg_table_pread(struct qimg_image *node, uint64_t off, size_t len,
         size_t n = (size_t)m.len;
         switch (m.kind) {
         case QIMG_MAP_DATA:
+            if (events)
+                qimg_storage_event(node->file, QIMG_EV_READ_AIO);
             ret = node->file->ops->pread(node->file, m.host, n, p, err);
             break;
         case QIMG_MAP_ZERO:
             memset(p, 0, n);
             break;
         default:
+            if (events && node->backing)
+                qimg_storage_event(node->file, QIMG_EV_READ_BACKING_AIO);
             ret = qimg_read_backing(node, off, n, p, err);
             break;
         }

@@ -141,6 +141,12 @@ typedef int (*qimg_map_fn)(struct qimg_image *node, uint64_t off,
  */
 int qimg_table_pread(struct qimg_image *node, uint64_t off, size_t len,
                      void *buf, qimg_map_fn map, struct qimg_error *err);
+/* The same, raising QEMU's read_aio (before a data read) and
+ * read_backing_aio (before a read of the backing file) events on
+ * node->file when events is set, as QEMU's qed raises them. */
+int qimg_table_pread_events(struct qimg_image *node, uint64_t off, size_t len,
+                            void *buf, qimg_map_fn map, bool events,
+                            struct qimg_error *err);
 
 /*
  * Block status from map: DATA gives ALLOCATED|DATA|OFFSET_VALID at host
