@@ -298,11 +298,9 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
-/* Lower the growth bound below QIMG_MEM_MAX_SIZE (0: back to it), for
- * fuzz targets whose hostile images write far past their end: such a
- * write then fails with EFBIG instead of filling memory.  Not atomic:
- * set it before any storage is used. */
-void qimg_mem_set_max_size(uint64_t max);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (fuzz targets that
+ * write keep each input cheap this way). */
+void qimg_mem_set_max_size(uint64_t bytes);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
@@ -445,7 +443,9 @@ struct qimg_format {
      * pwrite_compressed in two steps, so that the copy engine compresses
      * in all its threads and still lays clusters out in guest order.
      * compress_cluster (any thread, no lock) compresses len bytes of one
-     * cluster into out (at least a cluster) and returns the compressed
+     * cluster into out (at least two clusters and 64 bytes: formats whose
+     * compressed clusters carry a header, or are always compressed,
+     * may need more than a cluster) and returns the compressed
      * length, 0 when it does not shrink, or a negative errno; then
      * pwrite_compressed_data stores it (clen 0: buf as it is).  Optional.
      */
@@ -456,7 +456,22 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /*
+     * For formats without block_status, whose images QEMU reports as
+     * data throughout (so map and compare must too): whether reads of the
+     * extent at off give zeroes (ext->flags QIMG_BS_ZERO) or may not
+     * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
+     * fill such parts of its read buffers without reading them: what it
+     * writes does not change.  Optional; same concurrency as pread.
+     */
+    int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_extent *ext, struct qimg_error *err);
 };
+
+/* The driver's zero_hint for [off, off + len) of img alone (DATA for all
+ * of it without one); ext->length is at least 1 and at most len. */
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 
 /*
  * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID
@@ -468,6 +483,15 @@ struct qimg_format {
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
 /*
+ * The checks QEMU's encrypted formats make of their key before anything
+ * else: encrypt.key-secret given ("Parameter 'encrypt.key-secret' is
+ * required for cipher") and naming a --object secret ("No secret with id
+ * 'X'").  0 or -EINVAL.
+ */
+int qimg_key_secret_check(const struct qimg_opts *opts,
+                          struct qimg_error *err);
+
+/*
  * True when name is a member of QEMU's BlockdevDriver enumeration (which
  * its QAPI create options take for backing-fmt): create drivers refuse
  * other names with "Parameter 'backing-fmt' does not accept value 'X'".
@@ -477,6 +501,16 @@ bool qimg_blockdev_driver_known(const char *name);
  * list), whether or not this build implements it: drivers that check a
  * backing format by name ("unrecognized backing format") use it. */
 bool qimg_qemu_format_known(const char *name);
+
+/*
+ * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
+ * st says about holes there, as QEMU's block layer does for
+ * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
+ * ZERO, and the extent is cut where the storage's answer ends.  For
+ * drivers whose data is in other storages than node->file (vmdk flat
+ * extents); errors are ignored (extra information only).
+ */
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext);
 
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
@@ -491,6 +525,10 @@ extern const struct qimg_format qimg_format_qcow;
 extern const struct qimg_format qimg_format_qcow2;
 extern const struct qimg_format qimg_format_qed;
 extern const struct qimg_format qimg_format_raw;
+extern const struct qimg_format qimg_format_vdi;
+extern const struct qimg_format qimg_format_vhdx;
+extern const struct qimg_format qimg_format_vmdk;
+extern const struct qimg_format qimg_format_vpc;
 /* The format of a node opened at the protocol level (driver=file,
  * -f host_device, null-co://): every operation goes to its storage, and
  * the node reports the storage's driver name as its format. */

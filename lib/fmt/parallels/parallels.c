@@ -297,7 +297,7 @@ static int parallels_pwrite(struct qimg_image *node, uint64_t off, size_t len,
         .allocate = parallels_allocate, .commit = parallels_commit,
         /* allocate() grew the file over the cluster: it reads as zero
          * already, and keeps the preallocation's allocation. */
-        .write_covered_only = true,
+        .new_block_reads_zero = true,
     };
 
     return qimg_table_pwrite(node, off, len, buf, &ops, err);

@@ -36,8 +36,7 @@ static int l2_table(struct qimg_image *node, uint64_t off,
 {
     struct qcow_state *s = node->state;
     uint64_t l1_index = off >> (s->l2_bits + s->cluster_bits);
-    uint64_t l2_off, misses;
-    int ret;
+    uint64_t l2_off;
 
     *t = NULL;
     if (l1_index >= s->l1.n)
@@ -48,11 +47,7 @@ static int l2_table(struct qimg_image *node, uint64_t off,
     /* A table that wraps is a read QEMU's block layer refuses: EIO. */
     if (!qimg_range_ok(l2_off, (uint64_t)s->l2_size * 8, QIMG_MAX_LENGTH))
         return qimg_error_set(err, -EIO, "%s", strerror(EIO));
-    misses = s->l2.misses;
-    ret = qimg_table_cache_get(&s->l2, l2_off, t, err);
-    if (s->l2.misses != misses)
-        qimg_storage_event(node->file, QIMG_EV_L2_LOAD);
-    return ret;
+    return qimg_table_cache_get(&s->l2, l2_off, t, err);
 }
 
 static uint64_t l2_index(const struct qcow_state *s, uint64_t off)

@@ -92,7 +92,7 @@ static int check(const struct qimg_opts *opts, const struct qcow_params *p,
     if (p->encrypt_format && strcmp(p->encrypt_format, "qcow"))
         return qimg_error_set(err, -EINVAL, "Unsupported encryption format");
     if (p->encrypt_format)
-        return qcow_key_check(opts, err);
+        return qimg_key_secret_check(opts, err);
     return 0;
 }
 

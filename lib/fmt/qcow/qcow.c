@@ -27,18 +27,6 @@ static int qcow_probe(const uint8_t *buf, size_t len, const char *filename)
     return 100;
 }
 
-int qcow_key_check(const struct qimg_opts *opts, struct qimg_error *err)
-{
-    const char *key = qimg_opts_get(opts, "encrypt.key-secret");
-
-    if (!key)
-        return qimg_error_set(err, -EINVAL, "Parameter 'encrypt.key-secret' "
-                              "is required for cipher");
-    if (!qimg_secret_get(key, NULL))
-        return qimg_error_set(err, -EINVAL, "No secret with id '%s'", key);
-    return 0;
-}
-
 /* QEMU's checks of the encryption options against the header. */
 static int crypto_opts_check(const struct qimg_opts *opts,
                              bool header_encrypted, bool no_io,
@@ -56,7 +44,7 @@ static int crypto_opts_check(const struct qimg_opts *opts,
     if (fmt && strcmp(fmt, "aes"))
         return qimg_error_set(err, -EINVAL, "Header reported 'aes' encryption "
                               "format but options specify '%s'", fmt);
-    return no_io ? 0 : qcow_key_check(opts, err);   /* info needs no key */
+    return no_io ? 0 : qimg_key_secret_check(opts, err);   /* info needs no key */
 }
 
 /* The hook for AES-CBC (lib/crypto): until it lands, keyed opens of
@@ -152,6 +140,8 @@ static int load_tables(struct qimg_image *node, uint64_t size,
                                 UINT64_MAX, "L2 table", err);
     if (ret < 0)
         qimg_table_release(&s->l1);
+    else
+        s->l2.load_event = true;   /* QEMU's blkdebug l2_load */
     return ret;
 }
 

@@ -85,7 +85,5 @@ int qcow_flush(struct qimg_image *node, struct qimg_error *err);
 extern const struct qimg_opt_desc qcow_create_opts[QCOW_N_CREATE_OPTS];
 int qcow_create(const char *filename, const struct qimg_opts *opts,
                 struct qimg_error *err);
-/* qcow.c: encrypt.key-secret must name a secret (open and create). */
-int qcow_key_check(const struct qimg_opts *opts, struct qimg_error *err);
 
 #endif /* QIMG_FMT_QCOW_H */

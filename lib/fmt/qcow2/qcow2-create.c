@@ -187,12 +187,9 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
                               "(use version=v3 or greater)");
     if (enc || qimg_opts_get(opts, "encrypt.format")) {
         /* The checks QEMU makes before encrypting, then our limitation. */
-        const char *key = qimg_opts_get(opts, "encrypt.key-secret");
-        if (!key)
-            return qimg_error_set(err, -EINVAL, "Parameter 'encrypt.key-secret' "
-                                  "is required for cipher");
-        if (!qimg_secret_get(key, NULL))
-            return qimg_error_set(err, -EINVAL, "No secret with id '%s'", key);
+        int ret = qimg_key_secret_check(opts, err);
+        if (ret < 0)
+            return ret;
         return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
                               "by qimg yet");
     }

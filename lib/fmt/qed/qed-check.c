@@ -108,7 +108,7 @@ static int check_tables(struct qed_checker *c, struct qimg_error *err)
         }
         if (!mark_used(c, off, s->h.table_size))
             continue;   /* a table referenced twice is not walked again */
-        ret = qed_l2_get(node, off, &t, err);
+        ret = qimg_table_cache_get(&s->l2, off, &t, err);
         if (ret == 0 && check_l2(c, t) && c->fix)
             ret = qimg_table_store_all(t, err);
         if (ret < 0) {

@@ -66,7 +66,7 @@ static int qed_find(struct qimg_image *node, uint64_t off, uint64_t len,
     }
     if (!qed_table_offset_ok(s, r->l2_offset))
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
-    ret = qed_l2_get(node, r->l2_offset, &t, err);
+    ret = qimg_table_cache_get(&s->l2, r->l2_offset, &t, err);
     if (ret < 0)
         return ret;
     index = (off >> s->l2_shift) & s->l2_mask;
@@ -221,7 +221,7 @@ static int link_clusters(struct qimg_image *node, const struct qed_run *r,
         if (!ret)
             ret = qimg_table_cache_new(&s->l2, l2_offset, &t, err);
     } else {
-        ret = qed_l2_get(node, l2_offset, &t, err);
+        ret = qimg_table_cache_get(&s->l2, l2_offset, &t, err);
     }
     if (ret < 0)
         return ret;

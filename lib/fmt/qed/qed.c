@@ -15,18 +15,6 @@
 #include "core/util.h"
 #include "fmt/qed/qed.h"
 
-int qed_l2_get(struct qimg_image *node, uint64_t offset,
-               struct qimg_table **t, struct qimg_error *err)
-{
-    struct qed_state *s = node->state;
-    uint64_t misses = s->l2.misses;
-    int ret = qimg_table_cache_get(&s->l2, offset, t, err);
-
-    if (s->l2.misses != misses)
-        qimg_storage_event(node->file, QIMG_EV_L2_LOAD);
-    return ret;
-}
-
 static int qed_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     if (len < QED_HEADER_LEN || qimg_ld_le32(buf) != QED_MAGIC)
@@ -206,6 +194,8 @@ static int load_tables(struct qimg_image *node, struct qimg_error *err)
                                 QED_L2_CACHE_BYTES, "L2 table", err);
     if (ret < 0)
         qimg_table_release(&s->l1);
+    else
+        s->l2.load_event = true;   /* QEMU's blkdebug l2_load */
     return ret;
 }
 

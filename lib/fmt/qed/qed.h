@@ -104,10 +104,6 @@ int qed_write_header(struct qimg_image *node, struct qimg_error *err);
 /* Set or clear the need-check bit on disk. */
 int qed_set_need_check(struct qimg_image *node, bool on,
                        struct qimg_error *err);
-/* An L2 table through the cache, raising QEMU's l2_load event when it
- * has to be read.  node->lock held (or the node used alone). */
-int qed_l2_get(struct qimg_image *node, uint64_t offset,
-               struct qimg_table **t, struct qimg_error *err);
 /* QEMU's largest image for a geometry, with its 64-bit wrap-around. */
 uint64_t qed_max_image_size(uint32_t cluster_size, uint32_t table_size);
 bool qed_cluster_size_valid(uint64_t cluster_size);

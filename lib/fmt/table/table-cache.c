@@ -85,6 +85,8 @@ static int take(struct qimg_table_cache *c, uint64_t offset, bool read,
         else
             qimg_table_release(&s->t);
         c->misses += read;
+        if (read && c->load_event)
+            qimg_storage_event(c->st, QIMG_EV_L2_LOAD);
         g.offset = offset;
         ret = read ? qimg_table_load(&s->t, c->st, &g, c->what, err)
                    : qimg_table_init_zero(&s->t, c->st, &g, c->what, err);

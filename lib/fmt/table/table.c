@@ -12,8 +12,9 @@
 /* Bytes a request of the block-map write path may stage for one block
  * beyond the caller's buffer: the format's block size, which every format
  * bounds itself (vdi, vhdx: 256 MiB at most), so this only catches a
- * format that forgot to.  Formats that never stage (write_covered_only:
- * vpc, whose blocks may be up to 2 GiB) are not bound by it. */
+ * format that forgot to.  Formats that never stage (new_block_reads_zero
+ * without fill_from_backing: vpc, whose blocks may be up to 2 GiB) are
+ * not bound by it. */
 #define QIMG_TABLE_MAX_BLOCK (256ull << 20)
 
 static int geom_bytes(const struct qimg_table_geom *g, const char *what,
@@ -268,7 +269,7 @@ int qimg_table_block_status(struct qimg_image *node, uint64_t off,
 /*
  * Write [off, off + n) into the new block at block_off, n inside it: the
  * block is staged whole (filled as ops say) and written, or with
- * write_covered_only just the covered bytes are; then it is committed.
+ * new_block_reads_zero just the covered bytes are; then it is committed.
  * Called with node->lock held.
  */
 static int write_new_block(struct qimg_image *node, uint64_t block_off,
@@ -286,11 +287,12 @@ static int write_new_block(struct qimg_image *node, uint64_t block_off,
     ret = ops->allocate(node, block_off, &host, err);
     if (ret < 0)
         return ret;
-    if (ops->write_covered_only) {
-        ret = node->file->ops->pwrite(node->file, host + (off - block_off), n,
-                                      data, err);
-    } else if (n == blen) {
+    if (n == blen) {
         ret = node->file->ops->pwrite(node->file, host, n, data, err);
+    } else if (ops->new_block_reads_zero &&
+               !(ops->fill_from_backing && was == QIMG_MAP_UNALLOC)) {
+        ret = node->file->ops->pwrite(node->file, host + (off - block_off),
+                                      n, data, err);
     } else {
         block = malloc((size_t)bs);
         if (!block)
@@ -322,7 +324,9 @@ int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     uint64_t bs = ops->block_size;
 
     /* Only a block that is staged in memory needs the bound. */
-    if (!bs || (bs > QIMG_TABLE_MAX_BLOCK && !ops->write_covered_only))
+    if (!bs ||
+        (bs > QIMG_TABLE_MAX_BLOCK &&
+         !(ops->new_block_reads_zero && !ops->fill_from_backing)))
         return qimg_error_set(err, -EINVAL, "Invalid block size");
     while (len) {
         struct qimg_map_ext m;

@@ -162,8 +162,9 @@ int qimg_table_block_status(struct qimg_image *node, uint64_t off,
 struct qimg_table_write_ops {
     qimg_map_fn map;
     /*
-     * Guest block size in bytes (the unit allocate() makes): any size up
-     * to 256 MiB (parallels clusters need not be powers of 2).
+     * Guest block size in bytes (the unit allocate() makes): any size
+     * (parallels clusters need not be powers of 2); a block that has to
+     * be staged in memory at most 256 MiB.
      */
     uint64_t block_size;
     /*
@@ -188,13 +189,13 @@ struct qimg_table_write_ops {
      */
     bool fill_from_backing;
     /*
-     * New blocks get only the bytes the write covers; the rest of their
-     * host area is left as it is (allocate() puts them past the end of
-     * the file, where it reads as zero) instead of being filled, so that
-     * a small write does not allocate a whole block on the host (vpc).
-     * fill_from_backing is then unused.
+     * allocate() leaves the new block reading as zeroes (it extended the
+     * file over it, say) and the block was ZERO or UNALLOC without
+     * fill_from_backing: only the bytes the write covers are written,
+     * the rest stays as it is (a hole in a sparse file, as QEMU's vhdx
+     * leaves it).  false stages and writes the whole block.
      */
-    bool write_covered_only;
+    bool new_block_reads_zero;
     /*
      * A new block at the end of the image is written whole, block_size
      * bytes, even where it lies past node->size, for formats whose file
@@ -238,6 +239,9 @@ struct qimg_table_cache {
     size_t nslots;
     uint64_t clock;
     uint64_t hits, misses;          /* for tests and tuning */
+    /* Raise QIMG_EV_L2_LOAD on st before each table read (set after
+     * init: qed and qcow, whose QEMU drivers raise it there). */
+    bool load_event;
 };
 
 /*
