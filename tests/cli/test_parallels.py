@@ -346,3 +346,25 @@ def test_extension_granularity(workdir, gran):
     ext_setup(workdir, "g")
     q = run(QIMG, ["info", "g.img"], workdir)
     assert q.rc == 1 and "Invalid granularity" in q.err, q
+
+
+def test_backing_fill(pair):
+    """With a backing file (given at open: parallels names none itself) a
+    new cluster gets the backing file's data around the write, as QEMU
+    copies it; without one it stays zero."""
+    pair.sh(f"{REF} create -q -f raw base.raw 4M")
+    for d in pair.dirs():
+        ref_io(d / "base.raw", "raw", "write -P 0x77 0 4M")
+    make(pair, "b.p", "-o", "cluster_size=64k", "4M")
+    make(pair, "n.p", "-o", "cluster_size=64k", "4M")
+    cmds = ["write -P 1 4k 4k", "write -P 2 100k 70k", "write -P 3 1M 64k"]
+    for d in pair.dirs():
+        name = ('json:{"driver": "parallels", "file": {"driver": "file", '
+                f'"filename": "{d / "b.p"}"}}, "backing": {{"driver": "raw", '
+                f'"file": {{"driver": "file", "filename": "{d / "base.raw"}"'
+                '}}}')
+        io = ref_io if d == pair.ref_dir else qimg_io
+        io(name, "parallels", *cmds)
+        io(d / "n.p", "parallels", *cmds)
+    same_files(pair, "b.p", "n.p")
+    pair.same("compare", "-f", "parallels", "-F", "parallels", "b.p", "n.p")

@@ -296,8 +296,11 @@ static int parallels_pwrite(struct qimg_image *node, uint64_t off, size_t len,
         .map = parallels_map, .block_size = s->cluster_size,
         .allocate = parallels_allocate, .commit = parallels_commit,
         /* allocate() grew the file over the cluster: it reads as zero
-         * already, and keeps the preallocation's allocation. */
+         * already, and keeps the preallocation's allocation.  With a
+         * backing file (--image-opts backing=...) QEMU copies the
+         * backing file's data into the rest of a new cluster. */
         .new_block_reads_zero = true,
+        .fill_from_backing = node->backing != NULL,
     };
 
     return qimg_table_pwrite(node, off, len, buf, &ops, err);
