@@ -31,7 +31,9 @@ static char *summarise(const struct qimg_opts *opts,
             v = d[i]->def;
         if (!v)
             continue;
-        need = len + strlen(d[i]->name) + strlen(v) + 3;
+        /* String values print with commas doubled, as QEMU's
+         * qemu_opts_print escapes them (json: backing file names). */
+        need = len + strlen(d[i]->name) + 2 * strlen(v) + 3;
         if (need > cap) {
             char *n;
             cap = need * 2;
@@ -42,8 +44,14 @@ static char *summarise(const struct qimg_opts *opts,
             }
             out = n;
         }
-        len += (size_t)sprintf(out + len, "%s%s=%s", len ? " " : "",
-                               d[i]->name, v);
+        len += (size_t)sprintf(out + len, "%s%s=", len ? " " : "",
+                               d[i]->name);
+        for (const char *c = v; *c; c++) {
+            if (*c == ',' && d[i]->type == QIMG_OPT_STRING)
+                out[len++] = ',';
+            out[len++] = *c;
+        }
+        out[len] = '\0';
     }
     return out;
 }

@@ -51,6 +51,9 @@ CREATE_CASES = [
     ["-u", "-b", "nonexist", "-F", "qcow2", "x.qed", "1M"],
     ["-u", "-b", "nonexist", "-F", "raw", "x.qed", "1M"],
     ["-u", "-b", "nonexist", "-F", "foo", "x.qed", "1M"],
+    # commas of a string option print doubled, as qemu_opts_print does
+    ["-u", "-b", 'json:{"driver": "raw", "file": "n"}', "-F", "raw",
+     "x.qed", "1M"],
     ["-u", "-b", "b" * 5000, "-F", "raw", "x.qed", "1M"],
     ["-o", "preallocation=off", "x.qed", "1M"],
     ["-o", "preallocation=full", "x.qed", "1M"],
