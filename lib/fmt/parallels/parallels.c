@@ -219,7 +219,15 @@ static int parallels_map(struct qimg_image *node, uint64_t off, uint64_t len,
     uint64_t n = 1, end = i + qimg_div_round_up(in + len, cs);
 
     for (; i + n < end; n++) {
-        uint64_t o = i + n < s->bat.n ? parallels_cluster_offset(s, i + n) : 0;
+        uint64_t o;
+        if (i + n >= s->bat.n) {
+            /* Past the BAT (shorter than the virtual size) all is
+             * unallocated: one step, not one per cluster. */
+            if (!first)
+                n = end - i;
+            break;
+        }
+        o = parallels_cluster_offset(s, i + n);
         if (first ? o != first + n * cs : o != 0)
             break;
     }

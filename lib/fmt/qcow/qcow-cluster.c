@@ -200,6 +200,25 @@ int qcow_flush(struct qimg_image *node, struct qimg_error *err)
 }
 
 /*
+ * Room for len bytes at the end of the file, as QEMU's qcow allocates:
+ * after whatever the file holds now (a table a hostile L1 entry placed
+ * past the end grew it), so nothing written there is cut or overlapped.
+ * Called with node->lock held.
+ */
+static int alloc_at_end(struct qimg_image *node, uint64_t len, uint64_t align,
+                        uint64_t *off, struct qimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    int64_t fsize = node->file->ops->get_size(node->file);
+
+    if (fsize < 0)
+        return qimg_error_set(err, (int)fsize, "%s", strerror((int)-fsize));
+    if ((uint64_t)fsize > s->alloc.end)
+        s->alloc.end = (uint64_t)fsize;
+    return qimg_alloc_append(&s->alloc, len, align, off, err);
+}
+
+/*
  * The L2 table of off, a new one (zeroed, written, flushed, then linked
  * from L1) when there is none.  Called with node->lock held.
  */
@@ -212,8 +231,8 @@ static int l2_table_alloc(struct qimg_image *node, uint64_t off,
 
     if (ret < 0 || *t)
         return ret;
-    ret = qimg_alloc_append(&s->alloc, (uint64_t)s->l2_size * 8,
-                            s->cluster_size, &l2_off, err);
+    ret = alloc_at_end(node, (uint64_t)s->l2_size * 8, s->cluster_size,
+                       &l2_off, err);
     qimg_storage_event(node->file, QIMG_EV_L2_LOAD);
     if (!ret)
         ret = qimg_table_cache_new(&s->l2, l2_off, t, err);
@@ -261,7 +280,7 @@ static int write_new_cluster(struct qimg_image *node, struct qimg_table *t,
     int ret;
 
     qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC);
-    ret = qimg_alloc_append(&s->alloc, cs, cs, &host, err);
+    ret = alloc_at_end(node, cs, cs, &host, err);
     if (ret < 0)
         return ret;
     if ((entry & QCOW_OFLAG_COMPRESSED) && n < cs) {
@@ -432,7 +451,7 @@ int qcow_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
     pthread_mutex_lock(&node->lock);
     ret = l2_table_alloc(node, off, &t, err);
     if (!ret)
-        ret = qimg_alloc_append(&s->alloc, clen, 512, &host, err);
+        ret = alloc_at_end(node, clen, 512, &host, err);
     if (!ret) {
         qimg_storage_event(node->file, QIMG_EV_WRITE_COMPRESSED);
         ret = node->file->ops->pwrite(node->file, host, clen, cdata, err);
