@@ -667,7 +667,9 @@ static bool do_copy(struct convert *c)
     }
     ret = qimg_copy(&p, &err);
     free(srcs);
-    if (ret < 0 && !c->errors_shown)
+    /* An empty message is a failure qemu-img does not report (qcow's
+     * refusal of the end-of-stream write after convert -c). */
+    if (ret < 0 && !c->errors_shown && err.msg[0])
         cli_error("%s", err.msg);
     return ret == 0;
 }

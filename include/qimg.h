@@ -111,6 +111,9 @@ enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i);
 /* Position of key in opts, or -1. */
 long qimg_opts_index(const struct qimg_opts *opts, const char *key);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
+/* The value of key as it was given, before qimg_opts_validate normalised
+ * it (a size's "1k" for "1024"); the value itself when it was not. */
+const char *qimg_opts_get_orig(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);
 const char *qimg_opts_key(const struct qimg_opts *opts, size_t i);

@@ -550,6 +550,26 @@ int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
 /*
+ * The checks QEMU's encrypted formats make of their key before anything
+ * else: encrypt.key-secret given ("Parameter 'encrypt.key-secret' is
+ * required for cipher") and naming a --object secret ("No secret with id
+ * 'X'").  0 or -EINVAL.
+ */
+int qimg_key_secret_check(const struct qimg_opts *opts,
+                          struct qimg_error *err);
+
+/*
+ * True when name is a member of QEMU's BlockdevDriver enumeration (which
+ * its QAPI create options take for backing-fmt): create drivers refuse
+ * other names with "Parameter 'backing-fmt' does not accept value 'X'".
+ */
+bool qimg_blockdev_driver_known(const char *name);
+/* True when QEMU 7.2's qemu-img knows a format of that name (its --help
+ * list), whether or not this build implements it: drivers that check a
+ * backing format by name ("unrecognized backing format") use it. */
+bool qimg_qemu_format_known(const char *name);
+
+/*
  * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
  * st says about holes there, as QEMU's block layer does for
  * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
@@ -569,7 +589,11 @@ extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_luks;
 extern const struct qimg_format qimg_format_raw;
+extern const struct qimg_format qimg_format_parallels;
+extern const struct qimg_format qimg_format_qcow;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_qed;
+extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_vdi;
 extern const struct qimg_format qimg_format_vhdx;
 extern const struct qimg_format qimg_format_vmdk;

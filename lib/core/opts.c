@@ -22,6 +22,7 @@ struct qimg_opt_pair {
     char *key;
     char *value;
     enum qimg_val_type type;    /* what JSON type the value came as */
+    char *orig;     /* the text as given, when validation normalised it */
 };
 
 struct qimg_opts {
@@ -41,6 +42,7 @@ void qimg_opts_free(struct qimg_opts *opts)
     for (size_t i = 0; i < opts->n; i++) {
         free(opts->v[i].key);
         free(opts->v[i].value);
+        free(opts->v[i].orig);
     }
     free(opts->v);
     free(opts);
@@ -71,7 +73,9 @@ int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
         return -ENOMEM;
     if (i >= 0) {
         free(opts->v[i].value);
+        free(opts->v[i].orig);
         opts->v[i].value = v;
+        opts->v[i].orig = NULL;
         opts->v[i].type = type;
         return 0;
     }
@@ -94,6 +98,7 @@ int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
         free(v);
         return -ENOMEM;
     }
+    opts->v[opts->n].orig = NULL;
     opts->v[opts->n].type = type;
     opts->v[opts->n++].value = v;
     return 0;
@@ -115,6 +120,29 @@ const char *qimg_opts_get(const struct qimg_opts *opts, const char *key)
     return i >= 0 ? opts->v[i].value : NULL;
 }
 
+const char *qimg_opts_get_orig(const struct qimg_opts *opts, const char *key)
+{
+    ssize_t i = find(opts, key);
+    if (i < 0)
+        return NULL;
+    return opts->v[i].orig ? opts->v[i].orig : opts->v[i].value;
+}
+
+/* Replace entry i's value by its normalised form, keeping the text. */
+static int normalise(struct qimg_opts *opts, size_t i, const char *value)
+{
+    char *v = strdup(value);
+
+    if (!v)
+        return -ENOMEM;
+    if (!opts->v[i].orig)
+        opts->v[i].orig = opts->v[i].value;
+    else
+        free(opts->v[i].value);
+    opts->v[i].value = v;
+    return 0;
+}
+
 bool qimg_opts_del(struct qimg_opts *opts, const char *key)
 {
     ssize_t i = find(opts, key);
@@ -122,6 +150,7 @@ bool qimg_opts_del(struct qimg_opts *opts, const char *key)
         return false;
     free(opts->v[i].key);
     free(opts->v[i].value);
+    free(opts->v[i].orig);
     memmove(&opts->v[i], &opts->v[i + 1], (opts->n - i - 1) * sizeof(opts->v[0]));
     opts->n--;
     return true;
@@ -149,7 +178,9 @@ struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts)
         return NULL;
     for (size_t i = 0; opts && i < opts->n; i++) {
         if (qimg_opts_set_typed(d, opts->v[i].key, opts->v[i].value,
-                                opts->v[i].type) < 0) {
+                                opts->v[i].type) < 0 ||
+            (opts->v[i].orig &&
+             !(d->v[d->n - 1].orig = strdup(opts->v[i].orig)))) {
             qimg_opts_free(d);
             return NULL;
         }
@@ -422,7 +453,7 @@ static int validate_size(struct qimg_opts *opts, size_t i,
         return 0;
     }
     snprintf(buf, sizeof(buf), "%llu", (unsigned long long)sz);
-    return qimg_opts_set(opts, key, buf);
+    return normalise(opts, i, buf);
 }
 
 /*
@@ -446,7 +477,7 @@ static int validate_number(struct qimg_opts *opts, size_t i,
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
     snprintf(buf, sizeof(buf), "%llu", n);
-    return qimg_opts_set(opts, key, buf);
+    return normalise(opts, i, buf);
 }
 
 static const struct qimg_opt_desc *find_desc(const struct qimg_opt_desc *d,

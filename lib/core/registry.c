@@ -16,7 +16,10 @@ const struct qimg_format *const qimg_formats[] = {
     &qimg_format_cloop,
     &qimg_format_dmg,
     &qimg_format_luks,
+    &qimg_format_parallels,
+    &qimg_format_qcow,
     &qimg_format_qcow2,
+    &qimg_format_qed,
     &qimg_format_raw,
     &qimg_format_vdi,
     &qimg_format_vhdx,
@@ -31,6 +34,26 @@ const struct qimg_format *qimg_format_find(const char *name)
         if (!strcmp(qimg_formats[i]->name, name))
             return qimg_formats[i];
     return NULL;
+}
+
+/* The formats QEMU 7.2's qemu-img knows (its --help list, Debian's build
+ * with qemu-block-extra): what bdrv_find_format() accepts. */
+static const char *const qemu_formats[] = {
+    "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress",
+    "copy-before-write", "copy-on-read", "dmg", "file", "ftp", "ftps",
+    "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "iser",
+    "luks", "nbd", "nfs", "null-aio", "null-co", "nvme", "parallels",
+    "preallocate", "qcow", "qcow2", "qed", "quorum", "raw", "rbd",
+    "replication", "snapshot-access", "ssh", "throttle", "vdi", "vhdx", "vmdk",
+    "vpc", "vvfat",
+};
+
+bool qimg_qemu_format_known(const char *name)
+{
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(qemu_formats); i++)
+        if (!strcmp(qemu_formats[i], name))
+            return true;
+    return false;
 }
 
 /*

@@ -105,6 +105,17 @@ static void test_validate(void **state)
     assert_int_equal(validate("size=1M,nocow=on,bits=16,mode=x", &o), 0);
     /* Sizes are normalised to bytes for the "Formatting" line. */
     assert_string_equal(qimg_opts_get(o, "size"), "1048576");
+    /* ... and the text as given stays available, also in a copy. */
+    assert_string_equal(qimg_opts_get_orig(o, "size"), "1M");
+    assert_string_equal(qimg_opts_get_orig(o, "mode"), "x");
+    assert_null(qimg_opts_get_orig(o, "absent"));
+    struct qimg_opts *d = qimg_opts_dup(o);
+    assert_string_equal(qimg_opts_get_orig(d, "size"), "1M");
+    assert_string_equal(qimg_opts_get(d, "size"), "1048576");
+    /* A new value replaces both. */
+    assert_int_equal(qimg_opts_set(d, "size", "2048"), 0);
+    assert_string_equal(qimg_opts_get_orig(d, "size"), "2048");
+    qimg_opts_free(d);
     qimg_opts_free(o);
     assert_int_equal(validate("foo=1", NULL), -EINVAL);
     assert_int_equal(validate("size=-1", NULL), -EINVAL);
