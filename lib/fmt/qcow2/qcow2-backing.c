@@ -202,7 +202,13 @@ static int reset_image(struct qimg_image *node, struct qimg_error *err)
         return ret;
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
-    ret = qcow2_set_dirty(node, false, err);
+    /* Clean again, the header written whole (as QEMU marks it clean). */
+    ret = node->file->ops->flush(node->file, err);
+    if (!ret) {
+        s->incompatible &= ~QCOW2_INCOMPAT_DIRTY;
+        s->dirty_set = false;
+        ret = qcow2_update_header(node, err);
+    }
     if (!ret)
         ret = node->file->ops->truncate(node->file, (3 + nl1) * cs,
                                         QIMG_PREALLOC_OFF, err);
@@ -220,13 +226,17 @@ int qcow2_make_empty(struct qimg_image *node, struct qimg_error *err)
         pthread_mutex_unlock(&node->lock);
         return ret;
     }
-    /* Otherwise discard every cluster, leaving it unallocated (L2 tables
-     * stay), as QEMU does.  A discard leaves unallocated clusters where no
-     * backing file shows through; hide the backing file meanwhile, or
-     * discarded clusters would become zero clusters over it. */
-    struct qimg_image *backing = node->backing;
-    node->backing = NULL;
-    ret = qcow2_discard(node, 0, node->size, err);
-    node->backing = backing;
+    /* Otherwise every entry is emptied, as QEMU's full discard does (L2
+     * tables allocated where missing, freed clusters discarded in the
+     * file: its pass-discard-snapshot default). */
+    pthread_mutex_lock(&node->lock);
+    qcow2_discards_begin(node);
+    ret = qcow2_empty_range(node, 0, node->size, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    qcow2_discards_end(node);
+    pthread_mutex_unlock(&node->lock);
     return ret;
 }

@@ -422,8 +422,8 @@ int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
  * their tables freed; refcount blocks left without a reference are
  * dropped.  Everything freed is discarded in the file.
  */
-static int empty_range(struct qimg_image *node, uint64_t start, uint64_t end,
-                       struct qimg_error *err)
+int qcow2_empty_range(struct qimg_image *node, uint64_t start, uint64_t end,
+                      struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t entries = qcow2_l2_entries(s), *olds;
@@ -506,7 +506,7 @@ int qcow2_shrink_tail(struct qimg_image *node, uint64_t size,
     pthread_mutex_lock(&node->lock);
     qcow2_discards_begin(node);
     if (start < node->size) {
-        ret = empty_range(node, start, node->size, err);
+        ret = qcow2_empty_range(node, start, node->size, err);
         if (ret < 0)
             qimg_error_prefix(err, "Failed to discard cropped clusters: ");
     }

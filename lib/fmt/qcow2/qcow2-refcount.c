@@ -350,7 +350,7 @@ static int update_refcount_once(struct qimg_image *node, uint64_t offset,
         rc = qcow2_refcount_read_entry(s, block, ci & (per_block - 1));
         if ((delta < 0 && rc < (uint64_t)-delta) ||
             (delta > 0 && s->refcount_max - rc < (uint64_t)delta)) {
-            ret = qimg_error_set(err, delta < 0 ? -EINVAL : -ERANGE,
+            ret = qimg_error_set(err, -EINVAL,
                                  "Refcount of cluster %llu would %s",
                                  (unsigned long long)ci,
                                  delta < 0 ? "drop below zero" : "overflow");
@@ -701,107 +701,276 @@ static void set_refcount_order(struct qcow2_state *s, uint32_t order)
 }
 
 /*
- * Rewrite every refcount in a new width: read all counts, write a complete
- * new structure (blocks, then table) after the last used cluster, switch
- * the header to it in one write, then release the old structure.
+ * Changing the refcount width, as QEMU does it: walks over the old
+ * refcount table build the new refcount blocks (entry by entry, in the
+ * new width) and hand each finished one to an operation.  The allocating
+ * walks take clusters for the new blocks (and then the new table) in the
+ * old structure, until a walk allocates nothing; the last walk writes the
+ * blocks.  Then the new table, the header, and the old structure is
+ * freed (in the new one).
  */
-int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
-                                struct qimg_error *err)
+struct reorder {
+    struct qimg_image *node;
+    uint32_t order;              /* the new width */
+    uint64_t block_entries;      /* entries of a new refcount block */
+    uint64_t *table;             /* the new table (host order) */
+    uint64_t table_size;         /* entries */
+    uint64_t index;              /* next new block's table index */
+    uint8_t *block;              /* the new block being built (or NULL) */
+    bool allocated;
+    void (*status)(void *opaque, uint64_t done, uint64_t total);
+    void *opaque;
+};
+
+typedef int (*reorder_op)(struct reorder *r, bool empty, struct qimg_error *err);
+
+static int reorder_alloc(struct reorder *r, bool empty, struct qimg_error *err)
 {
-    struct qcow2_state *s = node->state;
-    uint64_t nb = qcow2_image_end(node) >> s->cluster_bits;
-    uint64_t new_per_block = (s->cluster_size * 8) >> order;
-    uint64_t new_max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
-    uint64_t nblocks = 0, tcl = 0, total, *counts = NULL, *table = NULL;
-    uint64_t old_table = s->refcount_table_offset;
-    uint64_t old_table_len = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
-    uint64_t *old_blocks = NULL, n_old = 0;
-    uint32_t old_order = s->refcount_order;
-    uint8_t *block = NULL;
+    struct qcow2_state *s = r->node->state;
+    int64_t off;
+
+    if (empty)
+        return 0;
+    if (r->index >= r->table_size) {
+        uint64_t n = qimg_div_round_up(r->index + 1, s->cluster_size / 8) *
+                     (s->cluster_size / 8);
+        uint64_t *t;
+        if (n > QCOW2_MAX_REFTABLE_SIZE / 8)
+            return qimg_error_set(err, -ENOTSUP, "This operation would make the "
+                                  "refcount table grow beyond the maximum size "
+                                  "supported by QEMU, aborting");
+        t = realloc(r->table, n * 8);
+        if (!t)
+            return qimg_error_set(err, -ENOMEM, "Failed to increase reftable "
+                                  "buffer size");
+        memset(t + r->table_size, 0, (n - r->table_size) * 8);
+        r->table = t;
+        r->table_size = n;
+    }
+    if (!r->table[r->index]) {
+        off = qcow2_alloc_clusters(r->node, 1, err);
+        if (off < 0) {
+            qimg_error_prefix(err, "Failed to allocate refblock: ");
+            return (int)off;
+        }
+        r->table[r->index] = (uint64_t)off;
+        r->allocated = true;
+    }
+    return 0;
+}
+
+static int reorder_flush(struct reorder *r, bool empty, struct qimg_error *err)
+{
+    struct qcow2_state *s = r->node->state;
+    uint64_t off;
     int ret;
 
-    ret = qcow2_cache_flush(node, &s->refblock_cache, err);
-    if (ret < 0)
+    if (r->index >= r->table_size || !r->table[r->index])
+        return empty ? 0 : qimg_error_set(err, -EIO, "Refcount block was not "
+                                          "allocated");
+    off = r->table[r->index];
+    ret = qcow2_overlap_check(r->node, 0, off, s->cluster_size, err);
+    if (ret < 0) {
+        qimg_error_set(err, ret, "Overlap check failed: %s", strerror(-ret));
         return ret;
-    for (;;) {
-        total = nb + nblocks + tcl;
-        uint64_t b = qimg_div_round_up(total, new_per_block);
-        uint64_t t = qimg_div_round_up(b * 8, s->cluster_size);
-        if (b == nblocks && t == tcl)
-            break;
-        nblocks = b;
-        tcl = t;
     }
-    if ((tcl << s->cluster_bits) > QCOW2_MAX_REFTABLE_SIZE)
-        return qimg_error_set(err, -EFBIG, "Reference count table too large");
-    counts = calloc(nblocks * new_per_block, sizeof(*counts));
-    table = calloc(tcl << s->cluster_bits, 1);
-    block = malloc(s->cluster_size);
-    old_blocks = calloc(s->refcount_table_size ? s->refcount_table_size : 1, 8);
-    if (!counts || !table || !block || !old_blocks) {
-        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-        goto out;
-    }
-    for (uint64_t i = 0; i < nb; i++) {
-        ret = qcow2_get_refcount(node, i, &counts[i], err);
-        if (ret < 0)
-            goto out;
-        if (counts[i] > new_max) {
-            ret = qimg_error_set(err, -EINVAL, "Cannot decrease refcount entry "
-                                 "width to %u bits: Cluster at offset %#llx has "
-                                 "a refcount of %llu", 1u << order,
-                                 (unsigned long long)(i << s->cluster_bits),
-                                 (unsigned long long)counts[i]);
-            goto out;
+    ret = r->node->file->ops->pwrite(r->node->file, off, s->cluster_size,
+                                     r->block, err);
+    if (ret < 0)
+        qimg_error_set(err, ret, "Failed to write refblock: %s", strerror(-ret));
+    return ret;
+}
+
+/* One walk: walk number `index` of `total` (for the progress). */
+static int reorder_walk(struct reorder *r, reorder_op op, uint64_t index,
+                        uint64_t total, struct qimg_error *err)
+{
+    struct qimg_image *node = r->node;
+    struct qcow2_state *s = node->state;
+    uint64_t per_block = 1ull << s->refcount_block_bits, n = 0;
+    uint32_t new_bits = 1u << r->order;
+    bool empty = true;
+    struct qcow2_state nstate = *s;   /* the new width's entry layout */
+    int ret;
+
+    nstate.refcount_order = r->order;
+    for (uint64_t ti = 0; ti < s->refcount_table_size; ti++) {
+        uint64_t boff = s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK;
+        uint8_t *block = NULL;
+
+        r->status(r->opaque, index * s->refcount_table_size + ti,
+                  total * s->refcount_table_size);
+        if (boff & (s->cluster_size - 1)) {
+            qcow2_signal_corruption(node, true, NULL, "Refblock offset %#llx "
+                                    "unaligned (reftable index: %#llx)",
+                                    (unsigned long long)boff,
+                                    (unsigned long long)ti);
+            return qimg_error_set(err, -EIO, "Image is corrupt (unaligned "
+                                  "refblock offset)");
+        }
+        for (uint64_t bi = 0; bi < per_block; bi++) {
+            uint64_t rc = 0;
+            if (n >= r->block_entries) {
+                /* The new block is complete. */
+                ret = op(r, empty, err);
+                if (ret < 0)
+                    return ret;
+                r->index++;
+                n = 0;
+                empty = true;
+                block = NULL;   /* the operation may have evicted it */
+            }
+            if (boff) {
+                if (!block) {
+                    ret = qcow2_cache_get(node, &s->refblock_cache, boff,
+                                          &block, err);
+                    if (ret < 0) {
+                        qimg_error_set(err, ret, "Failed to retrieve refblock: "
+                                       "%s", strerror(-ret));
+                        return ret;
+                    }
+                }
+                rc = qcow2_refcount_read_entry(s, block, bi);
+                if (new_bits < 64 && (rc >> new_bits))
+                    return qimg_error_set(err, -EINVAL, "Cannot decrease "
+                                          "refcount entry width to %u bits: "
+                                          "Cluster at offset %#llx has a "
+                                          "refcount of %llu", new_bits,
+                                          (unsigned long long)(((ti * per_block) +
+                                                                bi) << s->cluster_bits),
+                                          (unsigned long long)rc);
+            }
+            if (r->block)
+                qcow2_refcount_write_entry(&nstate, r->block, n, rc);
+            n++;
+            empty = empty && !rc;
         }
     }
-    for (uint64_t i = nb; i < total; i++)
-        counts[i] = 1;   /* the new structure itself */
-    for (uint64_t i = 0; i < s->refcount_table_size; i++)
-        if (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK)
-            old_blocks[n_old++] = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
-    set_refcount_order(s, order);
-    for (uint64_t b = 0; b < nblocks; b++) {
-        uint64_t off = (nb + b) << s->cluster_bits;
-        memset(block, 0, s->cluster_size);
-        for (uint64_t k = 0; k < new_per_block; k++)
-            qcow2_refcount_write_entry(s, block, k, counts[b * new_per_block + k]);
-        ret = node->file->ops->pwrite(node->file, off, s->cluster_size, block, err);
+    if (n) {
+        /* The last, partly filled block. */
+        if (r->block)
+            for (; n < r->block_entries; n++)
+                qcow2_refcount_write_entry(&nstate, r->block, n, 0);
+        ret = op(r, empty, err);
         if (ret < 0)
-            goto fail;
-        table[b] = htobe64(off);
+            return ret;
+        r->index++;
     }
-    ret = node->file->ops->pwrite(node->file, (nb + nblocks) << s->cluster_bits,
-                                  tcl << s->cluster_bits, table, err);
-    if (!ret)
-        ret = node->file->ops->flush(node->file, err);
+    r->status(r->opaque, (index + 1) * s->refcount_table_size,
+              total * s->refcount_table_size);
+    return 0;
+}
+
+int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
+                                void (*status)(void *, uint64_t, uint64_t),
+                                void *opaque, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct reorder r = {.node = node, .order = order, .status = status,
+                        .opaque = opaque,
+                        .block_entries = 1ull << (s->cluster_bits + 3 - order)};
+    uint64_t new_off = 0, alloc_size = 0, walk = 0;
+    uint64_t *old_table = NULL, old_size = 0, old_off = 0;
+    uint32_t old_order, old_clusters;
+    int ret;
+
+    do {
+        uint64_t total = QIMG_MAX(walk + 2, 3ull);
+        r.allocated = false;
+        ret = reorder_walk(&r, reorder_alloc, walk++, total, err);
+        if (ret < 0)
+            goto done;
+        r.index = 0;
+        if (r.allocated) {
+            int64_t o;
+            if (new_off)
+                qcow2_free_clusters_or_warn(node, new_off, alloc_size * 8,
+                                            false);
+            o = qcow2_alloc_clusters(node, qimg_div_round_up(r.table_size * 8,
+                                                            s->cluster_size),
+                                     err);
+            if (o < 0) {
+                ret = (int)o;
+                qimg_error_set(err, ret, "Failed to allocate the new reftable: "
+                               "%s", strerror(-ret));
+                new_off = 0;
+                goto done;
+            }
+            new_off = (uint64_t)o;
+            alloc_size = r.table_size;
+        }
+    } while (r.allocated);
+    /* The walk that writes the blocks. */
+    r.block = calloc(1, s->cluster_size);
+    if (!r.block) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto done;
+    }
+    ret = reorder_walk(&r, reorder_flush, walk, walk + 1, err);
     if (ret < 0)
-        goto fail;
-    s->refcount_table_offset = (nb + nblocks) << s->cluster_bits;
-    s->refcount_table_clusters = (uint32_t)tcl;
+        goto done;
+    ret = qcow2_overlap_check(node, 0, new_off, r.table_size * 8, err);
+    if (ret < 0) {
+        qimg_error_set(err, ret, "Overlap check failed: %s", strerror(-ret));
+        goto done;
+    }
+    for (uint64_t i = 0; i < r.table_size; i++)
+        r.table[i] = htobe64(r.table[i]);
+    ret = node->file->ops->pwrite(node->file, new_off, r.table_size * 8, r.table,
+                                  err);
+    for (uint64_t i = 0; i < r.table_size; i++)
+        r.table[i] = be64toh(r.table[i]);
+    if (ret < 0) {
+        qimg_error_set(err, ret, "Failed to write the new reftable: %s",
+                       strerror(-ret));
+        goto done;
+    }
+    ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    if (ret < 0) {
+        qimg_error_set(err, ret, "Failed to flush the refblock cache: %s",
+                       strerror(-ret));
+        goto done;
+    }
+    /* The header names the new structure; the state follows it. */
+    old_order = s->refcount_order;
+    old_off = s->refcount_table_offset;
+    old_clusters = s->refcount_table_clusters;
+    s->refcount_order = order;
+    s->refcount_table_offset = new_off;
+    s->refcount_table_clusters = (uint32_t)(r.table_size * 8 / s->cluster_size);
     ret = qcow2_update_header(node, err);
-    if (ret < 0)
-        goto fail;
+    if (ret < 0) {
+        s->refcount_order = old_order;
+        s->refcount_table_offset = old_off;
+        s->refcount_table_clusters = old_clusters;
+        qimg_error_set(err, ret, "Failed to update the qcow2 header: %s",
+                       strerror(-ret));
+        goto done;
+    }
     for (size_t i = 0; i < s->refblock_cache.n; i++)
         qcow2_cache_discard(&s->refblock_cache, s->refblock_cache.e[i].offset);
-    free(s->refcount_table);
-    s->refcount_table = NULL;
-    ret = qcow2_refcount_load(node, err);
-    if (ret < 0)
-        goto out;
-    s->free_cluster_index = 0;
-    /* The old structure is garbage now. */
-    ret = qcow2_free_clusters(node, old_table, old_table_len, err);
-    for (uint64_t i = 0; !ret && i < n_old; i++)
-        ret = qcow2_free_clusters(node, old_blocks[i], s->cluster_size, err);
-    goto out;
-fail:
-    set_refcount_order(s, old_order);
-out:
-    free(counts);
-    free(table);
-    free(block);
-    free(old_blocks);
+    old_table = s->refcount_table;
+    old_size = s->refcount_table_size;
+    s->refcount_table = r.table;
+    s->refcount_table_size = r.table_size;
+    set_refcount_order(s, order);
+    /* What is freed below is the old structure. */
+    r.table = old_table;
+    r.table_size = old_size;
+    new_off = old_off;
+    alloc_size = old_size;
+done:
+    if (r.table) {
+        for (uint64_t i = 0; i < r.table_size; i++)
+            if (r.table[i] & QCOW2_REFT_OFFSET_MASK)
+                qcow2_free_clusters_or_warn(node, r.table[i] &
+                                                      QCOW2_REFT_OFFSET_MASK,
+                                            s->cluster_size, false);
+        free(r.table);
+        if (new_off)
+            qcow2_free_clusters_or_warn(node, new_off, r.table_size * 8, false);
+    }
+    free(r.block);
     return ret;
 }
 

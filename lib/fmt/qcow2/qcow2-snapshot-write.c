@@ -93,6 +93,61 @@ static int clear_copied_flags(struct qimg_image *node, uint64_t *l1,
     return ret;
 }
 
+/* Whether a cluster's refcount can take one more reference. */
+static int room_for_one(struct qimg_image *node, uint64_t off, uint64_t len,
+                        struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    for (uint64_t c = off >> s->cluster_bits;
+         c <= (off + len - 1) >> s->cluster_bits; c++) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(node, c, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (rc >= s->refcount_max)
+            return qimg_error_set(err, -EINVAL, "Refcount of cluster %llu "
+                                  "would overflow", (unsigned long long)c);
+    }
+    return 0;
+}
+
+/*
+ * Before a snapshot adds references: refuse (changing nothing) when a
+ * cluster l1 reaches is at the largest refcount, where QEMU's update
+ * fails at its first step.  The COPIED flags stay as they are.
+ */
+static int check_room(struct qimg_image *node, const uint64_t *l1,
+                      uint32_t l1_size, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2 = malloc(s->cluster_size);
+    int ret = l2 ? qcow2_cache_flush(node, &s->l2_cache, err)
+                 : qimg_error_set(err, -ENOMEM, "Out of memory");
+
+    for (uint32_t i = 0; !ret && i < l1_size; i++) {
+        uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (!l2off)
+            continue;
+        ret = read_l2(node, l2off, i, l2, err);
+        for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
+            uint64_t e = qimg_ld_be64(l2 + j * s->l2_entry_size);
+            if (e & QCOW2_OFLAG_COMPRESSED) {
+                uint64_t coff = e & s->cluster_offset_mask;
+                uint64_t sectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
+                ret = room_for_one(node, coff, qimg_align_down(coff, 512) +
+                                                   sectors * 512 - coff, err);
+            } else if ((e & QCOW2_L2E_OFFSET_MASK) && !s->data_file) {
+                ret = room_for_one(node, e & QCOW2_L2E_OFFSET_MASK, 1, err);
+            }
+        }
+        if (!ret)
+            ret = room_for_one(node, l2off, 1, err);
+    }
+    free(l2);
+    return ret;
+}
+
 /* Add `addend` to everything l1 reaches and recompute the COPIED flags in
  * its tables; l1 (host order) is updated in place. */
 static int update_refcounts(struct qimg_image *node, uint64_t *l1,
@@ -104,8 +159,11 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
     int ret = 0;
 
     if (addend > 0) {
-        ret = clear_copied_flags(node, l1, l1_size,
-                                 l1 == s->l1_table ? s->l1_table_offset : 0, err);
+        ret = check_room(node, l1, l1_size, err);
+        if (!ret)
+            ret = clear_copied_flags(node, l1, l1_size,
+                                     l1 == s->l1_table ? s->l1_table_offset : 0,
+                                     err);
         if (ret < 0)
             return ret;
     }

@@ -454,6 +454,12 @@ int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
  * emptied, L1 entries and refcount blocks past the end dropped). */
 int qcow2_shrink_tail(struct qimg_image *node, uint64_t size,
                       struct qimg_error *err);
+/* Empty every entry of the guest clusters of [start, end), L2 tables
+ * allocated (or copied) where missing, as QEMU's full discard does; what
+ * loses its last reference is freed (discarded between
+ * qcow2_discards_begin/end).  Called with the lock. */
+int qcow2_empty_range(struct qimg_image *node, uint64_t start, uint64_t end,
+                      struct qimg_error *err);
 /* End of the last cluster below fsize with a reference (QEMU's
  * qcow2_get_last_cluster); none is a corruption event. */
 int qcow2_last_used_end(struct qimg_image *node, uint64_t fsize,
@@ -602,9 +608,11 @@ extern const struct qimg_opt_desc qcow2_amend_opts[QCOW2_N_AMEND_OPTS];
 int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
                 bool force, void (*progress)(void *, double), void *opaque,
                 struct qimg_error *err);
-/* Rewrite all refcounts with width 2^order bits. */
+/* Rewrite all refcounts with width 2^order bits (QEMU's walks; status
+ * receives the work done of the total, qcow2-refcount.c). */
 int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
-                                struct qimg_error *err);
+                                void (*status)(void *, uint64_t, uint64_t),
+                                void *opaque, struct qimg_error *err);
 
 /* qcow2-backing.c */
 int qcow2_change_backing(struct qimg_image *node, const char *backing,
