@@ -260,9 +260,13 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
 /* Library warnings print as they come, as QEMU's do. */
 static void print_warning(const char *msg, enum qimg_msg_kind kind)
 {
-    if (kind == QIMG_MSG_PLAIN)
+    if (kind == QIMG_MSG_PLAIN) {
         fputs(msg, stderr);
-    else
+    } else if (kind == QIMG_MSG_FATAL) {
+        /* blkverify found a difference: QEMU stops right there. */
+        fputs(msg, stderr);
+        exit(1);
+    } else
         fprintf(stderr, "%s: %s%s", cli_prog,
                 kind == QIMG_MSG_WARNING ? "warning: " : "", msg);
 }
@@ -291,6 +295,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
         }
         p.options = dict;
         p.format = NULL;
+        p.filename = NULL;
         if ((o->flags & QIMG_OPEN_SHARE) && qimg_opts_get(dict, "force-share")) {
             cli_error("--force-share/-U conflicts with image options");
             qimg_opts_free(dict);

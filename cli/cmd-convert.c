@@ -511,6 +511,12 @@ static struct qimg_opts *prepare_target(struct convert *c)
         cli_error("Unknown file format '%s'", c->out_fmt);
         return NULL;
     }
+    /* QEMU asks the format before looking for the protocol. */
+    if (!qimg_format_can_create(c->out_fmt)) {
+        cli_error("Format driver '%s' does not support image creation",
+                  c->out_fmt);
+        return NULL;
+    }
     if (!check_protocol(c->target))
         return NULL;
     if (qimg_create_prepare(c->out_fmt, c->target, c->options,
@@ -561,6 +567,12 @@ static bool open_target(struct convert *c)
         cli_error("Compression not supported for this file format");
         return false;
     }
+    /* formats that only take compressed writes get them without -c */
+    struct qimg_info info;
+    struct qimg_error err = {0};
+    if (qimg_get_info(c->tgt, &info, &err) == 0 && info.needs_compressed_writes)
+        c->compress = true;
+    qimg_info_release(&info);
     return true;
 }
 

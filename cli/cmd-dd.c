@@ -80,6 +80,12 @@ static bool create_output(const struct dd *d, uint64_t size)
         cli_error("Unknown file format");
         return false;
     }
+    /* QEMU asks the format before looking for the protocol. */
+    if (!qimg_format_can_create(d->out_fmt)) {
+        cli_error("Format driver '%s' does not support image creation",
+                  d->out_fmt);
+        return false;
+    }
     if (!check_protocol(d->out))
         return false;
     if (qimg_create_prepare(d->out_fmt, d->out, NULL, (int64_t)size, NULL, NULL,

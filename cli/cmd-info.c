@@ -29,8 +29,11 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
     o = json_object();
     json_object_set_new(o, "virtual-size", json_integer((json_int_t)info.virtual_size));
     json_object_set_new(o, "filename", json_string(qimg_image_filename(img)));
+    /* QEMU keeps the cluster size in an int: 2 GiB (a vpc block size it
+     * accepts) shows as negative. */
     if (info.cluster_size)
-        json_object_set_new(o, "cluster-size", json_integer(info.cluster_size));
+        json_object_set_new(o, "cluster-size",
+                            json_integer((int32_t)info.cluster_size));
     json_object_set_new(o, "format", json_string(qimg_image_format(img)));
     if (info.actual_size >= 0)
         json_object_set_new(o, "actual-size", json_integer(info.actual_size));
@@ -49,7 +52,8 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
             json_object_set_new(o, "backing-filename-format",
                                 json_string(info.backing_fmt));
     }
-    json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
+    if (info.has_dirty_flag)
+        json_object_set_new(o, "dirty-flag", json_boolean(info.dirty));
     qimg_info_release(&info);
     struct qimg_snapshot *snaps = NULL;
     size_t nsnaps = 0;

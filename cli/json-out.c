@@ -58,14 +58,6 @@ static void print_scalar(FILE *out, const json_t *v)
  * inserted key first.  We reproduce that order so output matches byte for
  * byte.
  */
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
-    for (unsigned i = 0; key[i]; i++)
-        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    return (1103515243u * v + 12345u) % 512u;
-}
-
 struct ordered_key {
     const char *key;
     unsigned bucket;
@@ -94,7 +86,7 @@ static struct ordered_key *ordered_keys(const json_t *v, size_t *n)
         abort();
     json_object_foreach((json_t *)v, key, member) {
         keys[i].key = key;
-        keys[i].bucket = qdict_bucket(key);
+        keys[i].bucket = qimg_qdict_bucket(key);
         keys[i].index = i;
         i++;
     }

@@ -52,6 +52,11 @@ enum qimg_msg_kind {
     QIMG_MSG_WARNING,   /* "<prog>: warning: " */
     QIMG_MSG_ERROR,     /* "<prog>: " */
     QIMG_MSG_PLAIN,     /* no prefix */
+    /* A debugging driver found what QEMU stops the process for
+     * (blkverify's mismatches): the program prints it as is and exits
+     * with status 1, as QEMU does.  Without a handler the request fails
+     * with EIO instead. */
+    QIMG_MSG_FATAL,
 };
 void qimg_set_warning_handler(void (*handler)(const char *msg,
                                               enum qimg_msg_kind kind));
@@ -86,6 +91,22 @@ void qimg_opts_free(struct qimg_opts *opts);
 int qimg_opts_parse(struct qimg_opts *opts, const char *str,
                     const char *implied_key, struct qimg_error *err);
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
+/* The JSON type a value had where it came from (json: filenames keep
+ * their types; -o and --image-opts values are strings).  Values are
+ * always stored as text: numbers in decimal, booleans as on/off, null
+ * as "". */
+enum qimg_val_type {
+    QIMG_VAL_STRING,
+    QIMG_VAL_INT,
+    QIMG_VAL_REAL,
+    QIMG_VAL_BOOL,
+    QIMG_VAL_NULL,
+};
+int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
+                        const char *value, enum qimg_val_type type);
+enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i);
+/* Position of key in opts, or -1. */
+long qimg_opts_index(const struct qimg_opts *opts, const char *key);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);
@@ -108,6 +129,13 @@ struct qimg_opt_desc {
     const char *def;   /* default shown in "Formatting ..." or NULL */
 };
 
+/*
+ * The bucket of key in QEMU's dictionaries (a string hash modulo 512):
+ * QEMU lists a dictionary's members by bucket, the most recently added
+ * first within one, and so prints JSON in that order.
+ */
+unsigned qimg_qdict_bucket(const char *key);
+
 /* ---- secrets (--object secret,...) ---------------------------------- */
 
 /* Register a secret from an --object definition string.  Process-global. */
@@ -117,7 +145,8 @@ const char *qimg_secret_get(const char *id, size_t *len);
 
 /* ---- formats ----------------------------------------------------------- */
 
-/* Number of registered formats and their names, in listing order. */
+/* Number of registered drivers (formats and storages, as QEMU counts
+ * them) and their names, sorted as qemu-img lists them. */
 size_t qimg_format_count(void);
 const char *qimg_format_name_at(size_t i);
 bool qimg_format_known(const char *name);
@@ -383,8 +412,13 @@ struct qimg_info {
     int64_t actual_size;        /* bytes allocated on disk, -1 unknown */
     uint32_t cluster_size;      /* 0: none */
     bool dirty;
-    bool has_dirty_flag;        /* format has a dirty flag to report */
+    bool has_dirty_flag;        /* "dirty-flag" is reported (QEMU's driver
+                                   answers bdrv_get_info) */
     bool encrypted;
+    /* Every write must be a compressed whole cluster (vmdk
+     * streamOptimized): convert then compresses without -c, as qemu-img
+     * does (QEMU's BlockDriverInfo.needs_compressed_writes). */
+    bool needs_compressed_writes;
     char backing_file[4096];    /* as written in the image, "" if none */
     char backing_fmt[64];
     char full_backing_filename[4096];

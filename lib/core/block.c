@@ -16,341 +16,6 @@
 #include "core/jsonopts.h"
 #include "core/util.h"
 
-static const struct qimg_format *probe_format(const uint8_t *buf, size_t len,
-                                              const char *filename)
-{
-    const struct qimg_format *best = NULL;
-    int best_score = 0;
-
-    for (size_t i = 0; i < qimg_n_formats; i++) {
-        const struct qimg_format *f = qimg_formats[i];
-        int score = f->probe ? f->probe(buf, len, filename) : 0;
-        if (score > best_score) {
-            best_score = score;
-            best = f;
-        }
-    }
-    return best;
-}
-
-static int probe_node(struct qimg_image *node, struct qimg_error *err)
-{
-    uint8_t buf[QIMG_PROBE_BYTES];
-    int64_t size = node->file->ops->get_size(node->file);
-    size_t len = size < 0 ? 0 : (size_t)QIMG_MIN((uint64_t)size, sizeof(buf));
-    int ret;
-
-    memset(buf, 0, sizeof(buf));
-    if (len) {
-        ret = node->file->ops->pread(node->file, 0, len, buf, err);
-        if (ret < 0) {
-            qimg_error_prefix(err, "Could not read image for determining its "
-                                   "format: ");
-            return ret;
-        }
-    }
-    node->fmt = len ? probe_format(buf, len, node->filename) : NULL;
-    if (!node->fmt)
-        node->fmt = &qimg_format_raw;
-    node->probed_raw = node->fmt->is_raw;
-    return 0;
-}
-
-/* Resolve a backing name relative to the directory of the overlay. */
-static char *resolve_backing(const char *overlay, const char *backing)
-{
-    if (!strncmp(backing, "json:", 5) || !strncmp(overlay, "json:", 5))
-        return strdup(backing);
-    return qimg_path_combine(overlay, backing);
-}
-
-int qimg_open_child_storage(struct qimg_image *parent, const char *name,
-                            unsigned child_flags, unsigned flags,
-                            struct qimg_storage **out, struct qimg_error *err)
-{
-    char *path = NULL;
-    int ret;
-
-    *out = NULL;
-    if (child_flags & QIMG_CHILD_RELATIVE) {
-        path = resolve_backing(parent->filename, name);
-        if (!path)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
-    }
-    ret = qimg_storage_open(out, path ? path : name, flags, parent->cache,
-                            err);
-    free(path);
-    return ret;
-}
-
-/*
- * The files of the nodes whose backing files are being opened, innermost
- * first: opens run alone on a thread and depth first, so this list holds
- * exactly the overlays of the node being opened.  A backing file equal to
- * one of them is a loop.
- */
-struct chain_id { dev_t dev; ino_t ino; bool valid; };
-struct open_frame { const struct open_frame *up; struct chain_id id; };
-static __thread const struct open_frame *opening;
-
-static struct chain_id file_id(const char *path)
-{
-    struct chain_id id = {0};
-    struct stat st;
-    uint64_t mem = qimg_mem_id(path);
-    if (mem) {
-        /* Memory storage: the buffer is the identity (no inode). */
-        id.dev = (dev_t)-1;
-        id.ino = (ino_t)mem;
-        id.valid = true;
-    } else if (stat(path, &st) == 0) {
-        id.dev = st.st_dev;
-        id.ino = st.st_ino;
-        id.valid = true;
-    }
-    return id;
-}
-
-/* The frame whose file name would repeat, or NULL. */
-static const struct open_frame *find_loop(const struct open_frame *f,
-                                          const char *name)
-{
-    struct chain_id id = file_id(name);
-    for (; id.valid && f; f = f->up) {
-        if (f->id.valid && f->id.dev == id.dev && f->id.ino == id.ino)
-            return f;
-    }
-    return NULL;
-}
-
-static int open_backing(struct qimg_image *node, struct qimg_error *err)
-{
-    struct qimg_image *b = NULL;
-    char *name;
-    int ret;
-
-    if (node->depth + 1 >= QIMG_MAX_CHAIN_DEPTH)
-        return qimg_error_set(err, -ELOOP, "Backing chain of '%s' is deeper "
-                              "than %d images", node->filename,
-                              QIMG_MAX_CHAIN_DEPTH);
-    name = resolve_backing(node->filename, node->backing_name);
-    if (!name)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    /* QEMU hangs on loops; we refuse them. */
-    struct open_frame self = {opening, file_id(node->file->filename)};
-    const struct open_frame *loop = find_loop(&self, name);
-    if (loop) {
-        free(name);
-        if (loop == &self)
-            return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' "
-                                  "refers to itself", node->backing_name,
-                                  node->filename);
-        return qimg_error_set(err, -ELOOP, "Backing file '%s' of '%s' creates "
-                              "an infinite loop", node->backing_name,
-                              node->filename);
-    }
-    /* Backing files are opened read-only, and as QEMU does, others may
-     * not write to or resize them (unless -U). */
-    opening = &self;
-    ret = qimg_image_open_node(&b, name, node->backing_fmt[0] ? node->backing_fmt
-                                                               : NULL,
-                               NULL, (node->flags & ~(QIMG_OPEN_RDWR |
-                                                      QIMG_OPEN_RESIZE)) |
-                                         QIMG_OPEN_NO_SHARE,
-                               node->cache, node->depth + 1, err);
-    opening = self.up;
-    if (ret < 0) {
-        qimg_error_prefix(err, "Could not open backing file: ");
-        free(name);
-        return ret;
-    }
-    free(name);
-    node->backing = b;
-    return 0;
-}
-
-/*
- * As QEMU's format drivers do, every format but raw keeps its metadata
- * consistent by refusing to share write and resize of the file under it
- * (unless -U), and takes resize along with write.
- */
-static unsigned storage_flags_for(const struct qimg_format *fmt,
-                                  unsigned flags)
-{
-    if (fmt->is_raw || (flags & (QIMG_OPEN_SHARE | QIMG_OPEN_NO_LOCK)))
-        return flags;
-    flags |= QIMG_OPEN_NO_SHARE;
-    if (flags & QIMG_OPEN_RDWR)
-        flags |= QIMG_OPEN_RESIZE;
-    return flags;
-}
-
-/* Take the format's permissions on the storage opened before probing. */
-static int apply_format_perms(struct qimg_image *node, struct qimg_error *err)
-{
-    unsigned flags = storage_flags_for(node->fmt, node->flags);
-
-    if (flags == node->flags)
-        return 0;
-    node->flags = flags;
-    if (!node->file->ops->set_perm)
-        return 0;
-    return node->file->ops->set_perm(node->file, flags, err);
-}
-
-int qimg_image_open_node(struct qimg_image **out, const char *filename,
-                         const char *format, const struct qimg_opts *fmt_opts,
-                         unsigned flags, enum qimg_cache cache, int depth,
-                         struct qimg_error *err)
-{
-    struct qimg_image *node = calloc(1, sizeof(*node));
-    int ret;
-
-    *out = NULL;
-    if (!node)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    pthread_mutex_init(&node->lock, NULL);
-    node->flags = flags;
-    node->cache = cache;
-    node->depth = depth;
-    node->read_only = !(flags & QIMG_OPEN_RDWR);
-    node->filename = strdup(filename);
-    if (!node->filename) {
-        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-        goto fail;
-    }
-    if (format) {
-        node->fmt = qimg_format_find(format);
-        if (!node->fmt) {
-            ret = qimg_error_set(err, -EINVAL, "Unknown driver '%s'", format);
-            goto fail;
-        }
-    }
-    /* Sharing write access with others only makes sense for readers. */
-    if ((flags & QIMG_OPEN_SHARE) && (flags & QIMG_OPEN_RDWR)) {
-        ret = qimg_error_set(err, -EINVAL, "force-share=on can only be used "
-                             "with read-only images");
-        goto fail;
-    }
-    if (node->fmt)
-        node->flags = storage_flags_for(node->fmt, flags);
-    ret = qimg_storage_open(&node->file, filename, node->flags, cache, err);
-    if (ret < 0)
-        goto fail;
-    if (!node->fmt) {
-        ret = probe_node(node, err);
-        if (ret < 0)
-            goto fail;
-        ret = apply_format_perms(node, err);
-        if (ret < 0)
-            goto fail;
-    }
-    if (node->fmt->state_size) {
-        node->state = calloc(1, node->fmt->state_size);
-        if (!node->state) {
-            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-            goto fail;
-        }
-    }
-    ret = node->fmt->open(node, fmt_opts, err);
-    if (ret < 0) {
-        free(node->state);
-        node->state = NULL;
-        goto fail;
-    }
-    if (node->backing_name[0] && !(flags & QIMG_OPEN_NO_BACKING)) {
-        ret = open_backing(node, err);
-        if (ret < 0)
-            goto fail_close;
-    }
-    *out = node;
-    return 0;
-
-fail_close:
-    node->fmt->close(node);
-    free(node->state);
-    node->state = NULL;
-fail:
-    qimg_close(node);
-    return ret;
-}
-
-/* Keys of an options dict that select the storage, not the format. */
-static bool is_storage_key(const char *key)
-{
-    return !strcmp(key, "driver") || !strcmp(key, "file") ||
-           !strncmp(key, "file.", 5) || !strcmp(key, "filename") ||
-           !strncmp(key, "cache.", 6) || !strcmp(key, "read-only") ||
-           !strcmp(key, "force-share") || !strcmp(key, "auto-read-only") ||
-           !strcmp(key, "node-name") || !strcmp(key, "discard") ||
-           !strcmp(key, "detect-zeroes");
-}
-
-int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
-              struct qimg_error *err)
-{
-    struct qimg_opts *dict = NULL, *fmt_opts = NULL;
-    const char *filename = p->filename, *format = p->format;
-    unsigned flags = p->flags;
-    int ret;
-
-    *out = NULL;
-    if (p->options) {
-        dict = qimg_opts_dup(p->options);
-    } else if (filename && !strncmp(filename, "json:", 5)) {
-        dict = qimg_opts_new();
-        if (dict) {
-            ret = qimg_json_to_opts(filename + 5, dict, err);
-            if (ret < 0)
-                goto out;
-        }
-    }
-    if (dict) {
-        const char *fname;
-        fmt_opts = qimg_opts_new();
-        if (!fmt_opts) {
-            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-            goto out;
-        }
-        if (qimg_opts_get(dict, "driver"))
-            format = qimg_opts_get(dict, "driver");
-        fname = qimg_opts_get(dict, "file.filename");
-        if (!fname)
-            fname = qimg_opts_get(dict, "filename");
-        if (!fname && qimg_opts_get(dict, "file")) {
-            ret = qimg_error_set(err, -EINVAL,
-                                 "Cannot find device='%s' nor node-name='%s'",
-                                 qimg_opts_get(dict, "file"),
-                                 qimg_opts_get(dict, "file"));
-            goto out;
-        }
-        if (!fname) {
-            ret = qimg_error_set(err, -EINVAL, "A block device must be "
-                                 "specified for \"file\"");
-            goto out;
-        }
-        filename = fname;
-        const char *fs = qimg_opts_get(dict, "force-share");
-        if (fs && (!strcmp(fs, "on") || !strcmp(fs, "true")))
-            flags |= QIMG_OPEN_SHARE;
-        for (size_t i = 0; i < qimg_opts_count(dict); i++) {
-            const char *k = qimg_opts_key(dict, i);
-            if (!is_storage_key(k))
-                qimg_opts_set(fmt_opts, k, qimg_opts_value(dict, i));
-        }
-    }
-    if (!filename) {
-        ret = qimg_error_set(err, -EINVAL, "No filename given");
-        goto out;
-    }
-    ret = qimg_image_open_node(out, filename, format, fmt_opts, flags,
-                               p->cache, 0, err);
-out:
-    qimg_opts_free(dict);
-    qimg_opts_free(fmt_opts);
-    return ret;
-}
-
 void qimg_close(struct qimg_image *img)
 {
     if (!img)
@@ -362,16 +27,20 @@ void qimg_close(struct qimg_image *img)
     pthread_mutex_destroy(&img->lock);
     free(img->state);
     free(img->filename);
+    free(img->name);
+    qimg_opts_free(img->options);
     free(img);
 }
 
 const char *qimg_image_filename(const struct qimg_image *img)
 {
-    return img->filename;
+    return img->name ? img->name : img->filename;
 }
 
 const char *qimg_image_format(const struct qimg_image *img)
 {
+    if (img->fmt == &qimg_format_protocol)
+        return img->file->ops->name;
     return img->fmt->name;
 }
 
@@ -536,8 +205,15 @@ int qimg_discard(struct qimg_image *img, uint64_t off, uint64_t len,
 int qimg_flush(struct qimg_image *img, struct qimg_error *err)
 {
     int ret = 0;
-    if (!img->read_only && img->fmt->flush)
+    if (!img->read_only && img->fmt->flush) {
+        /* QEMU raises these on the node's primary child (the file; for a
+         * protocol node, what is under it). */
+        struct qimg_storage *ev = img->fmt == &qimg_format_protocol
+                                      ? img->file->child : img->file;
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_OS);
+        qimg_storage_event(ev, QIMG_EV_FLUSH_TO_DISK);
         ret = img->fmt->flush(img, err);
+    }
     return ret;
 }
 
@@ -568,20 +244,13 @@ int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
  * output matches.  Without the flag QEMU does not look (and the lseek calls
  * would cost more than the rest of a compare or convert).
  */
-static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext)
 {
-    struct qimg_storage *st = img->file;
     struct qimg_extent fe;
     struct qimg_error err;
     int64_t fsize;
-    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
 
-    ext->flags &= ~QIMG_BS_RECURSE_FILE;
-    if (!asked || img->fmt->is_raw || !st || !st->ops->block_status ||
-        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
-        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
-            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
-        ext->host_file != st->filename)
+    if (!st || !st->ops->block_status)
         return;
     fsize = st->ops->get_size(st);
     if (fsize >= 0 && ext->host_offset >= (uint64_t)fsize) {
@@ -595,6 +264,21 @@ static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
         ext->length = fe.length;
     if (fe.flags & QIMG_BS_ZERO)
         ext->flags |= QIMG_BS_ZERO;
+}
+
+static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+{
+    struct qimg_storage *st = img->file;
+    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
+
+    ext->flags &= ~QIMG_BS_RECURSE_FILE;
+    if (!asked || img->fmt->is_raw || !st ||
+        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
+        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
+            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
+        ext->host_file != st->filename)
+        return;
+    qimg_extent_refine(st, ext);
 }
 
 int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
@@ -624,6 +308,25 @@ int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
     return 0;
 }
 
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err)
+{
+    int ret = 0;
+
+    memset(ext, 0, sizeof(*ext));
+    len = off < img->size ? QIMG_MIN(len, img->size - off) : 0;
+    if (img->fmt->zero_hint && len)
+        ret = img->fmt->zero_hint(img, off, len, ext, err);
+    if (ret < 0 || !img->fmt->zero_hint) {
+        ext->flags = QIMG_BS_DATA;
+        ext->length = len;
+        return ret;
+    }
+    if (!ext->length || ext->length > len)
+        ext->length = len;
+    return 0;
+}
+
 int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
                             uint64_t off, uint64_t len,
                             struct qimg_extent *ext, struct qimg_error *err)
@@ -643,7 +346,8 @@ int qimg_block_status_chain(struct qimg_image *img, struct qimg_image *base,
         /* Unallocated with nothing below, or below a short backing file:
          * reads as zero, decided at this layer. */
         if (!n->backing) {
-            ext->flags |= QIMG_BS_ZERO;
+            if (n->fmt->supports_backing)
+                ext->flags |= QIMG_BS_ZERO;
             return 0;
         }
         if (off >= n->backing->size) {
@@ -684,6 +388,7 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
+    info->has_dirty_flag = !img->fmt->no_get_info;
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",
@@ -691,7 +396,7 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     snprintf(info->backing_fmt, sizeof(info->backing_fmt), "%s",
              img->backing_fmt);
     if (img->backing_name[0]) {
-        char *full = resolve_backing(img->filename, img->backing_name);
+        char *full = qimg_node_backing_path(img);
         if (full)
             snprintf(info->full_backing_filename,
                      sizeof(info->full_backing_filename), "%s", full);
@@ -733,7 +438,7 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
     if (!f->measure)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+        return qimg_error_set(err, -ENOTSUP, "Block driver '%s' does not "
                               "support size measurement", fmt);
     return f->measure(opts, src, size, out, err);
 }
@@ -742,10 +447,14 @@ int qimg_create(const char *fmt, const char *filename,
                 const struct qimg_opts *opts, struct qimg_error *err)
 {
     const struct qimg_format *f = qimg_format_find(fmt);
+    const struct qimg_storage_ops *s = f ? NULL : qimg_storage_find(fmt);
 
-    if (!f)
+    /* -f file, -f host_device: the storage itself. */
+    if (s && (s->create || s->create_by_open))
+        return qimg_storage_create(s, filename, opts, err);
+    if (!f && !s)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
+    if (!f || !f->create)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
     int ret = f->create(filename, opts, err);
@@ -866,4 +575,14 @@ void qimg_message(enum qimg_msg_kind kind, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     warning_handler(msg, kind);
+}
+
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err)
+{
+    if (!opts || !qimg_opts_count(opts))
+        return 0;
+    return qimg_error_set(err, -EINVAL, "Block format '%s' does not support "
+                          "the option '%s'", node->fmt->name,
+                          qimg_opts_key(opts, 0));
 }

@@ -21,14 +21,18 @@
 #include <pthread.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "qimg.h"
 
 /* Deepest backing chain we open (QEMU refuses loops; we also bound depth). */
 #define QIMG_MAX_CHAIN_DEPTH 4096
 /* Largest single request a driver receives; callers split larger ones. */
 #define QIMG_MAX_REQUEST (64u << 20)
-/* Bytes read from the head of a file to probe its format. */
-#define QIMG_PROBE_BYTES 2048
+/* Bytes read from the head of a file to probe its format: QEMU's
+ * BLOCK_PROBE_BUF_SIZE, so that every probe sees what QEMU's sees (and
+ * filters such as blkverify see the same first read). */
+#define QIMG_PROBE_BYTES 512
 /* The end of the addressable range (QEMU's BDRV_MAX_LENGTH: INT64_MAX
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
@@ -44,14 +48,110 @@ enum {
     QIMG_STORAGE_IS_BLOCKDEV = 1 << 2,
 };
 
+/*
+ * Events a format raises at the points where QEMU's drivers raise theirs
+ * (BLKDBG_EVENT): storages that inject errors on them (blkdebug) see them
+ * through qimg_storage_event(); every other storage ignores them.  The
+ * names are QEMU's (qimg_event_name), in QEMU's order.
+ */
+enum qimg_event {
+    QIMG_EV_L1_UPDATE,
+    QIMG_EV_L1_GROW_ALLOC_TABLE,
+    QIMG_EV_L1_GROW_WRITE_TABLE,
+    QIMG_EV_L1_GROW_ACTIVATE_TABLE,
+    QIMG_EV_L2_LOAD,
+    QIMG_EV_L2_UPDATE,
+    QIMG_EV_L2_UPDATE_COMPRESSED,
+    QIMG_EV_L2_ALLOC_COW_READ,
+    QIMG_EV_L2_ALLOC_WRITE,
+    QIMG_EV_READ_AIO,
+    QIMG_EV_READ_BACKING_AIO,
+    QIMG_EV_READ_COMPRESSED,
+    QIMG_EV_WRITE_AIO,
+    QIMG_EV_WRITE_COMPRESSED,
+    QIMG_EV_VMSTATE_LOAD,
+    QIMG_EV_VMSTATE_SAVE,
+    QIMG_EV_COW_READ,
+    QIMG_EV_COW_WRITE,
+    QIMG_EV_REFTABLE_LOAD,
+    QIMG_EV_REFTABLE_GROW,
+    QIMG_EV_REFTABLE_UPDATE,
+    QIMG_EV_REFBLOCK_LOAD,
+    QIMG_EV_REFBLOCK_UPDATE,
+    QIMG_EV_REFBLOCK_UPDATE_PART,
+    QIMG_EV_REFBLOCK_ALLOC,
+    QIMG_EV_REFBLOCK_ALLOC_HOOKUP,
+    QIMG_EV_REFBLOCK_ALLOC_WRITE,
+    QIMG_EV_REFBLOCK_ALLOC_WRITE_BLOCKS,
+    QIMG_EV_REFBLOCK_ALLOC_WRITE_TABLE,
+    QIMG_EV_REFBLOCK_ALLOC_SWITCH_TABLE,
+    QIMG_EV_CLUSTER_ALLOC,
+    QIMG_EV_CLUSTER_ALLOC_BYTES,
+    QIMG_EV_CLUSTER_FREE,
+    QIMG_EV_FLUSH_TO_OS,
+    QIMG_EV_FLUSH_TO_DISK,
+    QIMG_EV_PWRITEV_RMW_HEAD,
+    QIMG_EV_PWRITEV_RMW_AFTER_HEAD,
+    QIMG_EV_PWRITEV_RMW_TAIL,
+    QIMG_EV_PWRITEV_RMW_AFTER_TAIL,
+    QIMG_EV_PWRITEV,
+    QIMG_EV_PWRITEV_ZERO,
+    QIMG_EV_PWRITEV_DONE,
+    QIMG_EV_EMPTY_IMAGE_PREPARE,
+    QIMG_EV_L1_SHRINK_WRITE_TABLE,
+    QIMG_EV_L1_SHRINK_FREE_L2_CLUSTERS,
+    QIMG_EV_COR_WRITE,
+    QIMG_EV_CLUSTER_ALLOC_SPACE,
+    QIMG_EV_NONE,
+    QIMG_EV_COUNT
+};
+/* "l1_update" ...; NULL past the end. */
+const char *qimg_event_name(enum qimg_event ev);
+/* Raise ev on st and every storage under it (no-op for most). */
+void qimg_storage_event(struct qimg_storage *st, enum qimg_event ev);
+
 struct qimg_storage_ops {
-    const char *name;                        /* "file" */
+    const char *name;                        /* driver name: "file" */
+    /* The PROTO of "PROTO:..." names that select this storage (QEMU's
+     * protocol_name), or NULL. */
+    const char *protocol;
     const struct qimg_opt_desc *create_opts; /* in "Formatting" print order */
     size_t n_create_opts;
+    /*
+     * Open options the storage takes besides "driver" and "filename";
+     * an entry ending in '.' takes every key with that prefix.  Any other
+     * key is refused with QEMU's "Block protocol 'X' doesn't support the
+     * option 'Y'" after open.  NULL: none.
+     */
+    const char *const *runtime_opts;
+    /*
+     * Options that make a node something its file name alone does not
+     * open again (QEMU's strong_runtime_opts): when one is set the node
+     * is named json:{...}.  Same prefix rule.  NULL: none.
+     */
+    const char *const *strong_opts;
+    /* The storage cannot open without a "filename" (QEMU's
+     * bdrv_needs_filename): "The 'X' block driver requires a file name". */
+    bool needs_filename;
+    /*
+     * Turn a "PROTO:..." (or plain) name into open options (QEMU's
+     * bdrv_parse_filename): set "filename" and/or the storage's own keys
+     * in opts.  NULL: the name is the "filename" option as given.
+     */
+    int (*parse_filename)(const char *filename, struct qimg_opts *opts,
+                          struct qimg_error *err);
+    /*
+     * The name that would open st again (QEMU's exact_filename) into buf;
+     * false when there is none, so the node is named json:{...}.  NULL:
+     * its "filename" option unless a strong option is set.
+     */
+    bool (*refresh_name)(struct qimg_storage *st, char *buf, size_t len);
 
-    /* Open filename; flags are QIMG_OPEN_*. */
-    int (*open)(struct qimg_storage *st, const char *filename, unsigned flags,
-                enum qimg_cache cache, struct qimg_error *err);
+    /* Open st->filename (may be NULL for storages that do not need one)
+     * with the options in opts ("driver", "filename" and the storage's
+     * own); flags are QIMG_OPEN_*. */
+    int (*open)(struct qimg_storage *st, const struct qimg_opts *opts,
+                unsigned flags, enum qimg_cache cache, struct qimg_error *err);
     void (*close)(struct qimg_storage *st);
     /* Full-length I/O; reads past the end of the file return zeroes. */
     int (*pread)(struct qimg_storage *st, uint64_t off, size_t len, void *buf,
@@ -74,28 +174,112 @@ struct qimg_storage_ops {
     /* Create (or truncate) filename with opts ("size", "preallocation"). */
     int (*create)(const char *filename, const struct qimg_opts *opts,
                   struct qimg_error *err);
+    /* No create of its own, but "creating" opens what exists, grows it
+     * if it can and zeroes its first sector (QEMU's simple create, for
+     * devices and network storage). */
+    bool create_by_open;
     /* Change the lock/permission state (e.g. read-only -> read-write). */
     int (*set_perm)(struct qimg_storage *st, unsigned flags,
                     struct qimg_error *err);
+    /* A format raised ev (blkdebug acts on it); NULL: ignored. */
+    void (*event)(struct qimg_storage *st, enum qimg_event ev);
 };
 
 struct qimg_storage {
     const struct qimg_storage_ops *ops;
-    char *filename;
+    char *filename;         /* the "filename" option, or NULL */
     unsigned caps;          /* QIMG_STORAGE_* */
     bool read_only;
     uint32_t align;         /* required I/O alignment (O_DIRECT), 1 if none */
     void *priv;
+    /* The options it was opened with ("driver" and "filename" included),
+     * for the json:{...} names of the nodes above it. */
+    struct qimg_opts *options;
+    /* A filter's storage underneath (blkdebug's "image"), named
+     * child_name in the options; events and names pass down to it. */
+    struct qimg_storage *child;
+    const char *child_name;
+    /* A second child (blkverify's "test"), named child2_name; only its
+     * name and options count, events do not reach it. */
+    struct qimg_storage *child2;
+    const char *child2_name;
+    /* The node storage: a format node used as the file of another format
+     * ({"driver": "raw", "file": {"driver": "qcow2", ...}}). */
+    struct qimg_image *node;
+    /* Its name as QEMU shows it (map's "File" column): the exact name
+     * or a json:{...} text; set after open. */
+    char *name;
 };
 
-/* Choose the storage for a filename: "file", or "memory" for claimed names. */
+/*
+ * The storage driver named name ("file", "nbd", "null-co"), or NULL.
+ */
+const struct qimg_storage_ops *qimg_storage_find(const char *name);
+/*
+ * The storage a file name selects, as QEMU picks a protocol: memory
+ * storage names, block and character devices (host_device/host_cdrom),
+ * then "PROTO:..." prefixes when allow_prefix; anything else is a file.
+ * NULL with "Unknown protocol 'X'" for an unknown prefix.
+ */
+const struct qimg_storage_ops *qimg_storage_for_name(const char *filename,
+                                                     bool allow_prefix,
+                                                     struct qimg_error *err);
+/* qimg_storage_for_name with prefixes, falling back to "file". */
 const struct qimg_storage_ops *qimg_storage_for(const char *filename);
+/* Open a storage by file name ("PROTO:..." prefixes allowed). */
 int qimg_storage_open(struct qimg_storage **out, const char *filename,
                       unsigned flags, enum qimg_cache cache,
                       struct qimg_error *err);
+/*
+ * Open a storage from a file name and/or options (opts may hold "driver",
+ * "filename" and the storage's own keys, and a child's under its prefix;
+ * not changed).  A filename given both ways is refused as QEMU does;
+ * unknown keys fail with QEMU's message.  "driver" naming a format opens
+ * that format node and uses it as the storage.
+ */
+int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
+                           const struct qimg_opts *opts, unsigned flags,
+                           enum qimg_cache cache, int depth,
+                           struct qimg_error *err);
 void qimg_storage_close(struct qimg_storage *st);
+/* Open a format node (probed when opts name no driver) and wrap it as a
+ * storage (blkverify's test image). */
+int qimg_storage_open_node(struct qimg_storage **out, const char *filename,
+                           const struct qimg_opts *opts, unsigned flags,
+                           enum qimg_cache cache, int depth,
+                           struct qimg_error *err);
+/* Create filename on storage ops: its create, or QEMU's simple create
+ * (create_by_open), or -ENOTSUP. */
+int qimg_storage_create(const struct qimg_storage_ops *ops,
+                        const char *filename, const struct qimg_opts *opts,
+                        struct qimg_error *err);
+/* The same with the storage chosen by the name ("Unknown protocol"). */
+int qimg_storage_create_name(const char *filename,
+                             const struct qimg_opts *opts,
+                             struct qimg_error *err);
+
+/* All storages a name or a driver option selects, and lookups. */
+size_t qimg_storage_count(void);
+const struct qimg_storage_ops *qimg_storage_at(size_t i);
+/* QEMU's path_has_protocol: a ':' before any '/'. */
+bool qimg_path_has_protocol(const char *name);
+/* host_device or host_cdrom when filename names such a device. */
+const struct qimg_storage_ops *qimg_host_device_for(const char *filename);
+/* Keys every node takes (node-name, read-only, cache.direct, ...). */
+bool qimg_node_key(const char *key);
+/* The first key of opts (in QEMU's dictionary order) that is neither a
+ * node key nor taken by list or list2, or NULL. */
+const char *qimg_opts_first_unlisted(const struct qimg_opts *opts,
+                                     const char *const *list,
+                                     const char *const *list2);
 
 extern const struct qimg_storage_ops qimg_storage_file;
+extern const struct qimg_storage_ops qimg_storage_host_device;
+extern const struct qimg_storage_ops qimg_storage_host_cdrom;
+extern const struct qimg_storage_ops qimg_storage_null_co;
+extern const struct qimg_storage_ops qimg_storage_null_aio;
+extern const struct qimg_storage_ops qimg_storage_blkdebug;
+extern const struct qimg_storage_ops qimg_storage_blkverify;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,
@@ -114,6 +298,9 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (fuzz targets that
+ * write keep each input cheap this way). */
+void qimg_mem_set_max_size(uint64_t bytes);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
@@ -176,6 +363,14 @@ void qimg_node_name(const struct qimg_image *node, char *buf, size_t len);
 
 struct qimg_format {
     const char *name;
+    /* Options of the format at open (keys of -o-like dicts besides
+     * "driver", "file.*" and "backing.*"); same prefix rule and message
+     * ("Block format 'X' does not support the option 'Y'") as storages.
+     * NULL: the driver checks its options itself. */
+    const char *const *runtime_opts;
+    /* Options that stop the node from being named by its file (raw's
+     * offset and size); see qimg_storage_ops.strong_opts. */
+    const char *const *strong_opts;
     const char *description;
     size_t state_size;                     /* bytes of node->state */
     const struct qimg_opt_desc *create_opts; /* in "Formatting" print order */
@@ -183,6 +378,18 @@ struct qimg_format {
     bool is_raw;                           /* probing fallback */
     /* Formats with no protocol under them (none yet) set this. */
     bool no_storage;
+    /* The format can have a backing file (QEMU's supports_backing):
+     * then what a layer does not allocate reads as zero when nothing is
+     * below it, and block status says so.  Without it an unallocated
+     * extent is neither data nor zero (map: "present": false). */
+    bool supports_backing;
+    /* A format that is only read (dmg, bochs, cloop): a writable open
+     * fails with "Image is read-only" before the driver's open, as QEMU's
+     * auto-read-only check makes it. */
+    bool read_only;
+    /* QEMU's driver has no bdrv_get_info: info --output=json shows no
+     * "dirty-flag" (qimg_info.has_dirty_flag stays false). */
+    bool no_get_info;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -236,7 +443,9 @@ struct qimg_format {
      * pwrite_compressed in two steps, so that the copy engine compresses
      * in all its threads and still lays clusters out in guest order.
      * compress_cluster (any thread, no lock) compresses len bytes of one
-     * cluster into out (at least a cluster) and returns the compressed
+     * cluster into out (at least two clusters and 64 bytes: formats whose
+     * compressed clusters carry a header, or are always compressed,
+     * may need more than a cluster) and returns the compressed
      * length, 0 when it does not shrink, or a negative errno; then
      * pwrite_compressed_data stores it (clen 0: buf as it is).  Optional.
      */
@@ -247,7 +456,22 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /*
+     * For formats without block_status, whose images QEMU reports as
+     * data throughout (so map and compare must too): whether reads of the
+     * extent at off give zeroes (ext->flags QIMG_BS_ZERO) or may not
+     * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
+     * fill such parts of its read buffers without reading them: what it
+     * writes does not change.  Optional; same concurrency as pread.
+     */
+    int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_extent *ext, struct qimg_error *err);
 };
+
+/* The driver's zero_hint for [off, off + len) of img alone (DATA for all
+ * of it without one); ext->length is at least 1 and at most len. */
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 
 /*
  * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID
@@ -258,13 +482,34 @@ struct qimg_format {
  */
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
+/*
+ * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
+ * st says about holes there, as QEMU's block layer does for
+ * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
+ * ZERO, and the extent is cut where the storage's answer ends.  For
+ * drivers whose data is in other storages than node->file (vmdk flat
+ * extents); errors are ignored (extra information only).
+ */
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext);
+
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
 extern const size_t qimg_n_formats;
 const struct qimg_format *qimg_format_find(const char *name);
 
+extern const struct qimg_format qimg_format_bochs;
+extern const struct qimg_format qimg_format_cloop;
+extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vdi;
+extern const struct qimg_format qimg_format_vhdx;
+extern const struct qimg_format qimg_format_vmdk;
+extern const struct qimg_format qimg_format_vpc;
+/* The format of a node opened at the protocol level (driver=file,
+ * -f host_device, null-co://): every operation goes to its storage, and
+ * the node reports the storage's driver name as its format. */
+extern const struct qimg_format qimg_format_protocol;
 
 /* ---- the image node ------------------------------------------------------ */
 
@@ -284,13 +529,46 @@ struct qimg_image {
     /* Backing file as recorded in the image header (set by open). */
     char backing_name[4096];
     char backing_fmt[64];
+    /* The node's own options as opened (driver and format options; the
+     * file's are in file->options), for its json:{...} name. */
+    struct qimg_opts *options;
+    /* The name QEMU shows for the node (info's "image:"): the name that
+     * opens it again, or json:{...}; set at the end of open. */
+    char *name;
+    /* The backing chain was chosen by options (backing.*, backing=null),
+     * not by the header. */
+    bool backing_overridden;
 };
 
-/* Open a whole chain; used by qimg_open and by drivers that open files. */
+/* Open a whole chain; used by qimg_open and by drivers that open files.
+ * format (or NULL: probe) and fmt_opts (format-level keys) as -f and -o
+ * give them. */
 int qimg_image_open_node(struct qimg_image **out, const char *filename,
                          const char *format, const struct qimg_opts *fmt_opts,
                          unsigned flags, enum qimg_cache cache, int depth,
                          struct qimg_error *err);
+/*
+ * Open a node as QEMU's bdrv_open does: filename (a path, "PROTO:...",
+ * or json:{...}, whose keys add to options without replacing them) and
+ * options (flat dotted keys: driver, the format's own, file.*,
+ * backing.*; not changed).
+ */
+int qimg_node_open(struct qimg_image **out, const char *filename,
+                   const struct qimg_opts *options, unsigned flags,
+                   enum qimg_cache cache, int depth, struct qimg_error *err);
+/* The backing file name of node resolved as QEMU resolves it (relative
+ * to the overlay's directory; json: names as they are).  malloc'ed. */
+char *qimg_node_backing_path(const struct qimg_image *node);
+/* Compute node->name (and its storages' names) as QEMU's
+ * bdrv_refresh_filename does. */
+int qimg_node_refresh_name(struct qimg_image *node);
+/* The storage's json options ({"driver": "file", "filename": ...}) and
+ * exact name (false: none), for names. */
+json_t *qimg_storage_full_opts(struct qimg_storage *st);
+bool qimg_storage_exact_name(struct qimg_storage *st, char *buf, size_t len);
+/* True when key is taken by the list (entries ending in '.' are
+ * prefixes). */
+bool qimg_key_listed(const char *const *list, const char *key);
 
 /*
  * After img grew from old bytes: make the new area read as zero although
@@ -328,11 +606,27 @@ int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
 
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
+
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
 
 /* Option helpers for drivers. */
+/* For drivers that take no open options: QEMU's error for the first one
+ * (checked once the driver has opened, as QEMU does), or 0. */
+int qimg_opts_refuse_all(const struct qimg_image *node,
+                         const struct qimg_opts *opts, struct qimg_error *err);
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,

@@ -114,11 +114,22 @@ int qimg_create_prepare(const char *fmt, const char *filename,
 
     *opts_out = NULL;
     *summary = NULL;
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->create)
+    if (f ? !f->create : !qimg_format_can_create(fmt))
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support image creation", fmt);
+    /* The storage the name selects must exist and be able to create,
+     * before anything is printed (QEMU's bdrv_img_create). */
+    if (f && !f->no_storage) {
+        const struct qimg_storage_ops *so =
+            qimg_storage_for_name(filename, true, err);
+        if (!so)
+            return -EINVAL;
+        if (!so->create && !so->create_by_open)
+            return qimg_error_set(err, -ENOTSUP, "Protocol driver '%s' does "
+                                  "not support image creation", so->name);
+    }
     nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, err);
     if (nd < 0)
         return nd;
@@ -249,4 +260,28 @@ int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
         }
     }
     return ret;
+}
+
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err)
+{
+    const struct qimg_storage_ops *st = qimg_storage_for(filename);
+    struct qimg_opts *fopts = qimg_opts_new();
+    int ret;
+
+    *out = NULL;
+    if (!fopts)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (size_t i = 0; i < st->n_create_opts; i++) {
+        const char *k = st->create_opts[i].name;
+        if (strcmp(k, "size") && qimg_opts_get(opts, k))
+            qimg_opts_set(fopts, k, qimg_opts_get(opts, k));
+    }
+    qimg_opts_set(fopts, "size", "0");
+    ret = st->create(filename, fopts, err);
+    qimg_opts_free(fopts);
+    if (ret < 0)
+        return ret;
+    return qimg_storage_open(out, filename, QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE,
+                             QIMG_CACHE_WRITEBACK, err);
 }

@@ -1,82 +1,114 @@
-/* jsonopts.c - flatten json: pseudo-filenames (parsed with jansson). */
+/*
+ * jsonopts.c - json: pseudo-filenames flattened into option lists, as
+ * QEMU's qdict_flatten() does: nested objects become dotted keys
+ * ({"file": {"filename": "a"}} -> file.filename), array elements indexed
+ * keys (inject-error.0.event), and each value keeps its JSON type.
+ */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <jansson.h>
-
+#include "core/json.h"
 #include "core/jsonopts.h"
 
 /* Nesting bound: QEMU's own option trees are a few levels deep. */
 #define QIMG_JSON_MAX_DEPTH 16
 
-static int flatten(json_t *obj, const char *prefix, struct qimg_opts *opts,
-                   int depth, struct qimg_error *err)
+static int flatten(json_t *val, const char *key, struct qimg_opts *opts,
+                   int depth, struct qimg_error *err);
+
+static int flatten_children(json_t *v, const char *prefix,
+                            struct qimg_opts *opts, int depth,
+                            struct qimg_error *err)
 {
-    const char *key;
-    json_t *val;
+    char full[512];
+    int ret = 0;
 
     if (depth > QIMG_JSON_MAX_DEPTH)
         return qimg_error_set(err, -EINVAL, "JSON options nested too deeply");
-    json_object_foreach(obj, key, val) {
-        char full[512], num[64];
-        const char *s = NULL;
-
-        snprintf(full, sizeof(full), "%s%s%s", prefix, *prefix ? "." : "", key);
-        switch (json_typeof(val)) {
-        case JSON_OBJECT: {
-            int ret = flatten(val, full, opts, depth + 1, err);
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        json_object_foreach(v, k, m) {
+            snprintf(full, sizeof(full), "%s%s%s", prefix, *prefix ? "." : "",
+                     k);
+            ret = flatten(m, full, opts, depth + 1, err);
             if (ret < 0)
                 return ret;
-            continue;
         }
-        case JSON_STRING:
-            s = json_string_value(val);
-            break;
-        case JSON_INTEGER:
-            snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
-                     json_integer_value(val));
-            s = num;
-            break;
-        case JSON_REAL:
-            snprintf(num, sizeof(num), "%.17g", json_real_value(val));
-            s = num;
-            break;
-        case JSON_TRUE:
-            s = "on";
-            break;
-        case JSON_FALSE:
-            s = "off";
-            break;
-        case JSON_NULL:
-            s = "";
-            break;
-        case JSON_ARRAY:
-            return qimg_error_set(err, -EINVAL, "Arrays are not supported in "
-                                  "json: filenames ('%s')", full);
+    } else {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m) {
+            snprintf(full, sizeof(full), "%s%s%zu", prefix, *prefix ? "." : "",
+                     i);
+            ret = flatten(m, full, opts, depth + 1, err);
+            if (ret < 0)
+                return ret;
         }
-        if (qimg_opts_set(opts, full, s) < 0)
-            return qimg_error_set(err, -ENOMEM, "Too many options");
     }
+    return 0;
+}
+
+static int flatten(json_t *val, const char *key, struct qimg_opts *opts,
+                   int depth, struct qimg_error *err)
+{
+    char num[64];
+    const char *s = NULL;
+    enum qimg_val_type type = QIMG_VAL_STRING;
+
+    switch (json_typeof(val)) {
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        return flatten_children(val, key, opts, depth, err);
+    case JSON_STRING:
+        s = json_string_value(val);
+        break;
+    case JSON_INTEGER:
+        snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(val));
+        s = num;
+        type = QIMG_VAL_INT;
+        break;
+    case JSON_REAL:
+        snprintf(num, sizeof(num), "%.17g", json_real_value(val));
+        s = num;
+        type = QIMG_VAL_REAL;
+        break;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        s = json_is_true(val) ? "on" : "off";
+        type = QIMG_VAL_BOOL;
+        break;
+    case JSON_NULL:
+        s = "";
+        type = QIMG_VAL_NULL;
+        break;
+    }
+    /* Earlier keys win: explicit options are merged before json: ones. */
+    if (qimg_opts_get(opts, key))
+        return 0;
+    if (qimg_opts_set_typed(opts, key, s, type) < 0)
+        return qimg_error_set(err, -ENOMEM, "Too many options");
     return 0;
 }
 
 int qimg_json_to_opts(const char *json, struct qimg_opts *opts,
                       struct qimg_error *err)
 {
-    json_error_t jerr;
-    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
-    int ret;
+    json_t *root;
+    int ret = qimg_json_parse(json, &root, err);
 
-    if (!root)
-        return qimg_error_set(err, -EINVAL, "Could not parse the JSON options: "
-                              "JSON parse error, %s", jerr.text);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Could not parse the JSON options: ");
+        return ret;
+    }
     if (!json_is_object(root)) {
         json_decref(root);
         return qimg_error_set(err, -EINVAL, "Invalid JSON object given");
     }
-    ret = flatten(root, "", opts, 0, err);
+    ret = flatten_children(root, "", opts, 0, err);
     json_decref(root);
     return ret;
 }

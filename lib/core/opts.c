@@ -21,6 +21,7 @@
 struct qimg_opt_pair {
     char *key;
     char *value;
+    enum qimg_val_type type;    /* what JSON type the value came as */
 };
 
 struct qimg_opts {
@@ -57,6 +58,12 @@ static ssize_t find(const struct qimg_opts *opts, const char *key)
 
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value)
 {
+    return qimg_opts_set_typed(opts, key, value, QIMG_VAL_STRING);
+}
+
+int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
+                        const char *value, enum qimg_val_type type)
+{
     ssize_t i = find(opts, key);
     char *v = strdup(value);
 
@@ -65,6 +72,7 @@ int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value)
     if (i >= 0) {
         free(opts->v[i].value);
         opts->v[i].value = v;
+        opts->v[i].type = type;
         return 0;
     }
     if (opts->n >= QIMG_OPTS_MAX) {
@@ -86,8 +94,19 @@ int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value)
         free(v);
         return -ENOMEM;
     }
+    opts->v[opts->n].type = type;
     opts->v[opts->n++].value = v;
     return 0;
+}
+
+long qimg_opts_index(const struct qimg_opts *opts, const char *key)
+{
+    return find(opts, key);
+}
+
+enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i)
+{
+    return opts->v[i].type;
 }
 
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key)
@@ -129,7 +148,8 @@ struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts)
     if (!d)
         return NULL;
     for (size_t i = 0; opts && i < opts->n; i++) {
-        if (qimg_opts_set(d, opts->v[i].key, opts->v[i].value) < 0) {
+        if (qimg_opts_set_typed(d, opts->v[i].key, opts->v[i].value,
+                                opts->v[i].type) < 0) {
             qimg_opts_free(d);
             return NULL;
         }

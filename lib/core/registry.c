@@ -3,6 +3,7 @@
  * over it.  Adding a format means one line in qimg_formats[].
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,8 +12,15 @@
 
 /* Listed alphabetically, as qemu-img lists its formats. */
 const struct qimg_format *const qimg_formats[] = {
+    &qimg_format_bochs,
+    &qimg_format_cloop,
+    &qimg_format_dmg,
     &qimg_format_qcow2,
     &qimg_format_raw,
+    &qimg_format_vdi,
+    &qimg_format_vhdx,
+    &qimg_format_vmdk,
+    &qimg_format_vpc,
 };
 const size_t qimg_n_formats = QIMG_ARRAY_SIZE(qimg_formats);
 
@@ -24,32 +32,55 @@ const struct qimg_format *qimg_format_find(const char *name)
     return NULL;
 }
 
+/*
+ * Every driver name, formats and storages together, sorted as qemu-img's
+ * "Supported formats:" line sorts them (QEMU lists all its block drivers
+ * there, protocols included).
+ */
+#define MAX_DRIVERS 64
+static const char *driver_names[MAX_DRIVERS];
+static size_t n_driver_names;
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void build_names(void)
+{
+    for (size_t i = 0; i < qimg_n_formats && n_driver_names < MAX_DRIVERS; i++)
+        driver_names[n_driver_names++] = qimg_formats[i]->name;
+    for (size_t i = 0; i < qimg_storage_count() && n_driver_names < MAX_DRIVERS;
+         i++)
+        driver_names[n_driver_names++] = qimg_storage_at(i)->name;
+    qsort(driver_names, n_driver_names, sizeof(driver_names[0]), cmp_name);
+}
+
 size_t qimg_format_count(void)
 {
-    return qimg_n_formats;
+    pthread_once(&names_once, build_names);
+    return n_driver_names;
 }
 
 const char *qimg_format_name_at(size_t i)
 {
-    return i < qimg_n_formats ? qimg_formats[i]->name : NULL;
+    pthread_once(&names_once, build_names);
+    return i < n_driver_names ? driver_names[i] : NULL;
 }
 
+/* As QEMU's bdrv_find_format: formats and storages are all drivers
+ * (-f file, -f null-co). */
 bool qimg_format_known(const char *name)
 {
-    return qimg_format_find(name) != NULL;
+    return qimg_format_find(name) || qimg_storage_find(name);
 }
 
 bool qimg_format_can_create(const char *name)
 {
     const struct qimg_format *f = qimg_format_find(name);
-    return f && f->create;
-}
-
-const struct qimg_storage_ops *qimg_storage_for(const char *filename)
-{
-    if (qimg_mem_claims(filename))
-        return &qimg_storage_memory;
-    return &qimg_storage_file;
+    const struct qimg_storage_ops *s = f ? NULL : qimg_storage_find(name);
+    return f ? f->create != NULL : s && (s->create || s->create_by_open);
 }
 
 static size_t add_descs(const struct qimg_opt_desc **out, size_t n, size_t max,
@@ -70,51 +101,21 @@ int qimg_create_opts(const char *fmt, const char *filename,
                      struct qimg_error *err)
 {
     const struct qimg_format *f = qimg_format_find(fmt);
+    const struct qimg_storage_ops *st = f ? NULL : qimg_storage_find(fmt);
     size_t n;
 
+    if (st)   /* -f file: the storage's own options */
+        return (int)add_descs(out, 0, max, st->create_opts,
+                              st->n_create_opts);
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f->create)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
     n = add_descs(out, 0, max, f->create_opts, f->n_create_opts);
     if (filename && !f->no_storage) {
         const struct qimg_storage_ops *s = qimg_storage_for(filename);
         n = add_descs(out, n, max, s->create_opts, s->n_create_opts);
     }
     return (int)n;
-}
-
-int qimg_storage_open(struct qimg_storage **out, const char *filename,
-                      unsigned flags, enum qimg_cache cache,
-                      struct qimg_error *err)
-{
-    struct qimg_storage *st = calloc(1, sizeof(*st));
-    int ret;
-
-    *out = NULL;
-    if (!st)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    st->ops = qimg_storage_for(filename);
-    st->filename = strdup(filename);
-    st->read_only = !(flags & QIMG_OPEN_RDWR);
-    st->align = 1;
-    if (!st->filename) {
-        free(st);
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    }
-    ret = st->ops->open(st, filename, flags, cache, err);
-    if (ret < 0) {
-        free(st->filename);
-        free(st);
-        return ret;
-    }
-    *out = st;
-    return 0;
-}
-
-void qimg_storage_close(struct qimg_storage *st)
-{
-    if (!st)
-        return;
-    st->ops->close(st);
-    free(st->filename);
-    free(st);
 }

@@ -62,7 +62,7 @@ static int raw_open(struct qimg_image *node, const struct qimg_opts *opts,
                               " actual size of the containing file (%lld)",
                               (unsigned long long)s->offset,
                               (unsigned long long)size, (long long)file_size);
-    if (s->fixed_size && (s->offset % 512 || size % 512))
+    if (s->fixed_size && size % 512)
         return qimg_error_set(err, -EINVAL, "Specified size is not multiple "
                               "of 512");
     node->size = size;
@@ -76,8 +76,7 @@ static void raw_close(struct qimg_image *node)
 static int raw_create(const char *filename, const struct qimg_opts *opts,
                       struct qimg_error *err)
 {
-    const struct qimg_storage_ops *st = qimg_storage_for(filename);
-    return st->create(filename, opts, err);
+    return qimg_storage_create_name(filename, opts, err);
 }
 
 static int raw_pread(struct qimg_image *node, uint64_t off, size_t len,
@@ -167,7 +166,10 @@ static int raw_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
         if (ret < 0)
             return ret;
     }
-    /* Raw decides every byte itself: always allocated. */
+    /* Raw passes its file's answer on; what the file calls neither data
+     * nor zero (null-co) is not present. */
+    if (!(ext->flags & (QIMG_BS_DATA | QIMG_BS_ZERO)))
+        return 0;
     ext->flags |= QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
     return 0;
 }
@@ -220,8 +222,27 @@ static const struct qimg_opt_desc raw_create_opts[] = {
     {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
 };
 
+/* Over a format node (json:{"driver": "raw", "file": {"driver":
+ * "qcow2", ...}}) QEMU shows that node's cluster size. */
+static int raw_get_info(struct qimg_image *node, struct qimg_info *info,
+                        struct qimg_error *err)
+{
+    struct qimg_info inner;
+
+    if (!node->file->node)
+        return 0;
+    if (qimg_get_info(node->file->node, &inner, err) == 0)
+        info->cluster_size = inner.cluster_size;
+    qimg_info_release(&inner);
+    return 0;
+}
+
+/* A window of the file is not the file: such a node is named json:. */
+static const char *const raw_strong_opts[] = {"offset", "size", NULL};
+
 const struct qimg_format qimg_format_raw = {
     .name = "raw",
+    .strong_opts = raw_strong_opts,
     .description = "raw image",
     .state_size = sizeof(struct raw_state),
     .create_opts = raw_create_opts,
@@ -239,4 +260,5 @@ const struct qimg_format qimg_format_raw = {
     .block_status = raw_block_status,
     .truncate = raw_truncate,
     .measure = raw_measure,
+    .get_info = raw_get_info,
 };

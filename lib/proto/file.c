@@ -50,6 +50,7 @@ struct file_state {
     bool unsafe;          /* cache=unsafe: skip flushes */
     bool direct;          /* O_DIRECT: requests need alignment */
     bool locked;
+    bool no_lock;         /* locking=off */
     uint32_t align;       /* O_DIRECT request alignment, probed at open */
     pthread_mutex_t rmw;  /* serialises unaligned O_DIRECT writes */
 };
@@ -134,22 +135,30 @@ static void flags_to_perm(unsigned flags, unsigned *perm, unsigned *unshared)
 
 static uint32_t probe_direct_alignment(int fd);
 
-static int file_open(struct qimg_storage *st, const char *filename,
-                     unsigned flags, enum qimg_cache cache,
-                     struct qimg_error *err)
+/*
+ * Open the file or device named by the "filename" option.  device: the
+ * host_device/host_cdrom drivers, which take only character and block
+ * devices, as the file driver takes only what is not one.
+ */
+static int open_common(struct qimg_storage *st, const struct qimg_opts *opts,
+                       unsigned flags, enum qimg_cache cache, bool device,
+                       struct qimg_error *err)
 {
     struct file_state *s = calloc(1, sizeof(*s));
+    const char *filename = st->filename;
     int oflags = (flags & QIMG_OPEN_RDWR) ? O_RDWR : O_RDONLY;
+    const char *locking = qimg_opts_get(opts, "locking");
     unsigned perm, unshared;
     struct stat stb;
     int ret;
 
     if (!s)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    if (!*filename) {
+    if (locking && strcmp(locking, "on") && strcmp(locking, "off") &&
+        strcmp(locking, "auto")) {
         free(s);
-        return qimg_error_set(err, -EINVAL, "The 'file' block driver requires "
-                              "a file name");
+        return qimg_error_set(err, -EINVAL, "invalid parameter value: %s",
+                              locking);
     }
     pthread_mutex_init(&s->rmw, NULL);
     if (cache == QIMG_CACHE_NONE || cache == QIMG_CACHE_DIRECTSYNC)
@@ -158,7 +167,7 @@ static int file_open(struct qimg_storage *st, const char *filename,
         oflags |= O_DSYNC;
     s->unsafe = cache == QIMG_CACHE_UNSAFE;
     s->direct = (oflags & O_DIRECT) != 0;
-    s->fd = open(filename, oflags | O_CLOEXEC);
+    s->fd = open(filename, oflags | O_CLOEXEC | (device ? O_NONBLOCK : 0));
     if (s->fd < 0) {
         ret = -errno;
         qimg_error_set(err, ret, "Could not open '%s': %s", filename,
@@ -166,19 +175,35 @@ static int file_open(struct qimg_storage *st, const char *filename,
         goto fail;
     }
     if (fstat(s->fd, &stb) == 0) {
+        bool dev = S_ISBLK(stb.st_mode) || S_ISCHR(stb.st_mode);
         if (S_ISBLK(stb.st_mode))
             st->caps |= QIMG_STORAGE_IS_BLOCKDEV;
-        else if (S_ISDIR(stb.st_mode)) {
-            ret = qimg_error_set(err, -EISDIR, "'file' driver requires '%s' to "
-                                 "be a regular file", filename);
+        if (device && !dev) {
+            ret = qimg_error_set(err, -EINVAL, "'%s' driver requires '%s' to "
+                                 "be either a character or block device",
+                                 st->ops->name, filename);
+            goto fail;
+        }
+        if (!device && !S_ISREG(stb.st_mode) && !dev) {
+            ret = qimg_error_set(err, -EINVAL, "'file' driver requires '%s' "
+                                 "to be a regular file", filename);
             goto fail;
         }
     }
+    if (device) {
+        /* O_NONBLOCK was only for opening an empty drive. */
+        int fl = fcntl(s->fd, F_GETFL);
+        if (fl >= 0)
+            fcntl(s->fd, F_SETFL, fl & ~O_NONBLOCK);
+    }
+    if (locking && !strcmp(locking, "off"))
+        flags |= QIMG_OPEN_NO_LOCK;
     flags_to_perm(flags, &perm, &unshared);
     ret = apply_locks(s->fd, filename, perm, unshared, err);
     if (ret < 0)
         goto fail;
     s->locked = perm || unshared;
+    s->no_lock = (flags & QIMG_OPEN_NO_LOCK) != 0;
     st->caps |= QIMG_STORAGE_CAN_ZERO | QIMG_STORAGE_CAN_DISCARD;
     s->align = s->direct ? probe_direct_alignment(s->fd) : 1;
     st->align = s->align;
@@ -190,6 +215,84 @@ fail:
     pthread_mutex_destroy(&s->rmw);
     free(s);
     return ret;
+}
+
+static int file_open(struct qimg_storage *st, const struct qimg_opts *opts,
+                     unsigned flags, enum qimg_cache cache,
+                     struct qimg_error *err)
+{
+    return open_common(st, opts, flags, cache, false, err);
+}
+
+static int hdev_open(struct qimg_storage *st, const struct qimg_opts *opts,
+                     unsigned flags, enum qimg_cache cache,
+                     struct qimg_error *err)
+{
+    return open_common(st, opts, flags, cache, true, err);
+}
+
+/*
+ * "PROTO:name" -> filename "name"; a name that would then look like it
+ * has a protocol of its own gets "./" in front, as QEMU does it.
+ */
+static int strip_prefix(const char *filename, const char *prefix,
+                        struct qimg_opts *opts)
+{
+    size_t l = strlen(prefix);
+    char *fat;
+    int ret;
+
+    if (strncmp(filename, prefix, l) || filename[l] != ':')
+        return 0;
+    filename += l + 1;
+    if (!qimg_path_has_protocol(filename))
+        return qimg_opts_set(opts, "filename", filename);
+    fat = malloc(strlen(filename) + 3);
+    if (!fat)
+        return -ENOMEM;
+    strcpy(fat, "./");
+    strcat(fat, filename);
+    ret = qimg_opts_set(opts, "filename", fat);
+    free(fat);
+    return ret;
+}
+
+static int file_parse_filename(const char *filename, struct qimg_opts *opts,
+                               struct qimg_error *err)
+{
+    if (strip_prefix(filename, "file", opts) < 0)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    return 0;
+}
+
+static int hdev_parse_filename(const char *filename, struct qimg_opts *opts,
+                               struct qimg_error *err)
+{
+    if (strip_prefix(filename, "host_device", opts) < 0)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    return 0;
+}
+
+static int cdrom_parse_filename(const char *filename, struct qimg_opts *opts,
+                                struct qimg_error *err)
+{
+    if (strip_prefix(filename, "host_cdrom", opts) < 0)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    return 0;
+}
+
+const struct qimg_storage_ops *qimg_host_device_for(const char *filename)
+{
+    struct stat stb;
+
+    /* As QEMU's probes: /dev/cdrom* is a CD-ROM by name; other block or
+     * character devices are host devices. */
+    if (!strncmp(filename, "/dev/cdrom", 10))
+        return &qimg_storage_host_cdrom;
+    if (stat(filename, &stb) == 0 &&
+        (S_ISCHR(stb.st_mode) || S_ISBLK(stb.st_mode)))
+        return &qimg_storage_host_device;
+    return NULL;
 }
 
 static void file_close(struct qimg_storage *st)
@@ -561,7 +664,15 @@ static int file_block_status(struct qimg_storage *st, uint64_t off,
     if (hole < 0 || (uint64_t)hole <= off)
         hole = (off_t)(off + len);
     ext->flags = QIMG_BS_DATA | QIMG_BS_OFFSET_VALID;
-    ext->length = QIMG_MIN(len, (uint64_t)hole - off);
+    ext->length = (uint64_t)hole - off;
+    /* With O_DIRECT no partial sector is reported: a data extent ending
+     * in the file's last partial sector covers that sector whole. */
+    if (s->align > 1 && ext->length % s->align) {
+        uint64_t up;
+        if (qimg_align_up(ext->length, s->align, &up))
+            ext->length = up;
+    }
+    ext->length = QIMG_MIN(len, ext->length);
     return 0;
 }
 
@@ -621,6 +732,8 @@ static int file_set_perm(struct qimg_storage *st, unsigned flags,
 {
     struct file_state *s = st->priv;
     unsigned perm, unshared;
+    if (s->no_lock)
+        flags |= QIMG_OPEN_NO_LOCK;
     flags_to_perm(flags, &perm, &unshared);
     unlock_all(s->fd);
     s->locked = perm || unshared;
@@ -637,21 +750,46 @@ static const struct qimg_opt_desc file_create_opts[] = {
      "Extent size hint for the image file, 0 to disable", NULL},
 };
 
+/* QEMU's file-posix runtime options: the ones we act on (locking) and
+ * the ones that change nothing here (aio modes, cache dropping). */
+static const char *const file_runtime_opts[] = {
+    "aio", "aio-max-batch", "locking", "pr-manager", "drop-cache",
+    "x-check-cache-dropped", NULL,
+};
+
+#define FILE_OPS                                                               \
+    .create_opts = file_create_opts,                                           \
+    .n_create_opts = QIMG_ARRAY_SIZE(file_create_opts),                        \
+    .runtime_opts = file_runtime_opts, .needs_filename = true,                \
+    .close = file_close, .pread = file_pread, .pwrite = file_pwrite,           \
+    .flush = file_flush, .get_size = file_get_size,                            \
+    .truncate = file_truncate, .pwrite_zeroes = file_pwrite_zeroes,            \
+    .discard = file_discard, .block_status = file_block_status,                \
+    .allocated_size = file_allocated_size, .set_perm = file_set_perm
+
 const struct qimg_storage_ops qimg_storage_file = {
     .name = "file",
-    .create_opts = file_create_opts,
-    .n_create_opts = QIMG_ARRAY_SIZE(file_create_opts),
+    .protocol = "file",
+    .parse_filename = file_parse_filename,
     .open = file_open,
-    .close = file_close,
-    .pread = file_pread,
-    .pwrite = file_pwrite,
-    .flush = file_flush,
-    .get_size = file_get_size,
-    .truncate = file_truncate,
-    .pwrite_zeroes = file_pwrite_zeroes,
-    .discard = file_discard,
-    .block_status = file_block_status,
-    .allocated_size = file_allocated_size,
     .create = file_create,
-    .set_perm = file_set_perm,
+    FILE_OPS,
+};
+
+const struct qimg_storage_ops qimg_storage_host_device = {
+    .name = "host_device",
+    .protocol = "host_device",
+    .parse_filename = hdev_parse_filename,
+    .open = hdev_open,
+    .create_by_open = true,
+    FILE_OPS,
+};
+
+const struct qimg_storage_ops qimg_storage_host_cdrom = {
+    .name = "host_cdrom",
+    .protocol = "host_cdrom",
+    .parse_filename = cdrom_parse_filename,
+    .open = hdev_open,
+    .create_by_open = true,
+    FILE_OPS,
 };

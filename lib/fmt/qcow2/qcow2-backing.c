@@ -180,18 +180,26 @@ static int reset_image(struct qimg_image *node, struct qimg_error *err)
     cache_drop_all(&s->l2_cache);
     cache_drop_all(&s->refblock_cache);
     ret = qcow2_set_dirty(node, true, err);
-    if (!ret)
-        ret = zero_file(node, s->l1_table_offset, nl1 * cs, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
+    ret = zero_file(node, s->l1_table_offset, nl1 * cs, err);
     memset(s->l1_table, 0, (size_t)s->l1_size * 8);
-    if (!ret)
-        ret = zero_file(node, cs, (2 + nl1) * cs, err);
-    if (!ret)
-        ret = write_table_pointers(node, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_EMPTY_IMAGE_PREPARE);
+    ret = zero_file(node, cs, (2 + nl1) * cs, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
+    qimg_storage_event(node->file, QIMG_EV_REFTABLE_UPDATE);
+    ret = write_table_pointers(node, err);
     if (ret < 0)
         return ret;
     s->l1_table_offset = 3 * cs;
     s->refcount_table_offset = cs;
     s->refcount_table_clusters = 1;
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC);
     ret = write_refcounts(node, 3 + nl1, err);
     if (ret < 0)
         return ret;

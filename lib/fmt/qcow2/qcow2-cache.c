@@ -106,6 +106,7 @@ static int write_entry(struct qimg_image *node, struct qcow2_cache *c,
         if (ret < 0)
             return ret;
     }
+    qimg_storage_event(node->file, c->ev_update);
     ret = node->file->ops->pwrite(node->file, e->offset, c->table_size, e->data,
                                   err);
     if (ret < 0)
@@ -247,6 +248,7 @@ int qcow2_cache_get(struct qimg_image *node, struct qcow2_cache *c,
         ret = victim(node, c, &e, err);
         if (ret < 0)
             return ret;
+        qimg_storage_event(node->file, c->ev_load);
         ret = node->file->ops->pread(node->file, offset, c->table_size, e->data,
                                      err);
         if (ret < 0)

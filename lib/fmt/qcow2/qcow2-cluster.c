@@ -198,6 +198,8 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
         switch (m.type) {
         case QCOW2_CLUSTER_UNALLOCATED:
         case QCOW2_CLUSTER_UNALLOCATED_ALLOC:
+            if (node->backing)
+                qimg_storage_event(node->file, QIMG_EV_READ_BACKING_AIO);
             ret = qimg_read_backing(node, off, n, p, err);
             break;
         case QCOW2_CLUSTER_ZERO_PLAIN:
@@ -206,6 +208,7 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
             break;
         case QCOW2_CLUSTER_NORMAL: {
             struct qimg_storage *st = qcow2_data_storage(node);
+            qimg_storage_event(node->file, QIMG_EV_READ_AIO);
             ret = st->ops->pread(st, m.host_offset, n, p, err);
             break;
         }
@@ -313,6 +316,7 @@ int qcow2_write_l1_entry(struct qimg_image *node, uint64_t l1i,
     struct qcow2_state *s = node->state;
     uint8_t be[8];
     qimg_st_be64(be, s->l1_table[l1i]);
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
     return node->file->ops->pwrite(node->file, s->l1_table_offset + l1i * 8, 8,
                                    be, err);
 }
@@ -377,8 +381,10 @@ static int install_l2_unlocked(struct qimg_image *node, uint64_t l1i,
      * refcount's, which the same flush covers. */
     if (!ret)
         ret = qcow2_cache_write_back(node, &s->refblock_cache, &gen, err);
-    if (!ret)
+    if (!ret) {
+        qimg_storage_event(node->file, QIMG_EV_L2_ALLOC_WRITE);
         ret = qcow2_cache_write_table(node, &s->l2_cache, dst, err);
+    }
     if (ret < 0)
         return ret;
     l2_gen = s->l2_cache.wgen;
@@ -616,14 +622,17 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
     if (ret < 0)
         return ret;
     if (wstart == into && wend == into + len) {
+        qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
         ret = st->ops->pwrite(st, host + into, len, data, err);
     } else {
         buf = malloc(s->cluster_size);
         if (!buf)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
+        qimg_storage_event(node->file, QIMG_EV_COW_READ);
         ret = read_old_cluster(node, coff, buf, err);
         if (!ret) {
             memcpy(buf + into, data, len);
+            qimg_storage_event(node->file, QIMG_EV_COW_WRITE);
             ret = st->ops->pwrite(st, host + wstart, wend - wstart, buf + wstart,
                                   err);
         }
@@ -753,6 +762,7 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
     if (host < 0)
         return (int)host;
     ret = qcow2_check_data_write(node, (uint64_t)host, bytes, err);
+    qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
     if (!ret)
         ret = st->ops->pwrite(st, (uint64_t)host, (size_t)bytes, data, err);
     /* The allocation may have evicted the table: fetch it again. */
@@ -798,7 +808,10 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
         ret = qcow2_check_data_write(node, host, n, err);
         pthread_mutex_unlock(&node->lock);
         *done = n;
-        return ret < 0 ? ret : st->ops->pwrite(st, host, n, p, err);
+        if (ret < 0)
+            return ret;
+        qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
+        return st->ops->pwrite(st, host, n, p, err);
     }
     k = fresh_clusters(node, off, len, err);
     if (k) {

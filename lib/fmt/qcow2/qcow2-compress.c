@@ -198,6 +198,7 @@ int qcow2_read_compressed(struct qimg_image *node, uint64_t l2_entry,
     in = malloc(csize);
     if (!in)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    qimg_storage_event(node->file, QIMG_EV_READ_COMPRESSED);
     ret = node->file->ops->pread(node->file, coff, csize, in, err);
     if (!ret && qcow2_decompress(s, in, csize, cluster, s->cluster_size) < 0)
         ret = qimg_error_set(err, -EIO, "Could not decompress cluster at "
@@ -275,6 +276,7 @@ int qcow2_pwrite_compressed_data(struct qimg_image *node, uint64_t off,
         ret = (int)coff;
         goto unlock;
     }
+    qimg_storage_event(node->file, QIMG_EV_WRITE_COMPRESSED);
     ret = node->file->ops->pwrite(node->file, (uint64_t)coff, clen, cdata, err);
     if (ret < 0)
         goto unlock;

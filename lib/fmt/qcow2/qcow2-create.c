@@ -255,7 +255,7 @@ static int write_skeleton(const char *filename, const struct qcow2_params *p,
             qimg_opts_set(fopts, k, qimg_opts_get(opts, k));
     }
     qimg_opts_set(fopts, "size", "0");
-    ret = qimg_storage_for(filename)->create(filename, fopts, err);
+    ret = qimg_storage_create_name(filename, fopts, err);
     if (ret < 0)
         goto out;
     *created = true;
@@ -287,7 +287,7 @@ static int create_data_file(const struct qcow2_params *p, struct qimg_error *err
      * options went to the image file's): growing the image sizes it. */
     snprintf(num, sizeof(num), "0");
     qimg_opts_set(o, "size", num);
-    ret = qimg_storage_for(p->data_file)->create(p->data_file, o, err);
+    ret = qimg_storage_create_name(p->data_file, o, err);
     qimg_opts_free(o);
     return ret;
 }

@@ -468,6 +468,7 @@ static int shrink_l1(struct qimg_image *node, uint64_t new_size,
     if (new_size >= s->l1_size)
         return 0;
     len = ((uint64_t)s->l1_size - new_size) * 8;
+    qimg_storage_event(node->file, QIMG_EV_L1_SHRINK_WRITE_TABLE);
     ret = node->file->ops->pwrite_zeroes
               ? node->file->ops->pwrite_zeroes(node->file,
                                                s->l1_table_offset + new_size * 8,
@@ -483,6 +484,8 @@ static int shrink_l1(struct qimg_image *node, uint64_t new_size,
     }
     if (!ret)
         ret = node->file->ops->flush(node->file, err);
+    if (!ret)
+        qimg_storage_event(node->file, QIMG_EV_L1_SHRINK_FREE_L2_CLUSTERS);
     for (uint64_t i = s->l1_size; !ret && i-- > new_size;) {
         uint64_t off = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
         if (off)
@@ -551,6 +554,7 @@ int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
     nt = calloc(1, bytes);
     if (!nt)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    qimg_storage_event(node->file, QIMG_EV_L1_GROW_ALLOC_TABLE);
     off = qcow2_alloc_clusters(node, bytes / s->cluster_size, err);
     if (off < 0) {
         free(nt);
@@ -559,6 +563,7 @@ int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
     ret = qcow2_cache_flush(node, &s->refblock_cache, err);
     for (uint64_t i = 0; i < s->l1_size; i++)
         nt[i] = htobe64(s->l1_table[i]);
+    qimg_storage_event(node->file, QIMG_EV_L1_GROW_WRITE_TABLE);
     if (!ret)
         ret = node->file->ops->pwrite(node->file, (uint64_t)off, new_size * 8, nt,
                                       err);
@@ -570,6 +575,7 @@ int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
     }
     qimg_st_be32(hdr, (uint32_t)new_size);
     qimg_st_be64(hdr + 4, (uint64_t)off);
+    qimg_storage_event(node->file, QIMG_EV_L1_GROW_ACTIVATE_TABLE);
     ret = node->file->ops->pwrite(node->file, 36, 12, hdr, err);
     if (ret < 0) {
         free(nt);

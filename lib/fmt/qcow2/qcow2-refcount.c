@@ -74,6 +74,7 @@ int qcow2_refcount_load(struct qimg_image *node, struct qimg_error *err)
     s->refcount_table = malloc(bytes);
     if (!s->refcount_table)
         return qimg_error_set(err, -ENOMEM, "Could not allocate refcount table");
+    qimg_storage_event(node->file, QIMG_EV_REFTABLE_LOAD);
     ret = node->file->ops->pread(node->file, s->refcount_table_offset,
                                  (size_t)bytes, s->refcount_table, err);
     if (ret < 0)
@@ -241,6 +242,7 @@ static int hook_refblock(struct qimg_image *node, uint64_t ti, uint64_t off,
     int ret;
 
     qimg_st_be64(be, off);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_HOOKUP);
     ret = node->file->ops->pwrite(node->file, s->refcount_table_offset + ti * 8,
                                   8, be, err);
     if (ret < 0)
@@ -264,6 +266,7 @@ static int alloc_refcount_block(struct qimg_image *node, uint64_t ci,
     int64_t nb;
     int ret;
 
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC);
     if (ti < s->refcount_table_size &&
         (s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK)) {
         uint64_t off = s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK;
@@ -300,6 +303,7 @@ static int alloc_refcount_block(struct qimg_image *node, uint64_t ci,
             return ret;
     }
     /* The block must be on disk before the table points at it. */
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_WRITE);
     ret = qcow2_cache_flush(node, &s->refblock_cache, err);
     if (ret < 0)
         return ret;
@@ -309,6 +313,7 @@ static int alloc_refcount_block(struct qimg_image *node, uint64_t ci,
     }
     /* A new table: its area starts past what the blocks in use (this one
      * included) cover. */
+    qimg_storage_event(node->file, QIMG_EV_REFTABLE_GROW);
     uint64_t used = qimg_div_round_up(QIMG_MAX(ci + 1,
                                                ((uint64_t)nb >> s->cluster_bits) + 1),
                                       per_block);
@@ -397,6 +402,7 @@ int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
     int64_t off;
     int ret;
 
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC);
     do {
         off = alloc_noref(node, n, QCOW2_MAX_HOST_OFFSET, err);
         if (off < 0)
@@ -444,6 +450,7 @@ int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
     uint64_t cs = s->cluster_size, off = s->free_byte_offset, free_in;
     int ret;
 
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC_BYTES);
     if (!len || len > cs)
         return qimg_error_set(err, -EINVAL, "Invalid compressed size");
     if (off) {
@@ -482,6 +489,7 @@ int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
 int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
                         struct qimg_error *err)
 {
+    qimg_storage_event(node->file, QIMG_EV_CLUSTER_FREE);
     return qcow2_update_refcount(node, offset, len, -1, err);
 }
 
@@ -552,10 +560,12 @@ int64_t qcow2_refcount_area(struct qimg_image *node, uint64_t start,
             qcow2_refcount_write_entry(s, block, j, 1);
         qcow2_cache_mark_dirty(&s->refblock_cache, block);
     }
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_WRITE_BLOCKS);
     if (!ret)
         ret = qcow2_cache_flush(node, &s->refblock_cache, err);
     for (uint64_t i = 0; i < size; i++)
         table[i] = htobe64(table[i]);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_WRITE_TABLE);
     if (!ret)
         ret = node->file->ops->pwrite(node->file, tab_off, size * 8, table, err);
     if (!ret)
@@ -564,6 +574,7 @@ int64_t qcow2_refcount_area(struct qimg_image *node, uint64_t start,
         table[i] = be64toh(table[i]);
     qimg_st_be64(hdr, tab_off);
     qimg_st_be32(hdr + 8, (uint32_t)tclusters);
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC_SWITCH_TABLE);
     if (!ret)
         ret = node->file->ops->pwrite(node->file, 48, 12, hdr, err);
     if (!ret)

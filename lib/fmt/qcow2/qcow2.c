@@ -499,6 +499,10 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     }
     /* L2 tables may point at new clusters only after their refcounts hit
      * the disk. */
+    s->l2_cache.ev_load = QIMG_EV_L2_LOAD;
+    s->l2_cache.ev_update = QIMG_EV_L2_UPDATE;
+    s->refblock_cache.ev_load = QIMG_EV_REFBLOCK_LOAD;
+    s->refblock_cache.ev_update = QIMG_EV_REFBLOCK_UPDATE_PART;
     s->l2_cache.depends = &s->refblock_cache;
     ret = open_data_file(node, opts, err);
     if (ret < 0)
@@ -926,6 +930,7 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
 
 const struct qimg_format qimg_format_qcow2 = {
     .name = "qcow2",
+    .supports_backing = true,
     .description = "QEMU copy-on-write image, version 2",
     .state_size = sizeof(struct qcow2_state),
     .create_opts = qcow2_create_opts,

@@ -110,6 +110,9 @@ struct qcow2_cache {
     size_t table_size;          /* bytes: the cluster size */
     uint64_t lru_clock;
     struct qcow2_cache *depends; /* write this cache back first */
+    /* The events QEMU raises when it loads and writes back a table of
+     * this cache (l2_load/l2_update, refblock_load/refblock_update_part). */
+    enum qimg_event ev_load, ev_update;
     /* Tables written back (wgen) and known on stable storage (sgen):
      * counts of write-backs, so that a flush without the lock can say
      * which ones it covered (qcow2_cache_synced). */
