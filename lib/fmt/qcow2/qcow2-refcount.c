@@ -396,6 +396,17 @@ int qcow2_update_refcount(struct qimg_image *node, uint64_t offset,
     return ret;
 }
 
+int qcow2_update_refcount_no_retry(struct qimg_image *node, uint64_t offset,
+                                   uint64_t len, int64_t delta,
+                                   struct qimg_error *err)
+{
+    int ret = update_refcount_once(node, offset, len, delta, err);
+
+    if (ret == -EAGAIN)
+        qimg_error_set(err, ret, "%s", strerror(EAGAIN));
+    return ret;
+}
+
 int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
                              struct qimg_error *err)
 {

@@ -187,14 +187,15 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
                 uint64_t sectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
                 uint64_t start = qimg_align_down(coff, s->cluster_size);
                 if (addend)
-                    ret = qcow2_update_refcount(node, start,
-                                                qimg_align_down(coff, 512) +
-                                                    sectors * 512 - start,
-                                                addend, err);
+                    ret = qcow2_update_refcount_no_retry(
+                        node, start,
+                        qimg_align_down(coff, 512) + sectors * 512 - start,
+                        addend, err);
                 ne = e;   /* compressed clusters never carry COPIED */
             } else if (host && !s->data_file) {
                 if (addend)
-                    ret = qcow2_update_refcount(node, host, 1, addend, err);
+                    ret = qcow2_update_refcount_no_retry(node, host, 1, addend,
+                                                         err);
                 if (!ret)
                     ret = qcow2_get_refcount(node, host >> s->cluster_bits, &rc,
                                              err);
@@ -212,7 +213,7 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
             ret = qcow2_write_l2_table(node, l2off, l2, err);
         }
         if (!ret && addend)
-            ret = qcow2_update_refcount(node, l2off, 1, addend, err);
+            ret = qcow2_update_refcount_no_retry(node, l2off, 1, addend, err);
         if (!ret)
             ret = qcow2_get_refcount(node, l2off >> s->cluster_bits, &rc, err);
         if (!ret) {

@@ -384,6 +384,12 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
 {
     struct qcow2_state *s = node->state;
     const char *name = qimg_opts_get(opts, "data-file");
+    const char *drv = qimg_opts_get(opts, "data-file.driver");
+
+    if (!name)
+        name = qimg_opts_get(opts, "data-file.filename");
+    if (drv && strcmp(drv, "file"))
+        return qimg_error_set(err, -EINVAL, "Unknown driver '%s'", drv);
 
     if (!(s->incompatible & QCOW2_INCOMPAT_DATA_FILE)) {
         if (name)
@@ -406,6 +412,39 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
                                    err);
 }
 
+/*
+ * QEMU's qcow2 runtime options.  The cache sizes, discard passing, lazy
+ * refcounts and overlap-check selection tune how QEMU works, not what a
+ * qemu-img command prints or writes, so they are accepted and not acted
+ * on (our caches size themselves; every overlap check always runs).
+ */
+static const char *const qcow2_tuning_opts[] = {
+    "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+    "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+    "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+    NULL,
+};
+
+static bool known_runtime_opt(const char *k)
+{
+    for (size_t i = 0; qcow2_tuning_opts[i]; i++)
+        if (!strcmp(k, qcow2_tuning_opts[i]))
+            return true;
+    /* data-file.filename names the data file as data-file does;
+     * data-file.driver may only say it is a file. */
+    return !strcmp(k, "data-file") || !strcmp(k, "data-file.filename") ||
+           !strcmp(k, "data-file.driver") ||
+           !strncmp(k, "overlap-check.", 14) || !strncmp(k, "backing", 7);
+}
+
+/* The repair of a dirty image at open tells what it finds, as QEMU's
+ * check does on stderr. */
+static void report_repair_line(void *opaque, const char *line)
+{
+    (void)opaque;
+    qimg_message(QIMG_MSG_PLAIN, "%s\n", line);
+}
+
 static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
                       struct qimg_error *err)
 {
@@ -419,20 +458,36 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
 
     for (size_t i = 0; i < qimg_opts_count(opts); i++) {
         const char *k = qimg_opts_key(opts, i);
-        if (strcmp(k, "data-file") && strncmp(k, "backing", 7))
+        if (!known_runtime_opt(k))
             return qimg_error_set(err, -EINVAL, "Block format 'qcow2' does not "
                                   "support the option '%s'", k);
     }
-    /* The first cluster is at most 2 MiB: read what the file holds of it. */
+    /* The header and its extensions fill at most the first cluster (2
+     * MiB at most): read what the file holds of it, the cluster size
+     * taken from the header's first bytes.  Reading no further keeps the
+     * page cache off data areas (a fallocated cluster read into it stops
+     * being a hole for SEEK_DATA, and map would call it data). */
     hlen = (size_t)QIMG_MIN((uint64_t)QIMG_MAX(file_size, 0),
                             1ull << QCOW2_MAX_CLUSTER_BITS);
     /* At least the longest header we parse: bytes past EOF read as zero. */
     hdr = calloc(1, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE));
     if (!hdr)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    ret = node->file->ops->pread(node->file, 0, hlen, hdr, err);
-    if (ret < 0)
-        goto out;
+    {
+        size_t first = QIMG_MIN(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE);
+        ret = node->file->ops->pread(node->file, 0, first, hdr, err);
+        if (ret < 0)
+            goto out;
+        uint32_t cbits = first >= 24 ? qimg_ld_be32(hdr + 20) : 0;
+        if (cbits <= QCOW2_MAX_CLUSTER_BITS)
+            hlen = QIMG_MIN(hlen, QIMG_MAX((size_t)1 << cbits, first));
+        if (hlen > first) {
+            ret = node->file->ops->pread(node->file, first, hlen - first,
+                                         hdr + first, err);
+            if (ret < 0)
+                goto out;
+        }
+    }
     /* A file cut inside its header reads as zeroes past its end, as in
      * QEMU ("Unsupported cluster size: 2^0", "qcow2 header too short"). */
     ret = parse_header(node, hdr, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE),
@@ -517,7 +572,7 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
         !(node->flags & QIMG_OPEN_CHECK)) {
         /* Left dirty (lazy refcounts, or a crash): repair, then mark clean,
          * as QEMU does on a writable open. */
-        struct qimg_check res = {0};
+        struct qimg_check res = {.report = report_repair_line};
         ret = qcow2_check(node, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
                           &res, err);
         if (ret < 0 || res.check_errors) {

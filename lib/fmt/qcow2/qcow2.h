@@ -374,6 +374,12 @@ int qcow2_get_refcount(struct qimg_image *node, uint64_t cluster_index,
 /* Add delta (may be negative) to the refcounts of [offset, offset+len). */
 int qcow2_update_refcount(struct qimg_image *node, uint64_t offset,
                           uint64_t len, int64_t delta, struct qimg_error *err);
+/* One pass of it, as QEMU's snapshot walks update refcounts: -EAGAIN
+ * (nothing counted) when a refcount block had to be created on the way
+ * (a bogus offset far past the image). */
+int qcow2_update_refcount_no_retry(struct qimg_image *node, uint64_t offset,
+                                   uint64_t len, int64_t delta,
+                                   struct qimg_error *err);
 /* Allocate n contiguous clusters (refcount 1); returns the host offset. */
 int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
                              struct qimg_error *err);
