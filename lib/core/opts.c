@@ -268,10 +268,17 @@ int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,
 static int validate_number(const char *key, const char *v, struct qimg_error *err)
 {
     char *end;
+    /* strtoull's rules, as QEMU's number options take them: a leading
+     * minus wraps ("-1" is 2^64-1, refused later by what the number is
+     * for); only a value past 64 bits is too large. */
     errno = 0;
-    if (*v == '-' || (strtoull(v, &end, 0), errno) || *end || end == v)
+    strtoull(v, &end, 0);
+    if (*end || end == v)
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
+    if (errno == ERANGE)
+        return qimg_error_set(err, -ERANGE, "Value '%s' is too large for "
+                              "parameter '%s'", v, key);
     return 0;
 }
 

@@ -131,9 +131,12 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
                                   &p->data_file_raw, err)) < 0 ||
         (ret = qimg_opts_get_bool(opts, "lazy_refcounts", false,
                                   &p->lazy_refcounts, err)) < 0 ||
-        (ret = qimg_opts_get_bool(opts, "encryption", false, &enc, err)) < 0 ||
-        (ret = qimg_opts_get_size(opts, "refcount_bits", 16, &rb, err)) < 0)
+        (ret = qimg_opts_get_bool(opts, "encryption", false, &enc, err)) < 0)
         return ret;
+    /* A number option (validated as one): strtoull's value, a leading
+     * minus wrapping as in QEMU, so "-1" is refused as too wide below. */
+    const char *rbs = qimg_opts_get(opts, "refcount_bits");
+    rb = rbs ? strtoull(rbs, NULL, 0) : 16;
     p->backing_file = qimg_opts_get(opts, "backing_file");
     p->backing_fmt = qimg_opts_get(opts, "backing_fmt");
     p->data_file = qimg_opts_get(opts, "data_file");
