@@ -390,6 +390,8 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
         name = qimg_opts_get(opts, "data-file.filename");
     if (drv && strcmp(drv, "file"))
         return qimg_error_set(err, -EINVAL, "Unknown driver '%s'", drv);
+    /* data-file= is the caller's; the header's name is the image's. */
+    unsigned child = QIMG_CHILD_DATA_FILE | (name ? QIMG_CHILD_CALLER : 0);
 
     if (!(s->incompatible & QCOW2_INCOMPAT_DATA_FILE)) {
         if (name)
@@ -408,8 +410,8 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
                               "image");
     /* QEMU opens the data file by its recorded name, relative to the
      * working directory. */
-    return qimg_open_child_storage(node, name, 0, node->flags, &s->data_file,
-                                   err);
+    return qimg_open_child_storage(node, name, child, node->flags,
+                                   &s->data_file, err);
 }
 
 /*
