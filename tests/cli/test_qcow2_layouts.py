@@ -163,7 +163,8 @@ def test_amend_refusals_and_widths(pair):
         io(d / "w.qcow2", "write -P 1 0 1M", "write -P 2 2M 64k")
     same_all(pair, [("amend", "-o", "compat=0.10", "z.qcow2"),
                     ("info", "z.qcow2")])
-    for bits in (1, 64, 8, 16):
+    # Width changes are slow in both tools (fsyncs per pass): one narrowing.
+    for bits in (8,):
         same_all(pair, [("amend", "-o", f"refcount_bits={bits}", "w.qcow2"),
                         ("check", "w.qcow2"),
                         ("map", "--output=json", "w.qcow2")])
