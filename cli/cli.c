@@ -589,13 +589,23 @@ void cli_progress_print(double percent)
     }
     if (!progress.enabled)
         return;
-    /* qemu-img prints when the value moved by more than the step, and
-     * always at 0 and 100. */
-    if (percent - progress.last > progress.min_step || percent == 0 ||
+    /* qemu-img prints when the value moved by more than the step (either
+     * way: an amend's projection can go back), and always at 0 and 100. */
+    if (percent - progress.last > progress.min_step ||
+        percent < progress.last - progress.min_step || percent == 0 ||
         percent >= 100.0) {
         progress.last = percent;
         print_progress_line(percent);
     }
+}
+
+void cli_progress_end_after_error(void)
+{
+    if (progress.enabled) {
+        printf("\n");
+        fflush(stdout);
+    }
+    progress.enabled = false;
 }
 
 void cli_progress_end(void)

@@ -128,6 +128,9 @@ bool cli_load_snapshot(struct qimg_image *img, const char *param);
 /* Progress as qemu-img -p prints it: "    (NN.NN/100%)\r". */
 void cli_progress_init(bool enabled, double min_step);
 void cli_progress_print(double percent);
+/* After a failed operation: qemu-img prints 100%, the error, then ends
+ * the progress line (call cli_progress_print(100) before the error). */
+void cli_progress_end_after_error(void);
 void cli_progress_end(void);
 /*
  * --progress=json (JSON lines on stderr) or --progress=FD (on that open

@@ -126,12 +126,16 @@ int cmd_amend(int argc, char **argv)
     cli_progress_set_total(qimg_image_size(img));
     cli_progress_init(progress, 1.0);
     ret = qimg_amend(img, opts, force, on_progress, NULL, &err);
-    cli_progress_end();
     if (ret < 0) {
+        /* qemu-img reports 100% first, then the error. */
+        cli_progress_print(100.0);
+        fflush(stdout);
         cli_error("%s", err.msg);
+        cli_progress_end_after_error();
         ret = 1;
         goto out;
     }
+    cli_progress_end();
     ret = 0;
 out:
     qimg_opts_free(opts);

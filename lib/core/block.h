@@ -26,7 +26,7 @@
 #include "qimg.h"
 
 /* Deepest backing chain we open (QEMU refuses loops; we also bound depth). */
-#define QIMG_MAX_CHAIN_DEPTH 64
+#define QIMG_MAX_CHAIN_DEPTH 4096
 /* Largest single request a driver receives; callers split larger ones. */
 #define QIMG_MAX_REQUEST (64u << 20)
 /* Bytes read from the head of a file to probe its format: QEMU's

@@ -468,14 +468,16 @@ static int validate_number(struct qimg_opts *opts, size_t i,
     char buf[32], *end;
     unsigned long long n;
 
+    /* Trailing text is "expects a number" before a value past 64 bits is
+     * "too large", as QEMU checks strtoull's result. */
     errno = 0;
     n = strtoull(v, &end, 0);
-    if (errno == ERANGE)
-        return qimg_error_set(err, -EINVAL, "Value '%s' is too large for "
-                              "parameter '%s'", v, key);
     if (end == v || *end)
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
+    if (errno == ERANGE)
+        return qimg_error_set(err, -EINVAL, "Value '%s' is too large for "
+                              "parameter '%s'", v, key);
     snprintf(buf, sizeof(buf), "%llu", n);
     return normalise(opts, i, buf);
 }

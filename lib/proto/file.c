@@ -635,8 +635,9 @@ static int file_pwrite_zeroes(struct qimg_storage *st, uint64_t off,
 
     if (st->caps & QIMG_STORAGE_IS_BLOCKDEV)
         return qimg_error_set(err, -ENOTSUP, "Zeroing not supported");
-    /* Past EOF a file already reads as zero; extend with a hole. */
-    if (size >= 0 && off >= (uint64_t)size) {
+    /* Past EOF a file already reads as zero; extend with a hole when the
+     * caller allows unmapping (QEMU allocates zeroed space otherwise). */
+    if ((flags & QIMG_ZERO_MAY_UNMAP) && size >= 0 && off >= (uint64_t)size) {
         if (ftruncate(s->fd, (off_t)(off + len)) < 0)
             return io_error(err, errno, "Zero");
         return 0;

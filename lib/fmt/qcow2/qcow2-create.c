@@ -291,7 +291,9 @@ static int create_data_file(const struct qcow2_params *p, struct qimg_error *err
 
     if (!o)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    snprintf(num, sizeof(num), "%llu", (unsigned long long)p->size);
+    /* Created empty, as QEMU's protocol create (the size and preallocation
+     * options went to the image file's): growing the image sizes it. */
+    snprintf(num, sizeof(num), "0");
     qimg_opts_set(o, "size", num);
     ret = qimg_storage_create_name(p->data_file, o, err);
     qimg_opts_free(o);
@@ -353,6 +355,10 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
                            p->backing_fmt ? p->backing_fmt : "", strerror(ENOSPC));
     }
     pthread_mutex_unlock(&node->lock);
+    if (!ret && p->data_file && p->prealloc == QIMG_PREALLOC_OFF &&
+        !p->data_file_raw)
+        ret = s->data_file->ops->truncate(s->data_file, p->size,
+                                          QIMG_PREALLOC_OFF, err);
     /* A raw data file is mapped 1:1 from the start. */
     if (!ret && (p->prealloc != QIMG_PREALLOC_OFF || p->data_file_raw))
         ret = qcow2_preallocate(node, 0, p->size,
@@ -394,23 +400,6 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts,
 
 /* ---- measure ------------------------------------------------------------- */
 
-/* Refcount table + blocks for `clusters` clusters, counting themselves. */
-static uint64_t refcount_metadata_size(uint64_t clusters, uint64_t cluster_size,
-                                       uint32_t refcount_order)
-{
-    uint64_t per_table_cluster = cluster_size / 8;
-    uint64_t per_block = cluster_size * 8 >> refcount_order;
-    uint64_t table = 0, blocks = 0, total = 0, prev;
-
-    do {
-        prev = total;
-        blocks = qimg_div_round_up(clusters + table + blocks, per_block);
-        table = qimg_div_round_up(blocks, per_table_cluster);
-        total = clusters + blocks + table;
-    } while (total != prev);
-    return (blocks + table) * cluster_size;
-}
-
 /* Size of an image with every cluster of `size` allocated. */
 static uint64_t fully_allocated_size(uint64_t size, uint64_t cluster_size,
                                      uint32_t refcount_order, bool extended_l2)
@@ -426,8 +415,9 @@ static uint64_t fully_allocated_size(uint64_t size, uint64_t cluster_size,
     nl1e = qimg_div_round_up(nl2e * l2e / cluster_size, cluster_size / 8) *
            (cluster_size / 8);
     meta += nl1e * 8;
-    meta += refcount_metadata_size((meta + aligned) / cluster_size, cluster_size,
-                                   refcount_order);
+    meta += qcow2_refcount_metadata_size((meta + aligned) / cluster_size,
+                                         cluster_size, refcount_order, false,
+                                         NULL);
     return meta + aligned;
 }
 
