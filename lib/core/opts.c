@@ -403,7 +403,9 @@ int qimg_opts_get_number(const struct qimg_opts *opts, const char *key,
 int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
                         int64_t def, int64_t *out, struct qimg_error *err)
 {
-    const char *v = qimg_opts_get(opts, key);
+    /* The text as given: validation normalises numbers to unsigned
+     * decimal, and "-1" must stay -1 for a signed option. */
+    const char *v = qimg_opts_get_orig(opts, key);
     char *end;
 
     *out = def;
