@@ -90,11 +90,7 @@ static int proto_truncate(struct qimg_image *node, uint64_t size, bool exact,
     struct qimg_storage *st = node->file;
     int ret;
 
-    (void)exact;
-    if (!st->ops->truncate)
-        return qimg_error_set(err, -ENOTSUP, "Image format driver does not "
-                              "support resize");
-    ret = st->ops->truncate(st, size, prealloc, err);
+    ret = qimg_storage_truncate(st, size, exact, prealloc, err);
     if (ret == 0)
         node->size = size;
     return ret;

@@ -51,6 +51,13 @@ static void build_names(void)
          i++)
         driver_names[n_driver_names++] = qimg_storage_at(i)->name;
     qsort(driver_names, n_driver_names, sizeof(driver_names[0]), cmp_name);
+    /* One name for storages registered once per protocol (nbd, nbd+tcp
+     * and nbd+unix are all "nbd"), as QEMU lists each format name once. */
+    size_t n = 0;
+    for (size_t i = 0; i < n_driver_names; i++)
+        if (!n || strcmp(driver_names[n - 1], driver_names[i]))
+            driver_names[n++] = driver_names[i];
+    n_driver_names = n;
 }
 
 size_t qimg_format_count(void)

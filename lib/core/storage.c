@@ -22,6 +22,9 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_file,
     &qimg_storage_host_cdrom,
     &qimg_storage_host_device,
+    &qimg_storage_nbd,
+    &qimg_storage_nbd_tcp,
+    &qimg_storage_nbd_unix,
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
 };
@@ -149,6 +152,17 @@ void qimg_storage_close(struct qimg_storage *st)
     if (st->ops->close)
         st->ops->close(st);
     storage_free(st);
+}
+
+int qimg_storage_truncate(struct qimg_storage *st, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    if (exact && st->ops->truncate_exact)
+        return st->ops->truncate_exact(st, size, prealloc, err);
+    if (!st->ops->truncate)
+        return qimg_error_set(err, -ENOTSUP, "Image format driver does not "
+                              "support resize");
+    return st->ops->truncate(st, size, prealloc, err);
 }
 
 /* ---- the node storage ------------------------------------------------------ */
