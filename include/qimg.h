@@ -152,6 +152,9 @@ const char *qimg_format_name_at(size_t i);
 bool qimg_format_known(const char *name);
 /* True if the format can create images. */
 bool qimg_format_can_create(const char *name);
+/* 0 when filename names no protocol ("PROTO:...") or a known one; else
+ * -EINVAL with "Unknown protocol 'PROTO'". */
+int qimg_protocol_check(const char *filename, struct qimg_error *err);
 
 /*
  * The creation options of format fmt merged with those of the storage that

@@ -294,6 +294,10 @@ extern const struct qimg_storage_ops qimg_storage_blkverify;
 extern const struct qimg_storage_ops qimg_storage_nbd;
 extern const struct qimg_storage_ops qimg_storage_nbd_tcp;
 extern const struct qimg_storage_ops qimg_storage_nbd_unix;
+extern const struct qimg_storage_ops qimg_storage_http;
+extern const struct qimg_storage_ops qimg_storage_https;
+extern const struct qimg_storage_ops qimg_storage_ftp;
+extern const struct qimg_storage_ops qimg_storage_ftps;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,

@@ -86,6 +86,11 @@ bool qimg_format_can_create(const char *name)
     return f ? f->create != NULL : s && (s->create || s->create_by_open);
 }
 
+int qimg_protocol_check(const char *filename, struct qimg_error *err)
+{
+    return qimg_storage_for_name(filename, true, err) ? 0 : -EINVAL;
+}
+
 static size_t add_descs(const struct qimg_opt_desc **out, size_t n, size_t max,
                         const struct qimg_opt_desc *d, size_t nd)
 {

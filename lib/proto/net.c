@@ -553,3 +553,17 @@ int net_opt_number(const struct qimg_opts *opts, const char *key,
                               key);
     return 0;
 }
+
+void net_name_as_filename(struct qimg_storage *st)
+{
+    char buf[4096];
+    char *copy;
+
+    if (!st->ops->refresh_name || !st->ops->refresh_name(st, buf, sizeof(buf)))
+        return;
+    copy = strdup(buf);
+    if (!copy)
+        return;
+    free(st->filename);
+    st->filename = copy;
+}

@@ -81,4 +81,11 @@ int net_opt_number(const struct qimg_opts *opts, const char *key,
                    unsigned long long def, unsigned long long *out,
                    struct qimg_error *err);
 
+/*
+ * After open: make st->filename the storage's exact name (nbd://...),
+ * which formats report as the file holding their data (map's "File"
+ * column), as QEMU shows bs->filename.  Left alone when there is none.
+ */
+void net_name_as_filename(struct qimg_storage *st);
+
 #endif /* QIMG_PROTO_NET_H */

@@ -382,6 +382,7 @@ static int nbd_open(struct qimg_storage *st, const struct qimg_opts *opts,
     st->priv = s;
     if (st->options == opts)
         reverse_server_keys(st->options);
+    net_name_as_filename(st);
     if (s->info.can_zero)
         st->caps |= QIMG_STORAGE_CAN_ZERO;
     if (s->info.can_trim)
@@ -582,11 +583,15 @@ static int nbd_bs(struct qimg_storage *st, uint64_t off, uint64_t len,
         memset(ext, 0, sizeof(*ext));
         ext->length = len;
         ext->flags = off >= s->info.size ? QIMG_BS_ZERO : QIMG_BS_DATA;
+        ext->host_offset = off;
+        ext->host_file = st->filename ? st->filename : st->name;
         return 0;
     }
     len = QIMG_MIN(len, s->info.size - off);
+    /* The data is where it is asked for, in the node named by its URI (a
+     * URI, which the copy engine's local-file fast paths leave alone). */
     if (cached(s, off, len, ext))
-        return 0;
+        goto found;
     gen = atomic_load(&s->gen);
     n = nbd_pool_block_status(s->pool, off, len, lens, fls, NBD_EXTENT_CACHE,
                               err);
@@ -609,6 +614,9 @@ static int nbd_bs(struct qimg_storage *st, uint64_t off, uint64_t len,
         }
         pthread_mutex_unlock(&s->cache_lock);
     }
+found:
+    ext->host_offset = off;
+    ext->host_file = st->filename ? st->filename : st->name;
     return 0;
 }
 
