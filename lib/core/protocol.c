@@ -80,7 +80,9 @@ static int proto_block_status(struct qimg_image *node, uint64_t off,
         ext->flags |= QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
     }
     ext->host_offset = off;
-    ext->host_file = st->filename;
+    /* A storage may name itself (a network storage's json:{...} name). */
+    if (!ext->host_file)
+        ext->host_file = st->filename;
     return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "core/block.h"
+#include "core/json.h"
 #include "core/util.h"
 
 /* Every storage a name or a "driver" can select, alphabetically as
@@ -296,6 +297,25 @@ int qimg_storage_open_node(struct qimg_storage **out, const char *filename,
     return 0;
 }
 
+/* QEMU's bs->filename of a protocol node: its exact name, else
+ * json:{...} of its strong options. */
+static char *storage_name(struct qimg_storage *st)
+{
+    char exact[4096];
+    json_t *d;
+    char *j, *name = NULL;
+
+    if (qimg_storage_exact_name(st, exact, sizeof(exact)))
+        return strdup(exact);
+    d = qimg_storage_full_opts(st);
+    j = d ? qimg_json_compact(d) : NULL;
+    json_decref(d);
+    if (j && (name = malloc(strlen(j) + 6)))
+        sprintf(name, "json:%s", j);
+    free(j);
+    return name ? name : strdup(st->filename ? st->filename : "");
+}
+
 /* ---- opening ---------------------------------------------------------------- */
 
 int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
@@ -402,9 +422,7 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
         qimg_storage_close(st);
         return ret;
     }
-    char name[4096];
-    st->name = strdup(qimg_storage_exact_name(st, name, sizeof(name))
-                          ? name : (st->filename ? st->filename : ""));
+    st->name = storage_name(st);
     *out = st;
     return 0;
 
