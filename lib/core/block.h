@@ -133,6 +133,10 @@ struct qimg_storage_ops {
     /* The storage cannot open without a "filename" (QEMU's
      * bdrv_needs_filename): "The 'X' block driver requires a file name". */
     bool needs_filename;
+    /* QEMU's driver has no bdrv_get_info (nbd, curl, ssh, null): raw
+     * over it asks the storage, so info --output=json shows no
+     * "dirty-flag". */
+    bool no_get_info;
     /*
      * Turn a "PROTO:..." (or plain) name into open options (QEMU's
      * bdrv_parse_filename): set "filename" and/or the storage's own keys
@@ -298,6 +302,7 @@ extern const struct qimg_storage_ops qimg_storage_http;
 extern const struct qimg_storage_ops qimg_storage_https;
 extern const struct qimg_storage_ops qimg_storage_ftp;
 extern const struct qimg_storage_ops qimg_storage_ftps;
+extern const struct qimg_storage_ops qimg_storage_ssh;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,

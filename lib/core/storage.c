@@ -32,6 +32,7 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_nbd_unix,
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
+    &qimg_storage_ssh,
 };
 
 size_t qimg_storage_count(void)

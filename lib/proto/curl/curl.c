@@ -544,7 +544,8 @@ static bool curl_refresh_name(struct qimg_storage *st, char *buf, size_t len)
     .runtime_opts = curl_runtime_opts, .strong_opts = curl_strong_opts,       \
     .parse_filename = curl_parse, .refresh_name = curl_refresh_name,           \
     .open = curl_open, .close = curl_close, .pread = curl_pread,               \
-    .get_size = curl_get_size, .block_status = curl_block_status
+    .get_size = curl_get_size, .block_status = curl_block_status,          \
+    .no_get_info = true
 
 const struct qimg_storage_ops qimg_storage_http = {
     .name = "http", .protocol = "http", CURL_OPS,

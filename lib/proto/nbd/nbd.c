@@ -627,7 +627,8 @@ found:
     .pread = nbd_pread, .pwrite = nbd_pwrite, .flush = nbd_flush,              \
     .get_size = nbd_get_size, .truncate = nbd_truncate,                        \
     .truncate_exact = nbd_truncate_exact, .pwrite_zeroes = nbd_zeroes,         \
-    .discard = nbd_discard, .block_status = nbd_bs, .create_by_open = true
+    .discard = nbd_discard, .block_status = nbd_bs, .create_by_open = true, \
+    .no_get_info = true
 
 const struct qimg_storage_ops qimg_storage_nbd = {
     .protocol = "nbd",
