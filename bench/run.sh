@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v3"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v4 vmdk"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -79,6 +79,12 @@ make_inputs() {
     echo "bench: generating inputs in $IN ($stamp)"
     python3 "$ROOT/bench/gen.py" raw in.raw "$SIZE" "$SEED" || die "gen.py"
     "$REF" convert -f raw -O qcow2 in.raw in.qcow2 || die "qcow2 input"
+    # The same content as vmdk: monolithicSparse and streamOptimized.
+    "$REF" convert -f qcow2 -O vmdk in.qcow2 in.vmdk || die "vmdk input"
+    "$REF" convert -f qcow2 -O vmdk -o subformat=streamOptimized in.qcow2 \
+        in-stream.vmdk || die "stream input"
+    "$REF" convert -f raw -O vhdx in.raw in.vhdx || die "vhdx input"
+    "$REF" convert -f raw -O vdi in.raw in.vdi || die "vdi input"
     # A late difference: one sector changed 1 MiB before the end.
     cp --sparse=always in.qcow2 late.qcow2
     echo "write -P 0x5a $((SIZE - (1 << 20))) 512" | qio late.qcow2
@@ -147,7 +153,8 @@ same_content() {
     fi
 }
 
-# qcow2_ok FILE: the reference finds no problem in FILE.
+# qcow2_ok FILE: the reference finds no problem in FILE (any format with
+# a check: qcow2, vmdk).
 qcow2_ok() {
     if ! (cd "$WORK" && "$REF" check "$1") >"$WORK/.why" 2>&1; then
         fail "$NAME" "qemu-img check $1 failed"
@@ -167,6 +174,9 @@ WORKLOADS=(
 "convert qcow2->raw|rm -f out.raw|convert -f qcow2 -O raw @IN@/in.qcow2 out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
 "convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert vhdx->qcow2|rm -f out.qcow2|convert -f vhdx -O qcow2 @IN@/in.vhdx out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert qcow2->vpc fixed|rm -f out.vhd|convert -f qcow2 -O vpc -o subformat=fixed @IN@/in.qcow2 out.vhd|same_content qcow2 @IN@/in.qcow2 vpc out.vhd"
+"convert vdi->raw|rm -f out.raw|convert -f vdi -O raw @IN@/in.vdi out.raw|same_content vdi @IN@/in.vdi raw out.raw"
 "convert chain flatten|rm -f out.qcow2|convert -f qcow2 -O qcow2 @IN@/top.qcow2 out.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "compare identical|:|compare -f qcow2 -F raw @IN@/in.qcow2 @IN@/in.raw|same"
 "compare late diff|:|compare -f qcow2 -F qcow2 @IN@/in.qcow2 @IN@/late.qcow2|same"
@@ -180,6 +190,10 @@ WORKLOADS=(
 "convert cloop->raw|rm -f out.raw|convert -f cloop -O raw @IN@/in.cloop out.raw|same_content raw @IN@/ro.raw raw out.raw"
 "commit|cp --sparse=always @IN@/mid.qcow2 @IN@/top.qcow2 .|commit -f qcow2 top.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 mid.qcow2 && same_content qcow2 @IN@/top.qcow2 qcow2 top.qcow2 && qcow2_ok mid.qcow2"
 "rebase|cp --sparse=always @IN@/mid.qcow2 @IN@/top.qcow2 .|rebase -f qcow2 -b @IN@/in.qcow2 -F qcow2 top.qcow2|same_content qcow2 @IN@/top.qcow2 qcow2 top.qcow2 && qcow2_ok top.qcow2"
+"convert vmdk->qcow2|rm -f out.qcow2|convert -f vmdk -O qcow2 @IN@/in.vmdk out.qcow2|same_content vmdk @IN@/in.vmdk qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert qcow2->vmdk|rm -f out.vmdk|convert -f qcow2 -O vmdk @IN@/in.qcow2 out.vmdk|same_content qcow2 @IN@/in.qcow2 vmdk out.vmdk && qcow2_ok out.vmdk"
+"convert stream->qcow2|rm -f out.qcow2|convert -f vmdk -O qcow2 @IN@/in-stream.vmdk out.qcow2|same_content vmdk @IN@/in-stream.vmdk qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert qcow2->stream|rm -f out.vmdk|convert -f qcow2 -O vmdk -o subformat=streamOptimized @IN@/in.qcow2 out.vmdk|same_content qcow2 @IN@/in.qcow2 vmdk out.vmdk && qcow2_ok out.vmdk"
 )
 
 # Allocating writes: 4 KiB every 256 MiB of an empty 1 TiB image, 8 in

@@ -557,6 +557,12 @@ static bool open_target(struct convert *c)
         cli_error("Compression not supported for this file format");
         return false;
     }
+    /* formats that only take compressed writes get them without -c */
+    struct qimg_info info;
+    struct qimg_error err = {0};
+    if (qimg_get_info(c->tgt, &info, &err) == 0 && info.needs_compressed_writes)
+        c->compress = true;
+    qimg_info_release(&info);
     return true;
 }
 

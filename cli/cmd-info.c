@@ -29,8 +29,11 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
     o = json_object();
     json_object_set_new(o, "virtual-size", json_integer((json_int_t)info.virtual_size));
     json_object_set_new(o, "filename", json_string(qimg_image_filename(img)));
+    /* QEMU keeps the cluster size in an int: 2 GiB (a vpc block size it
+     * accepts) shows as negative. */
     if (info.cluster_size)
-        json_object_set_new(o, "cluster-size", json_integer(info.cluster_size));
+        json_object_set_new(o, "cluster-size",
+                            json_integer((int32_t)info.cluster_size));
     json_object_set_new(o, "format", json_string(qimg_image_format(img)));
     if (info.actual_size >= 0)
         json_object_set_new(o, "actual-size", json_integer(info.actual_size));

@@ -78,7 +78,7 @@ static void print_json_entry(const struct map_entry *e, bool more)
            tf(e->flags & QIMG_BS_ALLOCATED), tf(e->flags & QIMG_BS_ZERO),
            tf(e->flags & QIMG_BS_DATA));
     if (e->flags & QIMG_BS_OFFSET_VALID)
-        printf(", \"offset\": %" PRIu64, e->offset);
+        printf(", \"offset\": %" PRId64, (int64_t)e->offset);  /* QEMU: int64 */
     printf("}%s", more ? ",\n" : "");
 }
 

@@ -418,6 +418,10 @@ struct qimg_info {
     bool has_dirty_flag;        /* "dirty-flag" is reported (QEMU's driver
                                    answers bdrv_get_info) */
     bool encrypted;
+    /* Every write must be a compressed whole cluster (vmdk
+     * streamOptimized): convert then compresses without -c, as qemu-img
+     * does (QEMU's BlockDriverInfo.needs_compressed_writes). */
+    bool needs_compressed_writes;
     char backing_file[4096];    /* as written in the image, "" if none */
     char backing_fmt[64];
     char full_backing_filename[4096];

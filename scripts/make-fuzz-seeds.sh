@@ -16,6 +16,7 @@ MAX_SEED=${MAX_SEED:-524288}
 ulimit -c 0
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -147,6 +148,32 @@ if command -v create_compressed_fs >/dev/null; then
     keep cloop c.cloop c0.cloop
 fi
 
+# vpc and vdi: each subformat, empty and written (a partial last block
+# included), small enough to be seeds; truncated copies.
+other() {   # other FMT NAME SIZE OPTIONS [qemu-io commands...]
+    fmt=$1 name=$2 size=$3 opts=$4
+    shift 4
+    "$QEMU_IMG" create -q -f "$fmt" ${opts:+-o "$opts"} "$name.$fmt" "$size"
+    for c in "$@"; do
+        "$QEMU_IO" -f "$fmt" -c "$c" "$name.$fmt" >/dev/null
+    done
+}
+other vpc dyn-empty 64M ""
+other vpc dyn 5M "" "write -P 1 0 4k" "write -P 2 2M 3k" "write -P 3 5000k 4k"
+other vpc dyn-force 3M "force_size" "write -P 4 1M 512"
+other vpc fixed 256k "subformat=fixed" "write -P 5 4k 4k"
+other vpc fixed-force 128k "subformat=fixed,force_size"
+other vdi dyn-empty 64M ""
+other vdi dyn 3M "" "write -P 1 0 4k" "write -P 2 1M 3k" "write -P 3 2500k 4k"
+other vdi odd 1500k "" "write -P 4 1400k 4k"
+other vdi static 256k "static=on" "write -P 5 4k 4k"
+for n in 100 511 512 600 1024 1536 2048; do
+    head -c "$n" dyn.vpc >"trunc$n.vpc"
+    head -c "$n" dyn.vdi >"trunc$n.vdi"
+done
+keep vpc ./*.vpc
+keep vdi ./*.vdi
+
 # raw: an option line, then the file.
 mkdir -p "$OUT/raw"
 i=0
@@ -188,4 +215,32 @@ for j in '{"driver":"qcow2","file":{"driver":"file","filename":"fuzz.img"}}' \
     printf '%s' "$j" >"$OUT/json/seed$i"
     i=$((i + 1))
 done
+# vmdk: small images of every subformat, written by the reference; for
+# vmdk-desc, a descriptor (two bytes of length first) and its extent.
+mkdir -p "$OUT/vmdk" "$OUT/vmdk-desc"
+for sub in monolithicSparse streamOptimized twoGbMaxExtentSparse \
+           monolithicFlat; do
+    "$QEMU_IMG" create -q -f qcow2 vsrc.qcow2 1M
+    "$QEMU_IO" -f qcow2 -c "write -P 0x11 0 70k" -c "write -P 0x22 512k 4k" \
+        vsrc.qcow2 >/dev/null
+    "$QEMU_IMG" convert -O vmdk -o "subformat=$sub" vsrc.qcow2 "v-$sub.vmdk"
+done
+"$QEMU_IMG" create -q -f vmdk -o zeroed_grain=on v-zg.vmdk 1M
+"$QEMU_IO" -f vmdk -c "write -P 1 0 4k" -c "write -z 64k 64k" v-zg.vmdk >/dev/null
+keep vmdk v-monolithicSparse.vmdk v-streamOptimized.vmdk v-zg.vmdk \
+    v-monolithicFlat.vmdk
+desc_seed() {  # desc_seed NAME DESCRIPTOR-FILE EXTENT-FILE
+    len=$(stat -c %s "$2")
+    { printf "\\$(printf %03o $((len & 255)))\\$(printf %03o $((len >> 8)))"
+      cat "$2" "$3"; } >"$OUT/vmdk-desc/$1"
+}
+sed 's/v-twoGbMaxExtentSparse-s001.vmdk/extent.vmdk/' \
+    v-twoGbMaxExtentSparse.vmdk >d1.txt
+desc_seed sparse d1.txt v-twoGbMaxExtentSparse-s001.vmdk
+sed 's/v-monolithicFlat-flat.vmdk/extent.vmdk/' v-monolithicFlat.vmdk >d2.txt
+head -c 65536 v-monolithicFlat-flat.vmdk >e2.raw
+desc_seed flat d2.txt e2.raw
+desc_seed stream d1.txt v-streamOptimized.vmdk
+# vhdx: compact images in the fuzz-vhdx input layout.
+QEMU_IMG=$QEMU_IMG QEMU_IO=$QEMU_IO python3 "$SCRIPTS/../tests/fuzz/make-vhdx-seeds.py" "$OUT/vhdx"
 echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"

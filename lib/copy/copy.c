@@ -327,6 +327,35 @@ static size_t source_of(const struct engine *e, uint64_t dst)
     return i;
 }
 
+/*
+ * Read [off, off + len) of a source, leaving out what its format knows to
+ * read as zero (qimg_zero_hint: vhdx, whose images have no block status
+ * and so come as data throughout): the buffer is the same, the copy
+ * cheaper.
+ */
+static int read_source(struct qimg_image *img, uint64_t off, uint64_t len,
+                       uint8_t *buf, struct qimg_error *err)
+{
+    if (!img->fmt->zero_hint)
+        return qimg_pread(img, off, (size_t)len, buf, err);
+    while (len) {
+        struct qimg_extent h;
+        int ret = qimg_zero_hint(img, off, len, &h, err);
+        uint64_t n = h.length;
+
+        if (ret < 0)
+            return ret;
+        if (h.flags & QIMG_BS_ZERO)
+            memset(buf, 0, (size_t)n);
+        else if ((ret = qimg_pread(img, off, (size_t)n, buf, err)) < 0)
+            return ret;
+        off += n;
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
 /* Read target range [dst, dst+len) from whichever sources hold it. */
 static int read_range(struct engine *e, uint64_t dst, uint64_t len,
                       uint8_t *buf, struct qimg_error *err)
@@ -343,7 +372,7 @@ static int read_range(struct engine *e, uint64_t dst, uint64_t len,
         }
         spos = dst - e->src_start[i];
         n = QIMG_MIN(len, s->length - spos);
-        ret = qimg_pread(s->img, s->offset + spos, (size_t)n, buf, err);
+        ret = read_source(s->img, s->offset + spos, n, buf, err);
         if (ret < 0)
             return ret;
         dst += n;
@@ -756,7 +785,7 @@ static int worker_init(struct worker *wk, struct engine *e)
     }
     wk->clen = -1;
     if (e->p->compress && e->p->target->fmt->compress_cluster) {
-        wk->cbuf = malloc(e->cluster);
+        wk->cbuf = malloc(2 * (size_t)e->cluster + 64);   /* block.h */
         if (!wk->cbuf)
             return -ENOMEM;
     }

@@ -244,20 +244,13 @@ int qimg_truncate(struct qimg_image *img, uint64_t size, bool exact,
  * output matches.  Without the flag QEMU does not look (and the lseek calls
  * would cost more than the rest of a compare or convert).
  */
-static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext)
 {
-    struct qimg_storage *st = img->file;
     struct qimg_extent fe;
     struct qimg_error err;
     int64_t fsize;
-    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
 
-    ext->flags &= ~QIMG_BS_RECURSE_FILE;
-    if (!asked || img->fmt->is_raw || !st || !st->ops->block_status ||
-        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
-        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
-            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
-        ext->host_file != st->filename)
+    if (!st || !st->ops->block_status)
         return;
     fsize = st->ops->get_size(st);
     if (fsize >= 0 && ext->host_offset >= (uint64_t)fsize) {
@@ -271,6 +264,21 @@ static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
         ext->length = fe.length;
     if (fe.flags & QIMG_BS_ZERO)
         ext->flags |= QIMG_BS_ZERO;
+}
+
+static void refine_with_storage(struct qimg_image *img, struct qimg_extent *ext)
+{
+    struct qimg_storage *st = img->file;
+    bool asked = ext->flags & QIMG_BS_RECURSE_FILE;
+
+    ext->flags &= ~QIMG_BS_RECURSE_FILE;
+    if (!asked || img->fmt->is_raw || !st ||
+        (ext->flags & (QIMG_BS_ZERO | QIMG_BS_COMPRESSED)) ||
+        (ext->flags & (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID)) !=
+            (QIMG_BS_DATA | QIMG_BS_OFFSET_VALID) ||
+        ext->host_file != st->filename)
+        return;
+    qimg_extent_refine(st, ext);
 }
 
 int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
@@ -297,6 +305,25 @@ int qimg_block_status(struct qimg_image *img, uint64_t off, uint64_t len,
         ext->length = len;
     ext->depth = 0;
     refine_with_storage(img, ext);
+    return 0;
+}
+
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err)
+{
+    int ret = 0;
+
+    memset(ext, 0, sizeof(*ext));
+    len = off < img->size ? QIMG_MIN(len, img->size - off) : 0;
+    if (img->fmt->zero_hint && len)
+        ret = img->fmt->zero_hint(img, off, len, ext, err);
+    if (ret < 0 || !img->fmt->zero_hint) {
+        ext->flags = QIMG_BS_DATA;
+        ext->length = len;
+        return ret;
+    }
+    if (!ext->length || ext->length > len)
+        ext->length = len;
     return 0;
 }
 
@@ -413,7 +440,7 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     if (!f)
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
     if (!f->measure)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+        return qimg_error_set(err, -ENOTSUP, "Block driver '%s' does not "
                               "support size measurement", fmt);
     return f->measure(opts, src, size, out, err);
 }

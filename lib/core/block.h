@@ -321,6 +321,9 @@ extern const struct qimg_storage_ops qimg_storage_memory;
 int qimg_mem_register(const char *name, const void *data, size_t len);
 int qimg_mem_unregister(const char *name);
 void qimg_mem_set_exclusive(bool on);
+/* Lower the growth bound below QIMG_MEM_MAX_SIZE (fuzz targets that
+ * write keep each input cheap this way). */
+void qimg_mem_set_max_size(uint64_t bytes);
 /* True when opening filename would use the memory storage. */
 bool qimg_mem_claims(const char *filename);
 /* A malloc'ed copy of the current contents of name. */
@@ -463,7 +466,9 @@ struct qimg_format {
      * pwrite_compressed in two steps, so that the copy engine compresses
      * in all its threads and still lays clusters out in guest order.
      * compress_cluster (any thread, no lock) compresses len bytes of one
-     * cluster into out (at least a cluster) and returns the compressed
+     * cluster into out (at least two clusters and 64 bytes: formats whose
+     * compressed clusters carry a header, or are always compressed,
+     * may need more than a cluster) and returns the compressed
      * length, 0 when it does not shrink, or a negative errno; then
      * pwrite_compressed_data stores it (clen 0: buf as it is).  Optional.
      */
@@ -474,7 +479,22 @@ struct qimg_format {
                                   const void *cdata, size_t clen,
                                   struct qimg_error *err);
     const struct qimg_bitmap_ops *bitmap;  /* NULL: no persistent bitmaps */
+    /*
+     * For formats without block_status, whose images QEMU reports as
+     * data throughout (so map and compare must too): whether reads of the
+     * extent at off give zeroes (ext->flags QIMG_BS_ZERO) or may not
+     * (QIMG_BS_DATA), with ext->length.  Only the copy engine asks, to
+     * fill such parts of its read buffers without reading them: what it
+     * writes does not change.  Optional; same concurrency as pread.
+     */
+    int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_extent *ext, struct qimg_error *err);
 };
+
+/* The driver's zero_hint for [off, off + len) of img alone (DATA for all
+ * of it without one); ext->length is at least 1 and at most len. */
+int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *ext, struct qimg_error *err);
 
 /*
  * Internal block status flag: a driver sets it on a DATA|OFFSET_VALID
@@ -484,6 +504,16 @@ struct qimg_format {
  * clears the flag; callers never see it.
  */
 #define QIMG_BS_RECURSE_FILE (1u << 15)
+
+/*
+ * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
+ * st says about holes there, as QEMU's block layer does for
+ * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
+ * ZERO, and the extent is cut where the storage's answer ends.  For
+ * drivers whose data is in other storages than node->file (vmdk flat
+ * extents); errors are ignored (extra information only).
+ */
+void qimg_extent_refine(struct qimg_storage *st, struct qimg_extent *ext);
 
 /* All registered formats, in the order QEMU lists them. */
 extern const struct qimg_format *const qimg_formats[];
@@ -495,6 +525,10 @@ extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_vdi;
+extern const struct qimg_format qimg_format_vhdx;
+extern const struct qimg_format qimg_format_vmdk;
+extern const struct qimg_format qimg_format_vpc;
 /* The format of a node opened at the protocol level (driver=file,
  * -f host_device, null-co://): every operation goes to its storage, and
  * the node reports the storage's driver name as its format. */
@@ -594,6 +628,18 @@ enum { QIMG_CHILD_RELATIVE = 1 << 0 };
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);
+
+/*
+ * The first step of a format's create, as QEMU's format drivers take it:
+ * create filename through its storage with the storage's own options
+ * from opts (preallocation, nocow, ...: those its create_opts name) and
+ * size 0, then open it read-write with resize for the format to write
+ * its metadata.  The format's options never reach the storage.  *out is
+ * owned by the caller (qimg_storage_close).  A failed create may leave
+ * the file behind, as QEMU does.
+ */
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err);
 
 /* Read through the backing chain (zeroes past the backing's end). */
 int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,

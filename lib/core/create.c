@@ -261,3 +261,27 @@ int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
     }
     return ret;
 }
+
+int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
+                        struct qimg_storage **out, struct qimg_error *err)
+{
+    const struct qimg_storage_ops *st = qimg_storage_for(filename);
+    struct qimg_opts *fopts = qimg_opts_new();
+    int ret;
+
+    *out = NULL;
+    if (!fopts)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (size_t i = 0; i < st->n_create_opts; i++) {
+        const char *k = st->create_opts[i].name;
+        if (strcmp(k, "size") && qimg_opts_get(opts, k))
+            qimg_opts_set(fopts, k, qimg_opts_get(opts, k));
+    }
+    qimg_opts_set(fopts, "size", "0");
+    ret = st->create(filename, fopts, err);
+    qimg_opts_free(fopts);
+    if (ret < 0)
+        return ret;
+    return qimg_storage_open(out, filename, QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE,
+                             QIMG_CACHE_WRITEBACK, err);
+}

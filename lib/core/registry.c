@@ -17,6 +17,10 @@ const struct qimg_format *const qimg_formats[] = {
     &qimg_format_dmg,
     &qimg_format_qcow2,
     &qimg_format_raw,
+    &qimg_format_vdi,
+    &qimg_format_vhdx,
+    &qimg_format_vmdk,
+    &qimg_format_vpc,
 };
 const size_t qimg_n_formats = QIMG_ARRAY_SIZE(qimg_formats);
 

@@ -1,6 +1,8 @@
 /* util.c - out-of-line helpers from util.h. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "core/util.h"
 
@@ -30,4 +32,25 @@ bool qimg_buffer_is_zero(const void *buf, size_t len)
 char *qimg_strndup(const char *s, size_t n)
 {
     return strndup(s, n);
+}
+
+void qimg_uuid_generate(uint8_t uuid[16])
+{
+    size_t got = 0;
+
+    while (got < 16) {
+        ssize_t n = getrandom(uuid + got, 16 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got < 16) {
+        /* No kernel randomness (very old kernels): still unique enough
+         * for an image identifier. */
+        unsigned seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)uuid;
+        for (; got < 16; got++)
+            uuid[got] = (uint8_t)rand_r(&seed);
+    }
+    uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40);   /* version 4: random */
+    uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80);   /* RFC 4122 variant */
 }

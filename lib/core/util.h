@@ -129,6 +129,10 @@ static inline void qimg_st_le64(void *p, uint64_t v)
 /* True when len bytes at buf are all zero (vectorised by the compiler). */
 bool qimg_buffer_is_zero(const void *buf, size_t len);
 
+/* A random (version 4) UUID in RFC 4122 byte order, as QEMU generates
+ * the identifiers of new vpc, vdi, vhdx and vmdk images. */
+void qimg_uuid_generate(uint8_t uuid[16]);
+
 /* strdup that aborts on OOM is not used: callers handle NULL. */
 char *qimg_strndup(const char *s, size_t n);
 

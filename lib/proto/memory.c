@@ -25,6 +25,7 @@ struct mem_buf {
     char *name;
     uint8_t *data;
     size_t len;
+    size_t cap;             /* allocated bytes (grows geometrically) */
     unsigned refs;
     pthread_mutex_t lock;
     struct mem_buf *next;
@@ -93,6 +94,7 @@ int qimg_mem_register(const char *name, const void *data, size_t len)
     if (len)
         memcpy(b->data, data, len);
     b->len = len;
+    b->cap = len;
     b->refs = 1;
     pthread_mutex_init(&b->lock, NULL);
     pthread_mutex_lock(&registry_lock);
@@ -117,6 +119,14 @@ int qimg_mem_unregister(const char *name)
         return -ENOENT;
     buf_unref(b);
     return 0;
+}
+
+/* Largest size writes may grow a buffer to (qimg_mem_set_max_size). */
+static _Atomic uint64_t max_size = QIMG_MEM_MAX_SIZE;
+
+void qimg_mem_set_max_size(uint64_t bytes)
+{
+    max_size = bytes < QIMG_MEM_MAX_SIZE ? bytes : QIMG_MEM_MAX_SIZE;
 }
 
 void qimg_mem_set_exclusive(bool on)
@@ -215,20 +225,29 @@ static int mem_pread(struct qimg_storage *st, uint64_t off, size_t len,
     return 0;
 }
 
-/* Grow (zero filled) or shrink; the caller holds b->lock. */
+/* Grow (zero filled) or shrink; the caller holds b->lock.  The buffer
+ * grows by at least half its size, so that a file written front to back
+ * in small pieces is not copied again at every piece. */
 static int resize_locked(struct mem_buf *b, uint64_t size,
                          struct qimg_error *err)
 {
     uint8_t *p;
 
-    if (size > QIMG_MEM_MAX_SIZE)
+    if (size > max_size)
         return qimg_error_set(err, -EFBIG, "File too large");
-    p = realloc(b->data, size ? size : 1);
-    if (!p)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (size > b->cap || size < b->cap / 4) {
+        size_t cap = size > b->cap ? (size_t)QIMG_MIN(QIMG_MAX(size, b->cap +
+                                                               b->cap / 2),
+                                                      QIMG_MEM_MAX_SIZE)
+                                   : (size_t)size;
+        p = realloc(b->data, cap ? cap : 1);
+        if (!p)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        b->data = p;
+        b->cap = cap;
+    }
     if (size > b->len)
-        memset(p + b->len, 0, size - b->len);
-    b->data = p;
+        memset(b->data + b->len, 0, size - b->len);
     b->len = size;
     return 0;
 }

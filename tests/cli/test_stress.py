@@ -1,7 +1,8 @@
 """Thread safety: eight threads write and zero interleaved blocks that
 share every cluster of an image (qimg-stress), on fresh images, images
 whose clusters are shared with a snapshot or come from a backing file,
-compressed images, subclusters, lazy refcounts and O_DIRECT; then the
+compressed images, subclusters, lazy refcounts and O_DIRECT, vpc and vdi
+images of each subformat; then the
 reference must find the image clean and read back exactly what each
 thread wrote last."""
 import subprocess
@@ -30,6 +31,25 @@ def setup_image(kind, d):
     if kind == "raw":
         sh(d, "truncate", "-s", "8M", "t.img")
         return "raw"
+    if kind.startswith("vmdk"):
+        opts = {"vmdk": [], "vmdk-zg": ["-o", "zeroed_grain=on"],
+                "vmdk-flat": ["-o", "subformat=monolithicFlat"]}
+        if kind == "vmdk-backing":
+            sh(d, REF, "create", "-q", "-f", "vmdk", "base.img", "8M")
+            sh(d, QEMU_IO, "-f", "vmdk", "-c", "write -P 0x5a 0 8M",
+               "base.img")
+            sh(d, REF, "create", "-q", "-f", "vmdk", "-b", "base.img", "-F",
+               "vmdk", "t.img")
+        else:
+            sh(d, REF, "create", "-q", "-f", "vmdk", *opts[kind], "t.img",
+               "8M")
+        return "vmdk"
+    other = {"vpc": ("vpc", []), "vpc-fixed": ("vpc", ["-o", "subformat=fixed"]),
+             "vdi": ("vdi", []), "vdi-static": ("vdi", ["-o", "static=on"])}
+    if kind in other:
+        fmt, o = other[kind]
+        sh(d, REF, "create", "-q", "-f", fmt, *o, "t.img", "8M")
+        return fmt
     opts = {"default": [], "4k": ["-o", "cluster_size=4k"],
             "subclusters": ["-o", "cluster_size=16k,extended_l2=on"],
             "lazy": ["-o", "lazy_refcounts=on"],
@@ -55,7 +75,8 @@ def setup_image(kind, d):
 
 KINDS = ["default", "4k", "subclusters", "lazy", "refcount1", "v2",
          "snapshot", "snapshot-direct", "backing", "backing-v2", "compressed",
-         "raw"]
+         "raw", "vmdk", "vmdk-zg", "vmdk-flat", "vmdk-backing", "vpc",
+         "vpc-fixed", "vdi", "vdi-static"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -72,7 +93,7 @@ def test_concurrent_writers(tmp_path, kind):
     assert r.returncode == 0, r.stderr
     blocks = [line.split() for line in r.stdout.splitlines()]
     assert len(blocks) == SPAN // block
-    if fmt == "qcow2":
+    if fmt in ("qcow2", "vmdk", "vdi"):
         chk = subprocess.run([str(REF), "check", "t.img"], cwd=tmp_path,
                              capture_output=True, text=True)
         assert chk.returncode == 0, chk.stdout + chk.stderr

@@ -301,6 +301,121 @@ static void test_data_path(void **state)
     qimg_mem_unregister("mem:toyback");
 }
 
+/* new_block_reads_zero: only the bytes a write covers go to a new block.
+ * The toy's "fresh" area is filled with 'P' so that bytes the helper did
+ * not write show (a real format's allocate() makes them read as zero). */
+static void test_new_block_reads_zero(void **state)
+{
+    static uint8_t disk[4096 + 2 * TOY_BS];
+    struct qimg_error err = {0};
+    struct qimg_image node = {0};
+    struct toy toy = {0};
+    struct qimg_table_write_ops ops = toy_ops;
+    uint8_t buf[TOY_BS];
+
+    memset(disk + 4096, 'P', 2 * TOY_BS);
+    qimg_st_le32(disk + 4, 1);              /* block 1: zero */
+    node.file = mem_storage("mem:toyz", disk, sizeof(disk));
+    node.filename = "mem:toyz";
+    node.size = TOY_BS * TOY_BLOCKS;
+    node.state = &toy;
+    pthread_mutex_init(&node.lock, NULL);
+    struct qimg_table_geom g = {.offset = 0, .n = TOY_BLOCKS, .esize = 4,
+                                .max_bytes = 4096};
+    assert_int_equal(qimg_table_load(&toy.map, node.file, &g, "map", &err), 0);
+    toy.alloc = (struct qimg_alloc){.end = 4096, .max = 1 << 20};
+    ops.fill_from_backing = false;
+    ops.new_block_reads_zero = true;
+
+    /* Into the unallocated block 0 and the zero block 1. */
+    assert_int_equal(qimg_table_pwrite(&node, 100, 8, "abcdefgh", &ops, &err),
+                     0);
+    assert_int_equal(qimg_table_pwrite(&node, TOY_BS + 7, 3, "xyz", &ops,
+                                       &err), 0);
+    assert_int_equal(qimg_table_get(&toy.map, 0), 4096);
+    assert_int_equal(qimg_table_get(&toy.map, 1), 4096 + TOY_BS);
+    assert_int_equal(node.file->ops->pread(node.file, 4096, TOY_BS, buf, &err),
+                     0);
+    assert_int_equal(buf[99], 'P');
+    assert_memory_equal(buf + 100, "abcdefgh", 8);
+    assert_int_equal(buf[108], 'P');
+    assert_int_equal(node.file->ops->pread(node.file, 4096 + TOY_BS, TOY_BS,
+                                           buf, &err), 0);
+    assert_int_equal(buf[6], 'P');
+    assert_memory_equal(buf + 7, "xyz", 3);
+    /* With fill_from_backing an unallocated block is still staged whole
+     * (zeroes here: no backing file). */
+    ops.fill_from_backing = true;
+    toy.alloc.end = 4096 + TOY_BS;  /* reuse block 1's area for block 2 */
+    assert_int_equal(qimg_table_pwrite(&node, 2 * TOY_BS + 1, 1, "q", &ops,
+                                       &err), 0);
+    assert_int_equal(node.file->ops->pread(node.file, 4096 + TOY_BS, TOY_BS,
+                                           buf, &err), 0);
+    assert_int_equal(buf[0], 0);
+    assert_int_equal(buf[1], 'q');
+    assert_int_equal(buf[7], 0);
+
+    qimg_table_release(&toy.map);
+    qimg_storage_close(node.file);
+    pthread_mutex_destroy(&node.lock);
+    qimg_mem_unregister("mem:toyz");
+}
+
+/* whole_last_block: the image's partial last block is written whole,
+ * block_size bytes; without it the write stops at the image's end. */
+static void test_whole_last_block(void **state)
+{
+    static uint8_t disk[4096];
+    struct qimg_error err = {0};
+    struct qimg_image node = {0};
+    struct toy toy = {0};
+    struct qimg_table_write_ops ops = toy_ops;
+    uint64_t last = TOY_BS * (TOY_BLOCKS - 1);
+    void *copy;
+    size_t len;
+
+    node.file = mem_storage("mem:toyw", disk, sizeof(disk));
+    node.filename = "mem:toyw";
+    node.size = TOY_BS * TOY_BLOCKS - 1000;    /* last block partial */
+    node.state = &toy;
+    pthread_mutex_init(&node.lock, NULL);
+    struct qimg_table_geom g = {.offset = 0, .n = TOY_BLOCKS, .esize = 4,
+                                .max_bytes = 4096};
+    assert_int_equal(qimg_table_load(&toy.map, node.file, &g, "map", &err), 0);
+    toy.alloc = (struct qimg_alloc){.end = 4096, .max = 1 << 20};
+    ops.fill_from_backing = false;
+    ops.whole_last_block = true;
+    assert_int_equal(qimg_table_pwrite(&node, last + 10, 4, "WXYZ", &ops,
+                                       &err), 0);
+    assert_int_equal(qimg_table_get(&toy.map, TOY_BLOCKS - 1), 4096);
+    assert_int_equal(qimg_mem_get("mem:toyw", &copy, &len), 0);
+    assert_int_equal(len, 4096 + TOY_BS);
+    assert_memory_equal((uint8_t *)copy + 4096 + 10, "WXYZ", 4);
+    free(copy);
+    /* Even a write that covers the block up to the image's end. */
+    qimg_table_set(&toy.map, TOY_BLOCKS - 1, 0);
+    uint8_t tailbuf[TOY_BS - 1000];
+    memset(tailbuf, 'T', sizeof(tailbuf));
+    assert_int_equal(qimg_table_pwrite(&node, last, sizeof(tailbuf), tailbuf,
+                                       &ops, &err), 0);
+    assert_int_equal(qimg_mem_get("mem:toyw", &copy, &len), 0);
+    assert_int_equal(len, 8192 + TOY_BS);
+    free(copy);
+    ops.whole_last_block = false;
+    qimg_table_set(&toy.map, TOY_BLOCKS - 1, 0);
+    assert_int_equal(qimg_table_pwrite(&node, last, 4, "wxyz", &ops, &err),
+                     0);
+    assert_int_equal(qimg_table_get(&toy.map, TOY_BLOCKS - 1), 12288);
+    assert_int_equal(qimg_mem_get("mem:toyw", &copy, &len), 0);
+    assert_int_equal(len, 12288 + TOY_BS - 1000);
+    free(copy);
+
+    qimg_table_release(&toy.map);
+    qimg_storage_close(node.file);
+    pthread_mutex_destroy(&node.lock);
+    qimg_mem_unregister("mem:toyw");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,6 +424,8 @@ int main(void)
         cmocka_unit_test(test_store_sectors),
         cmocka_unit_test(test_alloc),
         cmocka_unit_test(test_data_path),
+        cmocka_unit_test(test_new_block_reads_zero),
+        cmocka_unit_test(test_whole_last_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,7 +12,9 @@
 /* Bytes a request of the block-map write path may stage for one block
  * beyond the caller's buffer: the format's block size, which every format
  * bounds itself (vdi, vhdx: 256 MiB at most), so this only catches a
- * format that forgot to. */
+ * format that forgot to.  Formats that never stage (new_block_reads_zero
+ * without fill_from_backing: vpc, whose blocks may be up to 2 GiB) are
+ * not bound by it. */
 #define QIMG_TABLE_MAX_BLOCK (256ull << 20)
 
 static int geom_bytes(const struct qimg_table_geom *g, const char *what,
@@ -255,7 +257,8 @@ int qimg_table_block_status(struct qimg_image *node, uint64_t off,
 
 /*
  * Write [off, off + n) into the new block at block_off, n inside it: the
- * block is staged whole (filled as ops say), written, then committed.
+ * block is staged whole (filled as ops say) and written, or with
+ * new_block_reads_zero just the covered bytes are; then it is committed.
  * Called with node->lock held.
  */
 static int write_new_block(struct qimg_image *node, uint64_t block_off,
@@ -265,7 +268,8 @@ static int write_new_block(struct qimg_image *node, uint64_t block_off,
                            struct qimg_error *err)
 {
     uint64_t bs = ops->block_size, host;
-    uint64_t blen = QIMG_MIN(bs, node->size - block_off);
+    uint64_t blen = ops->whole_last_block ? bs
+                                          : QIMG_MIN(bs, node->size - block_off);
     uint8_t *block = NULL;
     int ret;
 
@@ -274,14 +278,21 @@ static int write_new_block(struct qimg_image *node, uint64_t block_off,
         return ret;
     if (n == blen) {
         ret = node->file->ops->pwrite(node->file, host, n, data, err);
+    } else if (ops->new_block_reads_zero &&
+               !(ops->fill_from_backing && was == QIMG_MAP_UNALLOC)) {
+        ret = node->file->ops->pwrite(node->file, host + (off - block_off),
+                                      n, data, err);
     } else {
         block = malloc((size_t)bs);
         if (!block)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
+        /* Past node->size (whole_last_block) the block reads as zero. */
+        memset(block, 0, (size_t)blen);
         if (ops->fill_from_backing && was == QIMG_MAP_UNALLOC)
-            ret = qimg_read_backing(node, block_off, (size_t)blen, block, err);
-        else
-            memset(block, 0, (size_t)blen);
+            ret = qimg_read_backing(node, block_off,
+                                    (size_t)QIMG_MIN(blen, node->size -
+                                                               block_off),
+                                    block, err);
         if (ret == 0) {
             memcpy(block + (off - block_off), data, n);
             ret = node->file->ops->pwrite(node->file, host, (size_t)blen,
@@ -301,7 +312,10 @@ int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     const uint8_t *p = buf;
     uint64_t bs = ops->block_size;
 
-    if (!qimg_is_pow2(bs) || bs > QIMG_TABLE_MAX_BLOCK)
+    /* Only a block that is staged in memory needs the bound. */
+    if (!qimg_is_pow2(bs) ||
+        (bs > QIMG_TABLE_MAX_BLOCK &&
+         !(ops->new_block_reads_zero && !ops->fill_from_backing)))
         return qimg_error_set(err, -EINVAL, "Invalid block size");
     while (len) {
         struct qimg_map_ext m;

@@ -180,12 +180,27 @@ struct qimg_table_write_ops {
      * UNALLOC (zeroes otherwise), false writes zeroes.
      */
     bool fill_from_backing;
+    /*
+     * allocate() leaves the new block reading as zeroes (it extended the
+     * file over it, say) and the block was ZERO or UNALLOC without
+     * fill_from_backing: only the bytes the write covers are written,
+     * the rest stays as it is (a hole in a sparse file, as QEMU's vhdx
+     * leaves it).  false stages and writes the whole block.
+     */
+    bool new_block_reads_zero;
+    /*
+     * A new block at the end of the image is written whole, block_size
+     * bytes, even where it lies past node->size, for formats whose file
+     * holds whole blocks (vdi).  Without it the write stops at node->size.
+     */
+    bool whole_last_block;
 };
 
 /*
  * Write guest bytes: into DATA mappings in place (outside the lock), and
  * into new blocks through allocate -> whole-block data write -> commit
- * (under the lock; parts the write does not cover are filled as ops say).
+ * (under the lock; parts the write does not cover are filled or left as
+ * ops say).
  */
 int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                       const void *buf, const struct qimg_table_write_ops *ops,

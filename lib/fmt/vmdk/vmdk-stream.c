@@ -1,0 +1,537 @@
+/*
+ * vmdk-stream.c - compressed grains and the streamOptimized layout
+ * (VMDK 5.0 spec, "Stream-Optimized Compressed Sparse Extents").
+ *
+ * A compressed grain is a grain marker (guest sector, 8 bytes; data
+ * size, 4 bytes) and a zlib stream (RFC 1950, what QEMU's compress() and
+ * uncompress() use), starting on a sector.  Grains are inflated with
+ * zlib and deflated with libdeflate (its zlib format: the same streams
+ * zlib reads, for less CPU than zlib's deflate), one compressor per
+ * thread, so that the copy engine compresses in all its workers.
+ *
+ * Writing follows QEMU's rules: only whole grains, appended at the
+ * allocation cursor, never over an allocated grain.  The grain tables
+ * of a writable stream are held in memory.  An image in QEMU's layout
+ * (tables preallocated after the descriptor, the header pointing at
+ * them: what QEMU's and our create write) also gets every table update
+ * written through, as QEMU does, so it stays readable throughout.  When
+ * the stream ends (convert's end-of-stream call, or close after
+ * writes), what VMware's readers need is appended: each grain table
+ * after a grain table marker, the grain directory after its marker, the
+ * footer (the header pointing at that directory) after its marker, and
+ * the end-of-stream marker, and the header's directory offset becomes
+ * GD_AT_END.  QEMU 7.2 reads such images through their footer.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libdeflate.h>
+#include <zlib.h>
+
+#include "core/inflate.h"
+#include "core/util.h"
+#include "fmt/vmdk/vmdk.h"
+
+/* Grain marker: lba (8) and size (4) before the compressed data. */
+#define MARKER_SIZE 12
+/* libdeflate level 4: as fast as qcow2's -c and no larger than zlib's
+ * level 6 output (lib/fmt/qcow2/qcow2-compress.c measured it). */
+#define VMDK_DEFLATE_LEVEL 4
+
+struct vmdk_stream {
+    uint32_t **gt;          /* l1_size tables of l2_size entries, or NULL */
+    bool head_tables;       /* the header points at tables in the head */
+    bool dirty;             /* changed since the last end of stream */
+};
+
+/* ---- compression ---------------------------------------------------------- */
+
+static pthread_key_t deflate_key;
+static pthread_once_t deflate_once = PTHREAD_ONCE_INIT;
+static bool deflate_key_ok;
+
+static void deflate_free(void *p)
+{
+    libdeflate_free_compressor(p);
+}
+
+static void deflate_key_init(void)
+{
+    deflate_key_ok = pthread_key_create(&deflate_key, deflate_free) == 0;
+}
+
+/* The calling thread's compressor, kept for its life. */
+static struct libdeflate_compressor *thread_deflater(void)
+{
+    struct libdeflate_compressor *c;
+
+    pthread_once(&deflate_once, deflate_key_init);
+    if (!deflate_key_ok)
+        return NULL;
+    c = pthread_getspecific(deflate_key);
+    if (!c) {
+        c = libdeflate_alloc_compressor(VMDK_DEFLATE_LEVEL);
+        if (c && pthread_setspecific(deflate_key, c)) {
+            libdeflate_free_compressor(c);
+            c = NULL;
+        }
+    }
+    return c;
+}
+
+static struct vmdk_extent *first_compressed(struct vmdk_state *s)
+{
+    for (size_t i = 0; i < s->n_ext; i++)
+        if (s->ext[i].compressed)
+            return &s->ext[i];
+    return NULL;
+}
+
+/*
+ * Compress one grain (len bytes, a whole grain or the extent's tail) into
+ * out, leaving room for the grain marker that vmdk_write_compressed puts
+ * in front; returns marker plus data length.  0 (store as given) for
+ * images without compressed extents: -c on other subformats writes plain
+ * grains, as QEMU does.  out holds at least two grains.
+ */
+ssize_t vmdk_compress_grain(struct qimg_image *node, const void *buf,
+                            size_t len, void *out, struct qimg_error *err)
+{
+    struct vmdk_extent *e = first_compressed(node->state);
+    struct libdeflate_compressor *c;
+    size_t cap, n;
+
+    if (!e)
+        return 0;
+    cap = 2 * (size_t)(e->grain_sectors * VMDK_SECTOR);
+    if (len > cap / 2)
+        return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+    c = thread_deflater();
+    if (!c)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    n = libdeflate_zlib_compress(c, buf, len, (uint8_t *)out + MARKER_SIZE,
+                                 cap - MARKER_SIZE);
+    if (!n)
+        return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+    return (ssize_t)(n + MARKER_SIZE);
+}
+
+/* zlib's uncompress() into out, at most *olen bytes: the stream must end. */
+static int inflate_grain(const uint8_t *in, size_t ilen, uint8_t *out,
+                         size_t *olen)
+{
+    z_stream z;
+    int ret;
+
+    memset(&z, 0, sizeof(z));
+    if (inflateInit(&z) != Z_OK)
+        return -ENOMEM;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)ilen;
+    z.next_out = out;
+    z.avail_out = (uInt)*olen;
+    ret = inflate(&z, Z_FINISH);
+    *olen -= z.avail_out;
+    inflateEnd(&z);
+    return ret == Z_STREAM_END ? 0 : -EINVAL;
+}
+
+/*
+ * Read len bytes at off_in_grain of the compressed grain at host: the
+ * marker says how much to inflate (without markers, the grain's size).
+ * A whole grain is inflated straight into buf.
+ */
+int vmdk_read_compressed(struct vmdk_extent *e, uint64_t host,
+                         uint64_t off_in_grain, size_t len, void *buf,
+                         struct qimg_error *err)
+{
+    size_t gb = (size_t)(e->grain_sectors * VMDK_SECTOR), cap = 2 * gb;
+    size_t data_len = gb, skip = 0, have, out_len = gb;
+    uint8_t *in = malloc(cap), *out = NULL;
+    int ret;
+
+    if (!in)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    have = QIMG_MIN(cap, gb + MARKER_SIZE);
+    ret = e->file->ops->pread(e->file, host, have, in, err);
+    if (ret < 0)
+        goto out;
+    if (e->has_marker) {
+        data_len = qimg_ld_le32(in + 8);
+        skip = MARKER_SIZE;
+    }
+    if (!data_len || data_len > cap - skip) {
+        ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+        goto out;
+    }
+    if (skip + data_len > have) {
+        ret = e->file->ops->pread(e->file, host + have, skip + data_len - have,
+                                  in + have, err);
+        if (ret < 0)
+            goto out;
+    }
+    if (off_in_grain == 0 && len == gb) {
+        /* a whole grain: libdeflate (the shared helper), which accepts
+         * what zlib's uncompress() does when the output must fill the
+         * grain; its errors read as QEMU's EINVAL */
+        ret = qimg_inflate_zlib(in + skip, data_len, buf, len) < 0 ? -EINVAL
+                                                                   : 0;
+    } else {
+        out = malloc(gb);
+        if (!out) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            goto out;
+        }
+        ret = inflate_grain(in + skip, data_len, out, &out_len);
+        if (!ret && off_in_grain + len > out_len)
+            ret = -EINVAL;
+        if (!ret)
+            memcpy(buf, out + off_in_grain, len);
+    }
+    if (ret < 0)
+        qimg_error_set(err, ret, "%s", strerror(-ret));
+out:
+    free(out);
+    free(in);
+    return ret;
+}
+
+/* ---- the tables of a writable stream ---------------------------------------- */
+
+void vmdk_stream_free(struct vmdk_extent *e)
+{
+    struct vmdk_stream *st = e->stream;
+
+    if (!st)
+        return;
+    for (uint32_t i = 0; st->gt && i < e->l1_size; i++)
+        free(st->gt[i]);
+    free(st->gt);
+    free(st);
+    e->stream = NULL;
+}
+
+bool vmdk_stream_lookup(struct vmdk_extent *e, uint32_t l1, uint32_t l2,
+                        uint32_t *gte)
+{
+    const struct vmdk_stream *st = e->stream;
+
+    *gte = st->gt[l1] ? st->gt[l1][l2] : 0;
+    return true;
+}
+
+/* The sector after the last grain of a sealed stream (its old tables
+ * and footer are written over): the highest grain's marker tells. */
+static int sealed_end(struct qimg_image *node, struct vmdk_extent *e,
+                      struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint64_t last = 0, end;
+    uint8_t m[MARKER_SIZE];
+    int ret;
+
+    for (uint32_t i = 0; i < e->l1_size; i++)
+        for (uint32_t j = 0; st->gt[i] && j < e->l2_size; j++)
+            if (st->gt[i][j] > last &&
+                !(e->zero_grain && st->gt[i][j] == VMDK_GTE_ZEROED))
+                last = st->gt[i][j];
+    if (!last) {
+        e->next_sector = e->grain_offset;
+        return 0;
+    }
+    ret = e->file->ops->pread(e->file, last * VMDK_SECTOR, sizeof(m), m, err);
+    if (ret < 0)
+        return ret;
+    end = last * VMDK_SECTOR + (e->has_marker ? MARKER_SIZE +
+                                (uint64_t)qimg_ld_le32(m + 8)
+                                              : e->grain_sectors * VMDK_SECTOR);
+    e->next_sector = qimg_div_round_up(end, VMDK_SECTOR);
+    (void)node;
+    return 0;
+}
+
+/* Hold the tables of compressed extent e in memory (lock held). */
+static int stream_begin(struct qimg_image *node, struct vmdk_extent *e,
+                        struct qimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    size_t tb = (size_t)e->l2_size * 4;
+    struct vmdk_stream *st;
+    uint64_t bytes = 0;
+    int ret = 0;
+
+    if (e->stream)
+        return 0;
+    st = calloc(1, sizeof(*st));
+    if (!st || !(st->gt = calloc(e->l1_size ? e->l1_size : 1, sizeof(*st->gt)))) {
+        free(st);
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    st->head_tables = !e->from_footer;
+    for (uint32_t i = 0; i < e->l1_size && !ret; i++) {
+        uint32_t sec = ((const uint32_t *)e->gd)[i];
+        if (!sec)
+            continue;
+        bytes += tb;
+        if (s->table_bytes + bytes > VMDK_MAX_TABLE_BYTES) {
+            ret = qimg_error_set(err, -EFBIG, "Grain tables of the image "
+                                 "exceed %llu MiB", VMDK_MAX_TABLE_BYTES >> 20);
+            break;
+        }
+        st->gt[i] = malloc(tb);
+        if (!st->gt[i]) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            break;
+        }
+        ret = vmdk_gt_entries(node, e, i, 0, st->gt[i], e->l2_size, err);
+    }
+    e->stream = st;
+    if (!ret && !st->head_tables)
+        ret = sealed_end(node, e, err);
+    if (ret < 0) {
+        vmdk_stream_free(e);
+        return ret;
+    }
+    s->table_bytes += bytes;
+    return 0;
+}
+
+/* Set one entry: in memory, and through to the head tables. */
+static int stream_set(struct qimg_image *node, struct vmdk_extent *e,
+                      const struct vmdk_lookup *l, uint32_t v,
+                      struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint32_t **t = &st->gt[l->l1_index];
+
+    if (!*t) {
+        *t = calloc(e->l2_size, sizeof(**t));
+        if (!*t)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    (*t)[l->l2_index] = v;
+    st->dirty = true;
+    if (st->head_tables && ((const uint32_t *)e->gd)[l->l1_index])
+        return vmdk_set_gte(node, e, l, 1, &v, err);
+    return 0;
+}
+
+int vmdk_stream_zero(struct qimg_image *node, struct vmdk_extent *e,
+                     const struct vmdk_lookup *l, struct qimg_error *err)
+{
+    int ret = stream_begin(node, e, err);
+    return ret < 0 ? ret : stream_set(node, e, l, VMDK_GTE_ZEROED, err);
+}
+
+/*
+ * Append one compressed grain (cdata from vmdk_compress_grain, or NULL to
+ * compress buf here) for guest bytes [off, off+len) of extent e.
+ */
+int vmdk_write_compressed(struct qimg_image *node, struct vmdk_extent *e,
+                          uint64_t off, size_t len, const void *buf,
+                          const void *cdata, size_t clen,
+                          struct qimg_error *err)
+{
+    uint64_t gb = e->grain_sectors * VMDK_SECTOR;
+    uint64_t eoff = off - e->start * VMDK_SECTOR, host;
+    uint8_t *data = NULL;
+    struct vmdk_lookup l;
+    ssize_t n;
+    int ret;
+
+    if (!e->grain_sectors || eoff % gb || len > gb ||
+        (len < gb && eoff + len != e->sectors * VMDK_SECTOR) || !e->has_marker)
+        return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+    data = malloc(2 * gb);
+    if (!data)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (cdata) {
+        memcpy(data + MARKER_SIZE, (const uint8_t *)cdata + MARKER_SIZE,
+               clen - MARKER_SIZE);
+        n = (ssize_t)clen;
+    } else {
+        n = vmdk_compress_grain(node, buf, len, data, err);
+    }
+    if (n <= 0) {
+        free(data);
+        return n < 0 ? (int)n : qimg_error_set(err, -EINVAL, "%s",
+                                               strerror(EINVAL));
+    }
+    qimg_st_le64(data, off / VMDK_SECTOR);
+    qimg_st_le32(data + 8, (uint32_t)(n - MARKER_SIZE));
+    pthread_mutex_lock(&node->lock);
+    ret = stream_begin(node, e, err);
+    if (!ret)
+        ret = vmdk_lookup(node, e, eoff / VMDK_SECTOR, &l, err);
+    if (!ret && l.state == VMDK_GRAIN_DATA) {
+        qimg_message(QIMG_MSG_ERROR, "Could not write to allocated cluster "
+                     "for streamOptimized\n");
+        ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
+    } else if (!ret && l.state == VMDK_GRAIN_ERROR) {
+        ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+    } else if (!ret && node->backing && !vmdk_cid_valid(node)) {
+        ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+    } else if (!ret && e->next_sector >= VMDK_EXTENT_MAX_SECTORS) {
+        ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
+    }
+    if (!ret) {
+        host = e->next_sector * VMDK_SECTOR;
+        ret = e->file->ops->pwrite(e->file, host, (size_t)n, data, err);
+        if (!ret) {
+            e->next_sector = qimg_div_round_up(host + (uint64_t)n, VMDK_SECTOR);
+            ret = stream_set(node, e, &l, (uint32_t)(host / VMDK_SECTOR), err);
+        }
+    }
+    pthread_mutex_unlock(&node->lock);
+    free(data);
+    return ret;
+}
+
+/* ---- end of stream -------------------------------------------------------------- */
+
+static void put_marker(uint8_t *sec, uint64_t val, uint32_t type)
+{
+    memset(sec, 0, VMDK_SECTOR);
+    qimg_st_le64(sec, val);
+    qimg_st_le32(sec + 12, type);
+}
+
+/* magic and header of e with gd as the directory (the footer's or
+ * GD_AT_END for the primary header), into a zeroed sector. */
+static void put_header(uint8_t *sec, const struct vmdk_extent *e, uint64_t gd)
+{
+    memset(sec, 0, VMDK_SECTOR);
+    qimg_st_be32(sec, VMDK4_MAGIC);
+    qimg_st_le32(sec + 4, e->version);
+    qimg_st_le32(sec + 8, e->flags & ~VMDK4_FLAG_RGD);
+    qimg_st_le64(sec + 12, e->sectors);
+    qimg_st_le64(sec + 20, e->grain_sectors);
+    qimg_st_le64(sec + 28, e->desc_sector);
+    qimg_st_le64(sec + 36, e->desc_sectors);
+    qimg_st_le32(sec + 44, e->l2_size);
+    qimg_st_le64(sec + 48, 0);
+    qimg_st_le64(sec + 56, gd);
+    qimg_st_le64(sec + 64, e->grain_offset);
+    sec[73] = '\n';
+    sec[74] = ' ';
+    sec[75] = '\r';
+    sec[76] = '\n';
+    qimg_st_le16(sec + 77, VMDK4_COMPRESSION_DEFLATE);
+}
+
+static bool table_used(const uint32_t *t, uint32_t n)
+{
+    for (uint32_t i = 0; t && i < n; i++)
+        if (t[i])
+            return true;
+    return false;
+}
+
+/* Append tables, directory, footer and end-of-stream at the cursor, then
+ * point the header at the footer (lock held). */
+static int seal(struct qimg_image *node, struct vmdk_extent *e,
+                struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint64_t gt_sec = qimg_div_round_up((uint64_t)e->l2_size * 4, VMDK_SECTOR);
+    uint64_t gd_sec = qimg_div_round_up((uint64_t)e->l1_size * 4, VMDK_SECTOR);
+    uint64_t start = e->next_sector, pos = start;
+    size_t bufsz = (size_t)((1 + QIMG_MAX(gt_sec, gd_sec)) * VMDK_SECTOR);
+    uint8_t *buf = calloc(1, bufsz);
+    uint32_t *gd = calloc(e->l1_size ? e->l1_size : 1, sizeof(*gd));
+    int ret = 0;
+
+    if (!buf || !gd) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto out;
+    }
+    for (uint32_t i = 0; i < e->l1_size && !ret; i++) {
+        if (!table_used(st->gt[i], e->l2_size))
+            continue;
+        put_marker(buf, gt_sec, VMDK_MARKER_GT);
+        memset(buf + VMDK_SECTOR, 0, gt_sec * VMDK_SECTOR);
+        for (uint32_t j = 0; j < e->l2_size; j++)
+            qimg_st_le32(buf + VMDK_SECTOR + 4 * (size_t)j, st->gt[i][j]);
+        gd[i] = (uint32_t)(pos + 1);
+        ret = e->file->ops->pwrite(e->file, pos * VMDK_SECTOR,
+                                   (size_t)((1 + gt_sec) * VMDK_SECTOR), buf,
+                                   err);
+        pos += 1 + gt_sec;
+    }
+    if (ret < 0)
+        goto out;
+    put_marker(buf, gd_sec, VMDK_MARKER_GD);
+    memset(buf + VMDK_SECTOR, 0, gd_sec * VMDK_SECTOR);
+    for (uint32_t i = 0; i < e->l1_size; i++)
+        qimg_st_le32(buf + VMDK_SECTOR + 4 * (size_t)i, gd[i]);
+    ret = e->file->ops->pwrite(e->file, pos * VMDK_SECTOR,
+                               (size_t)((1 + gd_sec) * VMDK_SECTOR), buf, err);
+    if (ret < 0)
+        goto out;
+    {
+        uint8_t tail[3 * VMDK_SECTOR];
+        put_marker(tail, 1, VMDK_MARKER_FOOTER);
+        put_header(tail + VMDK_SECTOR, e, pos + 1);
+        memset(tail + 2 * VMDK_SECTOR, 0, VMDK_SECTOR);     /* EOS */
+        pos += 1 + gd_sec;
+        ret = e->file->ops->pwrite(e->file, pos * VMDK_SECTOR, sizeof(tail),
+                                   tail, err);
+        pos += 3;
+        if (!ret)
+            ret = e->file->ops->truncate(e->file, pos * VMDK_SECTOR,
+                                         QIMG_PREALLOC_OFF, err);
+        if (!ret)
+            ret = e->file->ops->flush(e->file, err);
+        /* only now is the header switched to the footer */
+        if (!ret) {
+            put_header(tail, e, VMDK4_GD_AT_END);
+            ret = e->file->ops->pwrite(e->file, 0, 4 + VMDK4_HEADER_SIZE, tail,
+                                       err);
+        }
+        if (!ret)
+            ret = e->file->ops->flush(e->file, err);
+    }
+    if (!ret) {
+        st->dirty = false;
+        st->head_tables = false;
+        e->from_footer = true;
+        /* grains written later go over this end and a new one follows */
+        e->next_sector = start;
+    }
+out:
+    free(gd);
+    free(buf);
+    return ret;
+}
+
+/*
+ * End the stream of every writable compressed extent: at convert's
+ * end-of-stream call (eof; even when nothing was written, so that a
+ * converted empty disk is a complete stream too) and at close after
+ * writes.
+ */
+int vmdk_stream_finish(struct qimg_image *node, bool eof,
+                       struct qimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    int ret = 0;
+
+    if (node->read_only)
+        return 0;
+    pthread_mutex_lock(&node->lock);
+    for (size_t i = 0; i < s->n_ext && !ret; i++) {
+        struct vmdk_extent *e = &s->ext[i];
+        if (!e->compressed || e->kind != VMDK_KIND_SPARSE || !e->has_marker)
+            continue;
+        if (!e->stream && !eof)
+            continue;
+        ret = stream_begin(node, e, err);
+        if (!ret && (e->stream->dirty || (eof && e->stream->head_tables)))
+            ret = seal(node, e, err);
+    }
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
