@@ -1,0 +1,209 @@
+"""Throwaway network servers on 127.0.0.1 for the storage tests
+(test_nbd.py, test_http.py, test_ssh.py): each starts on a free port in a
+temporary directory and is stopped (its own pid only) when the test ends,
+even on failure.  A server that cannot start here makes the test skip with
+the reason; a server that starts is used, never silently bypassed."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(program):
+    """Path of program, or skip the test: the server is not installed."""
+    path = shutil.which(program) or next(
+        (p for p in (f"/usr/sbin/{program}", f"/usr/bin/{program}")
+         if os.path.exists(p)), None)
+    if not path:
+        pytest.skip(f"{program} is not installed (scripts/deps.sh test list)")
+    return path
+
+
+def wait_port(port, proc, log, timeout=10):
+    """Wait until something listens on port; skip when the server died
+    at start (the reason is its log)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            pytest.skip(f"server did not start: {Path(log).read_text()[-500:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    stop(proc)
+    pytest.skip(f"server did not listen on {port}: "
+                f"{Path(log).read_text()[-500:]}")
+
+
+def wait_path(path, proc, log, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.path.exists(path):
+            return
+        if proc.poll() is not None:
+            pytest.skip(f"server did not start: {Path(log).read_text()[-500:]}")
+        time.sleep(0.05)
+    stop(proc)
+    pytest.skip(f"server did not create {path}")
+
+
+def stop(proc):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Servers:
+    """Servers started by one test, stopped by the fixture's teardown."""
+
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.procs = []
+        self.n = 0
+
+    def _start(self, argv, env=None):
+        self.n += 1
+        log = self.tmp / f"server{self.n}.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen([str(a) for a in argv], stdout=f,
+                                    stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        self.procs.append(proc)
+        return proc, log
+
+    def qemu_nbd(self, image, fmt="raw", export="", extra=()):
+        """qemu-nbd serving image on a TCP port; returns the port."""
+        port = free_port()
+        argv = [need("qemu-nbd"), "-f", fmt, "-b", "127.0.0.1", "-p", port,
+                "-t", "-e", "8", *extra]
+        if export:
+            argv += ["-x", export]
+        proc, log = self._start(argv + [image])
+        wait_port(port, proc, log)
+        return port
+
+    def qemu_nbd_unix(self, image, fmt="raw", export=""):
+        sock = self.tmp / f"nbd{self.n + 1}.sock"
+        argv = [need("qemu-nbd"), "-f", fmt, "-k", sock, "-t", "-e", "8"]
+        if export:
+            argv += ["-x", export]
+        proc, log = self._start(argv + [image])
+        wait_path(sock, proc, log)
+        return sock
+
+    def nbdkit(self, *plugin_args, filters=()):
+        """nbdkit in the foreground on a free port; returns the port."""
+        port = free_port()
+        argv = [need("nbdkit"), "-f", "-i", "127.0.0.1", "-p", port]
+        for flt in filters:
+            argv += ["--filter", flt]
+        proc, log = self._start(argv + list(plugin_args))
+        wait_port(port, proc, log)
+        return port
+
+    def nginx(self, root, tls=False):
+        """nginx serving root (Range support, as nginx has) over http or
+        https with a self-signed certificate; returns the port."""
+        nginx = need("nginx")
+        port = free_port()
+        d = self.tmp / f"nginx{self.n + 1}"
+        d.mkdir()
+        listen = f"127.0.0.1:{port}"
+        tls_conf = ""
+        if tls:
+            need("openssl")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                            "-keyout", d / "key.pem", "-out", d / "cert.pem"],
+                           check=True, capture_output=True)
+            listen += " ssl"
+            tls_conf = (f"ssl_certificate {d}/cert.pem; "
+                        f"ssl_certificate_key {d}/key.pem;")
+        # /status/NNN answers NNN for every request (error injection);
+        # /short/ answers ranges with fewer bytes than asked (no Range
+        # support on a proxy-like location is simulated by max_ranges 0).
+        conf = f"""
+daemon off; master_process off; worker_processes 1;
+pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off; client_body_temp_path {d}; proxy_temp_path {d};
+  fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen {listen}; {tls_conf}
+    root {root};
+    location /status/ {{ return 503; }}
+    location /norange/ {{ max_ranges 0; }}
+  }}
+}}
+"""
+        (d / "nginx.conf").write_text(conf)
+        proc, log = self._start([nginx, "-c", d / "nginx.conf", "-p", d])
+        wait_port(port, proc, log)
+        return port
+
+    def sshd(self):
+        """sshd on a free port with a generated host key, accepting a
+        generated client key that an ssh-agent of our own holds.  Returns
+        (port, env for the tools, host key line for known_hosts)."""
+        sshd = need("sshd")
+        need("ssh-agent")
+        d = self.tmp / "ssh"
+        d.mkdir()
+        for k in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "",
+                            "-f", d / k], check=True)
+        shutil.copy(d / "client.pub", d / "authorized_keys")
+        os.makedirs("/run/sshd", exist_ok=True)   # privilege separation dir
+        port = free_port()
+        (d / "sshd_config").write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host
+AuthorizedKeysFile {d}/authorized_keys
+PidFile {d}/sshd.pid
+StrictModes no
+PermitRootLogin yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+Subsystem sftp internal-sftp
+""")
+        proc, log = self._start([sshd, "-D", "-e", "-f", d / "sshd_config"])
+        wait_port(port, proc, log)
+        sock = d / "agent.sock"
+        agent, alog = self._start(["ssh-agent", "-D", "-a", sock])
+        wait_path(sock, agent, alog)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+        subprocess.run(["ssh-add", "-q", d / "client"], env=env, check=True,
+                       capture_output=True)
+        return port, env, (d / "host.pub").read_text().split()[:2]
+
+    def close(self):
+        for proc in reversed(self.procs):
+            stop(proc)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    s = Servers(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
