@@ -2,6 +2,7 @@
 qemu-nbd and nbdkit (memory, file, and the error/delay filters), each
 command run through qimg and the reference qemu-img against the same
 server: same stdout, stderr and exit status."""
+import re
 import subprocess
 import time
 
@@ -10,10 +11,17 @@ from netservers import free_port, servers  # noqa: F401 (fixture)
 
 
 def same_all(pair, cases, env=None):
-    """Every case through both tools; report all mismatches together."""
+    """Every case through both tools; report all mismatches together.
+    GLib assertion warnings QEMU prints on some failed opens (its bug:
+    a hash table freed twice) are not expected from qimg; libcurl's
+    "after N ms" timings vary from run to run."""
     bad = []
     for args in cases:
         r, q = pair.both(*args, env=env, timeout=60)
+        r.err = "".join(line for line in r.err.splitlines(True)
+                        if not line.startswith("qemu-img: GLib: "))
+        for x in (r, q):
+            x.err = re.sub(r" after \d+ ms", " after N ms", x.err)
         if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
             bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
     assert not bad, "\n\n".join(bad)
