@@ -189,7 +189,8 @@ static int hkc_from_opts(const struct qimg_opts *o, struct ssh_target *t,
     if (!net_opts_have_prefix(o, "host-key-check."))
         return 0;
     if (!mode)
-        return qimg_error_set(err, -EINVAL, "Parameter 'mode' is missing");
+        return qimg_error_set(err, -EINVAL, "Parameter 'host-key-check.mode' "
+                              "is missing");
     if (!strcmp(mode, "none")) {
         t->mode = HKC_NONE;
     } else if (!strcmp(mode, "known_hosts")) {
@@ -198,7 +199,8 @@ static int hkc_from_opts(const struct qimg_opts *o, struct ssh_target *t,
         type = qimg_opts_get(o, "host-key-check.type");
         hash = qimg_opts_get(o, "host-key-check.hash");
         if (!type)
-            return qimg_error_set(err, -EINVAL, "Parameter 'type' is missing");
+            return qimg_error_set(err, -EINVAL, "Parameter "
+                                  "'host-key-check.type' is missing");
         if (!strcmp(type, "md5"))
             t->hash_type = SSH_PUBLICKEY_HASH_MD5;
         else if (!strcmp(type, "sha1"))
@@ -209,7 +211,8 @@ static int hkc_from_opts(const struct qimg_opts *o, struct ssh_target *t,
             return qimg_error_set(err, -EINVAL, "Parameter 'type' does not "
                                   "accept value '%s'", type);
         if (!hash)
-            return qimg_error_set(err, -EINVAL, "Parameter 'hash' is missing");
+            return qimg_error_set(err, -EINVAL, "Parameter "
+                                  "'host-key-check.hash' is missing");
         t->mode = HKC_HASH;
         t->hash_name = type[0] == 'm' ? "md5" : type[3] == '1' ? "sha1"
                                                               : "sha256";
@@ -251,10 +254,12 @@ static int read_options(const struct qimg_opts *o, struct ssh_target *t,
             return qimg_error_set(err, -EINVAL, "Parameter 'server' is "
                                   "missing");
         if (!(v = qimg_opts_get(o, "server.host")))
-            return qimg_error_set(err, -EINVAL, "Parameter 'host' is missing");
+            return qimg_error_set(err, -EINVAL, "Parameter 'server.host' is "
+                                  "missing");
         snprintf(t->addr.host, sizeof(t->addr.host), "%s", v);
         if (!(v = qimg_opts_get(o, "server.port")))
-            return qimg_error_set(err, -EINVAL, "Parameter 'port' is missing");
+            return qimg_error_set(err, -EINVAL, "Parameter 'server.port' is "
+                                  "missing");
         snprintf(t->addr.port, sizeof(t->addr.port), "%s", v);
         t->addr.has_ipv4 = qimg_opts_get(o, "server.ipv4") != NULL;
         t->addr.has_ipv6 = qimg_opts_get(o, "server.ipv6") != NULL;
