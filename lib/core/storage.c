@@ -27,6 +27,7 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_host_device,
     &qimg_storage_http,
     &qimg_storage_https,
+    &qimg_storage_iscsi,
     &qimg_storage_nbd,
     &qimg_storage_nbd_tcp,
     &qimg_storage_nbd_unix,

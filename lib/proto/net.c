@@ -567,3 +567,39 @@ void net_name_as_filename(struct qimg_storage *st)
     free(st->filename);
     st->filename = copy;
 }
+
+/* A secret as UTF-8 text (QEMU's qcrypto_secret_lookup_as_utf8). */
+int net_secret_text(const char *id, char **out, struct qimg_error *err)
+{
+    size_t len;
+    const char *data = qimg_secret_get(id, &len);
+
+    if (!data)
+        return qimg_error_set(err, -EINVAL, "No secret with id '%s'", id);
+    if (memchr(data, '\0', len))
+        return qimg_error_set(err, -EINVAL, "Data from secret %s is not "
+                              "valid UTF-8", id);
+    *out = strndup(data, len);
+    return *out ? 0 : qimg_error_set(err, -ENOMEM, "Out of memory");
+}
+
+int net_block_status_data(struct qimg_storage *st, uint64_t off, uint64_t len,
+                          struct qimg_extent *ext, struct qimg_error *err)
+{
+    (void)err;
+    memset(ext, 0, sizeof(*ext));
+    ext->length = len;
+    ext->flags = QIMG_BS_DATA;
+    ext->host_offset = off;
+    ext->host_file = st->filename ? st->filename : st->name;
+    return 0;
+}
+
+int net_prealloc_refused(enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode "
+                          "'%s'", prealloc == QIMG_PREALLOC_METADATA
+                                      ? "metadata"
+                                      : prealloc == QIMG_PREALLOC_FALLOC
+                                            ? "falloc" : "full");
+}

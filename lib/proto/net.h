@@ -88,4 +88,17 @@ int net_opt_number(const struct qimg_opts *opts, const char *key,
  */
 void net_name_as_filename(struct qimg_storage *st);
 
+/* The secret called id as UTF-8 text (QEMU's qcrypto_secret_lookup_as_utf8),
+ * malloc'ed in *out; QEMU's messages when it is missing or not text. */
+int net_secret_text(const char *id, char **out, struct qimg_error *err);
+
+/* Block status of a storage that cannot tell: everything is data where it
+ * is asked for, named by the storage (QEMU's protocol nodes show their
+ * name in map's "File" column). */
+int net_block_status_data(struct qimg_storage *st, uint64_t off, uint64_t len,
+                          struct qimg_extent *ext, struct qimg_error *err);
+
+/* QEMU's "Unsupported preallocation mode 'X'" of network truncates. */
+int net_prealloc_refused(enum qimg_prealloc prealloc, struct qimg_error *err);
+
 #endif /* QIMG_PROTO_NET_H */

@@ -64,7 +64,7 @@ def stop(proc):
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(5)
+        proc.wait(2)       # tgtd ignores SIGTERM
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -194,6 +194,30 @@ Subsystem sftp internal-sftp
         subprocess.run(["ssh-add", "-q", d / "client"], env=env, check=True,
                        capture_output=True)
         return port, env, (d / "host.pub").read_text().split()[:2]
+
+    def tgt(self, backing, target="iqn.2026-12.org.qimg:test"):
+        """tgtd serving the file backing as LUN 1 of target on a free
+        portal port, with its own control socket; returns the port."""
+        tgtd, tgtadm = need("tgtd"), need("tgtadm")
+        port = free_port()
+        # /run/tgtd/socket.N (tgtd takes N < 32768): from the free port,
+        # so that parallel tests do not share one
+        ctl = 1000 + port % 30000
+        proc, log = self._start([tgtd, "-f", "-C", ctl, "--iscsi",
+                                 f"portal=127.0.0.1:{port}"])
+        wait_port(port, proc, log)
+        for args in (["--op", "new", "--mode", "target", "--tid", "1",
+                      "-T", target],
+                     ["--op", "new", "--mode", "logicalunit", "--tid", "1",
+                      "--lun", "1", "-b", backing],
+                     ["--op", "bind", "--mode", "target", "--tid", "1",
+                      "-I", "ALL"]):
+            r = subprocess.run([tgtadm, "-C", str(ctl), "--lld", "iscsi",
+                                *[str(a) for a in args]],
+                               capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"tgtadm {args[1]} {args[3]}: {r.stderr}")
+        return port
 
     def close(self):
         for proc in reversed(self.procs):

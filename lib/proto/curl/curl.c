@@ -93,21 +93,6 @@ static int curl_parse(const char *filename, struct qimg_opts *opts,
     return 0;
 }
 
-/* A secret as UTF-8 text (QEMU's qcrypto_secret_lookup_as_utf8). */
-static int secret_text(const char *id, char **out, struct qimg_error *err)
-{
-    size_t len;
-    const char *data = qimg_secret_get(id, &len);
-
-    if (!data)
-        return qimg_error_set(err, -EINVAL, "No secret with id '%s'", id);
-    if (memchr(data, '\0', len))
-        return qimg_error_set(err, -EINVAL, "Data from secret %s is not "
-                              "valid UTF-8", id);
-    *out = strndup(data, len);
-    return *out ? 0 : qimg_error_set(err, -ENOMEM, "Out of memory");
-}
-
 static void state_free(struct curl_state *s)
 {
     if (!s)
@@ -179,7 +164,7 @@ static int read_options(struct curl_state *s, const struct qimg_storage *st,
         return qimg_error_set(err, -EINVAL, "curl driver cannot handle both "
                               "cookie and cookie secret");
     if (cookie_secret) {
-        if ((ret = secret_text(cookie_secret, &s->cookie, err)) < 0)
+        if ((ret = net_secret_text(cookie_secret, &s->cookie, err)) < 0)
             return ret;
     } else if (cookie && !(s->cookie = strdup(cookie))) {
         return qimg_error_set(err, -ENOMEM, "Out of memory");
@@ -200,13 +185,13 @@ static int read_options(struct curl_state *s, const struct qimg_storage *st,
     if ((t = qimg_opts_get(opts, "username")) && !(s->username = strdup(t)))
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     if ((id = qimg_opts_get(opts, "password-secret")) &&
-        (ret = secret_text(id, &s->password, err)) < 0)
+        (ret = net_secret_text(id, &s->password, err)) < 0)
         return ret;
     if ((t = qimg_opts_get(opts, "proxy-username")) &&
         !(s->proxyusername = strdup(t)))
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     if ((id = qimg_opts_get(opts, "proxy-password-secret")) &&
-        (ret = secret_text(id, &s->proxypassword, err)) < 0)
+        (ret = net_secret_text(id, &s->proxypassword, err)) < 0)
         return ret;
     return 0;
 }
@@ -444,9 +429,10 @@ static void report(struct curl_state *s, const char *msg)
                                                      : 0;
     pthread_mutex_unlock(&s->lock);
     if (n)
-        qimg_message(QIMG_MSG_ERROR, "curl: %s", msg);
+        qimg_message(QIMG_MSG_ERROR, "curl: %s\n", msg);
     if (n == CURL_ERROR_REPORTS)
-        qimg_message(QIMG_MSG_ERROR, "curl: further errors suppressed");
+        qimg_message(QIMG_MSG_ERROR,
+                     "curl: further errors suppressed\n");
 }
 
 static int curl_pread(struct qimg_storage *st, uint64_t off, size_t len,
@@ -514,21 +500,6 @@ static int64_t curl_get_size(struct qimg_storage *st)
     return (int64_t)((struct curl_state *)st->priv)->len;
 }
 
-/* Everything is data, where it is asked for (QEMU's protocol nodes show
- * their name in map's "File" column). */
-static int curl_block_status(struct qimg_storage *st, uint64_t off,
-                             uint64_t len, struct qimg_extent *ext,
-                             struct qimg_error *err)
-{
-    (void)err;
-    memset(ext, 0, sizeof(*ext));
-    ext->length = len;
-    ext->flags = QIMG_BS_DATA;
-    ext->host_offset = off;
-    ext->host_file = st->filename ? st->filename : st->name;
-    return 0;
-}
-
 /* The URL, unless an option changes what it opens (QEMU ignores
  * readahead and timeout there). */
 static bool curl_refresh_name(struct qimg_storage *st, char *buf, size_t len)
@@ -544,7 +515,7 @@ static bool curl_refresh_name(struct qimg_storage *st, char *buf, size_t len)
     .runtime_opts = curl_runtime_opts, .strong_opts = curl_strong_opts,       \
     .parse_filename = curl_parse, .refresh_name = curl_refresh_name,           \
     .open = curl_open, .close = curl_close, .pread = curl_pread,               \
-    .get_size = curl_get_size, .block_status = curl_block_status,          \
+    .get_size = curl_get_size, .block_status = net_block_status_data,          \
     .no_get_info = true
 
 const struct qimg_storage_ops qimg_storage_http = {

@@ -663,9 +663,9 @@ static int ssh_flush(struct qimg_storage *st, struct qimg_error *err)
     if (!sftp_extension_supported(s->sftp, "fsync@openssh.com", "1")) {
         if (!s->flush_warned) {
             qimg_message(QIMG_MSG_WARNING, "ssh server %s does not support "
-                         "fsync", s->t.addr.host);
+                         "fsync\n", s->t.addr.host);
             qimg_message(QIMG_MSG_ERROR, "to support fsync, you need "
-                         "OpenSSH >= 6.3");
+                         "OpenSSH >= 6.3\n");
             s->flush_warned = true;
         }
     } else if (sftp_fsync(s->file) < 0) {
@@ -687,11 +687,7 @@ static int ssh_truncate(struct qimg_storage *st, uint64_t size,
     int ret;
 
     if (prealloc != QIMG_PREALLOC_OFF)
-        return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation mode "
-                              "'%s'", prealloc == QIMG_PREALLOC_METADATA
-                                          ? "metadata"
-                                          : prealloc == QIMG_PREALLOC_FALLOC
-                                                ? "falloc" : "full");
+        return net_prealloc_refused(prealloc, err);
     if (size < s->size)
         return qimg_error_set(err, -ENOTSUP, "ssh driver does not support "
                               "shrinking files");
