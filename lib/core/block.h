@@ -303,6 +303,7 @@ extern const struct qimg_storage_ops qimg_storage_https;
 extern const struct qimg_storage_ops qimg_storage_ftp;
 extern const struct qimg_storage_ops qimg_storage_ftps;
 extern const struct qimg_storage_ops qimg_storage_iscsi;
+extern const struct qimg_storage_ops qimg_storage_nfs;
 extern const struct qimg_storage_ops qimg_storage_ssh;
 
 /*

@@ -31,6 +31,7 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_nbd,
     &qimg_storage_nbd_tcp,
     &qimg_storage_nbd_unix,
+    &qimg_storage_nfs,
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
     &qimg_storage_ssh,

@@ -47,6 +47,14 @@ def wait_port(port, proc, log, timeout=10):
                 f"{Path(log).read_text()[-500:]}")
 
 
+def _listening(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
 def wait_path(path, proc, log, timeout=10):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -218,6 +226,36 @@ Subsystem sftp internal-sftp
             if r.returncode:
                 pytest.skip(f"tgtadm {args[1]} {args[3]}: {r.stderr}")
         return port
+
+    def ganesha(self, export_dir):
+        """nfs-ganesha (VFS) exporting export_dir over NFSv3 on free ports,
+        registered with rpcbind on port 111 (QEMU's nfs driver and libnfs
+        find the mount and NFS ports through the portmapper).  rpcbind is
+        started (on every address: its -h option crashes in Debian 12's
+        1.2.6) unless one already runs.  Returns nothing: the URL is
+        nfs://127.0.0.1/<export_dir>/<file>."""
+        ganesha = need("ganesha.nfsd")
+        if not _listening(111):
+            proc, log = self._start([need("rpcbind"), "-f", "-w"])
+            wait_port(111, proc, log)
+        nfs_port, mnt_port = free_port(), free_port()
+        d = self.tmp / "ganesha"
+        d.mkdir()
+        (d / "ganesha.conf").write_text(f"""
+NFS_CORE_PARAM {{ NFS_Port = {nfs_port}; MNT_Port = {mnt_port};
+  Enable_NLM = false; Enable_RQUOTA = false; Protocols = 3;
+  Bind_addr = 127.0.0.1; }}
+NFSV4 {{ Graceless = true; }}
+EXPORT {{ Export_Id = 1; Path = {export_dir}; Pseudo = {export_dir};
+  Access_Type = RW; Squash = No_Root_Squash; Protocols = 3;
+  FSAL {{ Name = VFS; }} }}
+LOG {{ Default_Log_Level = EVENT; }}
+""")
+        proc, log = self._start([ganesha, "-F", "-f", d / "ganesha.conf",
+                                 "-L", d / "ganesha.log", "-p",
+                                 d / "ganesha.pid"])
+        wait_port(nfs_port, proc, d / "ganesha.log", timeout=30)
+        wait_port(mnt_port, proc, d / "ganesha.log", timeout=30)
 
     def close(self):
         for proc in reversed(self.procs):
