@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v4 vmdk"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v5 vmdk chain"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -112,6 +112,13 @@ make_inputs() {
 import dmggen; dmggen.dmg_from_raw('ro.raw', 'in.dmg')" || die "dmg input"
     create_compressed_fs -q -B 65536 ro.raw in.cloop >/dev/null 2>&1 ||
         die "cloop input (cloop-utils)"
+    # A chain of 127 small layers (qemu-img 7.2's depth limit for qcow2
+    # chains it opens): per-node memory and start-up of long chains.
+    "$REF" create -q -f qcow2 chain0.qcow2 1G
+    for i in $(seq 1 126); do
+        "$REF" create -q -f qcow2 -b chain$((i - 1)).qcow2 -F qcow2 \
+            chain$i.qcow2 || die "chain input"
+    done
     echo "$stamp" >stamp
     cd "$ROOT" || exit 2
 }
@@ -149,6 +156,16 @@ same_content() {
     if ! (cd "$WORK" && "$REF" compare -f "$1" -F "$3" "$2" "$4") \
         >"$WORK/.why" 2>&1; then
         fail "$NAME" "content of $4 differs from $2"
+        return 1
+    fi
+}
+
+# same_range RAW SKIP COUNT OUT: OUT holds RAW's 64 KiB blocks SKIP up to
+# COUNT (qemu-img dd counts COUNT from the start of the input).
+same_range() {
+    if ! head -c $(($3 * 65536)) "$1" | tail -c $((($3 - $2) * 65536)) |
+        cmp - "$WORK/$4" >"$WORK/.why" 2>&1; then
+        fail "$NAME" "$4 is not blocks $2..$3 of $1"
         return 1
     fi
 }
@@ -194,6 +211,11 @@ WORKLOADS=(
 "convert qcow2->vmdk|rm -f out.vmdk|convert -f qcow2 -O vmdk @IN@/in.qcow2 out.vmdk|same_content qcow2 @IN@/in.qcow2 vmdk out.vmdk && qcow2_ok out.vmdk"
 "convert stream->qcow2|rm -f out.qcow2|convert -f vmdk -O qcow2 @IN@/in-stream.vmdk out.qcow2|same_content vmdk @IN@/in-stream.vmdk qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert qcow2->stream|rm -f out.vmdk|convert -f qcow2 -O vmdk -o subformat=streamOptimized @IN@/in.qcow2 out.vmdk|same_content qcow2 @IN@/in.qcow2 vmdk out.vmdk && qcow2_ok out.vmdk"
+"dd byte range|rm -f out.raw|dd -f qcow2 -O raw bs=64k skip=100 count=900 if=@IN@/in.qcow2 of=out.raw|same_range @IN@/in.raw 100 900 out.raw"
+"resize prealloc full|rm -f r.qcow2 && \$REF create -q -f qcow2 r.qcow2 64M|resize --preallocation=full r.qcow2 +448M|qcow2_ok r.qcow2"
+"info chain 127|:|info --backing-chain @IN@/chain126.qcow2|same"
+"map chain 127|:|map --output=json @IN@/chain126.qcow2|same"
+"convert chain 127|rm -f out.raw|convert -f qcow2 -O raw @IN@/chain126.qcow2 out.raw|same_content qcow2 @IN@/chain126.qcow2 raw out.raw"
 )
 
 # Allocating writes: 4 KiB every 256 MiB of an empty 1 TiB image, 8 in
@@ -272,6 +294,18 @@ run_workload() {
 
 make_inputs
 echo "bench: qimg=$QIMG reference=$REF runs=$RUNS size=$SIZE"
+
+# The copy bound of this machine: cp --sparse=always of the raw input (the
+# copy workloads' times are also printed as a ratio to it).
+cp_times=()
+for ((i = 0; i < RUNS; i++)); do
+    rm -f "$WORK/cp.raw"
+    timed cp --sparse=always "$IN/in.raw" cp.raw
+    cp_times+=("$SECS")
+done
+rm -f "$WORK/cp.raw"
+CP_SECS=$(printf '%s\n' "${cp_times[@]}" | median)
+echo "bench: cp --sparse=always of in.raw: $CP_SECS s (median of $RUNS)"
 LOAD0=$(cut -d' ' -f1 /proc/loadavg)
 for w in "${WORKLOADS[@]}"; do
     IFS='|' read -r name prep args verify <<<"$w"
@@ -292,16 +326,27 @@ if awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
     echo "bench: WARNING: the machine was busy: wall times are noisy (CPU seconds less so)"
 fi
 echo
-echo "| workload | qimg s | qemu-img s | ratio | qimg CPU s | qemu-img CPU s | CPU ratio | qimg MiB | qemu-img MiB | result |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+# Workloads that copy the whole disk: their time against cp's.
+is_copy() { [[ $1 =~ ^(convert\ qcow2-\>raw|convert\ raw-\>qcow2|convert\ chain\ flatten|dd\ qcow2-\>raw)$ ]]; }
+echo "| workload | qimg s | qemu-img s | ratio | qimg/cp | qimg CPU s | qemu-img CPU s | CPU ratio | qimg MiB | qemu-img MiB | RSS ratio | result |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for r in "${RESULTS[@]}"; do
     IFS='|' read -r name q rf ratio qc rc cr qm rs res <<<"$r"
-    echo "| $name | $q | $rf | $ratio | $qc | $rc | $cr | $qm | $rs | $res |"
+    cpr=-
+    if is_copy "$name" && [ "$q" != - ]; then
+        cpr=$(awk -v a="$q" -v b="$CP_SECS" 'BEGIN { if (b < 0.001) b = 0.001; printf "%.2f", a / b }')
+    fi
+    rr=$(awk -v a="$qm" -v b="$rs" 'BEGIN { if (a == "-" || b < 1) print "-"; else printf "%.2f", a / b }')
+    echo "| $name | $q | $rf | $ratio | $cpr | $qc | $rc | $cr | $qm | $rs | $rr | $res |"
 done
 printf '%s\n' "${RESULTS[@]}" | awk -F'|' '$4 != "-" { s += log($4); n++ }
     $7 != "-" { c += log($7); m++ }
+    $4 != "-" && $4 + 0 > worst { worst = $4 + 0; wname = $1 }
+    $8 != "-" && $9 + 0 > 0 { r = $8 / $9; if (r > wr) { wr = r; wrname = $1 } }
     END { if (n) printf "\ngeometric mean of the time ratios (qimg/qemu-img): %.2f over %d workloads\n", exp(s / n), n
-          if (m) printf "geometric mean of the CPU time ratios: %.2f over %d workloads\n", exp(c / m), m }'
+          if (m) printf "geometric mean of the CPU time ratios: %.2f over %d workloads\n", exp(c / m), m
+          if (n) printf "worst time ratio: %.2f (%s)\n", worst, wname
+          if (wr) printf "worst peak RSS ratio: %.2f (%s)\n", wr, wrname }'
 
 if [ ${#FAILS[@]} -gt 0 ]; then
     echo

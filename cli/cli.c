@@ -62,6 +62,11 @@ void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
 
 int cli_bad_option(int c, char **argv)
 {
+    if (c == '?') {
+        int ret = cli_untrusted_option(argv);
+        if (ret != CLI_NOT_OURS)
+            return ret;
+    }
     if (c == ':')
         return cli_usage_error("missing argument for option '%s'",
                                argv[optind - 1]);
@@ -275,7 +280,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
 {
     struct qimg_open_params p = {
         .filename = o->filename, .format = o->fmt, .flags = o->flags,
-        .cache = o->cache,
+        .cache = o->cache, .role = o->role,
     };
     struct qimg_opts *dict = NULL;
     struct qimg_image *img = NULL;

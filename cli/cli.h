@@ -30,11 +30,43 @@ void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
 int cli_help(void);
 void cli_version(void);
 
+/* Returned by the option helpers below when parsing goes on. */
+#define CLI_CONTINUE (-1)
 /*
  * The common getopt switch cases: prints the message for '?' (unknown) and
  * ':' (missing argument) as qemu-img does and returns 1.  Call for those.
+ * An unknown long option that is one of qimg's own (untrusted mode, see
+ * cli_untrusted_option) is handled instead: then CLI_CONTINUE, or 1 after
+ * printing an error.
  */
 int cli_bad_option(int c, char **argv);
+
+/* ---- untrusted images (cli/untrusted.c) ----------------------------- */
+#define CLI_NOT_OURS (-2)
+/*
+ * argv[optind - 1] is a long option getopt does not know: when it is
+ * --untrusted, --allow-backing, --allow-data-file, --allow-extent or
+ * --allow-file (exactly; "=PATH" or PATH as the next argument), act on
+ * it: CLI_CONTINUE, or 1 after printing an error.  CLI_NOT_OURS otherwise.
+ */
+int cli_untrusted_option(char **argv);
+/* For a command whose getopt reports bad options itself (measure): the
+ * long options as table entries, and acting on one of them. */
+enum {
+    CLI_OPT_UNTRUSTED = 0x1000, CLI_OPT_ALLOW_BACKING, CLI_OPT_ALLOW_DATA_FILE,
+    CLI_OPT_ALLOW_EXTENT, CLI_OPT_ALLOW_FILE,
+};
+#define CLI_LONGOPTS_UNTRUSTED                                               \
+    {"untrusted", no_argument, NULL, CLI_OPT_UNTRUSTED},                     \
+    {"allow-backing", required_argument, NULL, CLI_OPT_ALLOW_BACKING},       \
+    {"allow-data-file", required_argument, NULL, CLI_OPT_ALLOW_DATA_FILE},   \
+    {"allow-extent", required_argument, NULL, CLI_OPT_ALLOW_EXTENT},         \
+    {"allow-file", required_argument, NULL, CLI_OPT_ALLOW_FILE}
+int cli_untrusted_apply(int which, const char *arg);
+/* The command is known (main): QIMG_UNTRUSTED from the environment, and
+ * the process limits once the mode is on. */
+void cli_untrusted_begin(const char *command);
+bool cli_untrusted(void);
 
 /*
  * Parse a number with size suffixes as qemu-img's cvtnum(): on error prints
@@ -73,6 +105,7 @@ struct cli_open {
     unsigned flags;     /* QIMG_OPEN_* */
     enum qimg_cache cache;
     bool quiet;
+    unsigned role;      /* a name an image records (qimg_open_params) */
 };
 /* QEMU's warning for a writable image whose raw format was guessed. */
 void cli_warn_probed_raw(const char *filename);
@@ -127,8 +160,6 @@ struct cli_image_args {
     bool image_opts;        /* --image-opts */
     bool force_share;       /* -U */
 };
-/* Returned by the two functions below when parsing goes on. */
-#define CLI_CONTINUE (-1)
 /*
  * One getopt_long result a command does not handle itself: -h, -f, -U,
  * --output, --object, --image-opts, else the unknown/missing-argument

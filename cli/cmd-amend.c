@@ -79,7 +79,10 @@ int cmd_amend(int argc, char **argv)
         case OPT_IMAGE_OPTS: o.image_opts = true; break;
         case OPT_FORCE: force = true; break;
         default:
-            ret = cli_bad_option(c, argv);
+            if ((ret = cli_bad_option(c, argv)) == CLI_CONTINUE) {
+                ret = 1;   /* the failure code, as before the option */
+                break;
+            }
             goto out;
         }
     }

@@ -111,7 +111,7 @@ int cmd_bench(int argc, char **argv)
     };
     unsigned long v;
     int64_t n;
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", longopts,
                             NULL)) != -1) {
@@ -179,7 +179,10 @@ int cmd_bench(int argc, char **argv)
             a.p.pattern = (uint8_t)v;
             break;
         case OPT_NO_DRAIN: a.p.drain = false; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     if (optind != argc - 1)

@@ -81,7 +81,7 @@ static int parse_args(struct bitmap_args *a, int argc, char **argv)
         {"source-format", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":b:f:F:g:h", longopts, NULL)) != -1) {
         struct action *act = &a->acts[a->n_acts];
@@ -111,7 +111,10 @@ static int parse_args(struct bitmap_args *a, int argc, char **argv)
             if (c == OPT_ENABLE || c == OPT_DISABLE)
                 a->add_disabled = c == OPT_DISABLE;
             break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     return -1;

@@ -438,7 +438,10 @@ int cmd_compare(int argc, char **argv)
                 return CMP_ERR_OPEN;
             break;
         case OPT_IMAGE_OPTS: a.image_opts = true; break;
-        default: return cli_bad_option(ch, argv);
+        default:
+            if ((ret = cli_bad_option(ch, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     if (optind != argc - 2)

@@ -290,7 +290,7 @@ static int handle_option(struct convert *c, int opt, const char *arg,
     case OPT_BITMAPS: c->bitmaps = true; break;
     case OPT_SKIP_BROKEN: c->skip_broken = true; break;
     default:
-        return cli_bad_option(opt, argv);
+        return cli_bad_option(opt, argv);   /* CLI_CONTINUE: goes on */
     }
     return -1;
 }

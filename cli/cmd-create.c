@@ -78,7 +78,10 @@ int cmd_create(int argc, char **argv)
                 goto out;
             break;
         default:
-            ret = cli_bad_option(c, argv);
+            if ((ret = cli_bad_option(c, argv)) == CLI_CONTINUE) {
+                ret = 1;   /* the failure code, as before the option */
+                break;
+            }
             goto out;
         }
     }

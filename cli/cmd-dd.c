@@ -174,7 +174,7 @@ int cmd_dd(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct dd d = {.bs = 512, .out_fmt = "raw"};
-    int c;
+    int c, ret;
 
     while ((c = getopt_long(argc, argv, ":hf:O:U", longopts, NULL)) != -1) {
         switch (c) {
@@ -187,7 +187,10 @@ int cmd_dd(int argc, char **argv)
                 return 1;
             break;
         case OPT_IMAGE_OPTS: d.image_opts = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     for (int i = optind; i < argc; i++)

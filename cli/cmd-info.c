@@ -174,6 +174,12 @@ static int run_info(const struct info_args *a)
             cli_error("Backing file '%s' creates an infinite loop.", name);
             goto out;
         }
+        if (cli_untrusted() &&
+            json_array_size(seen) >= QIMG_UNTRUSTED_MAX_CHAIN_DEPTH) {
+            cli_error("Backing chain of '%s' is deeper than %d images",
+                      a->img.filename, QIMG_UNTRUSTED_MAX_CHAIN_DEPTH);
+            goto out;
+        }
         json_array_append_new(seen, json_string(name));
         o.filename = name;
         img = cli_open_image(&o);
@@ -197,6 +203,8 @@ static int run_info(const struct info_args *a)
             fmt = strdup(json_string_value(json_object_get(d, "backing-filename-format")));
         o.fmt = fmt;
         o.image_opts = false;
+        /* The next name is the image's: the untrusted-image policy's. */
+        o.role = QIMG_ROLE_BACKING;
     }
     if (a->output == CLI_OUTPUT_JSON) {
         cli_json_print(stdout, a->backing_chain ? list : json_array_get(list, 0), 0);

@@ -274,6 +274,8 @@ static int parse_args(int argc, char **argv, struct measure_args *a)
         {"output", required_argument, NULL, OPT_OUTPUT},
         {"size", required_argument, NULL, OPT_SIZE},
         {"force-share", no_argument, NULL, 'U'},
+        /* getopt reports bad options here, so qimg's own are listed */
+        CLI_LONGOPTS_UNTRUSTED,
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -305,6 +307,12 @@ static int parse_args(int argc, char **argv, struct measure_args *a)
         case OPT_SIZE:
             a->size = cli_cvtnum_full("image size", optarg);
             if (a->size < 0)
+                return 1;
+            break;
+        case CLI_OPT_UNTRUSTED: case CLI_OPT_ALLOW_BACKING:
+        case CLI_OPT_ALLOW_DATA_FILE: case CLI_OPT_ALLOW_EXTENT:
+        case CLI_OPT_ALLOW_FILE:
+            if (cli_untrusted_apply(c, optarg) != CLI_CONTINUE)
                 return 1;
             break;
         default:    /* 'h' and '?' alike show the help and succeed */

@@ -130,7 +130,7 @@ int cmd_resize(int argc, char **argv)
     };
     struct resize_args a = {.prealloc = QIMG_PREALLOC_OFF};
     const char *size;
-    int c;
+    int c, ret;
 
     if (argc < 3)
         return cli_usage_error("Not enough arguments");
@@ -153,7 +153,10 @@ int cmd_resize(int argc, char **argv)
             }
             break;
         case OPT_SHRINK: a.shrink = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     if (optind != argc - 1)

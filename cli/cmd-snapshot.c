@@ -59,7 +59,10 @@ int cmd_snapshot(int argc, char **argv)
                 return 1;
             break;
         case OPT_IMAGE_OPTS: o.image_opts = true; break;
-        default: return cli_bad_option(c, argv);
+        default:
+            if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
+                return ret;
+            break;
         }
     }
     if (optind != argc - 1)

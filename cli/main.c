@@ -153,8 +153,11 @@ int main(int argc, char **argv)
         case 'T':
             handle_trace(optarg);
             break;
-        default:
-            return cli_bad_option(c, argv);
+        default: {
+            int ret = cli_bad_option(c, argv);
+            if (ret != CLI_CONTINUE)
+                return ret;
+        }
         }
     }
     if (optind >= argc)
@@ -165,6 +168,7 @@ int main(int argc, char **argv)
             int sub_argc = argc - optind;
             char **sub_argv = argv + optind;
             optind = 0;   /* reset getopt for the subcommand */
+            cli_untrusted_begin(cmd);
             return commands[i].run(sub_argc, sub_argv);
         }
     }

@@ -143,6 +143,47 @@ int qimg_secret_add(const char *objdef, struct qimg_error *err);
 /* Borrowed pointer to the secret's bytes, or NULL. */
 const char *qimg_secret_get(const char *id, size_t *len);
 
+/* ---- untrusted images (lib/core/policy.c, docs/SECURITY.md) ------------ */
+
+/*
+ * Untrusted mode: files that an image names inside itself (backing files,
+ * qcow2 external data files, vmdk extents) are opened only when the caller
+ * allowed them by name, json: and protocol names recorded in images are
+ * refused, and backing chains and child files are bounded tighter.  Names
+ * the caller gives (the image opened, -b, --image-opts, json: on the
+ * command line, a data-file option) are the caller's and are not checked.
+ * Process-global, like secrets; set it up before opening images.
+ */
+enum qimg_role {
+    QIMG_ROLE_BACKING = 1 << 0,     /* a backing (parent) image */
+    QIMG_ROLE_DATA_FILE = 1 << 1,   /* a qcow2 external data file */
+    QIMG_ROLE_EXTENT = 1 << 2,      /* a vmdk extent */
+    QIMG_ROLE_OTHER = 1 << 3,       /* any other file an image names */
+    QIMG_ROLE_ANY = 0xf,
+};
+/* Deepest backing chain opened in untrusted mode (images, top included). */
+#define QIMG_UNTRUSTED_MAX_CHAIN_DEPTH 8
+/* Files (data files, extents) one image may have opened in untrusted mode. */
+#define QIMG_UNTRUSTED_MAX_CHILDREN 64
+/* Entries of the allow list. */
+#define QIMG_UNTRUSTED_MAX_ALLOW 1024
+
+/* Turn untrusted mode on (there is no way back but qimg_untrusted_reset). */
+void qimg_untrusted_enable(void);
+bool qimg_untrusted_enabled(void);
+/*
+ * Allow path (which must exist now: a regular file or a block device) in
+ * the given roles (QIMG_ROLE_*) and turn untrusted mode on.  The path is
+ * resolved now, symlinks included; later a name an image records matches
+ * only when it resolves to the same real path and the file opened is the
+ * same inode.  -ENOENT etc. with "Could not access 'X': ..." when it
+ * cannot be resolved.
+ */
+int qimg_untrusted_allow(unsigned roles, const char *path,
+                         struct qimg_error *err);
+/* Back to trusting images, allow list emptied (tests, long-lived hosts). */
+void qimg_untrusted_reset(void);
+
 /* ---- formats ----------------------------------------------------------- */
 
 /* Number of registered drivers (formats and storages, as QEMU counts
@@ -222,6 +263,10 @@ struct qimg_open_params {
     const struct qimg_opts *options;/* --image-opts dict (dotted keys) or NULL */
     unsigned flags;
     enum qimg_cache cache;
+    /* Not 0: filename is a name an image records, in this QIMG_ROLE_*
+     * (info --backing-chain opening each backing file by name), which the
+     * untrusted-image policy checks as it checks the core's own opens. */
+    unsigned role;
 };
 
 int qimg_open(struct qimg_image **out, const struct qimg_open_params *params,

@@ -38,6 +38,16 @@
  * EIO before any I/O, as in QEMU. */
 #define QIMG_MAX_LENGTH ((uint64_t)INT64_MAX - ((1u << 30) - 1))
 
+/*
+ * Internal open flag: the storage or node being opened is a file an image
+ * names, in role r (QIMG_ROLE_*): the untrusted-image policy checks it
+ * (core/policy.h).  Set only on the one open concerned; a node drops it
+ * once its file is open, so it never reaches what that node opens.
+ */
+#define QIMG_OPEN_ROLE_SHIFT 24
+#define QIMG_OPEN_ROLE(r) ((unsigned)(r) << QIMG_OPEN_ROLE_SHIFT)
+#define QIMG_OPEN_ROLE_MASK QIMG_OPEN_ROLE(QIMG_ROLE_ANY)
+
 /* ---- storage (protocol) layer ------------------------------------------ */
 
 struct qimg_storage;
@@ -192,6 +202,16 @@ struct qimg_storage_ops {
                     struct qimg_error *err);
     /* A format raised ev (blkdebug acts on it); NULL: ignored. */
     void (*event)(struct qimg_storage *st, enum qimg_event ev);
+    /*
+     * Module stubs (core/module.c): a storage whose client library is heavy
+     * lives in the shared module MODULE.so, which exports its real table
+     * as MODULE_SYMBOL.  The stub in the storage table sets only name,
+     * protocol and these three; lookups swap in the loaded table, kept in
+     * *module_loaded.  NULL module: a storage linked into the library.
+     */
+    const char *module;
+    const char *module_symbol;
+    const struct qimg_storage_ops **module_loaded;
 };
 
 struct qimg_storage {
@@ -218,6 +238,10 @@ struct qimg_storage {
     /* Its name as QEMU shows it (map's "File" column): the exact name
      * or a json:{...} text; set after open. */
     char *name;
+    /* Who the open file is (fstat after open, for the untrusted-image
+     * policy): set by storages over a file descriptor. */
+    bool has_id;
+    uint64_t id_dev, id_ino;
 };
 
 /*
@@ -274,6 +298,18 @@ int qimg_storage_create_name(const char *filename,
 
 /* All storages a name or a driver option selects, and lookups. */
 size_t qimg_storage_count(void);
+/* The real table of a module stub, loading its module on first use (a
+ * warning and NULL when it cannot load); any other table as given. */
+const struct qimg_storage_ops *
+qimg_module_storage(const struct qimg_storage_ops *stub);
+/* Define the stub VAR of a module storage NAME with protocol PROTO (or
+ * NULL), exported by module MODULE as SYMBOL. */
+#define QIMG_STORAGE_MODULE_STUB(var, name_, proto, module_, symbol)       \
+    static const struct qimg_storage_ops *var##_loaded;                   \
+    const struct qimg_storage_ops var = {                                  \
+        .name = (name_), .protocol = (proto), .module = (module_),         \
+        .module_symbol = (symbol), .module_loaded = &var##_loaded,         \
+    }
 const struct qimg_storage_ops *qimg_storage_at(size_t i);
 /* QEMU's path_has_protocol: a ':' before any '/'. */
 bool qimg_path_has_protocol(const char *name);
@@ -563,6 +599,9 @@ struct qimg_image {
     /* The backing chain was chosen by options (backing.*, backing=null),
      * not by the header. */
     bool backing_overridden;
+    /* Files opened through qimg_open_child_storage (bounded in untrusted
+     * mode). */
+    unsigned child_opens;
 };
 
 /* Open a whole chain; used by qimg_open and by drivers that open files.
@@ -625,8 +664,19 @@ int qimg_pwrite_compressed_data(struct qimg_image *img, uint64_t off,
  * working directory).  flags are QIMG_OPEN_* for the new storage: pass
  * parent->flags for "the same access as the image".  *out is owned by the
  * caller (qimg_storage_close).
+ *
+ * The role bits say what the file is to the untrusted-image policy
+ * (core/policy.h): without one it is QIMG_ROLE_OTHER, which only a
+ * generic allow entry covers.  QIMG_CHILD_CALLER marks a name the caller
+ * gave in the open options (qcow2's data-file=) rather than one the image
+ * records: the policy does not check those.
  */
-enum { QIMG_CHILD_RELATIVE = 1 << 0 };
+enum {
+    QIMG_CHILD_RELATIVE = 1 << 0,
+    QIMG_CHILD_CALLER = 1 << 1,
+    QIMG_CHILD_DATA_FILE = QIMG_ROLE_DATA_FILE << 8,
+    QIMG_CHILD_EXTENT = QIMG_ROLE_EXTENT << 8,
+};
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err);

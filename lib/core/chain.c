@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "core/block.h"
+#include "core/policy.h"
 #include "core/util.h"
 
 /* ---- names ---------------------------------------------------------------- */
@@ -209,6 +210,13 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     name = strdup(old->filename);
     if (!name)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    /* Who the file was, for the untrusted-image policy: the reopen must
+     * find the same one. */
+    struct qimg_storage was = {.has_id = old->file && old->file->has_id};
+    if (was.has_id) {
+        was.id_dev = old->file->id_dev;
+        was.id_ino = old->file->id_ino;
+    }
     /* Close first: our own read locks must not stand in the way. */
     parent->backing = NULL;
     qimg_close(old);
@@ -217,6 +225,11 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     free(name);
     if (ret < 0)
         return ret;
+    ret = qimg_policy_check_same(&was, fresh->file, err);
+    if (ret < 0) {
+        qimg_close(fresh);
+        return ret;
+    }
     parent->backing = fresh;
     return 0;
 }

@@ -19,6 +19,7 @@
 
 #include "core/block.h"
 #include "core/jsonopts.h"
+#include "core/policy.h"
 #include "core/util.h"
 
 static const struct qimg_format *probe_format(const uint8_t *buf, size_t len,
@@ -88,14 +89,28 @@ int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             unsigned child_flags, unsigned flags,
                             struct qimg_storage **out, struct qimg_error *err)
 {
+    unsigned role = (child_flags >> 8) & QIMG_ROLE_ANY;
     char *path = NULL;
     int ret;
 
     *out = NULL;
+    flags &= ~QIMG_OPEN_ROLE_MASK;
     if (child_flags & QIMG_CHILD_RELATIVE) {
         path = resolve_backing(base_name(parent), name);
         if (!path)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    /* A name the image records: the untrusted-image policy decides. */
+    if (!(child_flags & QIMG_CHILD_CALLER)) {
+        role = role ? role : QIMG_ROLE_OTHER;
+        ret = qimg_policy_check_name(role, name, path, err);
+        if (ret == 0)
+            ret = qimg_policy_count_child(parent, name, err);
+        if (ret < 0) {
+            free(path);
+            return ret;
+        }
+        flags |= QIMG_OPEN_ROLE(role);
     }
     ret = qimg_storage_open(out, path ? path : name, flags, parent->cache,
                             err);
@@ -147,7 +162,8 @@ static const struct open_frame *find_loop(const struct open_frame *f,
  * others may not write to or resize them (unless -U). */
 static unsigned backing_flags(unsigned flags)
 {
-    return (flags & ~(QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE)) | QIMG_OPEN_NO_SHARE;
+    return (flags & ~(QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE |
+                      QIMG_OPEN_ROLE_MASK)) | QIMG_OPEN_NO_SHARE;
 }
 
 static int open_backing(struct qimg_image *node, const struct qimg_opts *bopts,
@@ -156,16 +172,26 @@ static int open_backing(struct qimg_image *node, const struct qimg_opts *bopts,
     struct qimg_image *b = NULL;
     struct qimg_opts *o = NULL;
     char *name = NULL;
+    unsigned flags = backing_flags(node->flags);
+    int max_depth = qimg_policy_max_depth();
     int ret;
 
-    if (node->depth + 1 >= QIMG_MAX_CHAIN_DEPTH)
+    if (node->depth + 1 >= max_depth)
         return qimg_error_set(err, -ELOOP, "Backing chain of '%s' is deeper "
-                              "than %d images", node->filename,
-                              QIMG_MAX_CHAIN_DEPTH);
+                              "than %d images", node->filename, max_depth);
     if (!qimg_opts_count(bopts)) {
         name = qimg_node_backing_path(node);
         if (!name)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
+        /* The header's name: the untrusted-image policy decides. */
+        ret = qimg_policy_check_name(QIMG_ROLE_BACKING, node->backing_name,
+                                     name, err);
+        if (ret < 0) {
+            free(name);
+            qimg_error_prefix(err, "Could not open backing file: ");
+            return ret;
+        }
+        flags |= QIMG_OPEN_ROLE(QIMG_ROLE_BACKING);
     }
     /* QEMU hangs on loops; we refuse them. */
     struct open_frame self = {opening, file_id(node->file->filename)};
@@ -188,8 +214,8 @@ static int open_backing(struct qimg_image *node, const struct qimg_opts *bopts,
     if (name && node->backing_fmt[0] && !qimg_opts_get(o, "driver"))
         qimg_opts_set(o, "driver", node->backing_fmt);
     opening = &self;
-    ret = qimg_node_open(&b, name, o, backing_flags(node->flags), node->cache,
-                         node->depth + 1, err);
+    ret = qimg_node_open(&b, name, o, flags, node->cache, node->depth + 1,
+                         err);
     opening = self.up;
     qimg_opts_free(o);
     free(name);
@@ -336,6 +362,8 @@ static int open_format(struct qimg_image *node, const char *filename,
     if (node->fmt)
         node->flags = storage_flags_for(node->fmt, node->flags);
     ret = open_file_child(node, filename, o, driver != NULL, err);
+    /* The policy checked the file: what the format opens is its own. */
+    node->flags &= ~QIMG_OPEN_ROLE_MASK;
     if (ret < 0)
         return ret;
     if (!node->fmt) {
@@ -375,6 +403,7 @@ static int open_protocol(struct qimg_image *node, const char *filename,
     node->fmt = &qimg_format_protocol;
     ret = qimg_storage_open_opts(&node->file, filename, o, node->flags,
                                  node->cache, node->depth, err);
+    node->flags &= ~QIMG_OPEN_ROLE_MASK;
     if (ret < 0)
         return ret;
     size = node->file->ops->get_size(node->file);
@@ -574,7 +603,18 @@ int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
         qimg_opts_free(o);
         return qimg_error_set(err, -EINVAL, "No filename given");
     }
-    ret = qimg_node_open(out, p->filename, o, p->flags, p->cache, 0, err);
+    unsigned flags = p->flags & ~QIMG_OPEN_ROLE_MASK;
+    if (p->role && p->filename) {
+        /* A name an image records, opened by the caller (info's chain). */
+        unsigned role = p->role & QIMG_ROLE_ANY;
+        ret = qimg_policy_check_name(role, p->filename, NULL, err);
+        if (ret < 0) {
+            qimg_opts_free(o);
+            return ret;
+        }
+        flags |= QIMG_OPEN_ROLE(role);
+    }
+    ret = qimg_node_open(out, p->filename, o, flags, p->cache, 0, err);
     qimg_opts_free(o);
     return ret;
 }

@@ -13,6 +13,7 @@
 
 #include "core/block.h"
 #include "core/json.h"
+#include "core/policy.h"
 #include "core/util.h"
 
 /* Every storage a name or a "driver" can select, alphabetically as
@@ -51,7 +52,7 @@ const struct qimg_storage_ops *qimg_storage_find(const char *name)
 {
     for (size_t i = 0; i < QIMG_ARRAY_SIZE(storages); i++)
         if (!strcmp(storages[i]->name, name))
-            return storages[i];
+            return qimg_module_storage(storages[i]);
     return NULL;
 }
 
@@ -83,8 +84,13 @@ const struct qimg_storage_ops *qimg_storage_for_name(const char *filename,
     memcpy(proto, filename, len);
     proto[len] = '\0';
     for (size_t i = 0; i < QIMG_ARRAY_SIZE(storages); i++)
-        if (storages[i]->protocol && !strcmp(storages[i]->protocol, proto))
-            return storages[i];
+        if (storages[i]->protocol && !strcmp(storages[i]->protocol, proto)) {
+            const struct qimg_storage_ops *ops =
+                qimg_module_storage(storages[i]);
+            if (ops)
+                return ops;
+            break;
+        }
     qimg_error_set(err, -EINVAL, "Unknown protocol '%s'", proto);
     return NULL;
 }
@@ -382,6 +388,9 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
             goto fail;
         }
     }
+    ret = qimg_policy_check_driver(flags, ops, fname, err);
+    if (ret < 0)
+        goto fail;
     if (ops->parse_filename && parse) {
         char *copy = strdup(fname);
         if (!copy) {
@@ -401,6 +410,10 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
                              "file name", ops->name);
         goto fail;
     }
+    /* A file an image names: allowed, and by a plain file driver? */
+    ret = qimg_policy_check_open(flags, ops, fname, err);
+    if (ret < 0)
+        goto fail;
     st = calloc(1, sizeof(*st));
     if (!st || (fname && !(st->filename = strdup(fname)))) {
         ret = qimg_error_set(err, -ENOMEM, "Out of memory");
@@ -414,6 +427,12 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
     ret = ops->open(st, st->options, flags, cache, err);
     if (ret < 0) {
         storage_free(st);
+        return ret;
+    }
+    /* ... and is what was opened the file that was checked? */
+    ret = qimg_policy_check_opened(flags, st, err);
+    if (ret < 0) {
+        qimg_storage_close(st);
         return ret;
     }
     static const char *const always[] = {"filename", NULL};

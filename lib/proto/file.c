@@ -167,7 +167,14 @@ static int open_common(struct qimg_storage *st, const struct qimg_opts *opts,
         oflags |= O_DSYNC;
     s->unsafe = cache == QIMG_CACHE_UNSAFE;
     s->direct = (oflags & O_DIRECT) != 0;
-    s->fd = open(filename, oflags | O_CLOEXEC | (device ? O_NONBLOCK : 0));
+    /* A file an image names (untrusted-image policy) is opened without
+     * blocking, so that a FIFO swapped in after the check cannot hang us,
+     * and never becomes our terminal. */
+    if (flags & QIMG_OPEN_ROLE_MASK)
+        oflags |= O_NONBLOCK | O_NOCTTY;
+    else if (device)
+        oflags |= O_NONBLOCK;
+    s->fd = open(filename, oflags | O_CLOEXEC);
     if (s->fd < 0) {
         ret = -errno;
         qimg_error_set(err, ret, "Could not open '%s': %s", filename,
@@ -176,6 +183,9 @@ static int open_common(struct qimg_storage *st, const struct qimg_opts *opts,
     }
     if (fstat(s->fd, &stb) == 0) {
         bool dev = S_ISBLK(stb.st_mode) || S_ISCHR(stb.st_mode);
+        st->has_id = true;
+        st->id_dev = (uint64_t)stb.st_dev;
+        st->id_ino = (uint64_t)stb.st_ino;
         if (S_ISBLK(stb.st_mode))
             st->caps |= QIMG_STORAGE_IS_BLOCKDEV;
         if (device && !dev) {
@@ -190,8 +200,8 @@ static int open_common(struct qimg_storage *st, const struct qimg_opts *opts,
             goto fail;
         }
     }
-    if (device) {
-        /* O_NONBLOCK was only for opening an empty drive. */
+    if (oflags & O_NONBLOCK) {
+        /* O_NONBLOCK was only for opening (an empty drive, a FIFO). */
         int fl = fcntl(s->fd, F_GETFL);
         if (fl >= 0)
             fcntl(s->fd, F_SETFL, fl & ~O_NONBLOCK);

@@ -376,6 +376,8 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
 {
     struct qcow2_state *s = node->state;
     const char *name = qimg_opts_get(opts, "data-file");
+    /* data-file= is the caller's; the header's name is the image's. */
+    unsigned child = QIMG_CHILD_DATA_FILE | (name ? QIMG_CHILD_CALLER : 0);
 
     if (!(s->incompatible & QCOW2_INCOMPAT_DATA_FILE)) {
         if (name)
@@ -394,8 +396,8 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
                               "image");
     /* QEMU opens the data file by its recorded name, relative to the
      * working directory. */
-    return qimg_open_child_storage(node, name, 0, node->flags, &s->data_file,
-                                   err);
+    return qimg_open_child_storage(node, name, child, node->flags,
+                                   &s->data_file, err);
 }
 
 static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,

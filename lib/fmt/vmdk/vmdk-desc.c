@@ -288,7 +288,8 @@ static int open_extent(struct qimg_image *node, const struct vmdk_extent_line *l
     if (shared) {
         st = slot->st;
     } else {
-        ret = qimg_open_child_storage(node, l->fname, QIMG_CHILD_RELATIVE,
+        ret = qimg_open_child_storage(node, l->fname,
+                                      QIMG_CHILD_RELATIVE | QIMG_CHILD_EXTENT,
                                       node->flags, &st, err);
         if (ret < 0)
             return -EINVAL;
