@@ -669,3 +669,13 @@ struct cli_open cli_image_args_open(const struct cli_image_args *a,
     };
     return o;
 }
+
+bool cli_check_protocol(const char *filename)
+{
+    struct qimg_error err = {0};
+
+    if (qimg_protocol_check(filename, &err) == 0)
+        return true;
+    cli_error("%s", err.msg);
+    return false;
+}

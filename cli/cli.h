@@ -84,6 +84,8 @@ int64_t cli_cvtnum_full(const char *name, const char *value);
 bool cli_add_option_list(char **acc, const char *arg);
 /* True when a -o list asks for help ("help" or "?" as an element). */
 bool cli_has_help_option(const char *list);
+/* An unknown "PROTO:" prefix in filename: print QEMU's error, false. */
+bool cli_check_protocol(const char *filename);
 /* Print option descriptors sorted by name, "  name=<type> - help". */
 int cli_print_opt_list(const struct qimg_opt_desc **d, size_t n);
 /* Print "-o help" for fmt (with filename: merged with the storage's). */

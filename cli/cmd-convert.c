@@ -374,16 +374,6 @@ static int check_options(struct convert *c)
     return -1;
 }
 
-/* "proto:rest" names a protocol; only plain files exist here. */
-static bool check_protocol(const char *filename)
-{
-    size_t n = strcspn(filename, ":/");
-
-    if (filename[n] != ':' || (n == 4 && !strncmp(filename, "file", 4)))
-        return true;
-    cli_error("Unknown protocol '%.*s'", (int)n, filename);
-    return false;
-}
 
 /* ---- sources --------------------------------------------------------------- */
 
@@ -541,7 +531,7 @@ static struct qimg_opts *prepare_target(struct convert *c)
                   c->out_fmt);
         return NULL;
     }
-    if (!check_protocol(c->target))
+    if (!cli_check_protocol(c->target))
         return NULL;
     if (qimg_create_prepare(c->out_fmt, c->target, c->options,
                             size_in_opts ? -1 : (int64_t)c->total, c->backing,

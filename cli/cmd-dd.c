@@ -58,16 +58,6 @@ static bool parse_operand(struct dd *d, const char *arg)
     return false;
 }
 
-/* "proto:rest" names a protocol; only plain files exist here. */
-static bool check_protocol(const char *filename)
-{
-    size_t n = strcspn(filename, ":/");
-
-    if (filename[n] != ':' || (n == 4 && !strncmp(filename, "file", 4)))
-        return true;
-    cli_error("Unknown protocol '%.*s'", (int)n, filename);
-    return false;
-}
 
 /* Create the output of the given size in out_fmt. */
 static bool create_output(const struct dd *d, uint64_t size)
@@ -87,7 +77,7 @@ static bool create_output(const struct dd *d, uint64_t size)
                   d->out_fmt);
         return false;
     }
-    if (!check_protocol(d->out))
+    if (!cli_check_protocol(d->out))
         return false;
     if (qimg_create_prepare(d->out_fmt, d->out, NULL, (int64_t)size, NULL, NULL,
                             true, &opts, &summary, &err) < 0 ||

@@ -209,6 +209,9 @@ const char *qimg_format_driver_at(size_t i);
 const char *qimg_storage_name_at(size_t i);
 /* True if the format can create images. */
 bool qimg_format_can_create(const char *name);
+/* 0 when filename names no protocol ("PROTO:...") or a known one; else
+ * -EINVAL with "Unknown protocol 'PROTO'". */
+int qimg_protocol_check(const char *filename, struct qimg_error *err);
 
 /*
  * The creation options of format fmt merged with those of the storage that

@@ -394,7 +394,9 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
-    info->has_dirty_flag = !img->fmt->no_get_info;
+    info->has_dirty_flag = !img->fmt->no_get_info &&
+                           !(img->fmt->is_raw && img->file &&
+                             img->file->ops->no_get_info);
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",

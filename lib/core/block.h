@@ -150,6 +150,10 @@ struct qimg_storage_ops {
     /* The storage cannot open without a "filename" (QEMU's
      * bdrv_needs_filename): "The 'X' block driver requires a file name". */
     bool needs_filename;
+    /* QEMU's driver has no bdrv_get_info (nbd, curl, ssh, null): raw
+     * over it asks the storage, so info --output=json shows no
+     * "dirty-flag". */
+    bool no_get_info;
     /*
      * Turn a "PROTO:..." (or plain) name into open options (QEMU's
      * bdrv_parse_filename): set "filename" and/or the storage's own keys
@@ -179,6 +183,11 @@ struct qimg_storage_ops {
     int64_t (*get_size)(struct qimg_storage *st);
     int (*truncate)(struct qimg_storage *st, uint64_t size,
                     enum qimg_prealloc prealloc, struct qimg_error *err);
+    /* QEMU's exact truncate (qemu-img resize of the node or of raw over
+     * it) where it differs from truncate (nbd: "Cannot resize NBD
+     * nodes"); NULL: truncate.  See qimg_storage_truncate. */
+    int (*truncate_exact)(struct qimg_storage *st, uint64_t size,
+                          enum qimg_prealloc prealloc, struct qimg_error *err);
     int (*pwrite_zeroes)(struct qimg_storage *st, uint64_t off, uint64_t len,
                          unsigned flags, struct qimg_error *err);
     int (*discard)(struct qimg_storage *st, uint64_t off, uint64_t len,
@@ -287,6 +296,11 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
                            enum qimg_cache cache, int depth,
                            struct qimg_error *err);
 void qimg_storage_close(struct qimg_storage *st);
+/* Truncate st as QEMU's bdrv_co_truncate with exact as given (the
+ * storage's truncate_exact when exact and it has one); -ENOTSUP with
+ * QEMU's message when it cannot. */
+int qimg_storage_truncate(struct qimg_storage *st, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err);
 /* Open a format node (probed when opts name no driver) and wrap it as a
  * storage (blkverify's test image). */
 int qimg_storage_open_node(struct qimg_storage **out, const char *filename,
@@ -338,6 +352,17 @@ extern const struct qimg_storage_ops qimg_storage_quorum;
 extern const struct qimg_storage_ops qimg_storage_null_aio;
 extern const struct qimg_storage_ops qimg_storage_blkdebug;
 extern const struct qimg_storage_ops qimg_storage_blkverify;
+/* Network storages (lib/proto/<name>/), each over its client library. */
+extern const struct qimg_storage_ops qimg_storage_nbd;
+extern const struct qimg_storage_ops qimg_storage_nbd_tcp;
+extern const struct qimg_storage_ops qimg_storage_nbd_unix;
+extern const struct qimg_storage_ops qimg_storage_http;
+extern const struct qimg_storage_ops qimg_storage_https;
+extern const struct qimg_storage_ops qimg_storage_ftp;
+extern const struct qimg_storage_ops qimg_storage_ftps;
+extern const struct qimg_storage_ops qimg_storage_iscsi;
+extern const struct qimg_storage_ops qimg_storage_nfs;
+extern const struct qimg_storage_ops qimg_storage_ssh;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,

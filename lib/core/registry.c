@@ -79,6 +79,13 @@ static void build_names(void)
          i++)
         driver_names[n_driver_names++] = qimg_storage_at(i)->name;
     qsort(driver_names, n_driver_names, sizeof(driver_names[0]), cmp_name);
+    /* One name for storages registered once per protocol (nbd, nbd+tcp
+     * and nbd+unix are all "nbd"), as QEMU lists each format name once. */
+    size_t n = 0;
+    for (size_t i = 0; i < n_driver_names; i++)
+        if (!n || strcmp(driver_names[n - 1], driver_names[i]))
+            driver_names[n++] = driver_names[i];
+    n_driver_names = n;
 }
 
 size_t qimg_format_count(void)
@@ -115,6 +122,11 @@ bool qimg_format_can_create(const char *name)
     const struct qimg_format *f = qimg_format_find(name);
     const struct qimg_storage_ops *s = f ? NULL : qimg_storage_find(name);
     return f ? f->create != NULL : s && (s->create || s->create_by_open);
+}
+
+int qimg_protocol_check(const char *filename, struct qimg_error *err)
+{
+    return qimg_storage_for_name(filename, true, err) ? 0 : -EINVAL;
 }
 
 static size_t add_descs(const struct qimg_opt_desc **out, size_t n, size_t max,

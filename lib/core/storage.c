@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "core/block.h"
+#include "core/json.h"
 #include "core/policy.h"
 #include "core/util.h"
 
@@ -21,11 +22,21 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_blkdebug,
     &qimg_storage_blkverify,
     &qimg_storage_file,
+    &qimg_storage_ftp,
+    &qimg_storage_ftps,
     &qimg_storage_host_cdrom,
     &qimg_storage_host_device,
+    &qimg_storage_http,
+    &qimg_storage_https,
+    &qimg_storage_iscsi,
+    &qimg_storage_nbd,
+    &qimg_storage_nbd_tcp,
+    &qimg_storage_nbd_unix,
+    &qimg_storage_nfs,
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
     &qimg_storage_quorum,
+    &qimg_storage_ssh,
 };
 
 size_t qimg_storage_count(void)
@@ -158,6 +169,17 @@ void qimg_storage_close(struct qimg_storage *st)
     storage_free(st);
 }
 
+int qimg_storage_truncate(struct qimg_storage *st, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    if (exact && st->ops->truncate_exact)
+        return st->ops->truncate_exact(st, size, prealloc, err);
+    if (!st->ops->truncate)
+        return qimg_error_set(err, -ENOTSUP, "Image format driver does not "
+                              "support resize");
+    return st->ops->truncate(st, size, prealloc, err);
+}
+
 /* ---- the node storage ------------------------------------------------------ */
 
 static int node_pread(struct qimg_storage *st, uint64_t off, size_t len,
@@ -285,6 +307,25 @@ int qimg_storage_open_node(struct qimg_storage **out, const char *filename,
     return 0;
 }
 
+/* QEMU's bs->filename of a protocol node: its exact name, else
+ * json:{...} of its strong options. */
+static char *storage_name(struct qimg_storage *st)
+{
+    char exact[4096];
+    json_t *d;
+    char *j, *name = NULL;
+
+    if (qimg_storage_exact_name(st, exact, sizeof(exact)))
+        return strdup(exact);
+    d = qimg_storage_full_opts(st);
+    j = d ? qimg_json_compact(d) : NULL;
+    json_decref(d);
+    if (j && (name = malloc(strlen(j) + 6)))
+        sprintf(name, "json:%s", j);
+    free(j);
+    return name ? name : strdup(st->filename ? st->filename : "");
+}
+
 /* ---- opening ---------------------------------------------------------------- */
 
 int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
@@ -404,9 +445,7 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
         qimg_storage_close(st);
         return ret;
     }
-    char name[4096];
-    st->name = strdup(qimg_storage_exact_name(st, name, sizeof(name))
-                          ? name : (st->filename ? st->filename : ""));
+    st->name = storage_name(st);
     *out = st;
     return 0;
 
