@@ -15,6 +15,27 @@
 #include "core/json.h"
 #include "core/policy.h"
 #include "core/util.h"
+#include "qimg-config.h"
+
+#ifdef QIMG_MODULES
+/* The network storages are modules (core/module.c): their stubs. */
+#define MODULE_STORAGE(var, name, proto, module)                            \
+    QIMG_STORAGE_MODULE_STUB(stub_##var, name, proto, module,               \
+                             "qimg_storage_" #var)
+MODULE_STORAGE(ftp, "ftp", "ftp", "qimg-curl");
+MODULE_STORAGE(ftps, "ftps", "ftps", "qimg-curl");
+MODULE_STORAGE(http, "http", "http", "qimg-curl");
+MODULE_STORAGE(https, "https", "https", "qimg-curl");
+MODULE_STORAGE(iscsi, "iscsi", "iscsi", "qimg-iscsi");
+MODULE_STORAGE(nbd, "nbd", "nbd", "qimg-nbd");
+MODULE_STORAGE(nbd_tcp, "nbd", "nbd+tcp", "qimg-nbd");
+MODULE_STORAGE(nbd_unix, "nbd", "nbd+unix", "qimg-nbd");
+MODULE_STORAGE(nfs, "nfs", "nfs", "qimg-nfs");
+MODULE_STORAGE(ssh, "ssh", "ssh", "qimg-ssh");
+#define NET(var) (&stub_##var)
+#else
+#define NET(var) (&qimg_storage_##var)
+#endif
 
 /* Every storage a name or a "driver" can select, alphabetically as
  * qemu-img lists drivers.  Adding one means one line here. */
@@ -22,21 +43,21 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_blkdebug,
     &qimg_storage_blkverify,
     &qimg_storage_file,
-    &qimg_storage_ftp,
-    &qimg_storage_ftps,
+    NET(ftp),
+    NET(ftps),
     &qimg_storage_host_cdrom,
     &qimg_storage_host_device,
-    &qimg_storage_http,
-    &qimg_storage_https,
-    &qimg_storage_iscsi,
-    &qimg_storage_nbd,
-    &qimg_storage_nbd_tcp,
-    &qimg_storage_nbd_unix,
-    &qimg_storage_nfs,
+    NET(http),
+    NET(https),
+    NET(iscsi),
+    NET(nbd),
+    NET(nbd_tcp),
+    NET(nbd_unix),
+    NET(nfs),
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
     &qimg_storage_quorum,
-    &qimg_storage_ssh,
+    NET(ssh),
 };
 
 size_t qimg_storage_count(void)
