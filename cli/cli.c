@@ -307,6 +307,10 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
     }
+    if (!o->image_opts && o->options) {
+        p.options = o->options;
+        p.filename = NULL;
+    }
     qimg_set_warning_handler(print_warning);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);

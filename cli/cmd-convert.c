@@ -372,6 +372,46 @@ static bool check_protocol(const char *filename)
 
 /* ---- sources --------------------------------------------------------------- */
 
+static const char *options_value(const char *options, const char *key,
+                                 char *buf, size_t len);
+
+/*
+ * A source qemu-img 7.2 cannot open that is a pipe (qimg_name_is_stream):
+ * open it over the forward-only stream storage, its size (raw has no
+ * other) from -o size.  NULL: not a stream (open as qemu-img does).
+ */
+static struct qimg_opts *stream_source_opts(const struct convert *c,
+                                            const char *name)
+{
+    struct qimg_opts *o;
+    char size[64];
+
+    if (c->image_opts || !qimg_name_is_stream(name))
+        return NULL;
+    o = qimg_opts_new();
+    if (!o)
+        abort();
+    if (c->fmt)
+        qimg_opts_set(o, "driver", c->fmt);
+    qimg_opts_set(o, "file.driver", "stream");
+    qimg_opts_set(o, "file.filename", name);
+    if (options_value(c->options, "size", size, sizeof(size)))
+        qimg_opts_set(o, "file.size", size);
+    return o;
+}
+
+/* A raw stream has no size of its own: it must be declared. */
+static bool stream_size_known(const struct convert *c, int i)
+{
+    struct qimg_image *img = c->src_imgs[i];
+
+    if (qimg_image_size(img) < QIMG_STREAM_UNKNOWN_SIZE)
+        return true;
+    cli_error("Could not open '%s': a %s stream has no size of its own: "
+              "give it with -o size=SIZE", c->srcs[i], qimg_image_format(img));
+    return false;
+}
+
 static bool open_sources(struct convert *c)
 {
     c->src_imgs = calloc((size_t)c->n_srcs, sizeof(*c->src_imgs));
@@ -384,8 +424,13 @@ static bool open_sources(struct convert *c)
             .flags = QIMG_OPEN_NO_SHARE | (c->force_share ? QIMG_OPEN_SHARE : 0),
             .cache = c->scache, .quiet = c->quiet,
         };
+        struct qimg_opts *stream = stream_source_opts(c, c->srcs[i]);
+        o.options = stream;
         c->src_imgs[i] = cli_open_image(&o);
+        qimg_opts_free(stream);
         if (!c->src_imgs[i])
+            return false;
+        if (stream && !stream_size_known(c, i))
             return false;
         if (__builtin_add_overflow(c->total, qimg_image_size(c->src_imgs[i]),
                                    &c->total) || c->total > INT64_MAX) {
@@ -462,18 +507,28 @@ static bool copy_bitmaps(struct convert *c)
 /* ---- target ---------------------------------------------------------------- */
 
 /* True when the -o list sets key. */
-static bool options_have(const char *options, const char *key)
+/* The value of key in an -o list into buf; false when it has none. */
+static const char *options_value(const char *options, const char *key,
+                                 char *buf, size_t len)
 {
     struct qimg_opts *o;
-    bool has;
+    const char *v;
 
     if (!options)
-        return false;
+        return NULL;
     o = qimg_opts_new();
     qimg_opts_parse(o, options, NULL, NULL);
-    has = qimg_opts_get(o, key) != NULL;
+    v = qimg_opts_get(o, key);
+    if (v)
+        snprintf(buf, len, "%s", v);
     qimg_opts_free(o);
-    return has;
+    return v ? buf : NULL;
+}
+
+static bool options_have(const char *options, const char *key)
+{
+    char buf[8];
+    return options_value(options, key, buf, sizeof(buf)) != NULL;
 }
 
 /* The -c restrictions of the target format and options. */

@@ -76,6 +76,9 @@ struct engine {
     uint64_t chunk_size;
     uint32_t min_sectors, align_sectors, cluster;
     bool zero_init;
+    /* A source reads forward only (a pipe): one worker, in order, so the
+     * stream's window is never outrun (the in-order mode). */
+    bool sequential;
     void *zero_buf;         /* chunk_size zero bytes (for -S 0) */
     struct copy_offload *offload;
 
@@ -905,6 +908,8 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         uint32_t a = QIMG_MAX(qimg_image_cluster_size(img),
                               img->file ? img->file->align : 1);
         e->src_start[i] = pos;
+        if (img->file && (img->file->caps & QIMG_STORAGE_SEQUENTIAL))
+            e->sequential = true;
         /* in whole sectors, as qemu-img counts */
         e->src_align[i] = (uint32_t)qimg_div_round_up(QIMG_MAX(a, 1u),
                                                       COPY_SECTOR) * COPY_SECTOR;
@@ -933,7 +938,7 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         if (!e->zero_buf)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
     }
-    if (p->copy_offload && !p->compress) {
+    if (p->copy_offload && !p->compress && !e->sequential) {
         e->offload = copy_offload_new();
         if (!e->offload)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
@@ -991,6 +996,8 @@ int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
             goto out;
     }
     n = p->parallel ? p->parallel : DEFAULT_PARALLEL;
+    if (e.sequential)
+        n = 1;
     ret = run_workers(&e, n, err);
     if (!ret && e.ret) {
         ret = e.ret;
