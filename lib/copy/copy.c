@@ -411,6 +411,14 @@ static int read_chunk(struct engine *e, const struct chunk *c, uint8_t *buf,
         read_salvage(e, c->dst, c->len, buf);
         return 0;
     }
+    if (ret < 0 && e->sequential && err->msg[0]) {
+        /* A stream's own reason (read back, cut short) says more than
+         * the errno qemu-img prints; 7.2 cannot read streams at all. */
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        return qimg_error_set(err, ret, "error while reading at byte %llu: %s",
+                              (unsigned long long)c->dst, why);
+    }
     if (ret < 0)
         return qimg_error_set(err, ret, "error while reading at byte %llu: %s",
                               (unsigned long long)c->dst, strerror(-ret));
