@@ -47,6 +47,7 @@ struct convert {
     uint64_t total;
     enum qimg_cache tcache, scache;
     bool target_has_backing;
+    bool tgt_stream;        /* the target is a pipe (stream_target) */
     bool progress_on;
     unsigned errors_shown;
 };
@@ -592,6 +593,32 @@ static struct qimg_opts *prepare_target(struct convert *c)
     return opts;
 }
 
+/*
+ * A new target that is a pipe or FIFO (/dev/stdout piped on), which
+ * qemu-img 7.2 fails to create ("Could not resize file"): written forward
+ * over the stream storage, raw only.  "-" stays a file named "-", as in
+ * 7.2.  Returns false (after the message) when it cannot be streamed.
+ */
+static bool stream_target(struct convert *c, const struct qimg_opts *opts)
+{
+    if (c->no_create || c->tgt_image_opts || !strcmp(c->target, "-") ||
+        !qimg_name_is_stream(c->target))
+        return true;
+    if (strcmp(c->out_fmt, "raw")) {
+        cli_error("%s: cannot write %s to a pipe: only raw is written "
+                  "strictly forward", c->target, c->out_fmt);
+        return false;
+    }
+    if (c->compress || qimg_opts_get(opts, "backing_file") ||
+        qimg_opts_get(opts, "preallocation")) {
+        cli_error("%s: a pipe takes plain raw data only (no -c, backing "
+                  "file or preallocation)", c->target);
+        return false;
+    }
+    c->tgt_stream = true;
+    return true;
+}
+
 static bool open_target(struct convert *c)
 {
     struct cli_open o = {
@@ -599,6 +626,20 @@ static bool open_target(struct convert *c)
         .fmt = c->out_fmt, .flags = QIMG_OPEN_RDWR, .cache = c->tcache,
         .quiet = c->quiet,
     };
+    struct qimg_opts *stream = NULL;
+    char num[32];
+
+    if (c->tgt_stream) {
+        stream = qimg_opts_new();
+        if (!stream)
+            abort();
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)c->total);
+        qimg_opts_set(stream, "driver", "raw");
+        qimg_opts_set(stream, "file.driver", "stream");
+        qimg_opts_set(stream, "file.filename", c->target);
+        qimg_opts_set(stream, "file.size", num);
+        o.options = stream;
+    }
 
     if (!cli_parse_cache(c->cache, &c->tcache)) {
         cli_error("Invalid cache option: %s", c->cache);
@@ -606,6 +647,7 @@ static bool open_target(struct convert *c)
     }
     o.cache = c->tcache;
     c->tgt = cli_open_image(&o);
+    qimg_opts_free(stream);
     if (!c->tgt)
         return false;
     if (c->bitmaps && !qimg_bitmap_supported(c->tgt)) {
@@ -726,7 +768,10 @@ static int convert_images(struct convert *c, bool *done)
         goto out;
     if (!check_source_bitmaps(c))
         goto out;
-    if (!c->no_create && qimg_create(c->out_fmt, c->target, opts, &err) < 0) {
+    if (!stream_target(c, opts))
+        goto out;
+    if (!c->no_create && !c->tgt_stream &&
+        qimg_create(c->out_fmt, c->target, opts, &err) < 0) {
         cli_report(&err, "%s: error while converting %s: ", c->target,
                    c->out_fmt);
         goto out;

@@ -925,6 +925,8 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
             return qimg_error_set(err, -EINVAL, "Copy too large");
     }
     e->end = pos;
+    if (p->target->file && (p->target->file->caps & QIMG_STORAGE_SEQUENTIAL))
+        e->sequential = true;       /* a pipe target: written in order */
     if (!qimg_range_ok(p->target_offset, pos - p->target_offset,
                        qimg_image_size(p->target)))
         return qimg_error_set(err, -ENOSPC, "output file is smaller than "

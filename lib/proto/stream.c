@@ -12,11 +12,15 @@
  * is refused by the caller.  A stream that ends before its declared size
  * is an error, not zeroes, so a cut download never passes as an image.
  *
+ * Opened for writing (convert's raw target on a pipe) it writes forward
+ * only, holes as zeroes, and pads to its size on flush; no window.
+ *
  * It is never chosen from a name: convert selects it ("file.driver":
  * "stream") for sources qemu-img 7.2 cannot open (qimg_name_is_stream).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +39,7 @@ struct stream_state {
     int fd;
     bool own_fd;            /* false for stdin: never closed by us */
     bool eof;
+    bool writer;            /* written forward (a target) instead of read */
     bool has_size;
     uint64_t size;          /* declared size */
     uint64_t pos;           /* bytes read from fd so far */
@@ -70,21 +75,21 @@ static int stream_open(struct qimg_storage *st, const struct qimg_opts *opts,
     (void)cache;
     if (!s)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    if (flags & QIMG_OPEN_RDWR) {
-        free(s);
-        return qimg_error_set(err, -EPERM, "A stream can only be read");
-    }
+    s->writer = (flags & QIMG_OPEN_RDWR) != 0;
     s->has_size = qimg_opts_get(opts, "size") != NULL;
     ret = qimg_opts_get_size(opts, "size", 0, &s->size, err);
     if (ret == 0 && s->size > QIMG_MAX_LENGTH)
         ret = qimg_error_set(err, -EFBIG, "Stream size too large");
-    if (ret == 0 && !(s->ring = malloc(STREAM_WINDOW)))
+    if (ret == 0 && s->writer && !s->has_size)
+        ret = qimg_error_set(err, -EINVAL, "A stream written needs a size");
+    if (ret == 0 && !s->writer && !(s->ring = malloc(STREAM_WINDOW)))
         ret = qimg_error_set(err, -ENOMEM, "Out of memory");
     if (ret == 0) {
         if (!strcmp(st->filename, "-")) {
             s->fd = STDIN_FILENO;
         } else {
-            s->fd = open(st->filename, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+            s->fd = open(st->filename, (s->writer ? O_WRONLY : O_RDONLY) |
+                         O_CLOEXEC | O_NOCTTY);
             s->own_fd = true;
             if (s->fd < 0)
                 ret = qimg_error_set(err, -errno, "Could not open '%s': %s",
@@ -186,21 +191,76 @@ out:
     return ret;
 }
 
+/* Write len bytes of buf (NULL: zeroes) at the stream's end. */
+static int write_out(struct stream_state *s, const uint8_t *buf, uint64_t len,
+                     struct qimg_error *err)
+{
+    static const uint8_t zeroes[64 * 1024];
+
+    while (len) {
+        size_t n = (size_t)QIMG_MIN(len, buf ? (uint64_t)SSIZE_MAX
+                                             : (uint64_t)sizeof(zeroes));
+        ssize_t r = write(s->fd, buf ? buf : zeroes, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return qimg_error_set(err, -errno, "Could not write the stream: "
+                                  "%s", strerror(errno));
+        s->pos += (uint64_t)r;
+        len -= (uint64_t)r;
+        if (buf)
+            buf += r;
+    }
+    return 0;
+}
+
+/*
+ * Writes go strictly forward: a gap before off (a hole the copy skipped)
+ * is written as zeroes first; a write behind the end is refused.  buf
+ * NULL writes zeroes.
+ */
+static int write_at(struct stream_state *s, uint64_t off, uint64_t len,
+                    const void *buf, struct qimg_error *err)
+{
+    int ret;
+
+    if (!s->writer)
+        return qimg_error_set(err, -EPERM, "A stream read cannot be written");
+    pthread_mutex_lock(&s->lock);
+    if (off < s->pos)
+        ret = qimg_error_set(err, -ESPIPE, "Cannot write back in a stream: "
+                             "offset %llu was already written",
+                             (unsigned long long)off);
+    else
+        ret = write_out(s, NULL, off - s->pos, err);
+    if (ret == 0)
+        ret = write_out(s, buf, len, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int stream_pwrite(struct qimg_storage *st, uint64_t off, size_t len,
                          const void *buf, struct qimg_error *err)
 {
-    (void)st;
-    (void)off;
-    (void)len;
-    (void)buf;
-    return qimg_error_set(err, -EPERM, "A stream can only be read");
+    return write_at(st->priv, off, len, buf, err);
 }
 
+static int stream_zeroes(struct qimg_storage *st, uint64_t off, uint64_t len,
+                         unsigned flags, struct qimg_error *err)
+{
+    (void)flags;
+    return write_at(st->priv, off, len, NULL, err);
+}
+
+/* The end of a written stream: the rest, up to its size, is zeroes (the
+ * copy engine flushes once, after the last write). */
 static int stream_flush(struct qimg_storage *st, struct qimg_error *err)
 {
-    (void)st;
-    (void)err;
-    return 0;
+    struct stream_state *s = st->priv;
+
+    if (!s->writer || s->pos >= s->size)
+        return 0;
+    return write_at(s, s->size, 0, NULL, err);
 }
 
 static int64_t stream_get_size(struct qimg_storage *st)
@@ -224,6 +284,7 @@ const struct qimg_storage_ops qimg_storage_stream = {
     .close = stream_close,
     .pread = stream_pread,
     .pwrite = stream_pwrite,
+    .pwrite_zeroes = stream_zeroes,
     .flush = stream_flush,
     .get_size = stream_get_size,
     .allocated_size = stream_allocated,
