@@ -20,6 +20,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -593,6 +595,15 @@ static struct qimg_opts *prepare_target(struct convert *c)
     return opts;
 }
 
+/* Does name open what our stdout is? */
+static bool names_stdout(const char *name)
+{
+    struct stat a, b;
+
+    return stat(name, &a) == 0 && fstat(STDOUT_FILENO, &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 /*
  * A new target that is a pipe or FIFO (/dev/stdout piped on), which
  * qemu-img 7.2 fails to create ("Could not resize file"): written forward
@@ -795,6 +806,15 @@ static int run_convert(struct convert *c)
     if (ret >= 0)
         return ret;
     c->progress_on = c->progress && !c->quiet;
+    /* Before the first progress line: an image streamed to stdout and the
+     * progress would mix (7.2 cannot write to a pipe at all). */
+    if (c->progress_on && !c->no_create && !c->tgt_image_opts &&
+        strcmp(c->target, "-") && qimg_name_is_stream(c->target) &&
+        names_stdout(c->target)) {
+        cli_error("%s: -p would write its progress into the image on "
+                  "stdout", c->target);
+        return 1;
+    }
     /* qemu's progress steps by more than 1% (float arithmetic) */
     cli_progress_init(c->progress_on, 1.0);
     ret = convert_images(c, &done);

@@ -188,3 +188,9 @@ def test_raw_to_stdout(tmp_path):
                        stderr=subprocess.PIPE, text=True)
     assert p.returncode == 1 and "cannot write qcow2 to a pipe" in p.stderr
     assert p.stdout == ""
+    # -p and the image would share stdout: refused before any output
+    p = subprocess.run([str(QIMG), "convert", "-p", "-O", "raw", str(q),
+                        "/dev/stdout"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 1 and "-p would write" in p.stderr
+    assert p.stdout == ""
