@@ -87,6 +87,10 @@ static int stream_open(struct qimg_storage *st, const struct qimg_opts *opts,
     if (ret == 0) {
         if (!strcmp(st->filename, "-")) {
             s->fd = STDIN_FILENO;
+            /* waiting for a disk image typed in would only hang */
+            if (isatty(s->fd))
+                ret = qimg_error_set(err, -EINVAL, "Could not open '-': "
+                                     "stdin is a terminal, not a stream");
         } else {
             s->fd = open(st->filename, (s->writer ? O_WRONLY : O_RDONLY) |
                          O_CLOEXEC | O_NOCTTY);

@@ -77,7 +77,10 @@ def test_bounded_memory(tmp_path):
     rc, err, rss = piped(["convert", "-f", "raw", "-O", "qcow2", "-o",
                           "size=256M", "-", str(out)], src, tmp_path)
     assert rc == 0, err
-    assert rss < 64 * 1024, rss          # KiB: window + one chunk + tables
+    # KiB: window + one chunk + tables (sanitizer builds keep a quarantine
+    # of freed memory and shadow pages: only the plain build is measured)
+    if not os.environ.get("ASAN_OPTIONS"):
+        assert rss < 64 * 1024, rss
     r = ref_compare(src, out, tmp_path, "raw", "qcow2")
     assert r.returncode == 0, r
 
