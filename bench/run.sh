@@ -123,6 +123,27 @@ import dmggen; dmggen.dmg_from_raw('ro.raw', 'in.dmg')" || die "dmg input"
     cd "$ROOT" || exit 2
 }
 
+# The luks input (made apart from the others so that an existing set of
+# inputs is reused): in.raw encrypted with the default cipher
+# (aes-256-xts-plain64), a short iter-time so that the unlock costs
+# little beside the copy.
+LUKS_SECRET="--object secret,id=s0,data=bench"
+make_luks_input() {
+    [ -s "$IN/in.luks" ] && return
+    (cd "$IN" && "$REF" convert $LUKS_SECRET -f raw -O luks \
+        -o key-secret=s0,iter-time=10 in.raw in.luks) || die "luks input"
+}
+
+# luks_same RAW LUKS: the reference reads RAW's content from LUKS.
+luks_same() {
+    if ! (cd "$WORK" && "$REF" compare $LUKS_SECRET -f raw "$1" \
+        "json:{\"driver\": \"luks\", \"key-secret\": \"s0\", \"file\": {\"driver\": \"file\", \"filename\": \"$2\"}}") \
+        >"$WORK/.why" 2>&1; then
+        fail "$NAME" "content of $2 differs from $1"
+        return 1
+    fi
+}
+
 # ---- measuring ------------------------------------------------------------
 
 # timed TOOL ARGS...: run in $WORK; sets RC, SECS, CPU (user + system
@@ -210,6 +231,8 @@ WORKLOADS=(
 "convert vmdk->qcow2|rm -f out.qcow2|convert -f vmdk -O qcow2 @IN@/in.vmdk out.qcow2|same_content vmdk @IN@/in.vmdk qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert qcow2->vmdk|rm -f out.vmdk|convert -f qcow2 -O vmdk @IN@/in.qcow2 out.vmdk|same_content qcow2 @IN@/in.qcow2 vmdk out.vmdk && qcow2_ok out.vmdk"
 "convert stream->qcow2|rm -f out.qcow2|convert -f vmdk -O qcow2 @IN@/in-stream.vmdk out.qcow2|same_content vmdk @IN@/in-stream.vmdk qcow2 out.qcow2 && qcow2_ok out.qcow2"
+"convert raw->luks|rm -f out.luks|convert @LUKS@ -f raw -O luks -o key-secret=s0,iter-time=10 @IN@/in.raw out.luks|luks_same @IN@/in.raw out.luks"
+"convert luks->raw|rm -f out.raw|convert @LUKS@ --image-opts driver=luks,file.filename=@IN@/in.luks,key-secret=s0 -O raw out.raw|same_content raw @IN@/in.raw raw out.raw"
 "convert qcow2->stream|rm -f out.vmdk|convert -f qcow2 -O vmdk -o subformat=streamOptimized @IN@/in.qcow2 out.vmdk|same_content qcow2 @IN@/in.qcow2 vmdk out.vmdk && qcow2_ok out.vmdk"
 "dd byte range|rm -f out.raw|dd -f qcow2 -O raw bs=64k skip=100 count=900 if=@IN@/in.qcow2 of=out.raw|same_range @IN@/in.raw 100 900 out.raw"
 "resize prealloc full|rm -f r.qcow2 && \$REF create -q -f qcow2 r.qcow2 64M|resize --preallocation=full r.qcow2 +448M|qcow2_ok r.qcow2"
@@ -237,6 +260,7 @@ run_workload() {
     prep=${prep//@IN@/$IN}
     args=${args//@IN@/$IN}
     args=${args//@BENCH_W@/$BENCH_W}
+    args=${args//@LUKS@/$LUKS_SECRET}
     verify=${verify//@IN@/$IN}
     if ! implemented "$args"; then
         RESULTS+=("$name|-|-|-|-|-|-|-|-|skipped (not implemented)")
@@ -293,6 +317,7 @@ run_workload() {
 }
 
 make_inputs
+make_luks_input
 echo "bench: qimg=$QIMG reference=$REF runs=$RUNS size=$SIZE"
 
 # The copy bound of this machine: cp --sparse=always of the raw input (the

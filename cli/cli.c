@@ -196,6 +196,23 @@ int cli_print_create_opts_help(const char *fmt, const char *filename)
     return 0;
 }
 
+/*
+ * Overwrite the value of data= in the argument once the secret holds a
+ * copy: the argument lives in argv, which /proc/PID/cmdline (ps) shows
+ * for the whole run.  Elements end at a comma that is not doubled.
+ */
+static void hide_secret_data(char *def)
+{
+    for (char *p = def; *p;) {
+        char *q = p;
+        while (*q && !(*q == ',' && q[1] != ','))
+            q += (*q == ',') ? 2 : 1;
+        if (!strncmp(p, "data=", 5))
+            memset(p + 5, 'x', (size_t)(q - p - 5));
+        p = *q ? q + 1 : q;
+    }
+}
+
 int cli_add_object(const char *def)
 {
     struct qimg_error err;
@@ -207,6 +224,8 @@ int cli_add_object(const char *def)
         cli_error("%s", err.msg);
         return 1;
     }
+    /* def is an argv element (getopt's optarg): writable */
+    hide_secret_data((char *)def);
     return 0;
 }
 
@@ -307,9 +326,13 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
     }
+    /* options beside the file name, as bdrv_open takes them; or options
+     * instead of it (convert's streams), the name then only in messages */
     if (!o->image_opts && o->options) {
         p.options = o->options;
         p.filename = NULL;
+    } else if (!o->image_opts && o->extra && qimg_opts_count(o->extra)) {
+        p.options = o->extra;
     }
     qimg_set_warning_handler(print_warning);
     if (qimg_open(&img, &p, &err) < 0) {

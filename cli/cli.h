@@ -86,7 +86,8 @@ int cli_print_opt_list(const struct qimg_opt_desc **d, size_t n);
 /* Print "-o help" for fmt (with filename: merged with the storage's). */
 int cli_print_create_opts_help(const char *fmt, const char *filename);
 
-/* --object: only "secret" is known. Returns 0 or 1 (exit status). */
+/* --object: only "secret" is known. Returns 0 or 1 (exit status).  def
+ * must be an argv element: a secret's data= is blanked in it. */
 int cli_add_object(const char *def);
 
 /* --output=human|json. Returns false after printing the error. */
@@ -103,6 +104,9 @@ struct cli_open {
     unsigned flags;     /* QIMG_OPEN_* */
     enum qimg_cache cache;
     bool quiet;
+    /* More options for the format with a plain file name (convert's new
+     * target gets the key secrets of its -o list, as qemu-img's does). */
+    const struct qimg_opts *extra;
     unsigned role;      /* a name an image records (qimg_open_params) */
     /* Open these options (dotted keys) instead of filename, which then
      * only names the image in messages; NULL: none. */

@@ -74,11 +74,14 @@ static void set_if(json_t *o, const char *key, int64_t v)
         json_object_set_new(o, key, json_integer((json_int_t)v));
 }
 
-static void print_json(const struct qimg_check *r, struct qimg_image *img)
+/* name: the image argument as given (qemu-img shows an --image-opts
+ * string as it is). */
+static void print_json(const struct qimg_check *r, struct qimg_image *img,
+                       const char *name)
 {
     json_t *o = json_object();
 
-    json_object_set_new(o, "filename", json_string(qimg_image_filename(img)));
+    json_object_set_new(o, "filename", json_string(name));
     json_object_set_new(o, "format", json_string(qimg_image_format(img)));
     json_object_set_new(o, "check-errors", json_integer(r->check_errors));
     set_if(o, "image-end-offset",
@@ -185,7 +188,7 @@ static int run_check(const struct check_args *a)
     if (!ret) {
         if (!a->quiet) {
             if (a->output == CLI_OUTPUT_JSON)
-                print_json(&res, img);
+                print_json(&res, img, a->img.filename);
             else
                 print_human(&res);
         }

@@ -630,12 +630,26 @@ static bool stream_target(struct convert *c, const struct qimg_opts *opts)
     return true;
 }
 
-static bool open_target(struct convert *c)
+/* The key secrets of the creation options, which the new target needs
+ * to be opened (qemu-img's img_add_key_secrets). */
+static struct qimg_opts *target_secrets(const struct qimg_opts *opts)
 {
+    static const char *const keys[] = {"key-secret", "encrypt.key-secret"};
+    struct qimg_opts *o = qimg_opts_new();
+
+    for (size_t i = 0; o && opts && i < 2; i++)
+        if (qimg_opts_get(opts, keys[i]))
+            qimg_opts_set(o, keys[i], qimg_opts_get(opts, keys[i]));
+    return o;
+}
+
+static bool open_target(struct convert *c, const struct qimg_opts *opts)
+{
+    struct qimg_opts *secrets = target_secrets(opts);
     struct cli_open o = {
         .filename = c->target, .image_opts = c->tgt_image_opts,
         .fmt = c->out_fmt, .flags = QIMG_OPEN_RDWR, .cache = c->tcache,
-        .quiet = c->quiet,
+        .quiet = c->quiet, .extra = secrets,
     };
     struct qimg_opts *stream = NULL;
     char num[32];
@@ -654,11 +668,13 @@ static bool open_target(struct convert *c)
 
     if (!cli_parse_cache(c->cache, &c->tcache)) {
         cli_error("Invalid cache option: %s", c->cache);
+        qimg_opts_free(secrets);
         return false;
     }
     o.cache = c->tcache;
     c->tgt = cli_open_image(&o);
     qimg_opts_free(stream);
+    qimg_opts_free(secrets);
     if (!c->tgt)
         return false;
     if (c->bitmaps && !qimg_bitmap_supported(c->tgt)) {
@@ -716,7 +732,8 @@ static bool do_copy(struct convert *c)
         .sparse_size = c->sparse,
         /* a new image reads as zero unless a backing file shows through */
         .target_is_zero = c->no_create ? c->target_is_zero
-                                       : !c->target_has_backing,
+                                       : !c->target_has_backing &&
+                                             qimg_image_has_zero_init(c->tgt),
         .target_has_backing = c->target_has_backing,
         .target_backing_size = backing ? (int64_t)qimg_image_size(backing) : -1,
         .compress = c->compress, .copy_offload = c->copy_range,
@@ -787,7 +804,7 @@ static int convert_images(struct convert *c, bool *done)
                    c->out_fmt);
         goto out;
     }
-    if (!open_target(c) || !do_copy(c))
+    if (!open_target(c, opts) || !do_copy(c))
         goto out;
     if (c->bitmaps && !copy_bitmaps(c))
         goto out;

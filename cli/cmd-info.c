@@ -45,8 +45,11 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
             json_object_set_new(o, "format-specific", fs);
     }
     if (info.backing_file[0]) {
-        json_object_set_new(o, "full-backing-filename",
-                            json_string(info.full_backing_filename));
+        /* Absent when the image's directory cannot be known (QEMU's
+         * "cannot determine actual path"). */
+        if (info.full_backing_filename[0])
+            json_object_set_new(o, "full-backing-filename",
+                                json_string(info.full_backing_filename));
         json_object_set_new(o, "backing-filename", json_string(info.backing_file));
         if (info.backing_fmt[0])
             json_object_set_new(o, "backing-filename-format",
@@ -79,15 +82,17 @@ static void print_human(const json_t *o)
                cli_size_str((uint64_t)json_integer_value(v), buf, sizeof(buf)));
     else
         printf("disk size: unavailable\n");
-    if ((v = json_object_get(o, "cluster-size")))
-        printf("cluster_size: %lld\n", (long long)json_integer_value(v));
     if (json_object_get(o, "encrypted"))
         printf("encrypted: yes\n");
+    if ((v = json_object_get(o, "cluster-size")))
+        printf("cluster_size: %lld\n", (long long)json_integer_value(v));
     if ((v = json_object_get(o, "backing-filename"))) {
         const char *bf = json_string_value(v);
         const char *full = json_string_value(json_object_get(o, "full-backing-filename"));
         printf("backing file: %s", bf);
-        if (full && strcmp(bf, full))
+        if (!full)
+            printf(" (cannot determine actual path)");
+        else if (strcmp(bf, full))
             printf(" (actual path: %s)", full);
         printf("\n");
         if ((v = json_object_get(o, "backing-filename-format")))
@@ -134,8 +139,13 @@ static char *next_in_chain(const json_t *d)
     if (!bf)
         return NULL;
     /* Resolved here too: the name may outgrow the info structure. */
-    if (!strncmp(bf, "json:", 5) || !strncmp(img, "json:", 5))
+    if (!strncmp(bf, "json:", 5))
         return strdup(bf);
+    if (!strncmp(img, "json:", 5)) {
+        const char *full = json_string_value(
+            json_object_get(d, "full-backing-filename"));
+        return strdup(full ? full : bf);
+    }
     return qimg_path_combine(img, bf);
 }
 

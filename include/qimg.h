@@ -286,6 +286,9 @@ struct qimg_image *qimg_image_backing(const struct qimg_image *img);
 /* True when the format was guessed as raw from content (QEMU warns). */
 bool qimg_image_probed_raw(const struct qimg_image *img);
 bool qimg_image_read_only(const struct qimg_image *img);
+/* True when a newly created image of this format reads as zero
+ * (QEMU's bdrv_has_zero_init; false for luks). */
+bool qimg_image_has_zero_init(const struct qimg_image *img);
 /* Cluster size of the format, 0 when the format has none. */
 uint32_t qimg_image_cluster_size(const struct qimg_image *img);
 

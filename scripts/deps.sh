@@ -6,8 +6,8 @@
 #                             qemu-utils used by differential tests
 set -eu
 
-build_pkgs="gcc make meson ninja-build pkg-config libjansson-dev zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev"
-test_pkgs="libcmocka-dev python3 python3-pytest python3-pytest-xdist qemu-utils strace time bximage cloop-utils libvhdi-utils libvmdk-utils python3-libvmdk"
+build_pkgs="gcc make meson ninja-build pkg-config libjansson-dev zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev libgcrypt20-dev"
+test_pkgs="libcmocka-dev python3 python3-pytest python3-pytest-xdist qemu-utils strace time bximage cloop-utils libvhdi-utils libvmdk-utils python3-libvmdk cryptsetup-bin"
 
 case "${1:-build}" in
 build) pkgs="$build_pkgs" ;;

@@ -37,6 +37,12 @@ const char *qimg_image_filename(const struct qimg_image *img)
     return img->name ? img->name : img->filename;
 }
 
+bool qimg_image_has_zero_init(const struct qimg_image *img)
+{
+    return !img->fmt->has_zero_init ||
+           img->fmt->has_zero_init((struct qimg_image *)img);
+}
+
 const char *qimg_image_format(const struct qimg_image *img)
 {
     if (img->fmt == &qimg_format_protocol)

@@ -195,6 +195,15 @@ struct qimg_storage_ops {
                     struct qimg_error *err);
     /* A format raised ev (blkdebug acts on it); NULL: ignored. */
     void (*event)(struct qimg_storage *st, enum qimg_event ev);
+    /* The directory names relative to this storage are taken against, in
+     * *dir (malloc'ed, ending in '/' or empty), or an error when there is
+     * none (QEMU's bdrv_dirname, e.g. quorum).  NULL: the directory of
+     * the exact name, else of the child's. */
+    int (*dirname)(struct qimg_storage *st, char **dir,
+                   struct qimg_error *err);
+    /* Delete filename (a format whose create failed halfway removes what
+     * it made, as QEMU's luks driver does).  Optional. */
+    int (*remove)(const char *filename, struct qimg_error *err);
     /*
      * Module stubs (core/module.c): a storage whose client library is heavy
      * lives in the shared module MODULE.so, which exports its real table
@@ -225,6 +234,11 @@ struct qimg_storage {
      * name and options count, events do not reach it. */
     struct qimg_storage *child2;
     const char *child2_name;
+    /* A list of children (quorum's), an array named children_key in
+     * json:{...} names; owned by the storage driver. */
+    struct qimg_storage *const *children;
+    size_t n_children;
+    const char *children_key;
     /* The node storage: a format node used as the file of another format
      * ({"driver": "raw", "file": {"driver": "qcow2", ...}}). */
     struct qimg_image *node;
@@ -315,6 +329,7 @@ extern const struct qimg_storage_ops qimg_storage_file;
 extern const struct qimg_storage_ops qimg_storage_host_device;
 extern const struct qimg_storage_ops qimg_storage_host_cdrom;
 extern const struct qimg_storage_ops qimg_storage_null_co;
+extern const struct qimg_storage_ops qimg_storage_quorum;
 extern const struct qimg_storage_ops qimg_storage_null_aio;
 extern const struct qimg_storage_ops qimg_storage_blkdebug;
 extern const struct qimg_storage_ops qimg_storage_blkverify;
@@ -431,6 +446,10 @@ struct qimg_format {
     /* QEMU's driver has no bdrv_get_info: info --output=json shows no
      * "dirty-flag" (qimg_info.has_dirty_flag stays false). */
     bool no_get_info;
+    /* Take only the permissions asked of the file, sharing write and
+     * resize as raw does (QEMU's luks driver, "for backward
+     * compatibility"), instead of a format's exclusive ones. */
+    bool plain_perms;
 
     /* Score 0..100 for how well the first bytes match (no I/O). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -507,6 +526,11 @@ struct qimg_format {
      */
     int (*zero_hint)(struct qimg_image *node, uint64_t off, uint64_t len,
                      struct qimg_extent *ext, struct qimg_error *err);
+    /* Whether a just-created image reads as zero, so that convert can
+     * skip zero areas (QEMU's bdrv_has_zero_init).  NULL: it does.  luks
+     * and preallocated encrypted qcow2 do not: holes and zeroed clusters
+     * decrypt to garbage. */
+    bool (*has_zero_init)(struct qimg_image *node);
 };
 
 /* The driver's zero_hint for [off, off + len) of img alone (DATA for all
@@ -541,6 +565,7 @@ const struct qimg_format *qimg_format_find(const char *name);
 extern const struct qimg_format qimg_format_bochs;
 extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
+extern const struct qimg_format qimg_format_luks;
 extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_qcow2;
 extern const struct qimg_format qimg_format_vdi;
@@ -601,8 +626,17 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
                    const struct qimg_opts *options, unsigned flags,
                    enum qimg_cache cache, int depth, struct qimg_error *err);
 /* The backing file name of node resolved as QEMU resolves it (relative
- * to the overlay's directory; json: names as they are).  malloc'ed. */
+ * to the overlay's directory; json: names as they are).  malloc'ed;
+ * NULL when the overlay's directory cannot be known. */
 char *qimg_node_backing_path(const struct qimg_image *node);
+/* QEMU's bdrv_dirname: the directory (malloc'ed, ending in '/', or "")
+ * relative names in a node or storage are resolved against: of its exact
+ * name, else of its file / child; an error ("Cannot generate a base
+ * directory for X nodes") when there is none. */
+int qimg_node_dirname(const struct qimg_image *node, char **dir,
+                      struct qimg_error *err);
+int qimg_storage_dirname(struct qimg_storage *st, char **dir,
+                         struct qimg_error *err);
 /* Compute node->name (and its storages' names) as QEMU's
  * bdrv_refresh_filename does. */
 int qimg_node_refresh_name(struct qimg_image *node);
@@ -662,6 +696,30 @@ int qimg_open_child_storage(struct qimg_image *parent, const char *name,
                             struct qimg_storage **out, struct qimg_error *err);
 
 /*
+ * For drivers that can only read and write whole units of `align` bytes
+ * (encrypted sectors): a request not aligned to them is widened to whole
+ * units.  qimg_rmw_pread reads the widened range into a bounce buffer;
+ * qimg_rmw_pwrite reads the partial units at the ends, patches them and
+ * writes the widened range, holding *lock over the read-modify-write so
+ * that two writers of different bytes of one unit never lose either's
+ * bytes.  Aligned requests go straight to the callbacks.  The widened
+ * range must lie inside the image (its size a multiple of align).
+ */
+typedef int (*qimg_unit_pread_fn)(struct qimg_image *node, uint64_t off,
+                                  size_t len, void *buf,
+                                  struct qimg_error *err);
+typedef int (*qimg_unit_pwrite_fn)(struct qimg_image *node, uint64_t off,
+                                   size_t len, const void *buf,
+                                   struct qimg_error *err);
+int qimg_rmw_pread(struct qimg_image *node, uint64_t off, size_t len,
+                   void *buf, uint32_t align, qimg_unit_pread_fn pread,
+                   struct qimg_error *err);
+int qimg_rmw_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                    const void *buf, uint32_t align, pthread_mutex_t *lock,
+                    qimg_unit_pread_fn pread, qimg_unit_pwrite_fn pwrite,
+                    struct qimg_error *err);
+
+/*
  * The first step of a format's create, as QEMU's format drivers take it:
  * create filename through its storage with the storage's own options
  * from opts (preallocation, nocow, ...: those its create_opts name) and
@@ -686,5 +744,12 @@ int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
                        uint64_t def, uint64_t *out, struct qimg_error *err);
 int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,
                        bool def, bool *out, struct qimg_error *err);
+/* A QIMG_OPT_NUMBER value as QEMU reads it (strtoull: "-1" wraps). */
+int qimg_opts_get_number(const struct qimg_opts *opts, const char *key,
+                         uint64_t def, uint64_t *out, struct qimg_error *err);
+/* A number a QAPI int member takes: "Parameter 'K' expects integer"
+ * outside int64 (the value is then used as QEMU's unsigned cast). */
+int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
+                        int64_t def, int64_t *out, struct qimg_error *err);
 
 #endif /* QIMG_CORE_BLOCK_H */

@@ -203,13 +203,23 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     unsigned flags = (old->flags | QIMG_OPEN_RDWR) & ~QIMG_OPEN_SHARE;
     enum qimg_cache cache = old->cache;
     int depth = old->depth, ret;
+    struct qimg_opts *opts = NULL;
     char *name;
 
     if (!old->read_only)
         return 0;
     name = strdup(old->filename);
-    if (!name)
+    /* the same format options (key secrets, its own backing's) */
+    if (old->options && (opts = qimg_opts_new()))
+        for (size_t i = 0; i < qimg_opts_count(old->options); i++)
+            if (strcmp(qimg_opts_key(old->options, i), "driver"))
+                qimg_opts_set(opts, qimg_opts_key(old->options, i),
+                              qimg_opts_value(old->options, i));
+    if (!name || (old->options && !opts)) {
+        free(name);
+        qimg_opts_free(opts);
         return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
     /* Who the file was, for the untrusted-image policy: the reopen must
      * find the same one. */
     struct qimg_storage was = {.has_id = old->file && old->file->has_id};
@@ -220,9 +230,10 @@ static int reopen_backing_rw(struct qimg_image *parent, struct qimg_error *err)
     /* Close first: our own read locks must not stand in the way. */
     parent->backing = NULL;
     qimg_close(old);
-    ret = qimg_image_open_node(&fresh, name, fmt, NULL, flags, cache, depth,
+    ret = qimg_image_open_node(&fresh, name, fmt, opts, flags, cache, depth,
                                err);
     free(name);
+    qimg_opts_free(opts);
     if (ret < 0)
         return ret;
     ret = qimg_policy_check_same(&was, fresh->file, err);

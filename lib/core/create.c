@@ -27,10 +27,18 @@ static char *summarise(const struct qimg_opts *opts,
     for (int i = 0; i < nd; i++) {
         const char *v = qimg_opts_get(opts, d[i]->name);
         size_t need;
+        char num[32];
         if (!v)
             v = d[i]->def;
         if (!v)
             continue;
+        /* QEMU prints numbers parsed, as signed 64-bit: 0x10 is 16 and
+         * 18446744073709551615 is -1. */
+        if (d[i]->type == QIMG_OPT_NUMBER) {
+            snprintf(num, sizeof(num), "%lld",
+                     (long long)strtoull(v, NULL, 0));
+            v = num;
+        }
         need = len + strlen(d[i]->name) + strlen(v) + 3;
         if (need > cap) {
             char *n;
@@ -67,7 +75,8 @@ static int check_backing(const char *filename, const char *backing,
                          struct qimg_error *err)
 {
     struct qimg_open_params p = {
-        .format = backing_fmt, .flags = QIMG_OPEN_SHARE,
+        /* headers only, as QEMU: an encrypted backing needs no key */
+        .format = backing_fmt, .flags = QIMG_OPEN_SHARE | QIMG_OPEN_NO_IO,
         .cache = QIMG_CACHE_WRITEBACK,
     };
     struct qimg_image *b = NULL;

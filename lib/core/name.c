@@ -78,6 +78,16 @@ json_t *qimg_storage_full_opts(struct qimg_storage *st)
         if (c)
             json_object_set_new(d, st->child2_name, c);
     }
+    if (st->children_key) {
+        json_t *a = json_array();
+        for (size_t i = 0; a && i < st->n_children; i++) {
+            json_t *c = qimg_storage_full_opts(st->children[i]);
+            if (c)
+                json_array_append_new(a, c);
+        }
+        if (a)
+            json_object_set_new(d, st->children_key, a);
+    }
     return d;
 }
 
@@ -169,4 +179,46 @@ int qimg_node_refresh_name(struct qimg_image *node)
     free(node->name);
     node->name = name;
     return 0;
+}
+
+/* The directory part of a name, through its last '/' ("" without one). */
+static int dir_of(const char *name, char **dir, struct qimg_error *err)
+{
+    *dir = qimg_path_combine(name, "");
+    return *dir ? 0 : qimg_error_set(err, -ENOMEM, "Out of memory");
+}
+
+static int no_dirname(const char *driver, char **dir, struct qimg_error *err)
+{
+    *dir = NULL;
+    return qimg_error_set(err, -EINVAL, "Cannot generate a base directory "
+                          "for %s nodes", driver);
+}
+
+int qimg_storage_dirname(struct qimg_storage *st, char **dir,
+                         struct qimg_error *err)
+{
+    char exact[4096];
+
+    if (st->ops->dirname)
+        return st->ops->dirname(st, dir, err);
+    if (st->node)
+        return qimg_node_dirname(st->node, dir, err);
+    if (qimg_storage_exact_name(st, exact, sizeof(exact)))
+        return dir_of(exact, dir, err);
+    if (st->child)
+        return qimg_storage_dirname(st->child, dir, err);
+    return no_dirname(st->ops->name, dir, err);
+}
+
+int qimg_node_dirname(const struct qimg_image *node, char **dir,
+                      struct qimg_error *err)
+{
+    /* A node being opened has no name yet: its file decides, as in QEMU
+     * (the exact name of a format node is its file's). */
+    if (node->name && strncmp(node->name, "json:", 5))
+        return dir_of(node->name, dir, err);
+    if (node->file)
+        return qimg_storage_dirname(node->file, dir, err);
+    return no_dirname(node->fmt ? node->fmt->name : "unknown", dir, err);
 }

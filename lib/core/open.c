@@ -63,26 +63,34 @@ static int probe_node(struct qimg_image *node, const char *filename,
     return 0;
 }
 
-/* The name relative names in node are taken against: its exact name
- * when it has one, else what the user gave. */
-static const char *base_name(const struct qimg_image *node)
+/* QEMU's bdrv_make_absolute_filename: name as is when absolute or with a
+ * protocol, else in the directory of node (which may be unknown). */
+static int make_absolute(const struct qimg_image *node, const char *name,
+                         char **out, struct qimg_error *err)
 {
-    if (node->name && strncmp(node->name, "json:", 5))
-        return node->name;
-    return node->filename;
-}
+    char *dir;
+    int ret;
 
-/* Resolve a backing name relative to the directory of the overlay. */
-static char *resolve_backing(const char *overlay, const char *backing)
-{
-    if (!strncmp(backing, "json:", 5) || !strncmp(overlay, "json:", 5))
-        return strdup(backing);
-    return qimg_path_combine(overlay, backing);
+    *out = NULL;
+    if (name[0] == '/' || qimg_path_has_protocol(name)) {
+        *out = strdup(name);
+        return *out ? 0 : qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    ret = qimg_node_dirname(node, &dir, err);
+    if (ret < 0)
+        return ret;
+    *out = malloc(strlen(dir) + strlen(name) + 1);
+    if (*out)
+        sprintf(*out, "%s%s", dir, name);
+    free(dir);
+    return *out ? 0 : qimg_error_set(err, -ENOMEM, "Out of memory");
 }
 
 char *qimg_node_backing_path(const struct qimg_image *node)
 {
-    return resolve_backing(base_name(node), node->backing_name);
+    char *path;
+    return make_absolute(node, node->backing_name, &path, NULL) < 0 ? NULL
+                                                                    : path;
 }
 
 int qimg_open_child_storage(struct qimg_image *parent, const char *name,
@@ -96,9 +104,9 @@ int qimg_open_child_storage(struct qimg_image *parent, const char *name,
     *out = NULL;
     flags &= ~QIMG_OPEN_ROLE_MASK;
     if (child_flags & QIMG_CHILD_RELATIVE) {
-        path = resolve_backing(base_name(parent), name);
-        if (!path)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = make_absolute(parent, name, &path, err);
+        if (ret < 0)
+            return ret;
     }
     /* A name the image records: the untrusted-image policy decides. */
     if (!(child_flags & QIMG_CHILD_CALLER)) {
@@ -180,9 +188,9 @@ static int open_backing(struct qimg_image *node, const struct qimg_opts *bopts,
         return qimg_error_set(err, -ELOOP, "Backing chain of '%s' is deeper "
                               "than %d images", node->filename, max_depth);
     if (!qimg_opts_count(bopts)) {
-        name = qimg_node_backing_path(node);
-        if (!name)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = make_absolute(node, node->backing_name, &name, err);
+        if (ret < 0)
+            return ret;
         /* The header's name: the untrusted-image policy decides. */
         ret = qimg_policy_check_name(QIMG_ROLE_BACKING, node->backing_name,
                                      name, err);
@@ -235,7 +243,7 @@ static int open_backing(struct qimg_image *node, const struct qimg_opts *bopts,
 static unsigned storage_flags_for(const struct qimg_format *fmt,
                                   unsigned flags)
 {
-    if (fmt->is_raw || fmt == &qimg_format_protocol ||
+    if (fmt->is_raw || fmt->plain_perms || fmt == &qimg_format_protocol ||
         (flags & (QIMG_OPEN_SHARE | QIMG_OPEN_NO_LOCK)))
         return flags;
     flags |= QIMG_OPEN_NO_SHARE;
@@ -538,6 +546,13 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
         ret = open_backing(node, bopts, err);
         if (ret < 0)
             goto fail;
+    } else if (!protocol && qimg_opts_count(bopts)) {
+        /* Without its backing chain, backing.* options are left unused:
+         * QEMU refuses those as any unknown option. */
+        ret = qimg_error_set(err, -EINVAL, "Block format '%s' does not "
+                             "support the option 'backing.%s'",
+                             node->fmt->name, qimg_opts_key(bopts, 0));
+        goto fail;
     }
     if (!protocol && node->fmt->runtime_opts) {
         const char *bad = qimg_opts_first_unlisted(node->options,

@@ -265,11 +265,46 @@ int qimg_opts_get_bool(const struct qimg_opts *opts, const char *key,
     return 0;
 }
 
+int qimg_opts_get_number(const struct qimg_opts *opts, const char *key,
+                         uint64_t def, uint64_t *out, struct qimg_error *err)
+{
+    const char *v = qimg_opts_get(opts, key);
+    char *end;
+
+    *out = def;
+    if (!v)
+        return 0;
+    errno = 0;
+    *out = strtoull(v, &end, 0);
+    if (errno || *end || end == v)
+        return qimg_error_set(err, -EINVAL, "Parameter '%s' expects a number",
+                              key);
+    return 0;
+}
+
+int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
+                        int64_t def, int64_t *out, struct qimg_error *err)
+{
+    const char *v = qimg_opts_get(opts, key);
+    char *end;
+
+    *out = def;
+    if (!v)
+        return 0;
+    errno = 0;
+    *out = strtoll(v, &end, 0);
+    if (errno || *end || end == v)
+        return qimg_error_set(err, -EINVAL, "Parameter '%s' expects integer",
+                              key);
+    return 0;
+}
+
 static int validate_number(const char *key, const char *v, struct qimg_error *err)
 {
     char *end;
     errno = 0;
-    if (*v == '-' || (strtoull(v, &end, 0), errno) || *end || end == v)
+    /* strtoull's rules, as QEMU's: "-1" is accepted (and wraps). */
+    if ((strtoull(v, &end, 0), errno) || *end || end == v)
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
     return 0;

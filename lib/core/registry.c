@@ -15,6 +15,7 @@ const struct qimg_format *const qimg_formats[] = {
     &qimg_format_bochs,
     &qimg_format_cloop,
     &qimg_format_dmg,
+    &qimg_format_luks,
     &qimg_format_qcow2,
     &qimg_format_raw,
     &qimg_format_vdi,

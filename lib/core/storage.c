@@ -25,6 +25,7 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_host_device,
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
+    &qimg_storage_quorum,
 };
 
 size_t qimg_storage_count(void)

@@ -759,6 +759,14 @@ static const struct qimg_opt_desc file_create_opts[] = {
      "Extent size hint for the image file, 0 to disable", NULL},
 };
 
+static int file_remove(const char *filename, struct qimg_error *err)
+{
+    if (unlink(filename) < 0)
+        return qimg_error_set(err, -errno, "Could not delete '%s': %s",
+                              filename, strerror(errno));
+    return 0;
+}
+
 /* QEMU's file-posix runtime options: the ones we act on (locking) and
  * the ones that change nothing here (aio modes, cache dropping). */
 static const char *const file_runtime_opts[] = {
@@ -782,6 +790,7 @@ const struct qimg_storage_ops qimg_storage_file = {
     .parse_filename = file_parse_filename,
     .open = file_open,
     .create = file_create,
+    .remove = file_remove,
     FILE_OPS,
 };
 

@@ -378,6 +378,13 @@ static const struct qimg_opt_desc mem_create_opts[] = {
     {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
 };
 
+static int mem_remove(const char *filename, struct qimg_error *err)
+{
+    (void)err;
+    qimg_mem_unregister(filename);
+    return 0;
+}
+
 const struct qimg_storage_ops qimg_storage_memory = {
     .name = "memory",
     .needs_filename = true,
@@ -395,4 +402,5 @@ const struct qimg_storage_ops qimg_storage_memory = {
     .allocated_size = mem_allocated_size,
     .create = mem_create,
     .set_perm = mem_set_perm,
+    .remove = mem_remove,
 };

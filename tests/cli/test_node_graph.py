@@ -243,3 +243,69 @@ def test_blkdebug_write_error_in_commit(pair):
     pair.same("commit", "top.qcow2")
     pair.same("check", "base.qcow2")
     pair.same_content("base.qcow2", fmt="qcow2")
+
+
+# ---- quorum and the directory of a node -------------------------------------
+
+def quorum_setup(d):
+    make_sparse(d / "r.raw", 1 << 20, [(0, b"\xab" * 65536)])
+    make_sparse(d / "r2.raw", 1 << 20, [(0, b"\xab" * 65536)])
+    make_sparse(d / "bad.raw", 1 << 20, [(0, b"\xcd" * 65536)])
+    make_sparse(d / "short.raw", 1 << 19, [])
+    run(REF, ["create", "-q", "-f", "qcow2", "base.qcow2", "1M"], d)
+    run(REF, ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+              "qcow2", "x.qcow2"], d)
+    (d / "x2.qcow2").write_bytes((d / "x.qcow2").read_bytes())
+
+
+def quorum(children, extra=""):
+    kids = ",".join('{"driver":"file","filename":"%s"}' % c for c in children)
+    return '{"driver":"quorum","children":[%s]%s}' % (kids, extra)
+
+
+QUORUM_CASES = [
+    ["info", "json:" + quorum(["r.raw", "r2.raw"], ',"vote-threshold":2')],
+    ["info", 'json:{"driver":"qcow2","file":%s}'
+     % quorum(["x.qcow2", "x2.qcow2"], ',"vote-threshold":1')],
+    ["info", "--output=json", 'json:{"driver":"qcow2","file":%s}'
+     % quorum(["x.qcow2", "x2.qcow2"], ',"vote-threshold":1')],
+    ["info", "json:" + quorum(["r.raw"])],
+    ["info", "json:" + quorum(["r.raw"], ',"vote-threshold":0')],
+    ["info", "json:" + quorum(["r.raw"], ',"vote-threshold":2')],
+    ["info", 'json:{"driver":"quorum","vote-threshold":1}'],
+    ["info", "json:" + quorum(["r.raw", "r2.raw"],
+                              ',"vote-threshold":1,"read-pattern":"x"')],
+    ["info", "json:" + quorum(["r.raw", "r2.raw"],
+                              ',"vote-threshold":1,"blkverify":true')],
+    ["info", "json:" + quorum(["r.raw", "nope.raw"], ',"vote-threshold":1')],
+    ["info", "json:" + quorum(["r.raw", "short.raw"], ',"vote-threshold":1')],
+    ["compare", "json:" + quorum(["r.raw", "r2.raw"], ',"vote-threshold":2'),
+     "r.raw"],
+    # Two of three agree: the odd copy is outvoted.
+    ["compare", "json:" + quorum(["r.raw", "bad.raw", "r2.raw"],
+                                 ',"vote-threshold":2'), "r.raw"],
+    ["compare", "json:" + quorum(["r.raw", "bad.raw"],
+                                 ',"vote-threshold":2'), "r.raw"],
+    ["compare", "json:" + quorum(["bad.raw", "r.raw"],
+                                 ',"vote-threshold":1,"read-pattern":"fifo"'),
+     "bad.raw"],
+    ["convert", "-O", "raw", "json:" + quorum(["r.raw", "r2.raw"],
+                                              ',"vote-threshold":2'),
+     "out.img"],
+]
+
+
+@pytest.mark.parametrize("batch", batches(QUORUM_CASES, 8))
+def test_quorum_and_dirname(pair, batch):
+    """The quorum driver (voted and fifo reads, option errors), and backing
+    names of an image over it: no directory, so "cannot determine actual
+    path" (QEMU's bdrv_dirname)."""
+    pair.setup(quorum_setup)
+    bad = []
+    for args in batch:
+        r, q = pair.both(*args)
+        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
+            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
+        for d in pair.dirs():
+            (d / "out.img").unlink(missing_ok=True)
+    assert not bad, "\n\n".join(bad)

@@ -6,7 +6,7 @@
  * Built several times: fuzz-qcow2, fuzz-vpc, fuzz-vdi (FUZZ_FORMAT: the
  * driver is forced, so every input reaches its header parser) and
  * fuzz-probe (no format: probing picks the driver, as a plain `qemu-img
- * info` does).  With FUZZ_WRITES the image is then opened read-write and
+ * info` does), fuzz-luks (headers only, FUZZ_OPEN_FLAGS).  With FUZZ_WRITES the image is then opened read-write and
  * written (allocating writes, partial blocks, the last byte) and read
  * back, with the memory file's growth bounded.
  */
@@ -14,6 +14,12 @@
 
 #ifndef FUZZ_FORMAT
 #define FUZZ_FORMAT NULL
+#endif
+/* Extra open flags: fuzz-luks opens headers only (QIMG_OPEN_NO_IO, as
+ * info does), since without a secret nothing past the header is read,
+ * and with one every input would cost its PBKDF2 work. */
+#ifndef FUZZ_OPEN_FLAGS
+#define FUZZ_OPEN_FLAGS 0
 #endif
 
 #ifdef FUZZ_WRITES
@@ -57,7 +63,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct qimg_open_params p = {.filename = FUZZ_IMAGE,
                                  .format = FUZZ_FORMAT,
-                                 .flags = QIMG_OPEN_NO_LOCK};
+                                 .flags = QIMG_OPEN_NO_LOCK |
+                                          FUZZ_OPEN_FLAGS};
     struct qimg_image *img = NULL;
     struct qimg_error err;
 

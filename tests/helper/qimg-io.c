@@ -2,7 +2,9 @@
  * qimg-io - a small qemu-io-like tool over libqimg's public API, for tests:
  * writes patterns, zeroes and discards into images and verifies reads.
  *
- *   qimg-io [-f fmt] [-t cache] FILE CMD [CMD...]
+ *   qimg-io [-f fmt] [-t cache] [-s SECRETDEF] [-o KEY=VALUE] FILE CMD...
+ *   -s: an --object secret definition; -o: an open option for the format
+ *   (e.g. key-secret=s0 or encrypt.key-secret=s0), repeatable.
  *   CMD: "write -P PATTERN OFFSET LENGTH" | "write -z [-u] OFFSET LENGTH"
  *        "read -P PATTERN OFFSET LENGTH" (exit 1 on mismatch)
  *        "discard OFFSET LENGTH" | "flush" | "truncate SIZE"
@@ -101,12 +103,22 @@ int main(int argc, char **argv)
     struct qimg_open_params p = {.flags = QIMG_OPEN_RDWR | QIMG_OPEN_RESIZE};
     struct qimg_image *img;
     struct qimg_error err = {0};
+    struct qimg_opts *o = NULL;
     bool ack = false;
     int c, ret = 0;
 
     /* -a: print "ok CMD" once each command has completed, so that crash
      * tests know which writes and flushes were acknowledged. */
-    while ((c = getopt(argc, argv, "af:t:")) != -1) {
+    while ((c = getopt(argc, argv, "af:t:s:o:")) != -1) {
+        if (c == 's' && qimg_secret_add(optarg, &err) < 0) {
+            fprintf(stderr, "qimg-io: %s\n", err.msg);
+            return 2;
+        }
+        if (c == 'o') {
+            if (!o)
+                o = qimg_opts_new();
+            qimg_opts_parse(o, optarg, NULL, NULL);
+        }
         if (c == 'a')
             ack = true;
         else if (c == 'f')
@@ -119,6 +131,7 @@ int main(int argc, char **argv)
         return 2;
     }
     p.filename = argv[optind++];
+    p.options = o;   /* options beside the file name */
     if (qimg_open(&img, &p, &err) < 0) {
         fprintf(stderr, "qimg-io: %s\n", err.msg);
         return 1;
@@ -139,5 +152,6 @@ int main(int argc, char **argv)
         ret = 1;
     }
     qimg_close(img);
+    qimg_opts_free(o);
     return ret ? 1 : 0;
 }

@@ -44,6 +44,7 @@ struct amend_request {
     int data_file_raw;      /* -1: unchanged */
     bool has_size;
     uint64_t size;
+    bool encrypt;           /* encrypt.* key slot changes */
 };
 
 static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
@@ -99,10 +100,14 @@ static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
                                   "existing images");
         r->data_file_raw = b;
     }
-    for (size_t i = 0; i < qimg_opts_count(opts); i++)
-        if (!strncmp(qimg_opts_key(opts, i), "encrypt.", 8))
-            return qimg_error_set(err, -ENOTSUP, "Amending encryption options "
-                                  "is not supported by qimg yet");
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        if (!strncmp(qimg_opts_key(opts, i), "encrypt.", 8)) {
+            ret = qcow2_crypto_amend_check(s, err);
+            if (ret < 0)
+                return ret;
+            r->encrypt = true;
+        }
+    }
     if (qimg_opts_get(opts, "size")) {
         ret = qimg_opts_get_size(opts, "size", 0, &r->size, err);
         if (ret < 0)
@@ -288,12 +293,17 @@ int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
     struct amend_request r;
     int ret;
 
-    (void)force;
     ret = parse_request(node, opts, &r, err);
     if (ret < 0)
         return ret;
     if (r.version > (int)s->version) {
         ret = upgrade(node, err);
+        if (ret < 0)
+            return ret;
+    }
+    /* Key slots after an upgrade, before the refcounts (QEMU's order). */
+    if (r.encrypt) {
+        ret = qcow2_crypto_amend(node, opts, force, err);
         if (ret < 0)
             return ret;
     }

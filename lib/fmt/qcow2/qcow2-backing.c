@@ -10,7 +10,6 @@
 
 #include "fmt/qcow2/qcow2.h"
 
-#define QCOW2_CRYPT_LUKS 2
 
 /*
  * Rewrite the whole header cluster as QEMU does, so that a shorter name

@@ -550,6 +550,10 @@ static int compute_refs(struct check *c, struct qimg_error *err)
         check_snapshot_l1(c, &s->snapshots[i]);
     if (s->nb_snapshots)
         inc_refs(c, s->snapshots_offset, s->snapshots_size);
+    uint64_t crypt_off, crypt_len;
+    qcow2_crypto_header_range(s, &crypt_off, &crypt_len);
+    if (crypt_len)
+        inc_refs(c, crypt_off, crypt_len);
     /* A bitmap table that cannot be read fails the whole check, as in
      * QEMU (an in-use bitmap's table is not validated at open). */
     ret = qcow2_bitmaps_for_each_range(c->node, inc_refs_cb, c);

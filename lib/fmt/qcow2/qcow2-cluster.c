@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/crypto.h"
 #include "fmt/qcow2/qcow2.h"
 #include "fmt/qcow2/qcow2-l2.h"
 
@@ -150,12 +151,10 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
         case QCOW2_CLUSTER_ZERO_ALLOC:
             memset(p, 0, n);
             break;
-        case QCOW2_CLUSTER_NORMAL: {
-            struct qimg_storage *st = qcow2_data_storage(node);
+        case QCOW2_CLUSTER_NORMAL:
             qimg_storage_event(node->file, QIMG_EV_READ_AIO);
-            ret = st->ops->pread(st, m.host_offset, n, p, err);
+            ret = qcow2_data_pread(node, m.host_offset, off, n, p, err);
             break;
-        }
         case QCOW2_CLUSTER_COMPRESSED:
             ret = read_compressed_part(node, m.l2_entry, off, n, p, err);
             break;
@@ -169,9 +168,19 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
     return 0;
 }
 
+static int pread_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                         void *buf, struct qimg_error *err)
+{
+    return read_guest(node, off, len, buf, false, err);
+}
+
 int qcow2_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
                 struct qimg_error *err)
 {
+    /* Encrypted images are read in whole sectors. */
+    if (qcow2_crypto_unaligned(node->state, off, len))
+        return qimg_rmw_pread(node, off, len, buf, QIMG_CRYPTO_SECTOR_SIZE,
+                              pread_aligned, err);
     return read_guest(node, off, len, buf, false, err);
 }
 
@@ -221,6 +230,8 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
         return ret;
     ext->length = m.bytes;
     ext->host_file = qcow2_data_storage(node)->filename;
+    if (qcow2_state(node)->crypto)   /* QEMU shows no host offsets then */
+        recurse = false;
     switch (m.type) {
     case QCOW2_CLUSTER_UNALLOCATED:
         ext->flags = 0;
@@ -244,6 +255,10 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
     case QCOW2_CLUSTER_COMPRESSED:
         ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_COMPRESSED;
         break;
+    }
+    if (qcow2_state(node)->crypto) {
+        ext->flags &= ~QIMG_BS_OFFSET_VALID;
+        ext->host_offset = 0;
     }
     return 0;
 }
@@ -505,7 +520,6 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
     uint64_t coff = qimg_align_down(off, s->cluster_size);
     uint64_t into = off - coff, idx, entry, bitmap;
     uint64_t unit = s->subcluster_size, host, wstart, wend, touched = 0;
-    struct qimg_storage *st = qcow2_data_storage(node);
     uint8_t *l2, *buf;
     bool reuse, carry_all;
     int ret;
@@ -546,7 +560,7 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
         return ret;
     if (wstart == into && wend == into + len) {
         qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
-        ret = st->ops->pwrite(st, host + into, len, data, err);
+        ret = qcow2_data_pwrite(node, host + into, off, len, data, err);
     } else {
         buf = malloc(s->cluster_size);
         if (!buf)
@@ -556,8 +570,8 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
         if (!ret) {
             memcpy(buf + into, data, len);
             qimg_storage_event(node->file, QIMG_EV_COW_WRITE);
-            ret = st->ops->pwrite(st, host + wstart, wend - wstart, buf + wstart,
-                                  err);
+            ret = qcow2_data_pwrite(node, host + wstart, coff + wstart,
+                                    wend - wstart, buf + wstart, err);
         }
         free(buf);
     }
@@ -671,7 +685,6 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
                        const uint8_t *data, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    struct qimg_storage *st = node->file;
     uint64_t idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
     uint64_t bytes = k << s->cluster_bits;
     uint8_t *l2;
@@ -687,7 +700,8 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
     ret = qcow2_check_data_write(node, (uint64_t)host, bytes, err);
     qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
     if (!ret)
-        ret = st->ops->pwrite(st, (uint64_t)host, (size_t)bytes, data, err);
+        ret = qcow2_data_pwrite(node, (uint64_t)host, off, (size_t)bytes,
+                                data, err);
     /* The allocation may have evicted the table: fetch it again. */
     if (!ret)
         ret = qcow2_get_l2(node, off, &l2, err);
@@ -726,7 +740,6 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     }
     host = in_place_host(node, off, n, err);
     if (host) {
-        struct qimg_storage *st = qcow2_data_storage(node);
         n = in_place_run(node, off, len, host, n);
         ret = qcow2_check_data_write(node, host, n, err);
         pthread_mutex_unlock(&node->lock);
@@ -734,7 +747,7 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
         if (ret < 0)
             return ret;
         qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
-        return st->ops->pwrite(st, host, n, p, err);
+        return qcow2_data_pwrite(node, host, off, n, p, err);
     }
     k = fresh_clusters(node, off, len, err);
     if (k) {
@@ -748,8 +761,8 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     return ret;
 }
 
-int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
-                 const void *buf, struct qimg_error *err)
+static int pwrite_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                          const void *buf, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     const uint8_t *p = buf;
@@ -777,6 +790,19 @@ int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
         len -= n;
     }
     return 0;
+}
+
+int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
+                 const void *buf, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    /* Encrypted images are written in whole sectors. */
+    if (qcow2_crypto_unaligned(s, off, len))
+        return qimg_rmw_pwrite(node, off, len, buf, QIMG_CRYPTO_SECTOR_SIZE,
+                               &s->crypto_rmw_lock, pread_aligned,
+                               pwrite_aligned, err);
+    return pwrite_aligned(node, off, len, buf, err);
 }
 
 /* ---- compressed writes (the data side is in qcow2-compress.c) ---------- */

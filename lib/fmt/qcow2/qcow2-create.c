@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "crypto/crypto.h"
 #include "fmt/qcow2/qcow2.h"
 
 /* In the order qemu-img prints them on the "Formatting" line. */
@@ -71,6 +72,8 @@ struct qcow2_params {
     bool lazy_refcounts;
     uint32_t refcount_bits;
     uint32_t refcount_order;
+    bool encrypt;                       /* encrypt.format or encryption */
+    struct qimg_crypto_create_opts crypto;
 };
 
 static int parse_enum_opts(const struct qimg_opts *opts, struct qcow2_params *p,
@@ -115,11 +118,12 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
                         bool measure, struct qimg_error *err)
 {
     uint64_t rb;
-    bool enc = false;
     int ret;
 
     memset(p, 0, sizeof(*p));
     ret = parse_enum_opts(opts, p, measure, err);
+    if (!ret)
+        ret = qcow2_crypto_parse_create(opts, &p->encrypt, &p->crypto, err);
     if (ret < 0)
         return ret;
     if ((ret = qimg_opts_get_size(opts, "size", 0, &p->size, err)) < 0 ||
@@ -131,8 +135,7 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
                                   &p->data_file_raw, err)) < 0 ||
         (ret = qimg_opts_get_bool(opts, "lazy_refcounts", false,
                                   &p->lazy_refcounts, err)) < 0 ||
-        (ret = qimg_opts_get_bool(opts, "encryption", false, &enc, err)) < 0 ||
-        (ret = qimg_opts_get_size(opts, "refcount_bits", 16, &rb, err)) < 0)
+        (ret = qimg_opts_get_number(opts, "refcount_bits", 16, &rb, err)) < 0)
         return ret;
     p->backing_file = qimg_opts_get(opts, "backing_file");
     p->backing_fmt = qimg_opts_get(opts, "backing_fmt");
@@ -185,17 +188,6 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
         return qimg_error_set(err, -EINVAL, "Non-zlib compression type is only "
                               "supported with compatibility level 1.1 and above "
                               "(use version=v3 or greater)");
-    if (enc || qimg_opts_get(opts, "encrypt.format")) {
-        /* The checks QEMU makes before encrypting, then our limitation. */
-        const char *key = qimg_opts_get(opts, "encrypt.key-secret");
-        if (!key)
-            return qimg_error_set(err, -EINVAL, "Parameter 'encrypt.key-secret' "
-                                  "is required for cipher");
-        if (!qimg_secret_get(key, NULL))
-            return qimg_error_set(err, -EINVAL, "No secret with id '%s'", key);
-        return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
-                              "by qimg yet");
-    }
     /* Sizes are kept in whole sectors, as QEMU does. */
     if (!qimg_align_up(p->size, 512, &p->size))
         return qimg_error_set(err, -EFBIG, "Image size too large");
@@ -342,6 +334,9 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
         ret = qcow2_preallocate(node, 0, p->size,
                                 p->prealloc == QIMG_PREALLOC_OFF
                                     ? QIMG_PREALLOC_METADATA : p->prealloc, err);
+    /* Encryption last, after the size and preallocation, as QEMU does. */
+    if (!ret && p->encrypt)
+        ret = qcow2_crypto_create(node, &p->crypto, err);
     if (!ret)
         ret = qimg_flush(node, err);
     qimg_close(node);
@@ -417,7 +412,7 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
                   struct qimg_error *err)
 {
     struct qcow2_params p;
-    uint64_t virt, required = 0;
+    uint64_t virt, required = 0, luks = 0;
     struct qimg_opts *o = qimg_opts_dup(opts);
     int ret;
 
@@ -426,6 +421,9 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
     qimg_opts_del(o, "size");
     ret = parse_params(o, &p, true, err);
     qimg_opts_free(o);
+    /* The LUKS header clusters come on top (none for AES). */
+    if (!ret)
+        ret = qcow2_crypto_measure(opts, p.cluster_size, &luks, err);
     if (ret < 0)
         return ret;
     virt = src ? qimg_image_size(src) : size;
@@ -439,7 +437,11 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
     if (!src && l2_tables > QCOW2_MAX_L1_SIZE / 8)
         return qimg_error_set(err, -EFBIG, "The image size is too large (try "
                               "using a larger cluster size)");
-    if (src) {
+    if (src && p.backing_file) {
+        /* As QEMU: what the new backing file shares with the source is
+         * unknown, so every cluster may need writing. */
+        required = virt;
+    } else if (src) {
         /* Count the clusters the source's data would occupy. */
         for (uint64_t off = 0; off < virt;) {
             struct qimg_extent e;
@@ -465,7 +467,8 @@ int qcow2_measure(const struct qimg_opts *opts, struct qimg_image *src,
         required = virt;
     out->fully_allocated = fully_allocated_size(virt, p.cluster_size,
                                                 p.refcount_order, p.extended_l2);
-    out->required = out->fully_allocated - virt + required;
+    out->required = out->fully_allocated - virt + required + luks;
+    out->fully_allocated += luks;
     /* Bitmaps are reported when both sides can hold them. */
     if (src && p.version >= 3 && src->fmt == &qimg_format_qcow2 &&
         ((struct qcow2_state *)src->state)->version >= 3) {

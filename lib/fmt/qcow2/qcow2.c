@@ -310,18 +310,6 @@ static int validate_tables(struct qimg_image *node, struct qimg_error *err)
     return 0;
 }
 
-/* Checked, as in QEMU, once the L1 and refcount tables were read. */
-static int check_encryption(const struct qcow2_state *s, struct qimg_error *err)
-{
-    if (s->crypt_method > 2)
-        return qimg_error_set(err, -EINVAL, "Unsupported encryption method %u",
-                              s->crypt_method);
-    if (s->crypt_method)
-        return qimg_error_set(err, -ENOTSUP, "qcow2 encryption is not supported "
-                              "yet");
-    return 0;
-}
-
 static int load_l1(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
@@ -413,7 +401,8 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
 
     for (size_t i = 0; i < qimg_opts_count(opts); i++) {
         const char *k = qimg_opts_key(opts, i);
-        if (strcmp(k, "data-file") && strncmp(k, "backing", 7))
+        if (strcmp(k, "data-file") && strncmp(k, "backing", 7) &&
+            strncmp(k, "encrypt.", 8))   /* qcow2-crypto.c checks them */
             return qimg_error_set(err, -EINVAL, "Block format 'qcow2' does not "
                                   "support the option '%s'", k);
     }
@@ -461,7 +450,8 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
         qimg_error_prefix(err, "Could not initialize refcount handling: ");
         goto out;
     }
-    ret = check_encryption(s, err);
+    /* Checked, as in QEMU, once the L1 and refcount tables were read. */
+    ret = qcow2_crypto_open(node, opts, err);
     if (ret < 0)
         goto out;
     ret = read_backing_name(node, err);
@@ -553,6 +543,10 @@ static void free_state(struct qcow2_state *s)
     s->unknown_ext = NULL;
     qcow2_snapshots_free(s);
     qcow2_bitmaps_free(s);
+    qcow2_crypto_close(s);
+    if (s->crypto_rmw_lock_ready)
+        pthread_mutex_destroy(&s->crypto_rmw_lock);
+    s->crypto_rmw_lock_ready = false;
 }
 
 static void qcow2_close(struct qimg_image *node)
@@ -785,6 +779,8 @@ static int qcow2_get_info(struct qimg_image *node, struct qimg_info *info,
                             json_boolean(s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS));
     if (s->nb_bitmaps)
         json_object_set_new(data, "bitmaps", qcow2_bitmaps_info(s));
+    if (s->crypto)
+        json_object_set_new(data, "encrypt", qcow2_crypto_info(s));
     json_object_set_new(data, "refcount-bits", json_integer(s->refcount_bits));
     if (s->version >= 3) {
         json_object_set_new(data, "corrupt",
@@ -873,6 +869,8 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
     return ret < 0 ? ret : qcow2_bitmaps_resized(node, err);
 }
 
+static const char *const qcow2_strong_opts[] = {"encrypt.key-secret", NULL};
+
 const struct qimg_format qimg_format_qcow2 = {
     .name = "qcow2",
     .supports_backing = true,
@@ -904,4 +902,6 @@ const struct qimg_format qimg_format_qcow2 = {
     .change_backing = qcow2_change_backing,
     .make_empty = qcow2_make_empty,
     .bitmap = &qcow2_bitmap_ops,
+    .has_zero_init = qcow2_has_zero_init,
+    .strong_opts = qcow2_strong_opts,
 };

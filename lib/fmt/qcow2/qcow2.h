@@ -12,6 +12,8 @@
  *   qcow2-compress.c compressed clusters (raw deflate, zstd): reads, writes
  *   qcow2-bitmap*.c  persistent dirty bitmaps: directory, contents, the
  *                    writable session and operations
+ *   qcow2-crypto.c   encryption: LUKS header in the image, legacy AES,
+ *                    encrypted data I/O
  *
  * Locking: node->lock guards every field below that changes after open
  * (tables, caches, free-cluster cursor, header fields).  Guest data I/O
@@ -76,6 +78,11 @@
 /* Bits an entry must have clear (check reports them). */
 #define QCOW2_L1E_RESERVED 0x7f000000000001ffull
 #define QCOW2_L2E_STD_RESERVED 0x3f000000000001feull
+
+/* crypt_method */
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES 1
+#define QCOW2_CRYPT_LUKS 2
 
 #define QCOW2_COMPRESSION_ZLIB 0
 #define QCOW2_COMPRESSION_ZSTD 1
@@ -223,6 +230,12 @@ struct qcow2_state {
     bool has_bitmaps_ext;
     uint8_t crypto_ext[16];
     bool has_crypto_ext;
+    /* Encryption context (qcow2-crypto.c), NULL when unencrypted; it has
+     * no key when opened for headers only.  Partial-sector writes of an
+     * encrypted image are read-modify-writes under crypto_rmw_lock. */
+    struct qimg_crypto *crypto;
+    pthread_mutex_t crypto_rmw_lock;
+    bool crypto_rmw_lock_ready;
 
     struct qcow2_bitmap *bitmaps;      /* persistent bitmaps (directory) */
     uint32_t nb_bitmaps;
@@ -557,6 +570,50 @@ int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
 int qcow2_change_backing(struct qimg_image *node, const char *backing,
                          const char *backing_fmt, struct qimg_error *err);
 int qcow2_make_empty(struct qimg_image *node, struct qimg_error *err);
+
+/* qcow2-crypto.c */
+struct qimg_crypto_create_opts;
+/* Open: the encrypt.* options against crypt_method, then the crypto
+ * context (unlocking LUKS key slots unless QIMG_OPEN_NO_IO). */
+int qcow2_crypto_open(struct qimg_image *node, const struct qimg_opts *opts,
+                      struct qimg_error *err);
+void qcow2_crypto_close(struct qcow2_state *s);
+/* Guest data at host offset `host` (guest offset `guest`) of the data
+ * storage, decrypted / encrypted when the image is encrypted; sector
+ * aligned then.  Any thread, no lock. */
+int qcow2_data_pread(struct qimg_image *node, uint64_t host, uint64_t guest,
+                     size_t len, void *buf, struct qimg_error *err);
+int qcow2_data_pwrite(struct qimg_image *node, uint64_t host, uint64_t guest,
+                      size_t len, const void *buf, struct qimg_error *err);
+/* True when the image is encrypted and [off, off+len) has a partial
+ * sector (the request must then be widened). */
+bool qcow2_crypto_unaligned(const struct qcow2_state *s, uint64_t off,
+                            size_t len);
+/* Create options: "encryption" / "encrypt.format" and encrypt.*, with
+ * QEMU's messages; *encrypt false when none is asked for. */
+int qcow2_crypto_parse_create(const struct qimg_opts *opts, bool *encrypt,
+                              struct qimg_crypto_create_opts *co,
+                              struct qimg_error *err);
+/* Set up encryption on a new image (after its size and preallocation,
+ * as QEMU does): header clusters, crypt_method, header rewrite. */
+int qcow2_crypto_create(struct qimg_image *node,
+                        const struct qimg_crypto_create_opts *co,
+                        struct qimg_error *err);
+/* Bytes of LUKS header clusters an image with opts takes (measure). */
+int qcow2_crypto_measure(const struct qimg_opts *opts, uint64_t cluster_size,
+                         uint64_t *bytes, struct qimg_error *err);
+/* amend: whether encrypt.* options may be changed, then the change. */
+int qcow2_crypto_amend_check(const struct qcow2_state *s,
+                             struct qimg_error *err);
+int qcow2_crypto_amend(struct qimg_image *node, const struct qimg_opts *opts,
+                       bool force, struct qimg_error *err);
+/* QEMU's bdrv_has_zero_init: false for preallocated encrypted images. */
+bool qcow2_has_zero_init(struct qimg_image *node);
+/* Where the LUKS header clusters are (len 0: none), for check. */
+void qcow2_crypto_header_range(const struct qcow2_state *s, uint64_t *off,
+                               uint64_t *len);
+/* info's "encrypt" object, NULL when unencrypted. */
+json_t *qcow2_crypto_info(const struct qcow2_state *s);
 
 /* qcow2-check.c */
 int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,

@@ -288,6 +288,20 @@ static int open_extent(struct qimg_image *node, const struct vmdk_extent_line *l
     if (shared) {
         st = slot->st;
     } else {
+        /* A relative name needs the descriptor's directory, which some
+         * storages cannot give (quorum): QEMU's message then. */
+        if (l->fname[0] != '/' && !qimg_path_has_protocol(l->fname)) {
+            char *dir;
+            ret = qimg_storage_dirname(node->file, &dir, err);
+            if (ret < 0) {
+                qimg_error_prefix(err, "Cannot use relative paths with VMDK "
+                                  "descriptor file '%s': ",
+                                  node->file->name ? node->file->name
+                                                   : node->filename);
+                return -EINVAL;
+            }
+            free(dir);
+        }
         ret = qimg_open_child_storage(node, l->fname,
                                       QIMG_CHILD_RELATIVE | QIMG_CHILD_EXTENT,
                                       node->flags, &st, err);
