@@ -2,7 +2,7 @@
 BUILD ?= build
 
 .PHONY: all deps test-deps configure check demo bench fmt clean install \
-	check-asan fuzz check-valgrind
+	check-asan fuzz check-valgrind static
 
 all: deps configure
 	ninja -C $(BUILD)
@@ -36,6 +36,16 @@ install: all
 
 clean:
 	rm -rf $(BUILD)
+
+# A fully static qimg (-Dstatic=true) in build-static, checked to be
+# static (ldd) and to work: its checksum of an image equals the normal
+# build's.  Not part of make check (it builds everything again).
+STATIC_BUILD ?= build-static
+static: deps
+	@test -f $(STATIC_BUILD)/build.ninja || meson setup $(STATIC_BUILD) \
+		-Dstatic=true -Dmodules=false -Dman=disabled
+	ninja -C $(STATIC_BUILD) qimg
+	scripts/check-static.sh $(STATIC_BUILD)/qimg
 
 # The test suite against an ASan+UBSan build (tests take the build
 # directory from QIMG_BUILD).  Any sanitizer report fails the run: UBSan

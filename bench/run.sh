@@ -70,7 +70,7 @@ WORK=$DIR/work
 qio() { "$QEMU_IO" -f qcow2 -t unsafe "$1" >/dev/null || die "qemu-io $1"; }
 
 make_inputs() {
-    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v5 vmdk chain"
+    local stamp="size=$SIZE seed=$SEED sparse=$SPARSE_WRITES v5 vmdk chain qed"
     if [ "$(cat "$IN/stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "bench: reusing inputs in $IN"
         return
@@ -112,6 +112,8 @@ make_inputs() {
 import dmggen; dmggen.dmg_from_raw('ro.raw', 'in.dmg')" || die "dmg input"
     create_compressed_fs -q -B 65536 ro.raw in.cloop >/dev/null 2>&1 ||
         die "cloop input (cloop-utils)"
+    # qed (issue 16's 512 MiB): the same first 512 MiB.
+    "$REF" convert -f raw -O qed ro.raw in.qed || die "qed input"
     # A chain of 127 small layers (qemu-img 7.2's depth limit for qcow2
     # chains it opens): per-node memory and start-up of long chains.
     "$REF" create -q -f qcow2 chain0.qcow2 1G
@@ -210,6 +212,7 @@ qcow2_ok() {
 WORKLOADS=(
 "convert raw->qcow2|rm -f out.qcow2|convert -f raw -O qcow2 @IN@/in.raw out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert qcow2->raw|rm -f out.raw|convert -f qcow2 -O raw @IN@/in.qcow2 out.raw|same_content qcow2 @IN@/in.qcow2 raw out.raw"
+"convert qed->raw 512M|rm -f out.raw|convert -f qed -O raw @IN@/in.qed out.raw|same_content qed @IN@/in.qed raw out.raw"
 "convert -c zlib|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert -c zstd|rm -f out.qcow2|convert -c -f qcow2 -O qcow2 -o compression_type=zstd @IN@/in.qcow2 out.qcow2|same_content qcow2 @IN@/in.qcow2 qcow2 out.qcow2 && qcow2_ok out.qcow2"
 "convert vhdx->qcow2|rm -f out.qcow2|convert -f vhdx -O qcow2 @IN@/in.vhdx out.qcow2|same_content raw @IN@/in.raw qcow2 out.qcow2 && qcow2_ok out.qcow2"

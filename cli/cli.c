@@ -2,6 +2,10 @@
  * cli.c - helpers shared by all subcommands (see cli.h).
  */
 #include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -135,15 +139,7 @@ bool cli_add_option_list(char **acc, const char *arg)
 
 bool cli_has_help_option(const char *list)
 {
-    struct qimg_opts *o;
-    bool help;
-    if (!list)
-        return false;
-    o = qimg_opts_new();
-    qimg_opts_parse(o, list, NULL, NULL);
-    help = qimg_opts_get(o, "help") != NULL;
-    qimg_opts_free(o);
-    return help;
+    return list && qimg_opts_has_help(list);
 }
 
 static const char *type_name(enum qimg_opt_type t)
@@ -216,16 +212,20 @@ static void hide_secret_data(char *def)
 int cli_add_object(const char *def)
 {
     struct qimg_error err;
-    if (!strcmp(def, "help") || !strcmp(def, "?")) {
-        printf("List of user creatable objects:\n  secret\n");
-        exit(0);
-    }
-    if (qimg_secret_add(def, &err) < 0) {
+    char *help = NULL;
+
+    if (qimg_object_add(def, &help, &err) < 0) {
         cli_error("%s", err.msg);
         return 1;
     }
     /* def is an argv element (getopt's optarg): writable */
     hide_secret_data((char *)def);
+    if (help) {
+        /* qemu-img prints it and exits at once, whatever comes next */
+        fputs(help, stdout);
+        free(help);
+        exit(0);
+    }
     return 0;
 }
 
@@ -282,7 +282,7 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
 }
 
 /* Library warnings print as they come, as QEMU's do. */
-static void print_warning(const char *msg, enum qimg_msg_kind kind)
+void cli_print_library_message(const char *msg, enum qimg_msg_kind kind)
 {
     if (kind == QIMG_MSG_PLAIN) {
         fputs(msg, stderr);
@@ -334,7 +334,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
     } else if (!o->image_opts && o->extra && qimg_opts_count(o->extra)) {
         p.options = o->extra;
     }
-    qimg_set_warning_handler(print_warning);
+    qimg_set_warning_handler(cli_print_library_message);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);
         cli_report(&err, "Could not open '%s': ", o->filename);
@@ -427,7 +427,16 @@ static struct {
     double min_step, last;
     volatile sig_atomic_t requested;
     double current;
-} progress;
+    /* --progress=json|FD: JSON lines on fd (-1: off) */
+    int json_fd;
+    double json_last;
+    uint64_t total;
+    bool total_set;     /* no JSON line before the total is known */
+    struct timespec start;
+} progress = {.json_fd = -1};
+
+/* JSON progress lines are written when the value moved by this much. */
+#define JSON_PROGRESS_STEP 1.0
 
 static void print_progress_line(double percent)
 {
@@ -441,6 +450,128 @@ static void on_sigusr1(int sig)
     progress.requested = 1;
 }
 
+bool cli_parse_progress(const char *arg)
+{
+    char *end;
+    long fd;
+
+    clock_gettime(CLOCK_MONOTONIC, &progress.start);
+    progress.json_last = -JSON_PROGRESS_STEP;
+    if (!strcmp(arg, "json")) {
+        progress.json_fd = 2;
+        return true;
+    }
+    errno = 0;
+    fd = strtol(arg, &end, 10);
+    if (*arg && !*end && !errno && fd >= 0 && fd <= INT_MAX &&
+        fcntl((int)fd, F_GETFD) != -1) {
+        /* the numbered descriptor is not inherited by children */
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        progress.json_fd = (int)fd;
+        return true;
+    }
+    cli_error("Invalid progress option '%s': expected 'json' or an open "
+              "file descriptor number", arg);
+    return false;
+}
+
+int cli_progress_option(const char *arg, bool *bar)
+{
+    if (!arg) {
+        *bar = true;
+        return CLI_CONTINUE;
+    }
+    return cli_parse_progress(arg) ? CLI_CONTINUE : 1;
+}
+
+bool cli_progress_json_on(void)
+{
+    return progress.json_fd >= 0;
+}
+
+void cli_progress_set_total(uint64_t bytes)
+{
+    progress.total = bytes;
+    progress.total_set = true;
+    /* the first line, once the total is known */
+    cli_progress_json(0);
+}
+
+static double seconds_since_start(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - progress.start.tv_sec) +
+           (double)(now.tv_nsec - progress.start.tv_nsec) / 1e9;
+}
+
+/*
+ * write(2) that fails with EPIPE instead of raising SIGPIPE when the
+ * reader went away: the signal is blocked meanwhile and a pending one
+ * consumed, so the command carries on without its progress reader.
+ */
+static bool write_no_sigpipe(int fd, const char *buf, size_t len)
+{
+    sigset_t pipe_set, old;
+    const struct timespec zero = {0, 0};
+    bool ok = true;
+
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    while (len) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ok = false;
+            if (errno == EPIPE)
+                sigtimedwait(&pipe_set, NULL, &zero);
+            break;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return ok;
+}
+
+/* One JSON object per line: bytes done, total, percent, rate (bytes/s). */
+static void print_json_line(double percent)
+{
+    double elapsed = seconds_since_start();
+    uint64_t done = (uint64_t)((double)progress.total * percent / 100.0 + 0.5);
+    char line[256];
+    int n;
+
+    if (done > progress.total)
+        done = progress.total;
+    n = snprintf(line, sizeof(line),
+                 "{\"done\": %llu, \"total\": %llu, \"percent\": %.2f, "
+                 "\"rate\": %.0f, \"elapsed\": %.3f}\n",
+                 (unsigned long long)done, (unsigned long long)progress.total,
+                 percent, elapsed > 0 ? (double)done / elapsed : 0.0, elapsed);
+    progress.json_last = percent;
+    if (n > 0 && !write_no_sigpipe(progress.json_fd, line, (size_t)n)) {
+        /* a closed reader stops the reports, not the command */
+        progress.json_fd = -1;
+    }
+}
+
+void cli_progress_json(double percent)
+{
+    if (progress.json_fd >= 0 && progress.total_set && percent < 100.0 &&
+        percent - progress.json_last >= JSON_PROGRESS_STEP)
+        print_json_line(percent);
+}
+
+void cli_progress_json_end(void)
+{
+    if (progress.json_fd >= 0)
+        print_json_line(100.0);
+    progress.json_fd = -1;
+}
+
 void cli_progress_init(bool enabled, double min_step)
 {
     progress.enabled = enabled;
@@ -448,6 +579,7 @@ void cli_progress_init(bool enabled, double min_step)
     progress.last = 0;
     progress.current = 0;
     signal(SIGUSR1, on_sigusr1);
+    clock_gettime(CLOCK_MONOTONIC, &progress.start);
     if (enabled)
         print_progress_line(0);
 }
@@ -455,19 +587,30 @@ void cli_progress_init(bool enabled, double min_step)
 void cli_progress_print(double percent)
 {
     progress.current = percent;
+    cli_progress_json(percent);
     if (progress.requested) {
         progress.requested = 0;
         print_progress_line(percent);
     }
     if (!progress.enabled)
         return;
-    /* qemu-img prints when the value moved by more than the step, and
-     * always at 0 and 100. */
-    if (percent - progress.last > progress.min_step || percent == 0 ||
+    /* qemu-img prints when the value moved by more than the step (either
+     * way: an amend's projection can go back), and always at 0 and 100. */
+    if (percent - progress.last > progress.min_step ||
+        percent < progress.last - progress.min_step || percent == 0 ||
         percent >= 100.0) {
         progress.last = percent;
         print_progress_line(percent);
     }
+}
+
+void cli_progress_end_after_error(void)
+{
+    if (progress.enabled) {
+        printf("\n");
+        fflush(stdout);
+    }
+    progress.enabled = false;
 }
 
 void cli_progress_end(void)
@@ -478,6 +621,7 @@ void cli_progress_end(void)
         fflush(stdout);
     }
     progress.enabled = false;
+    cli_progress_json_end();
 }
 
 const char *cli_size_str(uint64_t size, char *buf, size_t len)
@@ -529,4 +673,14 @@ struct cli_open cli_image_args_open(const struct cli_image_args *a,
         .flags = flags | (a->force_share ? QIMG_OPEN_SHARE : 0),
     };
     return o;
+}
+
+bool cli_check_protocol(const char *filename)
+{
+    struct qimg_error err = {0};
+
+    if (qimg_protocol_check(filename, &err) == 0)
+        return true;
+    cli_error("%s", err.msg);
+    return false;
 }

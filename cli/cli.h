@@ -22,6 +22,9 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print an error and "Try '<prog> --help' ..."; returns exit status 1. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The library's warning handler (main installs it): "<prog>: warning: "
+ * and the message as it comes. */
+void cli_print_library_message(const char *msg, enum qimg_msg_kind kind);
 /* Print the library error with an optional prefix. */
 void cli_report(const struct qimg_error *err, const char *prefix_fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -81,12 +84,14 @@ int64_t cli_cvtnum_full(const char *name, const char *value);
 bool cli_add_option_list(char **acc, const char *arg);
 /* True when a -o list asks for help ("help" or "?" as an element). */
 bool cli_has_help_option(const char *list);
+/* An unknown "PROTO:" prefix in filename: print QEMU's error, false. */
+bool cli_check_protocol(const char *filename);
 /* Print option descriptors sorted by name, "  name=<type> - help". */
 int cli_print_opt_list(const struct qimg_opt_desc **d, size_t n);
 /* Print "-o help" for fmt (with filename: merged with the storage's). */
 int cli_print_create_opts_help(const char *fmt, const char *filename);
 
-/* --object: only "secret" is known. Returns 0 or 1 (exit status).  def
+/* --object (help printed, then exit 0). Returns 0 or 1 (exit status).  def
  * must be an argv element: a secret's data= is blanked in it. */
 int cli_add_object(const char *def);
 
@@ -128,7 +133,29 @@ bool cli_load_snapshot(struct qimg_image *img, const char *param);
 /* Progress as qemu-img -p prints it: "    (NN.NN/100%)\r". */
 void cli_progress_init(bool enabled, double min_step);
 void cli_progress_print(double percent);
+/* After a failed operation: qemu-img prints 100%, the error, then ends
+ * the progress line (call cli_progress_print(100) before the error). */
+void cli_progress_end_after_error(void);
 void cli_progress_end(void);
+/*
+ * --progress=json (JSON lines on stderr) or --progress=FD (on that open
+ * descriptor), a qimg addition: one object per update with the bytes
+ * done, the total, the percentage, the average rate and the elapsed time.
+ * Prints the error and returns false for anything else.
+ */
+bool cli_parse_progress(const char *arg);
+/* CLI_OPT_PROGRESS: without a value sets *bar (-p); otherwise as
+ * cli_parse_progress.  Returns CLI_CONTINUE or the exit status 1. */
+int cli_progress_option(const char *arg, bool *bar);
+/* The byte count 100% stands for in JSON progress (image size, usually). */
+void cli_progress_set_total(uint64_t bytes);
+/* For commands that draw their own bar: a JSON line when the value moved
+ * by a whole percent (cli_progress_print does this itself), and the
+ * final 100% line (cli_progress_end does this itself). */
+void cli_progress_json(double percent);
+/* True when --progress=json|FD asked for JSON progress. */
+bool cli_progress_json_on(void);
+void cli_progress_json_end(void);
 
 /* Print a size the way qemu-img's human output does ("1 GiB"). */
 const char *cli_size_str(uint64_t size, char *buf, size_t len);
@@ -148,7 +175,8 @@ struct json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n);
 /* ---- options the image commands share -------------------------------- */
 /* getopt_long values of the shared long options; a command's own long
  * options start at CLI_OPT_OWN. */
-enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS, CLI_OPT_OWN };
+enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS,
+       CLI_OPT_PROGRESS, CLI_OPT_OWN };
 #define CLI_LONGOPT_HELP {"help", no_argument, NULL, 'h'}
 #define CLI_LONGOPT_FORMAT {"format", required_argument, NULL, 'f'}
 #define CLI_LONGOPT_OUTPUT {"output", required_argument, NULL, CLI_OPT_OUTPUT}
@@ -156,6 +184,11 @@ enum { CLI_OPT_OUTPUT = 256, CLI_OPT_OBJECT, CLI_OPT_IMAGE_OPTS, CLI_OPT_OWN };
 #define CLI_LONGOPT_IMAGE_OPTS \
     {"image-opts", no_argument, NULL, CLI_OPT_IMAGE_OPTS}
 #define CLI_LONGOPT_FORCE_SHARE {"force-share", no_argument, NULL, 'U'}
+/* --progress (as -p, the long form newer qemu-img has) and --progress=json
+ * or --progress=FD (qimg's machine-readable progress): qemu-img 7.2 has no
+ * such option.  Handle CLI_OPT_PROGRESS with cli_progress_option(). */
+#define CLI_LONGOPT_PROGRESS \
+    {"progress", optional_argument, NULL, CLI_OPT_PROGRESS}
 
 /* The values of the shared options and the one image file name. */
 struct cli_image_args {
@@ -188,6 +221,7 @@ int cmd_amend(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_checksum(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
@@ -199,6 +233,19 @@ int cmd_measure(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+
+/* ---- shell completion (cli/complete.c) -------------------------------- */
+/*
+ * qimg --complete [--] WORD...: the candidates for the last WORD (the one
+ * being typed; the words before it follow the program name), one per
+ * line, from the command table, the help's syntax lines and the driver
+ * tables.  The bash completion script calls it.  Returns 0.
+ */
+int cli_complete(int argc, char **argv);
+/* The help's syntax line of cmd ("  cmd [...] ...\n"), or NULL. */
+const char *cli_help_syntax(const char *cmd);
+/* The command names, i from 0; NULL past the last. */
+const char *cli_command_at(size_t i);
 
 /* For commands a later issue implements. */
 int cli_not_implemented(const char *name);

@@ -38,7 +38,7 @@ static void on_progress(void *opaque, double percent)
 
 int cmd_amend(int argc, char **argv)
 {
-    enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_FORCE };
+    enum { OPT_OBJECT = CLI_OPT_OWN, OPT_IMAGE_OPTS, OPT_FORCE };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"object", required_argument, NULL, OPT_OBJECT},
@@ -48,7 +48,7 @@ int cmd_amend(int argc, char **argv)
         {"options", required_argument, NULL, 'o'},
         {"format", required_argument, NULL, 'f'},
         {"cache", required_argument, NULL, 't'},
-        {"progress", no_argument, NULL, 'p'},
+        CLI_LONGOPT_PROGRESS,
         {"quiet", no_argument, NULL, 'q'},
         {NULL, 0, NULL, 0},
     };
@@ -71,6 +71,10 @@ int cmd_amend(int argc, char **argv)
         case 'f': o.fmt = optarg; break;
         case 't': cache = optarg; break;
         case 'p': progress = true; break;
+        case CLI_OPT_PROGRESS:
+            if (cli_progress_option(optarg, &progress) != CLI_CONTINUE)
+                goto out;
+            break;
         case 'q': o.quiet = true; break;
         case OPT_OBJECT:
             if (cli_add_object(optarg))
@@ -114,19 +118,24 @@ int cmd_amend(int argc, char **argv)
         goto out;
     }
     opts = qimg_opts_new();
-    if (qimg_opts_parse(opts, options, NULL, &err) < 0 ||
-        qimg_amend_check_opts(qimg_image_format(img), opts, &err) < 0) {
+    if (qimg_amend_parse_opts(qimg_image_format(img), options, opts,
+                              &err) < 0) {
         cli_error("%s", err.msg);
         goto out;
     }
+    cli_progress_set_total(qimg_image_size(img));
     cli_progress_init(progress, 1.0);
     ret = qimg_amend(img, opts, force, on_progress, NULL, &err);
-    cli_progress_end();
     if (ret < 0) {
+        /* qemu-img reports 100% first, then the error. */
+        cli_progress_print(100.0);
+        fflush(stdout);
         cli_error("%s", err.msg);
+        cli_progress_end_after_error();
         ret = 1;
         goto out;
     }
+    cli_progress_end();
     ret = 0;
 out:
     qimg_opts_free(opts);

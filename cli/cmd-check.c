@@ -184,7 +184,10 @@ static int run_check(const struct check_args *a)
     img = cli_open_image(&o);
     if (!img)
         return CHECK_ERROR;
+    /* The check itself reports no progress: JSON gets its start and end. */
+    cli_progress_set_total(qimg_image_size(img));
     ret = collect(img, a, &res);
+    cli_progress_json_end();
     if (!ret) {
         if (!a->quiet) {
             if (a->output == CLI_OUTPUT_JSON)
@@ -208,6 +211,8 @@ int cmd_check(int argc, char **argv)
         {"repair", required_argument, NULL, 'r'},
         CLI_LONGOPT_OUTPUT, CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS,
         CLI_LONGOPT_FORCE_SHARE,
+        /* qimg: JSON progress only (check draws no bar) */
+        {"progress", required_argument, NULL, CLI_OPT_PROGRESS},
         {NULL, 0, NULL, 0},
     };
     struct check_args a = {.output = CLI_OUTPUT_HUMAN};
@@ -227,6 +232,10 @@ int cmd_check(int argc, char **argv)
             break;
         case 'T': a.cache = optarg; break;
         case 'q': a.quiet = true; break;
+        case CLI_OPT_PROGRESS:
+            if (!cli_parse_progress(optarg))
+                return CHECK_ERROR;
+            break;
         default:
             if ((ret = cli_image_option(c, argv, &a.img)) != CLI_CONTINUE)
                 return ret;

@@ -31,6 +31,7 @@ static void on_progress(void *opaque, double percent)
 /* End a progress line that never reached 100%, as qemu-img does. */
 static void progress_abandon(const struct commit_args *a)
 {
+    cli_progress_json_end();
     if (a->progress) {
         printf("\n");
         fflush(stdout);
@@ -53,6 +54,7 @@ static int do_commit(const struct commit_args *a)
     img = cli_open_image(&o);
     if (!img)
         return 1;
+    cli_progress_set_total(qimg_image_size(img));
     cli_progress_init(a->progress, 1.0);
     p.top = img;
     if (a->base) {
@@ -90,6 +92,7 @@ int cmd_commit(int argc, char **argv)
 {
     static const struct option longopts[] = {
         CLI_LONGOPT_HELP, CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS,
+        CLI_LONGOPT_PROGRESS,
         {NULL, 0, NULL, 0},
     };
     struct commit_args a = {.cache = QIMG_CACHE_WRITEBACK};
@@ -106,6 +109,10 @@ int cmd_commit(int argc, char **argv)
             break;
         case 'd': a.drop = true; break;
         case 'p': a.progress = true; break;
+        case CLI_OPT_PROGRESS:
+            if ((ret = cli_progress_option(optarg, &a.progress)) != CLI_CONTINUE)
+                return ret;
+            break;
         case 'q': a.quiet = true; break;
         case 'r':
             rate = cli_cvtnum_full("rate limit", optarg);

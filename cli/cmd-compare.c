@@ -341,6 +341,7 @@ static int run_compare(struct compare *c)
     int ret;
 
     c->progress_total = s0 > s1 ? s0 : s1;
+    cli_progress_set_total(c->progress_total);
     if (c->strict && s0 != s1) {
         if (!c->quiet)
             printf("Strict mode: Image size mismatch!\n");
@@ -417,6 +418,7 @@ int cmd_compare(int argc, char **argv)
         {"object", required_argument, NULL, OPT_OBJECT},
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {"force-share", no_argument, NULL, 'U'},
+        CLI_LONGOPT_PROGRESS,
         {NULL, 0, NULL, 0},
     };
     struct compare_args a = {{NULL, NULL}, NULL, false, false};
@@ -438,6 +440,10 @@ int cmd_compare(int argc, char **argv)
                 return CMP_ERR_OPEN;
             break;
         case OPT_IMAGE_OPTS: a.image_opts = true; break;
+        case CLI_OPT_PROGRESS:
+            if (cli_progress_option(optarg, &c.progress) != CLI_CONTINUE)
+                return CMP_ERR_OPEN;
+            break;
         default:
             if ((ret = cli_bad_option(ch, argv)) != CLI_CONTINUE)
                 return ret;
@@ -451,6 +457,7 @@ int cmd_compare(int argc, char **argv)
     c.s[0].name = argv[optind];
     c.s[1].name = argv[optind + 1];
     ret = open_and_compare(&c, &a);
+    cli_progress_json_end();
     if (c.progress) {
         /* qemu-img ends the progress line with a newline whatever happened */
         printf("\n");

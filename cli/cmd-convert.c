@@ -45,6 +45,7 @@ struct convert {
     const char *target;
 
     struct qimg_image **src_imgs;
+    uint64_t *src_lens;     /* sizes when opened, before -l (as QEMU's) */
     struct qimg_image *tgt;
     uint64_t total;
     enum qimg_cache tcache, scache;
@@ -59,6 +60,7 @@ struct convert {
 enum {
     OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_TARGET_IMAGE_OPTS, OPT_SALVAGE,
     OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SKIP_BROKEN,
+    OPT_PROGRESS_MACHINE,   /* --progress=json|FD (qimg) */
 };
 
 /* qemu-img 7.2's long options: getopt resolves abbreviations over these. */
@@ -113,6 +115,11 @@ static int match_alias(int argc, char **argv, const char **arg)
             continue;
         if (!aliases[i].has_arg) {
             *arg = NULL;
+            if (eq && aliases[i].opt == 'p') {
+                /* --progress=json|FD: qimg's machine-readable progress */
+                *arg = eq + 1;
+                return OPT_PROGRESS_MACHINE;
+            }
             return eq ? 0 : aliases[i].opt;
         }
         if (eq) {
@@ -266,6 +273,10 @@ static int handle_option(struct convert *c, int opt, const char *arg,
         c->explicit_sparse = true;
         break;
     case 'p': c->progress = true; break;
+    case OPT_PROGRESS_MACHINE:
+        if (!cli_parse_progress(arg))
+            return 1;
+        break;
     case 't': c->cache = arg; break;
     case 'T': c->src_cache = arg; break;
     case 'q': c->quiet = true; break;
@@ -337,6 +348,10 @@ static int check_options(struct convert *c)
                   c->compress ? 'c' : 'S');
         return 1;
     }
+    if (c->copy_range && c->salvage) {
+        cli_error("Cannot use copy offloading in salvaging mode");
+        return 1;
+    }
     if (c->tgt_image_opts && !c->no_create) {
         cli_error("--target-image-opts requires use of -n flag");
         return 1;
@@ -362,16 +377,6 @@ static int check_options(struct convert *c)
     return -1;
 }
 
-/* "proto:rest" names a protocol; only plain files exist here. */
-static bool check_protocol(const char *filename)
-{
-    size_t n = strcspn(filename, ":/");
-
-    if (filename[n] != ':' || (n == 4 && !strncmp(filename, "file", 4)))
-        return true;
-    cli_error("Unknown protocol '%.*s'", (int)n, filename);
-    return false;
-}
 
 /* ---- sources --------------------------------------------------------------- */
 
@@ -418,7 +423,8 @@ static bool stream_size_known(const struct convert *c, int i)
 static bool open_sources(struct convert *c)
 {
     c->src_imgs = calloc((size_t)c->n_srcs, sizeof(*c->src_imgs));
-    if (!c->src_imgs)
+    c->src_lens = calloc((size_t)c->n_srcs, sizeof(*c->src_lens));
+    if (!c->src_imgs || !c->src_lens)
         abort();
     for (int i = 0; i < c->n_srcs; i++) {
         struct cli_open o = {
@@ -435,12 +441,20 @@ static bool open_sources(struct convert *c)
             return false;
         if (stream && !stream_size_known(c, i))
             return false;
-        if (__builtin_add_overflow(c->total, qimg_image_size(c->src_imgs[i]),
+        c->src_lens[i] = qimg_image_size(c->src_imgs[i]);
+        if (__builtin_add_overflow(c->total, c->src_lens[i],
                                    &c->total) || c->total > INT64_MAX) {
             cli_error("Image size too large");
             return false;
         }
     }
+    /* A bare snapshot name or id (not snapshot.id=/name=) is refused for
+     * several sources, once they are open. */
+    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
+        cli_error("No support for concatenating multiple snapshot");
+        return false;
+    }
+    cli_progress_set_total(c->total);
     if (c->snapshot && !cli_load_snapshot(c->src_imgs[0], c->snapshot))
         return false;
     return true;
@@ -575,7 +589,7 @@ static struct qimg_opts *prepare_target(struct convert *c)
                   c->out_fmt);
         return NULL;
     }
-    if (!check_protocol(c->target))
+    if (!cli_check_protocol(c->target))
         return NULL;
     if (qimg_create_prepare(c->out_fmt, c->target, c->options,
                             size_in_opts ? -1 : (int64_t)c->total, c->backing,
@@ -586,12 +600,6 @@ static struct qimg_opts *prepare_target(struct convert *c)
     free(summary);
     snprintf(num, sizeof(num), "%llu", (unsigned long long)c->total);
     qimg_opts_set(opts, "size", num);
-    if (qimg_opts_get(opts, "backing_file") &&
-        !qimg_opts_get(opts, "backing_fmt")) {
-        cli_error("Use of backing file requires explicit backing format");
-        qimg_opts_free(opts);
-        return NULL;
-    }
     return opts;
 }
 
@@ -750,11 +758,16 @@ static bool do_copy(struct convert *c)
         abort();
     for (int i = 0; i < c->n_srcs; i++) {
         srcs[i].img = c->src_imgs[i];
-        srcs[i].length = qimg_image_size(c->src_imgs[i]);
+        /* a snapshot (-l) larger than the image is copied as far as the
+         * image's size when opened, as qemu-img does */
+        uint64_t now = qimg_image_size(c->src_imgs[i]);
+        srcs[i].length = c->src_lens[i] < now ? c->src_lens[i] : now;
     }
     ret = qimg_copy(&p, &err);
     free(srcs);
-    if (ret < 0 && !c->errors_shown)
+    /* An empty message is a failure qemu-img does not report (qcow's
+     * refusal of the end-of-stream write after convert -c). */
+    if (ret < 0 && !c->errors_shown && err.msg[0])
         cli_error("%s", err.msg);
     return ret == 0;
 }
@@ -771,10 +784,6 @@ static int convert_images(struct convert *c, bool *done)
     int ret = 1;
 
     *done = false;
-    if (c->snapshot && strncmp(c->snapshot, "snapshot.", 9) && c->n_srcs > 1) {
-        cli_error("No support for concatenating multiple snapshot");
-        return 1;
-    }
     if (!open_sources(c))
         return 1;
     if (!c->no_create) {
@@ -790,6 +799,16 @@ static int convert_images(struct convert *c, bool *done)
                   "has a backing file");
         *done = true;
         ret = 0;
+        goto out;
+    }
+    if (c->n_srcs > 1 && c->target_has_backing) {
+        cli_error("Having a backing file for the target makes no sense when "
+                  "concatenating multiple input images");
+        goto out;
+    }
+    if (opts && qimg_opts_get(opts, "backing_file") &&
+        !qimg_opts_get(opts, "backing_fmt")) {
+        cli_error("Use of backing file requires explicit backing format");
         goto out;
     }
     if (c->compress && !c->no_create && !check_compress(c->out_fmt, opts))
@@ -837,9 +856,12 @@ static int run_convert(struct convert *c)
     ret = convert_images(c, &done);
     if (done) {
         cli_progress_end();
-    } else if (c->progress_on) {
-        printf("\n");
-        fflush(stdout);
+    } else {
+        cli_progress_json_end();
+        if (c->progress_on) {
+            printf("\n");
+            fflush(stdout);
+        }
     }
     return ret;
 }
@@ -862,6 +884,7 @@ int cmd_convert(int argc, char **argv)
             qimg_close(c.src_imgs[i]);
     qimg_close(c.tgt);
     free(c.src_imgs);
+    free(c.src_lens);
     free(c.options);
     return ret;
 }

@@ -18,6 +18,7 @@
 struct dd {
     const char *fmt, *out_fmt, *in, *out;
     bool image_opts, force_share;
+    bool progress;          /* --progress: qimg's bar (qemu-img dd has none) */
     int64_t bs, count, skip;
     bool has_count, has_skip;
 };
@@ -57,16 +58,6 @@ static bool parse_operand(struct dd *d, const char *arg)
     return false;
 }
 
-/* "proto:rest" names a protocol; only plain files exist here. */
-static bool check_protocol(const char *filename)
-{
-    size_t n = strcspn(filename, ":/");
-
-    if (filename[n] != ':' || (n == 4 && !strncmp(filename, "file", 4)))
-        return true;
-    cli_error("Unknown protocol '%.*s'", (int)n, filename);
-    return false;
-}
 
 /* Create the output of the given size in out_fmt. */
 static bool create_output(const struct dd *d, uint64_t size)
@@ -86,7 +77,7 @@ static bool create_output(const struct dd *d, uint64_t size)
                   d->out_fmt);
         return false;
     }
-    if (!check_protocol(d->out))
+    if (!cli_check_protocol(d->out))
         return false;
     if (qimg_create_prepare(d->out_fmt, d->out, NULL, (int64_t)size, NULL, NULL,
                             true, &opts, &summary, &err) < 0 ||
@@ -97,6 +88,12 @@ static bool create_output(const struct dd *d, uint64_t size)
     free(summary);
     qimg_opts_free(opts);
     return ok;
+}
+
+static void on_progress(void *opaque, double percent)
+{
+    (void)opaque;
+    cli_progress_print(percent);
 }
 
 #define DD_PARALLEL 2
@@ -155,7 +152,17 @@ static int run_dd(const struct dd *d)
     p.parallel = DD_PARALLEL;
     p.chunk_size = DD_CHUNK;
     p.result = &res;
-    if (qimg_copy(&p, &err) < 0) {
+    /* Only on request: qemu-img dd has no progress (nor a SIGUSR1 handler) */
+    if (d->progress || cli_progress_json_on()) {
+        p.progress = on_progress;
+        cli_progress_set_total(size - in_pos);
+        cli_progress_init(d->progress, 1.0);
+    }
+    ret = qimg_copy(&p, &err);
+    if (d->progress || cli_progress_json_on())
+        cli_progress_end();
+    ret = ret < 0 ? 1 : 0;
+    if (ret) {
         if (res.stage == QIMG_COPY_READ || res.stage == QIMG_COPY_STATUS)
             cli_error("error while reading from input image file: %s",
                       strerror(-res.code));
@@ -166,7 +173,6 @@ static int run_dd(const struct dd *d)
             cli_error("%s", err.msg);
         goto out;
     }
-    ret = 0;
 out:
     qimg_close(out);
     qimg_close(in);
@@ -181,6 +187,7 @@ int cmd_dd(int argc, char **argv)
         {"object", required_argument, NULL, OPT_OBJECT},
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {"force-share", no_argument, NULL, 'U'},
+        CLI_LONGOPT_PROGRESS,
         {NULL, 0, NULL, 0},
     };
     struct dd d = {.bs = 512, .out_fmt = "raw"};
@@ -197,6 +204,10 @@ int cmd_dd(int argc, char **argv)
                 return 1;
             break;
         case OPT_IMAGE_OPTS: d.image_opts = true; break;
+        case CLI_OPT_PROGRESS:
+            if (cli_progress_option(optarg, &d.progress) != CLI_CONTINUE)
+                return 1;
+            break;
         default:
             if ((ret = cli_bad_option(c, argv)) != CLI_CONTINUE)
                 return ret;

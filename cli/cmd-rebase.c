@@ -36,6 +36,7 @@ struct progress {
 
 static void progress_show(struct progress *pr, float cur)
 {
+    cli_progress_json(cur);
     if (!pr->on)
         return;
     if (cur > 100)
@@ -55,6 +56,7 @@ static void on_progress(void *opaque, double percent)
 
 static void progress_end(struct progress *pr)
 {
+    cli_progress_json_end();
     if (pr->on) {
         printf("\n");
         fflush(stdout);
@@ -123,6 +125,7 @@ static int run_rebase(const struct rebase_args *a, struct progress *pr)
     if (!img)
         return 1;
     p.img = img;
+    cli_progress_set_total(qimg_image_size(img));
     ret = qimg_rebase(&p, &err);
     if (ret < 0)
         cli_report(&err, NULL);
@@ -136,7 +139,7 @@ int cmd_rebase(int argc, char **argv)
 {
     static const struct option longopts[] = {
         CLI_LONGOPT_HELP, CLI_LONGOPT_OBJECT, CLI_LONGOPT_IMAGE_OPTS,
-        CLI_LONGOPT_FORCE_SHARE,
+        CLI_LONGOPT_FORCE_SHARE, CLI_LONGOPT_PROGRESS,
         {NULL, 0, NULL, 0},
     };
     struct rebase_args a = {.cache = "writeback", .src_cache = "writeback"};
@@ -150,6 +153,10 @@ int cmd_rebase(int argc, char **argv)
         case 'b': a.backing = optarg; break;
         case 'u': a.unsafe = true; break;
         case 'p': a.progress = true; break;
+        case CLI_OPT_PROGRESS:
+            if ((ret = cli_progress_option(optarg, &a.progress)) != CLI_CONTINUE)
+                return ret;
+            break;
         case 't': a.cache = optarg; break;
         case 'T': a.src_cache = optarg; break;
         case 'q': a.quiet = true; break;

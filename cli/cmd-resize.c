@@ -105,7 +105,7 @@ static int do_resize(const struct resize_args *a)
                   (long long)MAX_IMAGE_LENGTH);
         goto out;
     }
-    if (qimg_truncate(img, (uint64_t)total, false, a->prealloc, &err) < 0) {
+    if (qimg_truncate(img, (uint64_t)total, true, a->prealloc, &err) < 0) {
         cli_report(&err, NULL);
         goto out;
     }

@@ -68,8 +68,9 @@ int cmd_snapshot(int argc, char **argv)
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
     o.filename = argv[optind];
-    if (action == ACTION_APPLY || action == ACTION_CREATE ||
-        action == ACTION_DELETE)
+    /* only -l opens read-only: no action at all opens the image for
+     * writing too (QEMU's default), and does nothing with it */
+    if (action != ACTION_LIST)
         o.flags |= QIMG_OPEN_RDWR;
     img = cli_open_image(&o);
     if (!img)

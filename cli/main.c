@@ -14,12 +14,14 @@
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
+    bool qimg_only;     /* not a qemu-img 7.2 command: hidden as qemu-img */
 };
 
 /* Sorted by name. */
 static const struct command commands[] = {
     {"amend", cmd_amend},       {"bench", cmd_bench},
     {"bitmap", cmd_bitmap},     {"check", cmd_check},
+    {"checksum", cmd_checksum, true},
     {"commit", cmd_commit},     {"compare", cmd_compare},
     {"convert", cmd_convert},   {"create", cmd_create},
     {"dd", cmd_dd},             {"info", cmd_info},
@@ -28,13 +30,39 @@ static const struct command commands[] = {
     {"snapshot", cmd_snapshot},
 };
 
+/* Run through a link named qemu-img: only qemu-img 7.2's commands. */
+static bool cli_is_qemu_img(void)
+{
+    return strcmp(cli_prog, "qimg") != 0;
+}
+
 void cli_version(void)
 {
     printf("%s version " QIMG_VERSION " (qimg, compatible with qemu-img 7.2)\n"
            "Copyright (c) 2026 the qimg developers\n", cli_prog);
 }
 
-/* The command syntax lines are the interface qemu-img 7.2 documents. */
+/* qimg --version: also the formats and storages compiled in (run as
+ * qemu-img, the text stays what it was). */
+static void print_version(void)
+{
+    cli_version();
+    if (cli_is_qemu_img())
+        return;
+    printf("Formats:");
+    for (size_t i = 0; qimg_format_driver_at(i); i++)
+        printf(" %s", qimg_format_driver_at(i));
+    printf("\nStorages:");
+    for (size_t i = 0; qimg_storage_name_at(i); i++)
+        printf(" %s", qimg_storage_name_at(i));
+    printf("\nChecksums:");
+    for (size_t i = 0; qimg_checksum_algorithm_at(i); i++)
+        printf(" %s", qimg_checksum_algorithm_at(i));
+    printf("\n");
+}
+
+/* The help text is qemu-img 7.2's, line for line: scripts and people
+ * read it as the interface. */
 static const char help_syntax[] =
 "  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename\n"
 "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
@@ -52,50 +80,120 @@ static const char help_syntax[] =
 "  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
 "  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n";
 
+/* Commands only qimg has (listed when run as qimg). */
+static const char help_syntax_qimg[] =
+"  checksum [--object objectdef] [--image-opts] [-f fmt] [-a alg[/block_size]] [-T src_cache] [-U] [-p] [--progress=json|FD] filename\n";
+
+const char *cli_help_syntax(const char *cmd)
+{
+    const char *texts[] = {help_syntax, help_syntax_qimg};
+    size_t n = strlen(cmd);
+
+    for (size_t t = 0; t < 2; t++)
+        for (const char *l = texts[t]; *l; l = strchr(l, '\n') + 1)
+            if (!strncmp(l + 2, cmd, n) && l[2 + n] == ' ')
+                return l;
+    return NULL;
+}
+
+const char *cli_command_at(size_t i)
+{
+    return i < sizeof(commands) / sizeof(commands[0]) ? commands[i].name
+                                                      : NULL;
+}
+
 static const char help_params[] =
 "Command parameters:\n"
-"  'filename' is a disk image filename (or a json:{...} description)\n"
-"  'objectdef' defines an object; qimg knows 'secret' objects:\n"
-"    secret,id=ID,data=STRING|file=PATH[,format=raw|base64]\n"
-"  'fmt' is the disk image format, probed from the content when not given\n"
-"  'cache' is the cache mode for writing the output image: 'none',\n"
-"    'writeback' (default, except for convert), 'writethrough',\n"
-"    'directsync' or 'unsafe' (default for convert)\n"
-"  'src_cache' is the cache mode for reading input images (same choices)\n"
-"  'size' is a size in bytes; the suffixes 'k' or 'K' (1024), 'M' (1024k),\n"
-"    'G' (1024M), 'T' (1024G), 'P' (1024T) and 'E' (1024P) multiply it,\n"
-"    and 'b' means bytes\n"
-"  'output_filename' is the destination image, 'output_fmt' its format\n"
-"  'options' is a comma separated list of name=value format options;\n"
-"    '-o help' lists the options of a format\n"
-"  'snapshot_param' names an internal snapshot:\n"
-"    'snapshot.id=[ID],snapshot.name=[NAME]' or '[ID_OR_NAME]'\n"
-"  '-c' compresses the target image (formats that support it)\n"
-"  '-u' skips opening the backing file: for rebase, old and new backing\n"
-"       files are assumed identical; for create, the backing file need not\n"
-"       exist\n"
-"  '-h' shows this help\n"
-"  '-p' shows progress (convert, commit, compare, rebase, amend)\n"
-"  '-q' is quiet mode: only errors are printed\n"
-"  '-S' is the number of consecutive zero bytes (default 4k) after which\n"
-"       convert leaves a hole; 0 writes the target fully allocated\n"
-"  '--output' selects 'human' or 'json' output\n"
-"  '-n' uses an existing target instead of creating it\n"
+"  'filename' is a disk image filename\n"
+"  'objectdef' is a QEMU user creatable object definition. See the qemu(1)\n"
+"    manual page for a description of the object properties. The most common\n"
+"    object type is a 'secret', which is used to supply passwords and/or\n"
+"    encryption keys.\n"
+"  'fmt' is the disk image format. It is guessed automatically in most cases\n"
+"  'cache' is the cache mode used to write the output disk image, the valid\n"
+"    options are: 'none', 'writeback' (default, except for convert), 'writethrough',\n"
+"    'directsync' and 'unsafe' (default for convert)\n"
+"  'src_cache' is the cache mode used to read input disk images, the valid\n"
+"    options are the same as for the 'cache' option\n"
+"  'size' is the disk image size in bytes. Optional suffixes\n"
+"    'k' or 'K' (kilobyte, 1024), 'M' (megabyte, 1024k), 'G' (gigabyte, 1024M),\n"
+"    'T' (terabyte, 1024G), 'P' (petabyte, 1024T) and 'E' (exabyte, 1024P)  are\n"
+"    supported. 'b' is ignored.\n"
+"  'output_filename' is the destination disk image filename\n"
+"  'output_fmt' is the destination format\n"
+"  'options' is a comma separated list of format specific options in a\n"
+"    name=value format. Use -o help for an overview of the options supported by\n"
+"    the used format\n"
+"  'snapshot_param' is param used for internal snapshot, format\n"
+"    is 'snapshot.id=[ID],snapshot.name=[NAME]', or\n"
+"    '[ID_OR_NAME]'\n"
+"  '-c' indicates that target image must be compressed (qcow format only)\n"
+"  '-u' allows unsafe backing chains. For rebasing, it is assumed that old and\n"
+"       new backing file match exactly. The image doesn't need a working\n"
+"       backing file before rebasing in this case (useful for renaming the\n"
+"       backing file). For image creation, allow creating without attempting\n"
+"       to open the backing file.\n"
+"  '-h' with or without a command shows this help and lists the supported formats\n"
+"  '-p' show progress of command (only certain commands)\n"
+"  '-q' use Quiet mode - do not print any output (except errors)\n"
+"  '-S' indicates the consecutive number of bytes (defaults to 4k) that must\n"
+"       contain only zeros for qemu-img to create a sparse image during\n"
+"       conversion. If the number of bytes is 0, the source will not be scanned for\n"
+"       unallocated or zero sectors, and the destination image will always be\n"
+"       fully allocated\n"
+"  '--output' takes the format in which the output must be done (human or json)\n"
+"  '-n' skips the target volume creation (useful if the volume is created\n"
+"       prior to running qemu-img)\n"
 "\n"
-"check: '-r leaks' repairs leaked clusters only, '-r all' repairs every\n"
-"       kind of error it finds\n"
-"convert: '--bitmaps' copies the persistent bitmaps of the top layer;\n"
-"       '-m' sets how many requests run in parallel (default 8);\n"
-"       '-W' allows writing the target out of order\n"
-"snapshot: '-a' applies, '-c' creates, '-d' deletes, '-l' lists\n"
-"compare: '-f' and '-F' are the two formats; '-s' is strict mode (sizes\n"
-"       and allocation must match too)\n"
-"dd: 'bs=BYTES' block size (default 512), 'count=N' blocks to copy,\n"
-"       'if=FILE' input, 'of=FILE' output, 'skip=N' input blocks to skip\n"
-"bitmap: one or more of '--add', '--remove', '--clear', '--enable',\n"
-"       '--disable' and '--merge SOURCE' act on 'bitmap'; '-g' sets the\n"
-"       granularity for '--add'; '-b'/'-F' name the file holding merge\n"
-"       sources\n";
+"Parameters to bitmap subcommand:\n"
+"  'bitmap' is the name of the bitmap to manipulate, through one or more\n"
+"       actions from '--add', '--remove', '--clear', '--enable', '--disable',\n"
+"       or '--merge source'\n"
+"  '-g granularity' sets the granularity for '--add' actions\n"
+"  '-b source' and '-F src_fmt' tell '--merge' actions to find the source\n"
+"       bitmaps from an alternative file\n"
+"\n"
+"Parameters to check subcommand:\n"
+"  '-r' tries to repair any inconsistencies that are found during the check.\n"
+"       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes all\n"
+"       kinds of errors, with a higher risk of choosing the wrong fix or\n"
+"       hiding corruption that has already occurred.\n"
+"\n"
+"Parameters to convert subcommand:\n"
+"  '--bitmaps' copies all top-level persistent bitmaps to destination\n"
+"  '-m' specifies how many coroutines work in parallel during the convert\n"
+"       process (defaults to 8)\n"
+"  '-W' allow to write to the target out of order rather than sequential\n"
+"\n"
+"Parameters to snapshot subcommand:\n"
+"  'snapshot' is the name of the snapshot to create, apply or delete\n"
+"  '-a' applies a snapshot (revert disk to saved state)\n"
+"  '-c' creates a snapshot\n"
+"  '-d' deletes a snapshot\n"
+"  '-l' lists all snapshots in the given image\n"
+"\n"
+"Parameters to compare subcommand:\n"
+"  '-f' first image format\n"
+"  '-F' second image format\n"
+"  '-s' run in Strict mode - fail on different image size or sector allocation\n"
+"\n"
+"Parameters to dd subcommand:\n"
+"  'bs=BYTES' read and write up to BYTES bytes at a time (default: 512)\n"
+"  'count=N' copy only N input blocks\n"
+"  'if=FILE' read from FILE\n"
+"  'of=FILE' write to FILE\n"
+"  'skip=N' skip N bs-sized blocks at the start of input\n";
+
+/* "Supported formats:" lists every driver name, formats and storages, in
+ * the strcmp() order qemu-img sorts its driver list in (the library gives
+ * them sorted). */
+static void print_formats(void)
+{
+    printf("Supported formats:");
+    for (size_t i = 0; i < qimg_format_count(); i++)
+        printf(" %s", qimg_format_name_at(i));
+    printf("\n");
+}
 
 int cli_help(void)
 {
@@ -106,11 +204,13 @@ int cli_help(void)
            "    '-V', '--version'    output version information and exit\n"
            "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
            "                         specify tracing options\n\n"
-           "Command syntax:\n%s\n%s\nSupported formats:",
-           cli_prog, help_syntax, help_params);
-    for (size_t i = 0; i < qimg_format_count(); i++)
-        printf(" %s", qimg_format_name_at(i));
-    printf("\n");
+           "Command syntax:\n%s%s\n%s\n",
+           cli_prog, help_syntax, cli_is_qemu_img() ? "" : help_syntax_qimg,
+           help_params);
+    print_formats();
+    printf("\nSee <https://qemu.org/contribute/report-a-bug> for how to "
+           "report bugs.\n"
+           "More information on the QEMU project at <https://qemu.org>.\n");
     return 0;
 }
 
@@ -140,6 +240,9 @@ int main(int argc, char **argv)
     int c;
 
     cli_prog = slash ? slash + 1 : argv[0];
+    qimg_set_warning_handler(cli_print_library_message);
+    if (argc >= 2 && !strcmp(argv[1], "--complete"))
+        return cli_complete(argc - 2, argv + 2);
     if (argc < 2)
         return cli_usage_error("Not enough arguments");
     opterr = 0;
@@ -148,7 +251,7 @@ int main(int argc, char **argv)
         case 'h':
             return cli_help();
         case 'V':
-            cli_version();
+            print_version();
             return 0;
         case 'T':
             handle_trace(optarg);
@@ -164,7 +267,8 @@ int main(int argc, char **argv)
         return 0;   /* only global options: qemu-img quietly succeeds */
     cmd = argv[optind];
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        if (!strcmp(cmd, commands[i].name)) {
+        if (!strcmp(cmd, commands[i].name) &&
+            !(commands[i].qimg_only && cli_is_qemu_img())) {
             int sub_argc = argc - optind;
             char **sub_argv = argv + optind;
             optind = 0;   /* reset getopt for the subcommand */

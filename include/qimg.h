@@ -90,6 +90,9 @@ void qimg_opts_free(struct qimg_opts *opts);
  */
 int qimg_opts_parse(struct qimg_opts *opts, const char *str,
                     const char *implied_key, struct qimg_error *err);
+/* Whether an option list asks for help: an element "help" or "?" without
+ * a value (not "help=on", not "nohelp"), as qemu-img looks for it. */
+bool qimg_opts_has_help(const char *str);
 int qimg_opts_set(struct qimg_opts *opts, const char *key, const char *value);
 /* The JSON type a value had where it came from (json: filenames keep
  * their types; -o and --image-opts values are strings).  Values are
@@ -108,6 +111,9 @@ enum qimg_val_type qimg_opts_type(const struct qimg_opts *opts, size_t i);
 /* Position of key in opts, or -1. */
 long qimg_opts_index(const struct qimg_opts *opts, const char *key);
 const char *qimg_opts_get(const struct qimg_opts *opts, const char *key);
+/* The value of key as it was given, before qimg_opts_validate normalised
+ * it (a size's "1k" for "1024"); the value itself when it was not. */
+const char *qimg_opts_get_orig(const struct qimg_opts *opts, const char *key);
 bool qimg_opts_del(struct qimg_opts *opts, const char *key);
 size_t qimg_opts_count(const struct qimg_opts *opts);
 const char *qimg_opts_key(const struct qimg_opts *opts, size_t i);
@@ -138,6 +144,12 @@ unsigned qimg_qdict_bucket(const char *key);
 
 /* ---- secrets (--object secret,...) ---------------------------------- */
 
+/*
+ * --object: check a definition as qemu-img 7.2 does and create the object
+ * (process-global; only secrets are used).  When it asks for help, *help
+ * is the text to print (free it) and nothing is created.
+ */
+int qimg_object_add(const char *def, char **help, struct qimg_error *err);
 /* Register a secret from an --object definition string.  Process-global. */
 int qimg_secret_add(const char *objdef, struct qimg_error *err);
 /* Borrowed pointer to the secret's bytes, or NULL. */
@@ -191,8 +203,15 @@ void qimg_untrusted_reset(void);
 size_t qimg_format_count(void);
 const char *qimg_format_name_at(size_t i);
 bool qimg_format_known(const char *name);
+/* The image formats alone, then the storages (protocols) alone, in
+ * registry order; NULL past the last. */
+const char *qimg_format_driver_at(size_t i);
+const char *qimg_storage_name_at(size_t i);
 /* True if the format can create images. */
 bool qimg_format_can_create(const char *name);
+/* 0 when filename names no protocol ("PROTO:...") or a known one; else
+ * -EINVAL with "Unknown protocol 'PROTO'". */
+int qimg_protocol_check(const char *filename, struct qimg_error *err);
 
 /*
  * The creation options of format fmt merged with those of the storage that
@@ -205,11 +224,20 @@ int qimg_create_opts(const char *fmt, const char *filename,
 
 /*
  * Validate values in opts against the descriptors (types: bool on/off,
- * number, size) and normalise sizes to plain byte counts.  Unknown keys fail
- * with "Invalid parameter 'KEY'".
+ * number, size) and normalise sizes and numbers to plain decimal (a size
+ * written in hex with a multiplier, deprecated, is warned about and kept
+ * as written).  Unknown keys fail with "Invalid parameter 'KEY'".
  */
 int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
                        size_t nd, struct qimg_error *err);
+/*
+ * qimg_opts_parse() and qimg_opts_validate() element by element, as QEMU
+ * parses -o: the first bad element is the one reported, and every element
+ * is checked (and warned about) even when a later one replaces it.
+ */
+int qimg_opts_parse_checked(struct qimg_opts *opts, const char *str,
+                            const struct qimg_opt_desc *d, size_t nd,
+                            struct qimg_error *err);
 
 /*
  * Prepare the creation of an image as qemu-img create does: parse the -o
@@ -448,12 +476,13 @@ int qimg_bench(struct qimg_image *img, const struct qimg_bench_params *params,
 int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
                     size_t max, struct qimg_error *err);
 /*
- * Check opts against the format's amend options: unknown keys give
- * "Invalid parameter 'K'", with "This option is only supported for image
- * creation" when K is a creation option; typed values are validated.
+ * Parse an -o list into opts against the format's amend options, element
+ * by element as qemu-img: unknown keys give "Invalid parameter 'K'", with
+ * "This option is only supported for image creation" when the list parses
+ * with the creation options added; typed values are validated.
  */
-int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
-                          struct qimg_error *err);
+int qimg_amend_parse_opts(const char *fmt, const char *options,
+                          struct qimg_opts *opts, struct qimg_error *err);
 /* Change options of an open (read-write) image. */
 int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
                void (*progress)(void *opaque, double percent), void *opaque,
@@ -688,6 +717,41 @@ const void *qimg_map(struct qimg_image *img, uint64_t off, size_t len,
                      struct qimg_mapping *m);
 void qimg_unmap(struct qimg_mapping *m);
 void qimg_mapping_close(struct qimg_mapping *m);
+
+/* ---- checksums (lib/checksum) ------------------------------------------- */
+
+/* Default block size of the blkhash construction (as nbdcopy's). */
+#define QIMG_CHECKSUM_DEFAULT_BLOCK (64u * 1024)
+/* Longest digest an algorithm gives (bytes). */
+#define QIMG_CHECKSUM_MAX_DIGEST 64
+
+struct qimg_checksum_params {
+    struct qimg_image *img;     /* read through its backing chain */
+    const char *algorithm;      /* qimg_checksum_algorithm_at() name; NULL: sha256 */
+    uint64_t block_size;        /* a power of two; 0: 64 KiB */
+    unsigned threads;           /* 0: one per online core */
+    /* Percentage of the image done, in guest order. */
+    void (*progress)(void *opaque, double percent);
+    void *opaque;
+};
+
+/*
+ * The blkhash digest of img's guest content, as nbdcopy --blkhash computes
+ * it: H(H(block 0) || ... || H(block n-1) || le64(virtual size)), a full
+ * zero block hashing as block_size zero bytes.  Holes and zero extents are
+ * not read; data blocks are hashed in parallel.  digest must hold
+ * QIMG_CHECKSUM_MAX_DIGEST bytes; *digest_len gets its length.
+ */
+int qimg_checksum(const struct qimg_checksum_params *p, unsigned char *digest,
+                  size_t *digest_len, struct qimg_error *err);
+/*
+ * Parse "ALG" or "ALG/BLOCK_SIZE" (nbdcopy's --blkhash syntax, size
+ * suffixes allowed: "sha512/512k") into p->algorithm and p->block_size.
+ */
+int qimg_checksum_parse(const char *spec, struct qimg_checksum_params *p,
+                        struct qimg_error *err);
+/* The algorithm names, i from 0; NULL past the last. */
+const char *qimg_checksum_algorithm_at(size_t i);
 
 #ifdef __cplusplus
 }

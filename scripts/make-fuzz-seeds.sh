@@ -243,4 +243,5 @@ desc_seed flat d2.txt e2.raw
 desc_seed stream d1.txt v-streamOptimized.vmdk
 # vhdx: compact images in the fuzz-vhdx input layout.
 QEMU_IMG=$QEMU_IMG QEMU_IO=$QEMU_IO python3 "$SCRIPTS/../tests/fuzz/make-vhdx-seeds.py" "$OUT/vhdx"
+"$SCRIPTS/make-fuzz-seeds-tables.sh" "$OUT"
 echo "seeds in $OUT: $(find "$OUT" -type f | wc -l) files"

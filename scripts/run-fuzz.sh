@@ -11,7 +11,7 @@ BUILD=${1:?usage: run-fuzz.sh BUILD SECONDS [TARGET...]}
 SECONDS_EACH=${2:-60}
 if [ $# -ge 2 ]; then shift 2; else shift $#; fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGETS=${*:-qcow2 vhdx vpc vdi dmg bochs cloop probe raw opts size json vmdk vmdk-desc}
+TARGETS=${*:-qcow2 vhdx vpc vdi dmg bochs cloop probe raw opts size json vmdk vmdk-desc qed qcow parallels}
 FUZZ=$BUILD/fuzz
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}

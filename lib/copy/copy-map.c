@@ -63,7 +63,8 @@ static bool host_range(struct qimg_image *img, uint64_t off, size_t len,
     if ((ext.flags & (QIMG_BS_OFFSET_VALID | QIMG_BS_DATA |
                       QIMG_BS_COMPRESSED)) !=
             (QIMG_BS_OFFSET_VALID | QIMG_BS_DATA) ||
-        !ext.host_file || ext.length < len)
+        !ext.host_file || qimg_path_has_protocol(ext.host_file) ||
+        ext.length < len)
         return false;
     *path = ext.host_file;
     *host = ext.host_offset;

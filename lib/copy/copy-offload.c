@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "copy/copy.h"
+#include "core/block.h"
 #include "core/util.h"
 
 #define OFFLOAD_MAX_FILES 16
@@ -100,7 +101,9 @@ static int host_location(struct qimg_image *img, uint64_t off, uint64_t len,
 
     if (ret < 0)
         return ret;
+    /* Network storages name their node (nbd://...), not a local file. */
     if (!(ext.flags & QIMG_BS_OFFSET_VALID) || !ext.host_file ||
+        qimg_path_has_protocol(ext.host_file) ||
         (ext.flags & QIMG_BS_COMPRESSED))
         return -ENOTSUP;
     /* A source extent must hold the whole range as data. */

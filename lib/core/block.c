@@ -394,7 +394,9 @@ int qimg_get_info(struct qimg_image *img, struct qimg_info *info,
     memset(info, 0, sizeof(*info));
     info->virtual_size = img->size;
     info->actual_size = -1;
-    info->has_dirty_flag = !img->fmt->no_get_info;
+    info->has_dirty_flag = !img->fmt->no_get_info &&
+                           !(img->fmt->is_raw && img->file &&
+                             img->file->ops->no_get_info);
     if (img->file && img->file->ops->allocated_size)
         info->actual_size = img->file->ops->allocated_size(img->file);
     snprintf(info->backing_file, sizeof(info->backing_file), "%s",
@@ -441,37 +443,13 @@ int qimg_measure(const char *fmt, const struct qimg_opts *opts,
     const struct qimg_format *f = qimg_format_find(fmt);
 
     memset(out, 0, sizeof(*out));
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->measure)
+    /* a storage (-O file) is a block driver without measure, as in QEMU */
+    if (!f || !f->measure)
         return qimg_error_set(err, -ENOTSUP, "Block driver '%s' does not "
                               "support size measurement", fmt);
     return f->measure(opts, src, size, out, err);
-}
-
-int qimg_create(const char *fmt, const char *filename,
-                const struct qimg_opts *opts, struct qimg_error *err)
-{
-    const struct qimg_format *f = qimg_format_find(fmt);
-    const struct qimg_storage_ops *s = f ? NULL : qimg_storage_find(fmt);
-
-    /* -f file, -f host_device: the storage itself. */
-    if (s && (s->create || s->create_by_open))
-        return qimg_storage_create(s, filename, opts, err);
-    if (!f && !s)
-        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f || !f->create)
-        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
-                              "support image creation", fmt);
-    int ret = f->create(filename, opts, err);
-    if (ret == -EFBIG) {
-        /* Clearer than whatever the storage said. */
-        qimg_error_set(err, ret, "The image size is too large for file format "
-                       "'%s'%s", fmt, qimg_opts_get(opts, "cluster_size")
-                                          ? " (try using a larger cluster size)"
-                                          : "");
-    }
-    return ret;
 }
 
 int qimg_cache_parse(const char *name, enum qimg_cache *out)

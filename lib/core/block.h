@@ -26,7 +26,7 @@
 #include "qimg.h"
 
 /* Deepest backing chain we open (QEMU refuses loops; we also bound depth). */
-#define QIMG_MAX_CHAIN_DEPTH 64
+#define QIMG_MAX_CHAIN_DEPTH 4096
 /* Largest single request a driver receives; callers split larger ones. */
 #define QIMG_MAX_REQUEST (64u << 20)
 /* Bytes read from the head of a file to probe its format: QEMU's
@@ -37,6 +37,13 @@
  * aligned down to 1 GiB): a storage request ending past it fails with
  * EIO before any I/O, as in QEMU. */
 #define QIMG_MAX_LENGTH ((uint64_t)INT64_MAX - ((1u << 30) - 1))
+/* QEMU's checks of a new image length before any driver runs (create.c):
+ * past INT64_MAX "Image size cannot be negative" (-EINVAL), past
+ * QIMG_MAX_LENGTH "offset(N) exceeds maximum(M)" (-EIO); else 0. */
+int qimg_check_new_length(uint64_t size, struct qimg_error *err);
+/* Whether name is one of QEMU's block driver names (its BlockdevDriver
+ * enum, which create options such as backing_fmt are checked against). */
+bool qimg_blockdev_driver_known(const char *name);
 
 /*
  * Internal open flag: the storage or node being opened is a file an image
@@ -145,6 +152,10 @@ struct qimg_storage_ops {
     /* The storage cannot open without a "filename" (QEMU's
      * bdrv_needs_filename): "The 'X' block driver requires a file name". */
     bool needs_filename;
+    /* QEMU's driver has no bdrv_get_info (nbd, curl, ssh, null): raw
+     * over it asks the storage, so info --output=json shows no
+     * "dirty-flag". */
+    bool no_get_info;
     /*
      * Turn a "PROTO:..." (or plain) name into open options (QEMU's
      * bdrv_parse_filename): set "filename" and/or the storage's own keys
@@ -174,6 +185,11 @@ struct qimg_storage_ops {
     int64_t (*get_size)(struct qimg_storage *st);
     int (*truncate)(struct qimg_storage *st, uint64_t size,
                     enum qimg_prealloc prealloc, struct qimg_error *err);
+    /* QEMU's exact truncate (qemu-img resize of the node or of raw over
+     * it) where it differs from truncate (nbd: "Cannot resize NBD
+     * nodes"); NULL: truncate.  See qimg_storage_truncate. */
+    int (*truncate_exact)(struct qimg_storage *st, uint64_t size,
+                          enum qimg_prealloc prealloc, struct qimg_error *err);
     int (*pwrite_zeroes)(struct qimg_storage *st, uint64_t off, uint64_t len,
                          unsigned flags, struct qimg_error *err);
     int (*discard)(struct qimg_storage *st, uint64_t off, uint64_t len,
@@ -282,6 +298,11 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
                            enum qimg_cache cache, int depth,
                            struct qimg_error *err);
 void qimg_storage_close(struct qimg_storage *st);
+/* Truncate st as QEMU's bdrv_co_truncate with exact as given (the
+ * storage's truncate_exact when exact and it has one); -ENOTSUP with
+ * QEMU's message when it cannot. */
+int qimg_storage_truncate(struct qimg_storage *st, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err);
 /* Open a format node (probed when opts name no driver) and wrap it as a
  * storage (blkverify's test image). */
 int qimg_storage_open_node(struct qimg_storage **out, const char *filename,
@@ -333,6 +354,17 @@ extern const struct qimg_storage_ops qimg_storage_quorum;
 extern const struct qimg_storage_ops qimg_storage_null_aio;
 extern const struct qimg_storage_ops qimg_storage_blkdebug;
 extern const struct qimg_storage_ops qimg_storage_blkverify;
+/* Network storages (lib/proto/<name>/), each over its client library. */
+extern const struct qimg_storage_ops qimg_storage_nbd;
+extern const struct qimg_storage_ops qimg_storage_nbd_tcp;
+extern const struct qimg_storage_ops qimg_storage_nbd_unix;
+extern const struct qimg_storage_ops qimg_storage_http;
+extern const struct qimg_storage_ops qimg_storage_https;
+extern const struct qimg_storage_ops qimg_storage_ftp;
+extern const struct qimg_storage_ops qimg_storage_ftps;
+extern const struct qimg_storage_ops qimg_storage_iscsi;
+extern const struct qimg_storage_ops qimg_storage_nfs;
+extern const struct qimg_storage_ops qimg_storage_ssh;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,
@@ -548,6 +580,26 @@ int qimg_zero_hint(struct qimg_image *img, uint64_t off, uint64_t len,
 #define QIMG_BS_RECURSE_FILE (1u << 15)
 
 /*
+ * The checks QEMU's encrypted formats make of their key before anything
+ * else: encrypt.key-secret given ("Parameter 'encrypt.key-secret' is
+ * required for cipher") and naming a --object secret ("No secret with id
+ * 'X'").  0 or -EINVAL.
+ */
+int qimg_key_secret_check(const struct qimg_opts *opts,
+                          struct qimg_error *err);
+
+/*
+ * True when name is a member of QEMU's BlockdevDriver enumeration (which
+ * its QAPI create options take for backing-fmt): create drivers refuse
+ * other names with "Parameter 'backing-fmt' does not accept value 'X'".
+ */
+bool qimg_blockdev_driver_known(const char *name);
+/* True when QEMU 7.2's qemu-img knows a format of that name (its --help
+ * list), whether or not this build implements it: drivers that check a
+ * backing format by name ("unrecognized backing format") use it. */
+bool qimg_qemu_format_known(const char *name);
+
+/*
  * Narrow a DATA|OFFSET_VALID extent whose data lies in storage st by what
  * st says about holes there, as QEMU's block layer does for
  * BDRV_BLOCK_RECURSE: a hole (or the area past the end of the file) adds
@@ -567,7 +619,11 @@ extern const struct qimg_format qimg_format_cloop;
 extern const struct qimg_format qimg_format_dmg;
 extern const struct qimg_format qimg_format_luks;
 extern const struct qimg_format qimg_format_raw;
+extern const struct qimg_format qimg_format_parallels;
+extern const struct qimg_format qimg_format_qcow;
 extern const struct qimg_format qimg_format_qcow2;
+extern const struct qimg_format qimg_format_qed;
+extern const struct qimg_format qimg_format_raw;
 extern const struct qimg_format qimg_format_vdi;
 extern const struct qimg_format qimg_format_vhdx;
 extern const struct qimg_format qimg_format_vmdk;
@@ -736,6 +792,9 @@ int qimg_read_backing(struct qimg_image *node, uint64_t off, size_t len,
                       void *buf, struct qimg_error *err);
 
 /* Option helpers for drivers. */
+/* The deprecation warning for a size written in hex with a multiplier
+ * ("0x10k"), when value is one; QEMU warns each time it parses it. */
+void qimg_opts_warn_hex_size(const char *value);
 /* For drivers that take no open options: QEMU's error for the first one
  * (checked once the driver has opened, as QEMU does), or 0. */
 int qimg_opts_refuse_all(const struct qimg_image *node,

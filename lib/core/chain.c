@@ -457,7 +457,7 @@ int qimg_commit(const struct qimg_commit_params *p, struct qimg_error *err)
         return 0;
     ret = j.top->fmt->make_empty(j.top, err);
     if (ret < 0)
-        qimg_error_set(err, ret, "Failed to make %s empty: %s",
+        qimg_error_set(err, ret, "Failed to empty %s: %s",
                        j.top->filename, strerror(-ret));
     return ret;
 }

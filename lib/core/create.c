@@ -14,44 +14,78 @@
 
 #define MAX_DESCS 128
 
-/* The summary: every option with a value or a default, in desc order. */
+/* Append to a growing string; false when out of memory. */
+static bool append(char **out, size_t *len, size_t *cap, const char *s,
+                   size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = (*len + n + 1) * 2;
+        char *p = realloc(*out, ncap);
+        if (!p)
+            return false;
+        *out = p;
+        *cap = ncap;
+    }
+    memcpy(*out + *len, s, n);
+    *len += n;
+    (*out)[*len] = '\0';
+    return true;
+}
+
+/* A string value as qemu-img prints it back: commas doubled, so that the
+ * line reads as an option list again. */
+static bool append_escaped(char **out, size_t *len, size_t *cap,
+                           const char *v)
+{
+    for (; *v; v++)
+        if (!append(out, len, cap, v, 1) ||
+            (*v == ',' && !append(out, len, cap, ",", 1)))
+            return false;
+    return true;
+}
+
+/*
+ * The summary: every option with a value or a default, in desc order.
+ * As QEMU prints it: strings escaped, sizes and numbers that were given as
+ * their signed 64-bit value, anything else (defaults, booleans) as written.
+ */
 static char *summarise(const struct qimg_opts *opts,
                        const struct qimg_opt_desc **d, int nd)
 {
     size_t cap = 256, len = 0;
     char *out = malloc(cap);
+    bool ok = out != NULL;
 
-    if (!out)
-        return NULL;
-    out[0] = '\0';
-    for (int i = 0; i < nd; i++) {
-        const char *v = qimg_opts_get(opts, d[i]->name);
-        size_t need;
+    if (ok)
+        out[0] = '\0';
+    for (int i = 0; ok && i < nd; i++) {
+        const char *given = qimg_opts_get(opts, d[i]->name);
+        const char *v = given ? given : d[i]->def;
         char num[32];
-        if (!v)
-            v = d[i]->def;
+        uint64_t n;
+
         if (!v)
             continue;
-        /* QEMU prints numbers parsed, as signed 64-bit: 0x10 is 16 and
-         * 18446744073709551615 is -1. */
-        if (d[i]->type == QIMG_OPT_NUMBER) {
-            snprintf(num, sizeof(num), "%lld",
-                     (long long)strtoull(v, NULL, 0));
+        ok = (!len || append(&out, &len, &cap, " ", 1)) &&
+             append(&out, &len, &cap, d[i]->name, strlen(d[i]->name)) &&
+             append(&out, &len, &cap, "=", 1);
+        if (!ok)
+            break;
+        if (d[i]->type == QIMG_OPT_STRING) {
+            ok = append_escaped(&out, &len, &cap, v);
+            continue;
+        }
+        if (given && (d[i]->type == QIMG_OPT_SIZE ||
+                      d[i]->type == QIMG_OPT_NUMBER) &&
+            qimg_parse_size(v, &n, NULL) == 0) {
+            snprintf(num, sizeof(num), "%" PRId64, (int64_t)n);
             v = num;
         }
-        need = len + strlen(d[i]->name) + strlen(v) + 3;
-        if (need > cap) {
-            char *n;
-            cap = need * 2;
-            n = realloc(out, cap);
-            if (!n) {
-                free(out);
-                return NULL;
-            }
-            out = n;
-        }
-        len += (size_t)sprintf(out + len, "%s%s=%s", len ? " " : "",
-                               d[i]->name, v);
+        ok = append(&out, &len, &cap, v, strlen(v));
+    }
+    if (!ok) {
+        free(out);
+        return NULL;
     }
     return out;
 }
@@ -108,6 +142,14 @@ static int check_backing(const char *filename, const char *backing,
     return ret;
 }
 
+static bool given_size_is_unset(const struct qimg_opts *opts)
+{
+    const char *v = qimg_opts_get(opts, "size");
+    uint64_t n;
+
+    return v && qimg_parse_size(v, &n, NULL) == 0 && n == UINT64_MAX;
+}
+
 int qimg_create_prepare(const char *fmt, const char *filename,
                         const char *options, int64_t size,
                         const char *backing, const char *backing_fmt,
@@ -146,13 +188,10 @@ int qimg_create_prepare(const char *fmt, const char *filename,
     if (!opts)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     if (options) {
-        ret = qimg_opts_parse(opts, options, NULL, err);
-        if (ret < 0)
-            goto fail;
         struct qimg_opt_desc flat[MAX_DESCS];
         for (int i = 0; i < nd; i++)
             flat[i] = *d[i];
-        ret = qimg_opts_validate(opts, flat, (size_t)nd, err);
+        ret = qimg_opts_parse_checked(opts, options, flat, (size_t)nd, err);
         if (ret < 0)
             goto fail;
     }
@@ -166,6 +205,9 @@ int qimg_create_prepare(const char *fmt, const char *filename,
                              "only once");
         goto fail;
     }
+    /* qemu-img takes a size of 2^64 - 1 for "no size given" */
+    if (given_size_is_unset(opts))
+        qimg_opts_del(opts, "size");
     if (backing) {
         if (!has_desc(d, nd, "backing_file")) {
             ret = qimg_error_set(err, -ENOTSUP, "Backing file not supported "
@@ -224,15 +266,113 @@ fail:
     return ret;
 }
 
+/*
+ * The effective value of a create option: what was given, else the
+ * format's default (QEMU's option lists fall back to their defaults).
+ */
+static const char *create_opt_value(const struct qimg_format *f,
+                                    const struct qimg_opts *opts,
+                                    const char *name)
+{
+    const char *v = qimg_opts_get(opts, name);
+
+    for (size_t i = 0; !v && i < f->n_create_opts; i++)
+        if (!strcmp(f->create_opts[i].name, name))
+            v = f->create_opts[i].def;
+    return v;
+}
+
+/*
+ * QEMU's drivers parse the size options a second time while creating, so
+ * a size in hex with a multiplier is warned about once more, in the
+ * reverse order of the option descriptors (storage options first).
+ */
+static void warn_hex_sizes_again(const char *fmt, const char *filename,
+                                 const struct qimg_opts *opts)
+{
+    const struct qimg_opt_desc *d[MAX_DESCS];
+    int nd = qimg_create_opts(fmt, filename, d, MAX_DESCS, NULL);
+
+    for (int i = nd - 1; i >= 0; i--) {
+        const char *v = qimg_opts_get(opts, d[i]->name);
+        if (v && d[i]->type == QIMG_OPT_SIZE)
+            qimg_opts_warn_hex_size(v);
+    }
+}
+
+int qimg_create(const char *fmt, const char *filename,
+                const struct qimg_opts *opts, struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    const struct qimg_storage_ops *s = f ? NULL : qimg_storage_find(fmt);
+    const char *cluster_size;
+    uint64_t cs = 0;
+    int ret;
+
+    /* -f file, -f host_device: the storage itself (QEMU parses its
+     * options once). */
+    if (s && (s->create || s->create_by_open))
+        return qimg_storage_create(s, filename, opts, err);
+    if (!f && !s)
+        return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
+    if (!f || !f->create)
+        return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
+                              "support image creation", fmt);
+    warn_hex_sizes_again(fmt, filename, opts);
+    ret = f->create(filename, opts, err);
+    if (ret != -EFBIG)
+        return ret;
+    /* Clearer than whatever the driver said; a format with clusters (a
+     * cluster_size option that is set or has a non-zero default) gets
+     * qemu-img's hint. */
+    cluster_size = create_opt_value(f, opts, "cluster_size");
+    if (cluster_size && qimg_parse_size(cluster_size, &cs, NULL) < 0)
+        cs = 0;
+    return qimg_error_set(err, ret, "The image size is too large for file "
+                          "format '%s'%s", fmt,
+                          cs ? " (try using a larger cluster size)" : "");
+}
+
+int qimg_check_new_length(uint64_t size, struct qimg_error *err)
+{
+    if (size > INT64_MAX)
+        return qimg_error_set(err, -EINVAL, "Image size cannot be negative");
+    if (size > QIMG_MAX_LENGTH)
+        return qimg_error_set(err, -EIO, "offset(%" PRIu64 ") exceeds "
+                              "maximum(%" PRIu64 ")", size, QIMG_MAX_LENGTH);
+    return 0;
+}
+
+bool qimg_blockdev_driver_known(const char *name)
+{
+    /* QEMU 7.2's BlockdevDriver enum as Debian builds it (without the
+     * io_uring and libblkio drivers) */
+    static const char *const drivers[] = {
+        "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs",
+        "cloop", "compress", "copy-before-write", "copy-on-read", "dmg",
+        "file", "snapshot-access", "ftp", "ftps", "gluster", "host_cdrom",
+        "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs",
+        "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow",
+        "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh",
+        "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
+    };
+
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(drivers); i++)
+        if (!strcmp(drivers[i], name))
+            return true;
+    return false;
+}
+
 int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
                     size_t max, struct qimg_error *err)
 {
     const struct qimg_format *f = qimg_format_find(fmt);
     size_t n = 0;
 
-    if (!f)
+    if (!f && !qimg_storage_find(fmt))
         return qimg_error_set(err, -EINVAL, "Unknown file format '%s'", fmt);
-    if (!f->amend)
+    /* a storage (-f file) is a driver without amend, as in QEMU */
+    if (!f || !f->amend)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support option amendment", fmt);
     for (; n < f->n_amend_opts && n < max; n++)
@@ -240,34 +380,42 @@ int qimg_amend_opts(const char *fmt, const struct qimg_opt_desc **out,
     return (int)n;
 }
 
-int qimg_amend_check_opts(const char *fmt, struct qimg_opts *opts,
-                          struct qimg_error *err)
+int qimg_amend_parse_opts(const char *fmt, const char *options,
+                          struct qimg_opts *opts, struct qimg_error *err)
 {
     const struct qimg_format *f = qimg_format_find(fmt);
     struct qimg_opt_desc flat[MAX_DESCS];
     const struct qimg_opt_desc *create[MAX_DESCS];
+    struct qimg_opts *scratch;
+    size_t n = 0;
     int nc, ret;
 
     if (!f || !f->amend)
         return qimg_error_set(err, -ENOTSUP, "Format driver '%s' does not "
                               "support option amendment", fmt);
-    for (size_t i = 0; i < f->n_amend_opts; i++)
-        flat[i] = f->amend_opts[i];
-    ret = qimg_opts_validate(opts, flat, f->n_amend_opts, err);
-    if (ret == -EINVAL && !strncmp(err->msg, "Invalid parameter '", 19)) {
-        /* Say so when the key is one that only creation knows. */
-        nc = qimg_create_opts(fmt, NULL, create, MAX_DESCS, NULL);
-        for (int i = 0; i < nc; i++) {
-            size_t kl = strlen(create[i]->name);
-            if (!strncmp(err->msg + 19, create[i]->name, kl) &&
-                err->msg[19 + kl] == '\'' && !err->msg[20 + kl]) {
-                size_t l = strlen(err->msg);
-                snprintf(err->msg + l, sizeof(err->msg) - l,
-                         "\nThis option is only supported for image creation");
-                break;
-            }
-        }
+    for (; n < f->n_amend_opts && n < MAX_DESCS; n++)
+        flat[n] = f->amend_opts[n];
+    ret = qimg_opts_parse_checked(opts, options, flat, n, err);
+    if (ret != -EINVAL)
+        return ret;
+    /* As qemu-img: parse again with the creation options added, and when
+     * that works the failing key is one only creation knows. */
+    nc = qimg_create_opts(fmt, NULL, create, MAX_DESCS, NULL);
+    for (int i = 0; i < nc && n < MAX_DESCS; i++) {
+        bool dup = false;
+        for (size_t j = 0; j < f->n_amend_opts; j++)
+            dup |= !strcmp(flat[j].name, create[i]->name);
+        if (!dup)
+            flat[n++] = *create[i];
     }
+    scratch = qimg_opts_new();
+    if (scratch && qimg_opts_parse_checked(scratch, options, flat, n,
+                                           NULL) == 0) {
+        size_t l = strlen(err->msg);
+        snprintf(err->msg + l, sizeof(err->msg) - l,
+                 "\nThis option is only supported for image creation");
+    }
+    qimg_opts_free(scratch);
     return ret;
 }
 

@@ -56,7 +56,10 @@ static int probe_node(struct qimg_image *node, const char *filename,
             return ret;
         }
     }
-    node->fmt = len ? probe_format(buf, len, filename ? filename : "") : NULL;
+    /* QEMU probes all 512 bytes: a shorter file reads as zeroes past its
+     * end (an empty one is raw). */
+    node->fmt = len ? probe_format(buf, sizeof(buf), filename ? filename : "")
+                    : NULL;
     if (!node->fmt)
         node->fmt = &qimg_format_raw;
     node->probed_raw = node->fmt->is_raw;

@@ -22,6 +22,7 @@ struct qimg_opt_pair {
     char *key;
     char *value;
     enum qimg_val_type type;    /* what JSON type the value came as */
+    char *orig;     /* the text as given, when validation normalised it */
 };
 
 struct qimg_opts {
@@ -41,6 +42,7 @@ void qimg_opts_free(struct qimg_opts *opts)
     for (size_t i = 0; i < opts->n; i++) {
         free(opts->v[i].key);
         free(opts->v[i].value);
+        free(opts->v[i].orig);
     }
     free(opts->v);
     free(opts);
@@ -71,7 +73,9 @@ int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
         return -ENOMEM;
     if (i >= 0) {
         free(opts->v[i].value);
+        free(opts->v[i].orig);
         opts->v[i].value = v;
+        opts->v[i].orig = NULL;
         opts->v[i].type = type;
         return 0;
     }
@@ -94,6 +98,7 @@ int qimg_opts_set_typed(struct qimg_opts *opts, const char *key,
         free(v);
         return -ENOMEM;
     }
+    opts->v[opts->n].orig = NULL;
     opts->v[opts->n].type = type;
     opts->v[opts->n++].value = v;
     return 0;
@@ -115,6 +120,29 @@ const char *qimg_opts_get(const struct qimg_opts *opts, const char *key)
     return i >= 0 ? opts->v[i].value : NULL;
 }
 
+const char *qimg_opts_get_orig(const struct qimg_opts *opts, const char *key)
+{
+    ssize_t i = find(opts, key);
+    if (i < 0)
+        return NULL;
+    return opts->v[i].orig ? opts->v[i].orig : opts->v[i].value;
+}
+
+/* Replace entry i's value by its normalised form, keeping the text. */
+static int normalise(struct qimg_opts *opts, size_t i, const char *value)
+{
+    char *v = strdup(value);
+
+    if (!v)
+        return -ENOMEM;
+    if (!opts->v[i].orig)
+        opts->v[i].orig = opts->v[i].value;
+    else
+        free(opts->v[i].value);
+    opts->v[i].value = v;
+    return 0;
+}
+
 bool qimg_opts_del(struct qimg_opts *opts, const char *key)
 {
     ssize_t i = find(opts, key);
@@ -122,6 +150,7 @@ bool qimg_opts_del(struct qimg_opts *opts, const char *key)
         return false;
     free(opts->v[i].key);
     free(opts->v[i].value);
+    free(opts->v[i].orig);
     memmove(&opts->v[i], &opts->v[i + 1], (opts->n - i - 1) * sizeof(opts->v[0]));
     opts->n--;
     return true;
@@ -149,7 +178,9 @@ struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts)
         return NULL;
     for (size_t i = 0; opts && i < opts->n; i++) {
         if (qimg_opts_set_typed(d, opts->v[i].key, opts->v[i].value,
-                                opts->v[i].type) < 0) {
+                                opts->v[i].type) < 0 ||
+            (opts->v[i].orig &&
+             !(d->v[d->n - 1].orig = strdup(opts->v[i].orig)))) {
             qimg_opts_free(d);
             return NULL;
         }
@@ -157,9 +188,9 @@ struct qimg_opts *qimg_opts_dup(const struct qimg_opts *opts)
     return d;
 }
 
-/* Copy the next element of s (up to an unescaped ',' or end) into out,
- * un-doubling commas.  stop_at_eq ends the element at '=' too. */
-static const char *take_token(const char *s, char *out, bool stop_at_eq)
+/* Copy a value (up to an unescaped ',' or the end) into out, un-doubling
+ * commas. */
+static const char *take_value(const char *s, char *out)
 {
     size_t n = 0;
     while (*s) {
@@ -167,8 +198,6 @@ static const char *take_token(const char *s, char *out, bool stop_at_eq)
             if (s[1] != ',')
                 break;
             s++;
-        } else if (stop_at_eq && *s == '=') {
-            break;
         }
         out[n++] = *s++;
     }
@@ -176,8 +205,25 @@ static const char *take_token(const char *s, char *out, bool stop_at_eq)
     return s;
 }
 
-int qimg_opts_parse(struct qimg_opts *opts, const char *str,
-                    const char *implied_key, struct qimg_error *err)
+/* Copy a key (up to the first '=' or ',': keys have no escapes, as in
+ * QEMU, so "a,,b=c" is the flag "a", an empty flag and "b=c"). */
+static const char *take_key(const char *s, char *out)
+{
+    size_t n = strcspn(s, "=,");
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return s + n;
+}
+
+/* Called for each element of a list in order (flag: it had no '='); a
+ * negative return stops. */
+typedef int (*element_fn)(struct qimg_opts *opts, const char *key,
+                          const char *val, bool flag, void *ctx,
+                          struct qimg_error *err);
+
+static int parse_elements(struct qimg_opts *opts, const char *str,
+                          const char *implied_key, element_fn fn, void *ctx,
+                          struct qimg_error *err)
 {
     /* Room for the input, or for what replaces it: the implied key,
      * "help", "on", "off". */
@@ -192,31 +238,30 @@ int qimg_opts_parse(struct qimg_opts *opts, const char *str,
         goto out;
     }
     while (*p) {
-        const char *after_key = take_token(p, key, true);
+        const char *after_key = take_key(p, key);
+        bool flag = false;
         if (*after_key == '=') {
-            p = take_token(after_key + 1, val, false);
+            p = take_value(after_key + 1, val);
         } else if (first && implied_key) {
-            p = take_token(p, val, false);
+            p = take_value(p, val);
             strcpy(key, implied_key);
         } else {
             p = after_key;
+            flag = true;
             if (!strcmp(key, "?"))
                 strcpy(key, "help");
             /* Short booleans: "flag" is flag=on, "noflag" is flag=off. */
-            if (!strncmp(key, "no", 2) && strcmp(key, "help")) {
+            if (!strncmp(key, "no", 2)) {
                 memmove(key, key + 2, strlen(key + 2) + 1);
                 strcpy(val, "off");
+                flag = false;   /* "nohelp" asks for no help */
             } else {
                 strcpy(val, "on");
             }
         }
-        if (!*key && *p == '\0' && !first)
-            break;
-        ret = qimg_opts_set(opts, key, val);
-        if (ret < 0) {
-            qimg_error_set(err, ret, "Too many options");
+        ret = fn(opts, key, val, flag, ctx, err);
+        if (ret < 0)
             goto out;
-        }
         first = false;
         if (*p == ',')
             p++;
@@ -225,6 +270,79 @@ out:
     free(key);
     free(val);
     return ret;
+}
+
+static int set_element(struct qimg_opts *opts, const char *key,
+                       const char *val, bool flag, void *ctx,
+                       struct qimg_error *err)
+{
+    int ret = qimg_opts_set(opts, key, val);
+
+    (void)flag;
+    (void)ctx;
+    if (ret < 0)
+        qimg_error_set(err, ret, "Too many options");
+    return ret;
+}
+
+int qimg_opts_parse(struct qimg_opts *opts, const char *str,
+                    const char *implied_key, struct qimg_error *err)
+{
+    return parse_elements(opts, str, implied_key, set_element, NULL, err);
+}
+
+static int find_help(struct qimg_opts *opts, const char *key,
+                     const char *val, bool flag, void *ctx,
+                     struct qimg_error *err)
+{
+    (void)opts;
+    (void)val;
+    (void)err;
+    if (flag && !strcmp(key, "help"))
+        *(bool *)ctx = true;
+    return 0;
+}
+
+bool qimg_opts_has_help(const char *str)
+{
+    struct qimg_opts *scratch = qimg_opts_new();
+    bool help = false;
+
+    if (scratch)
+        parse_elements(scratch, str, NULL, find_help, &help, NULL);
+    qimg_opts_free(scratch);
+    return help;
+}
+
+struct descs {
+    const struct qimg_opt_desc *d;
+    size_t nd;
+};
+
+static int validate_one(struct qimg_opts *opts, size_t i,
+                        const struct qimg_opt_desc *d, size_t nd,
+                        struct qimg_error *err);
+
+static int set_checked_element(struct qimg_opts *opts, const char *key,
+                               const char *val, bool flag, void *ctx,
+                               struct qimg_error *err)
+{
+    const struct descs *descs = ctx;
+    int ret = set_element(opts, key, val, flag, NULL, err);
+
+    if (ret < 0)
+        return ret;
+    return validate_one(opts, (size_t)find(opts, key), descs->d, descs->nd,
+                        err);
+}
+
+int qimg_opts_parse_checked(struct qimg_opts *opts, const char *str,
+                            const struct qimg_opt_desc *d, size_t nd,
+                            struct qimg_error *err)
+{
+    struct descs descs = {d, nd};
+
+    return parse_elements(opts, str, NULL, set_checked_element, &descs, err);
 }
 
 int qimg_opts_get_size(const struct qimg_opts *opts, const char *key,
@@ -285,7 +403,9 @@ int qimg_opts_get_number(const struct qimg_opts *opts, const char *key,
 int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
                         int64_t def, int64_t *out, struct qimg_error *err)
 {
-    const char *v = qimg_opts_get(opts, key);
+    /* The text as given: validation normalises numbers to unsigned
+     * decimal, and "-1" must stay -1 for a signed option. */
+    const char *v = qimg_opts_get_orig(opts, key);
     char *end;
 
     *out = def;
@@ -299,14 +419,103 @@ int qimg_opts_get_int64(const struct qimg_opts *opts, const char *key,
     return 0;
 }
 
-static int validate_number(const char *key, const char *v, struct qimg_error *err)
+/* Warn about "0x10k" as QEMU does each time it parses such a size. */
+void qimg_opts_warn_hex_size(const char *value)
 {
-    char *end;
+    uint64_t v;
+    bool hex = false;
+
+    if (qimg_parse_size(value, &v, &hex) == 0 && hex)
+        qimg_message(QIMG_MSG_WARNING, "Using a multiplier suffix on hex "
+                     "numbers is deprecated: %s\n", value);
+}
+
+/*
+ * A size option, as QEMU's option parser reads it: out of range and
+ * malformed values have their own messages; hex with a multiplier is
+ * deprecated (warned) and kept as written, so that creation can warn again
+ * where QEMU parses it a second time; anything else becomes a byte count.
+ */
+static int validate_size(struct qimg_opts *opts, size_t i,
+                         struct qimg_error *err)
+{
+    const char *key = opts->v[i].key, *v = opts->v[i].value;
+    char buf[32];
+    uint64_t sz;
+    bool hex = false;
+    int ret = qimg_parse_size(v, &sz, &hex);
+
+    if (ret == -ERANGE)
+        return qimg_error_set(err, -EINVAL, "Value '%s' is out of range for "
+                              "parameter '%s'", v, key);
+    if (ret < 0)
+        return qimg_opts_get_size(opts, key, 0, &sz, err);
+    if (hex) {
+        qimg_opts_warn_hex_size(v);
+        return 0;
+    }
+    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)sz);
+    return normalise(opts, i, buf);
+}
+
+/*
+ * A number option: C's strtoull() in base 0 over the whole value, as
+ * QEMU's option parser (leading blanks, a sign, "0x" hex, "0" octal; a
+ * '-' wraps), normalised to decimal.
+ */
+static int validate_number(struct qimg_opts *opts, size_t i,
+                           struct qimg_error *err)
+{
+    const char *key = opts->v[i].key, *v = opts->v[i].value;
+    char buf[32], *end;
+    unsigned long long n;
+
+    /* Trailing text is "expects a number" before a value past 64 bits is
+     * "too large", as QEMU checks strtoull's result. */
     errno = 0;
-    /* strtoull's rules, as QEMU's: "-1" is accepted (and wraps). */
-    if ((strtoull(v, &end, 0), errno) || *end || end == v)
+    n = strtoull(v, &end, 0);
+    if (end == v || *end)
         return qimg_error_set(err, -EINVAL,
                               "Parameter '%s' expects a number", key);
+    if (errno == ERANGE)
+        return qimg_error_set(err, -EINVAL, "Value '%s' is too large for "
+                              "parameter '%s'", v, key);
+    snprintf(buf, sizeof(buf), "%llu", n);
+    return normalise(opts, i, buf);
+}
+
+static const struct qimg_opt_desc *find_desc(const struct qimg_opt_desc *d,
+                                             size_t nd, const char *key)
+{
+    const struct qimg_opt_desc *desc = NULL;
+
+    for (size_t j = 0; j < nd; j++)
+        if (!strcmp(d[j].name, key))
+            desc = &d[j];
+    return desc;
+}
+
+/* Check (and normalise) the option at index i against its descriptor. */
+static int validate_one(struct qimg_opts *opts, size_t i,
+                        const struct qimg_opt_desc *d, size_t nd,
+                        struct qimg_error *err)
+{
+    const char *key = opts->v[i].key;
+    const struct qimg_opt_desc *desc = find_desc(d, nd, key);
+    bool b;
+
+    if (!desc)
+        return qimg_error_set(err, -EINVAL, "Invalid parameter '%s'", key);
+    switch (desc->type) {
+    case QIMG_OPT_SIZE:
+        return validate_size(opts, i, err);
+    case QIMG_OPT_BOOL:
+        return qimg_opts_get_bool(opts, key, false, &b, err);
+    case QIMG_OPT_NUMBER:
+        return validate_number(opts, i, err);
+    case QIMG_OPT_STRING:
+        break;
+    }
     return 0;
 }
 
@@ -314,35 +523,7 @@ int qimg_opts_validate(struct qimg_opts *opts, const struct qimg_opt_desc *d,
                        size_t nd, struct qimg_error *err)
 {
     for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        const char *key = opts->v[i].key;
-        const struct qimg_opt_desc *desc = NULL;
-        char buf[32];
-        uint64_t sz;
-        bool b;
-        int ret = 0;
-
-        for (size_t j = 0; j < nd; j++)
-            if (!strcmp(d[j].name, key))
-                desc = &d[j];
-        if (!desc)
-            return qimg_error_set(err, -EINVAL, "Invalid parameter '%s'", key);
-        switch (desc->type) {
-        case QIMG_OPT_SIZE:
-            ret = qimg_opts_get_size(opts, key, 0, &sz, err);
-            if (!ret) {
-                snprintf(buf, sizeof(buf), "%llu", (unsigned long long)sz);
-                ret = qimg_opts_set(opts, key, buf);
-            }
-            break;
-        case QIMG_OPT_BOOL:
-            ret = qimg_opts_get_bool(opts, key, false, &b, err);
-            break;
-        case QIMG_OPT_NUMBER:
-            ret = validate_number(key, opts->v[i].value, err);
-            break;
-        case QIMG_OPT_STRING:
-            break;
-        }
+        int ret = validate_one(opts, i, d, nd, err);
         if (ret < 0)
             return ret;
     }

@@ -80,7 +80,9 @@ static int proto_block_status(struct qimg_image *node, uint64_t off,
         ext->flags |= QIMG_BS_ALLOCATED | QIMG_BS_OFFSET_VALID;
     }
     ext->host_offset = off;
-    ext->host_file = st->filename;
+    /* A storage may name itself (a network storage's json:{...} name). */
+    if (!ext->host_file)
+        ext->host_file = st->filename;
     return 0;
 }
 
@@ -90,11 +92,7 @@ static int proto_truncate(struct qimg_image *node, uint64_t size, bool exact,
     struct qimg_storage *st = node->file;
     int ret;
 
-    (void)exact;
-    if (!st->ops->truncate)
-        return qimg_error_set(err, -ENOTSUP, "Image format driver does not "
-                              "support resize");
-    ret = st->ops->truncate(st, size, prealloc, err);
+    ret = qimg_storage_truncate(st, size, exact, prealloc, err);
     if (ret == 0)
         node->size = size;
     return ret;

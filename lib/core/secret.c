@@ -293,3 +293,15 @@ const char *qimg_secret_get(const char *id, size_t *len)
     }
     return NULL;
 }
+
+int qimg_key_secret_check(const struct qimg_opts *opts, struct qimg_error *err)
+{
+    const char *key = qimg_opts_get(opts, "encrypt.key-secret");
+
+    if (!key)
+        return qimg_error_set(err, -EINVAL, "Parameter 'encrypt.key-secret' "
+                              "is required for cipher");
+    if (!qimg_secret_get(key, NULL))
+        return qimg_error_set(err, -EINVAL, "No secret with id '%s'", key);
+    return 0;
+}

@@ -3,8 +3,9 @@
  *
  * Accepted: decimal or 0x-hex integers; a decimal fraction only together
  * with a multiplying suffix ("1.5k", "1.k"); suffixes b/B (bytes) and
- * k/K, m/M, g/G, t/T, p/P, e/E (powers of 1024).  Exponents ("1e3"), signs
- * and leading zeroes before 'x' are rejected.  A fraction is kept as 64.64
+ * k/K, m/M, g/G, t/T, p/P, e/E (powers of 1024).  Leading white space and
+ * one '+' are skipped, as strtoull() skips them under QEMU's parser;
+ * exponents ("1e3"), a '-' and leading zeroes before 'x' are rejected.  A fraction is kept as 64.64
  * fixed point and rounded half up after scaling.
  */
 #include <ctype.h>
@@ -86,6 +87,8 @@ int qimg_parse_size(const char *str, uint64_t *out, bool *hex_with_suffix)
     if (hex_with_suffix)
         *hex_with_suffix = false;
     while (isspace((unsigned char)*p))
+        p++;
+    if (*p == '+')
         p++;
     if (!isdigit((unsigned char)*p))
         return -EINVAL;

@@ -12,8 +12,30 @@
 #include <sys/stat.h>
 
 #include "core/block.h"
+#include "core/json.h"
 #include "core/policy.h"
 #include "core/util.h"
+#include "qimg-config.h"
+
+#ifdef QIMG_MODULES
+/* The network storages are modules (core/module.c): their stubs. */
+#define MODULE_STORAGE(var, name, proto, module)                            \
+    QIMG_STORAGE_MODULE_STUB(stub_##var, name, proto, module,               \
+                             "qimg_storage_" #var)
+MODULE_STORAGE(ftp, "ftp", "ftp", "qimg-curl");
+MODULE_STORAGE(ftps, "ftps", "ftps", "qimg-curl");
+MODULE_STORAGE(http, "http", "http", "qimg-curl");
+MODULE_STORAGE(https, "https", "https", "qimg-curl");
+MODULE_STORAGE(iscsi, "iscsi", "iscsi", "qimg-iscsi");
+MODULE_STORAGE(nbd, "nbd", "nbd", "qimg-nbd");
+MODULE_STORAGE(nbd_tcp, "nbd", "nbd+tcp", "qimg-nbd");
+MODULE_STORAGE(nbd_unix, "nbd", "nbd+unix", "qimg-nbd");
+MODULE_STORAGE(nfs, "nfs", "nfs", "qimg-nfs");
+MODULE_STORAGE(ssh, "ssh", "ssh", "qimg-ssh");
+#define NET(var) (&stub_##var)
+#else
+#define NET(var) (&qimg_storage_##var)
+#endif
 
 /* Every storage a name or a "driver" can select, alphabetically as
  * qemu-img lists drivers.  Adding one means one line here. */
@@ -21,11 +43,21 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_blkdebug,
     &qimg_storage_blkverify,
     &qimg_storage_file,
+    NET(ftp),
+    NET(ftps),
     &qimg_storage_host_cdrom,
     &qimg_storage_host_device,
+    NET(http),
+    NET(https),
+    NET(iscsi),
+    NET(nbd),
+    NET(nbd_tcp),
+    NET(nbd_unix),
+    NET(nfs),
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
     &qimg_storage_quorum,
+    NET(ssh),
 };
 
 size_t qimg_storage_count(void)
@@ -160,6 +192,17 @@ void qimg_storage_close(struct qimg_storage *st)
     storage_free(st);
 }
 
+int qimg_storage_truncate(struct qimg_storage *st, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    if (exact && st->ops->truncate_exact)
+        return st->ops->truncate_exact(st, size, prealloc, err);
+    if (!st->ops->truncate)
+        return qimg_error_set(err, -ENOTSUP, "Image format driver does not "
+                              "support resize");
+    return st->ops->truncate(st, size, prealloc, err);
+}
+
 /* ---- the node storage ------------------------------------------------------ */
 
 static int node_pread(struct qimg_storage *st, uint64_t off, size_t len,
@@ -287,6 +330,25 @@ int qimg_storage_open_node(struct qimg_storage **out, const char *filename,
     return 0;
 }
 
+/* QEMU's bs->filename of a protocol node: its exact name, else
+ * json:{...} of its strong options. */
+static char *storage_name(struct qimg_storage *st)
+{
+    char exact[4096];
+    json_t *d;
+    char *j, *name = NULL;
+
+    if (qimg_storage_exact_name(st, exact, sizeof(exact)))
+        return strdup(exact);
+    d = qimg_storage_full_opts(st);
+    j = d ? qimg_json_compact(d) : NULL;
+    json_decref(d);
+    if (j && (name = malloc(strlen(j) + 6)))
+        sprintf(name, "json:%s", j);
+    free(j);
+    return name ? name : strdup(st->filename ? st->filename : "");
+}
+
 /* ---- opening ---------------------------------------------------------------- */
 
 int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
@@ -406,9 +468,7 @@ int qimg_storage_open_opts(struct qimg_storage **out, const char *filename,
         qimg_storage_close(st);
         return ret;
     }
-    char name[4096];
-    st->name = strdup(qimg_storage_exact_name(st, name, sizeof(name))
-                          ? name : (st->filename ? st->filename : ""));
+    st->name = storage_name(st);
     *out = st;
     return 0;
 
@@ -480,9 +540,9 @@ static int create_by_open(const struct qimg_storage_ops *ops,
         goto out;
     if (pa && strcmp(pa, "off")) {
         enum qimg_prealloc p;
-        if (qimg_prealloc_parse(pa, &p) < 0)
-            ret = qimg_error_set(err, -EINVAL, "Parameter 'preallocation' "
-                                 "does not accept value '%s'", pa);
+        if (qimg_prealloc_parse(pa, &p) < 0)   /* QAPI's enum message */
+            ret = qimg_error_set(err, -EINVAL, "invalid parameter value: %s",
+                                 pa);
         else
             ret = qimg_error_set(err, -ENOTSUP, "Unsupported preallocation "
                                  "mode '%s'", pa);

@@ -199,7 +199,7 @@ static int raw_truncate(struct qimg_image *node, uint64_t size, bool exact,
     if (prealloc == QIMG_PREALLOC_METADATA)
         return qimg_error_set(err, -ENOTSUP, "Unsupported preallocation "
                               "mode: metadata");
-    ret = node->file->ops->truncate(node->file, end, prealloc, err);
+    ret = qimg_storage_truncate(node->file, end, exact, prealloc, err);
     if (ret < 0)
         return ret;
     node->size = size;

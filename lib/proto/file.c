@@ -562,28 +562,31 @@ static int truncate_device(int fd, uint64_t size, enum qimg_prealloc prealloc,
 {
     static const char *const names[] = {"off", "metadata", "falloc", "full"};
     uint64_t bytes;
+    off_t end;
 
     if (prealloc != QIMG_PREALLOC_OFF)
         return qimg_error_set(err, -ENOTSUP, "Preallocation mode '%s' "
                               "unsupported for this non-regular file",
                               names[prealloc]);
-    if (ioctl(fd, BLKGETSIZE64, &bytes) == 0 && size > bytes)
+    /* character devices (/dev/null) have the length lseek gives them */
+    if (ioctl(fd, BLKGETSIZE64, &bytes) < 0) {
+        end = lseek(fd, 0, SEEK_END);
+        if (end < 0)
+            return 0;
+        bytes = (uint64_t)end;
+    }
+    if (size > bytes)
         return qimg_error_set(err, -EINVAL, "Cannot grow device files");
     return 0;
 }
 
-static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
-                       struct qimg_error *err)
+/* Truncate as a regular file, whatever fd is (creation does, as QEMU's). */
+static int truncate_regular(int fd, uint64_t cur, uint64_t size,
+                            enum qimg_prealloc prealloc,
+                            struct qimg_error *err)
 {
-    struct stat stb;
-    uint64_t cur;
     int ret;
 
-    if (fstat(fd, &stb) < 0)
-        return io_error(err, errno, "fstat");
-    if (S_ISBLK(stb.st_mode))
-        return truncate_device(fd, size, prealloc, err);
-    cur = (uint64_t)stb.st_size;
     if (prealloc == QIMG_PREALLOC_METADATA)
         prealloc = QIMG_PREALLOC_OFF;
     if (prealloc != QIMG_PREALLOC_OFF && cur > size)
@@ -601,11 +604,23 @@ static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
     return 0;
 }
 
+static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
+                       bool device_ok, struct qimg_error *err)
+{
+    struct stat stb;
+
+    if (fstat(fd, &stb) < 0)
+        return io_error(err, errno, "fstat");
+    if (device_ok && (S_ISBLK(stb.st_mode) || S_ISCHR(stb.st_mode)))
+        return truncate_device(fd, size, prealloc, err);
+    return truncate_regular(fd, (uint64_t)stb.st_size, size, prealloc, err);
+}
+
 static int file_truncate(struct qimg_storage *st, uint64_t size,
                          enum qimg_prealloc prealloc, struct qimg_error *err)
 {
     struct file_state *s = st->priv;
-    return do_truncate(s->fd, size, prealloc, err);
+    return do_truncate(s->fd, size, prealloc, true, err);
 }
 
 static int file_pwrite_zeroes(struct qimg_storage *st, uint64_t off,
@@ -620,8 +635,9 @@ static int file_pwrite_zeroes(struct qimg_storage *st, uint64_t off,
 
     if (st->caps & QIMG_STORAGE_IS_BLOCKDEV)
         return qimg_error_set(err, -ENOTSUP, "Zeroing not supported");
-    /* Past EOF a file already reads as zero; extend with a hole. */
-    if (size >= 0 && off >= (uint64_t)size) {
+    /* Past EOF a file already reads as zero; extend with a hole when the
+     * caller allows unmapping (QEMU allocates zeroed space otherwise). */
+    if ((flags & QIMG_ZERO_MAY_UNMAP) && size >= 0 && off >= (uint64_t)size) {
         if (ftruncate(s->fd, (off_t)(off + len)) < 0)
             return io_error(err, errno, "Zero");
         return 0;
@@ -690,7 +706,7 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
 {
     enum qimg_prealloc prealloc = QIMG_PREALLOC_OFF;
     const char *pa = qimg_opts_get(opts, "preallocation");
-    uint64_t size = 0;
+    uint64_t size = 0, hint = 0;
     bool nocow = false;
     int fd, ret;
 
@@ -705,6 +721,12 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
         return ret;
     if (pa && qimg_prealloc_parse(pa, &prealloc) < 0)
         return qimg_error_set(err, -EINVAL, "invalid parameter value: %s", pa);
+    /* QEMU's hint is a 32-bit value (FS_IOC_FSSETXATTR), checked first */
+    ret = qimg_opts_get_size(opts, "extent_size_hint", 0, &hint, err);
+    if (ret < 0)
+        return ret;
+    if (hint > UINT32_MAX)
+        return qimg_error_set(err, -EINVAL, "Extent size hint is too large");
     fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return qimg_error_set(err, -errno, "Could not create '%s': %s",
@@ -727,9 +749,9 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
             ioctl(fd, FS_IOC_SETFLAGS, &attr);
         }
     }
-    ret = do_truncate(fd, 0, QIMG_PREALLOC_OFF, err);
+    ret = do_truncate(fd, 0, QIMG_PREALLOC_OFF, false, err);
     if (!ret)
-        ret = do_truncate(fd, size, prealloc, err);
+        ret = do_truncate(fd, size, prealloc, false, err);
     unlock_all(fd);
 out:
     close(fd);
@@ -774,9 +796,15 @@ static const char *const file_runtime_opts[] = {
     "x-check-cache-dropped", NULL,
 };
 
+/* Devices are "created" by opening them (QEMU's simple creation): only
+ * a size and no preallocation. */
+static const struct qimg_opt_desc device_create_opts[] = {
+    {"size", QIMG_OPT_SIZE, "Virtual disk size", NULL},
+    {"preallocation", QIMG_OPT_STRING,
+     "Preallocation mode (allowed values: off)", NULL},
+};
+
 #define FILE_OPS                                                               \
-    .create_opts = file_create_opts,                                           \
-    .n_create_opts = QIMG_ARRAY_SIZE(file_create_opts),                        \
     .runtime_opts = file_runtime_opts, .needs_filename = true,                \
     .close = file_close, .pread = file_pread, .pwrite = file_pwrite,           \
     .flush = file_flush, .get_size = file_get_size,                            \
@@ -791,6 +819,8 @@ const struct qimg_storage_ops qimg_storage_file = {
     .open = file_open,
     .create = file_create,
     .remove = file_remove,
+    .create_opts = file_create_opts,
+    .n_create_opts = QIMG_ARRAY_SIZE(file_create_opts),
     FILE_OPS,
 };
 
@@ -800,6 +830,8 @@ const struct qimg_storage_ops qimg_storage_host_device = {
     .parse_filename = hdev_parse_filename,
     .open = hdev_open,
     .create_by_open = true,
+    .create_opts = device_create_opts,
+    .n_create_opts = QIMG_ARRAY_SIZE(device_create_opts),
     FILE_OPS,
 };
 
@@ -809,5 +841,7 @@ const struct qimg_storage_ops qimg_storage_host_cdrom = {
     .parse_filename = cdrom_parse_filename,
     .open = hdev_open,
     .create_by_open = true,
+    .create_opts = device_create_opts,
+    .n_create_opts = QIMG_ARRAY_SIZE(device_create_opts),
     FILE_OPS,
 };

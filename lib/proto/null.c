@@ -193,7 +193,8 @@ static bool null_refresh_name(struct qimg_storage *st, char *buf, size_t len)
     .close = null_close, .pread = null_pread, .pwrite = null_pwrite,           \
     .flush = null_flush, .get_size = null_get_size,                            \
     .pwrite_zeroes = null_zeroes, .discard = null_discard,                     \
-    .block_status = null_block_status, .allocated_size = null_allocated
+    .block_status = null_block_status, .allocated_size = null_allocated, \
+    .no_get_info = true
 
 const struct qimg_storage_ops qimg_storage_null_co = {
     .name = "null-co",

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import QIMG, REF, Pair, make_sparse, run
+from conftest import QIMG, REF, Pair, make_sparse, run, same_help
 
 MiB = 1 << 20
 
@@ -185,9 +185,7 @@ def test_compare(images, args):
 
 
 def test_help(images):
-    r, q = images.both("compare", "-h")
-    assert (q.rc, r.rc) == (0, 0)
-    assert "compare [--object objectdef]" in q.out
+    same_help(images, "compare", "-h")
 
 
 def test_mismatch_every_sector_position(pair):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import make_sparse, needs_format, same_help_status
+from conftest import make_sparse, needs_format, same_help
 
 K = 1024
 M = 1024 * 1024
@@ -149,8 +149,8 @@ def test_map_options(pair, args):
 
 
 def test_map_help_exit_status(pair):
-    """-h prints the (intentionally reworded) help and succeeds."""
-    same_help_status(pair, "map", "map [--object objectdef]")
+    """-h prints 7.2's help and succeeds."""
+    same_help(pair, "map", "-h")
 
 
 def test_map_writer_present(pair):

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import REF, make_sparse, needs_format, run
+from conftest import REF, make_sparse, needs_format, run, same_help
 
 MiB = 1 << 20
 
@@ -169,9 +169,7 @@ def test_resize(pair, args):
 
 
 def test_help(pair):
-    r, q = pair.both("resize", "-h", "4M")
-    assert (q.rc, r.rc) == (0, 0)
-    assert "resize [--object objectdef]" in q.out
+    same_help(pair, "resize", "-h", "4M")
 
 
 def test_repeated_resizes(pair):

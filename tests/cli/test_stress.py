@@ -68,15 +68,33 @@ def setup_image(kind, d):
     elif kind == "compressed":
         prefilled(d, "src.img")
         sh(d, REF, "convert", "-c", "-O", "qcow2", "src.img", "t.img")
+    elif kind in TABLE_KINDS:
+        fmt, opts, backed = TABLE_KINDS[kind]
+        if backed:
+            prefilled(d, "base.img")
+            opts = opts + ["-b", "base.img", "-F", "qcow2"]
+        sh(d, REF, "create", "-q", "-f", fmt, *opts, "t.img", "8M")
+        return fmt
     else:
         raise ValueError(kind)
     return "qcow2"
 
 
+# The other writable formats: (format, create options, backing file).
+TABLE_KINDS = {
+    "qed": ("qed", [], False),
+    "qed-4k": ("qed", ["-o", "cluster_size=4k"], False),
+    "qed-backing": ("qed", ["-o", "cluster_size=4k"], True),
+    "qcow": ("qcow", [], False),
+    "qcow-backing": ("qcow", [], True),
+    "parallels": ("parallels", ["-o", "cluster_size=64k"], False),
+}
+
+
 KINDS = ["default", "4k", "subclusters", "lazy", "refcount1", "v2",
          "snapshot", "snapshot-direct", "backing", "backing-v2", "compressed",
          "raw", "vmdk", "vmdk-zg", "vmdk-flat", "vmdk-backing", "vpc",
-         "vpc-fixed", "vdi", "vdi-static"]
+         "vpc-fixed", "vdi", "vdi-static", *TABLE_KINDS]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -93,7 +111,7 @@ def test_concurrent_writers(tmp_path, kind):
     assert r.returncode == 0, r.stderr
     blocks = [line.split() for line in r.stdout.splitlines()]
     assert len(blocks) == SPAN // block
-    if fmt in ("qcow2", "vmdk", "vdi"):
+    if fmt in ("qcow2", "vmdk", "vdi", "qed", "parallels"):
         chk = subprocess.run([str(REF), "check", "t.img"], cwd=tmp_path,
                              capture_output=True, text=True)
         assert chk.returncode == 0, chk.stdout + chk.stderr

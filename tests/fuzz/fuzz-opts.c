@@ -1,7 +1,9 @@
 /*
- * fuzz-opts.c - the key=value option parser (-o lists, --image-opts) and
- * option validation against qcow2's and raw's creation options.  Input:
- * one selector byte (implied key or not), then the option string.
+ * fuzz-opts.c - the key=value option parser (-o lists, --image-opts),
+ * option validation against qcow2's and raw's creation options (whole and
+ * element by element), the help scan, and --object definitions (keyval
+ * syntax and type checks; objects accumulate up to their bound).  Input:
+ * one selector byte (implied key or not, format), then the string.
  */
 #include "fuzz-common.h"
 
@@ -52,7 +54,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             flat[i] = *d[i];
         if (qimg_opts_validate(opts, flat, (size_t)n, &err) == 0)
             use(opts);
+        struct qimg_opts *checked = qimg_opts_new();
+        if (checked && qimg_opts_parse_checked(checked, str, flat, (size_t)n,
+                                               &err) == 0)
+            use(checked);
+        qimg_opts_free(checked);
     }
+    (void)qimg_opts_has_help(str);
+    char *help = NULL;
+    /* no sockets, kernel keys or files named by the input (keys and the
+     * type name have no escapes, so these spellings are the only ones) */
+    if (!strstr(str, "pr-manager-helper") && !strstr(str, "secret_keyring") &&
+        !strstr(str, "file=") && !strstr(str, "dir=") &&
+        qimg_object_add(str, &help, &err) == 0 && help)
+        FUZZ_ASSERT(strlen(help) > 0, "empty help text");
+    free(help);
 out:
     qimg_opts_free(opts);
     free(str);

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "qimg.h"
@@ -104,6 +105,17 @@ static void test_validate(void **state)
     assert_int_equal(validate("size=1M,nocow=on,bits=16,mode=x", &o), 0);
     /* Sizes are normalised to bytes for the "Formatting" line. */
     assert_string_equal(qimg_opts_get(o, "size"), "1048576");
+    /* ... and the text as given stays available, also in a copy. */
+    assert_string_equal(qimg_opts_get_orig(o, "size"), "1M");
+    assert_string_equal(qimg_opts_get_orig(o, "mode"), "x");
+    assert_null(qimg_opts_get_orig(o, "absent"));
+    struct qimg_opts *d = qimg_opts_dup(o);
+    assert_string_equal(qimg_opts_get_orig(d, "size"), "1M");
+    assert_string_equal(qimg_opts_get(d, "size"), "1048576");
+    /* A new value replaces both. */
+    assert_int_equal(qimg_opts_set(d, "size", "2048"), 0);
+    assert_string_equal(qimg_opts_get_orig(d, "size"), "2048");
+    qimg_opts_free(d);
     qimg_opts_free(o);
     assert_int_equal(validate("foo=1", NULL), -EINVAL);
     assert_int_equal(validate("size=-1", NULL), -EINVAL);
@@ -124,6 +136,79 @@ static void test_error_messages(void **state)
     qimg_opts_free(o);
 }
 
+/* QEMU's keys end at the first ',' or '=': ",," escapes only values. */
+static void test_key_syntax(void **state)
+{
+    struct qimg_opts *o = parse("a,,b=c", NULL);
+    assert_string_equal(qimg_opts_get(o, "a"), "on");
+    assert_string_equal(qimg_opts_get(o, ""), "on");
+    assert_string_equal(qimg_opts_get(o, "b"), "c");
+    qimg_opts_free(o);
+    o = parse("size,,=1M", NULL);
+    assert_string_equal(qimg_opts_get(o, "size"), "on");
+    assert_string_equal(qimg_opts_get(o, ""), "1M");
+    qimg_opts_free(o);
+}
+
+static void test_has_help(void **state)
+{
+    assert_true(qimg_opts_has_help("help"));
+    assert_true(qimg_opts_has_help("?"));
+    assert_true(qimg_opts_has_help("size=1M,help"));
+    assert_true(qimg_opts_has_help("help,,x"));
+    assert_true(qimg_opts_has_help("a,,help"));
+    assert_false(qimg_opts_has_help("help=on"));
+    assert_false(qimg_opts_has_help("nohelp"));
+    assert_false(qimg_opts_has_help("x=help"));
+    assert_false(qimg_opts_has_help("size=1M,,help"));
+    assert_false(qimg_opts_has_help(""));
+}
+
+static int checked(const char *s, struct qimg_opts **out,
+                   struct qimg_error *err)
+{
+    struct qimg_opts *o = qimg_opts_new();
+    int ret = qimg_opts_parse_checked(o, s, descs, 4, err);
+    if (out)
+        *out = o;
+    else
+        qimg_opts_free(o);
+    return ret;
+}
+
+static void test_numbers_and_sizes(void **state)
+{
+    struct qimg_error err = {0};
+    struct qimg_opts *o;
+
+    /* numbers: strtoull() base 0, a '-' wraps; kept in decimal */
+    assert_int_equal(checked("bits=0x10,size=1.5k", &o, &err), 0);
+    assert_string_equal(qimg_opts_get(o, "bits"), "16");
+    assert_string_equal(qimg_opts_get(o, "size"), "1536");
+    qimg_opts_free(o);
+    assert_int_equal(checked("bits=010", &o, &err), 0);
+    assert_string_equal(qimg_opts_get(o, "bits"), "8");
+    qimg_opts_free(o);
+    assert_int_equal(checked("bits=-16", &o, &err), 0);
+    assert_string_equal(qimg_opts_get(o, "bits"), "18446744073709551600");
+    qimg_opts_free(o);
+    assert_int_equal(checked("bits=99999999999999999999", NULL, &err), -EINVAL);
+    assert_string_equal(err.msg, "Value '99999999999999999999' is too large "
+                        "for parameter 'bits'");
+    assert_int_equal(checked("bits=16k", NULL, &err), -EINVAL);
+    assert_string_equal(err.msg, "Parameter 'bits' expects a number");
+    assert_int_equal(checked("size=18446744073709551616", NULL, &err), -EINVAL);
+    assert_string_equal(err.msg, "Value '18446744073709551616' is out of "
+                        "range for parameter 'size'");
+    /* the first bad element is reported, even when a later one replaces it */
+    assert_int_equal(checked("size=x,foo=1,size=1", NULL, &err), -EINVAL);
+    assert_true(strstr(err.msg, "Parameter 'size' expects") == err.msg);
+    /* hex with a multiplier is kept as written, for a second warning */
+    assert_int_equal(checked("size=0x1k", &o, &err), 0);
+    assert_string_equal(qimg_opts_get(o, "size"), "0x1k");
+    qimg_opts_free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -133,6 +218,9 @@ int main(void)
         cmocka_unit_test(test_short_bool_and_help),
         cmocka_unit_test(test_implied),
         cmocka_unit_test(test_del_dup),
+        cmocka_unit_test(test_key_syntax),
+        cmocka_unit_test(test_has_help),
+        cmocka_unit_test(test_numbers_and_sizes),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_error_messages),
     };

@@ -92,6 +92,22 @@ static void test_invalid(void **state)
     expect_error("0x1.5k", -EINVAL);
 }
 
+/* strtoull() under QEMU's parser skips blanks and one '+'. */
+static void test_plus(void **state)
+{
+    expect_size("+1M", 1048576);
+    expect_size("+1.5k", 1536);
+    expect_size(" +1k", 1024);
+    expect_size("+0x200", 512);
+    expect_size("+0", 0);
+    expect_error("++1", -EINVAL);
+    expect_error("+-1", -EINVAL);
+    expect_error("-+1", -EINVAL);
+    expect_error("+", -EINVAL);
+    expect_error("+ 1", -EINVAL);
+    expect_error("+.5k", -EINVAL);
+}
+
 static void test_range(void **state)
 {
     expect_error("18446744073709551616", -ERANGE);
@@ -126,7 +142,7 @@ int main(void)
         cmocka_unit_test(test_plain),     cmocka_unit_test(test_suffixes),
         cmocka_unit_test(test_fractions), cmocka_unit_test(test_hex),
         cmocka_unit_test(test_invalid),   cmocka_unit_test(test_range),
-        cmocka_unit_test(test_to_str),
+        cmocka_unit_test(test_to_str),    cmocka_unit_test(test_plus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -36,15 +36,16 @@ const struct qimg_opt_desc qcow2_amend_opts[QCOW2_N_AMEND_OPTS] = {
      "bits", NULL},
 };
 
+/* Options as set, in the order QEMU handles them. */
 struct amend_request {
-    int version;            /* 0: unchanged */
-    int refcount_order;     /* -1: unchanged */
-    int lazy;               /* -1: unchanged, else 0/1 */
+    int version;            /* the version after amend */
+    bool encryption;        /* encrypt.* given */
+    const char *backing_file, *backing_fmt;
     const char *data_file;
-    int data_file_raw;      /* -1: unchanged */
-    bool has_size;
-    uint64_t size;
-    bool encrypt;           /* encrypt.* key slot changes */
+    bool data_file_raw;
+    bool lazy;
+    uint32_t refcount_bits;
+    uint64_t size;          /* 0: unchanged */
 };
 
 static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
@@ -56,9 +57,23 @@ static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
     int ret;
 
     memset(r, 0, sizeof(*r));
-    r->refcount_order = -1;
-    r->lazy = -1;
-    r->data_file_raw = -1;
+    r->version = (int)s->version;
+    r->lazy = s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS;
+    r->data_file_raw = s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    r->refcount_bits = s->refcount_bits;
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        if (strncmp(qimg_opts_key(opts, i), "encrypt.", 8))
+            continue;
+        ret = qcow2_crypto_amend_check(s, err);
+        if (ret < 0)
+            return ret;
+        r->encryption = true;
+    }
+    if (qimg_opts_get(opts, "size")) {
+        ret = qimg_opts_get_size(opts, "size", 0, &r->size, err);
+        if (ret < 0)
+            return ret;
+    }
     if ((v = qimg_opts_get(opts, "compat"))) {
         if (!strcmp(v, "0.10") || !strcmp(v, "v2"))
             r->version = 2;
@@ -68,23 +83,8 @@ static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
             return qimg_error_set(err, -EINVAL, "Unknown compatibility level %s",
                                   v);
     }
-    if (qimg_opts_get(opts, "backing_file") || qimg_opts_get(opts, "backing_fmt"))
-        return qimg_error_set(err, -ENOTSUP, "Cannot amend the backing file\n"
-                              "You can use 'qemu-img rebase' instead.");
-    if (qimg_opts_get(opts, "lazy_refcounts")) {
-        ret = qimg_opts_get_bool(opts, "lazy_refcounts", false, &b, err);
-        if (ret < 0)
-            return ret;
-        r->lazy = b;
-    }
-    if ((v = qimg_opts_get(opts, "refcount_bits"))) {
-        uint64_t bits;
-        if (qimg_parse_size(v, &bits, NULL) < 0 || !qimg_is_pow2(bits) ||
-            bits > 64)
-            return qimg_error_set(err, -EINVAL, "Refcount width must be a power "
-                                  "of two and may not exceed 64 bits");
-        r->refcount_order = __builtin_ctzll(bits);
-    }
+    r->backing_file = qimg_opts_get(opts, "backing_file");
+    r->backing_fmt = qimg_opts_get(opts, "backing_fmt");
     if ((v = qimg_opts_get(opts, "data_file"))) {
         if (!(s->incompatible & QCOW2_INCOMPAT_DATA_FILE))
             return qimg_error_set(err, -EINVAL, "data-file can only be set for "
@@ -92,7 +92,7 @@ static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
         r->data_file = v;
     }
     if (qimg_opts_get(opts, "data_file_raw")) {
-        ret = qimg_opts_get_bool(opts, "data_file_raw", false, &b, err);
+        ret = qimg_opts_get_bool(opts, "data_file_raw", r->data_file_raw, &b, err);
         if (ret < 0)
             return ret;
         if (b && !(s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW))
@@ -100,263 +100,501 @@ static int parse_request(struct qimg_image *node, const struct qimg_opts *opts,
                                   "existing images");
         r->data_file_raw = b;
     }
-    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
-        if (!strncmp(qimg_opts_key(opts, i), "encrypt.", 8)) {
-            ret = qcow2_crypto_amend_check(s, err);
-            if (ret < 0)
-                return ret;
-            r->encrypt = true;
-        }
-    }
-    if (qimg_opts_get(opts, "size")) {
-        ret = qimg_opts_get_size(opts, "size", 0, &r->size, err);
+    if (qimg_opts_get(opts, "lazy_refcounts")) {
+        ret = qimg_opts_get_bool(opts, "lazy_refcounts", r->lazy, &b, err);
         if (ret < 0)
             return ret;
-        r->has_size = true;
+        r->lazy = b;
     }
-    /* Cross checks against the resulting compat level. */
-    int version = r->version ? r->version : (int)s->version;
-    int order = r->refcount_order >= 0 ? r->refcount_order : (int)s->refcount_order;
-    if (version < 3 && order != 4) {
-        if (r->refcount_order >= 0)
-            return qimg_error_set(err, -EINVAL, "Refcount widths other than 16 "
-                                  "bits require compatibility level 1.1 or above "
-                                  "(use compat=1.1 or greater)");
-        return qimg_error_set(err, -EINVAL, "compat=0.10 requires "
-                              "refcount_bits=16");
+    if ((v = qimg_opts_get(opts, "refcount_bits"))) {
+        uint64_t bits;
+        if (qimg_parse_size(v, &bits, NULL) < 0 || !bits || bits > 64 ||
+            !qimg_is_pow2(bits))
+            return qimg_error_set(err, -EINVAL, "Refcount width must be a power "
+                                  "of two and may not exceed 64 bits");
+        r->refcount_bits = (uint32_t)bits;
     }
-    if (version < 3 && r->lazy == 1)
-        return qimg_error_set(err, -EINVAL, "Lazy refcounts only supported with "
-                              "compatibility level 1.1 and above (use compat=1.1 "
-                              "or greater)");
     return 0;
+}
+
+/*
+ * Progress over the operations of one amend, as QEMU reports it: each
+ * operation reports its own work done and total; operations still to
+ * come are projected to take as much as those done so far.
+ */
+enum amend_op { OP_NONE, OP_UPGRADE, OP_REFCOUNT, OP_DOWNGRADE };
+
+struct amend_progress {
+    void (*progress)(void *, double);
+    void *opaque;
+    enum amend_op current, last;
+    int total, completed;
+    uint64_t done_before, last_work;
+};
+
+static void amend_status(void *opaque, uint64_t done, uint64_t work)
+{
+    struct amend_progress *p = opaque;
+    uint64_t cur, projected;
+
+    if (p->current != p->last) {
+        if (p->last != OP_NONE) {
+            p->done_before += p->last_work;
+            p->completed++;
+        }
+        p->last = p->current;
+    }
+    if (p->total <= 0 || p->completed >= p->total || !p->progress)
+        return;
+    p->last_work = work;
+    cur = p->done_before + work;
+    projected = cur * (uint64_t)(p->total - p->completed - 1) /
+                (uint64_t)(p->completed + 1);
+    if (cur + projected)
+        p->progress(p->opaque, (float)(100.f * (float)(p->done_before + done) /
+                                       (float)(cur + projected)));
 }
 
 /* ---- zero cluster expansion (downgrade to v2) ------------------------- */
 
 /*
- * v2 has no zero flag: zero clusters become unallocated when nothing below
- * could show through, or real clusters holding zeroes.  Works on one L1
- * table (active or a snapshot's), rewriting its L2 tables in place.
+ * v2 has no zero flag (QEMU's expand_zero_clusters_in_l1): a zero cluster
+ * without a host cluster becomes unallocated when no backing file could
+ * show through, else gets a new cluster (counted once per reference of a
+ * shared table) filled with zeroes; one with a host cluster keeps it,
+ * zeroed.  The active tables go through the cache, the snapshots' tables
+ * are rewritten in place.  *visited counts L1 entries for the progress.
  */
 static int expand_zero_clusters_in(struct qimg_image *node, uint64_t *l1,
-                                   uint32_t l1_size, struct qimg_error *err)
+                                   uint32_t l1_size, bool active,
+                                   uint64_t *visited, uint64_t total,
+                                   struct amend_progress *prog,
+                                   struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint8_t *l2 = malloc(s->cluster_size), *zero = calloc(1, s->cluster_size);
+    uint8_t *buf = active ? NULL : malloc(s->cluster_size), *l2;
     int ret = 0;
 
-    if (!l2 || !zero) {
-        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-        goto out;
-    }
+    if (!active && !buf)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
     for (uint32_t i = 0; i < l1_size && !ret; i++) {
-        uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK, l2rc;
         bool dirty = false;
+
         if (!l2off)
-            continue;
-        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+            goto next;
+        ret = qcow2_check_l2_offset(node, l2off, i, err);
+        if (!ret)
+            ret = qcow2_get_refcount(node, l2off >> s->cluster_bits, &l2rc, err);
         if (ret < 0)
             break;
-        qcow2_cache_discard(&s->l2_cache, l2off);
-        ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
-        if (ret < 0)
-            break;
-        for (uint64_t j = 0; j < qcow2_l2_entries(s) && !ret; j++) {
-            uint64_t e = qimg_ld_be64(l2 + j * 8), host;
+        if (active) {
+            ret = qcow2_cache_get(node, &s->l2_cache, l2off, &l2, err);
+        } else {
+            l2 = buf;
+            ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2,
+                                         err);
+        }
+        for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
+            uint64_t e = qimg_ld_be64(l2 + j * 8);
+            uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+            bool plain = !host;
+
             if ((e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_OFLAG_ZERO))
                 continue;
-            host = e & QCOW2_L2E_OFFSET_MASK;
-            if (!host && !node->backing_name[0]) {
-                e = 0;   /* unallocated reads as zero too */
-            } else {
-                if (!host) {
-                    int64_t h = qcow2_alloc_clusters(node, 1, err);
-                    if (h < 0) {
-                        ret = (int)h;
+            if (plain) {
+                int64_t h;
+                if (!node->backing) {
+                    qimg_st_be64(l2 + j * 8, 0);
+                    dirty = true;
+                    continue;
+                }
+                h = qcow2_alloc_clusters(node, 1, err);
+                if (h < 0) {
+                    ret = (int)h;
+                    break;
+                }
+                host = (uint64_t)h;
+                if (l2rc > 1) {
+                    /* A shared table: one reference per table user. */
+                    ret = qcow2_update_refcount(node, host, 1,
+                                                (int64_t)(l2rc - 1), err);
+                    if (ret < 0) {
+                        qcow2_free_clusters_or_warn(node, host,
+                                                    s->cluster_size, false);
                         break;
                     }
-                    host = (uint64_t)h;
-                    e = host | QCOW2_OFLAG_COPIED;
                 }
-                ret = node->file->ops->pwrite(node->file, host, s->cluster_size,
-                                              zero, err);
-                e &= ~QCOW2_OFLAG_ZERO;
+                if (active)   /* the allocation may have evicted it */
+                    ret = qcow2_cache_get(node, &s->l2_cache, l2off, &l2, err);
+                if (ret < 0)
+                    break;
             }
-            qimg_st_be64(l2 + j * 8, e);
+            ret = qcow2_check_cluster_offset(node, host, l2off, j, err);
+            if (!ret)
+                ret = qcow2_check_data_write(node, host, s->cluster_size, err);
+            if (!ret) {
+                struct qimg_storage *st = qcow2_data_storage(node);
+                ret = st->ops->pwrite_zeroes
+                          ? st->ops->pwrite_zeroes(st, host, s->cluster_size, 0,
+                                                   err)
+                          : -ENOTSUP;
+                if (ret == -ENOTSUP) {
+                    uint8_t *z = calloc(1, s->cluster_size);
+                    ret = z ? st->ops->pwrite(st, host, s->cluster_size, z, err)
+                            : qimg_error_set(err, -ENOMEM, "Out of memory");
+                    free(z);
+                }
+            }
+            if (ret < 0) {
+                if (plain)
+                    qcow2_free_clusters_or_warn(node, host, s->cluster_size,
+                                                false);
+                break;
+            }
+            qimg_st_be64(l2 + j * 8, host | (l2rc == 1 ? QCOW2_OFLAG_COPIED : 0));
             dirty = true;
         }
         if (!ret && dirty) {
-            ret = qcow2_write_l2_table(node, l2off, l2, err);
+            if (active) {
+                qcow2_cache_mark_dirty(&s->l2_cache, l2);
+                /* Written after the refcounts it depends on. */
+                ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+            } else {
+                ret = qcow2_overlap_check(node, QCOW2_OL_INACTIVE_L2 |
+                                                    QCOW2_OL_ACTIVE_L2,
+                                          l2off, s->cluster_size, err);
+                if (!ret)
+                    ret = qcow2_write_l2_table(node, l2off, l2, err);
+            }
         }
+        if (ret < 0)
+            break;
+next:
+        (*visited)++;
+        amend_status(prog, *visited, total);
     }
-out:
-    free(l2);
-    free(zero);
+    free(buf);
     return ret;
 }
 
-static int expand_zero_clusters(struct qimg_image *node, struct qimg_error *err)
+static int expand_zero_clusters(struct qimg_image *node,
+                                struct amend_progress *prog,
+                                struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    int ret = expand_zero_clusters_in(node, s->l1_table, s->l1_size, err);
+    uint64_t total = s->l1_size, visited = 0;
+    int ret;
 
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        total += s->snapshots[i].l1_size;
+    ret = expand_zero_clusters_in(node, s->l1_table, s->l1_size, true, &visited,
+                                  total, prog, err);
+    /* Snapshot tables may point at active L2 tables: those must be on
+     * disk, and out of the cache, before they are changed there. */
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    for (size_t i = 0; !ret && i < s->l2_cache.n; i++)
+        qcow2_cache_discard(&s->l2_cache, s->l2_cache.e[i].offset);
     for (uint32_t i = 0; !ret && i < s->nb_snapshots; i++) {
         struct qcow2_snapshot *sn = &s->snapshots[i];
-        uint64_t *l1 = calloc(QIMG_MAX(sn->l1_size, 1u), 8);
-        if (!l1)
-            return qimg_error_set(err, -ENOMEM, "Out of memory");
-        ret = node->file->ops->pread(node->file, sn->l1_table_offset,
-                                     (size_t)sn->l1_size * 8, l1, err);
-        for (uint32_t k = 0; !ret && k < sn->l1_size; k++)
-            l1[k] = be64toh(l1[k]);
+        uint64_t *l1;
+        ret = qcow2_snapshot_l1_check(s, sn, err);
+        if (ret < 0) {
+            /* QEMU reports the reason on a line of its own. */
+            qimg_message(QIMG_MSG_ERROR, "%s\n", err->msg);
+            break;
+        }
+        ret = qcow2_snapshot_read_l1(node, sn, &l1, err);
         if (!ret)
-            ret = expand_zero_clusters_in(node, l1, sn->l1_size, err);
+            ret = expand_zero_clusters_in(node, l1, sn->l1_size, false,
+                                          &visited, total, prog, err);
         free(l1);
     }
     return ret;
 }
 
-static int downgrade(struct qimg_image *node, struct qimg_error *err)
+/* Whether any guest cluster is compressed (QEMU looks at the active
+ * mapping only). */
+static int has_compressed_clusters(struct qimg_image *node,
+                                   struct qimg_error *err)
+{
+    for (uint64_t off = 0; off < node->size;) {
+        struct qcow2_mapping m;
+        int ret;
+        pthread_mutex_lock(&node->lock);
+        ret = qcow2_get_mapping(node, off, node->size - off, &m, err);
+        pthread_mutex_unlock(&node->lock);
+        if (ret < 0)
+            return ret;
+        if (m.type == QCOW2_CLUSTER_COMPRESSED)
+            return 1;
+        off += m.bytes;
+    }
+    return 0;
+}
+
+/* Mark a dirty image clean (all counts are on disk), as QEMU does. */
+static int mark_clean(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t other;
     int ret;
 
-    if (s->incompatible & QCOW2_INCOMPAT_DATA_FILE)
-        return qimg_error_set(err, -ENOTSUP, "Cannot downgrade an image with a "
-                              "data file");
-    other = s->incompatible & ~(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_COMPRESSION);
-    if (other)
-        return qimg_error_set(err, -ENOTSUP, "Cannot downgrade an image with "
-                              "incompatible features 0x%llx set",
-                              (unsigned long long)other);
+    if (!(s->incompatible & QCOW2_INCOMPAT_DIRTY))
+        return 0;
+    s->incompatible &= ~QCOW2_INCOMPAT_DIRTY;
+    s->dirty_set = false;
+    ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    return ret < 0 ? ret : qcow2_update_header(node, err);
+}
+
+static int header_or(struct qimg_image *node, const char *what,
+                     struct qimg_error *err)
+{
+    int ret = qcow2_update_header(node, err);
+    if (ret < 0)
+        qimg_error_set(err, ret, "%s: %s", what, strerror(-ret));
+    return ret;
+}
+
+/* Down to version 2, removing what it cannot hold; QEMU's checks and
+ * their order. */
+static int downgrade(struct qimg_image *node, struct amend_progress *prog,
+                     struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
     if (s->refcount_order != 4)
         return qimg_error_set(err, -ENOTSUP, "compat=0.10 requires "
                               "refcount_bits=16");
-    /* A dirty image must be consistent before the bit disappears. */
-    if (s->incompatible & QCOW2_INCOMPAT_DIRTY) {
-        struct qimg_check res = {0};
-        ret = qcow2_check(node, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
-                          &res, err);
-        if (ret < 0)
-            return ret;
-    }
+    if (s->incompatible & QCOW2_INCOMPAT_DATA_FILE)
+        return qimg_error_set(err, -ENOTSUP, "Cannot downgrade an image with a "
+                              "data file");
+    /* Other v2 programs would not know what the v3 fields mean. */
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        if (s->snapshots[i].vm_state_size > UINT32_MAX ||
+            s->snapshots[i].disk_size != node->size)
+            return qimg_error_set(err, -ENOTSUP, "Internal snapshots prevent "
+                                  "downgrade of image");
+    ret = mark_clean(node, err);
+    if (ret < 0)
+        return qimg_error_set(err, ret, "Failed to make the image clean: %s",
+                              strerror(-ret));
+    if (s->incompatible & ~QCOW2_INCOMPAT_COMPRESSION)
+        return qimg_error_set(err, -ENOTSUP, "Cannot downgrade an image with "
+                              "incompatible features 0x%llx set",
+                              (unsigned long long)(s->incompatible &
+                                                   ~QCOW2_INCOMPAT_COMPRESSION));
+    s->compatible = 0;
+    s->autoclear = 0;
     pthread_mutex_lock(&node->lock);
-    ret = expand_zero_clusters(node, err);
+    ret = expand_zero_clusters(node, prog, err);
     if (!ret)
-        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
     pthread_mutex_unlock(&node->lock);
     if (ret < 0)
-        return ret;
+        return qimg_error_set(err, ret, "Failed to turn zero into data "
+                              "clusters: %s", strerror(-ret));
+    if (s->incompatible & QCOW2_INCOMPAT_COMPRESSION) {
+        ret = has_compressed_clusters(node, err);
+        if (ret < 0)
+            return qimg_error_set(err, -EINVAL, "Failed to check block status");
+        if (ret)
+            return qimg_error_set(err, -ENOTSUP, "Cannot downgrade an image "
+                                  "with zstd compression type and existing "
+                                  "compressed clusters");
+        /* Nothing compressed: the default type will do. */
+        s->incompatible &= ~QCOW2_INCOMPAT_COMPRESSION;
+        s->compression_type = QCOW2_COMPRESSION_ZLIB;
+    }
     s->version = 2;
-    s->incompatible = s->compatible = s->autoclear = 0;
-    s->dirty_set = false;
     s->header_length = QCOW2_V2_HEADER_LEN;
-    return qcow2_update_header(node, err);
+    ret = qcow2_update_header(node, err);
+    if (ret < 0) {
+        s->version = 3;
+        s->header_length = QCOW2_V3_HEADER_LEN_CTYPE;
+        return qimg_error_set(err, ret, "Failed to update the image header: %s",
+                              strerror(-ret));
+    }
+    return 0;
 }
 
-static int upgrade(struct qimg_image *node, struct qimg_error *err)
+/* Up to version 3: snapshot entries without the extra data v3 requires
+ * are written again first. */
+static int upgrade(struct qimg_image *node, struct amend_progress *prog,
+                   struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    bool rewrite = false;
+    int ret;
+
+    amend_status(prog, 0, 2);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        rewrite |= s->snapshots[i].extra_size < 16;
+    if (rewrite) {
+        pthread_mutex_lock(&node->lock);
+        qcow2_discards_begin(node);
+        ret = qcow2_snapshot_write_table(node, err);
+        qcow2_discards_end(node);
+        pthread_mutex_unlock(&node->lock);
+        if (ret < 0)
+            return qimg_error_set(err, ret, "Failed to update the snapshot "
+                                  "table: %s", strerror(-ret));
+    }
+    amend_status(prog, 1, 2);
     s->version = 3;
     s->header_length = QCOW2_V3_HEADER_LEN_CTYPE;
     s->has_feature_table = true;
-    return qcow2_update_header(node, err);
+    ret = qcow2_update_header(node, err);
+    if (ret < 0) {
+        s->version = 2;
+        s->header_length = QCOW2_V2_HEADER_LEN;
+        return qimg_error_set(err, ret, "Failed to update the image header: %s",
+                              strerror(-ret));
+    }
+    amend_status(prog, 2, 2);
+    return 0;
 }
 
-static int set_lazy(struct qimg_image *node, bool on, struct qimg_error *err)
+static int set_lazy(struct qimg_image *node, bool on, int version,
+                    struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     int ret;
 
     if (on == !!(s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS))
         return 0;
-    if (!on && s->dirty_set) {
-        /* Refcounts are always kept up to date here: just mark clean. */
-        ret = qcow2_set_dirty(node, false, err);
-        if (ret < 0)
-            return ret;
-    }
-    if (on)
+    if (on) {
+        if (version < 3)
+            return qimg_error_set(err, -EINVAL, "Lazy refcounts only supported "
+                                  "with compatibility level 1.1 and above (use "
+                                  "compat=1.1 or greater)");
         s->compatible |= QCOW2_COMPAT_LAZY_REFCOUNTS;
-    else
-        s->compatible &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
-    return qcow2_update_header(node, err);
+        ret = header_or(node, "Failed to update the image header", err);
+        if (ret < 0)
+            s->compatible &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+        return ret;
+    }
+    ret = mark_clean(node, err);
+    if (ret < 0)
+        return qimg_error_set(err, ret, "Failed to make the image clean: %s",
+                              strerror(-ret));
+    s->compatible &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+    ret = header_or(node, "Failed to update the image header", err);
+    if (ret < 0)
+        s->compatible |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+    return ret;
 }
 
+static bool names_differ(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a != b;
+    return strcmp(a, b) != 0;
+}
+
+static int resize(struct qimg_image *node, uint64_t size, struct qimg_error *err)
+{
+    int ret;
+
+    /* Take the resize permission just for this, as QEMU does. */
+    if (node->file->ops->set_perm) {
+        ret = node->file->ops->set_perm(node->file, node->flags |
+                                                        QIMG_OPEN_RESIZE, err);
+        if (ret < 0) {
+            node->file->ops->set_perm(node->file, node->flags, NULL);
+            return ret;
+        }
+    }
+    ret = node->fmt->truncate(node, size, true, QIMG_PREALLOC_OFF, err);
+    if (node->file->ops->set_perm)
+        node->file->ops->set_perm(node->file, node->flags, NULL);
+    return ret;
+}
+
+/* QEMU's order: upgrade, encryption, refcount width, data file settings
+ * and a header update, backing file (refused if changed), lazy
+ * refcounts, size, downgrade last. */
 int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
                 bool force, void (*progress)(void *, double), void *opaque,
                 struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    struct amend_progress prog = {.progress = progress, .opaque = opaque};
     struct amend_request r;
-    int ret;
+    int old_version = (int)s->version, ret;
 
     ret = parse_request(node, opts, &r, err);
     if (ret < 0)
         return ret;
-    if (r.version > (int)s->version) {
-        ret = upgrade(node, err);
+    prog.total = (r.version != old_version) +
+                 (r.refcount_bits != s->refcount_bits) + r.encryption;
+    if (r.version > old_version) {
+        prog.current = OP_UPGRADE;
+        ret = upgrade(node, &prog, err);
         if (ret < 0)
             return ret;
     }
     /* Key slots after an upgrade, before the refcounts (QEMU's order). */
-    if (r.encrypt) {
+    if (r.encryption) {
         ret = qcow2_crypto_amend(node, opts, force, err);
         if (ret < 0)
             return ret;
     }
-    if (r.refcount_order >= 0 && (uint32_t)r.refcount_order != s->refcount_order) {
+    if (r.refcount_bits != s->refcount_bits) {
+        if (r.version < 3 && r.refcount_bits != 16)
+            return qimg_error_set(err, -EINVAL, "Refcount widths other than 16 "
+                                  "bits require compatibility level 1.1 or "
+                                  "above (use compat=1.1 or greater)");
+        prog.current = OP_REFCOUNT;
         pthread_mutex_lock(&node->lock);
-        ret = qcow2_change_refcount_order(node, (uint32_t)r.refcount_order, err);
+        ret = qcow2_change_refcount_order(node,
+                                          (uint32_t)__builtin_ctz(r.refcount_bits),
+                                          amend_status, &prog, err);
         pthread_mutex_unlock(&node->lock);
         if (ret < 0)
             return ret;
     }
+    /* The raw flag first: it rules out backing files. */
+    if (r.data_file_raw)
+        s->autoclear |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    else
+        s->autoclear &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
     if (r.data_file) {
-        char *name = strdup(r.data_file);
-        if (!name)
+        char *name = *r.data_file ? strdup(r.data_file) : NULL;
+        if (*r.data_file && !name)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
         free(s->data_file_name);
         s->data_file_name = name;
-        ret = qcow2_update_header(node, err);
+    }
+    ret = header_or(node, "Failed to update the image header", err);
+    if (ret < 0)
+        return ret;
+    if ((r.backing_file || r.backing_fmt) &&
+        (names_differ(r.backing_file, node->backing_name[0] ? node->backing_name
+                                                            : NULL) ||
+         names_differ(r.backing_fmt, node->backing_fmt[0] ? node->backing_fmt
+                                                          : NULL)))
+        return qimg_error_set(err, -EINVAL, "Cannot amend the backing file\n"
+                              "You can use 'qemu-img rebase' instead.");
+    ret = set_lazy(node, r.lazy, r.version, err);
+    if (ret < 0)
+        return ret;
+    if (r.size) {
+        ret = resize(node, r.size, err);
         if (ret < 0)
             return ret;
     }
-    if (r.data_file_raw == 0 && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
-        s->autoclear &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
-        ret = qcow2_update_header(node, err);
+    if (r.version < old_version) {
+        prog.current = OP_DOWNGRADE;
+        ret = downgrade(node, &prog, err);
         if (ret < 0)
             return ret;
     }
-    if (r.lazy >= 0) {
-        ret = set_lazy(node, r.lazy, err);
-        if (ret < 0)
-            return ret;
-    }
-    if (r.has_size && r.size != node->size) {
-        /* Take the resize permission just for this, as QEMU does. */
-        if (node->file->ops->set_perm) {
-            ret = node->file->ops->set_perm(node->file,
-                                            node->flags | QIMG_OPEN_RESIZE, err);
-            if (ret < 0) {
-                node->file->ops->set_perm(node->file, node->flags, NULL);
-                return ret;
-            }
-        }
-        ret = node->fmt->truncate(node, r.size, false, QIMG_PREALLOC_OFF, err);
-        if (node->file->ops->set_perm)
-            node->file->ops->set_perm(node->file, node->flags, NULL);
-        if (ret < 0)
-            return ret;
-    }
-    if (r.version && r.version < (int)s->version) {
-        ret = downgrade(node, err);
-        if (ret < 0)
-            return ret;
-    }
-    if (progress)
-        progress(opaque, 100);
     return node->file->ops->flush(node->file, err);
 }

@@ -179,18 +179,26 @@ static int reset_image(struct qimg_image *node, struct qimg_error *err)
     cache_drop_all(&s->l2_cache);
     cache_drop_all(&s->refblock_cache);
     ret = qcow2_set_dirty(node, true, err);
-    if (!ret)
-        ret = zero_file(node, s->l1_table_offset, nl1 * cs, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
+    ret = zero_file(node, s->l1_table_offset, nl1 * cs, err);
     memset(s->l1_table, 0, (size_t)s->l1_size * 8);
-    if (!ret)
-        ret = zero_file(node, cs, (2 + nl1) * cs, err);
-    if (!ret)
-        ret = write_table_pointers(node, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_EMPTY_IMAGE_PREPARE);
+    ret = zero_file(node, cs, (2 + nl1) * cs, err);
+    if (ret < 0)
+        return ret;
+    qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
+    qimg_storage_event(node->file, QIMG_EV_REFTABLE_UPDATE);
+    ret = write_table_pointers(node, err);
     if (ret < 0)
         return ret;
     s->l1_table_offset = 3 * cs;
     s->refcount_table_offset = cs;
     s->refcount_table_clusters = 1;
+    qimg_storage_event(node->file, QIMG_EV_REFBLOCK_ALLOC);
     ret = write_refcounts(node, 3 + nl1, err);
     if (ret < 0)
         return ret;
@@ -201,7 +209,13 @@ static int reset_image(struct qimg_image *node, struct qimg_error *err)
         return ret;
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
-    ret = qcow2_set_dirty(node, false, err);
+    /* Clean again, the header written whole (as QEMU marks it clean). */
+    ret = node->file->ops->flush(node->file, err);
+    if (!ret) {
+        s->incompatible &= ~QCOW2_INCOMPAT_DIRTY;
+        s->dirty_set = false;
+        ret = qcow2_update_header(node, err);
+    }
     if (!ret)
         ret = node->file->ops->truncate(node->file, (3 + nl1) * cs,
                                         QIMG_PREALLOC_OFF, err);
@@ -215,18 +229,21 @@ int qcow2_make_empty(struct qimg_image *node, struct qimg_error *err)
 
     if (can_reset(s)) {
         pthread_mutex_lock(&node->lock);
-        qimg_storage_event(node->file, QIMG_EV_EMPTY_IMAGE_PREPARE);
         ret = reset_image(node, err);
         pthread_mutex_unlock(&node->lock);
         return ret;
     }
-    /* Otherwise discard every cluster, leaving it unallocated (L2 tables
-     * stay), as QEMU does.  A discard leaves unallocated clusters where no
-     * backing file shows through; hide the backing file meanwhile, or
-     * discarded clusters would become zero clusters over it. */
-    struct qimg_image *backing = node->backing;
-    node->backing = NULL;
-    ret = qcow2_discard(node, 0, node->size, err);
-    node->backing = backing;
+    /* Otherwise every entry is emptied, as QEMU's full discard does (L2
+     * tables allocated where missing, freed clusters discarded in the
+     * file: its pass-discard-snapshot default). */
+    pthread_mutex_lock(&node->lock);
+    qcow2_discards_begin(node);
+    ret = qcow2_empty_range(node, 0, node->size, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    qcow2_discards_end(node);
+    pthread_mutex_unlock(&node->lock);
     return ret;
 }

@@ -35,6 +35,57 @@ int qcow2_get_l2(struct qimg_image *node, uint64_t off, uint8_t **l2,
     return qcow2_cache_get(node, &s->l2_cache, l2off, l2, err);
 }
 
+/*
+ * Entries QEMU refuses while mapping (fatal corruption events): a
+ * contradictory extended L2 bitmap anywhere in the run, and at its start
+ * a zero flag in a version 2 image, a compressed cluster with an
+ * external data file, a data file cluster that is not the guest's own.
+ * Returns 1 where a run that has begun must stop instead.
+ */
+static int check_entry(struct qimg_image *node, uint64_t offset, uint64_t pos,
+                       uint64_t idx, uint64_t e, enum qcow2_cluster_type t,
+                       bool has_host, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l2off = s->l1_table[offset >> (s->cluster_bits + s->l2_bits)] &
+                     QCOW2_L1E_OFFSET_MASK;
+    uint64_t coff = qimg_align_down(pos, s->cluster_size);
+
+    if (t == QCOW2_CLUSTER_INVALID)
+        return qcow2_signal_corruption(node, true, err, "Invalid cluster entry "
+                                       "found  (L2 offset: %#llx, L2 index: "
+                                       "%#llx)", (unsigned long long)l2off,
+                                       (unsigned long long)idx);
+    if (s->version < 3 && t != QCOW2_CLUSTER_COMPRESSED &&
+        (e & QCOW2_OFLAG_ZERO)) {
+        if (pos > offset)
+            return 1;
+        return qcow2_signal_corruption(node, true, err, "Zero cluster entry "
+                                       "found in pre-v3 image (L2 offset: "
+                                       "%#llx, L2 index: %#llx)",
+                                       (unsigned long long)l2off,
+                                       (unsigned long long)idx);
+    }
+    if (pos > offset || !s->data_file)
+        return 0;
+    if (t == QCOW2_CLUSTER_COMPRESSED)
+        return qcow2_signal_corruption(node, true, err, "Compressed cluster "
+                                       "entry found in image with external "
+                                       "data file (L2 offset: %#llx, L2 index: "
+                                       "%#llx)", (unsigned long long)l2off,
+                                       (unsigned long long)idx);
+    if (has_host && host_of(e) != coff &&
+        !(host_of(e) & (s->cluster_size - 1)))
+        return qcow2_signal_corruption(node, true, err, "External data file "
+                                       "host cluster offset %#llx does not "
+                                       "match guest cluster offset: %#llx, L2 "
+                                       "index: %#llx)",
+                                       (unsigned long long)host_of(e),
+                                       (unsigned long long)coff,
+                                       (unsigned long long)idx);
+    return 0;
+}
+
 int qcow2_get_mapping(struct qimg_image *node, uint64_t offset, uint64_t bytes,
                       struct qcow2_mapping *m, struct qimg_error *err)
 {
@@ -68,6 +119,11 @@ int qcow2_get_mapping(struct qimg_image *node, uint64_t offset, uint64_t bytes,
         bool has_host = t == QCOW2_CLUSTER_NORMAL ||
                         t == QCOW2_CLUSTER_ZERO_ALLOC ||
                         t == QCOW2_CLUSTER_UNALLOCATED_ALLOC;
+        ret = check_entry(node, offset, pos, idx, e, t, has_host, err);
+        if (ret == 1)
+            break;      /* the run ends here; the next lookup fails */
+        if (ret < 0)
+            return ret;
         if (has_host) {
             if (host_of(e) & (s->cluster_size - 1)) {
                 if (pos > offset)
@@ -157,6 +213,9 @@ static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
             break;
         case QCOW2_CLUSTER_COMPRESSED:
             ret = read_compressed_part(node, m.l2_entry, off, n, p, err);
+            break;
+        case QCOW2_CLUSTER_INVALID:
+            ret = -EIO;
             break;
         }
         if (ret < 0)
@@ -252,6 +311,7 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
                      (recurse ? QIMG_BS_RECURSE_FILE : 0);
         ext->host_offset = m.host_offset;
         break;
+    case QCOW2_CLUSTER_INVALID:   /* get_mapping refused it */
     case QCOW2_CLUSTER_COMPRESSED:
         ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_COMPRESSED;
         break;
@@ -473,8 +533,15 @@ int qcow2_release_entry(struct qimg_image *node, uint64_t entry,
 {
     struct qcow2_state *s = node->state;
     int ret = qcow2_cache_flush(node, &s->l2_cache, err);
-    if (ret < 0)
-        return ret;
+
+    return ret < 0 ? ret : qcow2_free_entry(node, entry, err);
+}
+
+int qcow2_free_entry(struct qimg_image *node, uint64_t entry,
+                     struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
     if (entry & QCOW2_OFLAG_COMPRESSED) {
         uint64_t coff = entry & s->cluster_offset_mask;
         uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
@@ -483,7 +550,17 @@ int qcow2_release_entry(struct qimg_image *node, uint64_t entry,
                                      end - qimg_align_down(coff, s->cluster_size),
                                      -1, err);
     }
-    if (host_of(entry) && !s->data_file)
+    if (s->data_file) {
+        /* Nothing is counted; a discarding free passes to the data file. */
+        bool zero_plain = !s->subcluster_bits && (entry & QCOW2_OFLAG_ZERO);
+        bool mapped = host_of(entry) ||
+                      ((entry & QCOW2_OFLAG_COPIED) && !zero_plain);
+        if (s->discard_freed && mapped && s->data_file->ops->discard)
+            s->data_file->ops->discard(s->data_file, host_of(entry),
+                                       s->cluster_size, NULL);
+        return 0;
+    }
+    if (host_of(entry))
         return qcow2_free_host_cluster(node, host_of(entry), err);
     return 0;
 }

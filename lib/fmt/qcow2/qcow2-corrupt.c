@@ -106,41 +106,83 @@ static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 }
 
 /*
- * Before guest data is written at host [host, host+len) of the image file:
- * refuse, as QEMU does, a write that would land on metadata, which only a
- * damaged or hostile image makes possible (an L2 entry pointing at a
- * table, refcounts that call a table free).  QEMU's default checks these
- * structures in this order; the ones found without I/O are checked here:
- * the header, the active L1 table, the refcount table, the snapshot table
- * and the bitmap directory.  Called with the lock.
+ * Which metadata a write to [off, off+len) of the image file would land
+ * on, checked as QEMU's default ("cached") overlap check does, in its
+ * order: the header, the active L1 table, the refcount table, the
+ * snapshot table, the snapshots' L1 tables, the active L2 tables, the
+ * refcount blocks, the bitmap directory.  Only the inactive L2 tables are
+ * not checked (they would need I/O).  The range is widened to clusters;
+ * structures in ign (QCOW2_OL_*) are skipped.  Returns the name or NULL.
  */
-int qcow2_check_data_write(struct qimg_image *node, uint64_t host,
-                           uint64_t len, struct qimg_error *err)
+static const char *overlapping(struct qimg_image *node, unsigned ign,
+                               uint64_t off, uint64_t len)
 {
     struct qcow2_state *s = node->state;
     uint64_t cs = s->cluster_size;
-    const char *what = NULL;
+    unsigned chk = ~ign;
 
-    if (s->data_file)
-        return 0;       /* guest data lives in another file */
-    if (ranges_overlap(host, len, 0, cs))
-        what = "qcow2_header";
-    else if (ranges_overlap(host, len, s->l1_table_offset,
-                            qimg_div_round_up((uint64_t)s->l1_size * 8, cs) * cs))
-        what = "active L1 table";
-    else if (ranges_overlap(host, len, s->refcount_table_offset,
-                            (uint64_t)s->refcount_table_clusters * cs))
-        what = "refcount table";
-    else if (s->nb_snapshots &&
-             ranges_overlap(host, len, s->snapshots_offset,
-                            qimg_div_round_up(s->snapshots_size, cs) * cs))
-        what = "snapshot table";
-    else if (s->has_bitmaps_ext &&
-             ranges_overlap(host, len, s->bitmap_dir_offset,
-                            qimg_div_round_up(s->bitmap_dir_size, cs) * cs))
-        what = "bitmap directory";
+    if (!len)
+        return NULL;
+    if ((chk & QCOW2_OL_MAIN_HEADER) && off < cs)
+        return "qcow2_header";
+    len = qimg_align_down((off & (cs - 1)) + len + cs - 1, cs);
+    off = qimg_align_down(off, cs);
+    if ((chk & QCOW2_OL_ACTIVE_L1) && s->l1_size &&
+        ranges_overlap(off, len, s->l1_table_offset, (uint64_t)s->l1_size * 8))
+        return "active L1 table";
+    if ((chk & QCOW2_OL_REFCOUNT_TABLE) && s->refcount_table_size &&
+        ranges_overlap(off, len, s->refcount_table_offset,
+                       s->refcount_table_size * 8))
+        return "refcount table";
+    if ((chk & QCOW2_OL_SNAPSHOT_TABLE) && s->snapshots_size &&
+        ranges_overlap(off, len, s->snapshots_offset, s->snapshots_size))
+        return "snapshot table";
+    if ((chk & QCOW2_OL_INACTIVE_L1) && s->snapshots) {
+        for (uint32_t i = 0; i < s->nb_snapshots; i++)
+            if (s->snapshots[i].l1_size &&
+                ranges_overlap(off, len, s->snapshots[i].l1_table_offset,
+                               (uint64_t)s->snapshots[i].l1_size * 8))
+                return "inactive L1 table";
+    }
+    if ((chk & QCOW2_OL_ACTIVE_L2) && s->l1_table) {
+        for (uint32_t i = 0; i < s->l1_size; i++) {
+            uint64_t t = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+            if (t && ranges_overlap(off, len, t, cs))
+                return "active L2 table";
+        }
+    }
+    if ((chk & QCOW2_OL_REFCOUNT_BLOCK) && s->refcount_table) {
+        for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+            uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+            if (b && ranges_overlap(off, len, b, cs))
+                return "refcount block";
+        }
+    }
+    if ((chk & QCOW2_OL_BITMAP_DIRECTORY) &&
+        (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) &&
+        ranges_overlap(off, len, s->bitmap_dir_offset, s->bitmap_dir_size))
+        return "bitmap directory";
+    return NULL;
+}
+
+int qcow2_overlap_check(struct qimg_image *node, unsigned ign, uint64_t off,
+                        uint64_t len, struct qimg_error *err)
+{
+    const char *what = overlapping(node, ign, off, len);
+
     if (!what)
         return 0;
     return qcow2_signal_corruption(node, true, err, "Preventing invalid write "
                                    "on metadata (overlaps with %s)", what);
+}
+
+/* Guest data written into the image file (not an external data file). */
+int qcow2_check_data_write(struct qimg_image *node, uint64_t host,
+                           uint64_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    if (s->data_file)
+        return 0;       /* guest data lives in another file */
+    return qcow2_overlap_check(node, 0, host, len, err);
 }

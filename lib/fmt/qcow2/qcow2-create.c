@@ -94,6 +94,10 @@ static int parse_enum_opts(const struct qimg_opts *opts, struct qcow2_params *p,
             return qimg_error_set(err, -EINVAL, "Parameter 'version' does not "
                                   "accept value '%s'", v);
     }
+    if (!measure && (v = qimg_opts_get(opts, "backing_fmt")) &&
+        !qimg_blockdev_driver_known(v))
+        return qimg_error_set(err, -EINVAL, "Parameter 'backing-fmt' does not "
+                              "accept value '%s'", v);
     p->prealloc = QIMG_PREALLOC_OFF;
     if ((v = qimg_opts_get(opts, "preallocation")) &&
         qimg_prealloc_parse(v, &p->prealloc) < 0) {
@@ -111,6 +115,37 @@ static int parse_enum_opts(const struct qimg_opts *opts, struct qcow2_params *p,
             return qimg_error_set(err, -EINVAL, "Parameter 'compression-type' "
                                   "does not accept value '%s'", v);
     }
+    return 0;
+}
+
+/* The option combinations creation refuses. */
+static int check_combinations(const struct qcow2_params *p,
+                              struct qimg_error *err)
+{
+    if (p->version < 3 && p->lazy_refcounts)
+        return qimg_error_set(err, -EINVAL, "Lazy refcounts only supported with "
+                              "compatibility level 1.1 and above (use "
+                              "version=v3 or greater)");
+    if (p->backing_file && p->prealloc != QIMG_PREALLOC_OFF && !p->extended_l2)
+        return qimg_error_set(err, -EINVAL, "Backing file and preallocation can "
+                              "only be used at the same time if extended_l2 "
+                              "is on");
+    if (p->backing_fmt && !p->backing_file)
+        return qimg_error_set(err, -EINVAL, "Backing format cannot be used "
+                              "without backing file");
+    if (p->data_file_raw && !p->data_file)
+        return qimg_error_set(err, -EINVAL, "data-file-raw requires data-file");
+    if (p->data_file_raw && p->backing_file)
+        return qimg_error_set(err, -EINVAL, "Backing file and data-file-raw "
+                              "cannot be used at the same time");
+    if (p->data_file && p->version < 3)
+        return qimg_error_set(err, -EINVAL, "External data files are only "
+                              "supported with compatibility level 1.1 and above "
+                              "(use version=v3 or greater)");
+    if (p->compression_type != QCOW2_COMPRESSION_ZLIB && p->version < 3)
+        return qimg_error_set(err, -EINVAL, "Non-zlib compression type is only "
+                              "supported with compatibility level 1.1 and above "
+                              "(use version=v3 or greater)");
     return 0;
 }
 
@@ -150,7 +185,7 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
             return qimg_error_set(err, -EINVAL, "Extended L2 entries are only "
                                   "supported with cluster sizes of at least "
                                   "16384 bytes");
-        if (p->version < 3)
+        if (p->version < 3 && !measure)
             return qimg_error_set(err, -EINVAL, "Extended L2 entries are only "
                                   "supported with compatibility level 1.1 and "
                                   "above (use version=v3 or greater)");
@@ -163,31 +198,12 @@ static int parse_params(const struct qimg_opts *opts, struct qcow2_params *p,
     if (p->version < 3 && rb != 16)
         return qimg_error_set(err, -EINVAL, "Different refcount widths than 16 "
                               "bits require compatibility level 1.1 or above "
-                              "(use version=v3 or greater)");
-    if (p->version < 3 && p->lazy_refcounts)
-        return qimg_error_set(err, -EINVAL, "Lazy refcounts only supported with "
-                              "compatibility level 1.1 and above (use "
-                              "version=v3 or greater)");
-    if (p->backing_file && p->prealloc != QIMG_PREALLOC_OFF && !p->extended_l2)
-        return qimg_error_set(err, -EINVAL, "Backing file and preallocation can "
-                              "only be used at the same time if extended_l2 "
-                              "is on");
-    if (p->backing_fmt && !p->backing_file)
-        return qimg_error_set(err, -EINVAL, "Backing format cannot be used "
-                              "without backing file");
-    if (p->data_file_raw && !p->data_file)
-        return qimg_error_set(err, -EINVAL, "data-file-raw requires data-file");
-    if (p->data_file_raw && p->backing_file)
-        return qimg_error_set(err, -EINVAL, "Backing file and data-file-raw "
-                              "cannot be used at the same time");
-    if (p->data_file && p->version < 3)
-        return qimg_error_set(err, -EINVAL, "External data files are only "
-                              "supported with compatibility level 1.1 and above "
-                              "(use version=v3 or greater)");
-    if (p->compression_type != QCOW2_COMPRESSION_ZLIB && p->version < 3)
-        return qimg_error_set(err, -EINVAL, "Non-zlib compression type is only "
-                              "supported with compatibility level 1.1 and above "
-                              "(use version=v3 or greater)");
+                              "(use %s or greater)",
+                              measure ? "compat=1.1" : "version=v3");
+    /* measure checks no more than that (QEMU's measure reads the options
+     * it sizes, not the ones only creation combines) */
+    if (!measure && (ret = check_combinations(p, err)) < 0)
+        return ret;
     /* Sizes are kept in whole sectors, as QEMU does. */
     if (!qimg_align_up(p->size, 512, &p->size))
         return qimg_error_set(err, -EFBIG, "Image size too large");
@@ -275,7 +291,9 @@ static int create_data_file(const struct qcow2_params *p, struct qimg_error *err
 
     if (!o)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    snprintf(num, sizeof(num), "%llu", (unsigned long long)p->size);
+    /* Created empty, as QEMU's protocol create (the size and preallocation
+     * options went to the image file's): growing the image sizes it. */
+    snprintf(num, sizeof(num), "0");
     qimg_opts_set(o, "size", num);
     ret = qimg_storage_create_name(p->data_file, o, err);
     qimg_opts_free(o);
@@ -310,6 +328,14 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
     qimg_opts_free(oo);
     if (ret < 0)
         return ret;
+    /* QEMU sizes the new image with a generic truncate, whose own checks
+     * come first. */
+    ret = qimg_check_new_length(p->size, err);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Could not resize image: ");
+        qimg_close(node);
+        return ret;
+    }
     struct qcow2_state *s = node->state;
     pthread_mutex_lock(&node->lock);
     ret = qcow2_grow_l1(node, qcow2_l1_size_for(p->size, s->cluster_bits,
@@ -329,6 +355,10 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
                            p->backing_fmt ? p->backing_fmt : "", strerror(ENOSPC));
     }
     pthread_mutex_unlock(&node->lock);
+    if (!ret && p->data_file && p->prealloc == QIMG_PREALLOC_OFF &&
+        !p->data_file_raw)
+        ret = s->data_file->ops->truncate(s->data_file, p->size,
+                                          QIMG_PREALLOC_OFF, err);
     /* A raw data file is mapped 1:1 from the start. */
     if (!ret && (p->prealloc != QIMG_PREALLOC_OFF || p->data_file_raw))
         ret = qcow2_preallocate(node, 0, p->size,
@@ -370,23 +400,6 @@ int qcow2_create(const char *filename, const struct qimg_opts *opts,
 
 /* ---- measure ------------------------------------------------------------- */
 
-/* Refcount table + blocks for `clusters` clusters, counting themselves. */
-static uint64_t refcount_metadata_size(uint64_t clusters, uint64_t cluster_size,
-                                       uint32_t refcount_order)
-{
-    uint64_t per_table_cluster = cluster_size / 8;
-    uint64_t per_block = cluster_size * 8 >> refcount_order;
-    uint64_t table = 0, blocks = 0, total = 0, prev;
-
-    do {
-        prev = total;
-        blocks = qimg_div_round_up(clusters + table + blocks, per_block);
-        table = qimg_div_round_up(blocks, per_table_cluster);
-        total = clusters + blocks + table;
-    } while (total != prev);
-    return (blocks + table) * cluster_size;
-}
-
 /* Size of an image with every cluster of `size` allocated. */
 static uint64_t fully_allocated_size(uint64_t size, uint64_t cluster_size,
                                      uint32_t refcount_order, bool extended_l2)
@@ -402,8 +415,9 @@ static uint64_t fully_allocated_size(uint64_t size, uint64_t cluster_size,
     nl1e = qimg_div_round_up(nl2e * l2e / cluster_size, cluster_size / 8) *
            (cluster_size / 8);
     meta += nl1e * 8;
-    meta += refcount_metadata_size((meta + aligned) / cluster_size, cluster_size,
-                                   refcount_order);
+    meta += qcow2_refcount_metadata_size((meta + aligned) / cluster_size,
+                                         cluster_size, refcount_order, false,
+                                         NULL);
     return meta + aligned;
 }
 

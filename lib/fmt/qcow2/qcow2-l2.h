@@ -28,28 +28,40 @@ static inline void l2_set(const struct qcow2_state *s, uint8_t *l2, uint64_t idx
         qimg_st_be64(l2 + idx * 16 + 8, bitmap);
 }
 
-/* Type of subcluster sc (0 without extended L2) of an entry. */
+/* Whether an entry names a host cluster: a nonzero offset, or with an
+ * external data file offset 0 marked COPIED (data file clusters always
+ * have refcount 1), as QEMU tells them apart. */
+static inline bool entry_mapped(const struct qcow2_state *s, uint64_t entry)
+{
+    return (entry & QCOW2_L2E_OFFSET_MASK) ||
+           (s->data_file && (entry & QCOW2_OFLAG_COPIED));
+}
+
+/* Type of subcluster sc (0 without extended L2) of an entry.  With
+ * extended L2, an entry whose bitmap calls a subcluster both allocated
+ * and zero, or calls one allocated without a host cluster, is INVALID. */
 static inline enum qcow2_cluster_type entry_type(const struct qcow2_state *s,
                                           uint64_t entry, uint64_t bitmap,
                                           unsigned sc)
 {
-    uint64_t off = entry & QCOW2_L2E_OFFSET_MASK;
+    bool mapped = entry_mapped(s, entry);
 
     if (entry & QCOW2_OFLAG_COMPRESSED)
         return QCOW2_CLUSTER_COMPRESSED;
     if (s->subcluster_bits) {
+        if (mapped ? ((bitmap >> 32) & bitmap & 0xffffffffull)
+                   : (bitmap & 0xffffffffull))
+            return QCOW2_CLUSTER_INVALID;
         if (bitmap & (1ull << (32 + sc)))
-            return off ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+            return mapped ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
         if (bitmap & (1ull << sc))
             return QCOW2_CLUSTER_NORMAL;
-        return off ? QCOW2_CLUSTER_UNALLOCATED_ALLOC : QCOW2_CLUSTER_UNALLOCATED;
+        return mapped ? QCOW2_CLUSTER_UNALLOCATED_ALLOC : QCOW2_CLUSTER_UNALLOCATED;
     }
     if ((entry & QCOW2_OFLAG_ZERO) && s->version >= 3)
-        return off ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
-    /* With a data file, offset 0 is valid when the entry is marked copied. */
-    if (!off && !(s->data_file && (entry & QCOW2_OFLAG_COPIED)))
-        return QCOW2_CLUSTER_UNALLOCATED;
-    return QCOW2_CLUSTER_NORMAL;
+        return (entry & QCOW2_L2E_OFFSET_MASK) ? QCOW2_CLUSTER_ZERO_ALLOC
+                                              : QCOW2_CLUSTER_ZERO_PLAIN;
+    return mapped ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
 }
 
 static inline uint64_t host_of(uint64_t entry)
@@ -69,6 +81,9 @@ int qcow2_get_l2_for_write(struct qimg_image *node, uint64_t off,
 /* Drop the reference an L2 entry held on its host cluster(s). */
 int qcow2_release_entry(struct qimg_image *node, uint64_t entry,
                         struct qimg_error *err);
+/* The same without writing the L2 cache first (the caller has). */
+int qcow2_free_entry(struct qimg_image *node, uint64_t entry,
+                     struct qimg_error *err);
 /* Write L1 entry l1i (from s->l1_table) to the image. */
 int qcow2_write_l1_entry(struct qimg_image *node, uint64_t l1i,
                          struct qimg_error *err);

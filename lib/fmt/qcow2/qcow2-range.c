@@ -37,7 +37,7 @@ static int zero_cluster(struct qimg_image *node, uint64_t off, bool unmap,
     bm = l2_bitmap(s, l2, idx);
     bool keep = !unmap && !(e & QCOW2_OFLAG_COMPRESSED) && host_of(e) &&
                 (e & QCOW2_OFLAG_COPIED);
-    if (discard && !node->backing) {
+    if ((discard || s->version < 3) && !node->backing) {
         ne = 0;   /* unallocated reads as zero without a backing file */
     } else if (discard && s->version < 3) {
         ne = 0;
@@ -86,11 +86,15 @@ int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
 {
     struct qcow2_state *s = node->state;
     uint64_t end = off + len, first, last;
+    /* v2 has no zero flag, but without a backing file unallocated
+     * clusters read as zero: the clusters are freed, their L2 tables
+     * allocated, as QEMU's discard does (iotest 122). */
+    bool v2_discard = s->version < 3;
     int ret = 0;
 
-    /* v2 has no zero flag; a raw data file must hold real zeroes. */
-    if (s->version < 3 || (s->data_file &&
-                           (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)))
+    /* a raw data file must hold real zeroes */
+    if ((v2_discard && node->backing) ||
+        (s->data_file && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)))
         return -ENOTSUP;
     /* Whole clusters get the zero flag (the image's last, partial cluster
      * counts as whole); partial head and tail are written as zeroes. */
@@ -108,7 +112,8 @@ int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
         ret = write_zero_buffer(node, off, first - off, err);
     if (!ret)
         ret = zero_or_discard(node, first, last - first,
-                              flags & QIMG_ZERO_MAY_UNMAP, false, err);
+                              v2_discard || (flags & QIMG_ZERO_MAY_UNMAP),
+                              false, err);
     if (!ret && last < end)
         ret = write_zero_buffer(node, last, end - last, err);
     return ret;
@@ -131,9 +136,17 @@ int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
 }
 
 /*
- * Preallocation walks the range one L2 table at a time: the table first
- * (allocated if missing), then one contiguous run of host clusters for all
- * its unallocated entries, as QEMU lays it out.
+ * Preallocation as QEMU 7.2 lays it out.  metadata (and every mode with
+ * an external data file) walks the range one L2 table at a time: the
+ * table first (allocated if missing), then one run of host clusters for
+ * its entries without one; the file (or data file) is then extended to
+ * the last cluster, allocated in the file for falloc/full.  falloc/full
+ * without a data file first build refcount structures for everything at
+ * the end of the file, then one run of data clusters after them that the
+ * file storage allocates (or writes) in one truncate, then the L2 tables
+ * that point at it (wherever the allocator puts them: after the data).
+ * Entries get the COPIED flag and keep their subcluster bitmap: with
+ * extended L2 the new clusters read as unallocated (zero) until written.
  */
 static int prealloc_l2_range(struct qimg_image *node, uint64_t start,
                              uint64_t end, struct qimg_error *err)
@@ -169,33 +182,68 @@ static int prealloc_l2_range(struct qimg_image *node, uint64_t start,
         if (host_of(l2_get(s, l2, idx)))
             continue;
         h = s->data_file ? (c << s->cluster_bits) : (uint64_t)host;
-        l2_set(s, l2, idx, h | QCOW2_OFLAG_COPIED,
-               s->subcluster_bits ? 0xffffffffull : 0);
+        l2_set(s, l2, idx, h | QCOW2_OFLAG_COPIED, l2_bitmap(s, l2, idx));
         host += (int64_t)s->cluster_size;
     }
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
     return 0;
 }
 
-int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
-                      enum qimg_prealloc mode, struct qimg_error *err)
+/* The L2 entry of guest offset off (0 when it has no table). */
+static int entry_at(struct qimg_image *node, uint64_t off, uint64_t *e,
+                    struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t l2_span = s->cluster_size << s->l2_bits;
-    int64_t fsize;
-    uint64_t want;
-    int ret = 0;
+    uint8_t *l2;
+    int ret = qcow2_get_l2(node, off, &l2, err);
 
-    if (start >= end)
-        return 0;
+    *e = ret < 0 || !l2 ? 0
+                        : l2_get(s, l2, (off >> s->cluster_bits) &
+                                            (qcow2_l2_entries(s) - 1));
+    return ret;
+}
+
+/*
+ * QEMU allocates preallocated clusters as writes of nothing: a new first
+ * cluster gets the guest data before start in its subcluster copied in,
+ * a new last cluster zeroes after end up to its subcluster's end.  Then
+ * the file is extended to the host offset of end.
+ */
+static int prealloc_metadata(struct qimg_image *node, uint64_t start,
+                             uint64_t end, enum qimg_prealloc mode,
+                             struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qimg_storage *st = qcow2_data_storage(node);
+    uint64_t l2_span = s->cluster_size << s->l2_bits, sc = s->subcluster_size;
+    uint64_t head_from = qimg_align_down(start, sc), tail_to, e, want = 0;
+    uint8_t *head = NULL, *zero = NULL;
+    bool need_head, need_tail;
+    int64_t fsize;
+    int ret;
+
+    if (!qimg_align_up(end, sc, &tail_to))
+        return -EINVAL;
     pthread_mutex_lock(&node->lock);
-    if (mode == QIMG_PREALLOC_FALLOC || mode == QIMG_PREALLOC_FULL) {
-        /* Room in the refcount table for everything we are about to add. */
-        uint64_t add = qimg_div_round_up(end - start, s->cluster_size) +
-                       qimg_div_round_up(end - start, l2_span) + 2;
-        ret = qcow2_relocate_reftable(node, (qcow2_image_end(node) >>
-                                             s->cluster_bits) + add, err);
+    ret = entry_at(node, start, &e, err);
+    need_head = !ret && start > head_from && !host_of(e) &&
+                !(s->data_file && (e & QCOW2_OFLAG_COPIED));
+    if (!ret)
+        ret = entry_at(node, end - 1, &e, err);
+    need_tail = !ret && tail_to > end && !host_of(e) &&
+                !(s->data_file && (e & QCOW2_OFLAG_COPIED));
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0)
+        return ret;
+    if (need_head) {
+        head = malloc(start - head_from);
+        if (!head)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = qcow2_pread(node, head_from, start - head_from, head, err);
+        if (ret < 0)
+            goto out_free;
     }
+    pthread_mutex_lock(&node->lock);
     for (uint64_t pos = qimg_align_down(start, s->cluster_size);
          !ret && pos < end;) {
         uint64_t next = QIMG_MIN(qimg_align_down(pos, l2_span) + l2_span, end);
@@ -204,72 +252,289 @@ int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
     }
     if (!ret)
         ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret && need_head && !(ret = entry_at(node, start, &e, err)))
+        ret = st->ops->pwrite(st, host_of(e) + (head_from & (s->cluster_size - 1)),
+                              start - head_from, head, err);
+    if (!ret)
+        ret = entry_at(node, end - 1, &e, err);
+    want = host_of(e) + ((end - 1) & (s->cluster_size - 1)) + 1;
+    if (!ret && need_tail) {
+        zero = calloc(1, tail_to - end);
+        ret = zero ? st->ops->pwrite(st, want, tail_to - end, zero, err)
+                   : qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
     pthread_mutex_unlock(&node->lock);
     if (ret < 0)
-        return ret;
-    /* The file covers every cluster; falloc/full also allocate them. */
-    fsize = node->file->ops->get_size(node->file);
-    want = qcow2_image_end(node);
-    if (fsize >= 0 && want > (uint64_t)fsize)
-        ret = node->file->ops->truncate(node->file, want,
-                                        mode == QIMG_PREALLOC_METADATA
-                                            ? QIMG_PREALLOC_OFF : mode, err);
+        goto out_free;
+    /* The file reaches the host offset of the end; falloc/full allocate
+     * what that adds. */
+    fsize = st->ops->get_size(st);
+    if (fsize < 0)
+        ret = qimg_error_set(err, (int)fsize, "Could not get file size: %s",
+                             strerror((int)-fsize));
+    else if (want > (uint64_t)fsize)
+        ret = st->ops->truncate(st, want, mode == QIMG_PREALLOC_METADATA
+                                              ? QIMG_PREALLOC_OFF : mode, err);
+out_free:
+    free(head);
+    free(zero);
     return ret;
 }
 
-int qcow2_drop_tail(struct qimg_image *node, uint64_t from,
-                    struct qimg_error *err)
+int qcow2_last_used_end(struct qimg_image *node, uint64_t fsize,
+                        uint64_t *end, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t l2_span = s->cluster_size << s->l2_bits, start;
+
+    for (uint64_t ci = qimg_div_round_up(fsize, s->cluster_size); ci-- > 0;) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(node, ci, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (rc) {
+            *end = (ci + 1) << s->cluster_bits;
+            return 0;
+        }
+    }
+    *end = qimg_div_round_up(fsize, s->cluster_size) << s->cluster_bits;
+    return qcow2_signal_corruption(node, true, err, "There are no references "
+                                   "in the refcount table.");
+}
+
+/* Point n guest clusters from coff (one L2 table) at host clusters from
+ * host, releasing what the entries held. */
+static int prealloc_link(struct qimg_image *node, uint64_t coff, uint64_t host,
+                         uint64_t n, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t idx = (coff >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    uint8_t *l2;
+    int ret = qcow2_get_l2_for_write(node, coff, &l2, err);
+
+    for (uint64_t i = 0; i < n && !ret; i++) {
+        uint64_t old = l2_get(s, l2, idx + i);
+        l2_set(s, l2, idx + i, (host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
+               l2_bitmap(s, l2, idx + i));
+        qcow2_cache_mark_dirty(&s->l2_cache, l2);
+        if (host_of(old) || (old & QCOW2_OFLAG_COMPRESSED)) {
+            ret = qcow2_release_entry(node, old, err);
+            /* The release may have evicted the table. */
+            if (!ret)
+                ret = qcow2_get_l2(node, coff, &l2, err);
+        }
+    }
+    return ret;
+}
+
+static int prealloc_data(struct qimg_image *node, uint64_t start, uint64_t end,
+                         enum qimg_prealloc mode, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size, old_end, nb, nl2, head;
+    uint64_t coff = qimg_align_down(start, cs), new_end, pos, host;
+    uint8_t *head_buf = NULL;
+    int64_t fsize, area, got;
+    int ret;
+
+    /* A partial first cluster keeps its head: read it before the lock. */
+    head = start - coff;
+    if (head) {
+        head_buf = malloc(head);
+        if (!head_buf)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = qcow2_pread(node, coff, head, head_buf, err);
+        if (ret < 0)
+            goto out_free;
+    }
+    fsize = node->file->ops->get_size(node->file);
+    if (fsize < 0) {
+        ret = qimg_error_set(err, (int)fsize, "Failed to inquire current file "
+                             "length: %s", strerror((int)-fsize));
+        goto out_free;
+    }
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_last_used_end(node, (uint64_t)fsize, &old_end, err);
+    if (ret < 0)
+        goto out;
+    nb = (qimg_div_round_up(end, cs) * cs - coff) >> s->cluster_bits;
+    /* Room for the L2 tables too, one more for an unaligned head/tail, so
+     * that linking them needs no new refcount block. */
+    nl2 = qimg_div_round_up(nb, cs / s->l2_entry_size) + 1;
+    area = qcow2_refcount_area(node, old_end, nb + nl2, true, 0, 0, err);
+    if (area < 0) {
+        ret = qimg_error_set(err, (int)area, "Failed to resize refcount "
+                             "structures: %s", strerror((int)-area));
+        goto out;
+    }
+    got = qcow2_alloc_clusters_at(node, (uint64_t)area, nb, err);
+    if (got >= 0 && (uint64_t)got != nb) {
+        qcow2_free_clusters_or_warn(node, (uint64_t)area,
+                                    (uint64_t)got << s->cluster_bits, false);
+        got = qimg_error_set(err, -EIO, "Preallocated clusters are in use");
+    }
+    if (got < 0) {
+        ret = qimg_error_set(err, (int)got, "Failed to allocate data clusters: "
+                             "%s", strerror((int)-got));
+        goto out;
+    }
+    new_end = (uint64_t)area + (nb << s->cluster_bits);
+    ret = node->file->ops->truncate(node->file, new_end, mode, err);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Failed to resize underlying file: ");
+        qcow2_free_clusters_or_warn(node, (uint64_t)area, nb << s->cluster_bits,
+                                    false);
+        goto out;
+    }
+    if (head_buf)
+        ret = node->file->ops->pwrite(node->file, (uint64_t)area, head,
+                                      head_buf, err);
+    for (pos = coff, host = (uint64_t)area; !ret && nb;) {
+        uint64_t idx = (pos >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+        uint64_t n = QIMG_MIN(nb, qcow2_l2_entries(s) - idx);
+        ret = prealloc_link(node, pos, host, n, err);
+        pos += n << s->cluster_bits;
+        host += n << s->cluster_bits;
+        nb -= n;
+    }
+    if (ret < 0 && nb)
+        qcow2_free_clusters_or_warn(node, host, nb << s->cluster_bits, false);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+out:
+    pthread_mutex_unlock(&node->lock);
+out_free:
+    free(head_buf);
+    return ret;
+}
+
+int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
+                      enum qimg_prealloc mode, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    if (start >= end)
+        return 0;
+    if (mode == QIMG_PREALLOC_METADATA || s->data_file)
+        return prealloc_metadata(node, start, end, mode, err);
+    return prealloc_data(node, start, end, mode, err);
+}
+
+/*
+ * Shrinking, as QEMU 7.2 does it (so that the file ends up the same):
+ * every entry from the first cluster past the new end to the old end is
+ * emptied, one L2 table at a time, tables allocated (or copied when
+ * shared) where missing; the L1 entries past the new end are zeroed and
+ * their tables freed; refcount blocks left without a reference are
+ * dropped.  Everything freed is discarded in the file.
+ */
+int qcow2_empty_range(struct qimg_image *node, uint64_t start, uint64_t end,
+                      struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t entries = qcow2_l2_entries(s), *olds;
     int ret = 0;
 
-    if (!qimg_align_up(from, s->cluster_size, &start))
+    olds = malloc(entries * sizeof(*olds));
+    if (!olds)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    for (uint64_t pos = start; pos < end && !ret;) {
+        uint64_t idx = (pos >> s->cluster_bits) & (entries - 1);
+        uint64_t n = QIMG_MIN(qimg_div_round_up(end - pos, s->cluster_size),
+                              entries - idx), k = 0;
+        uint8_t *l2;
+
+        ret = qcow2_get_l2_for_write(node, pos, &l2, err);
+        for (uint64_t i = 0; i < n && !ret; i++) {
+            uint64_t e = l2_get(s, l2, idx + i);
+            if (!e && !l2_bitmap(s, l2, idx + i))
+                continue;
+            l2_set(s, l2, idx + i, 0, 0);
+            qcow2_cache_mark_dirty(&s->l2_cache, l2);
+            olds[k++] = e;
+        }
+        /* The emptied entries reach the file before the clusters go. */
+        if (!ret && k)
+            ret = qcow2_cache_flush(node, &s->l2_cache, err);
+        for (uint64_t i = 0; i < k && !ret; i++)
+            ret = qcow2_free_entry(node, olds[i], err);
+        pos += n << s->cluster_bits;
+    }
+    free(olds);
+    return ret;
+}
+
+static int shrink_l1(struct qimg_image *node, uint64_t new_size,
+                     struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t len;
+    int ret;
+
+    if (new_size >= s->l1_size)
+        return 0;
+    len = ((uint64_t)s->l1_size - new_size) * 8;
+    qimg_storage_event(node->file, QIMG_EV_L1_SHRINK_WRITE_TABLE);
+    ret = node->file->ops->pwrite_zeroes
+              ? node->file->ops->pwrite_zeroes(node->file,
+                                               s->l1_table_offset + new_size * 8,
+                                               len, 0, err)
+              : -ENOTSUP;
+    if (ret == -ENOTSUP) {
+        uint8_t *z = calloc(1, len);
+        ret = z ? node->file->ops->pwrite(node->file,
+                                          s->l1_table_offset + new_size * 8,
+                                          len, z, err)
+                : qimg_error_set(err, -ENOMEM, "Out of memory");
+        free(z);
+    }
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (!ret)
+        qimg_storage_event(node->file, QIMG_EV_L1_SHRINK_FREE_L2_CLUSTERS);
+    for (uint64_t i = s->l1_size; !ret && i-- > new_size;) {
+        uint64_t off = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+        if (off)
+            qcow2_free_clusters_or_warn(node, off, s->cluster_size, false);
+        s->l1_table[i] = 0;
+    }
+    if (ret < 0)   /* the table on disk may be half written: forget it */
+        memset(s->l1_table + new_size, 0, len);
+    return ret;
+}
+
+int qcow2_shrink_tail(struct qimg_image *node, uint64_t size,
+                      struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t start;
+    int ret = 0;
+
+    if (!qimg_align_up(size, s->cluster_size, &start))
         return -EINVAL;
     pthread_mutex_lock(&node->lock);
-    /* Clusters past the end become unallocated and are freed. */
-    for (uint64_t pos = start; !ret && pos < (uint64_t)s->l1_size * l2_span;
-         pos += s->cluster_size) {
-        uint8_t *l2;
-        uint64_t idx, e;
-        if (pos % l2_span == 0 && pos + l2_span <= (uint64_t)s->l1_size * l2_span &&
-            !(s->l1_table[pos / l2_span] & QCOW2_L1E_OFFSET_MASK)) {
-            pos += l2_span - s->cluster_size;
-            continue;
-        }
-        ret = qcow2_get_l2(node, pos, &l2, err);
-        if (ret < 0 || !l2)
-            continue;
-        idx = (pos >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
-        e = l2_get(s, l2, idx);
-        if (!e && !l2_bitmap(s, l2, idx))
-            continue;
-        ret = qcow2_get_l2_for_write(node, pos, &l2, err);
+    qcow2_discards_begin(node);
+    if (start < node->size) {
+        ret = qcow2_empty_range(node, start, node->size, err);
         if (ret < 0)
-            break;
-        l2_set(s, l2, idx, 0, 0);
-        qcow2_cache_mark_dirty(&s->l2_cache, l2);
-        if ((host_of(e) || (e & QCOW2_OFLAG_COMPRESSED)) && !s->data_file)
-            ret = qcow2_release_entry(node, e, err);
+            qimg_error_prefix(err, "Failed to discard cropped clusters: ");
     }
-    /* L2 tables wholly past the end are released too. */
-    for (uint64_t i = qimg_div_round_up(start, l2_span); !ret && i < s->l1_size; i++) {
-        uint64_t off = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
-        if (!off)
-            continue;
-        ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret) {
+        ret = shrink_l1(node, qcow2_l1_size_for(size, s->cluster_bits,
+                                                s->l2_bits), err);
         if (ret < 0)
-            break;
-        qcow2_cache_discard(&s->l2_cache, off);
-        s->l1_table[i] = 0;
-        ret = qcow2_write_l1_entry(node, i, err);
-        if (!ret)
-            ret = qcow2_free_clusters(node, off, s->cluster_size, err);
+            qimg_error_set(err, ret, "Failed to reduce the number of L2 "
+                           "tables: %s", strerror(-ret));
+    }
+    if (!ret) {
+        ret = qcow2_shrink_reftable(node, err);
+        if (ret < 0)
+            qimg_error_prefix(err, "Failed to discard unused refblocks: ");
     }
     if (!ret)
         ret = qcow2_cache_flush(node, &s->l2_cache, err);
     if (!ret)
         ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    qcow2_discards_end(node);
     pthread_mutex_unlock(&node->lock);
     return ret;
 }

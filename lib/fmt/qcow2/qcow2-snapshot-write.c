@@ -93,6 +93,61 @@ static int clear_copied_flags(struct qimg_image *node, uint64_t *l1,
     return ret;
 }
 
+/* Whether a cluster's refcount can take one more reference. */
+static int room_for_one(struct qimg_image *node, uint64_t off, uint64_t len,
+                        struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    for (uint64_t c = off >> s->cluster_bits;
+         c <= (off + len - 1) >> s->cluster_bits; c++) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(node, c, &rc, err);
+        if (ret < 0)
+            return ret;
+        if (rc >= s->refcount_max)
+            return qimg_error_set(err, -EINVAL, "Refcount of cluster %llu "
+                                  "would overflow", (unsigned long long)c);
+    }
+    return 0;
+}
+
+/*
+ * Before a snapshot adds references: refuse (changing nothing) when a
+ * cluster l1 reaches is at the largest refcount, where QEMU's update
+ * fails at its first step.  The COPIED flags stay as they are.
+ */
+static int check_room(struct qimg_image *node, const uint64_t *l1,
+                      uint32_t l1_size, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2 = malloc(s->cluster_size);
+    int ret = l2 ? qcow2_cache_flush(node, &s->l2_cache, err)
+                 : qimg_error_set(err, -ENOMEM, "Out of memory");
+
+    for (uint32_t i = 0; !ret && i < l1_size; i++) {
+        uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (!l2off)
+            continue;
+        ret = read_l2(node, l2off, i, l2, err);
+        for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
+            uint64_t e = qimg_ld_be64(l2 + j * s->l2_entry_size);
+            if (e & QCOW2_OFLAG_COMPRESSED) {
+                uint64_t coff = e & s->cluster_offset_mask;
+                uint64_t sectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
+                ret = room_for_one(node, coff, qimg_align_down(coff, 512) +
+                                                   sectors * 512 - coff, err);
+            } else if ((e & QCOW2_L2E_OFFSET_MASK) && !s->data_file) {
+                ret = room_for_one(node, e & QCOW2_L2E_OFFSET_MASK, 1, err);
+            }
+        }
+        if (!ret)
+            ret = room_for_one(node, l2off, 1, err);
+    }
+    free(l2);
+    return ret;
+}
+
 /* Add `addend` to everything l1 reaches and recompute the COPIED flags in
  * its tables; l1 (host order) is updated in place. */
 static int update_refcounts(struct qimg_image *node, uint64_t *l1,
@@ -104,8 +159,11 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
     int ret = 0;
 
     if (addend > 0) {
-        ret = clear_copied_flags(node, l1, l1_size,
-                                 l1 == s->l1_table ? s->l1_table_offset : 0, err);
+        ret = check_room(node, l1, l1_size, err);
+        if (!ret)
+            ret = clear_copied_flags(node, l1, l1_size,
+                                     l1 == s->l1_table ? s->l1_table_offset : 0,
+                                     err);
         if (ret < 0)
             return ret;
     }
@@ -129,14 +187,15 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
                 uint64_t sectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
                 uint64_t start = qimg_align_down(coff, s->cluster_size);
                 if (addend)
-                    ret = qcow2_update_refcount(node, start,
-                                                qimg_align_down(coff, 512) +
-                                                    sectors * 512 - start,
-                                                addend, err);
+                    ret = qcow2_update_refcount_no_retry(
+                        node, start,
+                        qimg_align_down(coff, 512) + sectors * 512 - start,
+                        addend, err);
                 ne = e;   /* compressed clusters never carry COPIED */
             } else if (host && !s->data_file) {
                 if (addend)
-                    ret = qcow2_update_refcount(node, host, 1, addend, err);
+                    ret = qcow2_update_refcount_no_retry(node, host, 1, addend,
+                                                         err);
                 if (!ret)
                     ret = qcow2_get_refcount(node, host >> s->cluster_bits, &rc,
                                              err);
@@ -154,7 +213,7 @@ static int update_refcounts(struct qimg_image *node, uint64_t *l1,
             ret = qcow2_write_l2_table(node, l2off, l2, err);
         }
         if (!ret && addend)
-            ret = qcow2_update_refcount(node, l2off, 1, addend, err);
+            ret = qcow2_update_refcount_no_retry(node, l2off, 1, addend, err);
         if (!ret)
             ret = qcow2_get_refcount(node, l2off >> s->cluster_bits, &rc, err);
         if (!ret) {
@@ -197,31 +256,44 @@ static int refresh_active(struct qimg_image *node, struct qimg_error *err)
     return ret;
 }
 
-static size_t entry_size(const struct qcow2_snapshot *sn)
+/* Extra data as written: at least the 24 bytes this version knows. */
+static uint32_t written_extra(const struct qcow2_snapshot *sn)
 {
-    return (40 + sn->extra_size + strlen(sn->id) + strlen(sn->name) + 7) & ~7ull;
+    return QIMG_MAX(sn->extra_size, 24u);
 }
 
-/* Write the in-memory table to new clusters, switch the header, free the
- * old table. */
+/*
+ * Write the in-memory table to new clusters, switch the header, free the
+ * old table.  As QEMU: entries padded to 8 bytes except the last, the
+ * known extra data always complete.
+ */
 static int write_table(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t size = 0, pos = 0, old_off = s->snapshots_offset;
-    uint64_t old_size = s->snapshots_size, used = 0;
+    uint64_t size = 0, old_off = s->snapshots_offset;
+    uint64_t old_size = s->snapshots_size;
     uint8_t *buf, hdr[12];
     int64_t off = 0;
     int ret;
 
-    for (uint32_t i = 0; i < s->nb_snapshots; i++)
-        size += entry_size(&s->snapshots[i]);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        const struct qcow2_snapshot *sn = &s->snapshots[i];
+        size = ((size + 7) & ~7ull) + 40 + written_extra(sn) + strlen(sn->id) +
+               strlen(sn->name);
+        if (size > QCOW2_MAX_SNAPSHOTS_SIZE)
+            return qimg_error_set(err, -EFBIG, "%s", strerror(EFBIG));
+    }
     buf = calloc(1, size ? size : 1);
     if (!buf)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+    for (uint64_t i = 0, pos = 0; i < s->nb_snapshots; i++) {
         const struct qcow2_snapshot *sn = &s->snapshots[i];
-        uint8_t *e = buf + pos;
         size_t idl = strlen(sn->id), nl = strlen(sn->name);
+        uint32_t x = written_extra(sn);
+        uint8_t *e;
+
+        pos = (pos + 7) & ~7ull;
+        e = buf + pos;
         qimg_st_be64(e, sn->l1_table_offset);
         qimg_st_be32(e + 8, sn->l1_size);
         qimg_st_be16(e + 12, (uint16_t)idl);
@@ -229,18 +301,18 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
         qimg_st_be32(e + 16, sn->date_sec);
         qimg_st_be32(e + 20, sn->date_nsec);
         qimg_st_be64(e + 24, sn->vm_clock_nsec);
-        qimg_st_be32(e + 32, (uint32_t)QIMG_MIN(sn->vm_state_size, UINT32_MAX));
-        qimg_st_be32(e + 36, sn->extra_size);
-        if (sn->extra_size >= 8)
-            qimg_st_be64(e + 40, sn->vm_state_size);
-        if (sn->extra_size >= 16)
-            qimg_st_be64(e + 48, sn->disk_size);
-        if (sn->extra_size >= 24)
-            qimg_st_be64(e + 56, sn->icount);
-        memcpy(e + 40 + sn->extra_size, sn->id, idl);
-        memcpy(e + 40 + sn->extra_size + idl, sn->name, nl);
-        used = pos + 40 + sn->extra_size + idl + nl;
-        pos += entry_size(sn);
+        /* A VM state too large for 32 bits is recorded as none there. */
+        qimg_st_be32(e + 32, sn->vm_state_size <= UINT32_MAX
+                                 ? (uint32_t)sn->vm_state_size : 0);
+        qimg_st_be32(e + 36, x);
+        qimg_st_be64(e + 40, sn->vm_state_size);
+        qimg_st_be64(e + 48, sn->disk_size);
+        qimg_st_be64(e + 56, sn->icount);
+        if (x > 24 && sn->extra_unknown)
+            memcpy(e + 64, sn->extra_unknown, x - 24);
+        memcpy(e + 40 + x, sn->id, idl);
+        memcpy(e + 40 + x + idl, sn->name, nl);
+        pos += 40 + x + idl + nl;
     }
     if (size) {
         off = qcow2_alloc_clusters(node, qimg_div_round_up(size, s->cluster_size),
@@ -250,9 +322,10 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
             return (int)off;
         }
         ret = qcow2_cache_flush(node, &s->refblock_cache, err);
-        /* Without the last entry's padding, as QEMU writes it. */
         if (!ret)
-            ret = node->file->ops->pwrite(node->file, (uint64_t)off, used, buf,
+            ret = qcow2_overlap_check(node, 0, (uint64_t)off, size, err);
+        if (!ret)
+            ret = node->file->ops->pwrite(node->file, (uint64_t)off, size, buf,
                                           err);
         if (!ret)
             ret = node->file->ops->flush(node->file, err);
@@ -271,10 +344,13 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
         return ret;
     s->snapshots_offset = (uint64_t)off;
     s->snapshots_size = size;
-    if (old_size)
+    if (old_size) {
+        qcow2_discards_begin(node);
         ret = qcow2_free_clusters(node, old_off,
                                   qimg_div_round_up(old_size, s->cluster_size) *
                                       s->cluster_size, err);
+        qcow2_discards_end(node);
+    }
     return ret;
 }
 
@@ -468,6 +544,7 @@ static int snapshot_delete(struct qimg_image *node, const char *key,
     pthread_mutex_unlock(&node->lock);
     free(gone.id);
     free(gone.name);
+    free(gone.extra_unknown);
     free(l1);
     return ret;
 }
@@ -478,12 +555,16 @@ int qcow2_snapshot_change(struct qimg_image *node, enum qimg_snapshot_op op,
     struct qcow2_state *s = node->state;
     int ret;
 
+    /* What snapshot operations free is discarded in the file (QEMU's
+     * pass-discard-snapshot default). */
+    qcow2_discards_begin(node);
     switch (op) {
     case QIMG_SNAPSHOT_CREATE: ret = snapshot_create(node, name, err); break;
     case QIMG_SNAPSHOT_APPLY: ret = snapshot_apply(node, name, err); break;
     case QIMG_SNAPSHOT_DELETE: ret = snapshot_delete(node, name, err); break;
-    default: return qimg_error_set(err, -EINVAL, "Unknown snapshot operation");
+    default: ret = qimg_error_set(err, -EINVAL, "Unknown snapshot operation");
     }
+    qcow2_discards_end(node);
     if (!ret) {
         pthread_mutex_lock(&node->lock);
         ret = qcow2_cache_flush(node, &s->l2_cache, err);

@@ -15,16 +15,13 @@
 
 #include "fmt/qcow2/qcow2.h"
 
-/* QEMU bounds the whole table to 64 MiB (QCOW_MAX_SNAPSHOTS_SIZE) and the
- * extra data per entry to 1 KiB. */
-#define QCOW2_MAX_SNAPSHOTS_SIZE (64u << 20)
-#define QCOW2_MAX_SNAPSHOT_EXTRA 1024
 
 void qcow2_snapshots_free(struct qcow2_state *s)
 {
     for (uint32_t i = 0; i < s->nb_snapshots && s->snapshots; i++) {
         free(s->snapshots[i].id);
         free(s->snapshots[i].name);
+        free(s->snapshots[i].extra_unknown);
     }
     free(s->snapshots);
     s->snapshots = NULL;
@@ -40,50 +37,6 @@ static char *dup_field(const uint8_t *p, size_t len)
     return s;
 }
 
-/* Parse one entry at buf[pos]; returns its padded size or a negative errno. */
-static int64_t parse_entry(struct qcow2_state *s, const uint8_t *buf,
-                           uint64_t pos, uint64_t len,
-                           struct qcow2_snapshot *sn, struct qimg_error *err)
-{
-    uint32_t extra;
-    uint16_t id_len, name_len;
-    uint64_t need;
-
-    if (pos > len || len - pos < 40)
-        return qimg_error_set(err, -EINVAL, "Snapshot table is truncated");
-    sn->l1_table_offset = qimg_ld_be64(buf + pos);
-    sn->l1_size = qimg_ld_be32(buf + pos + 8);
-    id_len = qimg_ld_be16(buf + pos + 12);
-    name_len = qimg_ld_be16(buf + pos + 14);
-    sn->date_sec = qimg_ld_be32(buf + pos + 16);
-    sn->date_nsec = qimg_ld_be32(buf + pos + 20);
-    sn->vm_clock_nsec = qimg_ld_be64(buf + pos + 24);
-    sn->vm_state_size = qimg_ld_be32(buf + pos + 32);
-    extra = qimg_ld_be32(buf + pos + 36);
-    if (extra > QCOW2_MAX_SNAPSHOT_EXTRA)
-        return qimg_error_set(err, -EFBIG, "Too much extra metadata in snapshot "
-                              "table entry");
-    need = 40ull + extra + id_len + name_len;
-    if (need > len - pos)
-        return qimg_error_set(err, -EINVAL, "Snapshot table is truncated");
-    sn->disk_size = 0;
-    sn->icount = UINT64_MAX;
-    if (extra >= 8)
-        sn->vm_state_size = qimg_ld_be64(buf + pos + 40);
-    if (extra >= 16)
-        sn->disk_size = qimg_ld_be64(buf + pos + 48);
-    if (extra >= 24)
-        sn->icount = qimg_ld_be64(buf + pos + 56);
-    sn->extra_size = extra;
-    sn->id = dup_field(buf + pos + 40 + extra, id_len);
-    sn->name = dup_field(buf + pos + 40 + extra + id_len, name_len);
-    if (!sn->id || !sn->name)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
-    /* The L1 geometry is checked where the table is used, as in QEMU:
-     * a bad entry does not stop the image from opening. */
-    return (int64_t)((need + 7) & ~7ull);
-}
-
 int qcow2_snapshot_l1_check(const struct qcow2_state *s,
                             const struct qcow2_snapshot *sn,
                             struct qimg_error *err)
@@ -97,58 +50,146 @@ int qcow2_snapshot_l1_check(const struct qcow2_state *s,
     return 0;
 }
 
-int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err)
+/*
+ * Read the snapshot table, entry by entry as QEMU does (reads past the end
+ * of the file give zeroes).  With repair (check -r all), what QEMU's
+ * repair drops is dropped instead of refused: extra data past 1 KiB
+ * (counted in *extra_dropped) and the entries from the one that makes the
+ * table exceed 64 MiB (counted in *nb_reduced; nb_snapshots shrinks).
+ */
+int qcow2_snapshots_read(struct qimg_image *node, bool repair, int *nb_reduced,
+                         int *extra_dropped, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    /* One entry at most: fixed part, extra data, id and name. */
-    const size_t max_entry = 40 + QCOW2_MAX_SNAPSHOT_EXTRA + 2 * 65535 + 8;
-    uint64_t pos = 0;
-    uint8_t *buf;
+    uint64_t off = s->snapshots_offset, length = 0;
+    uint8_t h[40], extra[24];
     int ret = 0;
 
     s->snapshots_size = 0;
     if (!s->nb_snapshots)
         return 0;
-    buf = malloc(max_entry);
     s->snapshots = calloc(s->nb_snapshots, sizeof(*s->snapshots));
-    if (!buf || !s->snapshots) {
-        free(buf);
+    if (!s->snapshots)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    }
-    /* Entry by entry: reads past the end of the file give zeroes, as in
-     * QEMU, and the whole table stays within QEMU's size limit. */
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-        uint64_t off;
-        if (pos > QCOW2_MAX_SNAPSHOTS_SIZE ||
-            qimg_add_overflow(s->snapshots_offset, pos, &off)) {
-            ret = qimg_error_set(err, -EFBIG, "Snapshot table too large");
-            break;
-        }
-        ret = node->file->ops->pread(node->file, off, 40, buf, err);
+        struct qcow2_snapshot *sn = &s->snapshots[i];
+        uint64_t pre = off, extra_end, xlen;
+        uint32_t xsize;
+        uint16_t idl, nl;
+        uint8_t *idbuf;
+
+        length = (length + 7) & ~7ull;
+        off = (off + 7) & ~7ull;
+        ret = node->file->ops->pread(node->file, off, 40, h, err);
         if (ret < 0)
             goto read_failed;
-        size_t var = (size_t)QIMG_MIN(qimg_ld_be32(buf + 36),
-                                      (uint32_t)QCOW2_MAX_SNAPSHOT_EXTRA + 1) +
-                     qimg_ld_be16(buf + 12) + qimg_ld_be16(buf + 14);
-        ret = node->file->ops->pread(node->file, off + 40, var, buf + 40, err);
+        off += 40;
+        sn->l1_table_offset = qimg_ld_be64(h);
+        sn->l1_size = qimg_ld_be32(h + 8);
+        idl = qimg_ld_be16(h + 12);
+        nl = qimg_ld_be16(h + 14);
+        sn->date_sec = qimg_ld_be32(h + 16);
+        sn->date_nsec = qimg_ld_be32(h + 20);
+        sn->vm_clock_nsec = qimg_ld_be64(h + 24);
+        sn->vm_state_size = qimg_ld_be32(h + 32);
+        xsize = qimg_ld_be32(h + 36);
+        sn->extra_size = xsize;
+        if (xsize > QCOW2_MAX_SNAPSHOT_EXTRA) {
+            if (!repair) {
+                ret = qimg_error_set(err, -EFBIG, "Too much extra metadata in "
+                                     "snapshot table entry %u\nYou can "
+                                     "force-remove this extra metadata with "
+                                     "qemu-img check -r all", i);
+                goto fail;
+            }
+            qimg_message(QIMG_MSG_PLAIN, "Discarding too much extra metadata in "
+                         "snapshot table entry %u (%u > %u)\n", i, xsize,
+                         QCOW2_MAX_SNAPSHOT_EXTRA);
+            (*extra_dropped)++;
+            sn->extra_size = QCOW2_MAX_SNAPSHOT_EXTRA;
+        }
+        xlen = QIMG_MIN(24u, xsize);
+        memset(extra, 0, sizeof(extra));
+        ret = node->file->ops->pread(node->file, off, xlen, extra, err);
         if (ret < 0)
             goto read_failed;
-        int64_t n = parse_entry(s, buf, 0, 40 + var, &s->snapshots[i], err);
-        if (n < 0) {
-            ret = (int)n;
+        off += xlen;
+        if (xsize >= 8)
+            sn->vm_state_size = qimg_ld_be64(extra);
+        sn->disk_size = xsize >= 16 ? qimg_ld_be64(extra + 8) : node->size;
+        sn->icount = xsize >= 24 ? qimg_ld_be64(extra + 16) : UINT64_MAX;
+        if (xsize > 24) {
+            /* Unknown extra data is kept and written back. */
+            extra_end = off + xsize - 24;
+            sn->extra_unknown = malloc(sn->extra_size - 24);
+            if (!sn->extra_unknown) {
+                ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+                goto fail;
+            }
+            ret = node->file->ops->pread(node->file, off, sn->extra_size - 24,
+                                         sn->extra_unknown, err);
+            if (ret < 0)
+                goto read_failed;
+            off = extra_end;
+        }
+        idbuf = malloc((size_t)idl + nl + 1);
+        if (!idbuf) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            goto fail;
+        }
+        ret = node->file->ops->pread(node->file, off, (size_t)idl + nl, idbuf,
+                                     err);
+        if (!ret) {
+            sn->id = dup_field(idbuf, idl);
+            sn->name = dup_field(idbuf + idl, nl);
+        }
+        free(idbuf);
+        if (ret < 0)
+            goto read_failed;
+        if (!sn->id || !sn->name) {
+            ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+            goto fail;
+        }
+        off += (uint64_t)idl + nl;
+        /* Extra data as it will be written back (possibly cut). */
+        length += 40 + sn->extra_size + idl + nl;
+        if (length > QCOW2_MAX_SNAPSHOTS_SIZE ||
+            off - s->snapshots_offset > INT32_MAX) {
+            if (!repair) {
+                ret = qimg_error_set(err, -EFBIG, "Snapshot table is too big\n"
+                                     "You can force-remove all %u overhanging "
+                                     "snapshots with qemu-img check -r all",
+                                     s->nb_snapshots - i);
+                goto fail;
+            }
+            qimg_message(QIMG_MSG_PLAIN, "Discarding %u overhanging snapshots "
+                         "(snapshot table is too big)\n", s->nb_snapshots - i);
+            *nb_reduced += (int)(s->nb_snapshots - i);
+            free(sn->id);
+            free(sn->name);
+            free(sn->extra_unknown);
+            memset(sn, 0, sizeof(*sn));
+            s->nb_snapshots = i;
+            off = pre;
             break;
         }
-        pos += (uint64_t)n;
     }
-    free(buf);
-    if (ret < 0)
-        qimg_error_prefix(err, "Could not read snapshots: ");
-    s->snapshots_size = pos;
-    return ret;
+    /* The table ends with its last entry (no padding after it). */
+    s->snapshots_size = off - s->snapshots_offset;
+    return 0;
 read_failed:    /* QEMU's wording for an I/O error on the table */
-    free(buf);
     qimg_error_prefix(err, "Failed to read snapshot table: ");
+fail:
+    qcow2_snapshots_free(s);
+    s->nb_snapshots = 0;
     return ret;
+}
+
+int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err)
+{
+    int reduced = 0, dropped = 0;
+
+    return qcow2_snapshots_read(node, false, &reduced, &dropped, err);
 }
 
 /* Snapshot matching id or name (id first, as QEMU's lookup by either). */

@@ -42,36 +42,38 @@ struct feature_name {
     char name[47];
 };
 
+/*
+ * "Unsupported qcow2 feature(s): ..." as QEMU words it: the names the
+ * feature table gives incompatible bits in mask, in table order (the
+ * table ends at an entry with an empty name; a partial last entry reads
+ * as zero-padded), then the bits left without a name as one
+ * "Unknown incompatible feature: <hex mask>".
+ */
 static int report_unsupported(struct qimg_image *node, const uint8_t *table,
                               size_t table_len, uint64_t mask,
                               struct qimg_error *err)
 {
-    char msg[512] = "";
+    char msg[QIMG_ERROR_MSG_MAX / 2] = "";
     size_t used = 0;
+    uint8_t *padded = calloc(1, table_len + 2 * 48);
 
-    for (int bit = 0; bit < 64; bit++) {
-        const char *name = NULL;
-        char unknown[64];
-        if (!(mask & (1ull << bit)))
+    (void)node;
+    if (padded && table)
+        memcpy(padded, table, table_len);
+    for (size_t i = 0; padded && i + 48 <= table_len + 2 * 48 &&
+                       padded[i + 2] != '\0'; i += 48) {
+        uint8_t type = padded[i], bit = padded[i + 1];
+        if (type != 0 || bit >= 64 || !(mask & (1ull << bit)))
             continue;
-        for (size_t i = 0; table && i + 48 <= table_len; i += 48) {
-            if (table[i] == 0 && table[i + 1] == bit) {
-                static char buf[47];
-                memcpy(buf, table + i + 2, 46);
-                buf[46] = '\0';
-                name = buf;
-            }
-        }
-        if (!name) {
-            snprintf(unknown, sizeof(unknown), "Unknown incompatible feature: %"
-                     PRIx64, (uint64_t)1 << bit);
-            name = unknown;
-        }
         used += (size_t)snprintf(msg + used, sizeof(msg) - QIMG_MIN(used, sizeof(msg)),
-                                 "%s%s", used ? ", " : "", name);
-        if (used >= sizeof(msg))
-            break;
+                                 "%s%.46s", used ? ", " : "",
+                                 (const char *)padded + i + 2);
+        mask &= ~(1ull << bit);
     }
+    free(padded);
+    if (mask && used < sizeof(msg))
+        snprintf(msg + used, sizeof(msg) - used, "%sUnknown incompatible "
+                 "feature: %" PRIx64, used ? ", " : "", mask);
     return qimg_error_set(err, -ENOTSUP, "Unsupported qcow2 feature(s): %s", msg);
 }
 
@@ -231,7 +233,9 @@ static int check_features(struct qimg_image *node, const uint8_t *ftable,
 
     if (unknown)
         return report_unsupported(node, ftable, ftable_len, unknown, err);
-    if ((s->incompatible & QCOW2_INCOMPAT_CORRUPT) && !node->read_only)
+    /* Corrupt images are opened for writing only to be repaired. */
+    if ((s->incompatible & QCOW2_INCOMPAT_CORRUPT) && !node->read_only &&
+        !(node->flags & QIMG_OPEN_CHECK))
         return qimg_error_set(err, -EACCES, "qcow2: Image is corrupt; cannot be "
                               "opened read/write");
     if (s->refcount_order > 6)
@@ -288,16 +292,20 @@ static int validate_tables(struct qimg_image *node, struct qimg_error *err)
 
     if (rt_bytes > QCOW2_MAX_REFTABLE_SIZE)
         return qimg_error_set(err, -EINVAL, "Reference count table too large");
-    if (!rt_bytes)
+    /* A check (which rebuilds missing refcounts) opens images without a
+     * refcount table, and reads the snapshot table itself. */
+    bool check = node->flags & QIMG_OPEN_CHECK;
+    if (!rt_bytes && !check)
         return qimg_error_set(err, -EINVAL, "Image does not contain a "
                               "reference count table");
     if (validate_table_offset(s, s->refcount_table_offset, rt_bytes, 1))
         return qimg_error_set(err, -EINVAL, "Reference count table offset "
                               "invalid");
-    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS && !check)
         return qimg_error_set(err, -EINVAL, "Snapshot table too large");
     /* QEMU counts the fixed 40 bytes of each entry here. */
-    if (validate_table_offset(s, s->snapshots_offset, s->nb_snapshots, 40))
+    if (!check &&
+        validate_table_offset(s, s->snapshots_offset, s->nb_snapshots, 40))
         return qimg_error_set(err, -EINVAL, "Snapshot table offset invalid");
     if (s->l1_size > QCOW2_MAX_L1_SIZE / 8)
         return qimg_error_set(err, -EFBIG, "Active L1 table too large");
@@ -364,6 +372,12 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
 {
     struct qcow2_state *s = node->state;
     const char *name = qimg_opts_get(opts, "data-file");
+    const char *drv = qimg_opts_get(opts, "data-file.driver");
+
+    if (!name)
+        name = qimg_opts_get(opts, "data-file.filename");
+    if (drv && strcmp(drv, "file"))
+        return qimg_error_set(err, -EINVAL, "Unknown driver '%s'", drv);
     /* data-file= is the caller's; the header's name is the image's. */
     unsigned child = QIMG_CHILD_DATA_FILE | (name ? QIMG_CHILD_CALLER : 0);
 
@@ -388,6 +402,39 @@ static int open_data_file(struct qimg_image *node, const struct qimg_opts *opts,
                                    &s->data_file, err);
 }
 
+/*
+ * QEMU's qcow2 runtime options.  The cache sizes, discard passing, lazy
+ * refcounts and overlap-check selection tune how QEMU works, not what a
+ * qemu-img command prints or writes, so they are accepted and not acted
+ * on (our caches size themselves; every overlap check always runs).
+ */
+static const char *const qcow2_tuning_opts[] = {
+    "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+    "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+    "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+    NULL,
+};
+
+static bool known_runtime_opt(const char *k)
+{
+    for (size_t i = 0; qcow2_tuning_opts[i]; i++)
+        if (!strcmp(k, qcow2_tuning_opts[i]))
+            return true;
+    /* data-file.filename names the data file as data-file does;
+     * data-file.driver may only say it is a file. */
+    return !strcmp(k, "data-file") || !strcmp(k, "data-file.filename") ||
+           !strcmp(k, "data-file.driver") ||
+           !strncmp(k, "overlap-check.", 14) || !strncmp(k, "backing", 7);
+}
+
+/* The repair of a dirty image at open tells what it finds, as QEMU's
+ * check does on stderr. */
+static void report_repair_line(void *opaque, const char *line)
+{
+    (void)opaque;
+    qimg_message(QIMG_MSG_PLAIN, "%s\n", line);
+}
+
 static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
                       struct qimg_error *err)
 {
@@ -401,21 +448,37 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
 
     for (size_t i = 0; i < qimg_opts_count(opts); i++) {
         const char *k = qimg_opts_key(opts, i);
-        if (strcmp(k, "data-file") && strncmp(k, "backing", 7) &&
-            strncmp(k, "encrypt.", 8))   /* qcow2-crypto.c checks them */
+        /* encrypt.* keys: qcow2-crypto.c checks them */
+        if (!known_runtime_opt(k) && strncmp(k, "encrypt.", 8))
             return qimg_error_set(err, -EINVAL, "Block format 'qcow2' does not "
                                   "support the option '%s'", k);
     }
-    /* The first cluster is at most 2 MiB: read what the file holds of it. */
+    /* The header and its extensions fill at most the first cluster (2
+     * MiB at most): read what the file holds of it, the cluster size
+     * taken from the header's first bytes.  Reading no further keeps the
+     * page cache off data areas (a fallocated cluster read into it stops
+     * being a hole for SEEK_DATA, and map would call it data). */
     hlen = (size_t)QIMG_MIN((uint64_t)QIMG_MAX(file_size, 0),
                             1ull << QCOW2_MAX_CLUSTER_BITS);
     /* At least the longest header we parse: bytes past EOF read as zero. */
     hdr = calloc(1, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE));
     if (!hdr)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
-    ret = node->file->ops->pread(node->file, 0, hlen, hdr, err);
-    if (ret < 0)
-        goto out;
+    {
+        size_t first = QIMG_MIN(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE);
+        ret = node->file->ops->pread(node->file, 0, first, hdr, err);
+        if (ret < 0)
+            goto out;
+        uint32_t cbits = first >= 24 ? qimg_ld_be32(hdr + 20) : 0;
+        if (cbits <= QCOW2_MAX_CLUSTER_BITS)
+            hlen = QIMG_MIN(hlen, QIMG_MAX((size_t)1 << cbits, first));
+        if (hlen > first) {
+            ret = node->file->ops->pread(node->file, first, hlen - first,
+                                         hdr + first, err);
+            if (ret < 0)
+                goto out;
+        }
+    }
     /* A file cut inside its header reads as zeroes past its end, as in
      * QEMU ("Unsupported cluster size: 2^0", "qcow2 header too short"). */
     ret = parse_header(node, hdr, QIMG_MAX(hlen, (size_t)QCOW2_V3_HEADER_LEN_CTYPE),
@@ -457,9 +520,14 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     ret = read_backing_name(node, err);
     if (ret < 0)
         goto out;
-    ret = qcow2_snapshots_load(node, err);
-    if (ret < 0)
-        goto out;
+    if (node->flags & QIMG_OPEN_CHECK) {
+        s->nb_snapshots = 0;   /* read by the check itself */
+        s->snapshots_offset = 0;
+    } else {
+        ret = qcow2_snapshots_load(node, err);
+        if (ret < 0)
+            goto out;
+    }
     ret = qcow2_bitmaps_load(node, err);
     if (ret < 0)
         goto out;
@@ -496,13 +564,15 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
         !(node->flags & QIMG_OPEN_CHECK)) {
         /* Left dirty (lazy refcounts, or a crash): repair, then mark clean,
          * as QEMU does on a writable open. */
-        struct qimg_check res = {0};
+        struct qimg_check res = {.report = report_repair_line};
         ret = qcow2_check(node, QIMG_CHECK_FIX_LEAKS | QIMG_CHECK_FIX_ERRORS,
                           &res, err);
-        if (!ret)
-            ret = qcow2_set_dirty(node, false, err);
-        if (ret < 0)
+        if (ret < 0 || res.check_errors) {
+            ret = qimg_error_set(err, ret < 0 ? ret : -EIO, "Could not repair "
+                                 "dirty image: %s",
+                                 strerror(ret < 0 ? -ret : EIO));
             goto out;
+        }
     }
     if (!node->read_only) {
         /* Bits we do not maintain must be cleared before any write. */
@@ -561,10 +631,17 @@ static void qcow2_close(struct qimg_image *node)
         pthread_mutex_lock(&node->lock);
         qcow2_bitmaps_close(node, &err);
         pthread_mutex_unlock(&node->lock);
-        qcow2_cache_flush(node, &s->l2_cache, &err);
-        qcow2_cache_flush(node, &s->refblock_cache, &err);
-        if (s->dirty_set)
-            qcow2_set_dirty(node, false, &err);
+        /* Once the caches are written the image is clean, whoever set
+         * the bit (QEMU clears it on every writable close, the header
+         * rewritten whole). */
+        if (qcow2_cache_flush(node, &s->l2_cache, &err) == 0 &&
+            qcow2_cache_flush(node, &s->refblock_cache, &err) == 0 &&
+            (s->incompatible & QCOW2_INCOMPAT_DIRTY) &&
+            node->file->ops->flush(node->file, &err) == 0) {
+            s->incompatible &= ~QCOW2_INCOMPAT_DIRTY;
+            s->dirty_set = false;
+            qcow2_update_header(node, &err);
+        }
     }
     if (s->l2_alloc_cond_ready)
         pthread_cond_destroy(&s->l2_alloc_cond);
@@ -806,22 +883,44 @@ static int qcow2_shrink(struct qimg_image *node, uint64_t size,
                         struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    struct qimg_error terr = {0};
     uint64_t end;
-    int ret = qcow2_drop_tail(node, size, err);
+    int64_t fsize;
+    int ret = qcow2_shrink_tail(node, size, err);
 
     if (ret < 0)
         return ret;
-    node->size = size;
-    ret = qcow2_update_header(node, err);
-    if (ret < 0)
-        return ret;
     /* Give back the file's tail past the last used cluster. */
-    end = qcow2_image_end(node);
-    int64_t fsize = node->file->ops->get_size(node->file);
-    if (fsize >= 0 && end < (uint64_t)fsize)
-        ret = node->file->ops->truncate(node->file, end, QIMG_PREALLOC_OFF, err);
+    fsize = node->file->ops->get_size(node->file);
+    if (fsize < 0)
+        return qimg_error_set(err, (int)fsize, "Failed to inquire current file "
+                              "length: %s", strerror((int)-fsize));
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_last_used_end(node, (uint64_t)fsize, &end, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0) {
+        qimg_error_prefix(err, "Failed to find the last cluster: ");
+        return ret;
+    }
+    if (end < (uint64_t)fsize &&
+        node->file->ops->truncate(node->file, end, QIMG_PREALLOC_OFF, &terr) < 0)
+        qimg_message(QIMG_MSG_WARNING, "Failed to truncate the tail of the "
+                     "image: %s\n", terr.msg);
     (void)s;
-    return ret;
+    return 0;
+}
+
+/* Size changes that reach an external data file (QEMU forwards them when
+ * nothing is preallocated: grow and shrink alike). */
+static int resize_data_file(struct qimg_image *node, uint64_t size,
+                            struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    if (!s->data_file)
+        return 0;
+    return s->data_file->ops->truncate(s->data_file, size, QIMG_PREALLOC_OFF,
+                                       err);
 }
 
 static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
@@ -847,25 +946,38 @@ static int qcow2_truncate(struct qimg_image *node, uint64_t size, bool exact,
             return qimg_error_set(err, -ENOTSUP, "Preallocation can't be used "
                                   "for shrinking an image");
         ret = qcow2_shrink(node, size, err);
-        return ret < 0 ? ret : qcow2_bitmaps_resized(node, err);
+    } else {
+        pthread_mutex_lock(&node->lock);
+        ret = qcow2_grow_l1(node, qcow2_l1_size_for(size, s->cluster_bits,
+                                                    s->l2_bits), err);
+        pthread_mutex_unlock(&node->lock);
+        if (ret < 0)   /* QEMU's wording, whatever the cause */
+            return qimg_error_set(err, ret, "Failed to grow the L1 table: %s",
+                                  strerror(-ret));
+        /* A raw data file stays readable as the image: the new area gets
+         * its metadata at once. */
+        if (prealloc == QIMG_PREALLOC_OFF && s->data_file &&
+            (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW))
+            prealloc = QIMG_PREALLOC_METADATA;
     }
-    pthread_mutex_lock(&node->lock);
-    ret = qcow2_grow_l1(node, qcow2_l1_size_for(size, s->cluster_bits, s->l2_bits),
-                        err);
-    pthread_mutex_unlock(&node->lock);
-    if (ret < 0)   /* QEMU's wording, whatever the cause */
-        return qimg_error_set(err, ret, "Failed to grow the L1 table: %s",
-                              strerror(-ret));
-    if (!ret && prealloc != QIMG_PREALLOC_OFF)
+    if (!ret && prealloc == QIMG_PREALLOC_OFF)
+        ret = resize_data_file(node, size, err);
+    else if (!ret)
         ret = qcow2_preallocate(node, old, size, prealloc, err);
     if (!ret) {
-        pthread_mutex_lock(&node->lock);
-        node->size = size;
-        ret = qcow2_update_header(node, err);
+        /* Only the size field changes (QEMU writes no more of the
+         * header: the rest of its cluster may be a hole). */
+        uint8_t be[8];
+        qimg_st_be64(be, size);
+        ret = node->file->ops->pwrite(node->file, 24, 8, be, err);
+        if (!ret)
+            ret = node->file->ops->flush(node->file, err);
         if (ret < 0)
-            node->size = old;
-        pthread_mutex_unlock(&node->lock);
+            qimg_error_prefix(err, "Failed to update the image size: ");
+        else
+            node->size = size;
     }
+    (void)exact;
     return ret < 0 ? ret : qcow2_bitmaps_resized(node, err);
 }
 

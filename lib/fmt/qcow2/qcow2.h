@@ -45,6 +45,10 @@
 #define QCOW2_MAX_BACKING_NAME 1023
 /* Snapshot count bound, as QEMU's QCOW_MAX_SNAPSHOTS. */
 #define QCOW2_MAX_SNAPSHOTS 65536
+/* QEMU bounds the whole snapshot table to 64 MiB (QCOW_MAX_SNAPSHOTS_SIZE)
+ * and the extra data per entry to 1 KiB: names and ids read are bounded. */
+#define QCOW2_MAX_SNAPSHOTS_SIZE (64u << 20)
+#define QCOW2_MAX_SNAPSHOT_EXTRA 1024
 /* Host offsets are 56 bits (L1/L2 entry layout). */
 #define QCOW2_MAX_HOST_OFFSET ((1ull << 56) - 1)
 
@@ -95,6 +99,7 @@ enum qcow2_cluster_type {
     QCOW2_CLUSTER_ZERO_ALLOC,   /* zero flag with a preallocated host cluster */
     QCOW2_CLUSTER_NORMAL,
     QCOW2_CLUSTER_COMPRESSED,
+    QCOW2_CLUSTER_INVALID,      /* ext. L2: bitmap contradicts the entry */
 };
 
 /* One cached metadata table (an L2 table or a refcount block). */
@@ -137,7 +142,8 @@ struct qcow2_snapshot {
     uint64_t vm_state_size;
     uint64_t disk_size;
     uint64_t icount;          /* UINT64_MAX: not recorded */
-    uint32_t extra_size;
+    uint32_t extra_size;      /* bytes of extra data (at most 1 KiB) */
+    uint8_t *extra_unknown;   /* extra data past the 24 known bytes */
 };
 
 /* Persistent dirty bitmaps (qcow2.txt "Bitmaps"); QEMU's limits. */
@@ -248,6 +254,12 @@ struct qcow2_state {
     struct qcow2_snapshot *snapshots;  /* nb_snapshots entries */
     uint64_t snapshots_size;       /* bytes of the table on disk */
 
+    /* Between qcow2_discards_begin/end, clusters whose last reference
+     * goes are discarded in the file (QEMU's discard passthrough): one
+     * pending range, merged while adjacent; begin/end nest. */
+    unsigned discard_freed;        /* nesting depth */
+    uint64_t discard_off, discard_len;
+
     bool dirty_set;                /* we set the dirty bit on disk */
     bool header_needs_update;
     /* Block status looks for holes in the file under data clusters only
@@ -296,8 +308,25 @@ int qcow2_update_header(struct qimg_image *node, struct qimg_error *err);
 int qcow2_mark_corrupt(struct qimg_image *node, struct qimg_error *err);
 /* A corruption event (qcow2-corrupt.c): prints QEMU's line the first
  * time, marks a writable image corrupt when fatal; returns -EIO. */
-/* A fatal corruption event when guest data at host [host, host+len)
- * would overwrite metadata (qcow2-corrupt.c); 0 otherwise. */
+/* Metadata structures of the overlap check (QEMU's QCOW2_OL_* bits). */
+enum {
+    QCOW2_OL_MAIN_HEADER = 1 << 0,
+    QCOW2_OL_ACTIVE_L1 = 1 << 1,
+    QCOW2_OL_ACTIVE_L2 = 1 << 2,
+    QCOW2_OL_REFCOUNT_TABLE = 1 << 3,
+    QCOW2_OL_REFCOUNT_BLOCK = 1 << 4,
+    QCOW2_OL_SNAPSHOT_TABLE = 1 << 5,
+    QCOW2_OL_INACTIVE_L1 = 1 << 6,
+    QCOW2_OL_INACTIVE_L2 = 1 << 7,
+    QCOW2_OL_BITMAP_DIRECTORY = 1 << 8,
+};
+/* A fatal corruption event when a write to [off, off+len) of the image
+ * file would land on metadata other than the structures in ign
+ * (qcow2-corrupt.c; QEMU's pre-write overlap check); 0 otherwise. */
+int qcow2_overlap_check(struct qimg_image *node, unsigned ign, uint64_t off,
+                        uint64_t len, struct qimg_error *err);
+/* The same for guest data at host [host, host+len) (nothing to check with
+ * an external data file). */
 int qcow2_check_data_write(struct qimg_image *node, uint64_t host,
                            uint64_t len, struct qimg_error *err);
 int qcow2_signal_corruption(struct qimg_image *node, bool fatal,
@@ -358,6 +387,12 @@ int qcow2_get_refcount(struct qimg_image *node, uint64_t cluster_index,
 /* Add delta (may be negative) to the refcounts of [offset, offset+len). */
 int qcow2_update_refcount(struct qimg_image *node, uint64_t offset,
                           uint64_t len, int64_t delta, struct qimg_error *err);
+/* One pass of it, as QEMU's snapshot walks update refcounts: -EAGAIN
+ * (nothing counted) when a refcount block had to be created on the way
+ * (a bogus offset far past the image). */
+int qcow2_update_refcount_no_retry(struct qimg_image *node, uint64_t offset,
+                                   uint64_t len, int64_t delta,
+                                   struct qimg_error *err);
 /* Allocate n contiguous clusters (refcount 1); returns the host offset. */
 int64_t qcow2_alloc_clusters(struct qimg_image *node, uint64_t n,
                              struct qimg_error *err);
@@ -366,16 +401,33 @@ int64_t qcow2_alloc_bytes(struct qimg_image *node, uint64_t len,
                           struct qimg_error *err);
 int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
                         struct qimg_error *err);
+/* Discard clusters freed from now on in the file (and data file ranges
+ * of entries freed), until qcow2_discards_end issues the last ones.  What
+ * QEMU passes through: frees of shrink, snapshot deletion, commit's
+ * emptying, and guest discards of unmapping users. */
+void qcow2_discards_begin(struct qimg_image *node);
+void qcow2_discards_end(struct qimg_image *node);
 /* End of the last cluster with a nonzero refcount (from the table). */
 uint64_t qcow2_image_end(struct qimg_image *node);
 /* Clusters in [0, end) with a nonzero refcount, counting up to limit (0
  * when a refcount block cannot be read). */
 uint64_t qcow2_count_used(struct qimg_image *node, uint64_t end,
                           uint64_t limit);
-/* Move the refcount table to the end of the image, sized for `clusters`
- * host clusters (what QEMU does before preallocating data). */
-int qcow2_relocate_reftable(struct qimg_image *node, uint64_t clusters,
-                            struct qimg_error *err);
+/* Allocate up to n free clusters at offset (stops at the first used one);
+ * returns how many. */
+int64_t qcow2_alloc_clusters_at(struct qimg_image *node, uint64_t offset,
+                                uint64_t n, struct qimg_error *err);
+/* New self-describing refcount structures at start (the image's end)
+ * covering `additional` clusters after them; QEMU's qcow2_refcount_area.
+ * Returns the offset after them. */
+int64_t qcow2_refcount_area(struct qimg_image *node, uint64_t start,
+                            uint64_t additional, bool exact, uint64_t new_idx,
+                            uint64_t new_off, struct qimg_error *err);
+/* Bytes of refcount blocks and table for `clusters` clusters (the fixed
+ * point that counts itself); *blocks: how many blocks. */
+uint64_t qcow2_refcount_metadata_size(uint64_t clusters, uint64_t cluster_size,
+                                      uint32_t refcount_order, bool generous,
+                                      uint64_t *blocks);
 uint64_t qcow2_refcount_read_entry(const struct qcow2_state *s,
                                    const uint8_t *block, uint64_t index);
 void qcow2_refcount_write_entry(const struct qcow2_state *s, uint8_t *block,
@@ -420,9 +472,22 @@ int qcow2_grow_l1(struct qimg_image *node, uint64_t min_size,
  * with falloc/full also allocate it in the file. */
 int qcow2_preallocate(struct qimg_image *node, uint64_t start, uint64_t end,
                       enum qimg_prealloc mode, struct qimg_error *err);
-/* Drop every cluster mapped at or beyond guest offset `from` (shrink). */
-int qcow2_drop_tail(struct qimg_image *node, uint64_t from,
-                    struct qimg_error *err);
+/* The metadata side of shrinking to size bytes (QEMU's steps: entries
+ * emptied, L1 entries and refcount blocks past the end dropped). */
+int qcow2_shrink_tail(struct qimg_image *node, uint64_t size,
+                      struct qimg_error *err);
+/* Empty every entry of the guest clusters of [start, end), L2 tables
+ * allocated (or copied) where missing, as QEMU's full discard does; what
+ * loses its last reference is freed (discarded between
+ * qcow2_discards_begin/end).  Called with the lock. */
+int qcow2_empty_range(struct qimg_image *node, uint64_t start, uint64_t end,
+                      struct qimg_error *err);
+/* End of the last cluster below fsize with a reference (QEMU's
+ * qcow2_get_last_cluster); none is a corruption event. */
+int qcow2_last_used_end(struct qimg_image *node, uint64_t fsize,
+                        uint64_t *end, struct qimg_error *err);
+/* Drop refcount blocks that count nothing but themselves. */
+int qcow2_shrink_reftable(struct qimg_image *node, struct qimg_error *err);
 
 /* qcow2-compress.c */
 int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
@@ -541,6 +606,9 @@ int qcow2_write_l2_table(struct qimg_image *node, uint64_t l2off,
 
 /* qcow2-snapshot.c */
 int qcow2_snapshots_load(struct qimg_image *node, struct qimg_error *err);
+/* The same, repairing (check -r all) what QEMU's repair drops. */
+int qcow2_snapshots_read(struct qimg_image *node, bool repair, int *nb_reduced,
+                         int *extra_dropped, struct qimg_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
 /* A snapshot's L1 size and offset, checked before its table is read:
  * QEMU's "Snapshot L1 table too large" / "... offset invalid". */
@@ -562,9 +630,11 @@ extern const struct qimg_opt_desc qcow2_amend_opts[QCOW2_N_AMEND_OPTS];
 int qcow2_amend(struct qimg_image *node, const struct qimg_opts *opts,
                 bool force, void (*progress)(void *, double), void *opaque,
                 struct qimg_error *err);
-/* Rewrite all refcounts with width 2^order bits. */
+/* Rewrite all refcounts with width 2^order bits (QEMU's walks; status
+ * receives the work done of the total, qcow2-refcount.c). */
 int qcow2_change_refcount_order(struct qimg_image *node, uint32_t order,
-                                struct qimg_error *err);
+                                void (*status)(void *, uint64_t, uint64_t),
+                                void *opaque, struct qimg_error *err);
 
 /* qcow2-backing.c */
 int qcow2_change_backing(struct qimg_image *node, const char *backing,

@@ -198,6 +198,13 @@ static int map_locked(struct qimg_image *node, qimg_map_fn map, uint64_t off,
 int qimg_table_pread(struct qimg_image *node, uint64_t off, size_t len,
                      void *buf, qimg_map_fn map, struct qimg_error *err)
 {
+    return qimg_table_pread_events(node, off, len, buf, map, false, err);
+}
+
+int qimg_table_pread_events(struct qimg_image *node, uint64_t off, size_t len,
+                            void *buf, qimg_map_fn map, bool events,
+                            struct qimg_error *err)
+{
     uint8_t *p = buf;
 
     while (len) {
@@ -208,12 +215,16 @@ int qimg_table_pread(struct qimg_image *node, uint64_t off, size_t len,
         size_t n = (size_t)m.len;
         switch (m.kind) {
         case QIMG_MAP_DATA:
+            if (events)
+                qimg_storage_event(node->file, QIMG_EV_READ_AIO);
             ret = node->file->ops->pread(node->file, m.host, n, p, err);
             break;
         case QIMG_MAP_ZERO:
             memset(p, 0, n);
             break;
         default:
+            if (events && node->backing)
+                qimg_storage_event(node->file, QIMG_EV_READ_BACKING_AIO);
             ret = qimg_read_backing(node, off, n, p, err);
             break;
         }
@@ -313,13 +324,13 @@ int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     uint64_t bs = ops->block_size;
 
     /* Only a block that is staged in memory needs the bound. */
-    if (!qimg_is_pow2(bs) ||
+    if (!bs ||
         (bs > QIMG_TABLE_MAX_BLOCK &&
          !(ops->new_block_reads_zero && !ops->fill_from_backing)))
         return qimg_error_set(err, -EINVAL, "Invalid block size");
     while (len) {
         struct qimg_map_ext m;
-        uint64_t block_off = qimg_align_down(off, bs);
+        uint64_t block_off = off - off % bs;
         size_t n = (size_t)QIMG_MIN((uint64_t)len, block_off + bs - off);
         int ret;
 

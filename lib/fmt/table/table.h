@@ -141,6 +141,12 @@ typedef int (*qimg_map_fn)(struct qimg_image *node, uint64_t off,
  */
 int qimg_table_pread(struct qimg_image *node, uint64_t off, size_t len,
                      void *buf, qimg_map_fn map, struct qimg_error *err);
+/* The same, raising QEMU's read_aio (before a data read) and
+ * read_backing_aio (before a read of the backing file) events on
+ * node->file when events is set, as QEMU's qed raises them. */
+int qimg_table_pread_events(struct qimg_image *node, uint64_t off, size_t len,
+                            void *buf, qimg_map_fn map, bool events,
+                            struct qimg_error *err);
 
 /*
  * Block status from map: DATA gives ALLOCATED|DATA|OFFSET_VALID at host
@@ -156,7 +162,9 @@ int qimg_table_block_status(struct qimg_image *node, uint64_t off,
 struct qimg_table_write_ops {
     qimg_map_fn map;
     /*
-     * Guest block size in bytes (the unit allocate() makes), power of 2.
+     * Guest block size in bytes (the unit allocate() makes): any size
+     * (parallels clusters need not be powers of 2); a block that has to
+     * be staged in memory at most 256 MiB.
      */
     uint64_t block_size;
     /*
@@ -205,5 +213,64 @@ struct qimg_table_write_ops {
 int qimg_table_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                       const void *buf, const struct qimg_table_write_ops *ops,
                       struct qimg_error *err);
+
+/* ---- a cache of same-shaped tables (L2 tables) ------------------------- */
+
+/*
+ * Two-level formats (qed, qcow) keep their L1 table whole and a few of
+ * their many L2 tables in memory: a small least-recently-used cache of
+ * tables that share one geometry (entries, width, byte order, sector),
+ * keyed by their offset in one storage.  It is write-through: a caller
+ * changes an entry with qimg_table_set and writes it back at once with
+ * qimg_table_store, so nothing is ever dirty and eviction never writes.
+ * Like the rest of this helper it is plain data serialised by node->lock;
+ * a table returned by get/new is valid until the next call on the cache.
+ */
+struct qimg_table_cache_slot {
+    struct qimg_table t;        /* t.raw NULL: the slot is empty */
+    uint64_t used;              /* cache clock at the last use */
+};
+
+struct qimg_table_cache {
+    struct qimg_storage *st;
+    struct qimg_table_geom geom;    /* every table's shape (offset unused) */
+    const char *what;               /* "L2 table" in messages */
+    struct qimg_table_cache_slot *slots;
+    size_t nslots;
+    uint64_t clock;
+    uint64_t hits, misses;          /* for tests and tuning */
+    /* Raise QIMG_EV_L2_LOAD on st before each table read (set after
+     * init: qed and qcow, whose QEMU drivers raise it there). */
+    bool load_event;
+};
+
+/*
+ * A cache of at most max_slots tables of shape g (g->max_bytes bounds one
+ * table, as for qimg_table_load) that together take at most budget bytes,
+ * but always at least one slot.  Nothing is read or allocated per table
+ * until it is used.  -EFBIG when one table exceeds g->max_bytes.
+ */
+int qimg_table_cache_init(struct qimg_table_cache *c, struct qimg_storage *st,
+                          const struct qimg_table_geom *g, size_t max_slots,
+                          uint64_t budget, const char *what,
+                          struct qimg_error *err);
+/* Free every table; c may be zeroed or already released. */
+void qimg_table_cache_release(struct qimg_table_cache *c);
+/*
+ * The table at offset: from the cache, or read into the least recently
+ * used slot (qimg_table_load's errors; the slot is left empty on failure).
+ */
+int qimg_table_cache_get(struct qimg_table_cache *c, uint64_t offset,
+                         struct qimg_table **out, struct qimg_error *err);
+/*
+ * A table of zero entries for offset (a table just allocated), taking a
+ * slot without reading: the caller fills it and writes it whole
+ * (qimg_table_store_all) before anything points at it.
+ */
+int qimg_table_cache_new(struct qimg_table_cache *c, uint64_t offset,
+                         struct qimg_table **out, struct qimg_error *err);
+/* Forget the table at offset, or every table (after the image emptied). */
+void qimg_table_cache_drop(struct qimg_table_cache *c, uint64_t offset);
+void qimg_table_cache_clear(struct qimg_table_cache *c);
 
 #endif /* QIMG_FMT_TABLE_H */

@@ -1,0 +1,587 @@
+/*
+ * iscsi.c - the "iscsi" storage over libiscsi, with QEMU 7.2's names
+ * (iscsi://[user[%password]@]host[:port]/target/lun, parsed by libiscsi's
+ * own URL parser as in QEMU), options (transport, portal, target, lun,
+ * user, password, password-secret, initiator-name, header-digest,
+ * timeout), checks and messages.
+ *
+ * One libiscsi context serves every request, one at a time behind a
+ * mutex (a context is not thread-safe), with libiscsi's synchronous
+ * READ16/WRITE16.  Requests not aligned to the LUN's block size are
+ * read-modify-written under the same lock.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <iscsi/iscsi.h>
+#include <iscsi/scsi-lowlevel.h>
+
+#include "core/util.h"
+#include "proto/net.h"
+
+/* Largest transfer sent in one command: 32 MiB (a SCSI transfer length
+ * is counted in blocks; targets commonly cap it far lower, tgt at 4 MiB
+ * by default, so requests are split). */
+#define ISCSI_MAX_XFER (4u << 20)
+/* Retries of READ CAPACITY after a unit attention (QEMU's
+ * ISCSI_CMD_RETRIES). */
+#define ISCSI_CMD_RETRIES 5
+/* The initiator name QEMU uses without a VM name or UUID. */
+#define ISCSI_DEFAULT_INITIATOR "iqn.2008-11.org.linux-kvm"
+
+struct iscsi_state {
+    struct iscsi_context *ctx;
+    int lun;
+    int type;                  /* peripheral device type */
+    uint32_t block_size;
+    uint64_t num_blocks;
+    bool write_protected;
+    pthread_mutex_t lock;
+};
+
+static const char *const iscsi_runtime_opts[] = {
+    "transport", "portal", "target", "user", "password", "password-secret",
+    "lun", "initiator-name", "header-digest", "timeout", NULL,
+};
+static const char *const iscsi_strong_opts[] = {
+    "transport", "portal", "target", "user", "password", "password-secret",
+    "lun", "initiator-name", "header-digest", NULL,
+};
+
+/* ---- names --------------------------------------------------------------- */
+
+static int set_default(struct qimg_opts *o, const char *k, const char *v,
+                       struct qimg_error *err)
+{
+    if (qimg_opts_get(o, k))
+        return 0;
+    return qimg_opts_set(o, k, v) < 0
+               ? qimg_error_set(err, -ENOMEM, "Out of memory") : 0;
+}
+
+/* QEMU's iscsi_parse_filename: libiscsi parses the URL. */
+static int iscsi_parse_filename(const char *filename, struct qimg_opts *o,
+                                struct qimg_error *err)
+{
+    struct iscsi_url *url = iscsi_parse_full_url(NULL, filename);
+    char lun[16];
+    int ret;
+
+    if (!url)
+        return qimg_error_set(err, -EINVAL, "Failed to parse URL : %s",
+                              filename);
+    if (url->transport != TCP_TRANSPORT && url->transport != ISER_TRANSPORT) {
+        ret = qimg_error_set(err, -EINVAL, "Unknown transport type (%d)",
+                             (int)url->transport);
+        iscsi_destroy_url(url);
+        return ret;
+    }
+    snprintf(lun, sizeof(lun), "%d", url->lun);
+    ret = set_default(o, "transport",
+                      url->transport == TCP_TRANSPORT ? "tcp" : "iser", err);
+    if (ret == 0)
+        ret = set_default(o, "portal", url->portal, err);
+    if (ret == 0)
+        ret = set_default(o, "target", url->target, err);
+    if (ret == 0)
+        ret = set_default(o, "lun", lun, err);
+    if (ret == 0 && url->user[0]) {
+        ret = set_default(o, "user", url->user, err);
+        if (ret == 0)
+            ret = set_default(o, "password", url->passwd, err);
+    }
+    iscsi_destroy_url(url);
+    return ret;
+}
+
+/* ---- connecting -------------------------------------------------------------- */
+
+/* CHAP from user, password or password-secret (QEMU's apply_chap). */
+static int apply_chap(struct iscsi_context *ctx, const struct qimg_opts *o,
+                      struct qimg_error *err)
+{
+    const char *user = qimg_opts_get(o, "user");
+    const char *secret = qimg_opts_get(o, "password-secret");
+    const char *password = qimg_opts_get(o, "password");
+    char *text = NULL;
+    int ret = 0;
+
+    if (!user)
+        return 0;
+    if (secret && password)
+        return qimg_error_set(err, -EINVAL, "'password' and "
+                              "'password-secret' properties are mutually "
+                              "exclusive");
+    if (secret) {
+        if ((ret = net_secret_text(secret, &text, err)) < 0)
+            return ret;
+        password = text;
+    }
+    if (!password)
+        ret = qimg_error_set(err, -EINVAL, "CHAP username specified but no "
+                             "password was given");
+    else if (iscsi_set_initiator_username_pwd(ctx, user, password))
+        ret = qimg_error_set(err, -EINVAL, "Failed to set initiator username "
+                             "and password");
+    free(text);
+    return ret;
+}
+
+static int apply_digest(struct iscsi_context *ctx, const char *d,
+                        struct qimg_error *err)
+{
+    enum iscsi_header_digest h;
+
+    if (!d || !strcmp(d, "none-crc32c"))
+        h = ISCSI_HEADER_DIGEST_NONE_CRC32C;
+    else if (!strcmp(d, "crc32c"))
+        h = ISCSI_HEADER_DIGEST_CRC32C;
+    else if (!strcmp(d, "none"))
+        h = ISCSI_HEADER_DIGEST_NONE;
+    else if (!strcmp(d, "crc32c-none"))
+        h = ISCSI_HEADER_DIGEST_CRC32C_NONE;
+    else
+        return qimg_error_set(err, -EINVAL, "Invalid header-digest setting "
+                              ": %s", d);
+    iscsi_set_header_digest(ctx, h);
+    return 0;
+}
+
+static int inquiry_failed(struct iscsi_state *s, struct scsi_task *t,
+                          struct qimg_error *err)
+{
+    if (t)
+        scsi_free_scsi_task(t);
+    return qimg_error_set(err, -EINVAL, "iSCSI: Inquiry command failed : %s",
+                          iscsi_get_error(s->ctx));
+}
+
+/* The standard inquiry: the device type. */
+static int inquire(struct iscsi_state *s, struct qimg_error *err)
+{
+    struct scsi_task *t = iscsi_inquiry_sync(s->ctx, s->lun, 0, 0, 64);
+    struct scsi_inquiry_standard *inq;
+
+    if (!t || t->status != SCSI_STATUS_GOOD)
+        return inquiry_failed(s, t, err);
+    inq = scsi_datain_unmarshall(t);
+    if (!inq) {
+        scsi_free_scsi_task(t);
+        return qimg_error_set(err, -EINVAL, "iSCSI: failed to unmarshall "
+                              "inquiry datain blob");
+    }
+    s->type = inq->device_type;
+    scsi_free_scsi_task(t);
+    return 0;
+}
+
+/* MODE SENSE(6) for the write-protect bit; failures leave the LUN
+ * writable, with QEMU's messages. */
+static void mode_sense(struct iscsi_state *s)
+{
+    struct scsi_task *t = iscsi_modesense6_sync(
+        s->ctx, s->lun, 1, SCSI_MODESENSE_PC_CURRENT,
+        SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255);
+    struct scsi_mode_sense *ms;
+
+    if (!t) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed to send MODE_SENSE(6) "
+                     "command: %s\n", iscsi_get_error(s->ctx));
+        return;
+    }
+    if (t->status != SCSI_STATUS_GOOD) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed MODE_SENSE(6), LUN "
+                     "assumed writable\n");
+    } else if (!(ms = scsi_datain_unmarshall(t))) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed to unmarshall "
+                     "MODE_SENSE(6) data: %s\n", iscsi_get_error(s->ctx));
+    } else {
+        s->write_protected = ms->device_specific_parameter & 0x80;
+    }
+    scsi_free_scsi_task(t);
+}
+
+static bool unit_attention(const struct scsi_task *t)
+{
+    return t && t->status == SCSI_STATUS_CHECK_CONDITION &&
+           t->sense.key == SCSI_SENSE_UNIT_ATTENTION;
+}
+
+/* READ CAPACITY(16), else (10), as QEMU's iscsi_readcapacity_sync. */
+static int read_capacity(struct iscsi_state *s, struct qimg_error *err)
+{
+    struct scsi_task *t = NULL;
+    int retries = ISCSI_CMD_RETRIES;
+
+    do {
+        if (t)
+            scsi_free_scsi_task(t);
+        t = NULL;
+        if (s->type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
+            t = iscsi_readcapacity16_sync(s->ctx, s->lun);
+            if (t && t->status == SCSI_STATUS_GOOD) {
+                struct scsi_readcapacity16 *rc = scsi_datain_unmarshall(t);
+                if (!rc) {
+                    scsi_free_scsi_task(t);
+                    return qimg_error_set(err, -EINVAL, "iSCSI: Failed to "
+                                          "unmarshall readcapacity16 data.");
+                }
+                s->block_size = rc->block_length;
+                s->num_blocks = rc->returned_lba + 1;
+                break;
+            }
+            if (unit_attention(t))
+                continue;
+            if (t)
+                scsi_free_scsi_task(t);
+        } else if (s->type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_MMC) {
+            return 0;
+        }
+        t = iscsi_readcapacity10_sync(s->ctx, s->lun, 0, 0);
+        if (t && t->status == SCSI_STATUS_GOOD) {
+            struct scsi_readcapacity10 *rc = scsi_datain_unmarshall(t);
+            if (!rc) {
+                scsi_free_scsi_task(t);
+                return qimg_error_set(err, -EINVAL, "iSCSI: Failed to "
+                                      "unmarshall readcapacity10 data.");
+            }
+            s->block_size = rc->block_size;
+            s->num_blocks = rc->lba ? (uint64_t)rc->lba + 1 : 0;
+        }
+        break;
+    } while (unit_attention(t) && retries-- > 0);
+
+    if (!t || t->status != SCSI_STATUS_GOOD) {
+        if (t)
+            scsi_free_scsi_task(t);
+        return qimg_error_set(err, -EINVAL, "iSCSI: failed to send "
+                              "readcapacity10/16 command");
+    }
+    scsi_free_scsi_task(t);
+    if (!s->block_size || s->block_size % 512)
+        return qimg_error_set(err, -EINVAL, "iSCSI: the target returned an "
+                              "invalid block size of %d.", (int)s->block_size);
+    return 0;
+}
+
+static void state_free(struct iscsi_state *s)
+{
+    if (!s)
+        return;
+    if (s->ctx) {
+        if (iscsi_is_logged_in(s->ctx))
+            iscsi_logout_sync(s->ctx);
+        iscsi_destroy_context(s->ctx);
+    }
+    free(s);
+}
+
+static int connect_lun(struct iscsi_state *s, const struct qimg_opts *o,
+                       struct qimg_error *err)
+{
+    const char *transport = qimg_opts_get(o, "transport");
+    const char *portal = qimg_opts_get(o, "portal");
+    const char *target = qimg_opts_get(o, "target");
+    const char *initiator = qimg_opts_get(o, "initiator-name");
+    unsigned long long lun, timeout;
+    int ret;
+
+    if ((ret = net_opt_number(o, "lun", 0, &lun, err)) < 0 ||
+        (ret = net_opt_number(o, "timeout", 0, &timeout, err)) < 0)
+        return ret;
+    if (!transport || !portal || !target)
+        return qimg_error_set(err, -EINVAL, "Need all of transport, portal "
+                              "and target options");
+    if (strcmp(transport, "tcp") && strcmp(transport, "iser"))
+        return qimg_error_set(err, -EINVAL, "Unknown transport: %s",
+                              transport);
+    s->lun = (int)lun;
+    s->ctx = iscsi_create_context(initiator ? initiator
+                                            : ISCSI_DEFAULT_INITIATOR);
+    if (!s->ctx)
+        return qimg_error_set(err, -ENOMEM, "iSCSI: Failed to create iSCSI "
+                              "context.");
+    if (iscsi_init_transport(s->ctx, strcmp(transport, "tcp")
+                                         ? ISER_TRANSPORT : TCP_TRANSPORT))
+        return qimg_error_set(err, -EINVAL, "Error initializing transport.");
+    if (iscsi_set_targetname(s->ctx, target))
+        return qimg_error_set(err, -EINVAL, "iSCSI: Failed to set target "
+                              "name.");
+    if ((ret = apply_chap(s->ctx, o, err)) < 0)
+        return ret;
+    if (iscsi_set_session_type(s->ctx, ISCSI_SESSION_NORMAL))
+        return qimg_error_set(err, -EINVAL, "iSCSI: Failed to set session "
+                              "type to normal.");
+    if ((ret = apply_digest(s->ctx, qimg_opts_get(o, "header-digest"),
+                            err)) < 0)
+        return ret;
+    iscsi_set_timeout(s->ctx, (int)timeout);
+    if (iscsi_full_connect_sync(s->ctx, portal, s->lun))
+        return qimg_error_set(err, -EINVAL, "iSCSI: Failed to connect to LUN "
+                              ": %s", iscsi_get_error(s->ctx));
+    if ((ret = inquire(s, err)) < 0)
+        return ret;
+    mode_sense(s);
+    return read_capacity(s, err);
+}
+
+static int iscsi_open(struct qimg_storage *st, const struct qimg_opts *opts,
+                      unsigned flags, enum qimg_cache cache,
+                      struct qimg_error *err)
+{
+    struct iscsi_state *s = calloc(1, sizeof(*s));
+    int ret;
+
+    (void)cache;
+    if (!s)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = connect_lun(s, opts, err);
+    if (ret == 0 && (flags & QIMG_OPEN_RDWR) && s->write_protected &&
+        s->type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS)
+        ret = qimg_error_set(err, -EACCES, "LUN is write protected");
+    if (ret < 0) {
+        state_free(s);
+        return ret;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    st->priv = s;
+    return 0;
+}
+
+static void iscsi_close(struct qimg_storage *st)
+{
+    struct iscsi_state *s = st->priv;
+    if (!s)
+        return;
+    pthread_mutex_destroy(&s->lock);
+    state_free(s);
+    st->priv = NULL;
+}
+
+/* ---- I/O (callers hold s->lock) ------------------------------------------------- */
+
+static int blocks_read(struct iscsi_state *s, uint64_t lba, uint32_t n,
+                       uint8_t *buf)
+{
+    struct scsi_task *t = iscsi_read16_sync(s->ctx, s->lun, lba,
+                                            n * s->block_size, s->block_size,
+                                            0, 0, 0, 0, 0);
+    int ret = 0;
+
+    if (!t || t->status != SCSI_STATUS_GOOD) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI READ10/16 failed at lba %" PRIu64
+                     ": %s\n", lba, iscsi_get_error(s->ctx));
+        ret = -EIO;
+    } else if (t->datain.size < 0 ||
+               (uint64_t)t->datain.size < (uint64_t)n * s->block_size) {
+        ret = -EIO;
+    } else {
+        memcpy(buf, t->datain.data, (size_t)n * s->block_size);
+    }
+    if (t)
+        scsi_free_scsi_task(t);
+    return ret;
+}
+
+static int blocks_write(struct iscsi_state *s, uint64_t lba, uint32_t n,
+                        const uint8_t *buf)
+{
+    struct scsi_task *t = iscsi_write16_sync(s->ctx, s->lun, lba,
+                                             (unsigned char *)buf,
+                                             n * s->block_size,
+                                             s->block_size, 0, 0, 0, 0, 0);
+    int ret = 0;
+
+    if (!t || t->status != SCSI_STATUS_GOOD) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI WRITE10/16 failed at lba %" PRIu64
+                     ": %s\n", lba, iscsi_get_error(s->ctx));
+        ret = -EIO;
+    }
+    if (t)
+        scsi_free_scsi_task(t);
+    return ret;
+}
+
+/* Whole blocks from lba, split into transfers of at most ISCSI_MAX_XFER. */
+static int blocks_io(struct iscsi_state *s, bool write, uint64_t lba,
+                     uint64_t n, uint8_t *buf)
+{
+    uint32_t per = ISCSI_MAX_XFER / s->block_size;
+
+    while (n) {
+        uint32_t k = n < per ? (uint32_t)n : per;
+        int ret = write ? blocks_write(s, lba, k, buf)
+                        : blocks_read(s, lba, k, buf);
+        if (ret < 0)
+            return ret;
+        lba += k;
+        n -= k;
+        buf += (size_t)k * s->block_size;
+    }
+    return 0;
+}
+
+/* A partial block at its edges is read, patched and (for writes)
+ * written back. */
+static int edge_io(struct iscsi_state *s, bool write, uint64_t off,
+                   size_t len, uint8_t *buf)
+{
+    uint8_t *blk = malloc(s->block_size);
+    uint64_t lba = off / s->block_size;
+    size_t in = (size_t)(off % s->block_size);
+    int ret;
+
+    if (!blk)
+        return -ENOMEM;
+    ret = blocks_io(s, false, lba, 1, blk);
+    if (ret == 0 && write) {
+        memcpy(blk + in, buf, len);
+        ret = blocks_io(s, true, lba, 1, blk);
+    } else if (ret == 0) {
+        memcpy(buf, blk + in, len);
+    }
+    free(blk);
+    return ret;
+}
+
+static int span_io(struct iscsi_state *s, bool write, uint64_t off,
+                   size_t len, uint8_t *buf)
+{
+    uint32_t bs = s->block_size;
+    int ret = 0;
+
+    if (off % bs) {
+        size_t n = QIMG_MIN(len, (size_t)(bs - off % bs));
+        if ((ret = edge_io(s, write, off, n, buf)) < 0)
+            return ret;
+        off += n, buf += n, len -= n;
+    }
+    if (len >= bs) {
+        size_t n = len - len % bs;
+        if ((ret = blocks_io(s, write, off / bs, n / bs, buf)) < 0)
+            return ret;
+        off += n, buf += n, len -= n;
+    }
+    if (len)
+        ret = edge_io(s, write, off, len, buf);
+    return ret;
+}
+
+static int io(struct qimg_storage *st, bool write, uint64_t off, size_t len,
+              uint8_t *buf, struct qimg_error *err)
+{
+    struct iscsi_state *s = st->priv;
+    uint64_t size = s->num_blocks * s->block_size;
+    size_t inside = off >= size ? 0 : (size_t)QIMG_MIN((uint64_t)len,
+                                                       size - off);
+    int ret = 0;
+
+    if (write && inside < len)
+        return qimg_error_set(err, -EIO, "%s", strerror(EIO));
+    pthread_mutex_lock(&s->lock);
+    if (inside)
+        ret = span_io(s, write, off, inside, buf);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return qimg_error_set(err, ret, "%s", strerror(-ret));
+    if (!write)
+        memset(buf + inside, 0, len - inside);
+    return 0;
+}
+
+static int iscsi_pread(struct qimg_storage *st, uint64_t off, size_t len,
+                       void *buf, struct qimg_error *err)
+{
+    return io(st, false, off, len, buf, err);
+}
+
+static int iscsi_pwrite(struct qimg_storage *st, uint64_t off, size_t len,
+                        const void *buf, struct qimg_error *err)
+{
+    return io(st, true, off, len, (uint8_t *)buf, err);
+}
+
+static int iscsi_flush(struct qimg_storage *st, struct qimg_error *err)
+{
+    struct iscsi_state *s = st->priv;
+    struct scsi_task *t;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    t = iscsi_synchronizecache10_sync(s->ctx, s->lun, 0, 0, 0, 0);
+    if (!t || t->status != SCSI_STATUS_GOOD) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI SYNCHRONIZECACHE10 failed: %s\n",
+                     iscsi_get_error(s->ctx));
+        ret = -EIO;
+    }
+    if (t)
+        scsi_free_scsi_task(t);
+    pthread_mutex_unlock(&s->lock);
+    return ret < 0 ? qimg_error_set(err, ret, "%s", strerror(EIO)) : 0;
+}
+
+static int64_t iscsi_get_size(struct qimg_storage *st)
+{
+    struct iscsi_state *s = st->priv;
+    return (int64_t)(s->num_blocks * s->block_size);
+}
+
+static int check_truncate(struct qimg_storage *st, uint64_t size, bool exact,
+                          enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    struct iscsi_state *s = st->priv;
+    uint64_t cur;
+    int ret;
+
+    if (prealloc != QIMG_PREALLOC_OFF)
+        return net_prealloc_refused(prealloc, err);
+    if (s->type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS)
+        return qimg_error_set(err, -ENOTSUP, "Cannot resize non-disk iSCSI "
+                              "devices");
+    pthread_mutex_lock(&s->lock);
+    ret = read_capacity(s, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return -EIO;
+    cur = s->num_blocks * s->block_size;
+    if (size != cur && exact)
+        return qimg_error_set(err, -ENOTSUP, "Cannot resize iSCSI devices");
+    if (size > cur)
+        return qimg_error_set(err, -EINVAL, "Cannot grow iSCSI devices");
+    return 0;
+}
+
+static int iscsi_truncate(struct qimg_storage *st, uint64_t size,
+                          enum qimg_prealloc prealloc, struct qimg_error *err)
+{
+    return check_truncate(st, size, false, prealloc, err);
+}
+
+static int iscsi_truncate_exact(struct qimg_storage *st, uint64_t size,
+                                enum qimg_prealloc prealloc,
+                                struct qimg_error *err)
+{
+    return check_truncate(st, size, true, prealloc, err);
+}
+
+const struct qimg_storage_ops qimg_storage_iscsi = {
+    .name = "iscsi",
+    .protocol = "iscsi",
+    .runtime_opts = iscsi_runtime_opts,
+    .strong_opts = iscsi_strong_opts,
+    .parse_filename = iscsi_parse_filename,
+    .open = iscsi_open,
+    .close = iscsi_close,
+    .pread = iscsi_pread,
+    .pwrite = iscsi_pwrite,
+    .flush = iscsi_flush,
+    .get_size = iscsi_get_size,
+    .truncate = iscsi_truncate,
+    .truncate_exact = iscsi_truncate_exact,
+    .block_status = net_block_status_data /* no LBA status: all data */,
+    .create_by_open = true,
+};

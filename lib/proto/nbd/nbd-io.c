@@ -1,0 +1,604 @@
+/*
+ * nbd-io.c - NBD connections over libnbd.  Each connection is one libnbd
+ * handle driven by its own I/O thread (poll on the handle's socket, then
+ * nbd_aio_notify_*), so any number of threads can have requests in
+ * flight on it: a caller submits with nbd_aio_*, wakes the I/O thread if
+ * the request could not be sent at once, and sleeps until the completion
+ * callback (run by libnbd in the I/O thread) marks its batch done.
+ *
+ * When the server advertises multi-conn, more connections are opened as
+ * soon as every open one is busy (up to NBD_MAX_CONNS), and each request
+ * goes to the least busy one; a flush on any of them then covers writes
+ * completed on all, which is what multi-conn promises.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libnbd.h>
+
+#include "core/util.h"
+#include "proto/nbd/nbd.h"
+
+/* Requests of one call kept in flight together (a 64 MiB read is two;
+ * a large zero or trim goes out this many pieces at a time). */
+#define NBD_MAX_PIECES 16
+/* Zero and trim pieces: NBD lengths are 32-bit. */
+#define NBD_MAX_RANGE (1u << 30)
+
+struct nbd_conn {
+    struct nbd_handle *h;
+    pthread_t thread;
+    bool running;
+    int wake_fd;
+    atomic_int inflight;
+    atomic_bool stop;
+    /* What the server said when it refused the handshake. */
+    char server_msg[512];
+};
+
+struct nbd_pool {
+    struct nbd_target target;
+    struct nbd_export_info info;
+    pthread_mutex_t grow_lock;
+    struct nbd_conn conns[NBD_MAX_CONNS];
+    atomic_int n_conns;
+    atomic_bool grow_failed;
+};
+
+/* The requests of one call: done when pending reaches zero. */
+struct batch {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pending;
+    int error;          /* first errno reported */
+    /* block status answers */
+    uint64_t *lengths;
+    uint32_t *flags;
+    int max, n;
+    const char *context;
+};
+
+struct piece {
+    struct batch *b;
+    struct nbd_conn *c;
+};
+
+static void batch_init(struct batch *b)
+{
+    memset(b, 0, sizeof(*b));
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+}
+
+static void batch_destroy(struct batch *b)
+{
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+}
+
+static void batch_finish(struct batch *b, int error)
+{
+    pthread_mutex_lock(&b->mu);
+    if (error && !b->error)
+        b->error = error;
+    if (--b->pending == 0)
+        pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static int batch_wait(struct batch *b)
+{
+    pthread_mutex_lock(&b->mu);
+    while (b->pending > 0)
+        pthread_cond_wait(&b->cv, &b->mu);
+    int e = b->error;
+    pthread_mutex_unlock(&b->mu);
+    return e;
+}
+
+/* Run by libnbd (I/O thread) when a command retires. */
+static int on_complete(void *user_data, int *error)
+{
+    struct piece *pc = user_data;
+    atomic_fetch_sub(&pc->c->inflight, 1);
+    batch_finish(pc->b, *error);
+    return 1;   /* retire the command */
+}
+
+static int on_extent(void *user_data, const char *metacontext,
+                     uint64_t offset, uint32_t *entries, size_t nr_entries,
+                     int *error)
+{
+    struct piece *pc = user_data;
+    struct batch *b = pc->b;
+
+    (void)offset;
+    (void)error;
+    if (strcmp(metacontext, b->context))
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    for (size_t i = 0; i + 1 < nr_entries && b->n < b->max; i += 2) {
+        b->lengths[b->n] = entries[i];
+        b->flags[b->n] = entries[i + 1];
+        b->n++;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+/* ---- the I/O thread ----------------------------------------------------- */
+
+static void wake(struct nbd_conn *c)
+{
+    uint64_t one = 1;
+    ssize_t r = write(c->wake_fd, &one, sizeof(one));
+    (void)r;
+}
+
+static void *conn_thread(void *arg)
+{
+    struct nbd_conn *c = arg;
+
+    while (!atomic_load(&c->stop)) {
+        struct pollfd pfd[2] = {{-1, 0, 0}, {c->wake_fd, POLLIN, 0}};
+        unsigned dir = nbd_aio_get_direction(c->h);
+        int fd = nbd_aio_get_fd(c->h);
+
+        if (fd >= 0 && !nbd_aio_is_dead(c->h) && !nbd_aio_is_closed(c->h)) {
+            pfd[0].fd = fd;
+            if (dir & LIBNBD_AIO_DIRECTION_READ)
+                pfd[0].events |= POLLIN;
+            if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+                pfd[0].events |= POLLOUT;
+        }
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pfd[1].revents & POLLIN) {
+            uint64_t v;
+            ssize_t r = read(c->wake_fd, &v, sizeof(v));
+            (void)r;
+        }
+        /* A read notification also notices a hang-up, which fails the
+         * commands in flight (libnbd retires them with ENOTCONN). */
+        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
+            nbd_aio_notify_read(c->h);
+        else if (pfd[0].revents & POLLOUT)
+            nbd_aio_notify_write(c->h);
+    }
+    return NULL;
+}
+
+/* ---- connecting ------------------------------------------------------------ */
+
+static int on_debug(void *user_data, const char *context, const char *msg)
+{
+    struct nbd_conn *c = user_data;
+    const char *tag = "server error message: ";
+    const char *p = strstr(msg, tag);
+
+    (void)context;
+    if (p && !c->server_msg[0])
+        snprintf(c->server_msg, sizeof(c->server_msg), "%s", p + strlen(tag));
+    return 0;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Drive the handshake on fd, for at most timeout_ms (-1: no limit). */
+static int handshake(struct nbd_conn *c, int fd, int timeout_ms)
+{
+    long long end = timeout_ms < 0 ? 0 : now_ms() + timeout_ms;
+
+    if (nbd_aio_connect_socket(c->h, fd) < 0)
+        return -1;
+    while (nbd_aio_is_connecting(c->h)) {
+        struct pollfd pfd = {nbd_aio_get_fd(c->h), 0, 0};
+        unsigned dir = nbd_aio_get_direction(c->h);
+        int wait = -1, r;
+
+        if (dir & LIBNBD_AIO_DIRECTION_READ)
+            pfd.events |= POLLIN;
+        if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+            pfd.events |= POLLOUT;
+        if (timeout_ms >= 0) {
+            long long left = end - now_ms();
+            if (left <= 0) {
+                errno = ETIMEDOUT;
+                return -2;
+            }
+            wait = (int)left;
+        }
+        r = poll(&pfd, 1, wait);
+        if (r < 0 && errno != EINTR)
+            return -2;
+        if (r <= 0)
+            continue;
+        if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+            r = nbd_aio_notify_read(c->h);
+        else
+            r = nbd_aio_notify_write(c->h);
+        if (r < 0)
+            return -1;
+    }
+    if (!nbd_aio_is_ready(c->h)) {
+        errno = ECONNRESET;
+        return -2;
+    }
+    return 0;
+}
+
+/* QEMU's words for a refused handshake. */
+static int handshake_error(struct nbd_conn *c, int e, struct qimg_error *err)
+{
+    if (e == ENOENT) {
+        if (c->server_msg[0])
+            return qimg_error_set(err, -EINVAL, "Requested export not "
+                                  "available\nserver reported: %s",
+                                  c->server_msg);
+        return qimg_error_set(err, -EINVAL, "Requested export not "
+                              "available");
+    }
+    const char *m = nbd_get_error();
+    return qimg_error_set(err, -(e ? e : EIO), "%s", m ? m : strerror(e));
+}
+
+static void conn_close(struct nbd_conn *c)
+{
+    if (c->running) {
+        atomic_store(&c->stop, true);
+        wake(c);
+        pthread_join(c->thread, NULL);
+        c->running = false;
+    }
+    if (c->h) {
+        if (nbd_aio_is_ready(c->h))
+            nbd_shutdown(c->h, 0);
+        nbd_close(c->h);
+        c->h = NULL;
+    }
+    if (c->wake_fd >= 0)
+        close(c->wake_fd);
+    c->wake_fd = -1;
+}
+
+/* Open one connection; the first (timeout -1) fills the export info. */
+static int conn_open(struct nbd_pool *p, struct nbd_conn *c, int timeout_ms,
+                     struct qimg_error *err)
+{
+    const struct nbd_target *t = &p->target;
+    int fd, r, e;
+
+    memset(c, 0, sizeof(*c));
+    c->wake_fd = -1;
+    c->h = nbd_create();
+    if (!c->h)
+        return qimg_error_set(err, -ENOMEM, "%s", nbd_get_error());
+    nbd_set_export_name(c->h, t->export_name);
+    if (t->context[0])
+        nbd_add_meta_context(c->h, t->context);
+    nbd_set_debug_callback(c->h, (nbd_debug_callback){.callback = on_debug,
+                                                      .user_data = c});
+    nbd_set_debug(c->h, true);
+    fd = net_connect(&t->addr, err);
+    if (fd < 0) {
+        conn_close(c);
+        return fd;
+    }
+    r = handshake(c, fd, timeout_ms);
+    if (r < 0) {
+        e = r == -1 ? nbd_get_errno() : errno;
+        r = handshake_error(c, e, err);
+        conn_close(c);
+        return r;
+    }
+    nbd_set_debug(c->h, false);
+    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->wake_fd < 0 ||
+        pthread_create(&c->thread, NULL, conn_thread, c) != 0) {
+        conn_close(c);
+        return qimg_error_set(err, -ENOMEM, "Could not start the NBD I/O "
+                              "thread");
+    }
+    c->running = true;
+    return 0;
+}
+
+static void read_info(struct nbd_pool *p)
+{
+    struct nbd_handle *h = p->conns[0].h;
+    struct nbd_export_info *i = &p->info;
+    int64_t v;
+
+    i->size = (uint64_t)QIMG_MAX(nbd_get_size(h), 0);
+    i->read_only = nbd_is_read_only(h) == 1;
+    i->can_flush = nbd_can_flush(h) == 1;
+    i->can_zero = nbd_can_zero(h) == 1;
+    i->can_trim = nbd_can_trim(h) == 1;
+    i->can_fast_zero = nbd_can_fast_zero(h) == 1;
+    i->multi_conn = nbd_can_multi_conn(h) == 1;
+    i->has_context = p->target.context[0] &&
+                     nbd_can_meta_context(h, p->target.context) == 1;
+    v = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+    i->min_block = v > 0 && v <= 65536 ? (uint32_t)v : 0;
+    v = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+    i->max_block = v > 0 && v <= (1ll << 32) ? (uint32_t)QIMG_MIN(v, UINT32_MAX)
+                                              : 0;
+}
+
+int nbd_pool_open(struct nbd_pool **out, const struct nbd_target *t,
+                  struct nbd_export_info *info, struct qimg_error *err)
+{
+    struct nbd_pool *p = calloc(1, sizeof(*p));
+    int ret;
+
+    if (!p)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    p->target = *t;
+    pthread_mutex_init(&p->grow_lock, NULL);
+    ret = conn_open(p, &p->conns[0], -1, err);
+    if (ret < 0) {
+        pthread_mutex_destroy(&p->grow_lock);
+        free(p);
+        return ret;
+    }
+    atomic_store(&p->n_conns, 1);
+    read_info(p);
+    *info = p->info;
+    *out = p;
+    return 0;
+}
+
+void nbd_pool_close(struct nbd_pool *p)
+{
+    if (!p)
+        return;
+    for (int i = atomic_load(&p->n_conns) - 1; i >= 0; i--)
+        conn_close(&p->conns[i]);
+    pthread_mutex_destroy(&p->grow_lock);
+    free(p);
+}
+
+/* Open one more connection when every open one is busy. */
+static void maybe_grow(struct nbd_pool *p)
+{
+    int n = atomic_load(&p->n_conns);
+
+    if (!p->info.multi_conn || n >= NBD_MAX_CONNS ||
+        atomic_load(&p->grow_failed))
+        return;
+    pthread_mutex_lock(&p->grow_lock);
+    n = atomic_load(&p->n_conns);
+    if (n < NBD_MAX_CONNS && !atomic_load(&p->grow_failed)) {
+        if (conn_open(p, &p->conns[n], NBD_EXTRA_CONNECT_MS, NULL) == 0)
+            atomic_store(&p->n_conns, n + 1);
+        else
+            atomic_store(&p->grow_failed, true);
+    }
+    pthread_mutex_unlock(&p->grow_lock);
+}
+
+/* The least busy connection (a new one if all are busy and we may). */
+static struct nbd_conn *pick(struct nbd_pool *p)
+{
+    int n = atomic_load(&p->n_conns), best = 0, best_load = 0;
+
+    for (int i = 0; i < n; i++) {
+        int l = atomic_load(&p->conns[i].inflight);
+        if (i == 0 || l < best_load) {
+            best = i;
+            best_load = l;
+        }
+    }
+    if (best_load > 0 && n < NBD_MAX_CONNS && p->info.multi_conn &&
+        !atomic_load(&p->grow_failed)) {
+        maybe_grow(p);
+        if (atomic_load(&p->n_conns) > n)
+            best = n;
+    }
+    return &p->conns[best];
+}
+
+/* ---- requests ---------------------------------------------------------------- */
+
+enum op { OP_READ, OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_STATUS };
+
+struct req {
+    enum op op;
+    uint64_t off, len;
+    void *buf;
+    uint32_t flags;
+};
+
+static int64_t submit(struct nbd_conn *c, const struct req *r, struct piece *pc)
+{
+    nbd_completion_callback cb = {.callback = on_complete, .user_data = pc};
+
+    switch (r->op) {
+    case OP_READ:
+        return nbd_aio_pread(c->h, r->buf, r->len, r->off, cb, 0);
+    case OP_WRITE:
+        return nbd_aio_pwrite(c->h, r->buf, r->len, r->off, cb, 0);
+    case OP_ZERO:
+        return nbd_aio_zero(c->h, r->len, r->off, cb, r->flags);
+    case OP_TRIM:
+        return nbd_aio_trim(c->h, r->len, r->off, cb, 0);
+    case OP_FLUSH:
+        return nbd_aio_flush(c->h, cb, 0);
+    case OP_STATUS:
+        return nbd_aio_block_status(c->h, r->len, r->off,
+                                    (nbd_extent_callback){.callback = on_extent,
+                                                          .user_data = pc},
+                                    cb, 0);
+    }
+    return -1;
+}
+
+/* A lost connection fails like QEMU's client with no reconnect delay. */
+static int map_errno(int e)
+{
+    switch (e) {
+    case ENOTCONN:
+    case ESHUTDOWN:
+    case ECONNRESET:
+    case EPIPE:
+    case 0:
+        return EIO;
+    default:
+        return e;
+    }
+}
+
+/* Send the pieces of one call (at most NBD_MAX_PIECES) and wait. */
+static int run(struct nbd_pool *p, struct batch *b, const struct req *reqs,
+               int n)
+{
+    struct piece pcs[NBD_MAX_PIECES];
+    int e = 0;
+
+    for (int i = 0; i < n; i++) {
+        struct nbd_conn *c = pick(p);
+        pcs[i].b = b;
+        pcs[i].c = c;
+        pthread_mutex_lock(&b->mu);
+        b->pending++;
+        pthread_mutex_unlock(&b->mu);
+        atomic_fetch_add(&c->inflight, 1);
+        if (submit(c, &reqs[i], &pcs[i]) < 0) {
+            int se = nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h)
+                         ? ENOTCONN : nbd_get_errno();
+            atomic_fetch_sub(&c->inflight, 1);
+            batch_finish(b, se ? se : ENOTCONN);
+            break;
+        }
+        if (nbd_aio_get_direction(c->h) & LIBNBD_AIO_DIRECTION_WRITE)
+            wake(c);
+    }
+    e = batch_wait(b);
+    return e ? -map_errno(e) : 0;
+}
+
+static int fail(int ret, struct qimg_error *err)
+{
+    return qimg_error_set(err, ret, "%s", strerror(-ret));
+}
+
+/* Split [off, off+len) into pieces of at most max and run them. */
+static int run_split(struct nbd_pool *p, enum op op, uint64_t off,
+                     uint64_t len, void *buf, uint32_t flags, uint64_t max,
+                     struct qimg_error *err)
+{
+    struct req reqs[NBD_MAX_PIECES];
+
+    while (len > 0) {
+        struct batch b;
+        int n = 0, ret;
+        while (len > 0 && n < NBD_MAX_PIECES) {
+            uint64_t l = QIMG_MIN(len, max);
+            reqs[n++] = (struct req){op, off, l, buf, flags};
+            off += l;
+            len -= l;
+            if (buf)
+                buf = (uint8_t *)buf + l;
+        }
+        batch_init(&b);
+        ret = run(p, &b, reqs, n);
+        batch_destroy(&b);
+        if (ret < 0)
+            return fail(ret, err);
+    }
+    return 0;
+}
+
+static uint64_t max_data(const struct nbd_pool *p)
+{
+    uint64_t m = NBD_MAX_REQUEST;
+    if (p->info.max_block && p->info.max_block < m)
+        m = p->info.max_block;
+    return m;
+}
+
+static uint64_t max_range(const struct nbd_pool *p)
+{
+    uint64_t m = NBD_MAX_RANGE;
+    if (p->info.min_block > 1)
+        m -= m % p->info.min_block;
+    return m;
+}
+
+int nbd_pool_pread(struct nbd_pool *p, uint64_t off, size_t len, void *buf,
+                   struct qimg_error *err)
+{
+    return run_split(p, OP_READ, off, len, buf, 0, max_data(p), err);
+}
+
+int nbd_pool_pwrite(struct nbd_pool *p, uint64_t off, size_t len,
+                    const void *buf, struct qimg_error *err)
+{
+    return run_split(p, OP_WRITE, off, len, (void *)buf, 0, max_data(p), err);
+}
+
+int nbd_pool_zero(struct nbd_pool *p, uint64_t off, uint64_t len,
+                  bool may_unmap, struct qimg_error *err)
+{
+    return run_split(p, OP_ZERO, off, len, NULL,
+                     may_unmap ? 0 : LIBNBD_CMD_FLAG_NO_HOLE, max_range(p),
+                     err);
+}
+
+int nbd_pool_trim(struct nbd_pool *p, uint64_t off, uint64_t len,
+                  struct qimg_error *err)
+{
+    return run_split(p, OP_TRIM, off, len, NULL, 0, max_range(p), err);
+}
+
+int nbd_pool_flush(struct nbd_pool *p, struct qimg_error *err)
+{
+    struct req r = {OP_FLUSH, 0, 0, NULL, 0};
+    struct batch b;
+    int ret;
+
+    batch_init(&b);
+    ret = run(p, &b, &r, 1);
+    batch_destroy(&b);
+    return ret < 0 ? fail(ret, err) : 0;
+}
+
+int nbd_pool_block_status(struct nbd_pool *p, uint64_t off, uint64_t len,
+                          uint64_t *lengths, uint32_t *flags, int max,
+                          struct qimg_error *err)
+{
+    struct req r = {OP_STATUS, off, QIMG_MIN(len, max_range(p)), NULL, 0};
+    struct batch b;
+    int ret;
+
+    batch_init(&b);
+    b.lengths = lengths;
+    b.flags = flags;
+    b.max = max;
+    b.context = p->target.context;
+    ret = run(p, &b, &r, 1);
+    int n = b.n;
+    batch_destroy(&b);
+    if (ret < 0)
+        return fail(ret, err);
+    if (n == 0)
+        return qimg_error_set(err, -EIO, "Server did not reply with any "
+                              "status extents");
+    return n;
+}
