@@ -326,9 +326,14 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
             return NULL;
         }
     }
-    /* options beside the file name, as bdrv_open takes them */
-    if (!o->image_opts && o->extra && qimg_opts_count(o->extra))
+    /* options beside the file name, as bdrv_open takes them; or options
+     * instead of it (convert's streams), the name then only in messages */
+    if (!o->image_opts && o->options) {
+        p.options = o->options;
+        p.filename = NULL;
+    } else if (!o->image_opts && o->extra && qimg_opts_count(o->extra)) {
         p.options = o->extra;
+    }
     qimg_set_warning_handler(cli_print_library_message);
     if (qimg_open(&img, &p, &err) < 0) {
         warn_probed_raw_on_conflict(&p, &err);

@@ -113,6 +113,9 @@ struct cli_open {
      * target gets the key secrets of its -o list, as qemu-img's does). */
     const struct qimg_opts *extra;
     unsigned role;      /* a name an image records (qimg_open_params) */
+    /* Open these options (dotted keys) instead of filename, which then
+     * only names the image in messages; NULL: none. */
+    const struct qimg_opts *options;
 };
 /* QEMU's warning for a writable image whose raw format was guessed. */
 void cli_warn_probed_raw(const char *filename);

@@ -20,6 +20,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -48,6 +50,7 @@ struct convert {
     uint64_t total;
     enum qimg_cache tcache, scache;
     bool target_has_backing;
+    bool tgt_stream;        /* the target is a pipe (stream_target) */
     bool progress_on;
     unsigned errors_shown;
 };
@@ -377,6 +380,46 @@ static int check_options(struct convert *c)
 
 /* ---- sources --------------------------------------------------------------- */
 
+static const char *options_value(const char *options, const char *key,
+                                 char *buf, size_t len);
+
+/*
+ * A source qemu-img 7.2 cannot open that is a pipe (qimg_name_is_stream):
+ * open it over the forward-only stream storage, its size (raw has no
+ * other) from -o size.  NULL: not a stream (open as qemu-img does).
+ */
+static struct qimg_opts *stream_source_opts(const struct convert *c,
+                                            const char *name)
+{
+    struct qimg_opts *o;
+    char size[64];
+
+    if (c->image_opts || !qimg_name_is_stream(name))
+        return NULL;
+    o = qimg_opts_new();
+    if (!o)
+        abort();
+    if (c->fmt)
+        qimg_opts_set(o, "driver", c->fmt);
+    qimg_opts_set(o, "file.driver", "stream");
+    qimg_opts_set(o, "file.filename", name);
+    if (options_value(c->options, "size", size, sizeof(size)))
+        qimg_opts_set(o, "file.size", size);
+    return o;
+}
+
+/* A raw stream has no size of its own: it must be declared. */
+static bool stream_size_known(const struct convert *c, int i)
+{
+    struct qimg_image *img = c->src_imgs[i];
+
+    if (qimg_image_size(img) < QIMG_STREAM_UNKNOWN_SIZE)
+        return true;
+    cli_error("Could not open '%s': a %s stream has no size of its own: "
+              "give it with -o size=SIZE", c->srcs[i], qimg_image_format(img));
+    return false;
+}
+
 static bool open_sources(struct convert *c)
 {
     c->src_imgs = calloc((size_t)c->n_srcs, sizeof(*c->src_imgs));
@@ -390,8 +433,13 @@ static bool open_sources(struct convert *c)
             .flags = QIMG_OPEN_NO_SHARE | (c->force_share ? QIMG_OPEN_SHARE : 0),
             .cache = c->scache, .quiet = c->quiet,
         };
+        struct qimg_opts *stream = stream_source_opts(c, c->srcs[i]);
+        o.options = stream;
         c->src_imgs[i] = cli_open_image(&o);
+        qimg_opts_free(stream);
         if (!c->src_imgs[i])
+            return false;
+        if (stream && !stream_size_known(c, i))
             return false;
         c->src_lens[i] = qimg_image_size(c->src_imgs[i]);
         if (__builtin_add_overflow(c->total, c->src_lens[i],
@@ -476,18 +524,28 @@ static bool copy_bitmaps(struct convert *c)
 /* ---- target ---------------------------------------------------------------- */
 
 /* True when the -o list sets key. */
-static bool options_have(const char *options, const char *key)
+/* The value of key in an -o list into buf; false when it has none. */
+static const char *options_value(const char *options, const char *key,
+                                 char *buf, size_t len)
 {
     struct qimg_opts *o;
-    bool has;
+    const char *v;
 
     if (!options)
-        return false;
+        return NULL;
     o = qimg_opts_new();
     qimg_opts_parse(o, options, NULL, NULL);
-    has = qimg_opts_get(o, key) != NULL;
+    v = qimg_opts_get(o, key);
+    if (v)
+        snprintf(buf, len, "%s", v);
     qimg_opts_free(o);
-    return has;
+    return v ? buf : NULL;
+}
+
+static bool options_have(const char *options, const char *key)
+{
+    char buf[8];
+    return options_value(options, key, buf, sizeof(buf)) != NULL;
 }
 
 /* The -c restrictions of the target format and options. */
@@ -545,6 +603,41 @@ static struct qimg_opts *prepare_target(struct convert *c)
     return opts;
 }
 
+/* Does name open what our stdout is? */
+static bool names_stdout(const char *name)
+{
+    struct stat a, b;
+
+    return stat(name, &a) == 0 && fstat(STDOUT_FILENO, &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/*
+ * A new target that is a pipe or FIFO (/dev/stdout piped on), which
+ * qemu-img 7.2 fails to create ("Could not resize file"): written forward
+ * over the stream storage, raw only.  "-" stays a file named "-", as in
+ * 7.2.  Returns false (after the message) when it cannot be streamed.
+ */
+static bool stream_target(struct convert *c, const struct qimg_opts *opts)
+{
+    if (c->no_create || c->tgt_image_opts || !strcmp(c->target, "-") ||
+        !qimg_name_is_stream(c->target))
+        return true;
+    if (strcmp(c->out_fmt, "raw")) {
+        cli_error("%s: cannot write %s to a pipe: only raw is written "
+                  "strictly forward", c->target, c->out_fmt);
+        return false;
+    }
+    if (c->compress || qimg_opts_get(opts, "backing_file") ||
+        qimg_opts_get(opts, "preallocation")) {
+        cli_error("%s: a pipe takes plain raw data only (no -c, backing "
+                  "file or preallocation)", c->target);
+        return false;
+    }
+    c->tgt_stream = true;
+    return true;
+}
+
 /* The key secrets of the creation options, which the new target needs
  * to be opened (qemu-img's img_add_key_secrets). */
 static struct qimg_opts *target_secrets(const struct qimg_opts *opts)
@@ -566,6 +659,20 @@ static bool open_target(struct convert *c, const struct qimg_opts *opts)
         .fmt = c->out_fmt, .flags = QIMG_OPEN_RDWR, .cache = c->tcache,
         .quiet = c->quiet, .extra = secrets,
     };
+    struct qimg_opts *stream = NULL;
+    char num[32];
+
+    if (c->tgt_stream) {
+        stream = qimg_opts_new();
+        if (!stream)
+            abort();
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)c->total);
+        qimg_opts_set(stream, "driver", "raw");
+        qimg_opts_set(stream, "file.driver", "stream");
+        qimg_opts_set(stream, "file.filename", c->target);
+        qimg_opts_set(stream, "file.size", num);
+        o.options = stream;
+    }
 
     if (!cli_parse_cache(c->cache, &c->tcache)) {
         cli_error("Invalid cache option: %s", c->cache);
@@ -574,6 +681,7 @@ static bool open_target(struct convert *c, const struct qimg_opts *opts)
     }
     o.cache = c->tcache;
     c->tgt = cli_open_image(&o);
+    qimg_opts_free(stream);
     qimg_opts_free(secrets);
     if (!c->tgt)
         return false;
@@ -707,7 +815,10 @@ static int convert_images(struct convert *c, bool *done)
         goto out;
     if (!check_source_bitmaps(c))
         goto out;
-    if (!c->no_create && qimg_create(c->out_fmt, c->target, opts, &err) < 0) {
+    if (!stream_target(c, opts))
+        goto out;
+    if (!c->no_create && !c->tgt_stream &&
+        qimg_create(c->out_fmt, c->target, opts, &err) < 0) {
         cli_report(&err, "%s: error while converting %s: ", c->target,
                    c->out_fmt);
         goto out;
@@ -731,6 +842,15 @@ static int run_convert(struct convert *c)
     if (ret >= 0)
         return ret;
     c->progress_on = c->progress && !c->quiet;
+    /* Before the first progress line: an image streamed to stdout and the
+     * progress would mix (7.2 cannot write to a pipe at all). */
+    if (c->progress_on && !c->no_create && !c->tgt_image_opts &&
+        strcmp(c->target, "-") && qimg_name_is_stream(c->target) &&
+        names_stdout(c->target)) {
+        cli_error("%s: -p would write its progress into the image on "
+                  "stdout", c->target);
+        return 1;
+    }
     /* qemu's progress steps by more than 1% (float arithmetic) */
     cli_progress_init(c->progress_on, 1.0);
     ret = convert_images(c, &done);

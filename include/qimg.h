@@ -282,6 +282,12 @@ enum {
     QIMG_OPEN_NO_IO = 1 << 7,       /* headers only (info): no read permission */
 };
 
+/* A source name qemu-img 7.2 cannot open that qimg reads as a stream:
+ * "-" (stdin) when no file "-" exists, or a FIFO or socket. */
+bool qimg_name_is_stream(const char *filename);
+/* The size a stream without a declared size reports (and its images). */
+#define QIMG_STREAM_UNKNOWN_SIZE ((uint64_t)INT64_MAX - ((1u << 30) - 1))
+
 struct qimg_open_params {
     const char *filename;           /* a path or "json:{...}" */
     const char *format;             /* NULL: probe */

@@ -76,6 +76,9 @@ struct engine {
     uint64_t chunk_size;
     uint32_t min_sectors, align_sectors, cluster;
     bool zero_init;
+    /* A source reads forward only (a pipe): one worker, in order, so the
+     * stream's window is never outrun (the in-order mode). */
+    bool sequential;
     void *zero_buf;         /* chunk_size zero bytes (for -S 0) */
     struct copy_offload *offload;
 
@@ -407,6 +410,14 @@ static int read_chunk(struct engine *e, const struct chunk *c, uint8_t *buf,
     if (ret < 0 && e->p->salvage) {
         read_salvage(e, c->dst, c->len, buf);
         return 0;
+    }
+    if (ret < 0 && e->sequential && err->msg[0]) {
+        /* A stream's own reason (read back, cut short) says more than
+         * the errno qemu-img prints; 7.2 cannot read streams at all. */
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        return qimg_error_set(err, ret, "error while reading at byte %llu: %s",
+                              (unsigned long long)c->dst, why);
     }
     if (ret < 0)
         return qimg_error_set(err, ret, "error while reading at byte %llu: %s",
@@ -905,6 +916,8 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         uint32_t a = QIMG_MAX(qimg_image_cluster_size(img),
                               img->file ? img->file->align : 1);
         e->src_start[i] = pos;
+        if (img->file && (img->file->caps & QIMG_STORAGE_SEQUENTIAL))
+            e->sequential = true;
         /* in whole sectors, as qemu-img counts */
         e->src_align[i] = (uint32_t)qimg_div_round_up(QIMG_MAX(a, 1u),
                                                       COPY_SECTOR) * COPY_SECTOR;
@@ -912,6 +925,8 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
             return qimg_error_set(err, -EINVAL, "Copy too large");
     }
     e->end = pos;
+    if (p->target->file && (p->target->file->caps & QIMG_STORAGE_SEQUENTIAL))
+        e->sequential = true;       /* a pipe target: written in order */
     if (!qimg_range_ok(p->target_offset, pos - p->target_offset,
                        qimg_image_size(p->target)))
         return qimg_error_set(err, -ENOSPC, "output file is smaller than "
@@ -933,7 +948,7 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         if (!e->zero_buf)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
     }
-    if (p->copy_offload && !p->compress) {
+    if (p->copy_offload && !p->compress && !e->sequential) {
         e->offload = copy_offload_new();
         if (!e->offload)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
@@ -991,6 +1006,8 @@ int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
             goto out;
     }
     n = p->parallel ? p->parallel : DEFAULT_PARALLEL;
+    if (e.sequential)
+        n = 1;
     ret = run_workers(&e, n, err);
     if (!ret && e.ret) {
         ret = e.ret;

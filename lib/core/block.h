@@ -63,6 +63,8 @@ enum {
     QIMG_STORAGE_CAN_ZERO = 1 << 0,     /* efficient zeroing available */
     QIMG_STORAGE_CAN_DISCARD = 1 << 1,
     QIMG_STORAGE_IS_BLOCKDEV = 1 << 2,
+    /* Read forward only (a pipe): the copy engine reads it in order. */
+    QIMG_STORAGE_SEQUENTIAL = 1 << 3,
 };
 
 /*
@@ -376,6 +378,9 @@ extern const struct qimg_storage_ops qimg_storage_ssh;
  */
 #define QIMG_MEM_MAX_SIZE (1ull << 30)   /* bounds growth by writes */
 extern const struct qimg_storage_ops qimg_storage_memory;
+/* The forward-only pipe reader (proto/stream.c); not in the table, so
+ * qemu-img's driver list is unchanged. */
+extern const struct qimg_storage_ops qimg_storage_stream;
 /* Register a copy of data[0..len) as name, replacing any buffer of that
  * name (storages open on the old one keep it until closed). */
 int qimg_mem_register(const char *name, const void *data, size_t len);

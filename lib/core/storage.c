@@ -75,6 +75,8 @@ const struct qimg_storage_ops *qimg_storage_find(const char *name)
     for (size_t i = 0; i < QIMG_ARRAY_SIZE(storages); i++)
         if (!strcmp(storages[i]->name, name))
             return qimg_module_storage(storages[i]);
+    if (!strcmp(name, qimg_storage_stream.name))
+        return &qimg_storage_stream;
     return NULL;
 }
 

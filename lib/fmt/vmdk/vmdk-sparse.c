@@ -423,6 +423,7 @@ static uint8_t *get_table(struct qimg_image *node, struct vmdk_extent *e,
         victim->cap = bytes;
     }
     victim->ext = -1;
+    qimg_storage_event(e->file, QIMG_EV_L2_LOAD);
     *ret = e->file->ops->pread(e->file, (uint64_t)l2 * VMDK_SECTOR, bytes,
                                victim->table, err);
     if (*ret < 0)
@@ -590,6 +591,7 @@ int vmdk_set_gte(struct qimg_image *node, struct vmdk_extent *e,
     sectors[0] = ((const uint32_t *)e->gd)[l->l1_index];
     /* a zero backup entry would point the copy at the header */
     sectors[1] = e->rgd ? e->rgd[l->l1_index] : 0;
+    qimg_storage_event(e->file, QIMG_EV_L2_UPDATE);
     for (int i = 0; i < 2 && !ret; i++)
         if (sectors[i])
             ret = e->file->ops->pwrite(e->file, (uint64_t)sectors[i] *

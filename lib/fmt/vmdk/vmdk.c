@@ -543,12 +543,19 @@ static int vmdk_pread(struct qimg_image *node, uint64_t off, size_t len,
             return qimg_error_set(err, -EIO, "%s", strerror(EIO));
         if (e->kind == VMDK_KIND_FLAT) {
             n = QIMG_MIN((uint64_t)len, ext_left(e, off));
+            qimg_storage_event(e->file, QIMG_EV_READ_AIO);
             ret = e->file->ops->pread(e->file, e->flat_offset + ext_off(e, off),
                                       (size_t)n, p, err);
         } else {
             ret = map_run(node, e, off, len, &l, &n, err);
             if (ret < 0)
                 return ret;
+            if (l.state == VMDK_GRAIN_DATA)
+                qimg_storage_event(e->file, e->compressed
+                                                ? QIMG_EV_READ_COMPRESSED
+                                                : QIMG_EV_READ_AIO);
+            else if (node->backing && l.state != VMDK_GRAIN_ZERO)
+                qimg_storage_event(node->file, QIMG_EV_READ_BACKING_AIO);
             if (l.state == VMDK_GRAIN_DATA && e->compressed)
                 ret = vmdk_read_compressed(e, l.host,
                                            ext_off(e, off) % grain_bytes(e),
@@ -588,10 +595,14 @@ static int fill_grain(struct qimg_image *node, struct vmdk_extent *e,
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     for (uint64_t o = from; o < to && !ret; o += piece) {
         size_t n = (size_t)QIMG_MIN(piece, to - o);
-        if (backing)
+        if (backing) {
+            qimg_storage_event(e->file, QIMG_EV_COW_READ);
             ret = qimg_read_backing(node, grain_start + o, n, buf, err);
-        if (!ret)
+        }
+        if (!ret) {
+            qimg_storage_event(e->file, QIMG_EV_COW_WRITE);
             ret = e->file->ops->pwrite(e->file, host + o, n, buf, err);
+        }
     }
     free(buf);
     return ret;
@@ -659,6 +670,7 @@ static int64_t write_alloc(struct qimg_image *node, struct vmdk_extent *e,
         if (ret < 0)
             return ret;
     }
+    qimg_storage_event(e->file, QIMG_EV_WRITE_AIO);
     ret = e->file->ops->pwrite(e->file, host + in, (size_t)len, buf, err);
     if (ret < 0)
         return ret;
@@ -683,6 +695,7 @@ static int64_t write_step(struct qimg_image *node, struct vmdk_extent *e,
     if ((ret = no_grains(e, err)) < 0)
         return ret;
     if (e->kind == VMDK_KIND_FLAT) {
+        qimg_storage_event(e->file, QIMG_EV_WRITE_AIO);
         ret = e->file->ops->pwrite(e->file, e->flat_offset + ext_off(e, off),
                                    (size_t)len, buf, err);
         return ret < 0 ? ret : (int64_t)len;
@@ -690,6 +703,7 @@ static int64_t write_step(struct qimg_image *node, struct vmdk_extent *e,
     gb = grain_bytes(e);
     if (e->compressed) {
         n = QIMG_MIN(len, gb - ext_off(e, off) % gb);
+        qimg_storage_event(e->file, QIMG_EV_WRITE_COMPRESSED);
         ret = vmdk_write_compressed(node, e, off, (size_t)n, buf, NULL, 0, err);
         return ret < 0 ? ret : (int64_t)n;
     }
@@ -699,6 +713,7 @@ static int64_t write_step(struct qimg_image *node, struct vmdk_extent *e,
     if (l.state == VMDK_GRAIN_ERROR)
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     if (l.state == VMDK_GRAIN_DATA) {
+        qimg_storage_event(e->file, QIMG_EV_WRITE_AIO);
         ret = e->file->ops->pwrite(e->file, l.host + ext_off(e, off) % gb,
                                    (size_t)n, buf, err);
         if (ret < 0)
@@ -715,6 +730,7 @@ static int64_t write_step(struct qimg_image *node, struct vmdk_extent *e,
         done = ret;
     } else if (l.state == VMDK_GRAIN_DATA) {
         n = QIMG_MIN(len, gb - ext_off(e, off) % gb);
+        qimg_storage_event(e->file, QIMG_EV_WRITE_AIO);
         done = e->file->ops->pwrite(e->file, l.host + ext_off(e, off) % gb,
                                     (size_t)n, buf, err);
         done = done < 0 ? done : (int64_t)n;
