@@ -186,6 +186,21 @@ int qimg_crypto_parse_create_opts(struct qimg_crypto_create_opts *o,
     return 0;
 }
 
+int qimg_crypto_check_open_opts(const struct qimg_opts *opts,
+                                const char *prefix, struct qimg_error *err)
+{
+    size_t plen = strlen(prefix);
+
+    for (size_t i = 0; i < qimg_opts_count(opts); i++) {
+        const char *k = qimg_opts_key(opts, i);
+        if (!strncmp(k, prefix, plen) && strcmp(k + plen, "key-secret") &&
+            strcmp(k + plen, "format"))
+            return qimg_error_set(err, -EINVAL, "Parameter '%s' is "
+                                  "unexpected", k + plen);
+    }
+    return 0;
+}
+
 /* ---- the legacy qcow cipher ---------------------------------------------------- */
 
 static int qcow_init(struct qimg_crypto *c, const char *key_secret,

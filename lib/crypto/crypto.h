@@ -239,6 +239,12 @@ int qimg_crypto_open(struct qimg_crypto **out, enum qimg_crypto_format fmt,
                      unsigned flags, const struct qimg_crypto_io *io,
                      struct qimg_error *err);
 
+/* QEMU's open options of an encrypted image: under prefix only "format"
+ * and "key-secret"; any other is "Parameter 'x' is unexpected" (the name
+ * without the prefix). */
+int qimg_crypto_check_open_opts(const struct qimg_opts *opts,
+                                const char *prefix, struct qimg_error *err);
+
 /*
  * Creation options (QEMU's QCryptoBlockCreateOptions), parsed from a
  * qimg_opts under prefix with QEMU's messages.

@@ -125,8 +125,9 @@ out:
     return ret;
 }
 
-int qcow_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
-               struct qimg_error *err)
+/* Reads; of whole sectors when the image is encrypted. */
+static int read_guest(struct qimg_image *node, uint64_t off, size_t len,
+                      void *buf, struct qimg_error *err)
 {
     struct qcow_state *s = node->state;
     uint8_t *p = buf, *cluster = NULL;
@@ -159,6 +160,8 @@ int qcow_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
             ret = node->file->ops->pread(node->file,
                                          r.entry + (off & (s->cluster_size - 1)),
                                          n, p, err);
+            if (!ret && s->crypto)
+                ret = qimg_crypto_decrypt(s->crypto, off, p, n, err);
         }
         off += n;
         p += n;
@@ -166,6 +169,23 @@ int qcow_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
     }
     free(cluster);
     return ret;
+}
+
+static bool unaligned(uint64_t off, size_t len)
+{
+    return (off | len) & (QIMG_CRYPTO_SECTOR_SIZE - 1);
+}
+
+int qcow_pread(struct qimg_image *node, uint64_t off, size_t len, void *buf,
+               struct qimg_error *err)
+{
+    struct qcow_state *s = node->state;
+
+    /* A sector decrypts whole: others are read widened. */
+    if (s->crypto && unaligned(off, len))
+        return qimg_rmw_pread(node, off, len, buf, QIMG_CRYPTO_SECTOR_SIZE,
+                              read_guest, err);
+    return read_guest(node, off, len, buf, err);
 }
 
 int qcow_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
@@ -295,6 +315,18 @@ static int write_new_cluster(struct qimg_image *node, struct qimg_table *t,
             ret = node->file->ops->pwrite(node->file, host, cs, cluster, err);
         }
         free(cluster);
+    } else if (s->crypto && n < cs) {
+        /* As QEMU: the sectors not written hold encrypted zeroes. */
+        cluster = calloc(1, cs);
+        if (!cluster)
+            return qimg_error_set(err, -ENOMEM, "Out of memory");
+        ret = qimg_crypto_encrypt(s->crypto, off - in, cluster, cs, err);
+        if (!ret) {
+            memcpy(cluster + in, data, n);
+            qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
+            ret = node->file->ops->pwrite(node->file, host, cs, cluster, err);
+        }
+        free(cluster);
     } else {
         /* Grown to hold the cluster: the bytes not written read as 0. */
         ret = node->file->ops->truncate(node->file, host + cs,
@@ -348,50 +380,42 @@ static int write_sectors(struct qimg_image *node, uint64_t off, size_t len,
     return 0;
 }
 
+/* Whole sectors, encrypted first (in a copy) when the image is. */
+static int write_aligned(struct qimg_image *node, uint64_t off, size_t len,
+                         const void *buf, struct qimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    uint8_t *enc;
+    int ret;
+
+    if (!s->crypto)
+        return write_sectors(node, off, len, buf, err);
+    enc = malloc(QIMG_MAX(len, 1));
+    if (!enc)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    memcpy(enc, buf, len);
+    ret = qimg_crypto_encrypt(s->crypto, off, enc, len, err);
+    if (!ret)
+        ret = write_sectors(node, off, len, enc, err);
+    free(enc);
+    return ret;
+}
+
 /*
  * QEMU's block layer writes qcow images in whole sectors, reading the
  * rest of a partial sector first (through the backing file where it is
  * unallocated): a partial write of a new 512-byte cluster keeps the
  * backing file's bytes around it.
  */
-static int write_partial_sector(struct qimg_image *node, uint64_t off,
-                                size_t len, const uint8_t *data,
-                                struct qimg_error *err)
-{
-    uint64_t start = off & ~511ull;
-    size_t n = (size_t)QIMG_MIN(512, node->size - start);
-    uint8_t sector[512];
-    int ret = qcow_pread(node, start, n, sector, err);
-
-    if (ret < 0)
-        return ret;
-    memcpy(sector + (off - start), data, len);
-    return write_sectors(node, start, n, sector, err);
-}
-
 int qcow_pwrite(struct qimg_image *node, uint64_t off, size_t len,
                 const void *buf, struct qimg_error *err)
 {
-    const uint8_t *p = buf;
-    int ret = 0;
+    struct qcow_state *s = node->state;
 
-    if (off & 511) {
-        size_t n = (size_t)QIMG_MIN((uint64_t)len, 512 - (off & 511));
-        ret = write_partial_sector(node, off, n, p, err);
-        off += n;
-        p += n;
-        len -= n;
-    }
-    if (!ret && len >= 512) {
-        size_t n = len & ~(size_t)511;
-        ret = write_sectors(node, off, n, p, err);
-        off += n;
-        p += n;
-        len -= n;
-    }
-    if (!ret && len)
-        ret = write_partial_sector(node, off, len, p, err);
-    return ret;
+    if (unaligned(off, len))
+        return qimg_rmw_pwrite(node, off, len, buf, QIMG_CRYPTO_SECTOR_SIZE,
+                               &s->rmw_lock, read_guest, write_aligned, err);
+    return write_aligned(node, off, len, buf, err);
 }
 
 /* ---- compressed clusters (convert -c) ------------------------------------ */

@@ -6,10 +6,11 @@
  * format has no check, resize, snapshots or change of backing file, as in
  * QEMU; the backing file's format is never recorded, so it is probed.
  *
- * Encryption (AES-CBC with a key from a password, QEMU's legacy "aes"
- * method): info reads the headers of such images as QEMU does; any other
- * open asks for the key as QEMU does and is then refused until lib/crypto
- * provides AES-CBC: qcow_open_crypto() is the one place to wire it.
+ * Encryption (QEMU's legacy "aes" method: AES-128-CBC keyed with the
+ * password, lib/crypto): info reads the headers without a key, as QEMU
+ * does; other opens need encrypt.key-secret.  Data clusters are en/de-
+ * crypted in qcow-cluster.c, each 512-byte sector with its guest sector
+ * number as IV; compressed clusters are stored in clear, as QEMU's.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,45 +28,40 @@ static int qcow_probe(const uint8_t *buf, size_t len, const char *filename)
     return 100;
 }
 
-/* QEMU's checks of the encryption options against the header. */
-static int crypto_opts_check(const struct qimg_opts *opts,
-                             bool header_encrypted, bool no_io,
-                             struct qimg_error *err)
+/*
+ * The encryption context, after QEMU's checks of the options against the
+ * header.  info (NO_IO) needs no key; otherwise the key is the password
+ * of encrypt.key-secret.
+ */
+static int qcow_open_crypto(struct qimg_image *node,
+                            const struct qimg_opts *opts,
+                            struct qimg_error *err)
 {
+    struct qcow_state *s = node->state;
     const char *fmt = qimg_opts_get(opts, "encrypt.format");
+    unsigned flags = (node->flags & QIMG_OPEN_NO_IO) ? QIMG_CRYPTO_OPEN_NO_IO
+                                                     : 0;
+    int ret;
 
-    if (!header_encrypted) {
+    if (!s->crypt_method) {
         if (fmt)
             return qimg_error_set(err, -EINVAL, "No encryption in image "
                                   "header, but options specified format "
                                   "'%s'", fmt);
         return 0;
     }
+    if (s->crypt_method != QCOW_CRYPT_AES)
+        return qimg_error_set(err, -EINVAL, "invalid encryption method in "
+                              "qcow header");
     if (fmt && strcmp(fmt, "aes"))
         return qimg_error_set(err, -EINVAL, "Header reported 'aes' encryption "
                               "format but options specify '%s'", fmt);
-    return no_io ? 0 : qimg_key_secret_check(opts, err);   /* info needs no key */
-}
-
-/* The hook for AES-CBC (lib/crypto): until it lands, keyed opens of
- * encrypted images are refused here, after QEMU's own checks. */
-static int qcow_open_crypto(struct qimg_image *node,
-                            const struct qimg_opts *opts,
-                            struct qimg_error *err)
-{
-    struct qcow_state *s = node->state;
-    bool no_io = node->flags & QIMG_OPEN_NO_IO;
-    int ret;
-
-    if (s->crypt_method > QCOW_CRYPT_AES)
-        return qimg_error_set(err, -EINVAL, "invalid encryption method in "
-                              "qcow header");
-    ret = crypto_opts_check(opts, s->crypt_method == QCOW_CRYPT_AES, no_io,
-                            err);
-    if (ret < 0 || !s->crypt_method || no_io)
-        return ret;
-    return qimg_error_set(err, -ENOTSUP, "AES-encrypted qcow images are not "
-                          "supported by qimg yet");
+    ret = qimg_crypto_check_open_opts(opts, "encrypt.", err);
+    if (!ret)
+        ret = qimg_crypto_open(&s->crypto, QIMG_CRYPTO_FORMAT_QCOW,
+                               qimg_opts_get(opts, "encrypt.key-secret"),
+                               "encrypt.", flags, NULL, err);
+    return ret;
 }
 
 static int check_header(struct qimg_image *node, const uint8_t *b,
@@ -166,6 +162,11 @@ static int read_backing_name(struct qimg_image *node, const uint8_t *b,
 
 static void qcow_free(struct qcow_state *s)
 {
+    qimg_crypto_free(s->crypto);
+    s->crypto = NULL;
+    if (s->rmw_lock_ready)
+        pthread_mutex_destroy(&s->rmw_lock);
+    s->rmw_lock_ready = false;
     qimg_table_cache_release(&s->l2);
     qimg_table_release(&s->l1);
 }
@@ -187,8 +188,10 @@ static int qcow_open(struct qimg_image *node, const struct qimg_opts *opts,
         ret = qcow_open_crypto(node, opts, err);
     if (!ret)
         ret = load_tables(node, qimg_ld_be64(b + 24), err);
-    if (ret < 0)
+    if (ret < 0) {
+        qcow_free(s);
         return ret;
+    }
     ret = read_backing_name(node, b, err);
     fsize = node->file->ops->get_size(node->file);
     if (!ret && fsize < 0)
@@ -198,6 +201,8 @@ static int qcow_open(struct qimg_image *node, const struct qimg_opts *opts,
         qcow_free(s);
         return ret;
     }
+    pthread_mutex_init(&s->rmw_lock, NULL);
+    s->rmw_lock_ready = true;
     /* QEMU's file length is in whole sectors. */
     s->alloc.end = ((uint64_t)fsize + 511) & ~511ull;
     s->alloc.max = QIMG_MAX_LENGTH;

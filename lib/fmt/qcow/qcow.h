@@ -3,10 +3,11 @@
  * state and the split of the driver.
  *
  *   qcow.c          probe, open (QEMU 7.2's checks and messages), the
- *                   encryption hook, close, info, emptying after commit
+ *                   AES context, close, info, emptying after commit
  *   qcow-cluster.c  the mapping, reads (compressed clusters inflated
  *                   outside the lock), writes with allocation at the end
- *                   of the file, compressed writes (convert -c)
+ *                   of the file, compressed writes (convert -c), AES
+ *                   en/decryption of data clusters
  *   qcow-create.c   create and its options
  *
  * On disk, big-endian: a 48-byte header, the backing file name after it,
@@ -22,6 +23,7 @@
 #include <stdint.h>
 
 #include "core/block.h"
+#include "crypto/crypto.h"
 #include "fmt/table/table.h"
 
 #define QCOW_MAGIC 0x514649fbu          /* "QFI\xfb" */
@@ -56,6 +58,11 @@ struct qcow_state {
     uint32_t l2_bits, l2_size;          /* entries per L2 table */
     uint64_t cluster_offset_mask;       /* of a compressed entry */
     uint32_t crypt_method;
+    /* The AES context of an encrypted image (NO_IO: one without a key).
+     * Partial-sector writes are read-modify-writes under rmw_lock. */
+    struct qimg_crypto *crypto;
+    pthread_mutex_t rmw_lock;
+    bool rmw_lock_ready;
     uint64_t l1_table_offset;
     struct qimg_table l1;
     struct qimg_table_cache l2;

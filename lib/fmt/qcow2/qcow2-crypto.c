@@ -133,13 +133,8 @@ static int crypto_open(struct qimg_image *node, const struct qimg_opts *opts,
 
     /* QEMU ignores encrypt.* options of unencrypted images; the others
      * take key-secret (and format, checked below) only. */
-    for (size_t i = 0; s->crypt_method && i < qimg_opts_count(opts); i++) {
-        const char *k = qimg_opts_key(opts, i);
-        if (!strncmp(k, "encrypt.", 8) && strcmp(k, "encrypt.key-secret") &&
-            strcmp(k, "encrypt.format"))
-            return qimg_error_set(err, -EINVAL, "Parameter '%s' is "
-                                  "unexpected", k + 8);
-    }
+    if (s->crypt_method && qimg_crypto_check_open_opts(opts, "encrypt.", err))
+        return -EINVAL;
     switch (s->crypt_method) {
     case QCOW2_CRYPT_NONE:
         if (fmt)
