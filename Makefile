@@ -51,14 +51,17 @@ static: deps
 # directory from QIMG_BUILD).  Any sanitizer report fails the run: UBSan
 # halts on its first error and ASan's leak checker fails the process.
 # GCC leaves float-cast-overflow out of "undefined": it is added.
-# To keep CI within its time, the run leaves out the test files whose time
-# goes to the reference, to lock probing or to timing rather than to qimg's
-# own code paths, which the other files (every hostile-input, I/O, convert
-# and check test) cover: ASAN_SKIP lists them; ASAN_SKIP= runs everything.
+# To keep CI within its time, the run is the unit tests and fuzz
+# regression replays (meson test) plus the integration tests where memory
+# errors come from: hostile and untrusted input, streams, concurrent
+# writers and the I/O paths of every format (ASAN_TESTS; ASAN_TESTS=tests/cli
+# runs everything).
 ASAN_BUILD ?= build-asan
-ASAN_SKIP ?= test_locking test_crash test_rebase test_qcow2_matrix \
-	test_bitmap_interop test_qcow2_l2_parallel test_bench test_measure \
-	test_resize_snapshots
+ASAN_TESTS ?= $(wildcard tests/cli/test_hostile*.py tests/cli/test_*_hostile.py) \
+	tests/cli/test_untrusted.py tests/cli/test_stream.py \
+	tests/cli/test_stress.py tests/cli/test_qcow2_io.py \
+	tests/cli/test_vmdk_io.py tests/cli/test_vhdx_log.py \
+	tests/cli/test_qcow_aes.py tests/cli/test_node_graph.py
 check-asan: test-deps
 	@test -f $(ASAN_BUILD)/build.ninja || meson setup $(ASAN_BUILD) \
 		-Db_sanitize=address,undefined -Db_lundef=false \
@@ -67,8 +70,7 @@ check-asan: test-deps
 	ninja -C $(ASAN_BUILD)
 	ASAN_OPTIONS=$${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1} \
 	UBSAN_OPTIONS=$${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
-	QIMG_PYTEST_ARGS="$(foreach t,$(ASAN_SKIP),--ignore=tests/cli/$(t).py)" \
-		tests/run-all.sh $(ASAN_BUILD)
+	QIMG_PYTEST_TARGETS="$(ASAN_TESTS)" tests/run-all.sh $(ASAN_BUILD)
 
 # libFuzzer targets (tests/fuzz) built with clang, ASan and UBSan, each run
 # for FUZZ_SECONDS (scripts/run-fuzz.sh; FUZZ_TARGETS picks some).
