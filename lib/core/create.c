@@ -435,7 +435,9 @@ int qimg_create_storage(const char *filename, const struct qimg_opts *opts,
             qimg_opts_set(fopts, k, qimg_opts_get(opts, k));
     }
     qimg_opts_set(fopts, "size", "0");
-    ret = st->create(filename, fopts, err);
+    /* Through the storage's create rules: "file:x" creates x, and a
+     * storage without a create of its own is created by opening it. */
+    ret = qimg_storage_create(st, filename, fopts, err);
     qimg_opts_free(fopts);
     if (ret < 0)
         return ret;
