@@ -53,8 +53,10 @@ static void print_version(void)
     for (size_t i = 0; qimg_format_driver_at(i); i++)
         printf(" %s", qimg_format_driver_at(i));
     printf("\nStorages:");
+    /* nbd has three table entries (nbd, nbd+tcp, nbd+unix): one name */
     for (size_t i = 0; qimg_storage_name_at(i); i++)
-        printf(" %s", qimg_storage_name_at(i));
+        if (!i || strcmp(qimg_storage_name_at(i), qimg_storage_name_at(i - 1)))
+            printf(" %s", qimg_storage_name_at(i));
     printf("\nChecksums:");
     for (size_t i = 0; qimg_checksum_algorithm_at(i); i++)
         printf(" %s", qimg_checksum_algorithm_at(i));

@@ -3,6 +3,7 @@ no file "-" exists) and FIFOs/pipes forward through the stream storage,
 where qemu-img 7.2 fails.  Results are checked with the reference's
 compare; command lines 7.2 accepts must behave as in 7.2."""
 import os
+from pathlib import Path
 import subprocess
 
 from conftest import QIMG
@@ -22,16 +23,26 @@ def write_pattern(path, size, pieces):
 
 def piped(args, src, cwd, tool=QIMG):
     """Run tool args with `cat src` on its stdin; (rc, stderr, peak RSS KiB)."""
+    # The peak is taken by /usr/bin/time, a small parent: a child forked
+    # from a large test worker can report the worker's resident size.
+    rss_file = Path(cwd) / ".rss"
     cat = subprocess.Popen(["cat", str(src)], stdout=subprocess.PIPE)
-    p = subprocess.Popen([str(tool)] + args, stdin=cat.stdout,
+    p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file),
+                          str(tool)] + args, stdin=cat.stdout,
                          stderr=subprocess.PIPE, cwd=cwd)
     cat.stdout.close()
     err = p.stderr.read().decode()
     p.stderr.close()
-    _, status, ru = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
+    p.wait()
     cat.wait()
-    return p.returncode, err, ru.ru_maxrss
+    rss = int(rss_file.read_text().split()[-1])
+    rss_file.unlink()
+    if err.startswith("Command exited with non-zero status"):
+        err = err.split("\n", 1)[1]
+    # time appends its own line on failure: drop it from the tool's stderr
+    err = "\n".join(l for l in err.split("\n")
+                     if not l.startswith("Command exited with non-zero status"))
+    return p.returncode, err, rss
 
 
 def ref_compare(a, b, cwd, fa=None, fb=None):
