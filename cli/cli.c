@@ -18,9 +18,11 @@
 
 const char *cli_prog = "qimg";
 
+/* No flush of stdout first: as QEMU's error_report, an error reaches
+ * stderr at once while buffered stdout follows at exit, which is the order
+ * a combined 2>&1 capture shows (iotest 074). */
 static void vmsg(const char *prefix, const char *fmt, va_list ap)
 {
-    fflush(stdout);
     fprintf(stderr, "%s: %s", cli_prog, prefix);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
