@@ -7,7 +7,8 @@ import re
 import pytest
 
 from conftest import QIMG, REF, batches, needs_format, run, same_each
-from vhdvdi import assert_same_image, le32, patch, qemu_io, ref_create
+from vhdvdi import (assert_same_image, create_cases_differ, le32, patch,
+                    qemu_io, ref_create)
 
 pytestmark = needs_format("vdi")
 
@@ -27,20 +28,7 @@ CREATE_CASES = [
 
 @pytest.mark.parametrize("batch", batches(CREATE_CASES, 16))
 def test_vdi_create(pair, batch):
-    bad = []
-    for opts, size in batch:
-        args = ["create", "-f", "vdi"] + (["-o", opts] if opts else []) + \
-            ["t.vdi", size]
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
-        elif pair.path_ref("t.vdi").exists():
-            try:
-                assert_same_image(pair, "t.vdi")
-            except AssertionError as e:
-                bad.append(f"{args}: {e}")
-        for d in pair.dirs():
-            (d / "t.vdi").unlink(missing_ok=True)
+    bad = create_cases_differ(pair, "vdi", "t.vdi", batch)
     assert not bad, "\n\n".join(bad)
 
 

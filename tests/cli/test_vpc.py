@@ -9,8 +9,9 @@ import struct
 import pytest
 
 from conftest import QIMG, REF, batches, needs_format, run, same_each
-from vhdvdi import (assert_same_image, bat_entry, fix_footer, have_vhdiinfo,
-                    patch, qemu_io, ref_create, vhdiinfo)
+from vhdvdi import (assert_same_image, bat_entry, create_cases_differ,
+                    fix_footer, have_vhdiinfo, patch, qemu_io, ref_create,
+                    vhdiinfo)
 
 pytestmark = needs_format("vpc")
 
@@ -38,20 +39,7 @@ CREATE_CASES = [
 @pytest.mark.parametrize("batch", batches(CREATE_CASES, 16))
 def test_vpc_create(pair, batch):
     """Output, status and the image written, case by case."""
-    bad = []
-    for opts, size in batch:
-        args = ["create", "-f", "vpc"] + (["-o", opts] if opts else []) + \
-            ["t.vhd", size]
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
-        elif pair.path_ref("t.vhd").exists():
-            try:
-                assert_same_image(pair, "t.vhd")
-            except AssertionError as e:
-                bad.append(f"{args}: {e}")
-        for d in pair.dirs():
-            (d / "t.vhd").unlink(missing_ok=True)
+    bad = create_cases_differ(pair, "vpc", "t.vhd", batch)
     assert not bad, "\n\n".join(bad)
 
 

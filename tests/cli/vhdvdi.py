@@ -144,6 +144,27 @@ def assert_same_image(pair, name):
     assert not diff, f"{name} differs at offsets {diff[:8]}"
 
 
+def create_cases_differ(pair, fmt, name, batch):
+    """Run `create -f fmt [-o opts] name size` for each (opts, size) of
+    batch in both tools; return the cases whose output, status or written
+    image differ (the images are removed after each case)."""
+    bad = []
+    for opts, size in batch:
+        args = ["create", "-f", fmt] + (["-o", opts] if opts else []) + \
+            [name, size]
+        r, q = pair.both(*args)
+        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
+            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
+        elif pair.path_ref(name).exists():
+            try:
+                assert_same_image(pair, name)
+            except AssertionError as e:
+                bad.append(f"{args}: {e}")
+        for d in pair.dirs():
+            (d / name).unlink(missing_ok=True)
+    return bad
+
+
 def patch(path, func):
     b = bytearray(path.read_bytes())
     func(b)
