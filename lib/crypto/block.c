@@ -260,10 +260,12 @@ int qimg_crypto_open(struct qimg_crypto **out, enum qimg_crypto_format fmt,
     return 0;
 }
 
-int qimg_crypto_create(struct qimg_crypto **out,
-                       const struct qimg_crypto_create_opts *o,
-                       const char *prefix, const struct qimg_crypto_io *io,
-                       struct qimg_error *err)
+/* A new context for creation options o: LUKS header and key slots
+ * (made but not written when dry_run), or the legacy qcow key. */
+static int crypto_build(const struct qimg_crypto_create_opts *o,
+                        const char *prefix, bool dry_run,
+                        const struct qimg_crypto_io *io,
+                        struct qimg_crypto **out, struct qimg_error *err)
 {
     struct qimg_crypto *c = crypto_new(o->format, err);
     int ret;
@@ -272,7 +274,7 @@ int qimg_crypto_create(struct qimg_crypto **out,
     if (!c)
         return -ENOMEM;
     if (o->format == QIMG_CRYPTO_FORMAT_LUKS)
-        ret = qimg_luks_create(c, o, prefix, false, io, err);
+        ret = qimg_luks_create(c, o, prefix, dry_run, io, err);
     else
         ret = qcow_init(c, o->key_secret, prefix, err);
     if (ret < 0) {
@@ -283,23 +285,24 @@ int qimg_crypto_create(struct qimg_crypto **out,
     return 0;
 }
 
+int qimg_crypto_create(struct qimg_crypto **out,
+                       const struct qimg_crypto_create_opts *o,
+                       const char *prefix, const struct qimg_crypto_io *io,
+                       struct qimg_error *err)
+{
+    return crypto_build(o, prefix, false, io, out, err);
+}
+
 int qimg_crypto_payload_len(const struct qimg_crypto_create_opts *o,
                             const char *prefix, uint64_t *len,
                             struct qimg_error *err)
 {
-    struct qimg_crypto *c = crypto_new(o->format, err);
-    int ret;
+    struct qimg_crypto *c;
+    int ret = crypto_build(o, prefix, true, NULL, &c, err);
 
-    *len = 0;
-    if (!c)
-        return -ENOMEM;
-    if (o->format == QIMG_CRYPTO_FORMAT_LUKS)
-        ret = qimg_luks_create(c, o, prefix, true, NULL, err);
-    else
-        ret = qcow_init(c, o->key_secret, prefix, err);
+    *len = ret ? 0 : c->payload_offset;
     if (!ret)
-        *len = c->payload_offset;
-    qimg_crypto_free(c);
+        qimg_crypto_free(c);
     return ret;
 }
 
