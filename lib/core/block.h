@@ -365,6 +365,7 @@ extern const struct qimg_storage_ops qimg_storage_ftps;
 extern const struct qimg_storage_ops qimg_storage_iscsi;
 extern const struct qimg_storage_ops qimg_storage_nfs;
 extern const struct qimg_storage_ops qimg_storage_ssh;
+extern const struct qimg_storage_ops qimg_storage_rbd;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,
