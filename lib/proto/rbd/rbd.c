@@ -235,7 +235,8 @@ static int set_pairs(struct rbd_state *s, const char *text,
             break;
         }
         if ((ret = rados_conf_set(s->cluster, k, v)) < 0) {
-            qimg_error_set(err, ret, "invalid conf option %s", k);
+            qimg_error_set(err, ret, "invalid conf option %s: %s", k,
+                           strerror(-ret));
             break;
         }
     }
@@ -456,6 +457,16 @@ static int rbd_truncate_storage(struct qimg_storage *st, uint64_t size,
     return r < 0 ? qimg_error_set(err, r, "failed to resize rbd image") : 0;
 }
 
+/* The object size (QEMU's rbd getinfo: info's cluster_size). */
+static uint32_t rbd_object_size(struct qimg_storage *st)
+{
+    rbd_image_info_t info;
+    if (rbd_stat(((struct rbd_state *)st->priv)->image, &info,
+                 sizeof(info)) < 0 || info.obj_size > UINT32_MAX)
+        return 0;
+    return (uint32_t)info.obj_size;
+}
+
 /* The first allocated extent at or after the asked offset. */
 struct diff_probe {
     uint64_t off;
@@ -578,5 +589,6 @@ const struct qimg_storage_ops qimg_storage_rbd = {
     .pwrite_zeroes = rbd_zero_storage,
     .discard = rbd_discard_storage,
     .block_status = rbd_block_status,
+    .cluster_size = rbd_object_size,
     .create = rbd_create_storage,
 };
