@@ -168,3 +168,34 @@ def test_unreachable_mon_fails_in_time(pair, tmp_path):
     assert q.rc == r.rc == 1
     assert q.err.replace("qimg", "qemu-img") == r.err, (r, q)
     assert time.monotonic() - t0 < 60
+
+
+def test_cluster_stopped_mid_copy(tmp_path):
+    """The OSD killed during a convert into rbd: both tools end with an
+    error and a non-zero exit once rados_osd_op_timeout passes."""
+    d = tmp_path / "ceph"
+    port = str(40000 + os.getpid() % 20000)
+    p = subprocess.run([str(SCRIPT), "start", str(d), port],
+                       capture_output=True, text=True, timeout=180)
+    try:
+        if p.returncode:
+            pytest.skip(f"Ceph did not start: {p.stderr[-800:]}")
+        conf = d / "short.conf"
+        conf.write_text((d / "ceph.conf").read_text().replace(
+            "[global]\n", "[global]\nrados_osd_op_timeout = 3\n"
+            "rados_mon_op_timeout = 3\n", 1))
+        src = tmp_path / "big.raw"
+        src.write_bytes(os.urandom(256 << 20))
+        env = dict(os.environ, CEPH_CONF=str(conf))
+        proc = subprocess.Popen([str(QIMG), "convert", "-O", "raw", str(src),
+                                 "rbd:rbd/mid"], env=env, text=True,
+                                stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        os.kill(int((d / "osd.pid").read_text()), 9)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 1, err
+        assert "error while writing" in err and "timed out" in err, err
+        assert time.monotonic() - t0 < 90
+    finally:
+        subprocess.run([str(SCRIPT), "stop", str(d)])

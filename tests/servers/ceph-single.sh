@@ -68,6 +68,10 @@ mon_warn_on_pool_no_redundancy = false
 [osd]
 osd_data = $dir/osd
 osd_objectstore = memstore
+# The script puts the OSD in the CRUSH map itself; the OSD doing it at
+# start races its first monmap here ("wrong fsid") and fails.
+osd_crush_update_on_start = false
+osd_class_update_on_start = false
 memstore_device_bytes = 4294967296
 osd_op_num_shards = 1
 osd_op_num_threads_per_shard = 2

@@ -244,6 +244,26 @@ static int set_pairs(struct rbd_state *s, const char *text,
     return ret;
 }
 
+/*
+ * librados waits forever for an OSD or mon that went away (its default
+ * timeouts are 0): unless the configuration sets them, give up after
+ * RBD_OP_TIMEOUT seconds so a stopped cluster ends a copy with an error
+ * instead of a hang (QEMU 7.2 waits; documented in docs/LIMITS.md).
+ */
+#define RBD_OP_TIMEOUT "30"
+
+static void default_timeouts(rados_t cluster)
+{
+    static const char *const keys[] = {"rados_osd_op_timeout",
+                                       "rados_mon_op_timeout"};
+    char v[32];
+
+    for (size_t i = 0; i < QIMG_ARRAY_SIZE(keys); i++)
+        if (rados_conf_get(cluster, keys[i], v, sizeof(v)) == 0 &&
+            strtod(v, NULL) == 0)
+            rados_conf_set(cluster, keys[i], RBD_OP_TIMEOUT);
+}
+
 /* What 7.2 refuses or we do not support yet, with 7.2's words. */
 static int check_unsupported(const struct qimg_opts *o, struct qimg_error *err)
 {
@@ -285,6 +305,7 @@ static int connect_rbd(struct rbd_state *s, const struct qimg_opts *o,
     if ((r = set_pairs(s, qimg_opts_get(o, "=keyvalue-pairs"), err)) < 0)
         return r;
     rados_conf_set(s->cluster, "rbd_cache", cache ? "true" : "false");
+    default_timeouts(s->cluster);
     if ((r = rados_connect(s->cluster)) < 0)
         return qimg_error_set(err, r, "error connecting: %s", strerror(-r));
     if ((r = rados_ioctx_create(s->cluster, pool, &s->io)) < 0)
