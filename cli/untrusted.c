@@ -98,10 +98,13 @@ static void lower_limit(int resource, uint64_t soft, uint64_t hard)
 
 static void apply_limits(void)
 {
-    uint64_t as = address_space_now() + UNTRUSTED_AS_BYTES;
+    uint64_t as;
 
+    /* Nothing to read from /proc unless the limits apply: short commands
+     * outside untrusted mode reach their image without that detour. */
     if (!mode.on || mode.limited || !mode.command)
         return;
+    as = address_space_now() + UNTRUSTED_AS_BYTES;
     mode.limited = true;
     lower_limit(RLIMIT_AS, as, as);
     for (size_t i = 0; i < sizeof(inspecting) / sizeof(inspecting[0]); i++) {

@@ -12,8 +12,10 @@
  * is refused by the caller.  A stream that ends before its declared size
  * is an error, not zeroes, so a cut download never passes as an image.
  *
- * Opened for writing (convert's raw target on a pipe) it writes forward
- * only, holes as zeroes, and pads to its size on flush; no window.
+ * Opened for writing (convert's raw or streamOptimized vmdk target on a
+ * pipe) it writes forward only, holes as zeroes, and pads to its size on
+ * flush (size 0: a format that ends the stream itself); no window, and
+ * nothing can be read back.
  *
  * It is never chosen from a name: convert selects it ("file.driver":
  * "stream") for sources qemu-img 7.2 cannot open (qimg_name_is_stream).
@@ -155,6 +157,10 @@ static int stream_pread(struct qimg_storage *st, uint64_t off, size_t len,
     uint64_t end, start;
     int ret = 0;
 
+    /* a target written forward keeps nothing to read back */
+    if (s->writer)
+        return qimg_error_set(err, -ESPIPE, "Cannot read back a stream being "
+                              "written");
     if (len > STREAM_WINDOW || qimg_add_overflow(off, (uint64_t)len, &end))
         return qimg_error_set(err, -EINVAL, "Stream read of %zu bytes is "
                               "larger than the stream window", len);

@@ -196,12 +196,16 @@ def test_raw_to_stdout(tmp_path):
         cat.wait()
     assert p.returncode == 0, p.stderr
     assert ref_compare(src, out, tmp_path, "raw", "raw").returncode == 0
-    # only raw goes forward; the other formats are refused by name
-    p = subprocess.run([str(QIMG), "convert", "-O", "qcow2", str(q),
-                        "/dev/stdout"], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
-    assert p.returncode == 1 and "cannot write qcow2 to a pipe" in p.stderr
-    assert p.stdout == ""
+    # only raw goes forward; the other formats (qcow2 -c and
+    # streamOptimized vmdk included, README) are refused by name
+    for fmt, extra in (("qcow2", []), ("qcow2", ["-c"]),
+                       ("vmdk", ["-o", "subformat=streamOptimized"])):
+        p = subprocess.run([str(QIMG), "convert", "-O", fmt] + extra +
+                           [str(q), "/dev/stdout"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        assert p.returncode == 1, (fmt, extra)
+        assert "cannot write %s to a pipe" % fmt in p.stderr, p.stderr
+        assert p.stdout == ""
     # -p and the image would share stdout: refused before any output
     p = subprocess.run([str(QIMG), "convert", "-p", "-O", "raw", str(q),
                         "/dev/stdout"], stdout=subprocess.PIPE,
