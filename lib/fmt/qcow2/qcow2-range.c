@@ -313,8 +313,13 @@ static int prealloc_link(struct qimg_image *node, uint64_t coff, uint64_t host,
 
     for (uint64_t i = 0; i < n && !ret; i++) {
         uint64_t old = l2_get(s, l2, idx + i);
+        /* Over a backing file the new area must read as zeroes (the
+         * file's), not fall through: with extended L2 every subcluster
+         * is then allocated; without one 7.2 leaves the bitmap as it
+         * was (unallocated subclusters read as zero anyway). */
         l2_set(s, l2, idx + i, (host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
-               l2_bitmap(s, l2, idx + i));
+               s->subcluster_bits && node->backing ? QCOW2_SUBCL_ALL_ALLOC
+                                                   : l2_bitmap(s, l2, idx + i));
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
         if (host_of(old) || (old & QCOW2_OFLAG_COMPRESSED)) {
             ret = qcow2_release_entry(node, old, err);

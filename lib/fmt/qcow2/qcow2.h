@@ -76,6 +76,8 @@
 #define QCOW2_OFLAG_COPIED (1ull << 63)
 #define QCOW2_OFLAG_COMPRESSED (1ull << 62)
 #define QCOW2_OFLAG_ZERO (1ull << 0)
+/* Extended L2 bitmap: bits 0-31 say a subcluster is allocated, 32-63 zero. */
+#define QCOW2_SUBCL_ALL_ALLOC 0xffffffffull
 #define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
 #define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
 #define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
