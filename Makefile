@@ -2,7 +2,7 @@
 BUILD ?= build
 
 .PHONY: all deps test-deps configure check demo bench fmt clean install \
-	check-asan fuzz check-valgrind static
+	check-asan check-rbd fuzz check-valgrind static
 
 all: deps configure
 	ninja -C $(BUILD)
@@ -62,6 +62,15 @@ ASAN_TESTS ?= $(wildcard tests/cli/test_hostile*.py tests/cli/test_*_hostile.py)
 	tests/cli/test_stress.py tests/cli/test_qcow2_io.py \
 	tests/cli/test_vmdk_io.py tests/cli/test_vhdx_log.py \
 	tests/cli/test_qcow_aes.py tests/cli/test_node_graph.py
+# The rbd storage against a real single-node Ceph (tests/servers/
+# ceph-single.sh, started and stopped by the tests): ~2 minutes here,
+# kept out of make check (README "Ceph RBD").
+check-rbd: test-deps configure
+	@scripts/deps.sh rbd
+	ninja -C $(BUILD)
+	QIMG_RBD=1 QIMG_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -rs \
+		tests/cli/test_net_rbd.py
+
 check-asan: test-deps
 	@test -f $(ASAN_BUILD)/build.ninja || meson setup $(ASAN_BUILD) \
 		-Db_sanitize=address,undefined -Db_lundef=false \

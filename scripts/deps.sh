@@ -4,15 +4,19 @@
 #   scripts/deps.sh build   - compiler, meson, libraries
 #   scripts/deps.sh test    - the above plus cmocka, pytest and the reference
 #                             qemu-utils used by differential tests
+#   scripts/deps.sh rbd     - the above plus Ceph's mon, OSD and CLI
+#                             (make check-rbd)
 set -eu
 
-build_pkgs="gcc make meson ninja-build pkg-config libjansson-dev zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev libgcrypt20-dev scdoc nettle-dev libnbd-dev libcurl4-gnutls-dev libssh-dev libiscsi-dev libnfs-dev"
+build_pkgs="gcc make meson ninja-build pkg-config libjansson-dev zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev libgcrypt20-dev scdoc nettle-dev libnbd-dev libcurl4-gnutls-dev libssh-dev libiscsi-dev libnfs-dev librbd-dev librados-dev"
 test_pkgs="libcmocka-dev python3 python3-pytest python3-pytest-xdist qemu-utils strace time bximage cloop-utils libvhdi-utils libvmdk-utils python3-libvmdk cryptsetup-bin qemu-block-extra nbdkit nginx-light openssl openssh-server openssh-client tgt nfs-ganesha nfs-ganesha-vfs rpcbind"
 
 case "${1:-build}" in
 build) pkgs="$build_pkgs" ;;
 test) pkgs="$build_pkgs $test_pkgs" ;;
-*) echo "usage: $0 build|test" >&2; exit 2 ;;
+# make check-rbd: a single-node Ceph cluster (mon, memstore OSD, CLI).
+rbd) pkgs="$build_pkgs $test_pkgs ceph-mon ceph-osd ceph-common" ;;
+*) echo "usage: $0 build|test|rbd" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -199,6 +199,10 @@ struct qimg_storage_ops {
                         struct qimg_extent *ext, struct qimg_error *err);
     /* Bytes allocated on the host, or a negative errno. */
     int64_t (*allocated_size)(struct qimg_storage *st);
+    /* The storage's own allocation unit that raw over it reports as
+     * info's cluster_size (QEMU's bdrv_get_info of a protocol: rbd's
+     * object size), or 0.  Optional. */
+    uint32_t (*cluster_size)(struct qimg_storage *st);
     /* Create (or truncate) filename with opts ("size", "preallocation"). */
     int (*create)(const char *filename, const struct qimg_opts *opts,
                   struct qimg_error *err);
@@ -365,6 +369,7 @@ extern const struct qimg_storage_ops qimg_storage_ftps;
 extern const struct qimg_storage_ops qimg_storage_iscsi;
 extern const struct qimg_storage_ops qimg_storage_nfs;
 extern const struct qimg_storage_ops qimg_storage_ssh;
+extern const struct qimg_storage_ops qimg_storage_rbd;
 
 /*
  * The memory storage (lib/proto/memory.c): images held in process memory,

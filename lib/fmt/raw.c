@@ -229,8 +229,11 @@ static int raw_get_info(struct qimg_image *node, struct qimg_info *info,
 {
     struct qimg_info inner;
 
-    if (!node->file->node)
+    if (!node->file->node) {
+        if (node->file->ops->cluster_size)
+            info->cluster_size = node->file->ops->cluster_size(node->file);
         return 0;
+    }
     if (qimg_get_info(node->file->node, &inner, err) == 0)
         info->cluster_size = inner.cluster_size;
     qimg_info_release(&inner);
