@@ -315,7 +315,8 @@ run_workload() {
     rcpu=$(printf '%s\n' "${rc[@]}" | median)
     ratio=$(awk -v a="$q" -v b="$r" 'BEGIN { if (b < 0.001) b = 0.001; printf "%.2f", a / b }')
     # CPU times below 20 ms are mostly process start-up: no ratio.
-    cratio=$(awk -v a="$qcpu" -v b="$rcpu" 'BEGIN { if (b < 0.02) print "-"; else printf "%.2f", a / b }')
+    # A zero (under 5 ms) would also make the geometric mean zero.
+    cratio=$(awk -v a="$qcpu" -v b="$rcpu" 'BEGIN { if (b < 0.02 || a < 0.005) print "-"; else printf "%.2f", a / b }')
     RESULTS+=("$name|$q|$r|$ratio|$qcpu|$rcpu|$cratio|$((qr / 1024))|$((rr / 1024))|$([ $ok = 1 ] && echo ok || echo FAILED)")
 }
 
