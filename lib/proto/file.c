@@ -558,7 +558,7 @@ static int grow_preallocated(int fd, uint64_t cur, uint64_t size,
  * preallocating fail (with QEMU's messages).
  */
 static int truncate_device(int fd, uint64_t size, enum qimg_prealloc prealloc,
-                           struct qimg_error *err)
+                           bool exact, struct qimg_error *err)
 {
     static const char *const names[] = {"off", "metadata", "falloc", "full"};
     uint64_t bytes;
@@ -575,6 +575,8 @@ static int truncate_device(int fd, uint64_t size, enum qimg_prealloc prealloc,
             return 0;
         bytes = (uint64_t)end;
     }
+    if (exact && size != bytes)   /* resize asks for the size exactly */
+        return qimg_error_set(err, -ENOTSUP, "Cannot resize device files");
     if (size > bytes)
         return qimg_error_set(err, -EINVAL, "Cannot grow device files");
     return 0;
@@ -605,14 +607,14 @@ static int truncate_regular(int fd, uint64_t cur, uint64_t size,
 }
 
 static int do_truncate(int fd, uint64_t size, enum qimg_prealloc prealloc,
-                       bool device_ok, struct qimg_error *err)
+                       bool device_ok, bool exact, struct qimg_error *err)
 {
     struct stat stb;
 
     if (fstat(fd, &stb) < 0)
         return io_error(err, errno, "fstat");
     if (device_ok && (S_ISBLK(stb.st_mode) || S_ISCHR(stb.st_mode)))
-        return truncate_device(fd, size, prealloc, err);
+        return truncate_device(fd, size, prealloc, exact, err);
     return truncate_regular(fd, (uint64_t)stb.st_size, size, prealloc, err);
 }
 
@@ -620,7 +622,15 @@ static int file_truncate(struct qimg_storage *st, uint64_t size,
                          enum qimg_prealloc prealloc, struct qimg_error *err)
 {
     struct file_state *s = st->priv;
-    return do_truncate(s->fd, size, prealloc, true, err);
+    return do_truncate(s->fd, size, prealloc, true, false, err);
+}
+
+static int file_truncate_exact(struct qimg_storage *st, uint64_t size,
+                               enum qimg_prealloc prealloc,
+                               struct qimg_error *err)
+{
+    struct file_state *s = st->priv;
+    return do_truncate(s->fd, size, prealloc, true, true, err);
 }
 
 static int file_pwrite_zeroes(struct qimg_storage *st, uint64_t off,
@@ -749,9 +759,9 @@ static int file_create(const char *filename, const struct qimg_opts *opts,
             ioctl(fd, FS_IOC_SETFLAGS, &attr);
         }
     }
-    ret = do_truncate(fd, 0, QIMG_PREALLOC_OFF, false, err);
+    ret = do_truncate(fd, 0, QIMG_PREALLOC_OFF, false, false, err);
     if (!ret)
-        ret = do_truncate(fd, size, prealloc, false, err);
+        ret = do_truncate(fd, size, prealloc, false, false, err);
     unlock_all(fd);
 out:
     close(fd);
@@ -808,7 +818,8 @@ static const struct qimg_opt_desc device_create_opts[] = {
     .runtime_opts = file_runtime_opts, .needs_filename = true,                \
     .close = file_close, .pread = file_pread, .pwrite = file_pwrite,           \
     .flush = file_flush, .get_size = file_get_size,                            \
-    .truncate = file_truncate, .pwrite_zeroes = file_pwrite_zeroes,            \
+    .truncate = file_truncate, .truncate_exact = file_truncate_exact,          \
+    .pwrite_zeroes = file_pwrite_zeroes,                                       \
     .discard = file_discard, .block_status = file_block_status,                \
     .allocated_size = file_allocated_size, .set_perm = file_set_perm
 

@@ -4,7 +4,7 @@ describe the same image (info), and for the common cases be byte-identical
 to what the reference writes."""
 import pytest
 
-from conftest import REF, run
+from conftest import REF, run, same_each
 
 OPTIONS = [
     "", "compat=0.10", "compat=v2", "compat=1.1", "compat=v3", "compat=0.9",
@@ -74,3 +74,14 @@ def test_create_qcow2(pair, opts, size):
 def test_create_qcow2_backing(pair, args):
     pair.setup(make)
     pair.same("create", *args)
+
+
+def test_create_on_character_device(pair):
+    """create onto /dev/null (written, never read back, cannot flush)
+    fails as 7.2's does: when the new image is opened."""
+    same_each(pair, "create", [
+        ["-f", "qcow2", "/dev/null", "1M"],
+        ["-f", "qcow2", "-o", "preallocation=metadata", "/dev/null", "1M"],
+        ["-f", "qcow2", "-o", "cluster_size=4k,extended_l2=on", "/dev/null",
+         "1M"],
+        ["-f", "raw", "/dev/null", "1M"]], scratch=())

@@ -166,3 +166,36 @@ def test_snapshot_with_external_data_file(pair, args):
     create and apply fail with qemu-img's messages."""
     pair.setup(make_data_file_image)
     pair.same("snapshot", *args, "df.qcow2")
+
+
+# Events whose injected errors snapshot -d meets at 7.2's points (once=on:
+# the first I/O after the event fails; off: every one after it).
+DELETE_EVENTS = [("cluster_free", "off"), ("cluster_free", "on"),
+                 ("refblock_load", "off"), ("refblock_update", "off"),
+                 ("l1_update", "off"), ("reftable_load", "off"),
+                 ("l2_load", "on"), ("cluster_alloc", "on"),
+                 ("flush_to_os", "on"), ("flush_to_disk", "off")]
+
+
+def test_snapshot_delete_io_errors(pair):
+    """snapshot -d through blkdebug with an error injected on an event
+    (iotest 217): the same messages, exit code, and an image the
+    reference's check finds leaking (not corrupt) the same clusters."""
+    bad = []
+    for event, once in DELETE_EVENTS:
+        for d in pair.dirs():
+            for f in d.iterdir():
+                f.unlink()
+        pair.sh(f"{REF} create -q -f qcow2 t.qcow2 64M && {QEMU_IO} "
+                "-c 'write 0 64k' -c 'write -c 1M 64k' t.qcow2 && "
+                f"{REF} snapshot -c foo t.qcow2 && printf '[inject-error]\\n"
+                f"event = \"{event}\"\\nerrno = \"5\"\\nonce = \"{once}\"\\n' "
+                "> b.conf")
+        r, q = pair.both("snapshot", "-d", "foo", "blkdebug:b.conf:t.qcow2")
+        rc = run(REF, ["check", "t.qcow2"], pair.ref_dir)
+        qc = run(REF, ["check", "t.qcow2"], pair.qimg_dir)
+        if (q.rc, q.out, q.err, qc.out, qc.rc) != (r.rc, r.out, r.err, rc.out,
+                                                    rc.rc):
+            bad.append(f"{event} once={once}\nREF {r!r} {rc!r}\n"
+                       f"QIMG {q!r} {qc!r}")
+    assert not bad, "\n\n".join(bad)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import REF, make_sparse, needs_format, run, same_help
+from conftest import REF, make_sparse, needs_format, run, same_each, same_help
 
 MiB = 1 << 20
 
@@ -216,3 +216,16 @@ def test_resize_qcow2(pair, args):
     pair.same_content("q.qcow2", fmt="qcow2")
     r = run(REF, ["check", "q.qcow2"], pair.qimg_dir)
     assert r.rc == 0, r
+
+
+def test_resize_device_files(pair):
+    """Device files keep their size: resize asks for it exactly, so any
+    other size is refused with 7.2's "Cannot resize device files"."""
+    same_each(pair, "resize", [
+        ["-f", "raw", "/dev/null", "1M"], ["-f", "raw", "/dev/zero", "+1M"],
+        ["-f", "raw", "/dev/null", "0"], ["-f", "raw", "--shrink", "/dev/null",
+                                          "0"],
+        ["-f", "raw", "--preallocation=full", "/dev/null", "1M"],
+        ["-f", "qcow2", "/dev/null", "1M"],
+        ["--image-opts", "driver=raw,file.driver=host_device,"
+         "file.filename=/dev/null", "1M"]], scratch=())

@@ -1104,6 +1104,10 @@ int qcow2_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
 {
     int ret;
 
+    /* A fatal corruption event left the node unusable (QEMU drops its
+     * driver): the double check after a repair that met one fails. */
+    if (qcow2_is_broken(node))
+        return qimg_error_set(err, -ENOMEDIUM, "%s", strerror(ENOMEDIUM));
     pthread_mutex_lock(&node->lock);
     ret = check_locked(node, fix, res, err);
     pthread_mutex_unlock(&node->lock);

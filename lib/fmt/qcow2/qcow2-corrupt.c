@@ -27,10 +27,12 @@ int qcow2_signal_corruption(struct qimg_image *node, bool fatal,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     fatal = fatal && !node->read_only;
-    /* Non-fatal events after the first are not printed (a fatal one
-     * leaves the node unusable: there is no second). */
+    /* Events after the first are not printed, unless a fatal one meets
+     * an image not yet marked corrupt (QEMU's rule: check and repair go
+     * on past a fatal event and meet the same damage again). */
     if (!__atomic_exchange_n(&s->corruption_signalled, true,
-                             __ATOMIC_ACQ_REL) || fatal) {
+                             __ATOMIC_ACQ_REL) ||
+        (fatal && !(s->incompatible & QCOW2_INCOMPAT_CORRUPT))) {
         if (fatal)
             qimg_message(QIMG_MSG_PLAIN, "qcow2: Marking image as corrupt: "
                          "%s; further corruption events will be "

@@ -42,6 +42,7 @@ static int read_l2(struct qimg_image *node, uint64_t l2off, uint64_t l1_index,
     if (ret < 0)
         return ret;
     qcow2_cache_discard(&s->l2_cache, l2off);
+    qimg_storage_event(node->file, QIMG_EV_L2_LOAD);   /* QEMU's cache load */
     ret = node->file->ops->pread(node->file, l2off, s->cluster_size, l2, err);
     for (uint64_t j = 0; !ret && j < qcow2_l2_entries(s); j++) {
         uint64_t e = qimg_ld_be64(l2 + j * s->l2_entry_size);
@@ -262,6 +263,21 @@ static uint32_t written_extra(const struct qcow2_snapshot *sn)
     return QIMG_MAX(sn->extra_size, 24u);
 }
 
+/* A flush of the whole node (QEMU's bdrv_flush): the caches, then the
+ * file.  Only flush_to_os is raised: QEMU's flush_to_disk does not reach
+ * the file's blkdebug on qemu-img snapshot's opens. */
+static int flush_node(struct qimg_image *node, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    qimg_storage_event(node->file, QIMG_EV_FLUSH_TO_OS);
+    ret = qcow2_cache_flush(node, &s->l2_cache, err);
+    if (!ret)
+        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+    return ret ? ret : node->file->ops->flush(node->file, err);
+}
+
 /*
  * Write the in-memory table to new clusters, switch the header, free the
  * old table.  As QEMU: entries padded to 8 bytes except the last, the
@@ -321,14 +337,22 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
             free(buf);
             return (int)off;
         }
-        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
+        ret = flush_node(node, err);
         if (!ret)
             ret = qcow2_overlap_check(node, 0, (uint64_t)off, size, err);
         if (!ret)
             ret = node->file->ops->pwrite(node->file, (uint64_t)off, size, buf,
                                           err);
         if (!ret)
-            ret = node->file->ops->flush(node->file, err);
+            ret = flush_node(node, err);
+        if (ret < 0) {
+            free(buf);
+            return ret;
+        }
+    } else {
+        /* QEMU asks for no clusters, raising the event all the same. */
+        qimg_storage_event(node->file, QIMG_EV_CLUSTER_ALLOC);
+        ret = flush_node(node, err);
         if (ret < 0) {
             free(buf);
             return ret;
@@ -344,14 +368,17 @@ static int write_table(struct qimg_image *node, struct qimg_error *err)
         return ret;
     s->snapshots_offset = (uint64_t)off;
     s->snapshots_size = size;
+    /* The header no longer names the old table: failing to free it only
+     * leaks it (QEMU warns and goes on). */
     if (old_size) {
         qcow2_discards_begin(node);
-        ret = qcow2_free_clusters(node, old_off,
-                                  qimg_div_round_up(old_size, s->cluster_size) *
-                                      s->cluster_size, err);
+        qcow2_free_clusters_or_warn(node, old_off,
+                                    qimg_div_round_up(old_size,
+                                                      s->cluster_size) *
+                                        s->cluster_size, false);
         qcow2_discards_end(node);
     }
-    return ret;
+    return 0;
 }
 
 /* Next free numeric id, as QEMU picks it: one above the largest. */
@@ -507,6 +534,12 @@ out:
     return ret;
 }
 
+/* QEMU's error_setg_errno: the step that failed and the errno text. */
+static int errno_error(struct qimg_error *err, int ret, const char *what)
+{
+    return qimg_error_set(err, ret, "%s: %s", what, strerror(-ret));
+}
+
 static int snapshot_delete(struct qimg_image *node, const char *key,
                            struct qimg_error *err)
 {
@@ -522,25 +555,38 @@ static int snapshot_delete(struct qimg_image *node, const char *key,
             sn = &s->snapshots[i];
     if (!sn)
         return qimg_error_set(err, -ENOENT, "snapshot not found");
-    ret = qcow2_snapshot_read_l1(node, sn, &l1, err);
+    ret = qcow2_snapshot_l1_check(s, sn, err);
     if (ret < 0)
         return ret;
     pthread_mutex_lock(&node->lock);
     gone = *sn;
-    /* The table no longer lists it before its clusters are released. */
+    /* The table no longer lists it before its clusters are released; past
+     * that point a failure only leaks them (check -r leaks repairs). */
     memmove(sn, sn + 1, (size_t)(s->snapshots + s->nb_snapshots - sn - 1) *
                             sizeof(*sn));
     s->nb_snapshots--;
     ret = write_table(node, err);
+    if (ret < 0) {
+        errno_error(err, ret, "Failed to remove snapshot from snapshot list");
+        goto out;
+    }
+    /* Read only now, as QEMU: an I/O error injected by then hits it. */
+    ret = qcow2_snapshot_read_l1(node, &gone, &l1, err);
     if (!ret)
         ret = update_refcounts(node, l1, gone.l1_size, -1, &changed, err);
-    if (!ret)   /* a table QEMU cannot free (past 2^62) merely leaks */
-        qcow2_free_clusters_or_warn(node, gone.l1_table_offset,
-                                    qimg_div_round_up((uint64_t)gone.l1_size *
-                                                      8, s->cluster_size) *
-                                        s->cluster_size, false);
-    if (!ret)
-        ret = refresh_active(node, err);
+    if (ret < 0) {
+        errno_error(err, ret, "Failed to free the cluster and L1 table");
+        goto out;
+    }
+    /* a table QEMU cannot free (past 2^62) merely leaks */
+    qcow2_free_clusters_or_warn(node, gone.l1_table_offset,
+                                qimg_div_round_up((uint64_t)gone.l1_size * 8,
+                                                  s->cluster_size) *
+                                    s->cluster_size, false);
+    ret = refresh_active(node, err);
+    if (ret < 0)
+        errno_error(err, ret, "Failed to update snapshot status in disk");
+out:
     pthread_mutex_unlock(&node->lock);
     free(gone.id);
     free(gone.name);

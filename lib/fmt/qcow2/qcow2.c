@@ -634,9 +634,15 @@ static void qcow2_close(struct qimg_image *node)
         /* Once the caches are written the image is clean, whoever set
          * the bit (QEMU clears it on every writable close, the header
          * rewritten whole). */
-        if (qcow2_cache_flush(node, &s->l2_cache, &err) == 0 &&
-            qcow2_cache_flush(node, &s->refblock_cache, &err) == 0 &&
-            (s->incompatible & QCOW2_INCOMPAT_DIRTY) &&
+        int l2 = qcow2_cache_flush(node, &s->l2_cache, &err), rb;
+        if (l2 < 0)   /* QEMU reports each cache and still tries the next */
+            qimg_message(QIMG_MSG_ERROR, "Failed to flush the L2 table cache: "
+                         "%s\n", strerror(-l2));
+        rb = qcow2_cache_flush(node, &s->refblock_cache, &err);
+        if (rb < 0)
+            qimg_message(QIMG_MSG_ERROR, "Failed to flush the refcount block "
+                         "cache: %s\n", strerror(-rb));
+        if (!l2 && !rb && (s->incompatible & QCOW2_INCOMPAT_DIRTY) &&
             node->file->ops->flush(node->file, &err) == 0) {
             s->incompatible &= ~QCOW2_INCOMPAT_DIRTY;
             s->dirty_set = false;
