@@ -31,7 +31,9 @@ MODULE_STORAGE(nbd, "nbd", "nbd", "qimg-nbd");
 MODULE_STORAGE(nbd_tcp, "nbd", "nbd+tcp", "qimg-nbd");
 MODULE_STORAGE(nbd_unix, "nbd", "nbd+unix", "qimg-nbd");
 MODULE_STORAGE(nfs, "nfs", "nfs", "qimg-nfs");
+#ifdef QIMG_RBD
 MODULE_STORAGE(rbd, "rbd", "rbd", "qimg-rbd");
+#endif
 MODULE_STORAGE(ssh, "ssh", "ssh", "qimg-ssh");
 #define NET(var) (&stub_##var)
 #else
@@ -58,7 +60,9 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
     &qimg_storage_quorum,
+#ifdef QIMG_RBD
     NET(rbd),
+#endif
     NET(ssh),
 };
 
