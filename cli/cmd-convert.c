@@ -615,21 +615,33 @@ static bool names_stdout(const char *name)
 /*
  * A new target that is a pipe or FIFO (/dev/stdout piped on), which
  * qemu-img 7.2 fails to create ("Could not resize file"): written forward
- * over the stream storage, raw only.  "-" stays a file named "-", as in
- * 7.2.  Returns false (after the message) when it cannot be streamed.
+ * over the stream storage, raw or a format that writes itself forward
+ * (qimg_create_stream: streamOptimized vmdk).  "-" stays a file named
+ * "-", as in 7.2.  Returns false (after the message) when it cannot be
+ * streamed.
  */
 static bool stream_target(struct convert *c, const struct qimg_opts *opts)
 {
+    bool raw = !strcmp(c->out_fmt, "raw");
+
     if (c->no_create || c->tgt_image_opts || !strcmp(c->target, "-") ||
         !qimg_name_is_stream(c->target))
         return true;
-    if (strcmp(c->out_fmt, "raw")) {
-        cli_error("%s: cannot write %s to a pipe: only raw is written "
-                  "strictly forward", c->target, c->out_fmt);
+    if (!raw && strcmp(c->out_fmt, "vmdk")) {
+        cli_error("%s: cannot write %s to a pipe: only raw and "
+                  "streamOptimized vmdk are written strictly forward",
+                  c->target, c->out_fmt);
         return false;
     }
-    if (c->compress || qimg_opts_get(opts, "backing_file") ||
-        qimg_opts_get(opts, "preallocation")) {
+    /* vmdk: the driver refuses what it cannot stream (other subformats,
+     * a backing file); streamOptimized is compressed anyway */
+    if (!raw && qimg_opts_get(opts, "backing_file")) {
+        cli_error("%s: a vmdk written to a pipe cannot have a backing file",
+                  c->target);
+        return false;
+    }
+    if (raw && (c->compress || qimg_opts_get(opts, "backing_file") ||
+                qimg_opts_get(opts, "preallocation"))) {
         cli_error("%s: a pipe takes plain raw data only (no -c, backing "
                   "file or preallocation)", c->target);
         return false;
@@ -651,6 +663,19 @@ static struct qimg_opts *target_secrets(const struct qimg_opts *opts)
     return o;
 }
 
+/* A format target on a pipe: created and opened in one step. */
+static bool create_stream_target(struct convert *c, const struct qimg_opts *opts)
+{
+    struct qimg_error err = {0};
+
+    if (qimg_create_stream(&c->tgt, c->out_fmt, c->target, opts, &err) < 0) {
+        cli_report(&err, "%s: error while converting %s: ", c->target,
+                   c->out_fmt);
+        return false;
+    }
+    return true;
+}
+
 static bool open_target(struct convert *c, const struct qimg_opts *opts)
 {
     struct qimg_opts *secrets = target_secrets(opts);
@@ -662,6 +687,12 @@ static bool open_target(struct convert *c, const struct qimg_opts *opts)
     struct qimg_opts *stream = NULL;
     char num[32];
 
+    if (c->tgt_stream && strcmp(c->out_fmt, "raw")) {
+        qimg_opts_free(secrets);
+        if (!create_stream_target(c, opts))
+            return false;
+        goto opened;
+    }
     if (c->tgt_stream) {
         stream = qimg_opts_new();
         if (!stream)
@@ -685,6 +716,7 @@ static bool open_target(struct convert *c, const struct qimg_opts *opts)
     qimg_opts_free(secrets);
     if (!c->tgt)
         return false;
+opened:
     if (c->bitmaps && !qimg_bitmap_supported(c->tgt)) {
         cli_error("Format driver '%s' does not support bitmaps",
                   qimg_image_format(c->tgt));

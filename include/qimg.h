@@ -261,6 +261,19 @@ int qimg_create(const char *fmt, const char *filename,
 
 struct qimg_image;
 
+/*
+ * Create an image of format fmt written strictly forward onto filename, a
+ * pipe or FIFO (or /dev/stdout), and open it for writing (*out; close it
+ * with qimg_close).  opts as for qimg_create.  Only formats whose layout
+ * can be written in one forward pass take it (streamOptimized vmdk):
+ * others fail with -ENOTSUP.  The image ends only at the end-of-stream
+ * write (qimg_copy makes it for compressed targets); an image closed
+ * before it is left without its end, so that it never reads as complete.
+ */
+int qimg_create_stream(struct qimg_image **out, const char *fmt,
+                       const char *filename, const struct qimg_opts *opts,
+                       struct qimg_error *err);
+
 enum qimg_cache {
     QIMG_CACHE_WRITEBACK,
     QIMG_CACHE_NONE,

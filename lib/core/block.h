@@ -496,6 +496,21 @@ struct qimg_format {
     void (*close)(struct qimg_image *node);
     int (*create)(const char *filename, const struct qimg_opts *opts,
                   struct qimg_error *err);
+    /*
+     * Create a new image on a forward-only storage (a pipe: node->file,
+     * the "stream" storage, written strictly in order, never read back,
+     * never truncated) and leave node open for writing, as open would:
+     * the driver writes the head of the image, sets up node->state
+     * (zeroed, state_size bytes) and node->size.  opts are the creation
+     * options (as for create).  Writes then come in guest order (the copy
+     * engine runs one worker for a sequential target); the image is
+     * complete only after the end-of-stream call (pwrite_compressed with
+     * len 0), and close without it must leave it visibly incomplete.
+     * Optional: formats that can only seek back (tables before data)
+     * leave it NULL.  Called by qimg_create_stream (qimg.h).
+     */
+    int (*create_stream)(struct qimg_image *node, const struct qimg_opts *opts,
+                         struct qimg_error *err);
 
     int (*pread)(struct qimg_image *node, uint64_t off, size_t len, void *buf,
                  struct qimg_error *err);

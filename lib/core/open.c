@@ -636,3 +636,55 @@ int qimg_open(struct qimg_image **out, const struct qimg_open_params *p,
     qimg_opts_free(o);
     return ret;
 }
+
+/*
+ * A new image written forward onto a pipe: the stream storage (size 0:
+ * the format ends the stream itself, nothing is padded) under a node
+ * whose driver writes the image's head and sets itself up as its open
+ * would (qimg_format.create_stream).
+ */
+int qimg_create_stream(struct qimg_image **out, const char *fmt,
+                       const char *filename, const struct qimg_opts *opts,
+                       struct qimg_error *err)
+{
+    const struct qimg_format *f = qimg_format_find(fmt);
+    struct qimg_opts *so = NULL;
+    struct qimg_image *node;
+    int ret;
+
+    *out = NULL;
+    if (!f || !f->create_stream)
+        return qimg_error_set(err, -ENOTSUP, "cannot write %s to a pipe: "
+                              "its layout is not written strictly forward",
+                              fmt);
+    node = node_new(filename, QIMG_OPEN_RDWR, QIMG_CACHE_UNSAFE, 0);
+    so = qimg_opts_new();
+    if (!node || !so || qimg_opts_set(so, "driver", "stream") < 0 ||
+        qimg_opts_set(so, "size", "0") < 0) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto fail;
+    }
+    node->fmt = f;
+    ret = qimg_storage_open_opts(&node->file, filename, so, node->flags,
+                                 node->cache, 0, err);
+    if (ret < 0)
+        goto fail;
+    node->options = qimg_opts_new();
+    node->state = f->state_size ? calloc(1, f->state_size) : NULL;
+    if (!node->options || (f->state_size && !node->state) ||
+        qimg_opts_set(node->options, "driver", f->name) < 0) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+        goto fail;
+    }
+    /* on failure the driver's close releases what it set up */
+    ret = f->create_stream(node, opts, err);
+    if (ret < 0)
+        goto fail;
+    qimg_opts_free(so);
+    *out = node;
+    return 0;
+fail:
+    qimg_opts_free(so);
+    qimg_close(node);
+    return ret;
+}

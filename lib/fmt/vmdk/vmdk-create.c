@@ -338,13 +338,53 @@ static int parent_cid(const char *image, const char *backing, uint32_t *cid,
     return ret;
 }
 
+/* The hardware version QEMU records: hwversion, compat6's "6", or "4". */
+static int hw_version(const struct create_params *p, const char **hw,
+                      struct qimg_error *err)
+{
+    *hw = p->hwversion;
+    if (p->compat6) {
+        if (*hw)
+            return qimg_error_set(err, -EINVAL, "compat6 cannot be enabled "
+                                  "with hwversion set");
+        *hw = "6";
+    }
+    if (!*hw)
+        *hw = "4";
+    return 0;
+}
+
+/* The descriptor text create writes (extent lines already made). */
+static int descriptor_text(const struct create_params *p, const char *hw,
+                           uint32_t pcid, const char *parent,
+                           const char *lines, struct text *desc,
+                           struct qimg_error *err)
+{
+    const char *tools = p->toolsversion ? p->toolsversion : "2147483647";
+    uint32_t heads = p->adapter ? 255 : 16;
+
+    if (!text_add(desc, "# Disk DescriptorFile\nversion=1\nCID=%" PRIx32
+                  "\nparentCID=%" PRIx32 "\ncreateType=\"%s\"\n%s\n"
+                  "# Extent description\n%s\n# The Disk Data Base\n#DDB\n\n"
+                  "ddb.virtualHWVersion = \"%s\"\n"
+                  "ddb.geometry.cylinders = \"%" PRId64 "\"\n"
+                  "ddb.geometry.heads = \"%" PRIu32 "\"\n"
+                  "ddb.geometry.sectors = \"63\"\n"
+                  "ddb.adapterType = \"%s\"\n"
+                  "ddb.toolsVersion = \"%s\"\n",
+                  random_cid(), pcid, subformats[p->sub], parent, lines, hw,
+                  (int64_t)p->size / (int64_t)(63 * heads * VMDK_SECTOR),
+                  heads, adapters[p->adapter], tools))
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    return 0;
+}
+
 static int do_create(struct create_params *p, struct qimg_error *err)
 {
     bool split = p->sub == SUB_TWO_GB_FLAT || p->sub == SUB_TWO_GB_SPARSE;
     bool flat = p->sub == SUB_MONOLITHIC_FLAT || p->sub == SUB_TWO_GB_FLAT;
-    const char *hw = p->hwversion;
-    const char *tools = p->toolsversion ? p->toolsversion : "2147483647";
-    uint32_t heads = p->adapter ? 255 : 16, pcid = 0xffffffff;
+    const char *hw;
+    uint32_t pcid = 0xffffffff;
     uint64_t extent_size, created;
     struct text lines = {0}, desc = {0};
     char parent[VMDK_PARENT_LINE_MAX] = "";
@@ -352,14 +392,9 @@ static int do_create(struct create_params *p, struct qimg_error *err)
     char *name = NULL;
     int ret, idx;
 
-    if (p->compat6) {
-        if (hw)
-            return qimg_error_set(err, -EINVAL, "compat6 cannot be enabled "
-                                  "with hwversion set");
-        hw = "6";
-    }
-    if (!hw)
-        hw = "4";
+    ret = hw_version(p, &hw, err);
+    if (ret < 0)
+        return ret;
     if (flat && p->backing)
         return qimg_error_set(err, -ENOTSUP, "Flat image can't have backing "
                               "file");
@@ -404,22 +439,10 @@ static int do_create(struct create_params *p, struct qimg_error *err)
         }
         created += cur;
     }
-    if (!text_add(&desc, "# Disk DescriptorFile\nversion=1\nCID=%" PRIx32
-                  "\nparentCID=%" PRIx32 "\ncreateType=\"%s\"\n%s\n"
-                  "# Extent description\n%s\n# The Disk Data Base\n#DDB\n\n"
-                  "ddb.virtualHWVersion = \"%s\"\n"
-                  "ddb.geometry.cylinders = \"%" PRId64 "\"\n"
-                  "ddb.geometry.heads = \"%" PRIu32 "\"\n"
-                  "ddb.geometry.sectors = \"63\"\n"
-                  "ddb.adapterType = \"%s\"\n"
-                  "ddb.toolsVersion = \"%s\"\n",
-                  random_cid(), pcid, subformats[p->sub], parent,
-                  lines.s ? lines.s : "", hw,
-                  (int64_t)p->size / (int64_t)(63 * heads * VMDK_SECTOR),
-                  heads, adapters[p->adapter], tools)) {
-        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = descriptor_text(p, hw, pcid, parent, lines.s ? lines.s : "", &desc,
+                          err);
+    if (ret < 0)
         goto out;
-    }
     if (!split && !flat) {
         ret = st->ops->pwrite(st, 0x200, desc.len, desc.s, err);
     } else {
@@ -451,5 +474,88 @@ int vmdk_create(const char *filename, const struct qimg_opts *opts,
     free(p.path);
     free(p.prefix);
     free(p.postfix);
+    return ret;
+}
+
+/* ---- streamOptimized written forward ---------------------------------------- */
+
+/*
+ * A streamOptimized image onto a forward-only storage (node->file, a
+ * pipe): the same header fields and descriptor as create writes, except
+ * that no table is laid out in the head (the directory is at the end:
+ * GD_AT_END, no redundant directory), so grains start right after the
+ * descriptor's 20 sectors, at the first 64 KiB boundary.  vmdk-stream.c
+ * writes the head and everything after it.
+ */
+int vmdk_create_stream(struct qimg_image *node, const struct qimg_opts *opts,
+                       struct qimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    struct vmdk_extent proto = {0}, *e;
+    struct create_params p;
+    struct text lines = {0}, desc = {0};
+    const char *hw;
+    uint64_t grains;
+    int ret = parse_params(node->filename, opts, &p, err);
+
+    if (!ret && p.sub != SUB_STREAM)
+        ret = qimg_error_set(err, -ENOTSUP, "cannot write vmdk subformat %s "
+                             "to a pipe: only streamOptimized is written "
+                             "strictly forward", subformats[p.sub]);
+    if (!ret && p.backing)
+        ret = qimg_error_set(err, -ENOTSUP, "a vmdk written to a pipe cannot "
+                             "have a backing file");
+    if (!ret)
+        ret = hw_version(&p, &hw, err);
+    if (!ret && !add_extent_line(&lines, false, p.size, node->filename))
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (!ret)
+        ret = descriptor_text(&p, hw, 0xffffffff, "", lines.s, &desc, err);
+    if (!ret && desc.len > VMDK_DESC_SIZE)
+        ret = qimg_error_set(err, -EFBIG, "Could not write description: the "
+                             "descriptor is larger than its %u bytes",
+                             VMDK_DESC_SIZE);
+    if (ret < 0)
+        goto out;
+    grains = qimg_div_round_up(p.size / VMDK_SECTOR, 128);
+    proto.file = node->file;
+    proto.kind = VMDK_KIND_SPARSE;
+    proto.compressed = proto.has_marker = true;
+    proto.zero_grain = p.zeroed_grain;
+    proto.version = 3;
+    proto.flags = VMDK4_FLAG_NL_DETECT | VMDK4_FLAG_COMPRESS |
+                  VMDK4_FLAG_MARKER |
+                  (p.zeroed_grain ? VMDK4_FLAG_ZERO_GRAIN : 0);
+    proto.sectors = p.size / VMDK_SECTOR;
+    proto.grain_sectors = 128;
+    proto.l2_size = 512;
+    proto.l1_size = (uint32_t)qimg_div_round_up(grains, proto.l2_size);
+    proto.desc_sector = 1;
+    proto.desc_sectors = VMDK_DESC_SIZE / VMDK_SECTOR;
+    proto.grain_offset = vmdk_round_up(1 + proto.desc_sectors, 128);
+    if (grains > (uint64_t)VMDK_MAX_GD_ENTRIES * proto.l2_size) {
+        ret = qimg_error_set(err, -EFBIG, "L1 size too big");
+        goto out;
+    }
+    ret = vmdk_add_extent(node, &proto, &e, err);
+    if (ret < 0)
+        goto out;
+    snprintf(s->create_type, sizeof(s->create_type), "%s",
+             subformats[SUB_STREAM]);
+    ret = vmdk_desc_cid(desc.s, false, &s->cid);
+    if (!ret)
+        ret = vmdk_desc_cid(desc.s, true, &s->parent_cid);
+    /* the descriptor is final: no CID update after the first write */
+    s->cid_updated = true;
+    s->desc_offset = VMDK_SECTOR;
+    node->size = e->sectors * VMDK_SECTOR;
+    if (!ret)
+        ret = vmdk_stream_start(node, e, desc.s, desc.len, err);
+out:
+    free(p.path);
+    free(p.prefix);
+    free(p.postfix);
+    free(lines.s);
+    free(desc.s);
     return ret;
 }

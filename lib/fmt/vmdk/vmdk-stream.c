@@ -21,8 +21,18 @@
  * footer (the header pointing at that directory) after its marker, and
  * the end-of-stream marker, and the header's directory offset becomes
  * GD_AT_END.  QEMU 7.2 reads such images through their footer.
+ *
+ * A stream written forward (onto a pipe: vmdk_create_stream) never
+ * seeks: the head (header with GD_AT_END, descriptor) comes first, then
+ * grains in guest order; each grain table is written (after its marker)
+ * as soon as a grain of a later table arrives, and only the directory
+ * stays in memory.  At the end of stream: the last table, the directory,
+ * footer and end-of-stream marker.  Without that call (a failed convert)
+ * the stream stops after its last grain or table, so that it never
+ * reads as complete.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +55,13 @@ struct vmdk_stream {
     uint32_t **gt;          /* l1_size tables of l2_size entries, or NULL */
     bool head_tables;       /* the header points at tables in the head */
     bool dirty;             /* changed since the last end of stream */
+    bool forward;           /* written forward onto a pipe */
+    bool ended;             /* forward: the end of stream is written */
+    uint32_t cur;           /* forward: the table being filled */
 };
+
+static int forward_advance(struct vmdk_extent *e, uint32_t l1,
+                           struct qimg_error *err);
 
 /* ---- compression ---------------------------------------------------------- */
 
@@ -323,6 +339,8 @@ int vmdk_stream_zero(struct qimg_image *node, struct vmdk_extent *e,
                      const struct vmdk_lookup *l, struct qimg_error *err)
 {
     int ret = stream_begin(node, e, err);
+    if (!ret)
+        ret = forward_advance(e, l->l1_index, err);
     return ret < 0 ? ret : stream_set(node, e, l, VMDK_GTE_ZEROED, err);
 }
 
@@ -374,9 +392,11 @@ int vmdk_write_compressed(struct qimg_image *node, struct vmdk_extent *e,
         ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     } else if (!ret && node->backing && !vmdk_cid_valid(node)) {
         ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
-    } else if (!ret && e->next_sector >= VMDK_EXTENT_MAX_SECTORS) {
-        ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     }
+    if (!ret)
+        ret = forward_advance(e, l.l1_index, err);
+    if (!ret && e->next_sector >= VMDK_EXTENT_MAX_SECTORS)
+        ret = qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     if (!ret) {
         host = e->next_sector * VMDK_SECTOR;
         ret = e->file->ops->pwrite(e->file, host, (size_t)n, data, err);
@@ -430,39 +450,40 @@ static bool table_used(const uint32_t *t, uint32_t n)
     return false;
 }
 
-/* Append tables, directory, footer and end-of-stream at the cursor, then
- * point the header at the footer (lock held). */
-static int seal(struct qimg_image *node, struct vmdk_extent *e,
-                struct qimg_error *err)
+static uint64_t gt_sectors(const struct vmdk_extent *e)
 {
-    struct vmdk_stream *st = e->stream;
-    uint64_t gt_sec = qimg_div_round_up((uint64_t)e->l2_size * 4, VMDK_SECTOR);
-    uint64_t gd_sec = qimg_div_round_up((uint64_t)e->l1_size * 4, VMDK_SECTOR);
-    uint64_t start = e->next_sector, pos = start;
-    size_t bufsz = (size_t)((1 + QIMG_MAX(gt_sec, gd_sec)) * VMDK_SECTOR);
-    uint8_t *buf = calloc(1, bufsz);
-    uint32_t *gd = calloc(e->l1_size ? e->l1_size : 1, sizeof(*gd));
-    int ret = 0;
+    return qimg_div_round_up((uint64_t)e->l2_size * 4, VMDK_SECTOR);
+}
 
-    if (!buf || !gd) {
-        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
-        goto out;
-    }
-    for (uint32_t i = 0; i < e->l1_size && !ret; i++) {
-        if (!table_used(st->gt[i], e->l2_size))
-            continue;
-        put_marker(buf, gt_sec, VMDK_MARKER_GT);
-        memset(buf + VMDK_SECTOR, 0, gt_sec * VMDK_SECTOR);
-        for (uint32_t j = 0; j < e->l2_size; j++)
-            qimg_st_le32(buf + VMDK_SECTOR + 4 * (size_t)j, st->gt[i][j]);
-        gd[i] = (uint32_t)(pos + 1);
-        ret = e->file->ops->pwrite(e->file, pos * VMDK_SECTOR,
-                                   (size_t)((1 + gt_sec) * VMDK_SECTOR), buf,
-                                   err);
-        pos += 1 + gt_sec;
-    }
-    if (ret < 0)
-        goto out;
+static uint64_t gd_sectors(const struct vmdk_extent *e)
+{
+    return qimg_div_round_up((uint64_t)e->l1_size * 4, VMDK_SECTOR);
+}
+
+/* Grain table gt after its marker at sector pos (buf: 1 + its sectors). */
+static int emit_table(struct vmdk_extent *e, uint8_t *buf, uint64_t pos,
+                      const uint32_t *gt, struct qimg_error *err)
+{
+    uint64_t gt_sec = gt_sectors(e);
+
+    put_marker(buf, gt_sec, VMDK_MARKER_GT);
+    memset(buf + VMDK_SECTOR, 0, gt_sec * VMDK_SECTOR);
+    for (uint32_t j = 0; j < e->l2_size; j++)
+        qimg_st_le32(buf + VMDK_SECTOR + 4 * (size_t)j, gt[j]);
+    return e->file->ops->pwrite(e->file, pos * VMDK_SECTOR,
+                                (size_t)((1 + gt_sec) * VMDK_SECTOR), buf, err);
+}
+
+/* Directory gd after its marker at sector pos (buf: 1 + its sectors),
+ * then the footer marker, the footer and the end-of-stream marker; *end
+ * is the sector after them. */
+static int emit_end(struct vmdk_extent *e, uint8_t *buf, uint64_t pos,
+                    const uint32_t *gd, uint64_t *end, struct qimg_error *err)
+{
+    uint64_t gd_sec = gd_sectors(e);
+    uint8_t tail[3 * VMDK_SECTOR];
+    int ret;
+
     put_marker(buf, gd_sec, VMDK_MARKER_GD);
     memset(buf + VMDK_SECTOR, 0, gd_sec * VMDK_SECTOR);
     for (uint32_t i = 0; i < e->l1_size; i++)
@@ -470,30 +491,60 @@ static int seal(struct qimg_image *node, struct vmdk_extent *e,
     ret = e->file->ops->pwrite(e->file, pos * VMDK_SECTOR,
                                (size_t)((1 + gd_sec) * VMDK_SECTOR), buf, err);
     if (ret < 0)
+        return ret;
+    put_marker(tail, 1, VMDK_MARKER_FOOTER);
+    put_header(tail + VMDK_SECTOR, e, pos + 1);
+    memset(tail + 2 * VMDK_SECTOR, 0, VMDK_SECTOR);     /* EOS */
+    pos += 1 + gd_sec;
+    *end = pos + 3;
+    return e->file->ops->pwrite(e->file, pos * VMDK_SECTOR, sizeof(tail), tail,
+                                err);
+}
+
+static uint8_t *meta_buf(const struct vmdk_extent *e)
+{
+    return calloc(1, (size_t)((1 + QIMG_MAX(gt_sectors(e), gd_sectors(e))) *
+                              VMDK_SECTOR));
+}
+
+/* Append tables, directory, footer and end-of-stream at the cursor, then
+ * point the header at the footer (lock held). */
+static int seal(struct qimg_image *node, struct vmdk_extent *e,
+                struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint64_t start = e->next_sector, pos = start;
+    uint8_t *buf = meta_buf(e);
+    uint32_t *gd = calloc(e->l1_size ? e->l1_size : 1, sizeof(*gd));
+    uint8_t hdr[VMDK_SECTOR];
+    int ret = 0;
+
+    (void)node;
+    if (!buf || !gd) {
+        ret = qimg_error_set(err, -ENOMEM, "Out of memory");
         goto out;
-    {
-        uint8_t tail[3 * VMDK_SECTOR];
-        put_marker(tail, 1, VMDK_MARKER_FOOTER);
-        put_header(tail + VMDK_SECTOR, e, pos + 1);
-        memset(tail + 2 * VMDK_SECTOR, 0, VMDK_SECTOR);     /* EOS */
-        pos += 1 + gd_sec;
-        ret = e->file->ops->pwrite(e->file, pos * VMDK_SECTOR, sizeof(tail),
-                                   tail, err);
-        pos += 3;
-        if (!ret)
-            ret = e->file->ops->truncate(e->file, pos * VMDK_SECTOR,
-                                         QIMG_PREALLOC_OFF, err);
-        if (!ret)
-            ret = e->file->ops->flush(e->file, err);
-        /* only now is the header switched to the footer */
-        if (!ret) {
-            put_header(tail, e, VMDK4_GD_AT_END);
-            ret = e->file->ops->pwrite(e->file, 0, 4 + VMDK4_HEADER_SIZE, tail,
-                                       err);
-        }
-        if (!ret)
-            ret = e->file->ops->flush(e->file, err);
     }
+    for (uint32_t i = 0; i < e->l1_size && !ret; i++) {
+        if (!table_used(st->gt[i], e->l2_size))
+            continue;
+        gd[i] = (uint32_t)(pos + 1);
+        ret = emit_table(e, buf, pos, st->gt[i], err);
+        pos += 1 + gt_sectors(e);
+    }
+    if (!ret)
+        ret = emit_end(e, buf, pos, gd, &pos, err);
+    if (!ret)
+        ret = e->file->ops->truncate(e->file, pos * VMDK_SECTOR,
+                                     QIMG_PREALLOC_OFF, err);
+    if (!ret)
+        ret = e->file->ops->flush(e->file, err);
+    /* only now is the header switched to the footer */
+    if (!ret) {
+        put_header(hdr, e, VMDK4_GD_AT_END);
+        ret = e->file->ops->pwrite(e->file, 0, 4 + VMDK4_HEADER_SIZE, hdr, err);
+    }
+    if (!ret)
+        ret = e->file->ops->flush(e->file, err);
     if (!ret) {
         st->dirty = false;
         st->head_tables = false;
@@ -504,6 +555,119 @@ static int seal(struct qimg_image *node, struct vmdk_extent *e,
 out:
     free(gd);
     free(buf);
+    return ret;
+}
+
+/* ---- written forward -------------------------------------------------------- */
+
+/*
+ * The head of a stream written forward (vmdk_create_stream set up e): the
+ * header (directory at the end) in sector 0, the descriptor after it;
+ * grains follow from e->grain_offset (the storage writes the gap as
+ * zeroes).
+ */
+int vmdk_stream_start(struct qimg_image *node, struct vmdk_extent *e,
+                      const char *desc, size_t len, struct qimg_error *err)
+{
+    struct vmdk_stream *st = calloc(1, sizeof(*st));
+    uint8_t *head = calloc(1, VMDK_SECTOR + len);
+    int ret;
+
+    (void)node;
+    if (!st || !head ||
+        !(st->gt = calloc(e->l1_size ? e->l1_size : 1, sizeof(*st->gt))) ||
+        !(e->gd = calloc(e->l1_size ? e->l1_size : 1, sizeof(uint32_t)))) {
+        if (st)
+            free(st->gt);
+        free(st);
+        free(head);
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    st->forward = true;
+    e->stream = st;
+    put_header(head, e, VMDK4_GD_AT_END);
+    memcpy(head + VMDK_SECTOR, desc, len);
+    ret = e->file->ops->pwrite(e->file, 0, VMDK_SECTOR + len, head, err);
+    free(head);
+    e->next_sector = e->grain_offset;
+    return ret;
+}
+
+/* Write the table being filled (if anything is in it) at the cursor and
+ * drop it: its directory entry is all that is kept (lock held). */
+static int forward_flush_table(struct vmdk_extent *e, struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint32_t i = st->cur;
+    uint8_t *buf;
+    int ret;
+
+    if (i >= e->l1_size || !st->gt[i])
+        return 0;
+    buf = meta_buf(e);
+    if (!buf)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = emit_table(e, buf, e->next_sector, st->gt[i], err);
+    free(buf);
+    if (ret < 0)
+        return ret;
+    ((uint32_t *)e->gd)[i] = (uint32_t)(e->next_sector + 1);
+    e->next_sector += 1 + gt_sectors(e);
+    free(st->gt[i]);
+    st->gt[i] = NULL;
+    return 0;
+}
+
+/* Before a grain of table l1 is written forward: tables before it are
+ * done and go out; going back is impossible on a pipe (lock held). */
+static int forward_advance(struct vmdk_extent *e, uint32_t l1,
+                           struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    int ret;
+
+    if (!st || !st->forward)
+        return 0;
+    if (st->ended)
+        return qimg_error_set(err, -ESPIPE, "Cannot write to a stream after "
+                              "its end");
+    if (l1 < st->cur)
+        return qimg_error_set(err, -ESPIPE, "Cannot write back in a stream: "
+                              "grain table %" PRIu32 " was already written",
+                              l1);
+    if (l1 == st->cur)
+        return 0;
+    ret = forward_flush_table(e, err);
+    if (!ret)
+        st->cur = l1;
+    return ret;
+}
+
+/* The end of a stream written forward: last table, directory, footer and
+ * end-of-stream marker after the last grain; nothing is rewritten. */
+static int forward_end(struct vmdk_extent *e, struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint8_t *buf;
+    uint64_t end;
+    int ret;
+
+    if (st->ended)
+        return 0;
+    ret = forward_flush_table(e, err);
+    if (ret < 0)
+        return ret;
+    buf = meta_buf(e);
+    if (!buf)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    ret = emit_end(e, buf, e->next_sector, e->gd, &end, err);
+    free(buf);
+    if (!ret)
+        ret = e->file->ops->flush(e->file, err);
+    if (!ret) {
+        st->ended = true;
+        e->next_sector = end;
+    }
     return ret;
 }
 
@@ -528,6 +692,12 @@ int vmdk_stream_finish(struct qimg_image *node, bool eof,
             continue;
         if (!e->stream && !eof)
             continue;
+        /* forward: only the end-of-stream call ends it, never close */
+        if (e->stream && e->stream->forward) {
+            if (eof)
+                ret = forward_end(e, err);
+            continue;
+        }
         ret = stream_begin(node, e, err);
         if (!ret && (e->stream->dirty || (eof && e->stream->head_tables)))
             ret = seal(node, e, err);

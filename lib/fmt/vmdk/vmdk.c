@@ -1140,6 +1140,7 @@ const struct qimg_format qimg_format_vmdk = {
     .open = vmdk_open,
     .close = vmdk_close,
     .create = vmdk_create,
+    .create_stream = vmdk_create_stream,
     .pread = vmdk_pread,
     .pwrite = vmdk_pwrite,
     .pwrite_compressed = vmdk_pwrite_compressed,

@@ -18,7 +18,8 @@
  *                  inflate (zlib) and deflate (libdeflate), appending
  *                  grains, and the grain tables, grain directory, footer
  *                  and end-of-stream marker written when a stream ends
- *   vmdk-create.c  create: every subformat, byte for byte as QEMU 7.2
+ *   vmdk-create.c  create: every subformat, byte for byte as QEMU 7.2;
+ *                  create_stream: streamOptimized written forward to a pipe
  *   vmdk-check.c   check: QEMU's walk over every grain
  *
  * Locking: node->lock guards the extent list's mutable parts (allocation
@@ -250,6 +251,10 @@ int vmdk_stream_zero(struct qimg_image *node, struct vmdk_extent *e,
                      const struct vmdk_lookup *l, struct qimg_error *err);
 int vmdk_stream_finish(struct qimg_image *node, bool eof,
                        struct qimg_error *err);
+/* The head of a stream written forward onto a pipe (e set up by
+ * vmdk_create_stream, desc its descriptor text). */
+int vmdk_stream_start(struct qimg_image *node, struct vmdk_extent *e,
+                      const char *desc, size_t len, struct qimg_error *err);
 void vmdk_stream_free(struct vmdk_extent *e);
 bool vmdk_stream_lookup(struct vmdk_extent *e, uint32_t l1, uint32_t l2,
                         uint32_t *gte);
@@ -257,6 +262,8 @@ bool vmdk_stream_lookup(struct vmdk_extent *e, uint32_t l1, uint32_t l2,
 /* vmdk-create.c */
 int vmdk_create(const char *filename, const struct qimg_opts *opts,
                 struct qimg_error *err);
+int vmdk_create_stream(struct qimg_image *node, const struct qimg_opts *opts,
+                       struct qimg_error *err);
 
 /* vmdk-check.c */
 int vmdk_check(struct qimg_image *node, unsigned fix, struct qimg_check *res,
