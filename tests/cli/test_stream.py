@@ -196,10 +196,9 @@ def test_raw_to_stdout(tmp_path):
         cat.wait()
     assert p.returncode == 0, p.stderr
     assert ref_compare(src, out, tmp_path, "raw", "raw").returncode == 0
-    # only raw goes forward; the other formats (qcow2 -c and
-    # streamOptimized vmdk included, README) are refused by name
-    for fmt, extra in (("qcow2", []), ("qcow2", ["-c"]),
-                       ("vmdk", ["-o", "subformat=streamOptimized"])):
+    # only raw and streamOptimized vmdk (test_stream_vmdk.py) go forward;
+    # the other formats (qcow2 -c included, README) are refused by name
+    for fmt, extra in (("qcow2", []), ("qcow2", ["-c"]), ("vpc", [])):
         p = subprocess.run([str(QIMG), "convert", "-O", fmt] + extra +
                            [str(q), "/dev/stdout"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
