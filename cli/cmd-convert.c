@@ -668,9 +668,9 @@ static bool create_stream_target(struct convert *c, const struct qimg_opts *opts
 {
     struct qimg_error err = {0};
 
+    /* the driver's messages say what could not be done, as open's do */
     if (qimg_create_stream(&c->tgt, c->out_fmt, c->target, opts, &err) < 0) {
-        cli_report(&err, "%s: error while converting %s: ", c->target,
-                   c->out_fmt);
+        cli_error("%s", err.msg);
         return false;
     }
     return true;

@@ -35,9 +35,9 @@ def to_pipe(args, out, cwd, fifo=False, stdin=None):
     `cat > out`, or a FIFO read by `cat FIFO > out`; (rc, stderr)."""
     with open(out, "wb") as f:
         if fifo:
-            path = Path(cwd) / "vsw.fifo"
-            if path.exists():
-                path.unlink()
+            # the FIFO has the file's name: the extent line names it
+            path = Path(cwd) / "fifo" / Path(out).name
+            path.parent.mkdir(exist_ok=True)
             os.mkfifo(path)
             cat = subprocess.Popen(["cat", str(path)], stdout=f)
             p = subprocess.run([str(QIMG), "convert"] + args + [str(path)],
@@ -87,7 +87,6 @@ def has_eos(path):
 
 CASES = [
     # name, size, qemu-io writes
-    ("empty", 0, []),
     ("unallocated", 10 * MiB, []),
     ("allzero", 4 * MiB, ["-P 0 0 4M", "-z 1M 1M"]),
     ("partial", 8 * MiB, ["-P 0x5a 64k 200k", "-P 3 3M 1M"]),
@@ -134,9 +133,18 @@ def test_stream_vmdk_read_by_reference_and_libvmdk(tmp_path):
                 assert r.returncode == 0, (case, r.stdout, r.stderr)
                 assert "Stream optimized" in r.stdout, (case, r.stdout)
                 assert "(%d bytes)" % size in r.stdout, (case, r.stdout)
-            if pyvmdk and size:
+            if pyvmdk:
+                # libvmdk opens the file the extent line names: the FIFO's
+                # name, "stdout" for /dev/stdout
+                path = out
+                if not fifo:
+                    path = tmp_path / "ln" / "stdout"
+                    path.parent.mkdir(exist_ok=True)
+                    if path.is_symlink():
+                        path.unlink()
+                    path.symlink_to(out)
                 h = pyvmdk.handle()
-                h.open(str(out))
+                h.open(str(path))
                 h.open_extent_data_files()
                 try:
                     assert h.read_buffer(size) == raw.read_bytes(), case
@@ -153,6 +161,21 @@ def test_stream_vmdk_read_by_reference_and_libvmdk(tmp_path):
         assert r.returncode == 0, (name, r.stdout, r.stderr)
     if not vmdkinfo:
         pytest.skip("vmdkinfo (libvmdk-utils) is not installed")
+
+
+def test_stream_vmdk_empty_as_7_2(tmp_path):
+    """A disk of size 0: 7.2's convert creates a streamOptimized file that
+    it cannot open ("Unsupported image type"); the stream is refused with
+    that message before anything is written."""
+    src = tmp_path / "e.qcow2"
+    make_source(src, 0, [])
+    r = ref("convert", *STREAM, src.name, "e.vmdk", cwd=tmp_path)
+    assert r.returncode == 1
+    out = tmp_path / "e.pipe.vmdk"
+    rc, err = to_pipe(STREAM + [src.name], out, tmp_path)
+    assert rc == 1
+    assert err == r.stderr.replace("e.vmdk", "/dev/stdout"), (err, r.stderr)
+    assert out.stat().st_size == 0
 
 
 def test_stream_vmdk_large_sparse_bounded(tmp_path):

@@ -152,7 +152,7 @@ static int open_vmdk4(struct qimg_image *node, struct qimg_storage *file,
     uint8_t raw[VMDK4_HEADER_SIZE];
     struct vmdk4_header h;
     struct vmdk_extent proto, *e;
-    bool compressed, footer = false;
+    bool compressed, footer = false, forward;
     uint32_t l1_entry_sectors, l1_size;
     int64_t nb;
     int ret;
@@ -174,7 +174,13 @@ static int open_vmdk4(struct qimg_image *node, struct qimg_storage *file,
     }
     if (!s->create_type[0])
         snprintf(s->create_type, sizeof(s->create_type), "monolithicSparse");
-    if (h.gd_offset == VMDK4_GD_AT_END) {
+    /* a stream on a pipe is read forward, grain marker by grain marker:
+     * its footer is at an end not reached yet */
+    forward = h.gd_offset == VMDK4_GD_AT_END && node->read_only &&
+              (file->caps & QIMG_STORAGE_SEQUENTIAL) &&
+              h.compress == VMDK4_COMPRESSION_DEFLATE &&
+              (h.flags & VMDK4_FLAG_MARKER);
+    if (h.gd_offset == VMDK4_GD_AT_END && !forward) {
         ret = read_footer(node, file, raw, err);
         if (ret < 0)
             return ret;
@@ -213,7 +219,7 @@ static int open_vmdk4(struct qimg_image *node, struct qimg_storage *file,
     proto.owns_file = file != node->file;
     proto.kind = VMDK_KIND_SPARSE;
     proto.sectors = h.capacity;
-    proto.gd_offset = h.gd_offset << 9;
+    proto.gd_offset = forward ? 0 : h.gd_offset << 9;
     proto.rgd_offset = (h.flags & VMDK4_FLAG_RGD) ? h.rgd_offset << 9 : 0;
     proto.l1_size = l1_size;
     proto.l2_size = h.num_gtes;
@@ -242,6 +248,8 @@ static int open_vmdk4(struct qimg_image *node, struct qimg_storage *file,
             if (ends[i] > 0x200)
                 s->desc_limit = QIMG_MIN(s->desc_limit, ends[i] - 0x200);
     }
+    if (forward)
+        return vmdk_stream_read_begin(e, err);
     return init_tables(node, err);
 }
 

@@ -56,6 +56,15 @@ struct vmdk_stream {
     bool head_tables;       /* the header points at tables in the head */
     bool dirty;             /* changed since the last end of stream */
     bool forward;           /* written forward onto a pipe */
+    /* read forward from a pipe (vmdk_stream_read) */
+    bool reader;
+    bool at_end;            /* the end-of-stream marker was passed */
+    uint64_t rpos;          /* byte offset of the next marker */
+    uint64_t next_grain;    /* grain index of the marker at rpos, or
+                               UINT64_MAX: not parsed yet */
+    uint64_t have_grain;    /* grain index in grain_buf, or UINT64_MAX */
+    uint64_t last_grain;    /* the highest grain index passed + 1 */
+    uint8_t *grain_buf;     /* one inflated grain */
     bool ended;             /* forward: the end of stream is written */
     uint32_t cur;           /* forward: the table being filled */
 };
@@ -226,6 +235,7 @@ void vmdk_stream_free(struct vmdk_extent *e)
     for (uint32_t i = 0; st->gt && i < e->l1_size; i++)
         free(st->gt[i]);
     free(st->gt);
+    free(st->grain_buf);
     free(st);
     e->stream = NULL;
 }
@@ -701,6 +711,159 @@ int vmdk_stream_finish(struct qimg_image *node, bool eof,
         ret = stream_begin(node, e, err);
         if (!ret && (e->stream->dirty || (eof && e->stream->head_tables)))
             ret = seal(node, e, err);
+    }
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}
+
+/* ---- read forward ------------------------------------------------------------- */
+
+/* Metadata a marker may announce after it (sectors): the largest grain
+ * directory (VMDK_MAX_GD_ENTRIES entries) or table. */
+#define STREAM_MAX_META_SECTORS ((uint64_t)VMDK_MAX_GD_ENTRIES * 4 / VMDK_SECTOR)
+
+int vmdk_stream_read_begin(struct vmdk_extent *e, struct qimg_error *err)
+{
+    struct vmdk_stream *st = calloc(1, sizeof(*st));
+
+    if (!st || !(st->grain_buf = malloc(e->grain_sectors * VMDK_SECTOR))) {
+        free(st);
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    }
+    st->reader = true;
+    st->rpos = e->grain_offset * VMDK_SECTOR;
+    st->next_grain = st->have_grain = UINT64_MAX;
+    e->stream = st;
+    return 0;
+}
+
+bool vmdk_stream_reading(const struct vmdk_extent *e)
+{
+    return e->stream && e->stream->reader;
+}
+
+/* Parse markers at rpos until one announces a grain (next_grain) or the
+ * stream ends (lock held). */
+static int next_marker(struct vmdk_extent *e, struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint8_t m[16];
+    int ret;
+
+    while (st->next_grain == UINT64_MAX && !st->at_end) {
+        uint64_t val;
+        uint32_t size, type;
+
+        ret = e->file->ops->pread(e->file, st->rpos, sizeof(m), m, err);
+        if (ret < 0)
+            return ret;
+        val = qimg_ld_le64(m);
+        size = qimg_ld_le32(m + 8);
+        type = qimg_ld_le32(m + 12);
+        if (size) {
+            if (val % e->grain_sectors || val / e->grain_sectors >=
+                qimg_div_round_up(e->sectors, e->grain_sectors))
+                return qimg_error_set(err, -EINVAL, "Invalid grain marker at "
+                                      "offset %" PRIu64, st->rpos);
+            st->next_grain = val / e->grain_sectors;
+        } else if (type == VMDK_MARKER_EOS) {
+            st->at_end = true;
+        } else if (type == VMDK_MARKER_GT || type == VMDK_MARKER_GD ||
+                   type == VMDK_MARKER_FOOTER) {
+            if (val > STREAM_MAX_META_SECTORS)
+                return qimg_error_set(err, -EINVAL, "Invalid stream marker "
+                                      "at offset %" PRIu64, st->rpos);
+            st->rpos += (1 + val) * VMDK_SECTOR;
+        } else {
+            return qimg_error_set(err, -EINVAL, "Invalid stream marker at "
+                                  "offset %" PRIu64, st->rpos);
+        }
+    }
+    return 0;
+}
+
+/* Take the grain whose marker is at rpos: inflate it (want) or pass it. */
+static int take_grain(struct vmdk_extent *e, bool want, struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint64_t gb = e->grain_sectors * VMDK_SECTOR;
+    uint64_t start = st->next_grain * gb, ext_bytes = e->sectors * VMDK_SECTOR;
+    uint8_t m[MARKER_SIZE];
+    int ret;
+
+    if (st->next_grain < st->last_grain)
+        return qimg_error_set(err, -EINVAL, "Grain %" PRIu64 " of the stream "
+                              "is out of order: a stream is read forward only",
+                              st->next_grain);
+    if (want) {
+        ret = vmdk_read_compressed(e, st->rpos, 0,
+                                   (size_t)QIMG_MIN(gb, ext_bytes - start),
+                                   st->grain_buf, err);
+        if (ret < 0)
+            return ret;
+        st->have_grain = st->next_grain;
+    }
+    ret = e->file->ops->pread(e->file, st->rpos, sizeof(m), m, err);
+    if (ret < 0)
+        return ret;
+    st->rpos = qimg_div_round_up(st->rpos + MARKER_SIZE + qimg_ld_le32(m + 8),
+                                 VMDK_SECTOR) * VMDK_SECTOR;
+    st->last_grain = st->next_grain + 1;
+    st->next_grain = UINT64_MAX;
+    return 0;
+}
+
+/* One grain's part [in, in + n) of grain index g into out. */
+static int read_grain_part(struct vmdk_extent *e, uint64_t g, uint64_t in,
+                           size_t n, uint8_t *out, struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    int ret;
+
+    if (st->have_grain == g) {
+        memcpy(out, st->grain_buf + in, n);
+        return 0;
+    }
+    if (g < st->last_grain)
+        return qimg_error_set(err, -ESPIPE, "Cannot read back in a stream: "
+                              "grain %" PRIu64 " was passed (the stream is "
+                              "read forward only)", g);
+    for (;;) {
+        ret = next_marker(e, err);
+        if (ret < 0)
+            return ret;
+        if (st->at_end || st->next_grain > g) {
+            /* no grain for g in the stream: zeroes */
+            memset(out, 0, n);
+            return 0;
+        }
+        ret = take_grain(e, st->next_grain == g, err);
+        if (ret < 0)
+            return ret;
+        if (st->have_grain == g) {
+            memcpy(out, st->grain_buf + in, n);
+            return 0;
+        }
+    }
+}
+
+/* Guest bytes [eoff, eoff + len) of e, read forward from the stream. */
+int vmdk_stream_read(struct qimg_image *node, struct vmdk_extent *e,
+                     uint64_t eoff, size_t len, void *buf,
+                     struct qimg_error *err)
+{
+    uint64_t gb = e->grain_sectors * VMDK_SECTOR;
+    uint8_t *p = buf;
+    int ret = 0;
+
+    pthread_mutex_lock(&node->lock);
+    while (len && !ret) {
+        uint64_t in = eoff % gb;
+        size_t n = (size_t)QIMG_MIN((uint64_t)len, gb - in);
+        ret = read_grain_part(e, eoff / gb, in, n, p, err);
+        p += n;
+        eoff += n;
+        len -= n;
     }
     pthread_mutex_unlock(&node->lock);
     return ret;

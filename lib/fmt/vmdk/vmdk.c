@@ -546,6 +546,9 @@ static int vmdk_pread(struct qimg_image *node, uint64_t off, size_t len,
             qimg_storage_event(e->file, QIMG_EV_READ_AIO);
             ret = e->file->ops->pread(e->file, e->flat_offset + ext_off(e, off),
                                       (size_t)n, p, err);
+        } else if (vmdk_stream_reading(e)) {
+            n = QIMG_MIN((uint64_t)len, ext_left(e, off));
+            ret = vmdk_stream_read(node, e, ext_off(e, off), (size_t)n, p, err);
         } else {
             ret = map_run(node, e, off, len, &l, &n, err);
             if (ret < 0)
@@ -957,6 +960,14 @@ static int vmdk_block_status(struct qimg_image *node, uint64_t off,
         ext->host_file = e->file->filename;
         /* QEMU asks the extent file about holes (BDRV_BLOCK_RECURSE) */
         qimg_extent_refine(e->file, ext);
+        return 0;
+    }
+    if (vmdk_stream_reading(e)) {
+        /* where its grains are shows only as the stream is read: all of
+         * it reads as data (zeroes where no grain comes) */
+        ext->length = QIMG_MIN(len, ext_left(e, off));
+        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_COMPRESSED;
+        ext->host_file = e->file->filename;
         return 0;
     }
     ret = map_run(node, e, off, len, &l, &n, err);

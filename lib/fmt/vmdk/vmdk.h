@@ -256,6 +256,13 @@ int vmdk_stream_finish(struct qimg_image *node, bool eof,
 int vmdk_stream_start(struct qimg_image *node, struct vmdk_extent *e,
                       const char *desc, size_t len, struct qimg_error *err);
 void vmdk_stream_free(struct vmdk_extent *e);
+/* A stream on a pipe (GD_AT_END, footer not reachable) read forward by
+ * its grain markers: reads must come in guest order. */
+int vmdk_stream_read_begin(struct vmdk_extent *e, struct qimg_error *err);
+bool vmdk_stream_reading(const struct vmdk_extent *e);
+int vmdk_stream_read(struct qimg_image *node, struct vmdk_extent *e,
+                     uint64_t eoff, size_t len, void *buf,
+                     struct qimg_error *err);
 bool vmdk_stream_lookup(struct vmdk_extent *e, uint32_t l1, uint32_t l2,
                         uint32_t *gte);
 
