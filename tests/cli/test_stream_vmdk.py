@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -85,6 +86,57 @@ def has_eos(path):
             tail[1024:] == bytes(512))
 
 
+def walk_stream(path):
+    """Check the forward layout marker by marker: header with the directory
+    at the end, descriptor, grains in guest order, each grain table right
+    after the last grain it maps (before any grain of a later table), the
+    directory pointing at those tables, footer and end-of-stream last.
+    Returns the number of grains."""
+    b = Path(path).read_bytes()
+    hdr = struct.unpack_from("<IIIQQQQIQQQ", b, 0)
+    version, flags, capacity, grain = hdr[1:5]
+    gd_offset, overhead = hdr[9], hdr[10]
+    assert b[:4] == b"KDMV" and version == 3, hdr
+    assert flags == 0x30001 and gd_offset == (1 << 64) - 1, hdr
+    assert b[512:534] == b"# Disk DescriptorFile\n"
+    per_table = grain * 512
+    pos, tables, grains, gd_sector = overhead * 512, {}, {}, None
+    while True:
+        val, size, mtype = struct.unpack_from("<QII", b, pos)
+        if size:
+            assert not grains or val > max(grains), (pos, val)
+            assert val // per_table not in tables, ("grain after its table",
+                                                     pos, val)
+            grains[val] = pos // 512
+            pos = (pos + 12 + size + 511) // 512 * 512
+        elif mtype == 1:
+            t = max(grains) // per_table
+            assert t not in tables, pos
+            tables[t] = pos // 512 + 1
+            entries = struct.unpack_from("<512I", b, pos + 512)
+            mine = {lba: sec for lba, sec in grains.items()
+                    if lba // per_table == t}
+            want = [mine.get(t * per_table + i * grain, 0) for i in range(512)]
+            assert list(entries) == want, (pos, t)
+            pos += (1 + val) * 512
+        elif mtype == 2:
+            assert set(tables) == {g // per_table for g in grains}, pos
+            n = (capacity // grain + 511) // 512
+            gd = struct.unpack_from("<%dI" % n, b, pos + 512)
+            assert {i: e for i, e in enumerate(gd) if e} == tables, pos
+            gd_sector = pos // 512 + 1
+            pos += (1 + val) * 512
+        elif mtype == 3:
+            footer = struct.unpack_from("<IIIQQQQIQQQ", b, pos + 512)
+            assert footer[:9] == hdr[:9] and footer[10] == hdr[10], footer
+            assert footer[9] == gd_sector, footer
+            pos += 1024
+        else:
+            assert mtype == 0 and val == 0 and gd_sector, (pos, mtype)
+            assert pos + 512 == len(b) and b[pos:] == bytes(512), pos
+            return len(grains)
+
+
 CASES = [
     # name, size, qemu-io writes
     ("unallocated", 10 * MiB, []),
@@ -122,6 +174,7 @@ def test_stream_vmdk_read_by_reference_and_libvmdk(tmp_path):
             case = (name, fifo)
             assert rc == 0 and err == "", (case, err)
             assert has_eos(out), case
+            walk_stream(out)
             assert info_json(out, tmp_path) == want, case
             r = ref("check", out.name, cwd=tmp_path)
             assert r.returncode == 0, (case, r.stdout, r.stderr)
@@ -255,3 +308,49 @@ def test_stream_vmdk_failure_and_progress(tmp_path):
         assert rc == 1, (extra, err)
         assert "pipe" in err, (extra, err)
         assert out4.stat().st_size == 0, extra
+
+
+def test_stream_vmdk_hostile_from_pipe(tmp_path):
+    """A stream read forward from a pipe with broken markers: a grain
+    beyond the disk, grains out of order, an unknown marker: clear errors,
+    never a hang or a wrong image.  A stream that ends before its footer
+    is an error (a cut download is no disk)."""
+    src = tmp_path / "s.qcow2"
+    make_source(src, 8 * MiB, ["-P 1 0 128k", "-P 2 6M 64k"])
+    good = tmp_path / "good.vmdk"
+    rc, err = to_pipe(STREAM + [src.name], good, tmp_path)
+    assert rc == 0, err
+    b = bytearray(good.read_bytes())
+    first = 65536
+    size = struct.unpack_from("<I", b, first + 8)[0]
+    second = (first + 12 + size + 511) // 512 * 512
+
+    def read_back(data):
+        f = tmp_path / "h.vmdk"
+        f.write_bytes(bytes(data))
+        with open(f, "rb") as fin:
+            return subprocess.run([str(QIMG), "convert", "-f", "vmdk", "-O",
+                                   "raw", "-", str(tmp_path / "h.raw")],
+                                  stdin=fin, capture_output=True, text=True)
+
+    beyond = bytearray(b)
+    struct.pack_into("<Q", beyond, first, 8 * MiB // 512)
+    p = read_back(beyond)
+    assert p.returncode == 1 and "Invalid grain marker" in p.stderr, p.stderr
+    back = bytearray(b)
+    struct.pack_into("<Q", back, second, 0)
+    p = read_back(back)
+    assert p.returncode == 1 and "out of order" in p.stderr, p.stderr
+    unknown = bytearray(b)
+    struct.pack_into("<QII", unknown, second, 0, 0, 9)
+    p = read_back(unknown)
+    assert p.returncode == 1 and "Invalid stream marker" in p.stderr, p.stderr
+    for cut in (second, len(b) - 1536):
+        p = read_back(b[:cut])
+        assert p.returncode == 1, (cut, p.stderr)
+        assert "The stream ended at offset" in p.stderr, p.stderr
+    # only the end-of-stream sector missing: everything is there
+    p = read_back(b[:-512])
+    assert p.returncode == 0, p.stderr
+    r = ref("compare", "-F", "raw", src, tmp_path / "h.raw")
+    assert r.returncode == 0, r.stdout + r.stderr

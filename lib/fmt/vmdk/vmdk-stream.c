@@ -59,6 +59,7 @@ struct vmdk_stream {
     /* read forward from a pipe (vmdk_stream_read) */
     bool reader;
     bool at_end;            /* the end-of-stream marker was passed */
+    bool footer_seen;
     uint64_t rpos;          /* byte offset of the next marker */
     uint64_t next_grain;    /* grain index of the marker at rpos, or
                                UINT64_MAX: not parsed yet */
@@ -767,6 +768,13 @@ static int next_marker(struct vmdk_extent *e, struct qimg_error *err)
                                       "offset %" PRIu64, st->rpos);
             st->next_grain = val / e->grain_sectors;
         } else if (type == VMDK_MARKER_EOS) {
+            /* past the end of a pipe reads as zeroes, i.e. as this
+             * marker: only after the footer is it the real end (a cut
+             * download must not pass as a disk with zeroes at its end) */
+            if (!st->footer_seen)
+                return qimg_error_set(err, -EIO, "The stream ended at offset "
+                                      "%" PRIu64 " before its footer",
+                                      st->rpos);
             st->at_end = true;
         } else if (type == VMDK_MARKER_GT || type == VMDK_MARKER_GD ||
                    type == VMDK_MARKER_FOOTER) {
@@ -774,6 +782,7 @@ static int next_marker(struct vmdk_extent *e, struct qimg_error *err)
                 return qimg_error_set(err, -EINVAL, "Invalid stream marker "
                                       "at offset %" PRIu64, st->rpos);
             st->rpos += (1 + val) * VMDK_SECTOR;
+            st->footer_seen |= type == VMDK_MARKER_FOOTER;
         } else {
             return qimg_error_set(err, -EINVAL, "Invalid stream marker at "
                                   "offset %" PRIu64, st->rpos);
