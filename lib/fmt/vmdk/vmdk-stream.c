@@ -877,3 +877,35 @@ int vmdk_stream_read(struct qimg_image *node, struct vmdk_extent *e,
     pthread_mutex_unlock(&node->lock);
     return ret;
 }
+
+/*
+ * Block status of a stream read forward, from what the stream has shown
+ * so far: up to the next grain marker nothing is allocated, the grain at
+ * hand and anything not yet known is data.  Only looks ahead (metadata
+ * markers are passed, grains are not), so a status walk before the copy
+ * leaves the reads their grains.
+ */
+int vmdk_stream_status(struct qimg_image *node, struct vmdk_extent *e,
+                       uint64_t eoff, uint64_t len, bool *data, uint64_t *n,
+                       struct qimg_error *err)
+{
+    struct vmdk_stream *st = e->stream;
+    uint64_t gb = e->grain_sectors * VMDK_SECTOR, g = eoff / gb;
+    int ret = 0;
+
+    *data = true;
+    *n = QIMG_MIN(len, gb - eoff % gb);
+    pthread_mutex_lock(&node->lock);
+    if (st->have_grain != g && g >= st->last_grain) {
+        ret = next_marker(e, err);
+        if (!ret && st->at_end) {
+            *data = false;
+            *n = len;
+        } else if (!ret && st->next_grain > g) {
+            *data = false;
+            *n = QIMG_MIN(len, st->next_grain * gb - eoff);
+        }
+    }
+    pthread_mutex_unlock(&node->lock);
+    return ret;
+}

@@ -963,10 +963,16 @@ static int vmdk_block_status(struct qimg_image *node, uint64_t off,
         return 0;
     }
     if (vmdk_stream_reading(e)) {
-        /* where its grains are shows only as the stream is read: all of
-         * it reads as data (zeroes where no grain comes) */
-        ext->length = QIMG_MIN(len, ext_left(e, off));
-        ext->flags = QIMG_BS_DATA | QIMG_BS_ALLOCATED | QIMG_BS_COMPRESSED;
+        /* where its grains are shows only as the stream is read */
+        bool data;
+        ret = vmdk_stream_status(node, e, ext_off(e, off),
+                                 QIMG_MIN(len, ext_left(e, off)), &data, &n,
+                                 err);
+        if (ret < 0)
+            return ret;
+        ext->length = n;
+        ext->flags = data ? QIMG_BS_DATA | QIMG_BS_ALLOCATED |
+                            QIMG_BS_COMPRESSED : 0;
         ext->host_file = e->file->filename;
         return 0;
     }

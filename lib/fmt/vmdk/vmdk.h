@@ -263,6 +263,9 @@ bool vmdk_stream_reading(const struct vmdk_extent *e);
 int vmdk_stream_read(struct qimg_image *node, struct vmdk_extent *e,
                      uint64_t eoff, size_t len, void *buf,
                      struct qimg_error *err);
+int vmdk_stream_status(struct qimg_image *node, struct vmdk_extent *e,
+                       uint64_t eoff, uint64_t len, bool *data, uint64_t *n,
+                       struct qimg_error *err);
 bool vmdk_stream_lookup(struct vmdk_extent *e, uint32_t l1, uint32_t l2,
                         uint32_t *gte);
 
