@@ -77,8 +77,12 @@ struct engine {
     uint32_t min_sectors, align_sectors, cluster;
     bool zero_init;
     /* A source reads forward only (a pipe): one worker, in order, so the
-     * stream's window is never outrun (the in-order mode). */
+     * stream's window is never outrun (the in-order mode).  A target
+     * written forward only (sequential, not seq_source) keeps the
+     * workers: chunks are committed in order anyway, so reads and -c
+     * compression stay parallel; only -W (out of order) makes it one. */
     bool sequential;
+    bool seq_source;
     void *zero_buf;         /* chunk_size zero bytes (for -S 0) */
     struct copy_offload *offload;
 
@@ -917,7 +921,7 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
                               img->file ? img->file->align : 1);
         e->src_start[i] = pos;
         if (img->file && (img->file->caps & QIMG_STORAGE_SEQUENTIAL))
-            e->sequential = true;
+            e->sequential = e->seq_source = true;
         /* in whole sectors, as qemu-img counts */
         e->src_align[i] = (uint32_t)qimg_div_round_up(QIMG_MAX(a, 1u),
                                                       COPY_SECTOR) * COPY_SECTOR;
@@ -1006,7 +1010,7 @@ int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
             goto out;
     }
     n = p->parallel ? p->parallel : DEFAULT_PARALLEL;
-    if (e.sequential)
+    if (e.seq_source || (e.sequential && p->out_of_order))
         n = 1;
     ret = run_workers(&e, n, err);
     if (!ret && e.ret) {
