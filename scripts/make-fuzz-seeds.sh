@@ -229,6 +229,9 @@ done
 "$QEMU_IO" -f vmdk -c "write -P 1 0 4k" -c "write -z 64k 64k" v-zg.vmdk >/dev/null
 keep vmdk v-monolithicSparse.vmdk v-streamOptimized.vmdk v-zg.vmdk \
     v-monolithicFlat.vmdk
+# vmdk-stream: the same, sent down a pipe (the forward layout qimg writes
+# to pipes is in tests/fuzz/regressions/vmdk-stream)
+keep vmdk-stream v-streamOptimized.vmdk v-monolithicSparse.vmdk
 desc_seed() {  # desc_seed NAME DESCRIPTOR-FILE EXTENT-FILE
     len=$(stat -c %s "$2")
     { printf "\\$(printf %03o $((len & 255)))\\$(printf %03o $((len >> 8)))"
