@@ -668,9 +668,15 @@ static bool create_stream_target(struct convert *c, const struct qimg_opts *opts
 {
     struct qimg_error err = {0};
 
-    /* the driver's messages say what could not be done, as open's do */
+    /* creation errors as a file target's ("X: error while converting
+     * vmdk: ..."); an image 7.2 would create but not open fails as its
+     * open does ("Could not open ...") */
     if (qimg_create_stream(&c->tgt, c->out_fmt, c->target, opts, &err) < 0) {
-        cli_error("%s", err.msg);
+        if (!strncmp(err.msg, "Could not open '", 16))
+            cli_error("%s", err.msg);
+        else
+            cli_report(&err, "%s: error while converting %s: ", c->target,
+                       c->out_fmt);
         return false;
     }
     return true;

@@ -294,6 +294,15 @@ def test_stream_vmdk_failure_and_progress(tmp_path):
     assert lines[-1]["percent"] == 100, err
     assert ref("compare", src, out3).returncode == 0
 
+    # option errors as 7.2 reports them for a file target
+    for o in ("subformat=streamOptimized,compat6=on,hwversion=4",
+              "subformat=streamOptimized,adapter_type=foo"):
+        r = ref("convert", "-O", "vmdk", "-o", o, src.name, "x.vmdk",
+                cwd=tmp_path)
+        rc, err = to_pipe(["-O", "vmdk", "-o", o, src.name],
+                          tmp_path / "o.vmdk", tmp_path)
+        assert (rc, err) == (r.returncode, r.stderr.replace(
+            "x.vmdk", "/dev/stdout")), (o, err, r.stderr)
     for extra in (["-o", "subformat=monolithicSparse"],
                   ["-o", "subformat=streamOptimized,backing_file=%s,"
                          "backing_fmt=vmdk" % out3]):

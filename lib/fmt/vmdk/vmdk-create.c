@@ -499,13 +499,12 @@ int vmdk_create_stream(struct qimg_image *node, const struct qimg_opts *opts,
     int ret = parse_params(node->filename, opts, &p, err);
 
     if (!ret && p.sub != SUB_STREAM)
-        ret = qimg_error_set(err, -ENOTSUP, "%s: cannot write vmdk subformat "
-                             "%s to a pipe: only streamOptimized is written "
-                             "strictly forward", node->filename,
-                             subformats[p.sub]);
+        ret = qimg_error_set(err, -ENOTSUP, "cannot write subformat %s to "
+                             "a pipe: only streamOptimized is written "
+                             "strictly forward", subformats[p.sub]);
     if (!ret && p.backing)
-        ret = qimg_error_set(err, -ENOTSUP, "%s: a vmdk written to a pipe "
-                             "cannot have a backing file", node->filename);
+        ret = qimg_error_set(err, -ENOTSUP, "a vmdk written to a pipe cannot "
+                             "have a backing file");
     /* an empty sparse header reads as an embedded descriptor, which
      * streamOptimized is not: what convert to a file reports once it
      * opens the image it created (7.2 too) */
