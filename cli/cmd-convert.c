@@ -622,11 +622,12 @@ static bool names_stdout(const char *name)
  */
 static bool stream_target(struct convert *c, const struct qimg_opts *opts)
 {
-    bool raw = !strcmp(c->out_fmt, "raw");
+    bool raw;
 
     if (c->no_create || c->tgt_image_opts || !strcmp(c->target, "-") ||
         !qimg_name_is_stream(c->target))
         return true;
+    raw = !strcmp(c->out_fmt, "raw");
     if (!raw && strcmp(c->out_fmt, "vmdk")) {
         cli_error("%s: cannot write %s to a pipe: only raw and "
                   "streamOptimized vmdk are written strictly forward",
