@@ -14,11 +14,8 @@
  * output and must stay as it is.
  */
 #include <errno.h>
-#include <setjmp.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "cli.h"
 
@@ -41,15 +38,12 @@ struct side {
     struct qimg_image *img;
     const char *name;        /* as given on the command line */
     uint64_t size;
-    uint8_t *buf;
-    const uint8_t *data;     /* the bytes read last: buf, or mapped */
-    struct qimg_mapping map;
+    uint8_t *buf;            /* COMPARE_PIECE bytes */
 };
 
 struct compare {
     struct side s[2];
     bool strict, quiet, progress;
-    bool cold;                /* data came from the disk: read, not map */
     uint64_t progress_total;  /* the larger size: progress is a share of it */
     float cur, last;          /* progress, in QEMU's float arithmetic */
 };
@@ -106,69 +100,32 @@ static int chain_status(struct side *sd, uint64_t off, uint64_t len,
 
 /* ---- reading ---------------------------------------------------------------- */
 
-/* The bytes of [off, off+len) in sd->data: with map, in place in the
- * page cache when they lie as is in a file (no copy), else read. */
-static int read_side(struct side *sd, uint64_t off, size_t len, bool map)
+/*
+ * A step is read and looked at in pieces of this size: the copy out of
+ * the page cache leaves each piece in the CPU cache for memcmp, where a
+ * whole 2 MiB step of both images would not fit.  The pieces change
+ * nothing visible: progress, block status and error messages stay per step.
+ */
+#define COMPARE_PIECE (256u << 10)
+
+/*
+ * Data is read, never mapped: mapping the host file to compare in place
+ * (no copy) cost four times the reads here, every first touch of a page
+ * being a page fault (perf: memcmp and exc_page_fault, 0.38 s against
+ * 0.10 s for 512 MiB from the page cache, on ext4 and on tmpfs alike).
+ */
+static int read_side(struct side *sd, uint64_t step, uint64_t off, size_t len)
 {
     struct qimg_error err = {0};
-    int ret;
-
-    sd->data = map ? qimg_map(sd->img, off, len, &sd->map) : NULL;
-    if (sd->data)
-        return 0;
-    qimg_unmap(&sd->map);
-    sd->data = sd->buf;
-    ret = qimg_pread(sd->img, off, len, sd->buf, &err);
+    int ret = qimg_pread(sd->img, off, len, sd->buf, &err);
 
     if (ret < 0) {
+        /* qemu-img reads the whole step at once and names its start */
         cli_error("Error while reading offset %llu of %s: %s",
-                  (unsigned long long)off, sd->name, strerror(-ret));
+                  (unsigned long long)step, sd->name, strerror(-ret));
         return -1;
     }
     return 0;
-}
-
-/*
- * Read the same range of both images, one after the other.  A helper
- * thread per step used to overlap the two reads, but starting it (and
- * waking an idle CPU) cost more than the reads themselves from the page
- * cache; from disk, the kernel's readahead of each file overlaps anyway.
- */
-static int read_both(struct compare *c, uint64_t off, size_t len, bool map)
-{
-    if (read_side(&c->s[0], off, len, map) < 0 ||
-        read_side(&c->s[1], off, len, map) < 0)
-        return -1;
-    return 0;
-}
-
-/*
- * Mapped bytes the file cannot supply (an I/O error, a file truncated
- * meanwhile) raise SIGBUS while we look at them: the handler jumps back
- * and the step is done again with reads, which report the error as
- * qemu-img does.  Outside a guarded scan SIGBUS does what it always does.
- */
-static sigjmp_buf bus_env;
-static volatile sig_atomic_t bus_guarded;
-
-static void on_sigbus(int sig)
-{
-    if (bus_guarded) {
-        bus_guarded = 0;
-        siglongjmp(bus_env, 1);
-    }
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static void guard_sigbus(void)
-{
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_sigbus;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, NULL);
 }
 
 /* Offset of the first byte that differs, or len when none does. */
@@ -220,44 +177,78 @@ static int report_mismatch(const struct compare *c, uint64_t off, size_t idx)
     return CMP_DIFFERENT;
 }
 
-static long major_faults(void)
+/*
+ * qemu-img reads a whole step of the first image, then of the second, and
+ * looks at the bytes only when both reads succeeded.  When a piece ends
+ * the scan early (a difference, or a read error), the rest of the step is
+ * read in that order so that a read error anywhere in it is what we
+ * report, as qemu-img does: at most one step, once per run.
+ */
+static int step_reads(struct compare *c, struct side *sd, uint64_t off,
+                      size_t len)
 {
-    struct rusage ru;
-    return getrusage(RUSAGE_SELF, &ru) ? 0 : ru.ru_majflt;
+    for (int i = 0; i < 2; i++) {
+        struct side *s = sd ? sd : &c->s[i];
+
+        for (size_t done = 0; done < len; done += COMPARE_PIECE) {
+            size_t n = len - done < COMPARE_PIECE ? len - done : COMPARE_PIECE;
+            if (read_side(s, off, off + done, n) < 0)
+                return CMP_ERR_READ;
+        }
+        if (sd)
+            break;
+    }
+    return CMP_SAME;
+}
+
+/* Read and look at the piece [at, at+n) quietly (see scan_step). */
+static int scan_piece(struct compare *c, struct side *sd, uint64_t at,
+                      size_t n, size_t *idx)
+{
+    struct qimg_error err = {0};
+
+    for (int i = 0; i < 2; i++) {
+        struct side *s = sd ? sd : &c->s[i];
+
+        if (qimg_pread(s->img, at, n, s->buf, &err) < 0)
+            return -1;
+        if (sd)
+            break;
+    }
+    *idx = sd ? first_nonzero(sd->buf, n)
+              : first_difference(c->s[0].buf, c->s[1].buf, n);
+    return 0;
 }
 
 /*
- * Look at [off, off+len): of sd alone (it must read as zero), or of both
- * sides (sd NULL; they must be equal).  Mapped first; read when mapped
- * bytes fault (see on_sigbus).  Once a mapped page had to come from the
- * disk (a major fault) the rest is read: page faults fetch a little at a
- * time where reads get the kernel's readahead (a cold 1 GiB compare took
- * four times as long mapped).
+ * Look at the step [off, off+len): of sd alone (it must read as zero), or
+ * of both sides (sd NULL; they must be equal), piece by piece.
  */
 static int scan_step(struct compare *c, struct side *sd, uint64_t off,
                      size_t len)
 {
-    bool map = !c->cold;
-    long faults = map ? major_faults() : 0;
-    size_t idx;
-    int r;
+    bool retried = false;
 
-    r = sd ? read_side(sd, off, len, map) : read_both(c, off, len, map);
-    if (r < 0)
-        return CMP_ERR_READ;
-    if (sigsetjmp(bus_env, 1)) {
-        r = sd ? read_side(sd, off, len, false)
-               : read_both(c, off, len, false);
-        if (r < 0)
-            return CMP_ERR_READ;
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < COMPARE_PIECE ? len - done : COMPARE_PIECE;
+        size_t idx = 0;
+        int r = scan_piece(c, sd, off + done, n, &idx);
+
+        if (r < 0 || idx < n) {
+            if (step_reads(c, sd, off, len) != CMP_SAME)
+                return CMP_ERR_READ;
+            /* A read that failed once and then worked: look again. */
+            if (r < 0 && !retried) {
+                retried = true;
+                continue;
+            }
+            if (r < 0)
+                return CMP_ERR_READ;
+            return report_mismatch(c, off + done, idx);
+        }
+        done += n;
     }
-    bus_guarded = 1;
-    idx = sd ? first_nonzero(sd->data, len)
-             : first_difference(c->s[0].data, c->s[1].data, len);
-    bus_guarded = 0;
-    if (map && major_faults() > faults)
-        c->cold = true;
-    return idx < len ? report_mismatch(c, off, idx) : CMP_SAME;
+    return CMP_SAME;
 }
 
 /* One image holds data where the other reads zero: the data must be zero. */
@@ -393,17 +384,15 @@ static int open_and_compare(struct compare *c, const struct compare_args *a)
         if (!c->s[i].img)
             goto out;
         c->s[i].size = qimg_image_size(c->s[i].img);
-        if (posix_memalign((void **)&c->s[i].buf, 4096, COMPARE_CHUNK)) {
+        if (posix_memalign((void **)&c->s[i].buf, 4096, COMPARE_PIECE)) {
             cli_error("Out of memory");
             goto out;
         }
     }
     cli_progress_init(c->progress, -1.0);   /* the caller filters */
-    guard_sigbus();
     ret = run_compare(c);
 out:
     for (int i = 0; i < 2; i++) {
-        qimg_mapping_close(&c->s[i].map);
         free(c->s[i].buf);
         qimg_close(c->s[i].img);
     }

@@ -706,31 +706,6 @@ struct qimg_rebase_params {
 int qimg_rebase(const struct qimg_rebase_params *params,
                 struct qimg_error *err);
 
-/* ---- reading in place (lib/copy/copy-map.c) ------------------------------ */
-
-/* One mapping and the host file it came from; zero-initialise, and end
- * with qimg_mapping_close().  Not shared between threads. */
-struct qimg_mapping {
-    void *addr;
-    size_t len;
-    int fd;
-    char *path;
-};
-
-/*
- * Guest bytes [off, off+len) of img (through its backing chain) without
- * copying them: mapped from the host file when they lie there as is (and
- * the range is large enough to gain from it); valid until the next
- * qimg_map or qimg_unmap on m.  NULL: read them with qimg_pread.  A
- * mapping cannot report errors: touching bytes the file cannot supply (an
- * I/O error, a file truncated meanwhile) raises SIGBUS, which the caller
- * must catch and then read instead.
- */
-const void *qimg_map(struct qimg_image *img, uint64_t off, size_t len,
-                     struct qimg_mapping *m);
-void qimg_unmap(struct qimg_mapping *m);
-void qimg_mapping_close(struct qimg_mapping *m);
-
 /* ---- checksums (lib/checksum) ------------------------------------------- */
 
 /* Default block size of the blkhash construction (as nbdcopy's). */

@@ -39,9 +39,10 @@ int qcow2_cache_init(struct qcow2_cache *c, size_t entries, size_t table_size)
         nb *= 2;
     c->e = calloc(entries, sizeof(*c->e));
     c->buckets = malloc(nb * sizeof(*c->buckets));
-    /* Large enough to be mapped lazily: untouched slots cost no memory. */
-    c->slab = malloc(entries * table_size);
-    if (!c->e || !c->buckets || !c->slab) {
+    /* The slab comes with the first table (victim): commands that never
+     * look at a table (info, a 127-deep chain's backing nodes) skip its
+     * mmap and munmap, 40 us per node. */
+    if (!c->e || !c->buckets) {
         qcow2_cache_release(c);
         return -ENOMEM;
     }
@@ -207,6 +208,15 @@ static int victim(struct qimg_image *node, struct qcow2_cache *c,
                   struct qcow2_cache_entry **out, struct qimg_error *err)
 {
     struct qcow2_cache_entry *best = NULL;
+
+    if (!c->slab) {
+        /* Large enough to be mapped lazily: untouched slots cost no
+         * memory. */
+        c->slab = malloc(c->n * c->table_size);
+        if (!c->slab)
+            return qimg_error_set(err, -ENOMEM, "Could not allocate "
+                                  "metadata caches");
+    }
     for (size_t i = 0; i < c->n; i++) {
         struct qcow2_cache_entry *e = &c->e[i];
         if (!e->offset) {
