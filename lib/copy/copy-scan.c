@@ -14,10 +14,22 @@ struct scan {
     uint32_t align;     /* sectors, a power of two */
 };
 
+/* How far ahead of the scan (in sectors, 32 KiB) the next sectors' first
+ * bytes are prefetched.  A data sector is decided by its first word, so the
+ * scan reads one cache line in 8, a stride the hardware prefetchers do not
+ * follow, from a 2 MiB chunk that the kernel's copy left outside the L2
+ * cache: every sector was a cache miss (the stall was 88% of the scan's
+ * samples, the scan a tenth of a qcow2->raw convert).  The prefetch takes
+ * a fifth off the scan (docs/PERFORMANCE.md). */
+#define SCAN_PREFETCH_SECTORS 64
+
 static bool sector_zero(const struct scan *s, uint64_t i)
 {
     uint64_t off = i * COPY_SECTOR;
     uint64_t n = QIMG_MIN((uint64_t)COPY_SECTOR, s->len - off);
+
+    if (i + SCAN_PREFETCH_SECTORS < s->nsec)
+        __builtin_prefetch(s->buf + off + SCAN_PREFETCH_SECTORS * COPY_SECTOR);
     return qimg_buffer_is_zero(s->buf + off, (size_t)n);
 }
 
