@@ -27,6 +27,7 @@ PLOT_X1 = WIDTH - 60     # room for the value of the longest bar
 ROW_H = 26
 BAR_H = 9
 LINE_H = 16              # title and notes
+MAX_CHARS = 150         # of a title or note line (12 px text fits the width)
 AXIS_CAP = 3.0           # ratios above this are clipped (value still shown)
 
 TIME_COLOUR = "#3b6fb6"
@@ -92,6 +93,8 @@ def render(rows, title="", notes=()):
            'font-family="DejaVu Sans, Verdana, sans-serif" font-size="12">',
            f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>']
     for i, line in enumerate(head):
+        if len(line) > MAX_CHARS:
+            line = line[:MAX_CHARS - 3] + "..."
         weight = ' font-weight="bold" font-size="14"' if i == 0 and title else ""
         out.append(f'<text x="10" y="{22 + LINE_H * i}"{weight}>'
                    f'{escape(line)}</text>')
