@@ -2,9 +2,10 @@
 # bench/run.sh [--quick] [BUILD_DIR] - qimg against qemu-img, side by side.
 #
 # Generates deterministic inputs, runs every workload with qimg and with the
-# reference alternately BENCH_RUNS times, checks each result of qimg with
-# the reference (qemu-img compare against the input, qemu-img check of
-# qcow2 outputs, identical stdout and exit status for read-only commands),
+# reference BENCH_RUNS times (each tool first every other run), checks each
+# result of qimg with the reference (qemu-img compare against the input,
+# qemu-img check of qcow2 outputs, identical stdout and exit status for
+# read-only commands),
 # and prints the median wall time, CPU time (user + system) and peak RSS of
 # each tool, the ratios of the wall times and of the CPU times, and the
 # geometric means of those ratios (on a machine shared with other jobs the
@@ -443,7 +444,7 @@ declare -A T_Q T_R M_Q M_R
 run_workload() {
     local name=$1 prep=$2 args=$3 verify=$4 cpsrc=$5 i runs=$RUNS
     local -a qt=() rt=() qm=() rs=() qc=() rc=() ct=()
-    local ref_out ref_rc ok=1
+    local ref_out ref_rc q_out q_rc ok=1
     prep=${prep//@IN@/$IN}
     args=${args//@IN@/$IN}
     args=${args//@BENCH_W@/$BENCH_W}
@@ -453,37 +454,49 @@ run_workload() {
     [[ $name == grow\ * ]] && runs=$GROW_RUNS
     printf 'bench: %-24s' "$name"
     for ((i = 0; i < runs; i++)); do
-        # The reference first, so that "same" has its answer to compare.
-        (cd "$WORK" && eval "$prep") || die "$name: prep failed"
-        # shellcheck disable=SC2086
-        timed "$REF" $args
-        rt+=("$SECS") rs+=("$RSS") rc+=("$CPU")
-        ref_out=$(cat "$WORK/.out")
-        ref_rc=$RC
-        if [ "$verify" != same ] && [ "$RC" != 0 ]; then
-            cp "$WORK/.err" "$WORK/.why"
-            fail "$name" "the reference failed (rc=$RC): broken bench input"
-            ok=0
-        fi
-        (cd "$WORK" && eval "$prep") || die "$name: prep failed"
-        # shellcheck disable=SC2086
-        timed "$QIMG" $args
-        qt+=("$SECS") qm+=("$RSS") qc+=("$CPU")
-        printf ' %s/%s' "${qt[-1]}" "${rt[-1]}"
-        if [ "$verify" = same ]; then
-            if [ "$RC" != "$ref_rc" ] || [ "$(cat "$WORK/.out")" != "$ref_out" ]; then
-                { echo "rc $RC (qemu-img: $ref_rc)"
-                  diff <(echo "$ref_out") "$WORK/.out" | head -8; } >"$WORK/.why"
-                fail "$name" "output differs from qemu-img's"
-                ok=0
+        # Alternate which tool goes first, so that a load that rises or
+        # falls during the workload (or a cache one run warms for the
+        # next) does not always favour the same one.
+        local order=(ref qimg) tool
+        ((i % 2)) && order=(qimg ref)
+        for tool in "${order[@]}"; do
+            (cd "$WORK" && eval "$prep") || die "$name: prep failed"
+            if [ "$tool" = ref ]; then
+                # shellcheck disable=SC2086
+                timed "$REF" $args
+                rt+=("$SECS") rs+=("$RSS") rc+=("$CPU")
+                ref_out=$(cat "$WORK/.out")
+                ref_rc=$RC
+                if [ "$verify" != same ] && [ "$RC" != 0 ]; then
+                    cp "$WORK/.err" "$WORK/.why"
+                    fail "$name" "the reference failed (rc=$RC): broken bench input"
+                    ok=0
+                fi
+                continue
             fi
-        elif [ "$RC" != 0 ]; then
-            cp "$WORK/.err" "$WORK/.why"
-            fail "$name" "qimg failed (rc=$RC)"
+            # shellcheck disable=SC2086
+            timed "$QIMG" $args
+            qt+=("$SECS") qm+=("$RSS") qc+=("$CPU")
+            q_out=$(cat "$WORK/.out")
+            q_rc=$RC
+            # What qimg wrote is checked now, before the next prep.
+            if [ "$verify" = same ]; then
+                :
+            elif [ "$RC" != 0 ]; then
+                cp "$WORK/.err" "$WORK/.why"
+                fail "$name" "qimg failed (rc=$RC)"
+                ok=0
+            else
+                NAME=$name
+                eval "$verify" || ok=0
+            fi
+        done
+        printf ' %s/%s' "${qt[-1]}" "${rt[-1]}"
+        if [ "$verify" = same ] && { [ "$q_rc" != "$ref_rc" ] || [ "$q_out" != "$ref_out" ]; }; then
+            { echo "rc $q_rc (qemu-img: $ref_rc)"
+              diff <(echo "$ref_out") <(echo "$q_out") | head -8; } >"$WORK/.why"
+            fail "$name" "output differs from qemu-img's"
             ok=0
-        else
-            NAME=$name
-            eval "$verify" || ok=0
         fi
         # The copy bound, in the same moment: cp of the same data.
         if [ -n "$cpsrc" ]; then
