@@ -5,9 +5,8 @@
 # reference BENCH_RUNS times (each tool first every other run), checks each
 # result of qimg with the reference (qemu-img compare against the input,
 # qemu-img check of qcow2 outputs, identical stdout and exit status for
-# read-only commands),
-# and prints the median wall time, CPU time (user + system) and peak RSS of
-# each tool, the ratios of the wall times and of the CPU times, and the
+# read-only commands), and prints the median wall time, CPU time (user +
+# system) and peak RSS of each tool, the ratios of the wall times and of the CPU times, and the
 # geometric means of those ratios (on a machine shared with other jobs the
 # CPU ratio is the steadier one).  The copies are also timed against
 # `cp --sparse=always` of the same data in the same run.  Growth workloads
