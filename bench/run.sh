@@ -1,20 +1,20 @@
 #!/bin/bash
 # bench/run.sh [--quick] [BUILD_DIR] - qimg against qemu-img, side by side.
 #
-# Generates deterministic inputs, runs every workload with qimg and with the
-# reference BENCH_RUNS times (each tool first every other run), checks each
-# result of qimg with the reference (qemu-img compare against the input,
-# qemu-img check of qcow2 outputs, identical stdout and exit status for
-# read-only commands), and prints the median wall time, CPU time (user +
-# system) and peak RSS of each tool, the ratios of the wall times and of the CPU times, and the
-# geometric means of those ratios (on a machine shared with other jobs the
-# CPU ratio is the steadier one).  The copies are also timed against
-# `cp --sparse=always` of the same data in the same run.  Growth workloads
-# run check, map and compare of a sparse qcow2 at 1 TiB and 16 TiB and
-# info --backing-chain of chains 16 and 127 deep, and the report gives the
-# growth factor (big/small) of each tool's time and RSS.  A wrong answer
-# from qimg is a failure however fast it was: the run ends with a FAILED
-# banner and exit status 1.
+# Generates deterministic inputs, runs every workload with qimg and with
+# the reference BENCH_RUNS times (each tool first every other run), checks
+# each result of qimg with the reference (qemu-img compare against the
+# input, qemu-img check of qcow2 outputs, identical stdout and exit status
+# for read-only commands), and prints the median wall time, CPU time (user
+# + system) and peak RSS of each tool, the ratios of the wall times and of
+# the CPU times, and the geometric means of those ratios (on a machine
+# shared with other jobs the CPU ratio is the steadier one).  The copies
+# are also timed against `cp --sparse=always` of the same data in the same
+# run.  Growth workloads run check, map and compare of a sparse qcow2 at 1
+# TiB and 16 TiB and info --backing-chain of chains 16 and 127 deep, and
+# the report gives the growth factor (big/small) of each tool's time and
+# RSS.  A wrong answer from qimg is a failure however fast it was: the run
+# ends with a FAILED banner and exit status 1.
 #
 # The report (header, table, summary, growth) is printed and written to
 # BENCH_OUT.txt, and bench/chart.py draws its ratios into BENCH_OUT.svg.
