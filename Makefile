@@ -1,7 +1,7 @@
 # Thin wrapper over Meson/Ninja.  The real build is meson.build.
 BUILD ?= build
 
-.PHONY: all deps test-deps configure check demo bench fmt clean install \
+.PHONY: all deps test-deps configure check demo bench bench-quick fmt clean install \
 	check-asan check-rbd fuzz check-valgrind static
 
 all: deps configure
@@ -27,6 +27,10 @@ demo: test-deps configure
 bench: test-deps configure
 	ninja -C $(BUILD)
 	bench/run.sh $(BUILD)
+
+bench-quick: test-deps configure
+	ninja -C $(BUILD)
+	bench/run.sh --quick $(BUILD)
 
 fmt:
 	clang-format -i include/*.h lib/*/*.[ch] cli/*.[ch] tests/unit/*.c
