@@ -29,7 +29,7 @@
 #   BENCH_SEED=n       seed of the generated content (default 1)
 #   BENCH_ONLY=regex   only the workloads whose name matches
 #   BENCH_KEEP=1       keep the scratch directory (and its input)
-#   BENCH_TIMEOUT=s    per-command timeout in seconds (default 120): a
+#   BENCH_TIMEOUT=s    per-command timeout in seconds (default 60): a
 #                      command killed by it shows as "timeout" (its row's
 #                      ratio as n/a; a qimg timeout fails the bench)
 set -u
@@ -44,7 +44,7 @@ RUNS=${BENCH_RUNS:-3}
 SEED=${BENCH_SEED:-1}
 ONLY=${BENCH_ONLY:-}
 KEEP=${BENCH_KEEP:-0}
-TIMEOUT=${BENCH_TIMEOUT:-120}
+TIMEOUT=${BENCH_TIMEOUT:-60}
 SIZE=$(numfmt --from=iec "${BENCH_SIZE:-1G}") || exit 2
 MARK=.qimg-bench-net
 
@@ -168,9 +168,16 @@ row_median() {
     if grep -q timeout <<<"$v"; then echo timeout; else median <<<"$v"; fi
 }
 
+# ref_pair_part SOURCE TARGET [FLAGS...]: the reference's timed run of a
+# pair, or "timeout" without running it once it hung in this row (a hang
+# costs the whole timeout; one is enough to mark the row).
+ref_pair_part() {
+    if [ "$REF_HUNG" = 1 ]; then echo timeout; else one_ref "$@"; fi
+}
+
 # run NAME SOURCE TARGET CHECK_TARGET [CONVERT_FLAGS...]: the workload
 # with both tools; prints a result row.  Before each pair of timed runs
-# one untimed copy (by the reference under the timeout, by qimg when the
+# one untimed copy (by the reference under the timeout, by qimg once the
 # reference hung) puts the input in the page cache and allocates the
 # target's memory or blocks, so the first timed tool does not pay for
 # first touches that the second then skips; the order of the pair
@@ -178,20 +185,25 @@ row_median() {
 run() {
     local name=$1 src=$2 dst=$3 check=$4; shift 4
     [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]] && return 0
-    local i tq tr qs=() rs=() warm
+    local i tq tr qs=() rs=() warm=timeout
+    REF_HUNG=0
     for i in $(seq "$RUNS"); do
-        warm=$(timed "$REF" convert "$@" $REF_EXTRA -f raw -O raw "$src" \
-               "$dst" 2>/dev/null)
-        [ "$warm" = timeout ] &&
+        [ "$REF_HUNG" = 0 ] &&
+            warm=$(timed "$REF" convert "$@" $REF_EXTRA -f raw -O raw \
+                   "$src" "$dst" 2>/dev/null)
+        if [ "$warm" = timeout ]; then
+            REF_HUNG=1
             timeout -k 5 "$TIMEOUT" "$QIMG" convert "$@" -f raw -O raw \
                 "$src" "$dst" >/dev/null 2>&1
+        fi
         if [ $((i % 2)) = 1 ]; then
             tq=$(one_qimg "$src" "$dst" "$check" "$@") || { FAILED=1; return; }
-            tr=$(one_ref "$src" "$dst" "$@") || { FAILED=1; return; }
+            tr=$(ref_pair_part "$src" "$dst" "$@") || { FAILED=1; return; }
         else
-            tr=$(one_ref "$src" "$dst" "$@") || { FAILED=1; return; }
+            tr=$(ref_pair_part "$src" "$dst" "$@") || { FAILED=1; return; }
             tq=$(one_qimg "$src" "$dst" "$check" "$@") || { FAILED=1; return; }
         fi
+        [ "$tr" = timeout ] && REF_HUNG=1
         qs+=("$tq"); rs+=("$tr")
     done
     tq=$(printf '%s\n' "${qs[@]}" | row_median)
