@@ -2,7 +2,11 @@
  * jsonopts.c - json: pseudo-filenames flattened into option lists, as
  * QEMU's qdict_flatten() does: nested objects become dotted keys
  * ({"file": {"filename": "a"}} -> file.filename), array elements indexed
- * keys (inject-error.0.event), and each value keeps its JSON type.
+ * keys (inject-error.0.event), and each value keeps its JSON type.  An
+ * empty object or array stays as an entry of its own, as QEMU keeps it (so
+ * "bogus": {} is still an unknown option): typed QIMG_VAL_NULL like a JSON
+ * null, with the value JSON_EMPTY_OBJECT or "[]" so that a driver which
+ * needs members there can tell "{}" from null (jsonopts.h).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -61,7 +65,12 @@ static int flatten(json_t *val, const char *key, struct qimg_opts *opts,
     switch (json_typeof(val)) {
     case JSON_OBJECT:
     case JSON_ARRAY:
-        return flatten_children(val, key, opts, depth, err);
+        if (json_is_object(val) ? json_object_size(val)
+                                : json_array_size(val))
+            return flatten_children(val, key, opts, depth, err);
+        s = json_is_object(val) ? JSON_EMPTY_OBJECT : "[]";
+        type = QIMG_VAL_NULL;
+        break;
     case JSON_STRING:
         s = json_string_value(val);
         break;

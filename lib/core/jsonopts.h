@@ -9,4 +9,8 @@
 int qimg_json_to_opts(const char *json, struct qimg_opts *opts,
                       struct qimg_error *err);
 
+/* The value of an entry that was an empty object ("key": {}); its type is
+ * QIMG_VAL_NULL, as for null (value ""). */
+#define JSON_EMPTY_OBJECT "{}"
+
 #endif

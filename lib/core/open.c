@@ -303,9 +303,15 @@ static int open_file_child(struct qimg_image *node, const char *filename,
                            struct qimg_error *err)
 {
     struct qimg_opts *fo;
+    long at = qimg_opts_index(o, "file");
     const char *ref = qimg_opts_get(o, "file");
     int ret;
 
+    /* "file": null, {} or [] names no child, as if it were absent. */
+    if (at >= 0 && qimg_opts_type(o, (size_t)at) == QIMG_VAL_NULL) {
+        qimg_opts_del(o, "file");
+        ref = NULL;
+    }
     if (ref)
         return qimg_error_set(err, -EINVAL, "Cannot find device='%s' nor "
                               "node-name='%s'", ref, ref);
@@ -438,6 +444,7 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
     const char *driver, *v;
     bool protocol = false, opened = false;
     int ret;
+    long at;
 
     *out = NULL;
     if (!o)
@@ -502,7 +509,11 @@ int qimg_node_open(struct qimg_image **out, const char *filename,
     /* "backing": null (or "") opens no backing file; backing.* options
      * choose it instead of the header. */
     v = qimg_opts_get(o, "backing");
-    if (v && !*v) {
+    at = qimg_opts_index(o, "backing");
+    if (at >= 0 && qimg_opts_type(o, (size_t)at) == QIMG_VAL_NULL && *v) {
+        /* {} or []: no node name and no options; QEMU then reports the
+         * option as unsupported, which the option check below does. */
+    } else if (v && !*v) {
         node->flags |= QIMG_OPEN_NO_BACKING;
         node->backing_overridden = true;
         qimg_opts_del(o, "backing");

@@ -203,9 +203,11 @@ Subsystem sftp internal-sftp
                        capture_output=True)
         return port, env, (d / "host.pub").read_text().split()[:2]
 
-    def tgt(self, backing, target="iqn.2026-12.org.qimg:test"):
+    def tgt(self, backing, target="iqn.2026-12.org.qimg:test", thin=False):
         """tgtd serving the file backing as LUN 1 of target on a free
-        portal port, with its own control socket; returns the port."""
+        portal port, with its own control socket; returns the port.
+        thin: the LUN thin-provisioned (LBPME: GET LBA STATUS, UNMAP and
+        WRITE SAME with unmap, holes punched in backing)."""
         tgtd, tgtadm = need("tgtd"), need("tgtadm")
         port = free_port()
         # /run/tgtd/socket.N (tgtd takes N < 32768): from the free port,
@@ -218,6 +220,9 @@ Subsystem sftp internal-sftp
                       "-T", target],
                      ["--op", "new", "--mode", "logicalunit", "--tid", "1",
                       "--lun", "1", "-b", backing],
+                     *([["--op", "update", "--mode", "logicalunit",
+                         "--tid", "1", "--lun", "1", "--params",
+                         "thin_provisioning=1"]] if thin else []),
                      ["--op", "bind", "--mode", "target", "--tid", "1",
                       "-I", "ALL"]):
             r = subprocess.run([tgtadm, "-C", str(ctl), "--lld", "iscsi",

@@ -3,7 +3,7 @@ file-backed LUN, each command run through qimg and the reference
 qemu-img against the same target: same stdout, stderr and exit status."""
 import subprocess
 
-from conftest import QIMG, REF, run
+from conftest import QIMG, REF, qemu_io, run
 from netservers import free_port, servers  # noqa: F401 (fixture)
 from test_nbd import make_inputs, same_all
 
@@ -91,3 +91,57 @@ def test_iscsi_write(pair, servers):
                   pair.path_qimg("lun.img"), pair.path_ref("q.qcow2")],
             pair.qimg_dir)
     assert r.rc == 0, r
+
+
+def test_iscsi_thin_provisioning(pair, servers):
+    """A thin-provisioned LUN (tgt thin_provisioning=1): map and convert
+    see its holes through GET LBA STATUS; a commit of zeroes into it
+    unmaps them (WRITE SAME with UNMAP), and deleting a snapshot of a
+    qcow2 stored on it discards the freed clusters (UNMAP), as the
+    reference does: the LUN's map afterwards, read by the reference, is
+    the same for both tools."""
+    pair.setup_once(make_inputs)
+    maps = {}
+    for tool, d in ((REF, pair.ref_dir), (QIMG, pair.qimg_dir)):
+        lun = d / "thin.raw"
+        subprocess.run(["truncate", "-s", "16M", lun], check=True)
+        qemu_io(lun, "write -P 0x44 4M 8M", "write -P 0x55 14M 4k")
+        port = servers.tgt(lun, IQN, thin=True)
+        u = f"iscsi://127.0.0.1:{port}/{IQN}/1"
+        js = (f'json:{{"driver":"raw","file":{{"driver":"iscsi",'
+              f'"transport":"tcp","portal":"127.0.0.1:{port}",'
+              f'"target":"{IQN}","lun":"1"}}}}')
+        out = []
+        for args in (("map", "--output=json", u), ("map", u),
+                     ("convert", "-O", "qcow2", u, "thin.qcow2"),
+                     ("map", "--output=json", "thin.qcow2")):
+            r = run(tool, args, d, timeout=60)
+            out.append((r.rc, r.out.replace(str(port), "PORT"),
+                        r.err.replace(str(port), "PORT")))
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", "-b", js,
+                        "-F", "raw", d / "ov.qcow2"], check=True)
+        qemu_io(d / "ov.qcow2", "write -z 5M 2M", "write -z -u 9M 1M",
+                "write -P 0x66 10M 64k", fmt="qcow2")
+        r = run(tool, ("commit", "ov.qcow2"), d, timeout=60)
+        out.append((r.rc, r.out, r.err))
+        r = run(REF, ("map", "--output=json", u), d, timeout=60)
+        out.append((r.rc, r.out.replace(str(port), "PORT"), r.err))
+        # a qcow2 on the LUN: snapshot -d frees (and discards) clusters
+        subprocess.run(["fallocate", "-p", "-o", "0", "-l", "16M", lun],
+                       check=True)
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2", u, "8M"],
+                       check=True)
+        qemu_io(u, "write -P 1 0 2M", fmt="qcow2")
+        subprocess.run([str(REF), "snapshot", "-c", "s1", u], check=True)
+        qemu_io(u, "write -P 2 0 2M", fmt="qcow2")
+        for args in (("snapshot", "-d", "s1", u), ("check", u)):
+            r = run(tool, args, d, timeout=60)
+            out.append((r.rc, r.out, r.err))
+        r = run(REF, ("map", "--output=json", "-f", "raw", u), d, timeout=60)
+        out.append((r.rc, r.out, r.err))
+        maps[tool] = out
+    assert maps[QIMG] == maps[REF]
+    assert all(rc == 0 for rc, _, _ in maps[REF]), maps[REF]
+    assert '"data": false' in maps[REF][5][1]       # the holes are there
+    subprocess.run(["cmp", pair.path_ref("thin.raw"),
+                    pair.path_qimg("thin.raw")], check=True)

@@ -71,6 +71,13 @@ def test_ssh(pair, servers):
                  f'"port":"{port}"}},"path":"{ref}/r.raw",'
                  f'"host-key-check":{{"mode":"hash","type":"sha512",'
                  f'"hash":"00"}}}}'),
+        # host-key-check that is no object with a mode, and the legacy
+        # host_key_check string given as no string (ignored by 7.2)
+        *[("info", f'json:{{"driver":"raw","file":{{"driver":"ssh",'
+                   f'"server":{{"host":"127.0.0.1","port":"{port}"}},'
+                   f'"path":"{ref}/r.raw","{k}":{v}}}}}')
+          for k in ("host-key-check", "host_key_check")
+          for v in ("{}", "null", "[]", '"x"')],
     ], env=env)
     # Writes: each tool into its own directory on the same server.
     results = {}

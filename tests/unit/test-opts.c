@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "qimg.h"
+#include "core/jsonopts.h"
 
 static struct qimg_opts *parse(const char *s, const char *implied)
 {
@@ -209,6 +210,31 @@ static void test_numbers_and_sizes(void **state)
     qimg_opts_free(o);
 }
 
+/* json: flattening keeps an empty object or array as an entry of its own
+ * (typed null, "{}" or "[]"), as QEMU's qdict_flatten keeps them. */
+static void test_json_empty_members(void **state)
+{
+    struct qimg_opts *o = qimg_opts_new();
+    struct qimg_error err = {0};
+    (void)state;
+    assert_non_null(o);
+    assert_int_equal(qimg_json_to_opts(
+        "{\"a\":{},\"b\":[],\"c\":null,\"d\":{\"e\":{}},\"f\":{\"g\":1}}",
+        o, &err), 0);
+    assert_int_equal(qimg_opts_count(o), 5);
+    assert_string_equal(qimg_opts_get(o, "a"), JSON_EMPTY_OBJECT);
+    assert_string_equal(qimg_opts_get(o, "b"), "[]");
+    assert_string_equal(qimg_opts_get(o, "c"), "");
+    assert_string_equal(qimg_opts_get(o, "d.e"), JSON_EMPTY_OBJECT);
+    assert_string_equal(qimg_opts_get(o, "f.g"), "1");
+    assert_null(qimg_opts_get(o, "d"));
+    assert_int_equal(qimg_opts_type(o, (size_t)qimg_opts_index(o, "a")),
+                     QIMG_VAL_NULL);
+    assert_int_equal(qimg_opts_type(o, (size_t)qimg_opts_index(o, "b")),
+                     QIMG_VAL_NULL);
+    qimg_opts_free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -223,6 +249,7 @@ int main(void)
         cmocka_unit_test(test_numbers_and_sizes),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_error_messages),
+        cmocka_unit_test(test_json_empty_members),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,7 +8,9 @@
  * One libiscsi context serves every request, one at a time behind a
  * mutex (a context is not thread-safe), with libiscsi's synchronous
  * READ16/WRITE16.  Requests not aligned to the LUN's block size are
- * read-modify-written under the same lock.
+ * read-modify-written under the same lock.  On a thin-provisioned LUN
+ * (tgt's thin_provisioning=1), block status comes from GET LBA STATUS and
+ * discard goes out as UNMAP, as in 7.2.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -40,6 +42,12 @@ struct iscsi_state {
     uint32_t block_size;
     uint64_t num_blocks;
     bool write_protected;
+    /* Logical block provisioning (READ CAPACITY(16) and the VPD pages):
+     * lbpme enables GET LBA STATUS, lbpu UNMAP. */
+    bool lbpme, lbprz, lbpu, lbpws;
+    uint32_t max_ws;           /* blocks per WRITE SAME, 0: no limit */
+    uint32_t max_unmap;        /* blocks per UNMAP descriptor, 0: no limit */
+    uint32_t unmap_gran;       /* blocks, at least 1 */
     pthread_mutex_t lock;
 };
 
@@ -232,6 +240,8 @@ static int read_capacity(struct iscsi_state *s, struct qimg_error *err)
                 }
                 s->block_size = rc->block_length;
                 s->num_blocks = rc->returned_lba + 1;
+                s->lbpme = rc->lbpme;
+                s->lbprz = rc->lbprz;
                 break;
             }
             if (unit_attention(t))
@@ -329,6 +339,50 @@ static int connect_lun(struct iscsi_state *s, const struct qimg_opts *o,
     return read_capacity(s, err);
 }
 
+/* An EVPD inquiry of page, unmarshalled (NULL when the target has none). */
+static void *vpd_page(struct iscsi_state *s, int page, struct scsi_task **t)
+{
+    void *data = NULL;
+
+    *t = iscsi_inquiry_sync(s->ctx, s->lun, 1, page, 255);
+    if (*t && (*t)->status == SCSI_STATUS_GOOD)
+        data = scsi_datain_unmarshall(*t);
+    if (!data && *t) {
+        scsi_free_scsi_task(*t);
+        *t = NULL;
+    }
+    return data;
+}
+
+/*
+ * On a thin-provisioned LUN (LBPME), what the Logical Block Provisioning
+ * and Block Limits pages say about UNMAP, as QEMU reads them at open.  A
+ * target that lacks a page leaves UNMAP off, nothing fails.
+ */
+static void read_provisioning(struct iscsi_state *s)
+{
+    struct scsi_inquiry_logical_block_provisioning *lbp;
+    struct scsi_inquiry_block_limits *bl;
+    struct scsi_task *t;
+
+    s->unmap_gran = 1;
+    if (!s->lbpme)
+        return;
+    if ((lbp = vpd_page(s, SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING,
+                        &t))) {
+        s->lbpu = lbp->lbpu;
+        s->lbpws = lbp->lbpws;
+        scsi_free_scsi_task(t);
+    }
+    if ((bl = vpd_page(s, SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, &t))) {
+        s->max_unmap = bl->max_unmap;
+        s->max_ws = (uint32_t)QIMG_MIN(bl->max_ws_len, (uint64_t)UINT32_MAX);
+        if (bl->opt_unmap_gran)
+            s->unmap_gran = bl->opt_unmap_gran;
+        scsi_free_scsi_task(t);
+    }
+}
+
 static int iscsi_open(struct qimg_storage *st, const struct qimg_opts *opts,
                       unsigned flags, enum qimg_cache cache,
                       struct qimg_error *err)
@@ -340,6 +394,8 @@ static int iscsi_open(struct qimg_storage *st, const struct qimg_opts *opts,
     if (!s)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     ret = connect_lun(s, opts, err);
+    if (ret == 0)
+        read_provisioning(s);
     if (ret == 0 && (flags & QIMG_OPEN_RDWR) && s->write_protected &&
         s->type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS)
         ret = qimg_error_set(err, -EACCES, "LUN is write protected");
@@ -524,6 +580,137 @@ static int iscsi_flush(struct qimg_storage *st, struct qimg_error *err)
     return ret < 0 ? qimg_error_set(err, ret, "%s", strerror(EIO)) : 0;
 }
 
+/*
+ * Block status through GET LBA STATUS on a thin-provisioned LUN, as 7.2:
+ * the first descriptor says whether the blocks from off are mapped (data)
+ * or deallocated/anchored (no data; zeroes when the LUN has LBPRZ).  A
+ * LUN without LBPME, or a target that fails the command, is all data.
+ */
+static int iscsi_block_status(struct qimg_storage *st, uint64_t off,
+                              uint64_t len, struct qimg_extent *ext,
+                              struct qimg_error *err)
+{
+    struct iscsi_state *s = st->priv;
+    struct scsi_get_lba_status *lbas;
+    struct scsi_task *t;
+    uint64_t lba = off / s->block_size, end = s->num_blocks * s->block_size;
+    int ret = net_block_status_data(st, off, len, ext, err);
+
+    if (ret < 0 || !s->lbpme || off >= end || off % s->block_size)
+        return ret;
+    pthread_mutex_lock(&s->lock);
+    t = iscsi_get_lba_status_sync(s->ctx, s->lun, lba, 8 + 16);
+    if (!t || t->status != SCSI_STATUS_GOOD) {
+        qimg_message(QIMG_MSG_ERROR, "iSCSI GET_LBA_STATUS failed at lba %"
+                     PRIu64 ": %s\n", lba, iscsi_get_error(s->ctx));
+        goto out;                   /* all data, as 7.2 */
+    }
+    lbas = scsi_datain_unmarshall(t);
+    if (!lbas || !lbas->num_descriptors ||
+        lbas->descriptors[0].lba != lba) {
+        ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
+        goto out;
+    }
+    ext->length = QIMG_MIN(len, QIMG_MIN((uint64_t)lbas->descriptors[0]
+                                             .num_blocks * s->block_size,
+                                         end - off));
+    if (!ext->length) {
+        ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
+        goto out;
+    }
+    if (lbas->descriptors[0].provisioning != SCSI_PROVISIONING_TYPE_MAPPED)
+        ext->flags = s->lbprz ? QIMG_BS_ZERO : 0;
+out:
+    if (t)
+        scsi_free_scsi_task(t);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/*
+ * Discard through UNMAP when the LUN supports it (LBPU), as 7.2: only the
+ * whole unmap granules inside the range, in descriptors of at most the
+ * target's maximum; a target that answers CHECK CONDITION (unhappy with
+ * the alignment) is ignored; without LBPU a discard does nothing.
+ */
+static int iscsi_discard(struct qimg_storage *st, uint64_t off, uint64_t len,
+                         struct qimg_error *err)
+{
+    struct iscsi_state *s = st->priv;
+    uint64_t gran = (uint64_t)s->unmap_gran * s->block_size;
+    uint64_t first, last, end = s->num_blocks * s->block_size;
+    int ret = 0;
+
+    if (!s->lbpu || off >= end)
+        return 0;
+    last = QIMG_MIN(end, off + len) / gran * gran;
+    first = qimg_div_round_up(off, gran) * gran;
+    pthread_mutex_lock(&s->lock);
+    while (first < last && ret == 0) {
+        uint64_t n = (last - first) / s->block_size;
+        uint32_t max = s->max_unmap ? s->max_unmap : UINT32_MAX;
+        struct unmap_list list = {first / s->block_size,
+                                  (uint32_t)QIMG_MIN(n, (uint64_t)max)};
+        struct scsi_task *t = iscsi_unmap_sync(s->ctx, s->lun, 0, 0, &list,
+                                               1);
+        if (!t || (t->status != SCSI_STATUS_GOOD &&
+                   t->status != SCSI_STATUS_CHECK_CONDITION)) {
+            qimg_message(QIMG_MSG_ERROR, "iSCSI UNMAP failed at lba %" PRIu64
+                         ": %s\n", list.lba, iscsi_get_error(s->ctx));
+            ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
+        }
+        if (t)
+            scsi_free_scsi_task(t);
+        first += (uint64_t)list.num * s->block_size;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/*
+ * Zeroes that may become a hole: WRITE SAME(16) of a zero block with the
+ * UNMAP bit, when the LUN supports it (LBPWS) and reads unmapped blocks as
+ * zeroes (LBPRZ), as 7.2 does.  Anything else (no unmap allowed, an
+ * unaligned range, no LBPWS) is -ENOTSUP: the caller writes zeroes.
+ */
+static int iscsi_zeroes(struct qimg_storage *st, uint64_t off, uint64_t len,
+                        unsigned flags, struct qimg_error *err)
+{
+    struct iscsi_state *s = st->priv;
+    uint64_t gran = (uint64_t)s->unmap_gran * s->block_size;
+    uint32_t per = ISCSI_MAX_XFER / s->block_size;
+    uint8_t *zero;
+    int ret = 0;
+
+    if (!(flags & QIMG_ZERO_MAY_UNMAP) || !s->lbpws || !s->lbprz ||
+        off % gran || len % gran ||
+        off + len > s->num_blocks * s->block_size)
+        return -ENOTSUP;
+    if (s->max_ws && s->max_ws < per)
+        per = s->max_ws;
+    if (!(zero = calloc(1, s->block_size)))
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t lba = off / s->block_size, n = len / s->block_size;
+         n && ret == 0;) {
+        uint32_t k = n < per ? (uint32_t)n : per;
+        struct scsi_task *t = iscsi_writesame16_sync(
+            s->ctx, s->lun, lba, zero, s->block_size, k, 0, 1, 0, 0);
+        if (!t || t->status != SCSI_STATUS_GOOD) {
+            qimg_message(QIMG_MSG_ERROR, "iSCSI WRITESAME10/16 failed at lba %"
+                         PRIu64 ": %s\n", lba, iscsi_get_error(s->ctx));
+            ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
+        }
+        if (t)
+            scsi_free_scsi_task(t);
+        lba += k;
+        n -= k;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(zero);
+    return ret;
+}
+
 static int64_t iscsi_get_size(struct qimg_storage *st)
 {
     struct iscsi_state *s = st->priv;
@@ -582,6 +769,8 @@ const struct qimg_storage_ops qimg_storage_iscsi = {
     .get_size = iscsi_get_size,
     .truncate = iscsi_truncate,
     .truncate_exact = iscsi_truncate_exact,
-    .block_status = net_block_status_data /* no LBA status: all data */,
+    .pwrite_zeroes = iscsi_zeroes,
+    .discard = iscsi_discard,
+    .block_status = iscsi_block_status,
     .create_by_open = true,
 };

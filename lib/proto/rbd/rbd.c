@@ -6,10 +6,12 @@
  * librados as a configuration setting), its options (pool, namespace,
  * image, snapshot, conf, user) and its messages.  An open librbd image
  * is safe to use from several threads at once (librbd serialises
- * internally), so the copy engine's workers call it without a lock.
+ * internally), so the copy engine's workers call it without a lock
+ * (but for growing the image: resize_lock).
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,8 @@ struct rbd_state {
     rados_t cluster;
     rados_ioctx_t io;
     rbd_image_t image;
+    /* Two workers growing the image at once must not shrink it back. */
+    pthread_mutex_t resize_lock;
     bool has_cluster, has_io, has_image;
 };
 
@@ -195,6 +199,14 @@ out:
 
 /* ---- connecting -------------------------------------------------------------- */
 
+static struct rbd_state *state_new(void)
+{
+    struct rbd_state *s = calloc(1, sizeof(*s));
+    if (s)
+        pthread_mutex_init(&s->resize_lock, NULL);
+    return s;
+}
+
 static void state_free(struct rbd_state *s)
 {
     if (!s)
@@ -205,6 +217,7 @@ static void state_free(struct rbd_state *s)
         rados_ioctx_destroy(s->io);
     if (s->has_cluster)
         rados_shutdown(s->cluster);
+    pthread_mutex_destroy(&s->resize_lock);
     free(s);
 }
 
@@ -329,7 +342,7 @@ static int rbd_open_storage(struct qimg_storage *st,
                             const struct qimg_opts *opts, unsigned flags,
                             enum qimg_cache cache, struct qimg_error *err)
 {
-    struct rbd_state *s = calloc(1, sizeof(*s));
+    struct rbd_state *s = state_new();
     const char *image = qimg_opts_get(opts, "image");
     const char *snap = qimg_opts_get(opts, "snapshot");
     int r;
@@ -380,12 +393,85 @@ static int64_t rbd_size_of(struct qimg_storage *st)
     return r < 0 ? r : (int64_t)size;
 }
 
+/*
+ * Reads and writes go to librbd as asynchronous requests of at most
+ * RBD_AIO_PIECE bytes with up to RBD_AIO_DEPTH of them in flight per call,
+ * so that one 2 MiB chunk of the copy engine keeps several OSD operations
+ * busy (the engine's workers then multiply that).  Each call waits for
+ * all of its requests before returning: the caller's buffer is free again
+ * and errors belong to the call that caused them.
+ */
+#define RBD_AIO_PIECE ((size_t)512 << 10)
+#define RBD_AIO_DEPTH 8
+
+/* One window of requests in flight: a ring of completions. */
+struct aio_window {
+    rbd_completion_t c[RBD_AIO_DEPTH];
+    size_t len[RBD_AIO_DEPTH];
+    bool write;                 /* a write's result is 0, not a length */
+    unsigned head, count;
+    int ret;                    /* first error, or 0 */
+};
+
+/* Wait for the oldest request; record its error or short read. */
+static void aio_reap(struct aio_window *w)
+{
+    unsigned i = w->head;
+    rbd_aio_wait_for_complete(w->c[i]);
+    ssize_t r = rbd_aio_get_return_value(w->c[i]);
+    rbd_aio_release(w->c[i]);
+    if (w->ret == 0 && r < 0)
+        w->ret = (int)r;
+    else if (w->ret == 0 && !w->write && (size_t)r != w->len[i])
+        w->ret = -EIO;
+    w->head = (w->head + 1) % RBD_AIO_DEPTH;
+    w->count--;
+}
+
+/* len bytes at off between the image and buf, in pieces in flight. */
+static int aio_transfer(struct rbd_state *s, bool write, uint64_t off,
+                        size_t len, uint8_t *buf)
+{
+    struct aio_window w = {.write = write};
+
+    while (len && w.ret == 0) {
+        unsigned i = (w.head + w.count) % RBD_AIO_DEPTH;
+        size_t n = QIMG_MIN(len, RBD_AIO_PIECE);
+        int r;
+
+        if (w.count == RBD_AIO_DEPTH) {
+            aio_reap(&w);
+            continue;
+        }
+        r = rbd_aio_create_completion(NULL, NULL, &w.c[i]);
+        if (r == 0) {
+            r = write ? rbd_aio_write2(s->image, off, n, (char *)buf, w.c[i], 0)
+                      : rbd_aio_read2(s->image, off, n, (char *)buf, w.c[i], 0);
+            if (r < 0)
+                rbd_aio_release(w.c[i]);
+        }
+        if (r < 0) {
+            w.ret = r;
+            break;
+        }
+        w.len[i] = n;
+        w.count++;
+        off += n;
+        buf += n;
+        len -= n;
+    }
+    while (w.count)              /* the buffer must outlive every request */
+        aio_reap(&w);
+    return w.ret;
+}
+
 static int rbd_pread_storage(struct qimg_storage *st, uint64_t off,
                              size_t len, void *buf, struct qimg_error *err)
 {
     struct rbd_state *s = st->priv;
     int64_t size = rbd_size_of(st);
     size_t in = len;
+    int r;
 
     if (size < 0)
         return io_error((int)size, err);
@@ -395,18 +481,8 @@ static int rbd_pread_storage(struct qimg_storage *st, uint64_t off,
     else if (len > (uint64_t)size - off)
         in = (size_t)((uint64_t)size - off);
     memset((uint8_t *)buf + in, 0, len - in);
-    while (in) {
-        size_t n = QIMG_MIN(in, (size_t)1 << 30);
-        ssize_t r = rbd_read2(s->image, off, n, buf, 0);
-        if (r < 0)
-            return io_error((int)r, err);
-        if (r == 0)
-            return io_error(-EIO, err);
-        off += (size_t)r;
-        buf = (uint8_t *)buf + r;
-        in -= (size_t)r;
-    }
-    return 0;
+    r = aio_transfer(s, false, off, in, buf);
+    return r < 0 ? io_error(r, err) : 0;
 }
 
 static int rbd_pwrite_storage(struct qimg_storage *st, uint64_t off,
@@ -415,27 +491,24 @@ static int rbd_pwrite_storage(struct qimg_storage *st, uint64_t off,
 {
     struct rbd_state *s = st->priv;
     int64_t size = rbd_size_of(st);
+    int r;
 
     if (size < 0)
         return io_error((int)size, err);
     /* QEMU grows the image for writes past its end. */
     if (off + len > (uint64_t)size) {
-        int r = rbd_resize(s->image, off + len);
+        pthread_mutex_lock(&s->resize_lock);
+        size = rbd_size_of(st);
+        r = size < 0 ? (int)size
+            : off + len > (uint64_t)size ? rbd_resize(s->image, off + len)
+                                         : 0;
+        pthread_mutex_unlock(&s->resize_lock);
         if (r < 0)
             return io_error(r, err);
     }
-    while (len) {
-        size_t n = QIMG_MIN(len, (size_t)1 << 30);
-        ssize_t r = rbd_write2(s->image, off, n, buf, 0);
-        if (r < 0)
-            return io_error((int)r, err);
-        if (r == 0)
-            return io_error(-EIO, err);
-        off += (size_t)r;
-        buf = (const uint8_t *)buf + r;
-        len -= (size_t)r;
-    }
-    return 0;
+    /* librbd only reads the buffer of a write. */
+    r = aio_transfer(s, true, off, len, (uint8_t *)(uintptr_t)buf);
+    return r < 0 ? io_error(r, err) : 0;
 }
 
 static int rbd_flush_storage(struct qimg_storage *st, struct qimg_error *err)
@@ -543,7 +616,7 @@ static int rbd_create_storage(const char *filename,
                               struct qimg_error *err)
 {
     struct qimg_opts *o = qimg_opts_new();
-    struct rbd_state *s = calloc(1, sizeof(*s));
+    struct rbd_state *s = state_new();
     uint64_t size = 0, objsize = 0;
     int order = 0, ret = -ENOMEM;
 

@@ -20,6 +20,7 @@
 #include <libssh/libssh.h>
 #include <libssh/sftp.h>
 
+#include "core/jsonopts.h"
 #include "core/util.h"
 #include "proto/net.h"
 
@@ -180,12 +181,31 @@ static int hkc_from_legacy(const char *v, struct ssh_target *t,
                           v);
 }
 
+/* The legacy host_key_check string; a json: null, {} or [] there is no
+ * string and counts as absent (QEMU's option parsing skips it). */
+static const char *legacy_hkc(const struct qimg_opts *o)
+{
+    long at = qimg_opts_index(o, "host_key_check");
+    if (at < 0 || qimg_opts_type(o, (size_t)at) == QIMG_VAL_NULL)
+        return NULL;
+    return qimg_opts_value(o, (size_t)at);
+}
+
 static int hkc_from_opts(const struct qimg_opts *o, struct ssh_target *t,
                          struct qimg_error *err)
 {
     const char *mode = qimg_opts_get(o, "host-key-check.mode");
+    const char *whole = qimg_opts_get(o, "host-key-check");
     const char *type, *hash;
 
+    /* json: gave the member itself: {} lacks mode, anything else is not
+     * an object (QEMU's visitor messages). */
+    if (whole && !strcmp(whole, JSON_EMPTY_OBJECT))
+        return qimg_error_set(err, -EINVAL, "Parameter 'host-key-check.mode' "
+                              "is missing");
+    if (whole)
+        return qimg_error_set(err, -EINVAL, "Invalid parameter type for "
+                              "'host-key-check', expected: object");
     if (!net_opts_have_prefix(o, "host-key-check."))
         return 0;
     if (!mode)
@@ -231,7 +251,7 @@ static int read_options(const struct qimg_opts *o, struct ssh_target *t,
 {
     const char *host = qimg_opts_get(o, "host");
     const char *port = qimg_opts_get(o, "port");
-    const char *hkc = qimg_opts_get(o, "host_key_check");
+    const char *hkc = legacy_hkc(o);
     const char *v;
     unsigned long long num;
     int ret;
@@ -704,7 +724,7 @@ static int ssh_truncate(struct qimg_storage *st, uint64_t size,
 static bool ssh_refresh_name(struct qimg_storage *st, char *buf, size_t len)
 {
     struct ssh_state *s = st->priv;
-    const char *hkc = qimg_opts_get(st->options, "host_key_check");
+    const char *hkc = legacy_hkc(st->options);
     int n;
 
     if (!s || s->t.addr.has_ipv4 || s->t.addr.has_ipv6 || s->t.addr.has_to)
