@@ -330,6 +330,11 @@ int qcow2_write_l1_entry(struct qimg_image *node, uint64_t l1i,
 {
     struct qcow2_state *s = node->state;
     uint8_t be[8];
+    /* The entry must not land on other metadata (QEMU's overlap check). */
+    int ret = qcow2_overlap_check(node, QCOW2_OL_ACTIVE_L1,
+                                  s->l1_table_offset + l1i * 8, 8, err);
+    if (ret < 0)
+        return ret;
     qimg_st_be64(be, s->l1_table[l1i]);
     qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
     return node->file->ops->pwrite(node->file, s->l1_table_offset + l1i * 8, 8,
