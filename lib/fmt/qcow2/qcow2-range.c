@@ -64,20 +64,30 @@ static int zero_cluster(struct qimg_image *node, uint64_t off, bool unmap,
  * discards of requests that may unmap to an image opened with unmap
  * (convert, commit): "disk size" shrinks as with 7.2.
  */
-static int zero_or_discard(struct qimg_image *node, uint64_t off, uint64_t len,
-                           bool unmap, bool discard, bool pass_down,
-                           struct qimg_error *err)
+static int zero_or_discard_locked(struct qimg_image *node, uint64_t off,
+                                  uint64_t len, bool unmap, bool discard,
+                                  bool pass_down, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     int ret = 0;
 
-    pthread_mutex_lock(&node->lock);
     if (pass_down)
         qcow2_discards_begin(node);
     for (uint64_t pos = off; pos < off + len && !ret; pos += s->cluster_size)
         ret = zero_cluster(node, pos, unmap, discard, err);
     if (pass_down)
         qcow2_discards_end(node);
+    return ret;
+}
+
+static int zero_or_discard(struct qimg_image *node, uint64_t off, uint64_t len,
+                           bool unmap, bool discard, bool pass_down,
+                           struct qimg_error *err)
+{
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = zero_or_discard_locked(node, off, len, unmap, discard, pass_down, err);
     pthread_mutex_unlock(&node->lock);
     return ret;
 }
@@ -104,7 +114,7 @@ static int write_zero_buffer(struct qimg_image *node, uint64_t off,
  * Extended L2: subclusters [off, off+len) of one cluster read as zero
  * (zero bits set, allocation bits cleared; the host cluster stays), as
  * QEMU zeroes a subcluster-aligned part of a cluster.  -ENOTSUP for a
- * compressed cluster (the caller writes zeroes).
+ * compressed cluster.  Called with the lock.
  */
 static int zero_subclusters(struct qimg_image *node, uint64_t off,
                             uint64_t len, struct qimg_error *err)
@@ -115,26 +125,59 @@ static int zero_subclusters(struct qimg_image *node, uint64_t off,
     uint64_t range = ((n >= 32 ? 0 : (1ull << n)) - 1) << sc;
     uint64_t idx, e, bm, nbm;
     uint8_t *l2;
-    int ret;
+    int ret = qcow2_get_l2_for_write(node, off, &l2, err);
 
-    pthread_mutex_lock(&node->lock);
-    ret = qcow2_get_l2_for_write(node, off, &l2, err);
     if (ret < 0)
-        goto out;
+        return ret;
     idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
     e = l2_get(s, l2, idx);
     bm = l2_bitmap(s, l2, idx);
-    if (e & QCOW2_OFLAG_COMPRESSED) {
-        ret = -ENOTSUP;
-        goto out;
-    }
+    if (e & QCOW2_OFLAG_COMPRESSED)
+        return -ENOTSUP;
     nbm = (bm | ((range & 0xffffffffull) << 32)) & ~(range & 0xffffffffull);
     if (nbm != bm) {
         l2_set(s, l2, idx, e, nbm);
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
     }
-out:
-    pthread_mutex_unlock(&node->lock);
+    return 0;
+}
+
+/* The head and tail (partial clusters) and whole clusters of [off, end),
+ * which is aligned to subclusters or ends at the image end. */
+static void zero_split(struct qimg_image *node, uint64_t off, uint64_t end,
+                       uint64_t *head, uint64_t *last, uint64_t *tail)
+{
+    struct qcow2_state *s = node->state;
+
+    *head = QIMG_MIN(end, round_up(off, s->cluster_size)) - off;
+    if (end >= node->size) {
+        *tail = 0;
+        *last = round_up(end, s->cluster_size);
+    } else {
+        *tail = end - QIMG_MAX(off + *head, qimg_align_down(end, s->cluster_size));
+        *last = end - *tail;
+    }
+}
+
+/* zeroize with the lock held: -ENOTSUP when the head or tail lies in a
+ * compressed cluster (nothing is changed then). */
+static int zeroize_locked(struct qimg_image *node, uint64_t off, uint64_t end,
+                          unsigned flags, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t head, last, tail;
+    int ret = 0;
+
+    zero_split(node, off, end, &head, &last, &tail);
+    if (head)
+        ret = zero_subclusters(node, off, head, err);
+    if (!ret && off + head < last)
+        ret = zero_or_discard_locked(node, off + head, last - (off + head),
+                                     s->version < 3 ||
+                                     (flags & QIMG_ZERO_MAY_UNMAP),
+                                     false, flags & QIMG_ZERO_MAY_UNMAP, err);
+    if (!ret && tail)
+        ret = zero_subclusters(node, last, tail, err);
     return ret;
 }
 
@@ -146,31 +189,28 @@ out:
 static int zeroize(struct qimg_image *node, uint64_t off, uint64_t end,
                    unsigned flags, struct qimg_error *err)
 {
-    struct qcow2_state *s = node->state;
-    bool v2_discard = s->version < 3;
-    uint64_t head = QIMG_MIN(end, round_up(off, s->cluster_size)) - off;
-    uint64_t tail, last;
+    uint64_t head, last, tail;
     int ret = 0;
 
-    if (end >= node->size) {
-        tail = 0;
-        last = round_up(end, s->cluster_size);
-    } else {
-        tail = end - QIMG_MAX(off + head, qimg_align_down(end, s->cluster_size));
-        last = end - tail;
-    }
+    zero_split(node, off, end, &head, &last, &tail);
+    pthread_mutex_lock(&node->lock);
     if (head)
         ret = zero_subclusters(node, off, head, err);
+    pthread_mutex_unlock(&node->lock);
     if (ret == -ENOTSUP)
         ret = write_zero_buffer(node, off, head, err);
     if (!ret && off + head < last)
         ret = zero_or_discard(node, off + head, last - (off + head),
-                              v2_discard || (flags & QIMG_ZERO_MAY_UNMAP),
+                              qcow2_state(node)->version < 3 ||
+                              (flags & QIMG_ZERO_MAY_UNMAP),
                               false, flags & QIMG_ZERO_MAY_UNMAP, err);
-    if (!ret && tail)
+    if (!ret && tail) {
+        pthread_mutex_lock(&node->lock);
         ret = zero_subclusters(node, last, tail, err);
-    if (ret == -ENOTSUP)
-        ret = write_zero_buffer(node, last, tail, err);
+        pthread_mutex_unlock(&node->lock);
+        if (ret == -ENOTSUP)
+            ret = write_zero_buffer(node, last, tail, err);
+    }
     return ret;
 }
 
@@ -214,20 +254,23 @@ static int zero_partial_unit(struct qimg_image *node, uint64_t off,
 
     ok = reads_as_zero(node, unit, off - unit) &&
          reads_as_zero(node, end, unit_end - end);
-    if (ok) {
-        pthread_mutex_lock(&node->lock);
-        ret = qcow2_get_mapping(node, unit, s->subcluster_size, &m, err);
-        pthread_mutex_unlock(&node->lock);
-        if (ret < 0)
-            return ret;
-        ok = m.type == QCOW2_CLUSTER_UNALLOCATED ||
-             m.type == QCOW2_CLUSTER_UNALLOCATED_ALLOC ||
-             m.type == QCOW2_CLUSTER_ZERO_PLAIN ||
-             m.type == QCOW2_CLUSTER_ZERO_ALLOC;
-    }
-    if (ok)
-        return zeroize(node, unit, QIMG_MIN(unit + s->subcluster_size, node->size),
-                       flags, err);
+    if (!ok)
+        return write_zero_buffer(node, off, end - off, err);
+    /* The type check and the zeroing under one lock hold: a writer of the
+     * same subcluster in between must not have its data zeroed. */
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_get_mapping(node, unit, s->subcluster_size, &m, err);
+    ok = ret >= 0 && (m.type == QCOW2_CLUSTER_UNALLOCATED ||
+                      m.type == QCOW2_CLUSTER_UNALLOCATED_ALLOC ||
+                      m.type == QCOW2_CLUSTER_ZERO_PLAIN ||
+                      m.type == QCOW2_CLUSTER_ZERO_ALLOC);
+    if (ok)   /* not compressed: no -ENOTSUP */
+        ret = zeroize_locked(node, unit,
+                             QIMG_MIN(unit + s->subcluster_size, node->size),
+                             flags, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0 || ok)
+        return ret;
     return write_zero_buffer(node, off, end - off, err);
 }
 
