@@ -107,6 +107,15 @@ static int write_entry(struct qimg_image *node, struct qcow2_cache *c,
         if (ret < 0)
             return ret;
     }
+    /* A table written back must not land on other metadata (a damaged
+     * image): QEMU's overlap check, skipping the table's own kind. */
+    ret = qcow2_overlap_check(node, c == &qcow2_state(node)->l2_cache
+                                        ? QCOW2_OL_ACTIVE_L2
+                                        : c == &qcow2_state(node)->refblock_cache
+                                        ? QCOW2_OL_REFCOUNT_BLOCK : 0,
+                              e->offset, c->table_size, err);
+    if (ret < 0)
+        return ret;
     qimg_storage_event(node->file, c->ev_update);
     ret = node->file->ops->pwrite(node->file, e->offset, c->table_size, e->data,
                                   err);

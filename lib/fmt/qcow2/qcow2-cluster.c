@@ -263,11 +263,12 @@ static bool looks_preallocated(struct qimg_image *node)
         s->prealloc_checked = true;
         len = ops->get_size(node->file);
         alloc = ops->allocated_size ? ops->allocated_size(node->file) : -1;
-        if (!s->data_file && len >= 0 && alloc >= 0) {
+        if (len >= 0 && alloc >= 0) {
             real = (uint64_t)alloc >> s->cluster_bits;
             limit = QIMG_MAX(real * 10 / 9, real + 2);
             end = qimg_div_round_up((uint64_t)len, s->cluster_size);
-            s->prealloc_meta = qcow2_count_used(node, end, limit) >= limit;
+            s->prealloc_meta = qcow2_count_used(node, end, limit) >= limit &&
+                               !s->data_file;
         }
     }
     return s->prealloc_meta;
@@ -280,7 +281,14 @@ int qcow2_block_status(struct qimg_image *node, uint64_t off, uint64_t len,
     bool recurse;
     int ret;
 
+    /* After a fatal corruption event the node is gone, as QEMU's (its
+     * driver detached: "No medium found"). */
+    if (qcow2_is_broken(node))
+        return qimg_error_set(err, -ENOMEDIUM, "%s", strerror(ENOMEDIUM));
     pthread_mutex_lock(&node->lock);
+    /* Decided at the first query whatever it meets, as QEMU decides it
+     * (reading refcounts: a damaged refcount block is reported then). */
+    (void)looks_preallocated(node);
     ret = qcow2_get_mapping(node, off, len, &m, err);
     recurse = ret >= 0 && m.type == QCOW2_CLUSTER_NORMAL &&
               looks_preallocated(node);
@@ -330,6 +338,11 @@ int qcow2_write_l1_entry(struct qimg_image *node, uint64_t l1i,
 {
     struct qcow2_state *s = node->state;
     uint8_t be[8];
+    /* The entry must not land on other metadata (QEMU's overlap check). */
+    int ret = qcow2_overlap_check(node, QCOW2_OL_ACTIVE_L1,
+                                  s->l1_table_offset + l1i * 8, 8, err);
+    if (ret < 0)
+        return ret;
     qimg_st_be64(be, s->l1_table[l1i]);
     qimg_storage_event(node->file, QIMG_EV_L1_UPDATE);
     return node->file->ops->pwrite(node->file, s->l1_table_offset + l1i * 8, 8,

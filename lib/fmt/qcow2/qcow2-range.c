@@ -53,20 +53,49 @@ static int zero_cluster(struct qimg_image *node, uint64_t off, bool unmap,
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
     if (!keep && (host_of(e) || (e & QCOW2_OFLAG_COMPRESSED)) && !s->data_file)
         return qcow2_release_entry(node, e, err);
+    if (!keep && s->data_file && s->discard_freed)   /* passed down only */
+        return qcow2_release_entry(node, e, err);
     return 0;
 }
 
-static int zero_or_discard(struct qimg_image *node, uint64_t off, uint64_t len,
-                           bool unmap, bool discard, struct qimg_error *err)
+/*
+ * Zero or discard whole clusters.  pass_down: clusters whose last reference
+ * goes are discarded in the file (or data file) too, as QEMU passes the
+ * discards of requests that may unmap to an image opened with unmap
+ * (convert, commit): "disk size" shrinks as with 7.2.
+ */
+static int zero_or_discard_locked(struct qimg_image *node, uint64_t off,
+                                  uint64_t len, bool unmap, bool discard,
+                                  bool pass_down, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
     int ret = 0;
 
-    pthread_mutex_lock(&node->lock);
+    if (pass_down)
+        qcow2_discards_begin(node);
     for (uint64_t pos = off; pos < off + len && !ret; pos += s->cluster_size)
         ret = zero_cluster(node, pos, unmap, discard, err);
+    if (pass_down)
+        qcow2_discards_end(node);
+    return ret;
+}
+
+static int zero_or_discard(struct qimg_image *node, uint64_t off, uint64_t len,
+                           bool unmap, bool discard, bool pass_down,
+                           struct qimg_error *err)
+{
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = zero_or_discard_locked(node, off, len, unmap, discard, pass_down, err);
     pthread_mutex_unlock(&node->lock);
     return ret;
+}
+
+/* x rounded up to a power of two (guest offsets stay far below 2^63). */
+static uint64_t round_up(uint64_t x, uint64_t align)
+{
+    return qimg_align_down(x + align - 1, align);
 }
 
 static int write_zero_buffer(struct qimg_image *node, uint64_t off,
@@ -81,41 +110,203 @@ static int write_zero_buffer(struct qimg_image *node, uint64_t off,
     return ret;
 }
 
+/*
+ * Extended L2: subclusters [off, off+len) of one cluster read as zero
+ * (zero bits set, allocation bits cleared; the host cluster stays), as
+ * QEMU zeroes a subcluster-aligned part of a cluster.  -ENOTSUP for a
+ * compressed cluster.  Called with the lock.
+ */
+static int zero_subclusters(struct qimg_image *node, uint64_t off,
+                            uint64_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    unsigned sc = (unsigned)((off & (s->cluster_size - 1)) / s->subcluster_size);
+    unsigned n = (unsigned)qimg_div_round_up(len, s->subcluster_size);
+    uint64_t range = ((n >= 32 ? 0 : (1ull << n)) - 1) << sc;
+    uint64_t idx, e, bm, nbm;
+    uint8_t *l2;
+    int ret = qcow2_get_l2_for_write(node, off, &l2, err);
+
+    if (ret < 0)
+        return ret;
+    idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    e = l2_get(s, l2, idx);
+    bm = l2_bitmap(s, l2, idx);
+    if (e & QCOW2_OFLAG_COMPRESSED)
+        return -ENOTSUP;
+    nbm = (bm | ((range & 0xffffffffull) << 32)) & ~(range & 0xffffffffull);
+    if (nbm != bm) {
+        l2_set(s, l2, idx, e, nbm);
+        qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    }
+    return 0;
+}
+
+/* The head and tail (partial clusters) and whole clusters of [off, end),
+ * which is aligned to subclusters or ends at the image end. */
+static void zero_split(struct qimg_image *node, uint64_t off, uint64_t end,
+                       uint64_t *head, uint64_t *last, uint64_t *tail)
+{
+    struct qcow2_state *s = node->state;
+
+    *head = QIMG_MIN(end, round_up(off, s->cluster_size)) - off;
+    if (end >= node->size) {
+        *tail = 0;
+        *last = round_up(end, s->cluster_size);
+    } else {
+        *tail = end - QIMG_MAX(off + *head, qimg_align_down(end, s->cluster_size));
+        *last = end - *tail;
+    }
+}
+
+/* zeroize with the lock held: -ENOTSUP when the head or tail lies in a
+ * compressed cluster (nothing is changed then). */
+static int zeroize_locked(struct qimg_image *node, uint64_t off, uint64_t end,
+                          unsigned flags, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t head, last, tail;
+    int ret = 0;
+
+    zero_split(node, off, end, &head, &last, &tail);
+    if (head)
+        ret = zero_subclusters(node, off, head, err);
+    if (!ret && off + head < last)
+        ret = zero_or_discard_locked(node, off + head, last - (off + head),
+                                     s->version < 3 ||
+                                     (flags & QIMG_ZERO_MAY_UNMAP),
+                                     false, flags & QIMG_ZERO_MAY_UNMAP, err);
+    if (!ret && tail)
+        ret = zero_subclusters(node, last, tail, err);
+    return ret;
+}
+
+/*
+ * Zero [off, end), aligned to subclusters (or ending at the image end):
+ * a partial head and tail cluster by subclusters, whole clusters by their
+ * entries; a head or tail in a compressed cluster is written as zeroes.
+ */
+static int zeroize(struct qimg_image *node, uint64_t off, uint64_t end,
+                   unsigned flags, struct qimg_error *err)
+{
+    uint64_t head, last, tail;
+    int ret = 0;
+
+    zero_split(node, off, end, &head, &last, &tail);
+    pthread_mutex_lock(&node->lock);
+    if (head)
+        ret = zero_subclusters(node, off, head, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret == -ENOTSUP)
+        ret = write_zero_buffer(node, off, head, err);
+    if (!ret && off + head < last)
+        ret = zero_or_discard(node, off + head, last - (off + head),
+                              qcow2_state(node)->version < 3 ||
+                              (flags & QIMG_ZERO_MAY_UNMAP),
+                              false, flags & QIMG_ZERO_MAY_UNMAP, err);
+    if (!ret && tail) {
+        pthread_mutex_lock(&node->lock);
+        ret = zero_subclusters(node, last, tail, err);
+        pthread_mutex_unlock(&node->lock);
+        if (ret == -ENOTSUP)
+            ret = write_zero_buffer(node, last, tail, err);
+    }
+    return ret;
+}
+
+/* Whether [off, off+len) reads as zero through the chain (clamped to the
+ * image), as QEMU asks before zeroing a whole subcluster for part of it. */
+static bool reads_as_zero(struct qimg_image *node, uint64_t off, uint64_t len)
+{
+    struct qimg_error err = {0};
+
+    if (off >= node->size)
+        return true;
+    len = QIMG_MIN(len, node->size - off);
+    while (len) {
+        struct qimg_extent ext;
+        if (qimg_block_status_chain(node, NULL, off, len, &ext, &err) < 0 ||
+            !(ext.flags & QIMG_BS_ZERO) || !ext.length)
+            return false;
+        ext.length = QIMG_MIN(ext.length, len);
+        off += ext.length;
+        len -= ext.length;
+    }
+    return true;
+}
+
+/*
+ * Part [off, end) of one subcluster: the whole subcluster becomes zero when
+ * the rest of it already reads as zero and it holds no data (QEMU's rule);
+ * otherwise zeroes are written.
+ */
+static int zero_partial_unit(struct qimg_image *node, uint64_t off,
+                             uint64_t end, unsigned flags,
+                             struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t unit = qimg_align_down(off, s->subcluster_size);
+    uint64_t unit_end = end >= node->size
+                        ? end : round_up(end, s->subcluster_size);
+    struct qcow2_mapping m;
+    bool ok;
+    int ret;
+
+    ok = reads_as_zero(node, unit, off - unit) &&
+         reads_as_zero(node, end, unit_end - end);
+    if (!ok)
+        return write_zero_buffer(node, off, end - off, err);
+    /* The type check and the zeroing under one lock hold: a writer of the
+     * same subcluster in between must not have its data zeroed. */
+    pthread_mutex_lock(&node->lock);
+    ret = qcow2_get_mapping(node, unit, s->subcluster_size, &m, err);
+    ok = ret >= 0 && (m.type == QCOW2_CLUSTER_UNALLOCATED ||
+                      m.type == QCOW2_CLUSTER_UNALLOCATED_ALLOC ||
+                      m.type == QCOW2_CLUSTER_ZERO_PLAIN ||
+                      m.type == QCOW2_CLUSTER_ZERO_ALLOC);
+    if (ok)   /* not compressed: no -ENOTSUP */
+        ret = zeroize_locked(node, unit,
+                             QIMG_MIN(unit + s->subcluster_size, node->size),
+                             flags, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0 || ok)
+        return ret;
+    return write_zero_buffer(node, off, end - off, err);
+}
+
+/*
+ * Zero writes as QEMU's block layer and qcow2 driver split them: pieces
+ * of a subcluster (head, tail) on their own, the aligned rest zeroed by
+ * subclusters and whole clusters.  Whole clusters get the zero flag (or,
+ * may unmap, lose their host cluster); with extended L2 partial clusters
+ * keep theirs with zero subclusters; the image's last, partial cluster
+ * counts as whole.
+ */
 int qcow2_pwrite_zeroes(struct qimg_image *node, uint64_t off, uint64_t len,
                         unsigned flags, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t end = off + len, first, last;
-    /* v2 has no zero flag, but without a backing file unallocated
-     * clusters read as zero: the clusters are freed, their L2 tables
-     * allocated, as QEMU's discard does (iotest 122). */
-    bool v2_discard = s->version < 3;
+    uint64_t end = off + len, unit = s->subcluster_size, first, last;
     int ret = 0;
 
-    /* a raw data file must hold real zeroes */
-    if ((v2_discard && node->backing) ||
+    /* v2 has no zero flag, but without a backing file unallocated
+     * clusters read as zero: the clusters are freed, their L2 tables
+     * allocated, as QEMU's discard does (iotest 122).  A raw data file
+     * must hold real zeroes. */
+    if ((s->version < 3 && node->backing) ||
         (s->data_file && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)))
         return -ENOTSUP;
-    /* Whole clusters get the zero flag (the image's last, partial cluster
-     * counts as whole); partial head and tail are written as zeroes. */
-    if (!qimg_align_up(off, s->cluster_size, &first))
-        return -EINVAL;
-    if (end == node->size) {
-        if (!qimg_align_up(end, s->cluster_size, &last))
-            return -EINVAL;
-    } else {
-        last = qimg_align_down(end, s->cluster_size);
+    first = round_up(off, unit);
+    last = end >= node->size ? end : qimg_align_down(end, unit);
+    if (first >= last) {   /* inside one subcluster */
+        return zero_partial_unit(node, off, end, flags, err);
     }
-    if (first >= last)
-        return -ENOTSUP;   /* no whole cluster: the core writes zeroes */
     if (off < first)
-        ret = write_zero_buffer(node, off, first - off, err);
+        ret = zero_partial_unit(node, off, first, flags, err);
     if (!ret)
-        ret = zero_or_discard(node, first, last - first,
-                              v2_discard || (flags & QIMG_ZERO_MAY_UNMAP),
-                              false, err);
+        ret = zeroize(node, first, last, flags, err);
     if (!ret && last < end)
-        ret = write_zero_buffer(node, last, end - last, err);
+        ret = zero_partial_unit(node, last, end, flags, err);
     return ret;
 }
 
@@ -132,7 +323,7 @@ int qcow2_discard(struct qimg_image *node, uint64_t off, uint64_t len,
         end = qimg_align_down(end, s->cluster_size);
     if (start >= end)
         return 0;
-    return zero_or_discard(node, start, end - start, true, true, err);
+    return zero_or_discard(node, start, end - start, true, true, true, err);
 }
 
 /*

@@ -1036,8 +1036,8 @@ uint64_t qcow2_count_used(struct qimg_image *node, uint64_t end,
         uint8_t *block;
         if (!off)
             continue;
-        if ((off & (s->cluster_size - 1)) ||
-            qcow2_cache_get(node, &s->refblock_cache, off, &block, &err) < 0)
+        /* An unaligned block is QEMU's corruption event here too. */
+        if (get_refblock(node, ti, &block, &err) < 0)
             return 0;   /* broken refcounts: count nothing */
         for (uint64_t i = 0; i < per_block && ti * per_block + i < end; i++)
             n += qcow2_refcount_read_entry(s, block, i) != 0;
