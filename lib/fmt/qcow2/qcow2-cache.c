@@ -109,11 +109,8 @@ static int write_entry(struct qimg_image *node, struct qcow2_cache *c,
     }
     /* A table written back must not land on other metadata (a damaged
      * image): QEMU's overlap check, skipping the table's own kind. */
-    ret = qcow2_overlap_check(node, c == &qcow2_state(node)->l2_cache
-                                        ? QCOW2_OL_ACTIVE_L2
-                                        : c == &qcow2_state(node)->refblock_cache
-                                        ? QCOW2_OL_REFCOUNT_BLOCK : 0,
-                              e->offset, c->table_size, err);
+    ret = qcow2_overlap_check(node, c->ol_self, e->offset, c->table_size,
+                              err);
     if (ret < 0)
         return ret;
     qimg_storage_event(node->file, c->ev_update);

@@ -159,12 +159,24 @@ static void zero_split(struct qimg_image *node, uint64_t off, uint64_t end,
     }
 }
 
+/* The whole clusters [off, end) of a zero write (lock held): the zero
+ * flag, or, may unmap (and always on v2), the host clusters go. */
+static int zero_whole_locked(struct qimg_image *node, uint64_t off,
+                             uint64_t end, unsigned flags,
+                             struct qimg_error *err)
+{
+    bool unmap = flags & QIMG_ZERO_MAY_UNMAP;
+
+    return zero_or_discard_locked(node, off, end - off,
+                                  qcow2_state(node)->version < 3 || unmap,
+                                  false, unmap, err);
+}
+
 /* zeroize with the lock held: -ENOTSUP when the head or tail lies in a
  * compressed cluster (nothing is changed then). */
 static int zeroize_locked(struct qimg_image *node, uint64_t off, uint64_t end,
                           unsigned flags, struct qimg_error *err)
 {
-    struct qcow2_state *s = node->state;
     uint64_t head, last, tail;
     int ret = 0;
 
@@ -172,19 +184,30 @@ static int zeroize_locked(struct qimg_image *node, uint64_t off, uint64_t end,
     if (head)
         ret = zero_subclusters(node, off, head, err);
     if (!ret && off + head < last)
-        ret = zero_or_discard_locked(node, off + head, last - (off + head),
-                                     s->version < 3 ||
-                                     (flags & QIMG_ZERO_MAY_UNMAP),
-                                     false, flags & QIMG_ZERO_MAY_UNMAP, err);
+        ret = zero_whole_locked(node, off + head, last, flags, err);
     if (!ret && tail)
         ret = zero_subclusters(node, last, tail, err);
     return ret;
+}
+
+/* A partial cluster by its subclusters; written as zeroes when it is
+ * compressed. */
+static int zero_part(struct qimg_image *node, uint64_t off, uint64_t len,
+                     struct qimg_error *err)
+{
+    int ret;
+
+    pthread_mutex_lock(&node->lock);
+    ret = zero_subclusters(node, off, len, err);
+    pthread_mutex_unlock(&node->lock);
+    return ret == -ENOTSUP ? write_zero_buffer(node, off, len, err) : ret;
 }
 
 /*
  * Zero [off, end), aligned to subclusters (or ending at the image end):
  * a partial head and tail cluster by subclusters, whole clusters by their
  * entries; a head or tail in a compressed cluster is written as zeroes.
+ * The parts take the lock one by one: writing zeroes needs it too.
  */
 static int zeroize(struct qimg_image *node, uint64_t off, uint64_t end,
                    unsigned flags, struct qimg_error *err)
@@ -193,24 +216,15 @@ static int zeroize(struct qimg_image *node, uint64_t off, uint64_t end,
     int ret = 0;
 
     zero_split(node, off, end, &head, &last, &tail);
-    pthread_mutex_lock(&node->lock);
     if (head)
-        ret = zero_subclusters(node, off, head, err);
-    pthread_mutex_unlock(&node->lock);
-    if (ret == -ENOTSUP)
-        ret = write_zero_buffer(node, off, head, err);
-    if (!ret && off + head < last)
-        ret = zero_or_discard(node, off + head, last - (off + head),
-                              qcow2_state(node)->version < 3 ||
-                              (flags & QIMG_ZERO_MAY_UNMAP),
-                              false, flags & QIMG_ZERO_MAY_UNMAP, err);
-    if (!ret && tail) {
+        ret = zero_part(node, off, head, err);
+    if (!ret && off + head < last) {
         pthread_mutex_lock(&node->lock);
-        ret = zero_subclusters(node, last, tail, err);
+        ret = zero_whole_locked(node, off + head, last, flags, err);
         pthread_mutex_unlock(&node->lock);
-        if (ret == -ENOTSUP)
-            ret = write_zero_buffer(node, last, tail, err);
     }
+    if (!ret && tail)
+        ret = zero_part(node, last, tail, err);
     return ret;
 }
 

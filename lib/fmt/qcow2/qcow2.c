@@ -563,6 +563,8 @@ static int qcow2_open(struct qimg_image *node, const struct qimg_opts *opts,
     s->l2_cache.ev_update = QIMG_EV_L2_UPDATE;
     s->refblock_cache.ev_load = QIMG_EV_REFBLOCK_LOAD;
     s->refblock_cache.ev_update = QIMG_EV_REFBLOCK_UPDATE_PART;
+    s->l2_cache.ol_self = QCOW2_OL_ACTIVE_L2;
+    s->refblock_cache.ol_self = QCOW2_OL_REFCOUNT_BLOCK;
     s->l2_cache.depends = &s->refblock_cache;
     ret = open_data_file(node, opts, err);
     if (ret < 0)

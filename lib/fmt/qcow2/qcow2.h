@@ -122,6 +122,9 @@ struct qcow2_cache {
     /* The events QEMU raises when it loads and writes back a table of
      * this cache (l2_load/l2_update, refblock_load/refblock_update_part). */
     enum qimg_event ev_load, ev_update;
+    /* The overlap check's kind of these tables (QCOW2_OL_*): a table
+     * written back may overlap only its own kind. */
+    unsigned ol_self;
     /* Tables written back (wgen) and known on stable storage (sgen):
      * counts of write-backs, so that a flush without the lock can say
      * which ones it covered (qcow2_cache_synced). */
