@@ -190,7 +190,15 @@ def test_cluster_stopped_mid_copy(tmp_path):
         proc = subprocess.Popen([str(QIMG), "convert", "-O", "raw", str(src),
                                  "rbd:rbd/mid"], env=env, text=True,
                                 stderr=subprocess.PIPE)
-        time.sleep(1.5)
+        # mid copy: once the target exists and data flows (the source is
+        # read only after the create), not after a fixed delay, which a
+        # loaded machine can spend still creating the image
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            io = Path(f"/proc/{proc.pid}/io").read_text()
+            if int(io.split("rchar: ")[1].split()[0]) > 32 << 20:
+                break
+            time.sleep(0.05)
         os.kill(int((d / "osd.pid").read_text()), 9)
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=90)

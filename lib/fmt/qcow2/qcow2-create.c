@@ -341,6 +341,8 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
     pthread_mutex_lock(&node->lock);
     ret = qcow2_grow_l1(node, qcow2_l1_size_for(p->size, s->cluster_bits,
                                                 s->l2_bits), err);
+    if (ret < 0)
+        qimg_error_prefix(err, "Could not resize image: ");
     node->size = p->size;
     if (p->backing_file) {
         snprintf(node->backing_name, sizeof(node->backing_name), "%s",
@@ -356,15 +358,24 @@ static int finish_create(const char *filename, const struct qcow2_params *p,
                            p->backing_fmt ? p->backing_fmt : "", strerror(ENOSPC));
     }
     pthread_mutex_unlock(&node->lock);
+    /* In QEMU the sizing is one truncate: a failure to size the data file
+     * or to preallocate carries its prefix (e.g. over NBD, which cannot
+     * grow). */
+    int sized = 0;
     if (!ret && p->data_file && p->prealloc == QIMG_PREALLOC_OFF &&
         !p->data_file_raw)
-        ret = s->data_file->ops->truncate(s->data_file, p->size,
-                                          QIMG_PREALLOC_OFF, err);
+        sized = s->data_file->ops->truncate(s->data_file, p->size,
+                                            QIMG_PREALLOC_OFF, err);
     /* A raw data file is mapped 1:1 from the start. */
-    if (!ret && (p->prealloc != QIMG_PREALLOC_OFF || p->data_file_raw))
-        ret = qcow2_preallocate(node, 0, p->size,
-                                p->prealloc == QIMG_PREALLOC_OFF
-                                    ? QIMG_PREALLOC_METADATA : p->prealloc, err);
+    else if (!ret && (p->prealloc != QIMG_PREALLOC_OFF || p->data_file_raw))
+        sized = qcow2_preallocate(node, 0, p->size,
+                                  p->prealloc == QIMG_PREALLOC_OFF
+                                      ? QIMG_PREALLOC_METADATA : p->prealloc,
+                                  err);
+    if (sized < 0) {
+        qimg_error_prefix(err, "Could not resize image: ");
+        ret = sized;
+    }
     /* Encryption last, after the size and preallocation, as QEMU does. */
     if (!ret && p->encrypt)
         ret = qcow2_crypto_create(node, &p->crypto, err);

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# iotests-net.sh - run QEMU 7.2's own iotests over the nbd and ssh protocols
+# (check -nbd / -ssh) against a given qemu-img, VM-free.
+#
+# Usage: tests/iotests-net.sh [options] [QEMU_IMG_BINARY]   (default /usr/bin/qemu-img)
+#
+#   -l, --list FILE   runs to make, one "TEST PROTOCOL FORMAT" a line
+#                     (default: tests/iotests-net.txt beside this script:
+#                     the runs qemu-img 7.2 itself passes here)
+#   -t, --tests "T ..." -p, --protocols nbd,ssh -f, --formats raw,qcow2
+#                     run these combinations instead of the list (a survey)
+#   -j, --jobs N      runs in parallel (default 2)
+#   --timeout S       per-run limit (default 300)
+#   --logs DIR        check output of each run and .out.bad of failures
+#                     (default /tmp/iotests-net-logs)
+#
+# It reuses the QEMU source that ../shared/iotests/run-iotests fetched
+# (IOTESTS_CACHE, default ~/.cache/qimg-iotests; run `run-iotests
+# --fetch-only` once) and its qemu-system stub (IOTESTS_SHARED, default
+# /work/shared/iotests).  The binary under test is reached through a link
+# named qemu-img; qemu-io and qemu-nbd are always Debian's (QEMU_IO_PROG,
+# QEMU_NBD_PROG), qemu-nbd being the NBD server of -nbd runs.
+#
+# ssh runs: the tests name ssh://127.0.0.1/PATH (port 22, the current user,
+# host key checked against ~/.ssh/known_hosts), so the whole run happens in
+# private network and mount namespaces (unshare -n -m): a throwaway sshd
+# with a generated host key on that namespace's own 127.0.0.1:22, a
+# generated client key in an ssh-agent of our own, and a temporary
+# directory bind-mounted over ~/.ssh holding the known_hosts line.  The
+# machine's port 22 and ~/.ssh are left alone (an empty ~/.ssh is created
+# as the mount point when there is none).
+#
+# Last line printed: iotests-net: N passed, N failed.  Exit 0 when nothing
+# failed; in list mode a "not run" counts as failed (every listed run passes
+# with qemu-img 7.2).
+
+set -uo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+CACHE=${IOTESTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qimg-iotests}
+IOTESTS=$CACHE/qemu/tests/qemu-iotests
+STUB=${IOTESTS_SHARED:-/work/shared/iotests}/qemu-system-stub
+QIO=${QEMU_IO_PROG:-/usr/bin/qemu-io}
+QNBD=${QEMU_NBD_PROG:-/usr/bin/qemu-nbd}
+
+die() { echo "iotests-net: $*" >&2; exit 2; }
+
+# ------------------------------------------------------------ one run
+# run_one TEST PROTO FMT: prints "TEST PROTO FMT RESULT SECONDS REASON"
+run_one() {
+    local t=$1 proto=$2 fmt=$3 tfile=tests/$1
+    [[ $t =~ ^[0-9]+$ ]] && { t=$(printf '%03d' "$((10#$t))"); tfile=$t; }
+    if [ ! -f "$IOTESTS/$tfile" ]; then
+        echo "$t $proto $fmt skip 0 no such test"; return
+    fi
+    local dir=$SCRATCH/$proto-$fmt-$t log=$LOGS/$proto-$fmt-$t.log
+    mkdir -p "$dir/run" "$dir/test"
+    ln -sf "$IOTESTS/check" "$dir/run/check"
+    local sock
+    sock=$(mktemp -d /tmp/iotn-XXXXXX)
+    local t0 rc line status reason
+    t0=$(date +%s%N)
+    (cd "$dir/run" && TEST_DIR=$dir/test SOCK_DIR=$sock \
+        QEMU_PROG=$STUB QSD_PROG=$STUB QEMU_IMG_PROG=$BIN/qemu-img \
+        QEMU_IO_PROG=$QIO QEMU_NBD_PROG=$QNBD \
+        timeout -k 10 "$TIMEOUT" ./check "-$proto" "-$fmt" --color off "$t") \
+        > "$log" 2>&1 < /dev/null
+    rc=$?
+    local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    rm -rf "$sock"
+    line=$(tr '\r' '\n' < "$log" | grep -E "^$t +(pass|fail|not run) " | tail -n1)
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        status=fail reason="timeout after ${TIMEOUT}s"
+    elif [ -z "$line" ]; then
+        status=fail reason="no result from check (exit $rc)"
+    else
+        case $line in
+        *" not run "*) status=notrun ;;
+        "$t "*" pass"*) status=pass ;;
+        *) status=fail ;;
+        esac
+        reason=$(sed -E 's/^[^[]*\[[^]]*\] *(\[[^]]*\])? *([0-9.]+s|\.\.\.)? *(\(last: [^)]*\))? *//; s/ +$//' <<<"$line")
+    fi
+    [ "$status" = fail ] && [ -f "$dir/test/$t.out.bad" ] && cp "$dir/test/$t.out.bad" "$LOGS/$proto-$fmt-$t.out.bad"
+    rm -rf "$dir"
+    printf '%s %s %s %s %d.%d %s\n' "$t" "$proto" "$fmt" "$status" $((ms / 1000)) $(( (ms % 1000) / 100 )) "$reason"
+}
+
+if [ "${1:-}" = --run-one ]; then shift; run_one "$@"; exit 0; fi
+
+# ------------------------------------------------------------ ssh set-up
+# Inside the namespaces: loopback up, sshd on 127.0.0.1:22, agent, known_hosts.
+ssh_setup() {
+    local d=$SCRATCH/ssh home
+    mkdir -p "$d/dotssh" /run/sshd
+    ip link set lo up || die "cannot bring up lo in the network namespace"
+    ssh-keygen -q -t ed25519 -N '' -f "$d/host" && ssh-keygen -q -t ed25519 -N '' -f "$d/client" ||
+        die "ssh-keygen failed"
+    cp "$d/client.pub" "$d/authorized_keys"
+    cat > "$d/sshd_config" <<EOF
+Port 22
+ListenAddress 127.0.0.1
+HostKey $d/host
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+StrictModes no
+PermitRootLogin yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+Subsystem sftp internal-sftp
+EOF
+    /usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log" || die "sshd did not start"
+    eval "$(ssh-agent -a "$d/agent.sock")" > /dev/null || die "ssh-agent failed"
+    ssh-add -q "$d/client" || die "ssh-add failed"
+    echo "127.0.0.1 $(cut -d' ' -f1,2 "$d/host.pub")" > "$d/dotssh/known_hosts"
+    home=$(getent passwd "$(id -u)" | cut -d: -f6)
+    [ -d "$home/.ssh" ] || mkdir -m 700 "$home/.ssh"
+    mount --bind "$d/dotssh" "$home/.ssh" || die "cannot bind-mount over $home/.ssh"
+    export SSH_AUTH_SOCK
+}
+
+# ------------------------------------------------------------ options
+LIST=$HERE/iotests-net.txt TESTS=() PROTOS=(nbd) FORMATS=(raw) MODE=list
+JOBS=2 TIMEOUT=300 LOGS=/tmp/iotests-net-logs PROG= INNS=0 ARGS=("$@")
+while [ $# -gt 0 ]; do
+    case $1 in
+    -l|--list) LIST=${2:?}; shift ;;
+    -t|--tests) read -ra TESTS <<<"${2:?}"; MODE=tests; shift ;;
+    -p|--protocols) IFS=, read -ra PROTOS <<<"${2:?}"; shift ;;
+    -f|--formats) IFS=, read -ra FORMATS <<<"${2:?}"; shift ;;
+    -j|--jobs) JOBS=${2:?}; shift ;;
+    --timeout) TIMEOUT=${2:?}; shift ;;
+    --logs) LOGS=${2:?}; shift ;;
+    --in-namespace) INNS=1 ;;
+    -h|--help) sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    -*) die "unknown option $1" ;;
+    *) PROG=$1 ;;
+    esac
+    shift
+done
+[ -x "$IOTESTS/check" ] || die "no QEMU iotests in $CACHE (run ../shared/iotests/run-iotests --fetch-only)"
+[ -x "$STUB" ] || die "no qemu-system stub at $STUB (set IOTESTS_SHARED)"
+PROG=$(realpath "${PROG:-/usr/bin/qemu-img}") && [ -x "$PROG" ] || die "not an executable: $PROG"
+
+JOBLIST=$(mktemp)
+if [ "$MODE" = list ]; then
+    [ -f "$LIST" ] || die "no list $LIST"
+    grep -vE '^[[:space:]]*(#|$)' "$LIST" | awk '{ print $1, $2, $3 }' > "$JOBLIST"
+else
+    for p in "${PROTOS[@]}"; do for f in "${FORMATS[@]}"; do for t in "${TESTS[@]}"; do
+        echo "$t $p $f"; done; done; done > "$JOBLIST"
+fi
+
+# ssh runs need the namespaces: re-run this script inside them, once.
+if [ "$INNS" = 0 ] && grep -q ' ssh ' "$JOBLIST"; then
+    rm -f "$JOBLIST"
+    exec unshare -n -m --propagation private "$0" --in-namespace "${ARGS[@]}"
+fi
+
+SCRATCH=$(mktemp -d /tmp/qimg-iotests-net-XXXXXX)
+BIN=$SCRATCH/bin
+mkdir -p "$BIN" && ln -s "$PROG" "$BIN/qemu-img"
+trap 'rm -f "$JOBLIST"; [ -n "${SSH_AGENT_PID:-}" ] && kill "$SSH_AGENT_PID"; [ -f "$SCRATCH/ssh/sshd.pid" ] && kill "$(cat "$SCRATCH/ssh/sshd.pid")"; rm -rf "$SCRATCH"' EXIT
+[ "$INNS" = 1 ] && ssh_setup
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+export SCRATCH BIN LOGS QIO QNBD TIMEOUT IOTESTS STUB
+
+echo "qemu-img under test: $PROG ($(wc -l < "$JOBLIST") runs, -j $JOBS)"
+START=$(date +%s)
+xargs -P "$JOBS" -L 1 "$0" --run-one < "$JOBLIST" | tee "$LOGS/results.raw"
+ELAPSED=$(( $(date +%s) - START ))
+P=$(awk '$4 == "pass"' "$LOGS/results.raw" | wc -l)
+N=$(wc -l < "$LOGS/results.raw")
+NR=$(awk '$4 == "notrun" || $4 == "skip"' "$LOGS/results.raw" | wc -l)
+if [ "$MODE" = list ]; then F=$((N - P)); else F=$((N - P - NR)); echo "($NR not run or skipped: not counted)"; fi
+echo "(wall time ${ELAPSED}s; logs in $LOGS)"
+echo "iotests-net: $P passed, $F failed"
+[ "$F" = 0 ]
