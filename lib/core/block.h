@@ -340,6 +340,11 @@ qimg_module_storage(const struct qimg_storage_ops *stub);
 const struct qimg_storage_ops *qimg_storage_at(size_t i);
 /* QEMU's path_has_protocol: a ':' before any '/'. */
 bool qimg_path_has_protocol(const char *name);
+/* The backing file name create opens, as QEMU's
+ * bdrv_get_full_backing_filename_from_filename: a name with a protocol
+ * (json:, ssh://, nbd:...) or absolute as is, else relative to image's
+ * directory.  malloc'ed; NULL when out of memory. */
+char *qimg_backing_full_name(const char *image, const char *backing);
 /* host_device or host_cdrom when filename names such a device. */
 const struct qimg_storage_ops *qimg_host_device_for(const char *filename);
 /* Keys every node takes (node-name, read-only, cache.direct, ...). */

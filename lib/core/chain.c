@@ -43,6 +43,12 @@ char *qimg_path_combine(const char *base, const char *name)
     return out;
 }
 
+char *qimg_backing_full_name(const char *image, const char *backing)
+{
+    return qimg_path_has_protocol(backing) ? strdup(backing)
+                                           : qimg_path_combine(image, backing);
+}
+
 /* "proto:..." with the colon before any slash, as QEMU tells protocols. */
 static bool has_protocol(const char *path)
 {

@@ -117,10 +117,7 @@ static int check_backing(const char *filename, const char *backing,
     char *full;
     int ret;
 
-    if (!strncmp(backing, "json:", 5))
-        full = strdup(backing);
-    else
-        full = qimg_path_combine(filename, backing);
+    full = qimg_backing_full_name(filename, backing);
     if (!full)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     p.filename = full;

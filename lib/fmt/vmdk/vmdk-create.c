@@ -313,8 +313,7 @@ static uint32_t random_cid(void)
 static int parent_cid(const char *image, const char *backing, uint32_t *cid,
                       struct qimg_error *err)
 {
-    char *full = strncmp(backing, "json:", 5) ? qimg_path_combine(image, backing)
-                                              : strdup(backing);
+    char *full = qimg_backing_full_name(image, backing);
     struct qimg_open_params op = {
         .filename = full, .flags = QIMG_OPEN_NO_BACKING,
         .cache = QIMG_CACHE_WRITEBACK,
