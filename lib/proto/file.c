@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/block.h"
@@ -495,31 +496,66 @@ static int allocate_first_block(int fd, uint64_t size, struct qimg_error *err)
     return raw_pwrite(fd, 0, (size_t)QIMG_MIN(size, sizeof(zero)), zero, err);
 }
 
-/* preallocation=full: write real zeroes over [off, off+len), then sync. */
-static int write_zeroes_synced(int fd, uint64_t off, uint64_t len,
-                               struct qimg_error *err)
-{
-    size_t bufsz = 1u << 20;
-    void *zero = calloc(1, bufsz);
-    int ret = 0;
+/*
+ * Linux 6.17's fallocate mode that allocates the range as written, zeroed
+ * blocks: exactly what writing zeroes leaves (same blocks, reported as
+ * data), without the copies.  Older headers lack it; older kernels and
+ * filesystems without it (tmpfs, ext4 on a disk without unmapping write
+ * zeroes) fail with EOPNOTSUPP and we write the zeroes.
+ */
+#ifndef FALLOC_FL_WRITE_ZEROES
+#define FALLOC_FL_WRITE_ZEROES 0x80
+#endif
 
-    if (!zero)
-        return qimg_error_set(err, -ENOMEM, "Out of memory");
+/*
+ * The source of preallocation writes: never written, so every page of it
+ * is the kernel's shared zero page (16 faults instead of one per page of a
+ * bigger buffer, and a source that stays in the CPU cache); one request
+ * of ZERO_WRITE_IOVS iovecs writes ZERO_WRITE_BYTES.
+ */
+#define ZERO_SOURCE_BYTES (64u << 10)
+#define ZERO_WRITE_IOVS 16u      /* 1 MiB per pwritev: the fastest size */
+#define ZERO_WRITE_BYTES ((uint64_t)ZERO_SOURCE_BYTES * ZERO_WRITE_IOVS)
+static _Alignas(4096) const uint8_t zero_source[ZERO_SOURCE_BYTES];
+
+static int write_zeroes(int fd, uint64_t off, uint64_t len,
+                        struct qimg_error *err)
+{
+    struct iovec iov[ZERO_WRITE_IOVS];
+
+    for (unsigned i = 0; i < ZERO_WRITE_IOVS; i++)
+        iov[i] = (struct iovec){(void *)zero_source, ZERO_SOURCE_BYTES};
     while (len) {
-        size_t n = (size_t)QIMG_MIN(len, (uint64_t)bufsz);
-        ssize_t w = pwrite(fd, zero, n, (off_t)off);
+        uint64_t n = QIMG_MIN(len, ZERO_WRITE_BYTES);
+        unsigned cnt = (unsigned)((n + ZERO_SOURCE_BYTES - 1) /
+                                  ZERO_SOURCE_BYTES);
+        ssize_t w;
+
+        iov[cnt - 1].iov_len = (size_t)(n - (uint64_t)(cnt - 1) *
+                                        ZERO_SOURCE_BYTES);
+        w = pwritev(fd, iov, (int)cnt, (off_t)off);
+        iov[cnt - 1].iov_len = ZERO_SOURCE_BYTES;
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            ret = w < 0 ? -errno : -EIO;
-            qimg_error_set(err, ret, "Could not write zeros for "
-                           "preallocation: %s", strerror(-ret));
-            break;
+            int ret = w < 0 ? -errno : -EIO;
+            return qimg_error_set(err, ret, "Could not write zeros for "
+                                  "preallocation: %s", strerror(-ret));
         }
         off += (uint64_t)w;
         len -= (uint64_t)w;
     }
-    free(zero);
+    return 0;
+}
+
+/* preallocation=full: real zeroes over [off, off+len), then sync. */
+static int write_zeroes_synced(int fd, uint64_t off, uint64_t len,
+                               struct qimg_error *err)
+{
+    int ret = 0;
+
+    if (fallocate(fd, FALLOC_FL_WRITE_ZEROES, (off_t)off, (off_t)len) < 0)
+        ret = write_zeroes(fd, off, len, err);
     if (!ret && fsync(fd) < 0) {
         ret = -errno;
         qimg_error_set(err, ret, "Could not flush file to disk: %s",
