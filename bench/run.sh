@@ -27,7 +27,9 @@
 # Environment (all optional):
 #   QIMG=path            qimg binary (default BUILD_DIR/qimg)
 #   QEMU_IMG=path        reference (default /usr/bin/qemu-img)
-#   BENCH_DIR=dir        scratch directory (default /tmp/qimg-bench;
+#   BENCH_DIR=dir        scratch directory (default /dev/shm/qimg-bench, on
+#                        tmpfs as the set-up, when /dev/shm has 16x
+#                        the size free, else /tmp/qimg-bench;
 #                        --quick: /dev/shm/qimg-bench-quick)
 #   BENCH_SIZE=size      virtual size of the data images (default 1G;
 #                        --quick: 256M)
@@ -73,8 +75,19 @@ if [ "$QUICK" = 1 ]; then
     DIR=${BENCH_DIR:-/dev/shm/qimg-bench-quick}
     SIZE_ARG=${BENCH_SIZE:-256M}
 else
-    DIR=${BENCH_DIR:-/tmp/qimg-bench}
     SIZE_ARG=${BENCH_SIZE:-1G}
+    # tmpfs keeps the disk's writeback out of the ratios (the copies
+    # against cp, dd); fall back to /tmp when the inputs would not fit.
+    DIR=${BENCH_DIR:-}
+    if [ -z "$DIR" ]; then
+        shm_free=$(df -B1 --output=avail /dev/shm 2>/dev/null | tail -1)
+        want=$(( $(numfmt --from=iec "$SIZE_ARG" 2>/dev/null || echo 0) * 16 ))
+        if [ -n "$shm_free" ] && [ "$want" -gt 0 ] && [ "$shm_free" -ge "$want" ]; then
+            DIR=/dev/shm/qimg-bench
+        else
+            DIR=/tmp/qimg-bench
+        fi
+    fi
 fi
 RUNS=${BENCH_RUNS:-3}
 GROW_RUNS=${BENCH_GROW_RUNS:-5}
