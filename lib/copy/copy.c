@@ -38,6 +38,8 @@
 
 #define DEFAULT_CHUNK (2u << 20)
 #define DEFAULT_PARALLEL 8
+/* Transparent huge pages, the size of a default chunk (see touch_buffer). */
+#define HUGE_PAGE (2u << 20)
 #define MAX_PARALLEL 64
 /* Block status is asked for at most this much at once (QEMU's request
  * limit); the cut matters for where data chunks start. */
@@ -66,6 +68,13 @@ struct ratelimit {
     uint64_t quota;     /* bytes per slice */
     uint64_t start, end, dispatched;
     uint64_t wait_until;
+};
+
+/* A chunk buffer of the pool; fresh until a chunk first touches it (see
+ * touch_buffer). */
+struct chunk_buf {
+    uint8_t *data;
+    bool fresh;
 };
 
 struct engine {
@@ -101,7 +110,7 @@ struct engine {
     uint64_t read_ahead;    /* chunks read but not yet written, at most */
     /* Chunk buffers, a stack: the one freed last (still in the CPU
      * caches) is taken first. */
-    uint8_t **pool;
+    struct chunk_buf *pool;
     size_t pool_top;
     struct worker *workers;
     unsigned nworkers;
@@ -115,6 +124,7 @@ struct worker {
     struct engine *e;
     pthread_t thread;
     uint8_t *buf;
+    bool buf_fresh;                 /* buf not touched yet */
     struct copy_run *runs;
     size_t max_runs;
     enum qimg_copy_stage stage;     /* of the last failure */
@@ -430,6 +440,30 @@ static int read_chunk(struct engine *e, const struct chunk *c, uint8_t *buf,
     return 0;
 }
 
+/*
+ * Before a chunk of len bytes first lands in the worker's buffer: when it
+ * fills whole huge pages, ask for them.  The first read into a 2 MiB
+ * buffer of small pages took 512 page faults, and all the buffers of a
+ * copy 1500 of the 2200 faults of a qcow2->raw convert (docs/PERFORMANCE.md).
+ * Decided at the first touch, not at allocation: a source that hands out
+ * small pieces (a vmdk grain, a cloop block: 64 KiB) would otherwise fault
+ * in a whole 2 MiB page per buffer for the piece, and peak memory would be
+ * every buffer whole.  A hint only: without huge pages the buffer is the
+ * same.
+ */
+static void touch_buffer(struct worker *wk, uint64_t len)
+{
+    if (!wk->buf_fresh)
+        return;
+    wk->buf_fresh = false;
+#ifdef MADV_HUGEPAGE
+    if (len >= HUGE_PAGE && wk->e->chunk_size % HUGE_PAGE == 0)
+        (void)madvise(wk->buf, wk->e->chunk_size, MADV_HUGEPAGE);
+#else
+    (void)len;
+#endif
+}
+
 /* ---- writing ------------------------------------------------------------ */
 
 /* Decide what a chunk writes: runs of wk->buf to write, and zero runs
@@ -444,6 +478,7 @@ static size_t plan_chunk(struct worker *wk, const struct chunk *c)
     if (!e->p->sparse_size) {
         /* -S 0: everything is written; compressed zeroes need a buffer */
         if (!data && e->p->compress) {
+            touch_buffer(wk, c->len);
             memset(wk->buf, 0, c->len);
             data = true;
         }
@@ -643,6 +678,7 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
 
     wk->stage = QIMG_COPY_READ;
     if (c->kind == KIND_DATA && mode != MODE_OFFLOAD) {
+        touch_buffer(wk, c->len);
         ret = read_chunk(e, c, wk->buf, err);
         if (ret < 0)
             return ret;
@@ -658,6 +694,7 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
         return 0;
     if (mode == MODE_OFFLOAD && !try_offload(e, c)) {
         mode = MODE_PLAIN;
+        touch_buffer(wk, c->len);
         ret = read_chunk(e, c, wk->buf, err);
         if (ret < 0)
             return ret;
@@ -767,7 +804,8 @@ static void *worker_main(void *arg)
         bool took;
         int ret;
         if (wk->buf) {
-            e->pool[e->pool_top++] = wk->buf;
+            e->pool[e->pool_top++] = (struct chunk_buf){wk->buf,
+                                                        wk->buf_fresh};
             wk->buf = NULL;
         }
         took = take_chunk(wk, &c);
@@ -778,7 +816,8 @@ static void *worker_main(void *arg)
             break;
         wk->started = true;
         /* the buffer released last: the likeliest to be in the caches */
-        wk->buf = e->pool[--e->pool_top];
+        wk->buf = e->pool[--e->pool_top].data;
+        wk->buf_fresh = e->pool[e->pool_top].fresh;
         pthread_mutex_unlock(&e->lock);
         ret = process_chunk(wk, &c, &err);
         pthread_mutex_lock(&e->lock);
@@ -791,25 +830,15 @@ static void *worker_main(void *arg)
 
 /*
  * A worker's data buffer.  Page aligned, so O_DIRECT targets need no bounce
- * buffer; a buffer of whole huge pages is aligned to them and asks for
- * them: the first read into a 2 MiB buffer of small pages took 512 page
- * faults, and all the buffers of a copy 1500 of the 2200 faults of a
- * qcow2->raw convert (docs/PERFORMANCE.md).  A hint only: without huge
- * pages the buffer is the same.
+ * buffer; a buffer of whole huge pages is aligned to them, so that
+ * touch_buffer can ask for them.
  */
-#define HUGE_PAGE (2u << 20)
-
 static uint8_t *alloc_buffer(size_t len)
 {
-    bool huge = len % HUGE_PAGE == 0;
     void *p;
 
-    if (posix_memalign(&p, huge ? HUGE_PAGE : 4096, len))
+    if (posix_memalign(&p, len % HUGE_PAGE == 0 ? HUGE_PAGE : 4096, len))
         return NULL;
-#ifdef MADV_HUGEPAGE
-    if (huge)
-        (void)madvise(p, len, MADV_HUGEPAGE);
-#endif
     return p;
 }
 
@@ -854,7 +883,7 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
             ret = qimg_error_set(err, -ENOMEM, "Out of memory");
     /* One buffer per worker, shared through the pool. */
     for (unsigned i = 0; i < n && !ret; i++) {
-        e->pool[e->pool_top++] = wks[i].buf;
+        e->pool[e->pool_top++] = (struct chunk_buf){wks[i].buf, true};
         wks[i].buf = NULL;
     }
     for (unsigned i = 0; i < n; i++)
@@ -887,7 +916,7 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
     }
     free(wks);
     for (size_t i = 0; e->pool && i < e->pool_top; i++)
-        free(e->pool[i]);
+        free(e->pool[i].data);
     free(e->pool);
     e->pool = NULL;
     return ret;
