@@ -118,7 +118,7 @@ struct engine {
     struct qimg_error err;
 };
 
-enum wait_kind { W_NONE, W_TURN, W_SLOT };
+enum wait_kind { W_NONE, W_TURN, W_SLOT, W_ROOM };
 
 struct worker {
     struct engine *e;
@@ -563,7 +563,8 @@ static void precompress(struct worker *wk, const struct chunk *c, size_t nruns)
 
 /*
  * Ordered writes: a worker waits on its own condition variable for its
- * turn to write (W_TURN) or for room to take a chunk (W_SLOT), and only
+ * turn to write (W_TURN), for room to take a chunk (W_SLOT) or, with its
+ * first chunk, for room to read it (W_ROOM, see first_room), and only
  * workers that can go on are woken, not all of them at each write.  A
  * worker that has written takes the room it made itself, so the others
  * waiting for room are woken only to leave (stop, or nothing left).
@@ -575,6 +576,8 @@ static bool may_go(const struct engine *e, const struct worker *wk)
         return true;
     if (wk->waiting == W_TURN)
         return e->write_seq == wk->wait_seq;
+    if (wk->waiting == W_ROOM)
+        return wk->wait_seq < e->write_seq + e->read_ahead;
     return e->walk.dst >= e->end ||
            e->next_seq < e->write_seq + e->read_ahead;
 }
@@ -583,7 +586,7 @@ static void wake_ready(struct engine *e, bool slots)
 {
     for (unsigned i = 0; i < e->nworkers; i++) {
         struct worker *wk = &e->workers[i];
-        if (wk->waiting != W_NONE && (slots || wk->waiting == W_TURN) &&
+        if (wk->waiting != W_NONE && (slots || wk->waiting != W_SLOT) &&
             may_go(e, wk))
             pthread_cond_signal(&wk->cv);
     }
@@ -791,6 +794,20 @@ static void start_together(struct engine *e, bool took)
         pthread_cond_wait(&e->turn, &e->lock);
 }
 
+/*
+ * The first chunks are all taken at once (start_together), but only the
+ * read-ahead budget of them read at once: the others wait for room before
+ * they take a buffer, as later chunks wait before they are taken.  So a
+ * copy touches read_ahead buffers, not one per worker (8 x 2 MiB: a
+ * dmg->raw convert held 16 MiB of buffers).  Stopped, they go on, to fail
+ * as their requests would.  Called with e->lock.
+ */
+static void first_room(struct worker *wk, const struct chunk *c)
+{
+    if (!wk->e->p->out_of_order)
+        wait_for(wk, W_ROOM, c->seq);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *wk = arg;
@@ -809,8 +826,11 @@ static void *worker_main(void *arg)
             wk->buf = NULL;
         }
         took = take_chunk(wk, &c);
-        if (first)
+        if (first) {
             start_together(e, took);
+            if (took)
+                first_room(wk, &c);
+        }
         first = false;
         if (!took)
             break;
