@@ -617,11 +617,31 @@ static bool wait_turn(struct worker *wk, const struct chunk *c)
     return go;
 }
 
-static void end_turn(struct engine *e)
+/* The worker's buffer back to the pool, if it holds one.  Called with
+ * e->lock. */
+static void release_buffer(struct worker *wk)
 {
+    struct engine *e = wk->e;
+
+    if (wk->buf) {
+        e->pool[e->pool_top++] = (struct chunk_buf){wk->buf, wk->buf_fresh};
+        wk->buf = NULL;
+    }
+}
+
+/*
+ * Written: hand the turn on.  The buffer goes back to the pool first, so
+ * that the worker the turn wakes (for room to read) takes it rather than
+ * a buffer never touched yet: read_ahead buffers in use, not one more.
+ */
+static void end_turn(struct worker *wk)
+{
+    struct engine *e = wk->e;
+
     if (e->p->out_of_order)
         return;
     pthread_mutex_lock(&e->lock);
+    release_buffer(wk);
     e->write_seq++;
     wake_ready(e, false);
     pthread_mutex_unlock(&e->lock);
@@ -709,7 +729,7 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
         if (ret < 0)
             return ret;
     }
-    end_turn(e);
+    end_turn(wk);
     return 0;
 }
 
@@ -820,11 +840,7 @@ static void *worker_main(void *arg)
         struct qimg_error err = {0};
         bool took;
         int ret;
-        if (wk->buf) {
-            e->pool[e->pool_top++] = (struct chunk_buf){wk->buf,
-                                                        wk->buf_fresh};
-            wk->buf = NULL;
-        }
+        release_buffer(wk);
         took = take_chunk(wk, &c);
         if (first) {
             start_together(e, took);
