@@ -38,8 +38,11 @@
 
 #define DEFAULT_CHUNK (2u << 20)
 #define DEFAULT_PARALLEL 8
-/* Transparent huge pages, the size of a default chunk (see touch_buffer). */
+/* Transparent huge pages, the size of a default chunk (see alloc_buffer). */
 #define HUGE_PAGE (2u << 20)
+/* Data chunks up to this size are read into a buffer of small pages (see
+ * struct chunk_buf). */
+#define SMALL_CHUNK (256u << 10)
 #define MAX_PARALLEL 64
 /* Block status is asked for at most this much at once (QEMU's request
  * limit); the cut matters for where data chunks start. */
@@ -70,11 +73,17 @@ struct ratelimit {
     uint64_t wait_until;
 };
 
-/* A chunk buffer of the pool; fresh until a chunk first touches it (see
- * touch_buffer). */
+/*
+ * A chunk buffer of the pool: big asks for huge pages (alloc_buffer), so a
+ * chunk that touches it at all faults in 2 MiB; small chunks go to small,
+ * of small pages, which holds only what they touched.  A source that hands
+ * out small pieces (a vmdk grain: 64 KiB) so costs 64 KiB per buffer, not
+ * 2 MiB (vmdk->qcow2 peak RSS 19.5 -> 5.4 MiB), and one whose pieces are
+ * mixed (a raw file's data runs) keeps its huge pages for the large ones.
+ * small is NULL when chunks are never larger than SMALL_CHUNK.
+ */
 struct chunk_buf {
-    uint8_t *data;
-    bool fresh;
+    uint8_t *big, *small;
 };
 
 struct engine {
@@ -123,8 +132,8 @@ enum wait_kind { W_NONE, W_TURN, W_SLOT, W_ROOM };
 struct worker {
     struct engine *e;
     pthread_t thread;
-    uint8_t *buf;
-    bool buf_fresh;                 /* buf not touched yet */
+    uint8_t *buf;                   /* cb.big or cb.small, or NULL */
+    struct chunk_buf cb;
     struct copy_run *runs;
     size_t max_runs;
     enum qimg_copy_stage stage;     /* of the last failure */
@@ -440,30 +449,6 @@ static int read_chunk(struct engine *e, const struct chunk *c, uint8_t *buf,
     return 0;
 }
 
-/*
- * Before a chunk of len bytes first lands in the worker's buffer: when it
- * fills whole huge pages, ask for them.  The first read into a 2 MiB
- * buffer of small pages took 512 page faults, and all the buffers of a
- * copy 1500 of the 2200 faults of a qcow2->raw convert (docs/PERFORMANCE.md).
- * Decided at the first touch, not at allocation: a source that hands out
- * small pieces (a vmdk grain, a cloop block: 64 KiB) would otherwise fault
- * in a whole 2 MiB page per buffer for the piece, and peak memory would be
- * every buffer whole.  A hint only: without huge pages the buffer is the
- * same.
- */
-static void touch_buffer(struct worker *wk, uint64_t len)
-{
-    if (!wk->buf_fresh)
-        return;
-    wk->buf_fresh = false;
-#ifdef MADV_HUGEPAGE
-    if (len >= HUGE_PAGE && wk->e->chunk_size % HUGE_PAGE == 0)
-        (void)madvise(wk->buf, wk->e->chunk_size, MADV_HUGEPAGE);
-#else
-    (void)len;
-#endif
-}
-
 /* ---- writing ------------------------------------------------------------ */
 
 /* Decide what a chunk writes: runs of wk->buf to write, and zero runs
@@ -478,7 +463,6 @@ static size_t plan_chunk(struct worker *wk, const struct chunk *c)
     if (!e->p->sparse_size) {
         /* -S 0: everything is written; compressed zeroes need a buffer */
         if (!data && e->p->compress) {
-            touch_buffer(wk, c->len);
             memset(wk->buf, 0, c->len);
             data = true;
         }
@@ -624,7 +608,8 @@ static void release_buffer(struct worker *wk)
     struct engine *e = wk->e;
 
     if (wk->buf) {
-        e->pool[e->pool_top++] = (struct chunk_buf){wk->buf, wk->buf_fresh};
+        e->pool[e->pool_top++] = wk->cb;
+        wk->cb = (struct chunk_buf){NULL, NULL};
         wk->buf = NULL;
     }
 }
@@ -701,7 +686,6 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
 
     wk->stage = QIMG_COPY_READ;
     if (c->kind == KIND_DATA && mode != MODE_OFFLOAD) {
-        touch_buffer(wk, c->len);
         ret = read_chunk(e, c, wk->buf, err);
         if (ret < 0)
             return ret;
@@ -717,7 +701,6 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
         return 0;
     if (mode == MODE_OFFLOAD && !try_offload(e, c)) {
         mode = MODE_PLAIN;
-        touch_buffer(wk, c->len);
         ret = read_chunk(e, c, wk->buf, err);
         if (ret < 0)
             return ret;
@@ -852,8 +835,9 @@ static void *worker_main(void *arg)
             break;
         wk->started = true;
         /* the buffer released last: the likeliest to be in the caches */
-        wk->buf = e->pool[--e->pool_top].data;
-        wk->buf_fresh = e->pool[e->pool_top].fresh;
+        wk->cb = e->pool[--e->pool_top];
+        wk->buf = wk->cb.small && c.len <= SMALL_CHUNK ? wk->cb.small
+                                                       : wk->cb.big;
         pthread_mutex_unlock(&e->lock);
         ret = process_chunk(wk, &c, &err);
         pthread_mutex_lock(&e->lock);
@@ -866,15 +850,23 @@ static void *worker_main(void *arg)
 
 /*
  * A worker's data buffer.  Page aligned, so O_DIRECT targets need no bounce
- * buffer; a buffer of whole huge pages is aligned to them, so that
- * touch_buffer can ask for them.
+ * buffer; a big buffer of whole huge pages is aligned to them and asks for
+ * them: the first read into a 2 MiB buffer of small pages took 512 page
+ * faults, and all the buffers of a copy 1500 of the 2200 faults of a
+ * qcow2->raw convert (docs/PERFORMANCE.md).  A hint only: without huge
+ * pages the buffer is the same.
  */
-static uint8_t *alloc_buffer(size_t len)
+static uint8_t *alloc_buffer(size_t len, bool big)
 {
+    bool huge = big && len % HUGE_PAGE == 0;
     void *p;
 
-    if (posix_memalign(&p, len % HUGE_PAGE == 0 ? HUGE_PAGE : 4096, len))
+    if (posix_memalign(&p, huge ? HUGE_PAGE : 4096, len))
         return NULL;
+#ifdef MADV_HUGEPAGE
+    if (huge)
+        (void)madvise(p, len, MADV_HUGEPAGE);
+#endif
     return p;
 }
 
@@ -883,9 +875,14 @@ static int worker_init(struct worker *wk, struct engine *e)
     wk->e = e;
     wk->max_runs = e->chunk_size / COPY_SECTOR + 2;
     wk->runs = calloc(wk->max_runs, sizeof(*wk->runs));
-    wk->buf = wk->runs ? alloc_buffer(e->chunk_size) : NULL;
-    if (!wk->buf)
+    wk->cb.big = wk->runs ? alloc_buffer(e->chunk_size, true) : NULL;
+    if (!wk->cb.big)
         return -ENOMEM;
+    if (e->chunk_size > SMALL_CHUNK) {
+        wk->cb.small = alloc_buffer(e->chunk_size, false);
+        if (!wk->cb.small)
+            return -ENOMEM;
+    }
     wk->clen = -1;
     if (e->p->compress && e->p->target->fmt->compress_cluster) {
         wk->cbuf = malloc(2 * (size_t)e->cluster + 64);   /* block.h */
@@ -898,7 +895,8 @@ static int worker_init(struct worker *wk, struct engine *e)
 static void worker_free(struct worker *wk)
 {
     free(wk->cbuf);
-    free(wk->buf);
+    free(wk->cb.big);
+    free(wk->cb.small);
     free(wk->runs);
 }
 
@@ -919,8 +917,8 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
             ret = qimg_error_set(err, -ENOMEM, "Out of memory");
     /* One buffer per worker, shared through the pool. */
     for (unsigned i = 0; i < n && !ret; i++) {
-        e->pool[e->pool_top++] = (struct chunk_buf){wks[i].buf, true};
-        wks[i].buf = NULL;
+        e->pool[e->pool_top++] = wks[i].cb;
+        wks[i].cb = (struct chunk_buf){NULL, NULL};
     }
     for (unsigned i = 0; i < n; i++)
         pthread_cond_init(&wks[i].cv, NULL);
@@ -951,8 +949,10 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
         worker_free(&wks[i]);
     }
     free(wks);
-    for (size_t i = 0; e->pool && i < e->pool_top; i++)
-        free(e->pool[i].data);
+    for (size_t i = 0; e->pool && i < e->pool_top; i++) {
+        free(e->pool[i].big);
+        free(e->pool[i].small);
+    }
     free(e->pool);
     e->pool = NULL;
     return ret;
