@@ -79,9 +79,12 @@ static bool create_output(const struct dd *d, uint64_t size)
     }
     if (!cli_check_protocol(d->out))
         return false;
+    /* Preparing fails before anything is created (e.g. a storage that
+     * cannot create): QEMU says so without the file name. */
     if (qimg_create_prepare(d->out_fmt, d->out, NULL, (int64_t)size, NULL, NULL,
-                            true, &opts, &summary, &err) < 0 ||
-        qimg_create(d->out_fmt, d->out, opts, &err) < 0)
+                            true, &opts, &summary, &err) < 0)
+        cli_error("%s", err.msg);
+    else if (qimg_create(d->out_fmt, d->out, opts, &err) < 0)
         cli_report(&err, "%s: error while creating output image: ", d->out);
     else
         ok = true;

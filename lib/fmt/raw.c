@@ -83,6 +83,9 @@ static int raw_pread(struct qimg_image *node, uint64_t off, size_t len,
                      void *buf, struct qimg_error *err)
 {
     struct raw_state *s = node->state;
+    /* QEMU's raw format raises read_aio before each read, so blkdebug
+     * rules on that event apply to raw images too. */
+    qimg_storage_event(node->file, QIMG_EV_READ_AIO);
     return node->file->ops->pread(node->file, s->offset + off, len, buf, err);
 }
 
@@ -121,6 +124,7 @@ static int raw_pwrite(struct qimg_image *node, uint64_t off, size_t len,
     int ret = check_probed_write(node, off, len, buf, err);
     if (ret < 0)
         return ret;
+    qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
     return node->file->ops->pwrite(node->file, s->offset + off, len, buf, err);
 }
 

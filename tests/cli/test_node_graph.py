@@ -178,6 +178,8 @@ def blkdebug_setup(d):
                                'errno = "5"\n')
     (d / "bad.conf").write_text('[inject-error]\nevent = "no_such_event"\n')
     (d / "bad2.conf").write_text('event = "read_aio"\n')
+    (d / "bw.conf").write_text('[inject-error]\nevent = "write_aio"\n'
+                               'errno = "5"\n')
 
 
 BLKDEBUG_CASES = [
@@ -204,6 +206,13 @@ BLKDEBUG_CASES = [
      'json:{"driver":"blkdebug","image":{"driver":"raw","file":{"driver":'
      '"file","filename":"r.raw"}},"inject-error":[{"event":"none",'
      '"iotype":"read","errno":5,"sector":1}]}', "out.img"],
+    # the raw format raises read_aio and write_aio as QEMU's does
+    ["compare", "-f", "raw", "blkdebug:bd.conf:r.raw", "r.raw"],
+    # (-m 1: with several coroutines 7.2 reports each one that fails)
+    ["convert", "-m", "1", "-f", "raw", "-O", "raw", "blkdebug:bd.conf:r.raw",
+     "out.img"],
+    ["convert", "-n", "-O", "raw", "x.qcow2", "blkdebug:bw.conf:r.raw"],
+    ["dd", "if=x.qcow2", "of=blkdebug:bw.conf:r.raw", "-O", "raw"],
     ["info", "blkverify:r.raw:r.raw"],
     ["info", "blkverify:r.raw"],
     ["compare", "blkverify:r.raw:r.raw", "r.raw"],

@@ -229,3 +229,32 @@ def test_resize_device_files(pair):
         ["-f", "qcow2", "/dev/null", "1M"],
         ["--image-opts", "driver=raw,file.driver=host_device,"
          "file.filename=/dev/null", "1M"]], scratch=())
+
+
+def test_preallocation_full_allocation(pair):
+    """preallocation=full writes its zeroes in requests of 1 MiB built
+    from a 64 KiB zero source (and tries fallocate's WRITE_ZEROES first):
+    growths that end inside a source piece and inside a request, on raw
+    and qcow2, must leave files of the same bytes, allocation and host
+    mapping as 7.2's, and a qcow2 its check accepts."""
+    def setup(d):
+        populate(d)
+        subprocess.run([REF, "create", "-q", "-f", "qcow2", "q.qcow2", "1M"],
+                       cwd=d, check=True)
+    pair.setup(setup)
+    for args in (["-f", "raw", "--preallocation=full", "a.img", "+3000001"],
+                 ["-f", "raw", "--preallocation=full", "odd.img", "+65535"],
+                 ["-f", "raw", "--preallocation=full", "empty.img",
+                  str(2 * MiB + 65536 + 512)],
+                 ["--preallocation=full", "q.qcow2", "+2000000"]):
+        pair.same("resize", *args)
+    assert state(pair.qimg_dir) == state(pair.ref_dir)
+    for name in ("a.img", "odd.img", "empty.img"):
+        pair.same_content(name)
+        maps = [run(REF, ["map", "--output=json", "-f", "raw", name], d).out
+                for d in pair.dirs()]
+        assert maps[0] == maps[1], name
+    pair.same_content("q.qcow2", fmt="qcow2")
+    checks = [run(REF, ["check", "q.qcow2"], d) for d in pair.dirs()]
+    assert checks[0].rc == checks[1].rc == 0 and checks[0].out == checks[1].out
+    assert state(pair.qimg_dir)["q.qcow2"] == state(pair.ref_dir)["q.qcow2"]
