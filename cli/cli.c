@@ -372,9 +372,10 @@ bool cli_load_snapshot(struct qimg_image *img, const char *param)
     return true;
 }
 
-void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n)
+void cli_print_snapshot_table(FILE *out, const struct qimg_snapshot *list,
+                              size_t n)
 {
-    printf("%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+    fprintf(out, "%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
            "VM CLOCK", "ICOUNT");
     for (size_t i = 0; i < n; i++) {
         const struct qimg_snapshot *sn = &list[i];
@@ -394,7 +395,7 @@ void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n)
         if (sn->has_icount)
             snprintf(icount, sizeof(icount), "%llu",
                      (unsigned long long)sn->icount);
-        printf("%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name, size, date,
+        fprintf(out, "%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name, size, date,
                clock, icount);
     }
 }

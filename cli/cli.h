@@ -169,7 +169,8 @@ void cli_json_print(FILE *out, const struct json_t *value, int level);
 void cli_json_print_human(FILE *out, const struct json_t *value, int level);
 
 /* Snapshot listings as qemu-img prints them (info, snapshot -l). */
-void cli_print_snapshot_table(const struct qimg_snapshot *list, size_t n);
+void cli_print_snapshot_table(FILE *out, const struct qimg_snapshot *list,
+                              size_t n);
 struct json_t *cli_snapshots_json(const struct qimg_snapshot *list, size_t n);
 
 /* ---- options the image commands share -------------------------------- */

@@ -66,40 +66,40 @@ static json_t *describe(struct qimg_image *img, struct qimg_error *err)
     return o;
 }
 
-static void print_human(const json_t *o)
+static void print_human(FILE *out, const json_t *o)
 {
     char buf[64];
     json_t *v;
     uint64_t vsize = (uint64_t)json_integer_value(json_object_get(o, "virtual-size"));
 
-    printf("image: %s\n", json_string_value(json_object_get(o, "filename")));
-    printf("file format: %s\n", json_string_value(json_object_get(o, "format")));
-    printf("virtual size: %s (%llu bytes)\n", cli_size_str(vsize, buf, sizeof(buf)),
+    fprintf(out, "image: %s\n", json_string_value(json_object_get(o, "filename")));
+    fprintf(out, "file format: %s\n", json_string_value(json_object_get(o, "format")));
+    fprintf(out, "virtual size: %s (%llu bytes)\n", cli_size_str(vsize, buf, sizeof(buf)),
            (unsigned long long)vsize);
     v = json_object_get(o, "actual-size");
     if (v)
-        printf("disk size: %s\n",
+        fprintf(out, "disk size: %s\n",
                cli_size_str((uint64_t)json_integer_value(v), buf, sizeof(buf)));
     else
-        printf("disk size: unavailable\n");
+        fprintf(out, "disk size: unavailable\n");
     if (json_object_get(o, "encrypted"))
-        printf("encrypted: yes\n");
+        fprintf(out, "encrypted: yes\n");
     if ((v = json_object_get(o, "cluster-size")))
-        printf("cluster_size: %lld\n", (long long)json_integer_value(v));
+        fprintf(out, "cluster_size: %lld\n", (long long)json_integer_value(v));
     if ((v = json_object_get(o, "backing-filename"))) {
         const char *bf = json_string_value(v);
         const char *full = json_string_value(json_object_get(o, "full-backing-filename"));
-        printf("backing file: %s", bf);
+        fprintf(out, "backing file: %s", bf);
         if (!full)
-            printf(" (cannot determine actual path)");
+            fprintf(out, " (cannot determine actual path)");
         else if (strcmp(bf, full))
-            printf(" (actual path: %s)", full);
-        printf("\n");
+            fprintf(out, " (actual path: %s)", full);
+        fprintf(out, "\n");
         if ((v = json_object_get(o, "backing-filename-format")))
-            printf("backing file format: %s\n", json_string_value(v));
+            fprintf(out, "backing file format: %s\n", json_string_value(v));
     }
     if (json_is_true(json_object_get(o, "dirty-flag")))
-        printf("cleanly shut down: no\n");
+        fprintf(out, "cleanly shut down: no\n");
     if ((v = json_object_get(o, "snapshots"))) {
         /* Back from JSON to the table qemu-img prints. */
         size_t n = json_array_size(v);
@@ -119,14 +119,14 @@ static void print_human(const json_t *o)
             list[i].has_icount = json_object_get(e, "icount") != NULL;
             list[i].icount = (uint64_t)json_integer_value(json_object_get(e, "icount"));
         }
-        printf("Snapshot list:\n");
+        fprintf(out, "Snapshot list:\n");
         if (list)
-            cli_print_snapshot_table(list, n);
+            cli_print_snapshot_table(out, list, n);
         free(list);
     }
     if ((v = json_object_get(o, "format-specific"))) {
-        printf("Format specific information:\n");
-        cli_json_print_human(stdout, json_object_get(v, "data"), 1);
+        fprintf(out, "Format specific information:\n");
+        cli_json_print_human(out, json_object_get(v, "data"), 1);
     }
 }
 
@@ -174,7 +174,21 @@ static int run_info(const struct info_args *a)
     struct qimg_error err = {0};
     json_t *list = json_array(), *seen = json_array();
     char *name = strdup(a->img.filename), *fmt = NULL;
+    /* Human output is rendered image by image and each description freed
+     * at once (printed only when the whole chain opened, as qemu-img
+     * does): a chain's descriptions would otherwise all stay in memory,
+     * ~3 KiB of JSON objects a layer against ~0.3 KiB of text. */
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *out = a->output == CLI_OUTPUT_JSON ? NULL
+                                             : open_memstream(&text, &text_len);
+    size_t n = 0;
     int ret = 1;
+
+    if (a->output != CLI_OUTPUT_JSON && !out) {
+        cli_error("Out of memory");
+        goto out;
+    }
 
     while (name) {
         struct qimg_image *img;
@@ -201,16 +215,26 @@ static int run_info(const struct info_args *a)
             qimg_close(img);
             goto out;
         }
-        json_array_append_new(list, d);
         qimg_close(img);
         free(name);
         free(fmt);
         name = fmt = NULL;
+        if (a->backing_chain) {
+            name = next_in_chain(d);
+            if (json_object_get(d, "backing-filename-format"))
+                fmt = strdup(json_string_value(json_object_get(d, "backing-filename-format")));
+        }
+        if (out) {
+            if (n)
+                fputc('\n', out);
+            print_human(out, d);
+            json_decref(d);
+        } else {
+            json_array_append_new(list, d);
+        }
+        n++;
         if (!a->backing_chain)
             break;
-        name = next_in_chain(d);
-        if (json_object_get(d, "backing-filename-format"))
-            fmt = strdup(json_string_value(json_object_get(d, "backing-filename-format")));
         o.fmt = fmt;
         o.image_opts = false;
         /* The next name is the image's: the untrusted-image policy's. */
@@ -220,14 +244,15 @@ static int run_info(const struct info_args *a)
         cli_json_print(stdout, a->backing_chain ? list : json_array_get(list, 0), 0);
         printf("\n");
     } else {
-        for (size_t i = 0; i < json_array_size(list); i++) {
-            if (i)
-                printf("\n");
-            print_human(json_array_get(list, i));
-        }
+        fclose(out);
+        out = NULL;
+        fwrite(text, 1, text_len, stdout);
     }
     ret = 0;
 out:
+    if (out)
+        fclose(out);
+    free(text);
     free(name);
     free(fmt);
     json_decref(list);

@@ -80,7 +80,7 @@ int cmd_snapshot(int argc, char **argv)
         /* Formats without snapshots list nothing, as qemu-img does. */
         if (qimg_snapshot_list(img, &list, &n, NULL) == 0 && n) {
             printf("Snapshot list:\n");
-            cli_print_snapshot_table(list, n);
+            cli_print_snapshot_table(stdout, list, n);
         }
     } else if (action != ACTION_NONE) {
         static const char *const verb[] = {

@@ -180,6 +180,27 @@ def test_compressed_convert_zstd_is_byte_identical(tmp_path, cluster):
     assert r.read_bytes() == q.read_bytes()
 
 
+def test_compressed_convert_any_worker_count_same_image(tmp_path):
+    """Compression contexts are shared through a pool (qcow2-compress.c):
+    one worker, or the most workers -m allows (16), still gives
+    qemu-img's zstd image byte for byte, and zlib images read as the
+    source with the reference."""
+    src = _mixed_source(tmp_path)
+    r, _ = _compressed_pair(tmp_path, "zstd", "64k", src)
+    for ctype in ("zstd", "zlib"):
+        for m in ("1", "16"):
+            out = tmp_path / f"q-{ctype}-{m}.qcow2"
+            q = run(BUILD / "qemu-img", ["convert", "-c", "-m", m, "-O", "qcow2",
+                                         "-o", f"compression_type={ctype}",
+                                         src, out], tmp_path)
+            assert q.rc == 0, q
+            if ctype == "zstd":
+                assert out.read_bytes() == r.read_bytes(), m
+            c = run(REF, ["compare", "-f", "raw", "-F", "qcow2", src, out],
+                    tmp_path)
+            assert c.rc == 0, (ctype, m, c)
+
+
 @pytest.mark.parametrize("cluster", ["64k", "4k"])
 def test_compressed_convert_zlib_reads_as_reference(tmp_path, cluster):
     """zlib clusters come from libdeflate, whose streams differ from zlib's:

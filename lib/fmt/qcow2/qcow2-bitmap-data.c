@@ -148,7 +148,7 @@ int qcow2_bitmap_store_bits(struct qimg_image *node, struct qcow2_bitmap *bm,
         ret = qimg_error_set(err, -ENOMEM, "Out of memory");
         goto out;
     }
-    for (uint64_t k = 0; k < tb_size && !ret; k++) {
+    for (uint64_t k = 0; k < tb_size && !ret && !bm->zero; k++) {
         uint64_t start = k * s->cluster_size;
         uint64_t n = QIMG_MIN(s->cluster_size, bytes - start);
         if (all_zero(bm->bits + start, n))
@@ -229,6 +229,7 @@ void qcow2_bitmap_set_range(struct qcow2_bitmap *bm, uint64_t off,
 
     if (!bm->bits || !len || !bm->nbits)
         return;
+    bm->zero = false;
     first = off >> bm->granularity_bits;
     last = QIMG_MIN((off + len - 1) >> bm->granularity_bits, bm->nbits - 1);
     while (first <= last && (first & 7)) {

@@ -329,6 +329,7 @@ static int bitmap_add(struct qimg_image *node, const char *name,
     bm->name = strdup(name);
     bm->bits = calloc(1, qcow2_bitmap_bytes(bm->nbits) + 1);
     bm->enabled = !disabled;
+    bm->zero = true;
     if (!bm->name || !bm->bits) {
         free(bm->name);
         free(bm->bits);
@@ -374,8 +375,9 @@ static int bitmap_clear(struct qimg_image *node, const char *name,
     struct qcow2_bitmap *bm = lookup_usable(node, name, err);
     if (!bm)
         return err ? err->code : -EINVAL;
-    if (bm->bits)
+    if (bm->bits && !bm->zero)
         memset(bm->bits, 0, qcow2_bitmap_bytes(bm->nbits));
+    bm->zero = bm->bits != NULL;
     return 0;
 }
 
@@ -426,6 +428,7 @@ static int bitmap_merge(struct qimg_image *node, const char *name,
                               "(destination size is %" PRIu64 ", source size "
                               "is %" PRIu64 ") and can't be merged",
                               node->size, v.size);
+    dst->zero = false;
     if (v.granularity_bits == dst->granularity_bits) {
         for (uint64_t i = 0; i < qcow2_bitmap_bytes(dst->nbits); i++)
             dst->bits[i] |= v.bits[i];

@@ -337,14 +337,22 @@ int qcow2_update_header_sync(struct qimg_image *node, struct qimg_error *err)
     return ret < 0 ? ret : node->file->ops->flush(node->file, err);
 }
 
-/* Metadata the new directory points at must be on disk before it. */
+/* Metadata the new directory points at must be on disk before it: the L2
+ * tables (after the refblocks they depend on), then the refblocks and the
+ * directory itself under one file flush, as 7.2 does (the refblock cache's
+ * own flush would be a second fdatasync straight after the first). */
 static int flush_caches(struct qimg_image *node, struct qimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    uint64_t gen = 0;
     int ret = qcow2_cache_flush(node, &s->l2_cache, err);
     if (!ret)
-        ret = qcow2_cache_flush(node, &s->refblock_cache, err);
-    return ret < 0 ? ret : node->file->ops->flush(node->file, err);
+        ret = qcow2_cache_write_back(node, &s->refblock_cache, &gen, err);
+    if (!ret)
+        ret = node->file->ops->flush(node->file, err);
+    if (!ret)
+        qcow2_cache_synced(&s->refblock_cache, gen);
+    return ret;
 }
 
 int qcow2_bitmap_dir_store(struct qimg_image *node, struct qimg_error *err)

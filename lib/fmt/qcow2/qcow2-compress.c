@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,12 +68,10 @@ int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in,
  */
 #define QCOW2_DEFLATE_LEVEL 4
 
-/* Compression contexts, one per thread (workers compress in parallel),
+/* Decompression contexts, one per thread (workers read in parallel),
  * kept for the thread's life: allocating one per cluster costs a good
- * part of compressing it. */
+ * part of decompressing it. */
 struct compress_ctx {
-    struct libdeflate_compressor *deflate;
-    ZSTD_CCtx *zstd;
     ZSTD_DCtx *unzstd;
 };
 
@@ -83,8 +82,6 @@ static bool ctx_key_ok;
 static void ctx_free(void *p)
 {
     struct compress_ctx *c = p;
-    libdeflate_free_compressor(c->deflate);
-    ZSTD_freeCCtx(c->zstd);
     ZSTD_freeDCtx(c->unzstd);
     free(c);
 }
@@ -110,6 +107,70 @@ static struct compress_ctx *thread_ctx(void)
         }
     }
     return c;
+}
+
+/*
+ * Compression contexts are shared by all threads through a pool, and a
+ * thread takes the one last released on its CPU.  One per thread (8
+ * copy workers on 2 CPUs) cost a fifth more CPU: a zstd context's match
+ * tables (384 KiB at level 3 for 64 KiB clusters) left the CPU's caches
+ * between two uses, and each of the 8 contexts (0.7 MiB) was faulted in
+ * and stayed resident (docs/PERFORMANCE.md, "Compressed convert").
+ * Contexts hold no state between clusters: each cluster is a frame of
+ * its own, the same bytes from any context.  The pool keeps a few; a
+ * thread finding it empty makes its own, given back (or freed) after.
+ */
+#define CTX_POOL_MAX 16     /* kept contexts: above the CPUs that compress */
+
+struct ctx_pool {
+    pthread_mutex_t lock;
+    unsigned n;
+    void *ctx[CTX_POOL_MAX];
+    int cpu[CTX_POOL_MAX];      /* where each was used last */
+};
+
+static struct ctx_pool zstd_pool = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, {0}};
+static struct ctx_pool deflate_pool = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, {0}};
+
+/* The context last used on this CPU, else the last released; NULL when
+ * the pool is empty. */
+static void *pool_take(struct ctx_pool *p)
+{
+    int cpu = sched_getcpu();
+    void *c = NULL;
+    unsigned i;
+
+    pthread_mutex_lock(&p->lock);
+    if (p->n) {
+        for (i = p->n; i-- > 0;)
+            if (p->cpu[i] == cpu)
+                break;
+        if (i >= p->n)
+            i = p->n - 1;
+        c = p->ctx[i];
+        p->n--;
+        memmove(&p->ctx[i], &p->ctx[i + 1], (p->n - i) * sizeof(p->ctx[0]));
+        memmove(&p->cpu[i], &p->cpu[i + 1], (p->n - i) * sizeof(p->cpu[0]));
+    }
+    pthread_mutex_unlock(&p->lock);
+    return c;
+}
+
+/* Give c back; false when the pool is full (the caller frees it). */
+static bool pool_give(struct ctx_pool *p, void *c)
+{
+    int cpu = sched_getcpu();
+    bool kept = false;
+
+    pthread_mutex_lock(&p->lock);
+    if (p->n < CTX_POOL_MAX) {
+        p->ctx[p->n] = c;
+        p->cpu[p->n] = cpu;
+        p->n++;
+        kept = true;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return kept;
 }
 
 /* Decompression reuses the thread's context too: creating one per
@@ -142,31 +203,35 @@ static int unzstd(const uint8_t *in, size_t in_len, uint8_t *out,
 static ssize_t deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
                            size_t out_cap)
 {
-    struct compress_ctx *c = thread_ctx();
+    struct libdeflate_compressor *c = pool_take(&deflate_pool);
+    size_t r;
 
-    if (c && !c->deflate)
-        c->deflate = libdeflate_alloc_compressor(QCOW2_DEFLATE_LEVEL);
-    if (!c || !c->deflate)
+    if (!c)
+        c = libdeflate_alloc_compressor(QCOW2_DEFLATE_LEVEL);
+    if (!c)
         return -ENOMEM;
     /* 0 when it does not fit: stored uncompressed */
-    return (ssize_t)libdeflate_deflate_compress(c->deflate, in, in_len, out,
-                                                out_cap);
+    r = libdeflate_deflate_compress(c, in, in_len, out, out_cap);
+    if (!pool_give(&deflate_pool, c))
+        libdeflate_free_compressor(c);
+    return (ssize_t)r;
 }
 
 /* The same frames as ZSTD_compress (QEMU's level, content size in the
- * header), from a context reused by the thread. */
+ * header), from a pooled context. */
 static ssize_t zstd_compress(const uint8_t *in, size_t in_len, uint8_t *out,
                              size_t out_cap)
 {
-    struct compress_ctx *c = thread_ctx();
+    ZSTD_CCtx *c = pool_take(&zstd_pool);
     size_t r;
 
-    if (c && !c->zstd)
-        c->zstd = ZSTD_createCCtx();
-    if (!c || !c->zstd)
+    if (!c)
+        c = ZSTD_createCCtx();
+    if (!c)
         return -ENOMEM;
-    r = ZSTD_compressCCtx(c->zstd, out, out_cap, in, in_len,
-                          ZSTD_CLEVEL_DEFAULT);
+    r = ZSTD_compressCCtx(c, out, out_cap, in, in_len, ZSTD_CLEVEL_DEFAULT);
+    if (!pool_give(&zstd_pool, c))
+        ZSTD_freeCCtx(c);
     if (ZSTD_isError(r))
         return 0;
     return (ssize_t)r;

@@ -181,6 +181,10 @@ struct qcow2_bitmap {
     uint64_t nbits;
     bool enabled;               /* records writes ("auto") */
     bool inconsistent;          /* in use when opened: contents unusable */
+    /* Every bit clear since the calloc of a new bitmap (cleared by any
+     * write of a bit): storing it writes no data cluster, so it skips the
+     * scan that would fault in every page of a big bitmap. */
+    bool zero;
 };
 
 struct qcow2_state {
