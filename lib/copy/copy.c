@@ -38,6 +38,11 @@
 
 #define DEFAULT_CHUNK (2u << 20)
 #define DEFAULT_PARALLEL 8
+/* Transparent huge pages, the size of a default chunk (see alloc_buffer). */
+#define HUGE_PAGE (2u << 20)
+/* Data chunks up to this size are read into a buffer of small pages (see
+ * struct chunk_buf). */
+#define SMALL_CHUNK (256u << 10)
 #define MAX_PARALLEL 64
 /* Block status is asked for at most this much at once (QEMU's request
  * limit); the cut matters for where data chunks start. */
@@ -66,6 +71,19 @@ struct ratelimit {
     uint64_t quota;     /* bytes per slice */
     uint64_t start, end, dispatched;
     uint64_t wait_until;
+};
+
+/*
+ * A chunk buffer of the pool: big asks for huge pages (alloc_buffer), so a
+ * chunk that touches it at all faults in 2 MiB; small chunks go to small,
+ * of small pages, which holds only what they touched.  A source that hands
+ * out small pieces (a vmdk grain: 64 KiB) so costs 64 KiB per buffer, not
+ * 2 MiB (vmdk->qcow2 peak RSS 19.5 -> 5.4 MiB), and one whose pieces are
+ * mixed (a raw file's data runs) keeps its huge pages for the large ones.
+ * small is NULL when chunks are never larger than SMALL_CHUNK.
+ */
+struct chunk_buf {
+    uint8_t *big, *small;
 };
 
 struct engine {
@@ -101,7 +119,7 @@ struct engine {
     uint64_t read_ahead;    /* chunks read but not yet written, at most */
     /* Chunk buffers, a stack: the one freed last (still in the CPU
      * caches) is taken first. */
-    uint8_t **pool;
+    struct chunk_buf *pool;
     size_t pool_top;
     struct worker *workers;
     unsigned nworkers;
@@ -109,12 +127,13 @@ struct engine {
     struct qimg_error err;
 };
 
-enum wait_kind { W_NONE, W_TURN, W_SLOT };
+enum wait_kind { W_NONE, W_TURN, W_SLOT, W_ROOM };
 
 struct worker {
     struct engine *e;
     pthread_t thread;
-    uint8_t *buf;
+    uint8_t *buf;                   /* cb.big or cb.small, or NULL */
+    struct chunk_buf cb;
     struct copy_run *runs;
     size_t max_runs;
     enum qimg_copy_stage stage;     /* of the last failure */
@@ -528,7 +547,8 @@ static void precompress(struct worker *wk, const struct chunk *c, size_t nruns)
 
 /*
  * Ordered writes: a worker waits on its own condition variable for its
- * turn to write (W_TURN) or for room to take a chunk (W_SLOT), and only
+ * turn to write (W_TURN), for room to take a chunk (W_SLOT) or, with its
+ * first chunk, for room to read it (W_ROOM, see first_room), and only
  * workers that can go on are woken, not all of them at each write.  A
  * worker that has written takes the room it made itself, so the others
  * waiting for room are woken only to leave (stop, or nothing left).
@@ -540,6 +560,8 @@ static bool may_go(const struct engine *e, const struct worker *wk)
         return true;
     if (wk->waiting == W_TURN)
         return e->write_seq == wk->wait_seq;
+    if (wk->waiting == W_ROOM)
+        return wk->wait_seq < e->write_seq + e->read_ahead;
     return e->walk.dst >= e->end ||
            e->next_seq < e->write_seq + e->read_ahead;
 }
@@ -548,7 +570,7 @@ static void wake_ready(struct engine *e, bool slots)
 {
     for (unsigned i = 0; i < e->nworkers; i++) {
         struct worker *wk = &e->workers[i];
-        if (wk->waiting != W_NONE && (slots || wk->waiting == W_TURN) &&
+        if (wk->waiting != W_NONE && (slots || wk->waiting != W_SLOT) &&
             may_go(e, wk))
             pthread_cond_signal(&wk->cv);
     }
@@ -579,11 +601,32 @@ static bool wait_turn(struct worker *wk, const struct chunk *c)
     return go;
 }
 
-static void end_turn(struct engine *e)
+/* The worker's buffer back to the pool, if it holds one.  Called with
+ * e->lock. */
+static void release_buffer(struct worker *wk)
 {
+    struct engine *e = wk->e;
+
+    if (wk->buf) {
+        e->pool[e->pool_top++] = wk->cb;
+        wk->cb = (struct chunk_buf){NULL, NULL};
+        wk->buf = NULL;
+    }
+}
+
+/*
+ * Written: hand the turn on.  The buffer goes back to the pool first, so
+ * that the worker the turn wakes (for room to read) takes it rather than
+ * a buffer never touched yet: read_ahead buffers in use, not one more.
+ */
+static void end_turn(struct worker *wk)
+{
+    struct engine *e = wk->e;
+
     if (e->p->out_of_order)
         return;
     pthread_mutex_lock(&e->lock);
+    release_buffer(wk);
     e->write_seq++;
     wake_ready(e, false);
     pthread_mutex_unlock(&e->lock);
@@ -669,7 +712,7 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
         if (ret < 0)
             return ret;
     }
-    end_turn(e);
+    end_turn(wk);
     return 0;
 }
 
@@ -754,6 +797,20 @@ static void start_together(struct engine *e, bool took)
         pthread_cond_wait(&e->turn, &e->lock);
 }
 
+/*
+ * The first chunks are all taken at once (start_together), but only the
+ * read-ahead budget of them read at once: the others wait for room before
+ * they take a buffer, as later chunks wait before they are taken.  So a
+ * copy touches read_ahead buffers, not one per worker (8 x 2 MiB: a
+ * dmg->raw convert held 16 MiB of buffers).  Stopped, they go on, to fail
+ * as their requests would.  Called with e->lock.
+ */
+static void first_room(struct worker *wk, const struct chunk *c)
+{
+    if (!wk->e->p->out_of_order)
+        wait_for(wk, W_ROOM, c->seq);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *wk = arg;
@@ -766,19 +823,21 @@ static void *worker_main(void *arg)
         struct qimg_error err = {0};
         bool took;
         int ret;
-        if (wk->buf) {
-            e->pool[e->pool_top++] = wk->buf;
-            wk->buf = NULL;
-        }
+        release_buffer(wk);
         took = take_chunk(wk, &c);
-        if (first)
+        if (first) {
             start_together(e, took);
+            if (took)
+                first_room(wk, &c);
+        }
         first = false;
         if (!took)
             break;
         wk->started = true;
         /* the buffer released last: the likeliest to be in the caches */
-        wk->buf = e->pool[--e->pool_top];
+        wk->cb = e->pool[--e->pool_top];
+        wk->buf = wk->cb.small && c.len <= SMALL_CHUNK ? wk->cb.small
+                                                       : wk->cb.big;
         pthread_mutex_unlock(&e->lock);
         ret = process_chunk(wk, &c, &err);
         pthread_mutex_lock(&e->lock);
@@ -791,17 +850,15 @@ static void *worker_main(void *arg)
 
 /*
  * A worker's data buffer.  Page aligned, so O_DIRECT targets need no bounce
- * buffer; a buffer of whole huge pages is aligned to them and asks for
+ * buffer; a big buffer of whole huge pages is aligned to them and asks for
  * them: the first read into a 2 MiB buffer of small pages took 512 page
  * faults, and all the buffers of a copy 1500 of the 2200 faults of a
  * qcow2->raw convert (docs/PERFORMANCE.md).  A hint only: without huge
  * pages the buffer is the same.
  */
-#define HUGE_PAGE (2u << 20)
-
-static uint8_t *alloc_buffer(size_t len)
+static uint8_t *alloc_buffer(size_t len, bool big)
 {
-    bool huge = len % HUGE_PAGE == 0;
+    bool huge = big && len % HUGE_PAGE == 0;
     void *p;
 
     if (posix_memalign(&p, huge ? HUGE_PAGE : 4096, len))
@@ -818,9 +875,14 @@ static int worker_init(struct worker *wk, struct engine *e)
     wk->e = e;
     wk->max_runs = e->chunk_size / COPY_SECTOR + 2;
     wk->runs = calloc(wk->max_runs, sizeof(*wk->runs));
-    wk->buf = wk->runs ? alloc_buffer(e->chunk_size) : NULL;
-    if (!wk->buf)
+    wk->cb.big = wk->runs ? alloc_buffer(e->chunk_size, true) : NULL;
+    if (!wk->cb.big)
         return -ENOMEM;
+    if (e->chunk_size > SMALL_CHUNK) {
+        wk->cb.small = alloc_buffer(e->chunk_size, false);
+        if (!wk->cb.small)
+            return -ENOMEM;
+    }
     wk->clen = -1;
     if (e->p->compress && e->p->target->fmt->compress_cluster) {
         wk->cbuf = malloc(2 * (size_t)e->cluster + 64);   /* block.h */
@@ -833,7 +895,8 @@ static int worker_init(struct worker *wk, struct engine *e)
 static void worker_free(struct worker *wk)
 {
     free(wk->cbuf);
-    free(wk->buf);
+    free(wk->cb.big);
+    free(wk->cb.small);
     free(wk->runs);
 }
 
@@ -854,8 +917,8 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
             ret = qimg_error_set(err, -ENOMEM, "Out of memory");
     /* One buffer per worker, shared through the pool. */
     for (unsigned i = 0; i < n && !ret; i++) {
-        e->pool[e->pool_top++] = wks[i].buf;
-        wks[i].buf = NULL;
+        e->pool[e->pool_top++] = wks[i].cb;
+        wks[i].cb = (struct chunk_buf){NULL, NULL};
     }
     for (unsigned i = 0; i < n; i++)
         pthread_cond_init(&wks[i].cv, NULL);
@@ -886,8 +949,10 @@ static int run_workers(struct engine *e, unsigned n, struct qimg_error *err)
         worker_free(&wks[i]);
     }
     free(wks);
-    for (size_t i = 0; e->pool && i < e->pool_top; i++)
-        free(e->pool[i]);
+    for (size_t i = 0; e->pool && i < e->pool_top; i++) {
+        free(e->pool[i].big);
+        free(e->pool[i].small);
+    }
     free(e->pool);
     e->pool = NULL;
     return ret;

@@ -52,20 +52,29 @@ static bool idle(const struct qimg_chunk_slot *s)
     return !s->pins && !s->loading;
 }
 
-/* The least recently used idle slot, empty ones first. */
+/*
+ * The least recently used idle slot that holds buffers; an empty one only
+ * when none does.  So the slots with buffers are only as many as readers
+ * ran at once (at least one), not all QIMG_CHUNK_CACHE_SLOTS: a forward
+ * copy of 1 MiB dmg chunks filled every empty slot first, 16 chunks of
+ * buffers (32 MiB) that it never read again.
+ */
 static struct qimg_chunk_slot *victim(struct qimg_chunk_cache *c)
 {
-    struct qimg_chunk_slot *best = NULL;
+    struct qimg_chunk_slot *best = NULL, *empty = NULL;
     for (size_t i = 0; i < QIMG_CHUNK_CACHE_SLOTS; i++) {
         struct qimg_chunk_slot *s = &c->slots[i];
         if (!idle(s))
             continue;
-        if (!s->valid)
-            return s;
+        if (!s->in && !s->out) {
+            if (!empty)
+                empty = s;
+            continue;
+        }
         if (!best || s->used < best->used)
             best = s;
     }
-    return best;
+    return best ? best : empty;
 }
 
 static size_t growth(size_t cap, size_t want)

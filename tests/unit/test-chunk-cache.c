@@ -90,6 +90,9 @@ static void test_hit_and_error(void **state)
         qimg_chunk_put(&f.node, &f.cache, slot);
     }
     assert_true(f.cache.bytes <= QIMG_CHUNK_CACHE_BUDGET);
+    /* One reader at a time reuses one slot's buffers (the first ones held
+     * 100 and CHUNK bytes: the largest of each), not one per slot. */
+    assert_int_equal(f.cache.bytes, 100 + CHUNK);
     teardown(&f);
 }
 

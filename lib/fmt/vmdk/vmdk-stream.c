@@ -6,8 +6,8 @@
  * size, 4 bytes) and a zlib stream (RFC 1950, what QEMU's compress() and
  * uncompress() use), starting on a sector.  Grains are inflated with
  * zlib and deflated with libdeflate (its zlib format: the same streams
- * zlib reads, for less CPU than zlib's deflate), one compressor per
- * thread, so that the copy engine compresses in all its workers.
+ * zlib reads, for less CPU than zlib's deflate), by compressors shared
+ * among the copy engine's workers (one per CPU and one more).
  *
  * Writing follows QEMU's rules: only whole grains, appended at the
  * allocation cursor, never over an allocated grain.  The grain tables
@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libdeflate.h>
 #include <zlib.h>
@@ -75,37 +76,51 @@ static int forward_advance(struct vmdk_extent *e, uint32_t l1,
 
 /* ---- compression ---------------------------------------------------------- */
 
-static pthread_key_t deflate_key;
-static pthread_once_t deflate_once = PTHREAD_ONCE_INIT;
-static bool deflate_key_ok;
+/*
+ * Compressors, shared by the threads that compress grains: at most one
+ * per CPU and one more are made (a libdeflate compressor is 670 KiB; one
+ * per copy worker was 5.3 of a streamOptimized convert's 8 MiB peak),
+ * the others wait for one to come back: compressing is CPU work, more at
+ * once than CPUs only take turns.  Kept for the process's life.
+ */
+static pthread_mutex_t deflaters_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t deflaters_back = PTHREAD_COND_INITIALIZER;
+static struct libdeflate_compressor **deflaters_free;   /* a stack */
+static unsigned deflaters_idle, deflaters_made, deflaters_max;
 
-static void deflate_free(void *p)
+/* A compressor for the caller alone until deflater_put, or NULL. */
+static struct libdeflate_compressor *deflater_get(void)
 {
-    libdeflate_free_compressor(p);
-}
+    struct libdeflate_compressor *c = NULL;
 
-static void deflate_key_init(void)
-{
-    deflate_key_ok = pthread_key_create(&deflate_key, deflate_free) == 0;
-}
-
-/* The calling thread's compressor, kept for its life. */
-static struct libdeflate_compressor *thread_deflater(void)
-{
-    struct libdeflate_compressor *c;
-
-    pthread_once(&deflate_once, deflate_key_init);
-    if (!deflate_key_ok)
-        return NULL;
-    c = pthread_getspecific(deflate_key);
-    if (!c) {
-        c = libdeflate_alloc_compressor(VMDK_DEFLATE_LEVEL);
-        if (c && pthread_setspecific(deflate_key, c)) {
-            libdeflate_free_compressor(c);
-            c = NULL;
-        }
+    pthread_mutex_lock(&deflaters_lock);
+    if (!deflaters_max) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        unsigned max = n > 0 && n < 1024 ? (unsigned)n + 1 : 2;
+        deflaters_free = calloc(max, sizeof(*deflaters_free));
+        if (deflaters_free)
+            deflaters_max = max;
     }
+    while (deflaters_max && !deflaters_idle &&
+           deflaters_made == deflaters_max)
+        pthread_cond_wait(&deflaters_back, &deflaters_lock);
+    if (deflaters_idle) {
+        c = deflaters_free[--deflaters_idle];
+    } else if (deflaters_max) {
+        c = libdeflate_alloc_compressor(VMDK_DEFLATE_LEVEL);
+        if (c)
+            deflaters_made++;
+    }
+    pthread_mutex_unlock(&deflaters_lock);
     return c;
+}
+
+static void deflater_put(struct libdeflate_compressor *c)
+{
+    pthread_mutex_lock(&deflaters_lock);
+    deflaters_free[deflaters_idle++] = c;
+    pthread_cond_signal(&deflaters_back);
+    pthread_mutex_unlock(&deflaters_lock);
 }
 
 static struct vmdk_extent *first_compressed(struct vmdk_state *s)
@@ -135,11 +150,12 @@ ssize_t vmdk_compress_grain(struct qimg_image *node, const void *buf,
     cap = 2 * (size_t)(e->grain_sectors * VMDK_SECTOR);
     if (len > cap / 2)
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
-    c = thread_deflater();
+    c = deflater_get();
     if (!c)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     n = libdeflate_zlib_compress(c, buf, len, (uint8_t *)out + MARKER_SIZE,
                                  cap - MARKER_SIZE);
+    deflater_put(c);
     if (!n)
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     return (ssize_t)(n + MARKER_SIZE);
