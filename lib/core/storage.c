@@ -46,10 +46,13 @@ static const struct qimg_storage_ops *const storages[] = {
     &qimg_storage_blkdebug,
     &qimg_storage_blkverify,
     &qimg_storage_file,
+#ifdef QIMG_NET
     NET(ftp),
     NET(ftps),
+#endif
     &qimg_storage_host_cdrom,
     &qimg_storage_host_device,
+#ifdef QIMG_NET
     NET(http),
     NET(https),
     NET(iscsi),
@@ -57,13 +60,16 @@ static const struct qimg_storage_ops *const storages[] = {
     NET(nbd_tcp),
     NET(nbd_unix),
     NET(nfs),
+#endif
     &qimg_storage_null_aio,
     &qimg_storage_null_co,
     &qimg_storage_quorum,
 #ifdef QIMG_RBD
     NET(rbd),
 #endif
+#ifdef QIMG_NET
     NET(ssh),
+#endif
 };
 
 size_t qimg_storage_count(void)
