@@ -413,9 +413,10 @@ static int read_range(struct engine *e, uint64_t dst, uint64_t len,
 static void read_salvage(struct engine *e, uint64_t dst, uint64_t len,
                          uint8_t *buf)
 {
+    struct qimg_error err;   /* cleared per sector, not zeroed (4 KiB) */
     for (uint64_t at = 0; at < len; at += COPY_SECTOR) {
         uint64_t n = QIMG_MIN((uint64_t)COPY_SECTOR, len - at);
-        struct qimg_error err = {0};
+        qimg_error_clear(&err);
         int ret = read_range(e, dst + at, n, buf + at, &err);
         if (ret < 0) {
             memset(buf + at, 0, (size_t)n);
@@ -819,8 +820,9 @@ static void *worker_main(void *arg)
     bool first = true;
 
     pthread_mutex_lock(&e->lock);
+    struct qimg_error err;   /* cleared per chunk, not zeroed (4 KiB) */
     for (;;) {
-        struct qimg_error err = {0};
+        qimg_error_clear(&err);
         bool took;
         int ret;
         release_buffer(wk);

@@ -509,8 +509,11 @@ static void compare_refcounts(struct check *c, unsigned fix, bool *rebuild,
     *highest = 0;
     if (fix)
         qcow2_discards_begin(c->node);
+    /* One error object cleared per cluster: "= {0}" in the loop would
+     * zero its 4 KiB message for every cluster of the image. */
+    struct qimg_error err;
     for (uint64_t i = 0; i < c->nb; i++) {
-        struct qimg_error err = {0};
+        qimg_error_clear(&err);
         uint64_t stored, computed = imrt_get(c, i);
         int *fixed = NULL;
         int ret = qcow2_get_refcount(c->node, i, &stored, &err);
@@ -738,13 +741,14 @@ static int check_oflag_copied(struct check *c, unsigned fix)
         repair = !res->check_errors && !res->corruptions && !res->leaks;
     else
         repair = false;
+    struct qimg_error err;   /* cleared per table, not zeroed per entry */
     for (uint32_t i = 0; i < s->l1_size; i++) {
-        struct qimg_error err = {0};
         uint64_t l1e = s->l1_table[i], l2_off = l1e & QCOW2_L1E_OFFSET_MASK, rc;
         int dirty = 0;
 
         if (!l2_off)
             continue;
+        qimg_error_clear(&err);
         if (qcow2_get_refcount(c->node, l2_off >> s->cluster_bits, &rc, &err) < 0)
             continue;
         if ((rc == 1) != !!(l1e & QCOW2_OFLAG_COPIED)) {
