@@ -57,12 +57,15 @@ run_one() {
     ln -sf "$IOTESTS/check" "$dir/run/check"
     local sock
     sock=$(mktemp -d /tmp/iotn-XXXXXX)
-    local t0 rc line status reason
+    local t0 rc line status reason serial=()
+    # 162 makes a socket and a file named 42 in the iotests source
+    # directory, shared by every run: one 162 run at a time.
+    [ "$t" = 162 ] && serial=(flock "$SCRATCH/162.lock")
     t0=$(date +%s%N)
     (cd "$dir/run" && TEST_DIR=$dir/test SOCK_DIR=$sock \
         QEMU_PROG=$STUB QSD_PROG=$STUB QEMU_IMG_PROG=$BIN/qemu-img \
         QEMU_IO_PROG=$QIO QEMU_NBD_PROG=$QNBD \
-        timeout -k 10 "$TIMEOUT" ./check "-$proto" "-$fmt" --color off "$t") \
+        "${serial[@]}" timeout -k 10 "$TIMEOUT" ./check "-$proto" "-$fmt" --color off "$t") \
         > "$log" 2>&1 < /dev/null
     rc=$?
     local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
