@@ -2,6 +2,7 @@
 #include "lazy/lazylib.h"
 
 #include <dlfcn.h>
+#include <errno.h>      /* program_invocation_short_name (GNU) */
 #include <stdio.h>
 #include <unistd.h>
 
@@ -10,8 +11,9 @@
  * package), so this is the one place in lib/ that prints and exits. */
 static void lazylib_fail(const char *what)
 {
-    fprintf(stderr, "qemu-img: error while loading shared libraries: %s\n",
-            what);
+    /* The loader names the program as it was invoked (qimg, qemu-img). */
+    fprintf(stderr, "%s: error while loading shared libraries: %s\n",
+            program_invocation_short_name, what);
     fflush(stderr);
     _exit(127);
 }

@@ -68,3 +68,24 @@ def test_first_use_loads(images):
         assert r.returncode == 0, r.stdout + r.stderr
     rc, libs = loaded(["checksum", "r.raw"], images)
     assert rc == 0 and any(x.startswith("libgcrypt.so") for x in libs)
+
+
+def test_unloadable_library_ends_as_the_loader_would(images, tmp_path):
+    """A library that cannot be loaded at its first use ends the command
+    with the loader's message under the name qimg was invoked by, and
+    status 127 (what a missing library at start-up gives)."""
+    bad = tmp_path / "badlib"
+    bad.mkdir()
+    (bad / "libzstd.so.1").write_bytes(b"")     # "file too short"
+    (tmp_path / "in.raw").write_bytes(os.urandom(1 << 20))
+    (bad / "qemu-img").symlink_to(QIMG)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(bad)}
+    for prog, name in ((QIMG, "qimg"), (bad / "qemu-img", "qemu-img")):
+        r = subprocess.run([str(prog), "convert", "-c", "-O", "qcow2", "-o",
+                            "compression_type=zstd", "in.raw", "out.qcow2"],
+                           cwd=tmp_path, capture_output=True, text=True,
+                           env=env)
+        assert r.returncode == 127, r
+        assert r.stderr.startswith(
+            f"{name}: error while loading shared libraries: "), r.stderr
+        assert "libzstd.so.1" in r.stderr, r.stderr
