@@ -99,19 +99,9 @@ ssh_setup() {
     ssh-keygen -q -t ed25519 -N '' -f "$d/host" && ssh-keygen -q -t ed25519 -N '' -f "$d/client" ||
         die "ssh-keygen failed"
     cp "$d/client.pub" "$d/authorized_keys"
-    cat > "$d/sshd_config" <<EOF
-Port 22
-ListenAddress 127.0.0.1
-HostKey $d/host
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-StrictModes no
-PermitRootLogin yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-Subsystem sftp internal-sftp
-EOF
+    # the tests' sshd configuration (tests/cli/netservers.py uses it too)
+    sed -e "s|@PORT@|22|" -e "s|@DIR@|$d|" "$HERE/servers/sshd_config.in" \
+        > "$d/sshd_config" || die "cannot write the sshd configuration"
     /usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log" || die "sshd did not start"
     eval "$(ssh-agent -a "$d/agent.sock")" > /dev/null || die "ssh-agent failed"
     ssh-add -q "$d/client" || die "ssh-add failed"

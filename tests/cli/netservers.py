@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# tests/servers: configurations shared with the scripts there and
+# tests/iotests-net.sh
+SERVERS = Path(__file__).resolve().parent.parent / "servers"
+
 
 def free_port():
     with socket.socket() as s:
@@ -181,18 +185,10 @@ http {{
         shutil.copy(d / "client.pub", d / "authorized_keys")
         os.makedirs("/run/sshd", exist_ok=True)   # privilege separation dir
         port = free_port()
-        (d / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {d}/host
-AuthorizedKeysFile {d}/authorized_keys
-PidFile {d}/sshd.pid
-StrictModes no
-PermitRootLogin yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-Subsystem sftp internal-sftp
-""")
+        # one sshd configuration for these tests and tests/iotests-net.sh
+        conf = (SERVERS / "sshd_config.in").read_text()
+        (d / "sshd_config").write_text(
+            conf.replace("@PORT@", str(port)).replace("@DIR@", str(d)))
         proc, log = self._start([sshd, "-D", "-e", "-f", d / "sshd_config"])
         wait_port(port, proc, log)
         sock = d / "agent.sock"
