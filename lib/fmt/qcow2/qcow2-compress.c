@@ -15,13 +15,14 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libdeflate.h>
 #include <zlib.h>
 #include <zstd.h>
+
+#include "core/ctx-pool.h"
 
 #include "fmt/qcow2/qcow2.h"
 
@@ -120,57 +121,27 @@ static struct compress_ctx *thread_ctx(void)
  * its own, the same bytes from any context.  The pool keeps a few; a
  * thread finding it empty makes its own, given back (or freed) after.
  */
-#define CTX_POOL_MAX 16     /* kept contexts: above the CPUs that compress */
+static struct qimg_ctx_pool zstd_pool = QIMG_CTX_POOL_INIT(false);
+static struct qimg_ctx_pool deflate_pool = QIMG_CTX_POOL_INIT(false);
 
-struct ctx_pool {
-    pthread_mutex_t lock;
-    unsigned n;
-    void *ctx[CTX_POOL_MAX];
-    int cpu[CTX_POOL_MAX];      /* where each was used last */
-};
-
-static struct ctx_pool zstd_pool = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, {0}};
-static struct ctx_pool deflate_pool = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, {0}};
-
-/* The context last used on this CPU, else the last released; NULL when
- * the pool is empty. */
-static void *pool_take(struct ctx_pool *p)
+static void *make_deflater(void)
 {
-    int cpu = sched_getcpu();
-    void *c = NULL;
-    unsigned i;
-
-    pthread_mutex_lock(&p->lock);
-    if (p->n) {
-        for (i = p->n; i-- > 0;)
-            if (p->cpu[i] == cpu)
-                break;
-        if (i >= p->n)
-            i = p->n - 1;
-        c = p->ctx[i];
-        p->n--;
-        memmove(&p->ctx[i], &p->ctx[i + 1], (p->n - i) * sizeof(p->ctx[0]));
-        memmove(&p->cpu[i], &p->cpu[i + 1], (p->n - i) * sizeof(p->cpu[0]));
-    }
-    pthread_mutex_unlock(&p->lock);
-    return c;
+    return libdeflate_alloc_compressor(QCOW2_DEFLATE_LEVEL);
 }
 
-/* Give c back; false when the pool is full (the caller frees it). */
-static bool pool_give(struct ctx_pool *p, void *c)
+static void free_deflater(void *c)
 {
-    int cpu = sched_getcpu();
-    bool kept = false;
+    libdeflate_free_compressor(c);
+}
 
-    pthread_mutex_lock(&p->lock);
-    if (p->n < CTX_POOL_MAX) {
-        p->ctx[p->n] = c;
-        p->cpu[p->n] = cpu;
-        p->n++;
-        kept = true;
-    }
-    pthread_mutex_unlock(&p->lock);
-    return kept;
+static void *make_zstd(void)
+{
+    return ZSTD_createCCtx();
+}
+
+static void free_zstd(void *c)
+{
+    ZSTD_freeCCtx(c);
 }
 
 /* Decompression reuses the thread's context too: creating one per
@@ -203,17 +174,15 @@ static int unzstd(const uint8_t *in, size_t in_len, uint8_t *out,
 static ssize_t deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
                            size_t out_cap)
 {
-    struct libdeflate_compressor *c = pool_take(&deflate_pool);
+    struct libdeflate_compressor *c = qimg_ctx_pool_take(&deflate_pool,
+                                                         make_deflater);
     size_t r;
 
-    if (!c)
-        c = libdeflate_alloc_compressor(QCOW2_DEFLATE_LEVEL);
     if (!c)
         return -ENOMEM;
     /* 0 when it does not fit: stored uncompressed */
     r = libdeflate_deflate_compress(c, in, in_len, out, out_cap);
-    if (!pool_give(&deflate_pool, c))
-        libdeflate_free_compressor(c);
+    qimg_ctx_pool_give(&deflate_pool, c, free_deflater);
     return (ssize_t)r;
 }
 
@@ -222,16 +191,13 @@ static ssize_t deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
 static ssize_t zstd_compress(const uint8_t *in, size_t in_len, uint8_t *out,
                              size_t out_cap)
 {
-    ZSTD_CCtx *c = pool_take(&zstd_pool);
+    ZSTD_CCtx *c = qimg_ctx_pool_take(&zstd_pool, make_zstd);
     size_t r;
 
     if (!c)
-        c = ZSTD_createCCtx();
-    if (!c)
         return -ENOMEM;
     r = ZSTD_compressCCtx(c, out, out_cap, in, in_len, ZSTD_CLEVEL_DEFAULT);
-    if (!pool_give(&zstd_pool, c))
-        ZSTD_freeCCtx(c);
+    qimg_ctx_pool_give(&zstd_pool, c, free_zstd);
     if (ZSTD_isError(r))
         return 0;
     return (ssize_t)r;

@@ -37,11 +37,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <libdeflate.h>
 #include <zlib.h>
 
+#include "core/ctx-pool.h"
 #include "core/inflate.h"
 #include "core/util.h"
 #include "fmt/vmdk/vmdk.h"
@@ -77,50 +77,21 @@ static int forward_advance(struct vmdk_extent *e, uint32_t l1,
 /* ---- compression ---------------------------------------------------------- */
 
 /*
- * Compressors, shared by the threads that compress grains: at most one
- * per CPU and one more are made (a libdeflate compressor is 670 KiB; one
- * per copy worker was 5.3 of a streamOptimized convert's 8 MiB peak),
- * the others wait for one to come back: compressing is CPU work, more at
- * once than CPUs only take turns.  Kept for the process's life.
+ * Compressors, shared by the threads that compress grains (core/ctx-pool):
+ * at most one per CPU and one more are made (a libdeflate compressor is
+ * 670 KiB; one per copy worker was 5.3 of a streamOptimized convert's
+ * 8 MiB peak), the others wait for one to come back.
  */
-static pthread_mutex_t deflaters_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t deflaters_back = PTHREAD_COND_INITIALIZER;
-static struct libdeflate_compressor **deflaters_free;   /* a stack */
-static unsigned deflaters_idle, deflaters_made, deflaters_max;
+static struct qimg_ctx_pool deflaters = QIMG_CTX_POOL_INIT(true);
 
-/* A compressor for the caller alone until deflater_put, or NULL. */
-static struct libdeflate_compressor *deflater_get(void)
+static void *make_deflater(void)
 {
-    struct libdeflate_compressor *c = NULL;
-
-    pthread_mutex_lock(&deflaters_lock);
-    if (!deflaters_max) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        unsigned max = n > 0 && n < 1024 ? (unsigned)n + 1 : 2;
-        deflaters_free = calloc(max, sizeof(*deflaters_free));
-        if (deflaters_free)
-            deflaters_max = max;
-    }
-    while (deflaters_max && !deflaters_idle &&
-           deflaters_made == deflaters_max)
-        pthread_cond_wait(&deflaters_back, &deflaters_lock);
-    if (deflaters_idle) {
-        c = deflaters_free[--deflaters_idle];
-    } else if (deflaters_max) {
-        c = libdeflate_alloc_compressor(VMDK_DEFLATE_LEVEL);
-        if (c)
-            deflaters_made++;
-    }
-    pthread_mutex_unlock(&deflaters_lock);
-    return c;
+    return libdeflate_alloc_compressor(VMDK_DEFLATE_LEVEL);
 }
 
-static void deflater_put(struct libdeflate_compressor *c)
+static void free_deflater(void *c)
 {
-    pthread_mutex_lock(&deflaters_lock);
-    deflaters_free[deflaters_idle++] = c;
-    pthread_cond_signal(&deflaters_back);
-    pthread_mutex_unlock(&deflaters_lock);
+    libdeflate_free_compressor(c);
 }
 
 static struct vmdk_extent *first_compressed(struct vmdk_state *s)
@@ -150,12 +121,12 @@ ssize_t vmdk_compress_grain(struct qimg_image *node, const void *buf,
     cap = 2 * (size_t)(e->grain_sectors * VMDK_SECTOR);
     if (len > cap / 2)
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
-    c = deflater_get();
+    c = qimg_ctx_pool_take(&deflaters, make_deflater);
     if (!c)
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     n = libdeflate_zlib_compress(c, buf, len, (uint8_t *)out + MARKER_SIZE,
                                  cap - MARKER_SIZE);
-    deflater_put(c);
+    qimg_ctx_pool_give(&deflaters, c, free_deflater);
     if (!n)
         return qimg_error_set(err, -EINVAL, "%s", strerror(EINVAL));
     return (ssize_t)(n + MARKER_SIZE);
