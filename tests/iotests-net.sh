@@ -13,6 +13,10 @@
 #   --timeout S       per-run limit (default 300)
 #   --logs DIR        check output of each run and .out.bad of failures
 #                     (default /tmp/iotests-net-logs)
+#   --candidates      print every candidate run of the 7.2 source instead
+#                     (the rule: tests/iotests-net-candidates.py), each
+#                     with "listed", "noted" (a note of the list's head) or
+#                     "UNACCOUNTED"; exit 1 when any is unaccounted
 #
 # It reuses the QEMU source that ../shared/iotests/run-iotests fetched
 # (IOTESTS_CACHE, default ~/.cache/qimg-iotests; run `run-iotests
@@ -125,6 +129,7 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT=${2:?}; shift ;;
     --logs) LOGS=${2:?}; shift ;;
     --in-namespace) INNS=1 ;;
+    --candidates) MODE=candidates ;;
     -h|--help) sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) PROG=$1 ;;
@@ -132,6 +137,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -x "$IOTESTS/check" ] || die "no QEMU iotests in $CACHE (run ../shared/iotests/run-iotests --fetch-only)"
+if [ "$MODE" = candidates ]; then
+    exec /usr/bin/python3 "$HERE/iotests-net-candidates.py" --list "$LIST" "$IOTESTS"
+fi
 [ -x "$STUB" ] || die "no qemu-system stub at $STUB (set IOTESTS_SHARED)"
 PROG=$(realpath "${PROG:-/usr/bin/qemu-img}") && [ -x "$PROG" ] || die "not an executable: $PROG"
 
