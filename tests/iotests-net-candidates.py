@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """iotests-net-candidates.py - the candidate runs of tests/iotests-net.sh.
 
-Usage: tests/iotests-net-candidates.py [--all] [--list FILE] IOTESTS_DIR
+Usage: tests/iotests-net-candidates.py [--all] [--protocols P,..] [--list FILE] IOTESTS_DIR
 
 Reads QEMU's qemu-iotests directory (the 7.2 source's tests/qemu-iotests)
 and prints one "TEST PROTOCOL FORMAT" line per candidate run of
-`check -nbd` / `check -ssh`, protocols nbd and ssh, formats raw and qcow2.
+`check -nbd` / `check -ssh`, protocols nbd and ssh (--protocols: others,
+e.g. nfs), formats raw and qcow2.
 
 The rule, applied to every test file (the numbered ones and tests/NAME):
 - protocol: the test admits the protocol.  A bash test admits it when it
@@ -121,19 +122,25 @@ def classify(path):
 def accounted(list_path):
     """(listed runs, noted runs) of an iotests-net.txt."""
     listed, noted = set(), set()
+    note = None     # the names of a note read so far, until its colon
     with open(list_path, encoding="utf-8") as f:
         for line in f:
             if line.startswith("#- "):
-                proto, fmt, *tests = line[3:].split(":", 1)[0].split()
-                noted.update((t, proto, fmt) for t in tests)
+                note = line[3:]
+            elif note is not None and line.startswith("#  "):
+                note += line[3:]
             elif line.strip() and not line.startswith("#"):
                 listed.add(tuple(line.split()[:3]))
+            if note is not None and ":" in note:
+                proto, fmt, *tests = note.split(":", 1)[0].split()
+                noted.update((t, proto, fmt) for t in tests)
+                note = None
     return listed, noted
 
 
-def candidates(iotests, show_all):
+def candidates(iotests, show_all, protocols=PROTOCOLS):
     """(test, protocol, format, None | 'vm' | 'qsd') of every candidate."""
-    for proto in PROTOCOLS:
+    for proto in protocols:
         for name, path in test_files(iotests):
             lim, need = classify(path)
             if not admits(proto, lim["proto"], lim["no_proto"]):
@@ -148,14 +155,16 @@ def candidates(iotests, show_all):
 def main(argv):
     show_all = "--all" in argv
     args = [a for a in argv if a != "--all"]
-    list_path = None
+    list_path, protocols = None, PROTOCOLS
+    if len(args) >= 3 and args[0] == "--protocols":
+        protocols, args = args[1].split(","), args[2:]
     if len(args) == 3 and args[0] == "--list":
         list_path, args = args[1], args[2:]
     if len(args) != 1 or not os.path.isdir(os.path.join(args[0], "tests")):
         sys.exit(__doc__.split("\n\n")[1])
     listed, noted = accounted(list_path) if list_path else (set(), set())
     missing = 0
-    for name, proto, fmt, need in candidates(args[0], show_all):
+    for name, proto, fmt, need in candidates(args[0], show_all, protocols):
         row = [name, proto, fmt]
         if need:
             row.append(need)
