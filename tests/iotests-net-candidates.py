@@ -5,8 +5,8 @@ Usage: tests/iotests-net-candidates.py [--all] [--protocols P,..] [--list FILE] 
 
 Reads QEMU's qemu-iotests directory (the 7.2 source's tests/qemu-iotests)
 and prints one "TEST PROTOCOL FORMAT" line per candidate run of
-`check -nbd` / `check -ssh`, protocols nbd and ssh (--protocols: others,
-e.g. nfs), formats raw and qcow2.
+`check -nbd` / `-ssh` / `-nfs`, protocols nbd, ssh and nfs (--protocols:
+others), formats raw and qcow2.
 
 The rule, applied to every test file (the numbered ones and tests/NAME):
 - protocol: the test admits the protocol.  A bash test admits it when it
@@ -40,7 +40,7 @@ import os
 import re
 import sys
 
-PROTOCOLS = ("nbd", "ssh")
+PROTOCOLS = ("nbd", "ssh", "nfs")
 FORMATS = ("raw", "qcow2")
 
 BASH_VM = re.compile(r"common\.qemu|\$\{?QEMU\b(?!_)|\$\{?QEMU_PROG\b|_launch_qemu\b")

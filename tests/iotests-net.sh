@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# iotests-net.sh - run QEMU 7.2's own iotests over the nbd and ssh protocols
-# (check -nbd / -ssh) against a given qemu-img, VM-free.
+# iotests-net.sh - run QEMU 7.2's own iotests over the nbd, ssh and nfs
+# protocols (check -nbd / -ssh / -nfs) against a given qemu-img, VM-free.
 #
 # Usage: tests/iotests-net.sh [options] [QEMU_IMG_BINARY]   (default /usr/bin/qemu-img)
 #
 #   -l, --list FILE   runs to make, one "TEST PROTOCOL FORMAT" a line
 #                     (default: tests/iotests-net.txt beside this script:
 #                     the runs qemu-img 7.2 itself passes here)
-#   -t, --tests "T ..." -p, --protocols nbd,ssh -f, --formats raw,qcow2
+#   -t, --tests "T ..." -p, --protocols nbd,ssh,nfs -f, --formats raw,qcow2
 #                     run these combinations instead of the list (a survey)
 #   -j, --jobs N      runs in parallel (default 2)
-#   --timeout S       per-run limit (default 300)
+#   --timeout S       per-run limit (default 600: 197 and 215 over ssh
+#                     raw take 4-9 minutes at load 4-6)
 #   --logs DIR        check output of each run and .out.bad of failures
 #                     (default /tmp/iotests-net-logs)
 #   --candidates      print every candidate run of the 7.2 source instead
 #                     (the rule: tests/iotests-net-candidates.py), each
 #                     with "listed", "noted" (a note of the list's head) or
 #                     "UNACCOUNTED"; exit 1 when any is unaccounted
+#   --candidates-all  the same, and the runs left out as needing a VM or
+#                     the storage daemon, marked "vm" or "qsd"
 #
 # It reuses the QEMU source that ../shared/iotests/run-iotests fetched
 # (IOTESTS_CACHE, default ~/.cache/qimg-iotests; run `run-iotests
@@ -33,6 +36,13 @@
 # directory bind-mounted over ~/.ssh holding the known_hosts line.  The
 # machine's port 22 and ~/.ssh are left alone (an empty ~/.ssh is created
 # as the mount point when there is none).
+#
+# nfs runs: the tests name nfs://127.0.0.1/TEST_DIR/t.FMT, which libnfs
+# mounts (the directory TEST_DIR) after asking the portmapper on port
+# 111, so they too run in the namespaces: rpcbind (with a tmpfs over /run,
+# so that the machine's rpcbind socket and state are left alone) and an
+# nfs-ganesha (VFS, NFSv3) exporting the scratch directory, on that
+# namespace's own loopback.
 #
 # Last line printed: iotests-net: N passed, N failed.  Exit 0 when nothing
 # failed; in list mode a "not run" counts as failed (every listed run passes
@@ -95,11 +105,10 @@ run_one() {
 if [ "${1:-}" = --run-one ]; then shift; run_one "$@"; exit 0; fi
 
 # ------------------------------------------------------------ ssh set-up
-# Inside the namespaces: loopback up, sshd on 127.0.0.1:22, agent, known_hosts.
+# Inside the namespaces: sshd on 127.0.0.1:22, agent, known_hosts.
 ssh_setup() {
     local d=$SCRATCH/ssh home
     mkdir -p "$d/dotssh" /run/sshd
-    ip link set lo up || die "cannot bring up lo in the network namespace"
     ssh-keygen -q -t ed25519 -N '' -f "$d/host" && ssh-keygen -q -t ed25519 -N '' -f "$d/client" ||
         die "ssh-keygen failed"
     cp "$d/client.pub" "$d/authorized_keys"
@@ -116,9 +125,35 @@ ssh_setup() {
     export SSH_AUTH_SOCK
 }
 
+# ------------------------------------------------------------ nfs set-up
+# Inside the namespaces: rpcbind on 111, ganesha exporting $SCRATCH.
+# (No Bind_addr: with only lo up, ganesha's lookup of 127.0.0.1 finds no
+# address; the namespace has no other interface anyway.)
+nfs_setup() {
+    local d=$SCRATCH/nfs i
+    mkdir -p "$d" /run/rpcbind
+    rpcbind -f -w & echo $! > "$d/rpcbind.pid"
+    printf '%s\n' \
+        'NFS_CORE_PARAM { Enable_NLM = false; Enable_RQUOTA = false; Protocols = 3; }' \
+        'NFSV4 { Graceless = true; }' \
+        "EXPORT { Export_Id = 1; Path = $SCRATCH; Pseudo = $SCRATCH;" \
+        '  Access_Type = RW; Squash = No_Root_Squash; Protocols = 3;' \
+        '  FSAL { Name = VFS; } }' \
+        'LOG { Default_Log_Level = EVENT; }' > "$d/ganesha.conf" ||
+        die "cannot write the ganesha configuration"
+    sleep 1
+    ganesha.nfsd -f "$d/ganesha.conf" -L "$d/ganesha.log" -p "$d/ganesha.pid" ||
+        die "ganesha.nfsd did not start"
+    for i in $(seq 60); do
+        rpcinfo -p 127.0.0.1 2>/dev/null | grep -q mountd && return
+        sleep 0.5
+    done
+    die "ganesha registered no mount service (see $d/ganesha.log)"
+}
+
 # ------------------------------------------------------------ options
 LIST=$HERE/iotests-net.txt TESTS=() PROTOS=(nbd) FORMATS=(raw) MODE=list
-JOBS=2 TIMEOUT=300 LOGS=/tmp/iotests-net-logs PROG= INNS=0 ARGS=("$@")
+JOBS=2 TIMEOUT=600 LOGS=/tmp/iotests-net-logs PROG= INNS=0 ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
     -l|--list) LIST=${2:?}; shift ;;
@@ -130,6 +165,7 @@ while [ $# -gt 0 ]; do
     --logs) LOGS=${2:?}; shift ;;
     --in-namespace) INNS=1 ;;
     --candidates) MODE=candidates ;;
+    --candidates-all) MODE=candidates-all ;;
     -h|--help) sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) PROG=$1 ;;
@@ -137,9 +173,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -x "$IOTESTS/check" ] || die "no QEMU iotests in $CACHE (run ../shared/iotests/run-iotests --fetch-only)"
-if [ "$MODE" = candidates ]; then
-    exec /usr/bin/python3 "$HERE/iotests-net-candidates.py" --list "$LIST" "$IOTESTS"
-fi
+case $MODE in
+candidates) exec /usr/bin/python3 "$HERE/iotests-net-candidates.py" --list "$LIST" "$IOTESTS" ;;
+candidates-all) exec /usr/bin/python3 "$HERE/iotests-net-candidates.py" --all --list "$LIST" "$IOTESTS" ;;
+esac
 [ -x "$STUB" ] || die "no qemu-system stub at $STUB (set IOTESTS_SHARED)"
 PROG=$(realpath "${PROG:-/usr/bin/qemu-img}") && [ -x "$PROG" ] || die "not an executable: $PROG"
 
@@ -152,8 +189,8 @@ else
         echo "$t $p $f"; done; done; done > "$JOBLIST"
 fi
 
-# ssh runs need the namespaces: re-run this script inside them, once.
-if [ "$INNS" = 0 ] && grep -q ' ssh ' "$JOBLIST"; then
+# ssh and nfs runs need the namespaces: re-run this script inside them, once.
+if [ "$INNS" = 0 ] && grep -qE ' (ssh|nfs) ' "$JOBLIST"; then
     rm -f "$JOBLIST"
     exec unshare -n -m --propagation private "$0" --in-namespace "${ARGS[@]}"
 fi
@@ -161,8 +198,25 @@ fi
 SCRATCH=$(mktemp -d /tmp/qimg-iotests-net-XXXXXX)
 BIN=$SCRATCH/bin
 mkdir -p "$BIN" && ln -s "$PROG" "$BIN/qemu-img"
-trap 'rm -f "$JOBLIST"; [ -n "${SSH_AGENT_PID:-}" ] && kill "$SSH_AGENT_PID"; [ -f "$SCRATCH/ssh/sshd.pid" ] && kill "$(cat "$SCRATCH/ssh/sshd.pid")"; rm -rf "$SCRATCH"' EXIT
-[ "$INNS" = 1 ] && ssh_setup
+cleanup() {
+    local pid
+    rm -f "$JOBLIST"
+    [ -n "${SSH_AGENT_PID:-}" ] && kill "$SSH_AGENT_PID"
+    for pid in ssh/sshd nfs/ganesha nfs/rpcbind; do
+        [ -f "$SCRATCH/$pid.pid" ] && kill "$(cat "$SCRATCH/$pid.pid")"
+    done
+    sleep 0.5
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+if [ "$INNS" = 1 ]; then
+    ip link set lo up || die "cannot bring up lo in the network namespace"
+    if grep -q ' nfs ' "$JOBLIST"; then
+        mount -t tmpfs tmpfs /run || die "cannot mount a tmpfs over /run"
+        nfs_setup
+    fi
+    grep -q ' ssh ' "$JOBLIST" && ssh_setup
+fi
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 export SCRATCH BIN LOGS QIO QNBD TIMEOUT IOTESTS STUB
 
