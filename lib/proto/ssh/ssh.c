@@ -28,8 +28,8 @@
 #include "core/util.h"
 #include "proto/net.h"
 
-/* QEMU's request sizes: SFTP packets are limited to 32 KiB and libssh
- * sends one request at a time. */
+/* QEMU's request sizes (SFTP packets are limited to 32 KiB); QEMU sends
+ * one read request at a time, qimg SSH_READ_DEPTH of them. */
 #define SSH_READ_CHUNK 16384
 /* Read requests kept in flight (libssh's asynchronous reads), at most
  * SSH_READ_DEPTH * SSH_READ_CHUNK = 512 KiB: one 16 KiB request per round
