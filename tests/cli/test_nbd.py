@@ -23,7 +23,8 @@ def same_all(pair, cases, env=None):
         r.err = "".join(line for line in r.err.splitlines(True)
                         if not line.startswith("qemu-img: GLib: "))
         for x in (r, q):
-            x.err = re.sub(r" after \d+ ms", " after N ms", x.err)
+            x.err = re.sub(r" after \d+ (ms|milliseconds)", " after N ms",
+                           x.err)
         if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
             bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
     assert not bad, "\n\n".join(bad)

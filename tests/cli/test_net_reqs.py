@@ -7,6 +7,7 @@ qcow2 over the network, nbdkit's file plugin, discards reaching an NBD
 export, credentials from --object secret, and failures (a server that
 says nothing, answers short or stops mid-copy).  The map from each
 requirement to its tests is docs/LIMITS.md's "Issue 18" section."""
+import http.server
 import json
 import re
 import socket
@@ -164,3 +165,94 @@ def test_nbd_file_plugin_discard_formats(pair, servers):
     # what 7.2 cannot do over NBD (qed needs length 0, vmdk grows past the
     # export) fails alike; the rest worked
     assert [rc for rc, _ in results[REF]].count(0) == 25, results[REF]
+
+
+class ShortHTTP(http.server.BaseHTTPRequestHandler):
+    """Answers every range with half the bytes asked for (a proxy or a
+    file truncated under the server), with a consistent Content-Length."""
+    protocol_version = "HTTP/1.1"
+    data = b""
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self):
+        a, b = (int(x) for x in
+                self.headers["Range"].split("=")[1].split("-"))
+        n = (b - a + 1) // 2
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {a}-{b}/{len(self.data)}")
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        try:
+            self.wfile.write(self.data[a:a + n])
+        except OSError:
+            pass
+
+
+def test_failures(pair, servers):
+    """A server that accepts and says nothing (the stated timeout ends
+    the wait, same words as 7.2), one that answers short (7.2 aborts on
+    an assertion: qimg reports it), and nginx stopped mid-copy."""
+    pair.setup_once(make_inputs)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    sp = silent.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        same_all(pair, [
+            ("info", f'json:{{"driver":"http","url":"http://127.0.0.1:{sp}'
+                     '/x","timeout":"1"}'),
+            ("info", f'json:{{"driver":"ftp","url":"ftp://127.0.0.1:{sp}'
+                     '/x","timeout":"1"}'),
+            ("info", f'json:{{"driver":"nbd","server":{{"type":"inet",'
+                     f'"host":"127.0.0.1","port":"{sp}"}},"open-timeout":1}}'),
+        ])
+        assert time.monotonic() - t0 < 20
+    finally:
+        silent.close()
+
+    ShortHTTP.data = pair.path_ref("r.raw").read_bytes()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ShortHTTP)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        u = f"http://127.0.0.1:{srv.server_address[1]}/r.raw"
+        for args in (("info", u), ("convert", "-O", "raw", u, "out.raw")):
+            r = pair.qimg(*args, timeout=30)
+            assert r.rc == 1 and "curl: server sent 131328 bytes of the " \
+                "262656 asked for at offset 0" in r.err, r
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+    # nginx (2 MiB/s per connection) stopped while both tools copy
+    www = pair.ref_dir / "www"
+    (www / "slow").mkdir(parents=True)
+    subprocess.run(["truncate", "-s", "64M", www / "slow" / "big.raw"],
+                   check=True)
+    port = servers.nginx(www)
+    procs = [subprocess.Popen([str(tool), "convert", "-O", "raw",
+                               f"http://127.0.0.1:{port}/slow/big.raw",
+                               d / "big.raw"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for tool, d in ((REF, pair.ref_dir), (QIMG, pair.qimg_dir))]
+    time.sleep(1.5)
+    servers.procs[-1].kill()
+    (r_out, r_err), (q_out, q_err) = (p.communicate(timeout=60)
+                                      for p in procs)
+    # Both have requests in flight (7.2 up to 8): each failed one gets a
+    # curl line and a read error; which ones, and the byte counts, vary.
+    kinds = [{re.sub(r"\d+", "N", line) for line in e.splitlines()}
+             for e in (r_err, q_err)]
+    read_error = "qemu-img: error while reading at byte N: Input/output error"
+    for rc, k, e in zip((p.returncode for p in procs), kinds, (r_err, q_err)):
+        assert rc == 1 and read_error in k, e
+        assert all(line == read_error or line.startswith("qemu-img: curl: ")
+                   for line in k), e

@@ -303,7 +303,11 @@ static int conn_open(struct nbd_pool *p, struct nbd_conn *c, int timeout_ms,
     r = handshake(c, fd, timeout_ms);
     if (r < 0) {
         e = r == -1 ? nbd_get_errno() : errno;
-        r = handshake_error(c, e, err);
+        if (r == -2 && e == ETIMEDOUT)      /* QEMU's open-timeout words */
+            r = qimg_error_set(err, -ETIMEDOUT, "Connection attempt "
+                               "cancelled by timeout");
+        else
+            r = handshake_error(c, e, err);
         conn_close(c);
         return r;
     }
@@ -351,7 +355,8 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_target *t,
         return qimg_error_set(err, -ENOMEM, "Out of memory");
     p->target = *t;
     pthread_mutex_init(&p->grow_lock, NULL);
-    ret = conn_open(p, &p->conns[0], -1, err);
+    ret = conn_open(p, &p->conns[0],
+                    t->open_timeout ? (int)t->open_timeout * 1000 : -1, err);
     if (ret < 0) {
         pthread_mutex_destroy(&p->grow_lock);
         free(p);

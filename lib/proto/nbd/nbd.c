@@ -277,6 +277,7 @@ static int read_options(struct nbd_state *s, const struct qimg_opts *opts,
     if ((ret = net_opt_number(opts, "reconnect-delay", 0, &num, err)) < 0 ||
         (ret = net_opt_number(opts, "open-timeout", 0, &num, err)) < 0)
         return ret;
+    s->target.open_timeout = (unsigned)QIMG_MIN(num, NBD_MAX_OPEN_TIMEOUT);
     ret = legacy_address(opts, &s->target.addr, &legacy, err);
     if (ret < 0)
         return ret;

@@ -25,6 +25,9 @@
 #define NBD_MAX_REQUEST (32u << 20)
 /* Longest export or meta context name NBD can carry (NBD_MAX_STRING_SIZE). */
 #define NBD_MAX_STRING 4096
+/* open-timeout (QEMU: any uint32 of seconds) capped so that its
+ * milliseconds fit the handshake's poll() int: about 23 days. */
+#define NBD_MAX_OPEN_TIMEOUT 2000000u
 /* Extents of one block status reply kept to answer the next questions
  * without a round trip. */
 #define NBD_EXTENT_CACHE 64
@@ -41,6 +44,8 @@ struct nbd_target {
     bool has_export;
     /* "base:allocation" or the x-dirty-bitmap context. */
     char context[NBD_MAX_STRING + 1];
+    /* open-timeout: the first handshake's limit in seconds (0: none). */
+    unsigned open_timeout;
 };
 
 /* What the server said about the export. */
