@@ -22,6 +22,13 @@ def test_nfs(pair, servers):
         ("info", f'json:{{"driver":"raw","file":{{"driver":"nfs","server":'
                  f'{{"type":"inet","host":"127.0.0.1"}},"path":'
                  f'"{ref}/r.raw","user":0}}}}'),
+        ("info", f"{u}/r.raw?tcp-syncnt=2&pagecache=8&readahead=2097152"),
+        ("info", "--image-opts", f"driver=raw,file.driver=nfs,"
+                 f"file.server.type=inet,file.server.host=127.0.0.1,"
+                 f"file.path={ref}/r.raw,file.group=0,"
+                 "file.tcp-syn-count=3,file.page-cache-size=4096"),
+        ("info", "--image-opts", f"driver=nfs,server.host=127.0.0.1,"
+                 f"server.type=inet,path={ref}/r.raw,readahead-size=x"),
         ("map", "--output=json", f"{u}/q.qcow2"),
         ("check", f"{u}/q.qcow2"),
         ("compare", f"{u}/q.qcow2", "q.qcow2"),

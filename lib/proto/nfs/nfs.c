@@ -151,7 +151,12 @@ static int number(const struct qimg_opts *o, const char *key, bool *has,
                   unsigned long long *v, struct qimg_error *err)
 {
     *has = qimg_opts_get(o, key) != NULL;
-    return net_opt_number(o, key, 0, v, err);
+    /* QEMU reads these through QAPI ('int'), whose words differ from
+     * QemuOpts' "expects a number" */
+    if (net_opt_number(o, key, 0, v, NULL) < 0)
+        return qimg_error_set(err, -EINVAL, "Parameter '%s' expects "
+                              "integer", key);
+    return 0;
 }
 
 /* libnfs settings from the options, with QEMU's caps and warnings. */
