@@ -242,11 +242,13 @@ secure_chroot_dir={empty}
                        capture_output=True)
         return port, env, (d / "host.pub").read_text().split()[:2]
 
-    def tgt(self, backing, target="iqn.2026-12.org.qimg:test", thin=False):
+    def tgt(self, backing, target="iqn.2026-12.org.qimg:test", thin=False,
+            chap=None):
         """tgtd serving the file backing as LUN 1 of target on a free
         portal port, with its own control socket; returns the port.
         thin: the LUN thin-provisioned (LBPME: GET LBA STATUS, UNMAP and
-        WRITE SAME with unmap, holes punched in backing)."""
+        WRITE SAME with unmap, holes punched in backing).  chap: (user,
+        password) the initiator must log in with (CHAP)."""
         tgtd, tgtadm = need("tgtd"), need("tgtadm")
         port = free_port()
         # /run/tgtd/socket.N (tgtd takes N < 32768): from the free port,
@@ -263,7 +265,11 @@ secure_chroot_dir={empty}
                          "--tid", "1", "--lun", "1", "--params",
                          "thin_provisioning=1"]] if thin else []),
                      ["--op", "bind", "--mode", "target", "--tid", "1",
-                      "-I", "ALL"]):
+                      "-I", "ALL"],
+                     *([["--op", "new", "--mode", "account", "--user",
+                         chap[0], "--password", chap[1]],
+                        ["--op", "bind", "--mode", "account", "--tid", "1",
+                         "--user", chap[0]]] if chap else [])):
             r = subprocess.run([tgtadm, "-C", str(ctl), "--lld", "iscsi",
                                 *[str(a) for a in args]],
                                capture_output=True, text=True)

@@ -256,3 +256,33 @@ def test_failures(pair, servers):
         assert rc == 1 and read_error in k, e
         assert all(line == read_error or line.startswith("qemu-img: curl: ")
                    for line in k), e
+
+
+def test_iscsi_chap(pair, servers):
+    """A LUN behind CHAP (tgt account): the password only from --object
+    secret (password-secret), never in a message; without it, or wrong,
+    the login fails with 7.2's words."""
+    pair.setup_once(make_inputs)
+    iqn = "iqn.2026-12.org.qimg:chap"
+    port = servers.tgt(pair.path_ref("r.raw"), iqn,
+                       chap=("qimg", PASSWORD))
+    base = (f'"driver":"iscsi","transport":"tcp","portal":"127.0.0.1:{port}"'
+            f',"target":"{iqn}","lun":"1"')
+    js = f'json:{{"driver":"raw","file":{{{base},"user":"qimg",' \
+         '"password-secret":"pw"}}'
+    secret = ("--object", f"secret,id=pw,data={PASSWORD}")
+    cases = [("info", f"iscsi://127.0.0.1:{port}/{iqn}/1"),
+             ("info", *secret, js),
+             ("compare", *secret, js, "r.raw"),
+             ("info", "--object", "secret,id=pw,data=wrong", js),
+             ("info", *secret, "--image-opts",
+              f"driver=raw,file.driver=iscsi,file.transport=tcp,"
+              f"file.portal=127.0.0.1:{port},file.target={iqn},file.lun=1,"
+              "file.user=qimg,file.password-secret=pw,"
+              "file.initiator-name=iqn.2026-12.org.qimg:init,file.timeout=5"),
+             ("info", f'json:{{{base},"user":"qimg","password-secret":"pw"}}')]
+    refs = same_all(pair, cases)
+    assert [r.rc for r in refs] == [1, 0, 0, 1, 0, 1], refs
+    for args in cases:
+        r = pair.qimg(*args, timeout=60)
+        assert PASSWORD not in r.out + r.err, (args, r)
