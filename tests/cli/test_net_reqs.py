@@ -286,3 +286,25 @@ def test_iscsi_chap(pair, servers):
     for args in cases:
         r = pair.qimg(*args, timeout=60)
         assert PASSWORD not in r.out + r.err, (args, r)
+
+
+def test_iscsi_target_gone_mid_copy(pair, servers):
+    """tgtd killed while qimg copies from its LUN, with a stated timeout:
+    an error and exit 1 soon after, not libiscsi's endless reconnects.
+    (7.2 hangs here, with or without timeout: not compared; LIMITS.md.)"""
+    lun = pair.qimg_dir / "big.lun"
+    subprocess.run(["truncate", "-s", "512M", lun], check=True)
+    port = servers.tgt(lun)
+    u = (f'json:{{"driver":"raw","file":{{"driver":"iscsi","transport":'
+         f'"tcp","portal":"127.0.0.1:{port}","target":'
+         f'"iqn.2026-12.org.qimg:test","lun":"1","timeout":"3"}}}}')
+    proc = subprocess.Popen([str(QIMG), "convert", "-O", "raw", u,
+                             pair.qimg_dir / "out.raw"], text=True,
+                            stderr=subprocess.PIPE)
+    # the whole copy takes ~3 s here (longer on a loaded machine)
+    time.sleep(1)
+    servers.procs[-1].kill()
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "error while reading at byte" in err, err
+    assert time.monotonic() - t0 < 30
