@@ -83,6 +83,19 @@ def stop(proc):
         proc.wait()
 
 
+def copy_with_server_killed(argv, server, delay=1.0, timeout=90):
+    """Run argv (a copy from server), kill the server (a Popen of ours)
+    after delay seconds, and return (exit status, stderr, seconds from
+    the kill to the end)."""
+    proc = subprocess.Popen([str(a) for a in argv], stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(delay)
+    server.kill()
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err, time.monotonic() - t0
+
+
 class Servers:
     """Servers started by one test, stopped by the fixture's teardown."""
 

@@ -3,10 +3,9 @@ on 127.0.0.1, each command run through qimg and the reference qemu-img:
 same stdout, stderr and exit status.  One test (one ganesha: its NFS
 program is registered with the machine's one rpcbind)."""
 import subprocess
-import time
 
 from conftest import QIMG, REF, run
-from netservers import servers  # noqa: F401 (fixture)
+from netservers import copy_with_server_killed, servers  # noqa: F401
 from test_nbd import make_inputs, same_all
 
 
@@ -81,12 +80,8 @@ def test_nfs(pair, servers):
     # libnfs' endless reconnects (7.2 hangs here: not compared; LIMITS.md)
     big = qd / "big.raw"
     subprocess.run(["truncate", "-s", "4G", big], check=True)
-    proc = subprocess.Popen([str(QIMG), "convert", "-O", "raw",
-                             f"nfs://127.0.0.1{big}", qd / "big.out"],
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
-    servers.procs[-1].kill()
-    t0 = time.monotonic()
-    _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 1 and "error while reading at byte" in err, err
-    assert time.monotonic() - t0 < 60
+    rc, err, secs = copy_with_server_killed(
+        [QIMG, "convert", "-O", "raw", f"nfs://127.0.0.1{big}",
+         qd / "big.out"], servers.procs[-1])
+    assert rc == 1 and "error while reading at byte" in err, err
+    assert secs < 60
