@@ -795,7 +795,10 @@ static void write_failed(struct engine *e, const struct chunk *c, int ret,
  * as writes come (in-order decides where), nor a filter whose injected
  * errors count requests (blkdebug), nor several children (quorum,
  * blkverify), nor a pipe, nor a target that is also a source's file,
- * where a later read could see an earlier write.
+ * where a later read could see an earlier write, nor one with an I/O
+ * alignment (O_DIRECT): chunks need not start on its blocks, and though
+ * the file storage serialises its read-modify-writes of unaligned writes,
+ * a zero run that shares a block with them would not be.
  */
 static bool order_free_target(const struct qimg_copy_params *p)
 {
@@ -803,7 +806,7 @@ static bool order_free_target(const struct qimg_copy_params *p)
 
     if (strcmp(qimg_image_format(p->target), "raw") != 0 || !t ||
         t->ops->event || t->child || t->child2 || t->n_children || t->node ||
-        (t->caps & QIMG_STORAGE_SEQUENTIAL))
+        (t->caps & QIMG_STORAGE_SEQUENTIAL) || t->align > 1)
         return false;
     for (size_t i = 0; i < p->n_sources; i++)
         for (const struct qimg_image *s = p->sources[i].img; s;
