@@ -17,9 +17,13 @@
 #include "core/block.h"
 #include "proto/net.h"
 
-/* Connections opened to a server that advertises multi-conn: enough to
- * keep both loopback directions busy from the copy engine's workers. */
-#define NBD_MAX_CONNS 4
+/* Connections opened to a server that advertises multi-conn (qemu-nbd
+ * -e 8 does, writable or not) for reads.  Reading 1 GiB over
+ * loopback (docs/PERFORMANCE.md, session 8), qemu-nbd took 1.08 s on one
+ * connection, 0.70 on two, 0.77 on four; nbdkit's memory plugin 0.60,
+ * 0.72 and 0.85 s (each of its connections has its own threads, and its
+ * CPU time doubled from one to two): two is the best sum. */
+#define NBD_MAX_CONNS 2
 /* Largest request sent (QEMU's NBD_MAX_BUFFER_SIZE); larger ones are
  * split and the pieces sent together. */
 #define NBD_MAX_REQUEST (32u << 20)
