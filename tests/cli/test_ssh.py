@@ -50,6 +50,14 @@ def test_ssh(pair, servers):
         ("info", "--image-opts",
          f"driver=raw,file.driver=ssh,file.host=127.0.0.1,file.port={port},"
          f"file.path={ref}/r.raw,file.host_key_check=no"),
+        ("info", f'json:{{"driver":"raw","file":{{"driver":"ssh",'
+                 f'"server":{{"host":"127.0.0.1","port":"{port}"}},'
+                 f'"user":"root","path":"{ref}/r.raw",'
+                 f'"host-key-check":{{"mode":"none"}}}}}}'),
+        ("info", f'json:{{"driver":"ssh","server":{{"host":"127.0.0.1",'
+                 f'"port":"{port}"}},"user":"nosuchuser","path":"{ref}/r.raw",'
+                 f'"host-key-check":{{"mode":"known_hosts"}}}}'),
+        ("info", f"ssh://root:{free_port()}pw@{h}{ref}/r.raw{no}"),
         ("map", "--output=json", f"{u}/q.qcow2{no}"),
         ("check", f"{u}/q.qcow2{no}"),
         ("compare", f"{u}/q.qcow2{no}", "q.qcow2"),
