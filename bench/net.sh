@@ -13,7 +13,17 @@
 # way round in the next pair), each pair after an untimed warm-up copy;
 # the median wall time of each tool and their ratio
 # (qimg / qemu-img: below 1 is faster; issue 18's target is at most 0.5)
-# are printed.  Every result of qimg is checked with the reference's
+# are printed.  Beside them, what the server allows, timed after each
+# pair by the best-known clients (medians too):
+#   floor s     the same copy by another tool: nbdcopy SRC DST (same source
+#               and target) for the NBD rows; for http, curl with 8
+#               parallel range requests (as many as qimg's curl slots)
+#               into /dev/null (curl cannot write the sparse target)
+#   /floor      qimg's time over the floor (1 = as fast as the server
+#               lets the best client go)
+#   null s      reads only: the source read and thrown away (nbdcopy SRC
+#               null:, one `curl -o /dev/null`)
+# Every result of qimg is checked with the reference's
 # `compare` against the input: a wrong copy is a failure however fast it
 # was (FAILED banner, exit status 1).
 #
@@ -32,6 +42,9 @@
 #   BENCH_TIMEOUT=s    per-command timeout in seconds (default 60): a
 #                      command killed by it shows as "timeout" (its row's
 #                      ratio as n/a; a qimg timeout fails the bench)
+#   BENCH_FLOORS=0     skip the floor and null columns (shown as -)
+#   BENCH_NGINX=test   nginx as tests/cli/netservers.py runs it (one
+#                      process, no sendfile) instead of Debian's defaults
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,12 +58,15 @@ SEED=${BENCH_SEED:-1}
 ONLY=${BENCH_ONLY:-}
 KEEP=${BENCH_KEEP:-0}
 TIMEOUT=${BENCH_TIMEOUT:-60}
+FLOORS=${BENCH_FLOORS:-1}
+NGINX_MODE=${BENCH_NGINX:-debian}
 SIZE=$(numfmt --from=iec "${BENCH_SIZE:-1G}") || exit 2
 MARK=.qimg-bench-net
 
 die() { echo "bench/net: $*" >&2; exit 2; }
 
-for t in "$QIMG" "$REF" qemu-nbd nbdkit nginx python3 numfmt timeout; do
+for t in "$QIMG" "$REF" qemu-nbd nbdkit nginx python3 numfmt timeout \
+         nbdcopy curl; do
     command -v "$t" >/dev/null || die "missing $t (scripts/deps.sh test)"
 done
 
@@ -100,22 +116,43 @@ start() {
 [ -s "$IN" ] || python3 "$ROOT/bench/gen.py" raw "$IN" "$SIZE" "$SEED" ||
     die "cannot generate $IN"
 
-# nginx serving $DIR.
+# nginx serving $DIR, by default as Debian ships it (/etc/nginx/nginx.conf:
+# worker_processes auto, sendfile on, tcp_nopush on): that is the server a
+# user runs, and with sendfile it spends about a third of the CPU per GiB
+# that one process copying through its buffers does (0.2 s against
+# 0.55 s), on the cores it shares with the client here.  BENCH_NGINX=test
+# keeps the tests' set-up (one process, no sendfile) measurable; figures
+# of both in docs/PERFORMANCE.md, "Session 8: http (nethttp)".
+case $NGINX_MODE in
+debian) NGINX_MAIN="worker_processes auto;"
+        # (root's workers would be nobody's, who may not read $DIR)
+        [ "$(id -u)" = 0 ] && NGINX_MAIN+=" user root;"
+        NGINX_HTTP="sendfile on; tcp_nopush on;" ;;
+test)   NGINX_MAIN="master_process off; worker_processes 1;"
+        NGINX_HTTP="" ;;
+*)      die "BENCH_NGINX is debian or test, not $NGINX_MODE" ;;
+esac
 mkdir -p "$DIR/nginx"
 cat >"$DIR/nginx/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1;
+daemon off; $NGINX_MAIN
 pid $DIR/nginx/nginx.pid; error_log $DIR/nginx/error.log;
 events { worker_connections 256; }
 http {
   access_log off; client_body_temp_path $DIR/nginx; proxy_temp_path $DIR/nginx;
   fastcgi_temp_path $DIR/nginx; uwsgi_temp_path $DIR/nginx;
-  scgi_temp_path $DIR/nginx;
+  scgi_temp_path $DIR/nginx; $NGINX_HTTP
   server { listen 127.0.0.1:@PORT@; root $DIR; }
 }
 EOF
 
 FAILED=0
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# ratio A B: A / B with two decimals; n/a unless both are times.
+ratio() {
+    case "$1 $2" in *timeout*|*-*) echo n/a; return ;; esac
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
 
 # now: seconds since the epoch with nanoseconds.
 now() { date +%s.%N; }
@@ -175,6 +212,48 @@ ref_pair_part() {
     if [ "$REF_HUNG" = 1 ]; then echo timeout; else one_ref "$@"; fi
 }
 
+# The floors of the next rows: FLOOR and NULL are a command (a function
+# and its arguments) timed after each pair; empty for none.
+FLOOR=(); NULL=()
+
+# nbdcopy_file SOURCE TARGET: nbdcopy into a file, which it wants to exist
+# with the size of the source (qimg and qemu-img create theirs).
+nbdcopy_file() {
+    rm -f "$2" && truncate -s "$SIZE" "$2" && nbdcopy "$1" "$2"
+}
+
+# curl_ranges N URL: the whole URL in N parallel range requests, thrown
+# away (curl's parallel transfers: one process, N connections).
+curl_ranges() {
+    local n=$1 url=$2 i a=0 b args=()
+    for i in $(seq "$n"); do
+        b=$((SIZE * i / n))
+        [ "$i" -gt 1 ] && args+=(--next)
+        args+=(-r "$a-$((b - 1))" -o /dev/null "$url")
+        a=$b
+    done
+    curl -sS --fail -Z --parallel-max "$n" "${args[@]}"
+}
+
+# floor_part CMD...: one timed run of a floor command; "-" for none.  A
+# function runs in a bash of its own (timeout(1) runs programs).
+floor_part() {
+    if [ "$FLOORS" != 1 ] || [ $# = 0 ]; then
+        echo -
+    elif [ "$(type -t "$1")" = function ]; then
+        timed bash -c "SIZE=$SIZE; $(declare -f "$1"); \"\$@\"" _ "$@"
+    else
+        timed "$@"
+    fi
+}
+
+# A floor column's median, "-" when it was not measured.
+col_median() {
+    local v
+    v=$(cat)
+    if grep -qx -- - <<<"$v"; then echo -; else row_median <<<"$v"; fi
+}
+
 # run NAME SOURCE TARGET CHECK_TARGET [CONVERT_FLAGS...]: the workload
 # with both tools; prints a result row.  Before each pair of timed runs
 # one untimed copy (by the reference under the timeout, by qimg once the
@@ -185,7 +264,7 @@ ref_pair_part() {
 run() {
     local name=$1 src=$2 dst=$3 check=$4; shift 4
     [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]] && return 0
-    local i tq tr qs=() rs=() warm=timeout
+    local i tq tr tf tn qs=() rs=() fs=() ns=() warm=timeout
     REF_HUNG=0
     for i in $(seq "$RUNS"); do
         [ "$REF_HUNG" = 0 ] &&
@@ -204,15 +283,20 @@ run() {
             tq=$(one_qimg "$src" "$dst" "$check" "$@") || { FAILED=1; return; }
         fi
         [ "$tr" = timeout ] && REF_HUNG=1
-        qs+=("$tq"); rs+=("$tr")
+        tf=$(floor_part "${FLOOR[@]}") || { FAILED=1; return; }
+        tn=$(floor_part "${NULL[@]}") || { FAILED=1; return; }
+        qs+=("$tq"); rs+=("$tr"); fs+=("$tf"); ns+=("$tn")
     done
     tq=$(printf '%s\n' "${qs[@]}" | row_median)
     tr=$(printf '%s\n' "${rs[@]}" | row_median)
-    local ratio=n/a
-    [ "$tq" != timeout ] && [ "$tr" != timeout ] &&
-        ratio=$(awk -v a="$tq" -v b="$tr" 'BEGIN { printf "%.2f", a / b }')
-    printf '%-24s %9s %10s %7s   qimg: %s  qemu-img: %s\n' "$name" "$tq" "$tr" \
-        "$ratio" "${qs[*]}" "${rs[*]}"
+    tf=$(printf '%s\n' "${fs[@]}" | col_median)
+    tn=$(printf '%s\n' "${ns[@]}" | col_median)
+    printf '%-24s %7s %10s %6s %7s %6s %7s   qimg: %s  qemu-img: %s' \
+        "$name" "$tq" "$tr" "$(ratio "$tq" "$tr")" "$tf" \
+        "$(ratio "$tq" "$tf")" "$tn" "${qs[*]}" "${rs[*]}"
+    [ "$tf" != - ] && printf '  floor: %s' "${fs[*]}"
+    [ "$tn" != - ] && printf '  null: %s' "${ns[*]}"
+    echo
     [ "$tq" = timeout ] && FAILED=1
     return 0
 }
@@ -220,26 +304,33 @@ run() {
 printf 'input %s (%s bytes, seed %s), median of %s runs\n' \
     "$(basename "$IN")" "$SIZE" "$SEED" "$RUNS"
 printf 'load average at start: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-24s %9s %10s %7s   (each run, in seconds)\n' workload "qimg s" \
-    "qemu-img s" ratio
+printf 'nginx: %s\n' "$NGINX_MODE"
+printf '%-24s %7s %10s %6s %7s %6s %7s   (each run, in seconds)\n' workload \
+    "qimg s" "qemu-img s" ratio "floor s" /floor "null s"
 REF_EXTRA=
 
 # qemu-nbd: -e 8 allows the parallel connections that multi-conn clients
 # open (qimg's nbd pool); -t keeps it serving between runs.
 start qemu-nbd-ro qemu-nbd -r -t -e 8 -f raw -b 127.0.0.1 -p @PORT@ "$IN"
+FLOOR=(nbdcopy_file "nbd://127.0.0.1:$PORT" "$DIR/out.raw")
+NULL=(nbdcopy "nbd://127.0.0.1:$PORT" null:)
 run nbd-from-qemu-nbd "nbd://127.0.0.1:$PORT" "$DIR/out.raw" "$DIR/out.raw"
 
 truncate -s "$SIZE" "$DIR/target.raw"
 start qemu-nbd-rw qemu-nbd -t -e 8 -f raw -b 127.0.0.1 -p @PORT@ \
     --cache=writeback "$DIR/target.raw"
+FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT"); NULL=()
 run nbd-to-qemu-nbd "$IN" "nbd://127.0.0.1:$PORT" "nbd://127.0.0.1:$PORT" -n
 
 start nbdkit-from nbdkit -f -i 127.0.0.1 -p @PORT@ memory "$SIZE"
 "$REF" convert -n -f raw -O raw "$IN" "nbd://127.0.0.1:$PORT" ||
     die "cannot fill nbdkit's memory export"
+FLOOR=(nbdcopy_file "nbd://127.0.0.1:$PORT" "$DIR/out.raw")
+NULL=(nbdcopy "nbd://127.0.0.1:$PORT" null:)
 run nbd-from-nbdkit "nbd://127.0.0.1:$PORT" "$DIR/out.raw" "$DIR/out.raw"
 
 start nbdkit-to nbdkit -f -i 127.0.0.1 -p @PORT@ memory "$SIZE"
+FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT"); NULL=()
 run nbd-to-nbdkit "$IN" "nbd://127.0.0.1:$PORT" "nbd://127.0.0.1:$PORT" -n
 
 # nginx reads its port from the configuration, not its command line.
@@ -249,6 +340,7 @@ nginx -c "$DIR/nginx/nginx.conf" -p "$DIR/nginx" >"$DIR/nginx.log" 2>&1 &
 PIDS+=($!)
 wait_port "$PORT" $! || die "nginx did not start: $(tail -5 "$DIR/nginx.log")"
 URL=http://127.0.0.1:$PORT/$(basename "$IN")
+FLOOR=(curl_ranges 8 "$URL"); NULL=(curl -sS --fail -o /dev/null "$URL")
 run http-from-nginx "$URL" "$DIR/out.raw" "$DIR/out.raw"
 # qemu-img 7.2's curl driver stalls with several requests in flight (see
 # docs/PERFORMANCE.md, "Network storages"); with -m 1 it finishes, so this

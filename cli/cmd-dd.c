@@ -156,6 +156,9 @@ static int run_dd(const struct dd *d)
      * qemu-img's own buffer is small (1 MiB each was 0.83 with bs=64k). */
     p.parallel = DD_PARALLEL;
     p.chunk_size = DD_CHUNK;
+    /* qemu-img dd writes block after block and stops at the first failure
+     * in time (res): keep its order. */
+    p.in_order = true;
     p.result = &res;
     /* Only on request: qemu-img dd has no progress (nor a SIGUSR1 handler) */
     if (d->progress || cli_progress_json_on()) {

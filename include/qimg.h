@@ -603,6 +603,14 @@ struct qimg_copy_params {
     bool salvage;               /* read errors: zero the sector, warn, go on */
     unsigned parallel;          /* -m: requests in flight (threads), 0 = 8 */
     bool out_of_order;          /* -W: writes need not follow guest order */
+    /*
+     * Commit writes in guest order even where the order cannot show in
+     * the target (a raw image on a random-access storage, which otherwise
+     * takes each chunk's write as soon as it is read; the reported errors
+     * are those of in-order writes either way).  dd sets it: it reports
+     * the first failure in time, whatever its place.
+     */
+    bool in_order;
     uint64_t rate_limit;        /* -r: data bytes per second, 0 = no limit */
     size_t chunk_size;          /* bytes per request, 0 = 2 MiB */
     /* Percentage done, called in guest order as requests are issued. */

@@ -9,7 +9,7 @@
 set -eu
 
 build_pkgs="gcc make meson ninja-build pkg-config libjansson-dev zlib1g-dev libzstd-dev libdeflate-dev libbz2-dev libgcrypt20-dev scdoc nettle-dev libnbd-dev libcurl4-gnutls-dev libssh-dev libiscsi-dev libnfs-dev librbd-dev librados-dev"
-test_pkgs="libcmocka-dev python3 python3-pytest python3-pytest-xdist qemu-utils strace time bximage cloop-utils libvhdi-utils libvmdk-utils python3-libvmdk cryptsetup-bin qemu-block-extra nbdkit nginx-light openssl openssh-server openssh-client tgt nfs-ganesha nfs-ganesha-vfs rpcbind iproute2"
+test_pkgs="libcmocka-dev python3 python3-pytest python3-pytest-xdist qemu-utils strace time bximage cloop-utils libvhdi-utils libvmdk-utils python3-libvmdk cryptsetup-bin qemu-block-extra nbdkit nginx-light vsftpd curl libnbd-bin openssl openssh-server openssh-client tgt nfs-ganesha nfs-ganesha-vfs rpcbind iproute2"
 
 case "${1:-build}" in
 build) pkgs="$build_pkgs" ;;

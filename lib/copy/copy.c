@@ -13,7 +13,11 @@
  * the next chunk, then reading and zero-scanning it (and with -c
  * compressing it) in a buffer of a shared pool, without the lock.  Writes
  * are committed in chunk order (a worker waits for its turn) unless
- * out_of_order; so at most `parallel` chunks are in flight and memory
+ * out_of_order, or unless the order cannot show in the target (any_order,
+ * see order_free_target: a raw image on a random-access storage, where
+ * in-order commits only cost a hand-over between workers per chunk; the
+ * errors reported stay those of in-order writes, see flush_pending); so
+ * at most `parallel` chunks are in flight and memory
  * stays at parallel * chunk_size.  Past its first chunk, a worker takes
  * another only while fewer than `read_ahead` (CPUs + 1 chunks of 2 MiB)
  * are taken and not yet written: more buffers filled ahead of the writer
@@ -114,6 +118,18 @@ struct engine {
     bool offload_off;       /* -C refused once: read and write from now */
     bool offload_whole;     /* -C into a non-raw target: see MODE_WHOLE */
     bool stop;
+    /* Order-free commits (see order_free_target): each worker writes as
+     * soon as its chunk is read; write_seq then counts chunks done, not
+     * the next one to write. */
+    bool any_order;
+    /* Order-free: the write failure in-order mode would report (the
+     * lowest in guest order so far), held back until every earlier chunk
+     * is done (flush_pending); no new chunk is taken meanwhile. */
+    bool pending;
+    uint64_t pending_seq, pending_off;
+    int pending_ret;
+    struct qimg_error pending_err;
+    bool write_reported;    /* order-free: a write failure was reported */
     bool sync_ready;        /* lock and turn initialised */
     unsigned starting;      /* workers yet to take their first chunk */
     uint64_t read_ahead;    /* chunks read but not yet written, at most */
@@ -138,6 +154,8 @@ struct worker {
     size_t max_runs;
     enum qimg_copy_stage stage;     /* of the last failure */
     bool started;                   /* past its first chunk */
+    bool busy;                      /* holds the chunk of seq cur_seq */
+    uint64_t cur_seq;
     pthread_cond_t cv;              /* signalled when it may go on */
     enum wait_kind waiting;
     uint64_t wait_seq;
@@ -160,6 +178,9 @@ static void wake_ready(struct engine *e, bool slots);
 static void fail_locked(struct engine *e, int ret, const struct qimg_error *err,
                         enum qimg_copy_stage stage, uint64_t offset)
 {
+    /* A write failure held back (order-free) is dropped: its chunk's turn
+     * had not come, and in order it would now never be written. */
+    e->pending = false;
     if (e->p->error)
         e->p->error(e->p->opaque, err->msg);
     if (!e->ret) {
@@ -557,7 +578,7 @@ static void precompress(struct worker *wk, const struct chunk *c, size_t nruns)
  */
 static bool may_go(const struct engine *e, const struct worker *wk)
 {
-    if (e->stop)
+    if (e->stop || e->pending)
         return true;
     if (wk->waiting == W_TURN)
         return e->write_seq == wk->wait_seq;
@@ -588,16 +609,18 @@ static void wait_for(struct worker *wk, enum wait_kind kind, uint64_t seq)
     wk->waiting = W_NONE;
 }
 
-/* In order: wait until every earlier chunk is written.  False: stopped. */
+/* In order: wait until every earlier chunk is written.  False: stopped,
+ * or (order-free) an earlier chunk's write failed, so that in order this
+ * one would never be written. */
 static bool wait_turn(struct worker *wk, const struct chunk *c)
 {
     struct engine *e = wk->e;
     bool go;
 
     pthread_mutex_lock(&e->lock);
-    if (!e->p->out_of_order)
+    if (!e->p->out_of_order && !e->any_order)
         wait_for(wk, W_TURN, c->seq);
-    go = !e->stop;
+    go = !e->stop && !(e->pending && c->seq > e->pending_seq);
     pthread_mutex_unlock(&e->lock);
     return go;
 }
@@ -626,6 +649,8 @@ static void end_turn(struct worker *wk)
 
     if (e->p->out_of_order)
         return;
+    /* Order-free, write_seq counts the chunks done: the read-ahead budget
+     * (may_go) is then on chunks in flight. */
     pthread_mutex_lock(&e->lock);
     release_buffer(wk);
     e->write_seq++;
@@ -717,6 +742,83 @@ static int process_chunk(struct worker *wk, const struct chunk *c,
     return 0;
 }
 
+/* ---- order-free commits ------------------------------------------------- */
+
+/*
+ * Order-free, a failed write is reported only once every earlier chunk is
+ * done, and only when none of them failed: in order it would have been
+ * the one write that fails (the first failing chunk in guest order), and
+ * the writes of later chunks, which in order would never have been
+ * attempted, are not reported.  Called with e->lock.
+ */
+static void flush_pending(struct engine *e)
+{
+    struct qimg_error err;
+
+    if (!e->pending)
+        return;
+    for (unsigned i = 0; i < e->nworkers; i++)
+        if (e->workers[i].busy && e->workers[i].cur_seq < e->pending_seq)
+            return;
+    err = e->pending_err;
+    e->write_reported = true;
+    fail_locked(e, e->pending_ret, &err, QIMG_COPY_WRITE, e->pending_off);
+}
+
+static void write_failed(struct engine *e, const struct chunk *c, int ret,
+                         const struct qimg_error *err)
+{
+    if (e->stop) {
+        /* In order, a write under way when the copy stopped reports too;
+         * order-free several may be, so only the first does. */
+        if (!e->write_reported) {
+            e->write_reported = true;
+            fail_locked(e, ret, err, QIMG_COPY_WRITE, c->dst);
+        }
+        return;
+    }
+    if (e->pending && e->pending_seq < c->seq)
+        return;
+    e->pending = true;
+    e->pending_seq = c->seq;
+    e->pending_off = c->dst;
+    e->pending_ret = ret;
+    e->pending_err = *err;
+    wake_ready(e, true);    /* no new chunks: those waiting leave */
+    flush_pending(e);
+}
+
+/*
+ * Whether the order of writes cannot show in the target: a raw image
+ * straight on a random-access storage, so that every chunk lands at its
+ * own offset, whatever the order.  Not a format that allocates clusters
+ * as writes come (in-order decides where), nor a filter whose injected
+ * errors count requests (blkdebug), nor several children (quorum,
+ * blkverify), nor a pipe, nor a target that is also a source's file,
+ * where a later read could see an earlier write, nor one with an I/O
+ * alignment (O_DIRECT): chunks need not start on its blocks, and though
+ * the file storage serialises its read-modify-writes of unaligned writes,
+ * a zero run that shares a block with them would not be.
+ */
+static bool order_free_target(const struct qimg_copy_params *p)
+{
+    const struct qimg_storage *t = p->target->file;
+
+    if (strcmp(qimg_image_format(p->target), "raw") != 0 || !t ||
+        t->ops->event || t->child || t->child2 || t->n_children || t->node ||
+        (t->caps & QIMG_STORAGE_SEQUENTIAL) || t->align > 1)
+        return false;
+    for (size_t i = 0; i < p->n_sources; i++)
+        for (const struct qimg_image *s = p->sources[i].img; s;
+             s = qimg_image_backing(s)) {
+            const struct qimg_storage *f = s->file;
+            if (f == t || (f && f->has_id && t->has_id &&
+                           f->id_dev == t->id_dev && f->id_ino == t->id_ino))
+                return false;
+        }
+    return true;
+}
+
 /* ---- workers ------------------------------------------------------------ */
 
 /* A chunk left to the target's backing file, or zero where the target
@@ -740,7 +842,7 @@ static int take_chunk(struct worker *wk, struct chunk *c)
         uint64_t now;
         if (wk->started && !e->p->out_of_order)
             wait_for(wk, W_SLOT, 0);
-        if (e->stop || e->walk.dst >= e->end)
+        if (e->stop || e->pending || e->walk.dst >= e->end)
             return 0;
         now = now_ns();
         if (e->rate.quota && now < e->rate.wait_until) {
@@ -836,6 +938,8 @@ static void *worker_main(void *arg)
         if (!took)
             break;
         wk->started = true;
+        wk->busy = true;
+        wk->cur_seq = c.seq;
         /* the buffer released last: the likeliest to be in the caches */
         wk->cb = e->pool[--e->pool_top];
         wk->buf = wk->cb.small && c.len <= SMALL_CHUNK ? wk->cb.small
@@ -843,8 +947,12 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&e->lock);
         ret = process_chunk(wk, &c, &err);
         pthread_mutex_lock(&e->lock);
-        if (ret < 0)
+        wk->busy = false;
+        if (ret < 0 && e->any_order && wk->stage == QIMG_COPY_WRITE)
+            write_failed(e, &c, ret, &err);
+        else if (ret < 0)
             fail_locked(e, ret, &err, wk->stage, c.dst);
+        flush_pending(e);
     }
     pthread_mutex_unlock(&e->lock);
     return NULL;
@@ -1042,6 +1150,8 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         if (!e->zero_buf)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
     }
+    e->any_order = !p->out_of_order && !p->in_order && !p->compress &&
+                   !e->sequential && order_free_target(p);
     if (p->copy_offload && !p->compress && !e->sequential) {
         e->offload = copy_offload_new();
         if (!e->offload)
@@ -1103,6 +1213,7 @@ int qimg_copy(const struct qimg_copy_params *p, struct qimg_error *err)
     if (e.seq_source || (e.sequential && p->out_of_order))
         n = 1;
     ret = run_workers(&e, n, err);
+    flush_pending(&e);      /* every worker is done: nothing earlier left */
     if (!ret && e.ret) {
         ret = e.ret;
         *err = e.err;

@@ -1,5 +1,6 @@
 """Throwaway network servers on 127.0.0.1 for the storage tests
-(test_nbd.py, test_http.py, test_ssh.py): each starts on a free port in a
+(test_nbd.py, test_http.py, test_ssh.py, test_iscsi.py,
+test_nfs.py, test_net_reqs.py): each starts on a free port in a
 temporary directory and is stopped (its own pid only) when the test ends,
 even on failure.  A server that cannot start here makes the test skip with
 the reason; a server that starts is used, never silently bypassed."""
@@ -82,6 +83,19 @@ def stop(proc):
         proc.wait()
 
 
+def copy_with_server_killed(argv, server, delay=1.0, timeout=90):
+    """Run argv (a copy from server), kill the server (a Popen of ours)
+    after delay seconds, and return (exit status, stderr, seconds from
+    the kill to the end)."""
+    proc = subprocess.Popen([str(a) for a in argv], stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(delay)
+    server.kill()
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err, time.monotonic() - t0
+
+
 class Servers:
     """Servers started by one test, stopped by the fixture's teardown."""
 
@@ -130,9 +144,11 @@ class Servers:
         wait_port(port, proc, log)
         return port
 
-    def nginx(self, root, tls=False):
+    def nginx(self, root, tls=False, password=None):
         """nginx serving root (Range support, as nginx has) over http or
-        https with a self-signed certificate; returns the port."""
+        https with a self-signed certificate; returns the port.  With a
+        password, /auth/ asks for basic authentication as user qimg;
+        /slow/ sends 2 MiB/s (a server stopped mid-copy)."""
         nginx = need("nginx")
         port = free_port()
         d = self.tmp / f"nginx{self.n + 1}"
@@ -148,9 +164,18 @@ class Servers:
             listen += " ssl"
             tls_conf = (f"ssl_certificate {d}/cert.pem; "
                         f"ssl_certificate_key {d}/key.pem;")
-        # /status/NNN answers NNN for every request (error injection);
-        # /short/ answers ranges with fewer bytes than asked (no Range
-        # support on a proxy-like location is simulated by max_ranges 0).
+        auth_conf = ""
+        if password:
+            hashed = subprocess.run(
+                [need("openssl"), "passwd", "-apr1", "-stdin"],
+                input=password, check=True, capture_output=True,
+                text=True).stdout.strip()
+            (d / "htpasswd").write_text(f"qimg:{hashed}\n")
+            auth_conf = (f'location /auth/ {{ auth_basic "qimg"; '
+                         f"auth_basic_user_file {d}/htpasswd; }}")
+        # /status/ answers 503 to every request (error injection);
+        # /norange/ ignores Range (max_ranges 0), as some proxies do.
+        # (Short answers: test_net_reqs.py's own small server.)
         conf = f"""
 daemon off; master_process off; worker_processes 1;
 pid {d}/nginx.pid; error_log {d}/error.log;
@@ -163,11 +188,42 @@ http {{
     root {root};
     location /status/ {{ return 503; }}
     location /norange/ {{ max_ranges 0; }}
+    location /slow/ {{ limit_rate 2m; }}
+    {auth_conf}
   }}
 }}
 """
         (d / "nginx.conf").write_text(conf)
         proc, log = self._start([nginx, "-c", d / "nginx.conf", "-p", d])
+        wait_port(port, proc, log)
+        return port
+
+    def vsftpd(self, root):
+        """vsftpd serving root to anonymous users (read-only, passive mode
+        on 127.0.0.1, REST for ranges); returns the port."""
+        vsftpd = need("vsftpd")
+        port = free_port()
+        d = self.tmp / f"ftp{self.n + 1}"
+        d.mkdir()
+        empty = d / "empty"            # its chroot jail before login
+        empty.mkdir()
+        (d / "vsftpd.conf").write_text(f"""listen=YES
+listen_address=127.0.0.1
+listen_port={port}
+background=NO
+anonymous_enable=YES
+no_anon_password=YES
+anon_root={root}
+local_enable=NO
+write_enable=NO
+run_as_launching_user=YES
+seccomp_sandbox=NO
+pasv_enable=YES
+pasv_address=127.0.0.1
+xferlog_enable=NO
+secure_chroot_dir={empty}
+""")
+        proc, log = self._start([vsftpd, d / "vsftpd.conf"])
         wait_port(port, proc, log)
         return port
 
@@ -199,11 +255,13 @@ http {{
                        capture_output=True)
         return port, env, (d / "host.pub").read_text().split()[:2]
 
-    def tgt(self, backing, target="iqn.2026-12.org.qimg:test", thin=False):
+    def tgt(self, backing, target="iqn.2026-12.org.qimg:test", thin=False,
+            chap=None):
         """tgtd serving the file backing as LUN 1 of target on a free
         portal port, with its own control socket; returns the port.
         thin: the LUN thin-provisioned (LBPME: GET LBA STATUS, UNMAP and
-        WRITE SAME with unmap, holes punched in backing)."""
+        WRITE SAME with unmap, holes punched in backing).  chap: (user,
+        password) the initiator must log in with (CHAP)."""
         tgtd, tgtadm = need("tgtd"), need("tgtadm")
         port = free_port()
         # /run/tgtd/socket.N (tgtd takes N < 32768): from the free port,
@@ -220,7 +278,11 @@ http {{
                          "--tid", "1", "--lun", "1", "--params",
                          "thin_provisioning=1"]] if thin else []),
                      ["--op", "bind", "--mode", "target", "--tid", "1",
-                      "-I", "ALL"]):
+                      "-I", "ALL"],
+                     *([["--op", "new", "--mode", "account", "--user",
+                         chap[0], "--password", chap[1]],
+                        ["--op", "bind", "--mode", "account", "--tid", "1",
+                         "--user", chap[0]]] if chap else [])):
             r = subprocess.run([tgtadm, "-C", str(ctl), "--lld", "iscsi",
                                 *[str(a) for a in args]],
                                capture_output=True, text=True)

@@ -14,17 +14,21 @@ def same_all(pair, cases, env=None):
     """Every case through both tools; report all mismatches together.
     GLib assertion warnings QEMU prints on some failed opens (its bug:
     a hash table freed twice) are not expected from qimg; libcurl's
-    "after N ms" timings vary from run to run."""
-    bad = []
+    "after N ms" timings vary from run to run.  Returns the reference's
+    results, in order."""
+    bad, refs = [], []
     for args in cases:
         r, q = pair.both(*args, env=env, timeout=60)
+        refs.append(r)
         r.err = "".join(line for line in r.err.splitlines(True)
                         if not line.startswith("qemu-img: GLib: "))
         for x in (r, q):
-            x.err = re.sub(r" after \d+ ms", " after N ms", x.err)
+            x.err = re.sub(r" after \d+ (ms|milliseconds)", " after N ms",
+                           x.err)
         if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
             bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
     assert not bad, "\n\n".join(bad)
+    return refs
 
 
 def make_inputs(d):

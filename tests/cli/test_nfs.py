@@ -2,8 +2,10 @@
 on 127.0.0.1, each command run through qimg and the reference qemu-img:
 same stdout, stderr and exit status.  One test (one ganesha: its NFS
 program is registered with the machine's one rpcbind)."""
+import subprocess
+
 from conftest import QIMG, REF, run
-from netservers import servers  # noqa: F401 (fixture)
+from netservers import copy_with_server_killed, servers  # noqa: F401
 from test_nbd import make_inputs, same_all
 
 
@@ -22,6 +24,13 @@ def test_nfs(pair, servers):
         ("info", f'json:{{"driver":"raw","file":{{"driver":"nfs","server":'
                  f'{{"type":"inet","host":"127.0.0.1"}},"path":'
                  f'"{ref}/r.raw","user":0}}}}'),
+        ("info", f"{u}/r.raw?tcp-syncnt=2&pagecache=8&readahead=2097152"),
+        ("info", "--image-opts", f"driver=raw,file.driver=nfs,"
+                 f"file.server.type=inet,file.server.host=127.0.0.1,"
+                 f"file.path={ref}/r.raw,file.group=0,"
+                 "file.tcp-syn-count=3,file.page-cache-size=4096"),
+        ("info", "--image-opts", f"driver=nfs,server.host=127.0.0.1,"
+                 f"server.type=inet,path={ref}/r.raw,readahead-size=x"),
         ("map", "--output=json", f"{u}/q.qcow2"),
         ("check", f"{u}/q.qcow2"),
         ("compare", f"{u}/q.qcow2", "q.qcow2"),
@@ -67,3 +76,12 @@ def test_nfs(pair, servers):
         assert r.rc == 0, r
     assert results[QIMG] == results[REF]
     assert all(rc == 0 for rc, _, _ in results[REF]), results[REF]
+    # ganesha killed while qimg copies from it: an error and exit 1, not
+    # libnfs' endless reconnects (7.2 hangs here: not compared; LIMITS.md)
+    big = qd / "big.raw"
+    subprocess.run(["truncate", "-s", "4G", big], check=True)
+    rc, err, secs = copy_with_server_killed(
+        [QIMG, "convert", "-O", "raw", f"nfs://127.0.0.1{big}",
+         qd / "big.out"], servers.procs[-1])
+    assert rc == 1 and "error while reading at byte" in err, err
+    assert secs < 60

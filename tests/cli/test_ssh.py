@@ -4,6 +4,7 @@ of the test's own), each command run through qimg and the reference
 qemu-img: same stdout, stderr and exit status."""
 import base64
 import hashlib
+import os
 
 from conftest import QIMG, REF, run
 from netservers import free_port, servers  # noqa: F401 (fixture)
@@ -29,7 +30,17 @@ def test_ssh(pair, servers):
           f'{{"host":"127.0.0.1","port":"{port}"}},"path":"{ref}/q.qcow2",'
           f'"host-key-check":{{"mode":"hash","type":"sha256",'
           f'"hash":"{sha256}"}}}}}}')
+    # a size that ends inside a read request and a read window of the
+    # ssh storage (16 KiB requests, 32 in flight): reads past the end
+    odd = os.urandom(1000001)
+    for d in (ref, qd):
+        (d / "odd.raw").write_bytes(odd)
     same_all(pair, [
+        ("convert", "-O", "raw", f"{u}/odd.raw{no}", "odd-out.raw"),
+        ("compare", "-f", "raw", "-F", "raw", "odd-out.raw", "odd.raw"),
+        ("dd", "-O", "raw", f"if={u}/odd.raw{no}", "of=odd-dd.raw",
+         "bs=300000"),
+        ("compare", "-f", "raw", "-F", "raw", "odd-dd.raw", "odd.raw"),
         ("info", f"{u}/r.raw{no}"),
         ("info", "--output=json", f"{u}/r.raw{no}"),
         ("info", f"{u}/q.qcow2?host_key_check=md5:{md5}"),
@@ -39,6 +50,14 @@ def test_ssh(pair, servers):
         ("info", "--image-opts",
          f"driver=raw,file.driver=ssh,file.host=127.0.0.1,file.port={port},"
          f"file.path={ref}/r.raw,file.host_key_check=no"),
+        ("info", f'json:{{"driver":"raw","file":{{"driver":"ssh",'
+                 f'"server":{{"host":"127.0.0.1","port":"{port}"}},'
+                 f'"user":"root","path":"{ref}/r.raw",'
+                 f'"host-key-check":{{"mode":"none"}}}}}}'),
+        ("info", f'json:{{"driver":"ssh","server":{{"host":"127.0.0.1",'
+                 f'"port":"{port}"}},"user":"nosuchuser","path":"{ref}/r.raw",'
+                 f'"host-key-check":{{"mode":"known_hosts"}}}}'),
+        ("info", f"ssh://root:{free_port()}pw@{h}{ref}/r.raw{no}"),
         ("map", "--output=json", f"{u}/q.qcow2{no}"),
         ("check", f"{u}/q.qcow2{no}"),
         ("compare", f"{u}/q.qcow2{no}", "q.qcow2"),

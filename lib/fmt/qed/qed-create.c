@@ -149,6 +149,11 @@ int qed_create(const char *filename, const struct qimg_opts *opts,
         ret = parse(opts, &p, err);
     if (!ret)
         ret = check(&p, err);
+    /* The file length tells what is allocated, so the image starts at
+     * length 0 exactly, as in QEMU: a storage that cannot be cut to 0
+     * (an NBD export: "Cannot resize NBD nodes") cannot hold a qed. */
+    if (!ret)
+        ret = qimg_storage_truncate(st, 0, true, QIMG_PREALLOC_OFF, err);
     if (!ret)
         ret = write_image(st, &p, err);
     qimg_storage_close(st);

@@ -330,6 +330,10 @@ static int connect_lun(struct iscsi_state *s, const struct qimg_opts *o,
                             err)) < 0)
         return ret;
     iscsi_set_timeout(s->ctx, (int)timeout);
+    /* A stated timeout also bounds a target that went away: libiscsi
+     * would otherwise reconnect forever (QEMU 7.2 hangs there). */
+    if (timeout)
+        iscsi_set_reconnect_max_retries(s->ctx, 0);
     if (iscsi_full_connect_sync(s->ctx, portal, s->lun))
         return qimg_error_set(err, -EINVAL, "iSCSI: Failed to connect to LUN "
                               ": %s", iscsi_get_error(s->ctx));

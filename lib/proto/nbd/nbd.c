@@ -277,6 +277,7 @@ static int read_options(struct nbd_state *s, const struct qimg_opts *opts,
     if ((ret = net_opt_number(opts, "reconnect-delay", 0, &num, err)) < 0 ||
         (ret = net_opt_number(opts, "open-timeout", 0, &num, err)) < 0)
         return ret;
+    s->target.open_timeout = (unsigned)QIMG_MIN(num, NBD_MAX_OPEN_TIMEOUT);
     ret = legacy_address(opts, &s->target.addr, &legacy, err);
     if (ret < 0)
         return ret;
@@ -426,11 +427,15 @@ static void written(struct nbd_state *s)
     atomic_fetch_add(&s->gen, 1);
 }
 
+/* A request past the export's end fails with the errno NBD servers
+ * answer it with (qemu-nbd, nbdkit: ENOSPC for writes and zeroes, EINVAL
+ * for trims), which QEMU reports as it sends the request; libnbd's
+ * strict bounds would refuse it with another errno before sending. */
 static int past_end(struct nbd_state *s, uint64_t off, uint64_t len,
-                    struct qimg_error *err)
+                    int errnum, struct qimg_error *err)
 {
     if (off > s->info.size || len > s->info.size - off)
-        return qimg_error_set(err, -EIO, "%s", strerror(EIO));
+        return qimg_error_set(err, -errnum, "%s", strerror(errnum));
     return 0;
 }
 
@@ -438,7 +443,7 @@ static int nbd_pwrite(struct qimg_storage *st, uint64_t off, size_t len,
                       const void *buf, struct qimg_error *err)
 {
     struct nbd_state *s = st->priv;
-    int ret = past_end(s, off, len, err);
+    int ret = past_end(s, off, len, ENOSPC, err);
     if (ret < 0)
         return ret;
     written(s);
@@ -457,7 +462,7 @@ static int nbd_zeroes(struct qimg_storage *st, uint64_t off, uint64_t len,
         return -ENOTSUP;
     if ((flags & QIMG_ZERO_NO_FALLBACK) && !s->info.can_fast_zero)
         return -ENOTSUP;
-    if ((ret = past_end(s, off, len, err)) < 0)
+    if ((ret = past_end(s, off, len, ENOSPC, err)) < 0)
         return ret;
     written(s);
     ret = nbd_pool_zero(s->pool, off, len, flags & QIMG_ZERO_MAY_UNMAP, err);
@@ -473,7 +478,7 @@ static int nbd_discard(struct qimg_storage *st, uint64_t off, uint64_t len,
 
     if (!s->info.can_trim)
         return 0;
-    if ((ret = past_end(s, off, len, err)) < 0)
+    if ((ret = past_end(s, off, len, EINVAL, err)) < 0)
         return ret;
     written(s);
     ret = nbd_pool_trim(s->pool, off, len, err);

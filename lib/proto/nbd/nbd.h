@@ -17,14 +17,21 @@
 #include "core/block.h"
 #include "proto/net.h"
 
-/* Connections opened to a server that advertises multi-conn: enough to
- * keep both loopback directions busy from the copy engine's workers. */
-#define NBD_MAX_CONNS 4
+/* Connections opened to a server that advertises multi-conn (qemu-nbd
+ * -e 8 does, writable or not) for reads.  Reading 1 GiB over
+ * loopback (docs/PERFORMANCE.md, session 8), qemu-nbd took 1.08 s on one
+ * connection, 0.70 on two, 0.77 on four; nbdkit's memory plugin 0.60,
+ * 0.72 and 0.85 s (each of its connections has its own threads, and its
+ * CPU time doubled from one to two): two is the best sum. */
+#define NBD_MAX_CONNS 2
 /* Largest request sent (QEMU's NBD_MAX_BUFFER_SIZE); larger ones are
  * split and the pieces sent together. */
 #define NBD_MAX_REQUEST (32u << 20)
 /* Longest export or meta context name NBD can carry (NBD_MAX_STRING_SIZE). */
 #define NBD_MAX_STRING 4096
+/* open-timeout (QEMU: any uint32 of seconds) capped so that its
+ * milliseconds fit the handshake's poll() int: about 23 days. */
+#define NBD_MAX_OPEN_TIMEOUT 2000000u
 /* Extents of one block status reply kept to answer the next questions
  * without a round trip. */
 #define NBD_EXTENT_CACHE 64
@@ -41,6 +48,8 @@ struct nbd_target {
     bool has_export;
     /* "base:allocation" or the x-dirty-bitmap context. */
     char context[NBD_MAX_STRING + 1];
+    /* open-timeout: the first handshake's limit in seconds (0: none). */
+    unsigned open_timeout;
 };
 
 /* What the server said about the export. */

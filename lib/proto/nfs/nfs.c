@@ -27,6 +27,11 @@
 #define NFS_MAX_DEBUG 2
 /* Largest read or write handed to libnfs at once. */
 #define NFS_MAX_IO (1u << 20)
+/* A server that went away: libnfs reconnects forever and waits forever
+ * for an answer by default (so does QEMU 7.2).  qimg reconnects a few
+ * times and gives each call 30 s, then fails the request. */
+#define NFS_RECONNECTS 3
+#define NFS_CALL_TIMEOUT_MS 30000
 
 struct nfs_state {
     struct nfs_context *ctx;
@@ -151,7 +156,12 @@ static int number(const struct qimg_opts *o, const char *key, bool *has,
                   unsigned long long *v, struct qimg_error *err)
 {
     *has = qimg_opts_get(o, key) != NULL;
-    return net_opt_number(o, key, 0, v, err);
+    /* QEMU reads these through QAPI ('int'), whose words differ from
+     * QemuOpts' "expects a number" */
+    if (net_opt_number(o, key, 0, v, NULL) < 0)
+        return qimg_error_set(err, -EINVAL, "Parameter '%s' expects "
+                              "integer", key);
+    return 0;
 }
 
 /* libnfs settings from the options, with QEMU's caps and warnings. */
@@ -251,6 +261,8 @@ static int connect_nfs(struct nfs_state *s, const struct qimg_opts *o,
         return qimg_error_set(err, -ENOMEM, "Failed to init NFS context");
     if ((ret = apply_settings(s, o, cache, err)) < 0)
         return ret;
+    nfs_set_autoreconnect(s->ctx, NFS_RECONNECTS);
+    nfs_set_timeout(s->ctx, NFS_CALL_TIMEOUT_MS);
     *slash = 0;
     ret = nfs_mount(s->ctx, s->host, s->path);
     *slash = '/';

@@ -354,7 +354,7 @@ static int rbd_open_storage(struct qimg_storage *st,
     if (r == 0 && !image)
         r = qimg_error_set(err, -EINVAL, "Parameter 'image' is missing");
     if (r == 0) {
-        /* A snapshot is read-only whatever was asked (as QEMU). */
+        /* A snapshot is opened read-only ... */
         r = (flags & QIMG_OPEN_RDWR) && !snap
                 ? rbd_open(s->io, image, &s->image, NULL)
                 : rbd_open_read_only(s->io, image, &s->image, snap);
@@ -364,6 +364,9 @@ static int rbd_open_storage(struct qimg_storage *st,
         else
             s->has_image = true;
     }
+    /* ... and asking to write one fails once it is open, as in QEMU */
+    if (r == 0 && snap && (flags & QIMG_OPEN_RDWR))
+        r = qimg_error_set(err, -EACCES, "rbd snapshots are read-only");
     if (r < 0) {
         state_free(s);
         return r;
