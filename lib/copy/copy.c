@@ -1150,8 +1150,11 @@ static int engine_init(struct engine *e, const struct qimg_copy_params *p,
         if (!e->zero_buf)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
     }
+    /* --salvage keeps in-order commits: its warnings come out in the
+     * order the reads are issued and retried, which in-order mode paces
+     * as qemu-img's does (iotest 251 compares them line by line). */
     e->any_order = !p->out_of_order && !p->in_order && !p->compress &&
-                   !e->sequential && order_free_target(p);
+                   !p->salvage && !e->sequential && order_free_target(p);
     if (p->copy_offload && !p->compress && !e->sequential) {
         e->offload = copy_offload_new();
         if (!e->offload)
