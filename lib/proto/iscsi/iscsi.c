@@ -42,6 +42,10 @@ struct iscsi_state {
     uint32_t block_size;
     uint64_t num_blocks;
     bool write_protected;
+    /* A command failed without a task (the connection is gone and, with
+     * a stated timeout, not retried): later reads and writes fail at once
+     * instead of driving libiscsi's context again after it gave up. */
+    bool dead;
     /* Logical block provisioning (READ CAPACITY(16) and the VPD pages):
      * lbpme enables GET LBA STATUS, lbpu UNMAP. */
     bool lbpme, lbprz, lbpu, lbpws;
@@ -427,6 +431,8 @@ static void iscsi_close(struct qimg_storage *st)
 static int blocks_read(struct iscsi_state *s, uint64_t lba, uint32_t n,
                        uint8_t *buf)
 {
+    if (s->dead)
+        return -EIO;
     struct scsi_task *t = iscsi_read16_sync(s->ctx, s->lun, lba,
                                             n * s->block_size, s->block_size,
                                             0, 0, 0, 0, 0);
@@ -435,6 +441,7 @@ static int blocks_read(struct iscsi_state *s, uint64_t lba, uint32_t n,
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI READ10/16 failed at lba %" PRIu64
                      ": %s\n", lba, iscsi_get_error(s->ctx));
+        s->dead = !t;
         ret = -EIO;
     } else if (t->datain.size < 0 ||
                (uint64_t)t->datain.size < (uint64_t)n * s->block_size) {
@@ -450,6 +457,8 @@ static int blocks_read(struct iscsi_state *s, uint64_t lba, uint32_t n,
 static int blocks_write(struct iscsi_state *s, uint64_t lba, uint32_t n,
                         const uint8_t *buf)
 {
+    if (s->dead)
+        return -EIO;
     struct scsi_task *t = iscsi_write16_sync(s->ctx, s->lun, lba,
                                              (unsigned char *)buf,
                                              n * s->block_size,
@@ -459,6 +468,7 @@ static int blocks_write(struct iscsi_state *s, uint64_t lba, uint32_t n,
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI WRITE10/16 failed at lba %" PRIu64
                      ": %s\n", lba, iscsi_get_error(s->ctx));
+        s->dead = !t;
         ret = -EIO;
     }
     if (t)
