@@ -812,8 +812,7 @@ static bool order_free_target(const struct qimg_copy_params *p)
         for (const struct qimg_image *s = p->sources[i].img; s;
              s = qimg_image_backing(s)) {
             const struct qimg_storage *f = s->file;
-            if (f == t || (f && f->has_id && t->has_id &&
-                           f->id_dev == t->id_dev && f->id_ino == t->id_ino))
+            if (f == t || qimg_storage_same_file(f, t))
                 return false;
         }
     return true;

@@ -128,6 +128,9 @@ enum qimg_event {
 const char *qimg_event_name(enum qimg_event ev);
 /* Raise ev on st and every storage under it (no-op for most). */
 void qimg_storage_event(struct qimg_storage *st, enum qimg_event ev);
+/* Both storages are known to be the same file (device and inode). */
+bool qimg_storage_same_file(const struct qimg_storage *a,
+                            const struct qimg_storage *b);
 
 struct qimg_storage_ops {
     const char *name;                        /* driver name: "file" */

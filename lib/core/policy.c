@@ -329,8 +329,7 @@ int qimg_policy_check_same(const struct qimg_storage *before,
 {
     if (!qimg_untrusted_enabled())
         return 0;
-    if (before && after && before->has_id && after->has_id &&
-        before->id_dev == after->id_dev && before->id_ino == after->id_ino)
+    if (qimg_storage_same_file(before, after))
         return 0;
     return refuse(err, -EPERM, QIMG_ROLE_BACKING,
                   after && after->filename ? after->filename : "",

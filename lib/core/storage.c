@@ -204,6 +204,13 @@ void qimg_storage_close(struct qimg_storage *st)
     storage_free(st);
 }
 
+bool qimg_storage_same_file(const struct qimg_storage *a,
+                            const struct qimg_storage *b)
+{
+    return a && b && a->has_id && b->has_id && a->id_dev == b->id_dev &&
+           a->id_ino == b->id_ino;
+}
+
 int qimg_storage_truncate(struct qimg_storage *st, uint64_t size, bool exact,
                           enum qimg_prealloc prealloc, struct qimg_error *err)
 {
