@@ -21,8 +21,11 @@
 #               into /dev/null (curl cannot write the sparse target)
 #   /floor      qimg's time over the floor (1 = as fast as the server
 #               lets the best client go)
-#   null s      reads only: the source read and thrown away (nbdcopy SRC
-#               null:, one `curl -o /dev/null`)
+#   null s      reads: the source read and thrown away (nbdcopy SRC
+#               null:, one `curl -o /dev/null`); writes into NBD: what the
+#               server takes, bench/nbd-floor.c sending the same requests
+#               from memory, one thread doing nothing else (its own clock,
+#               from connect to flush; no file read)
 # Every result of qimg is checked with the reference's
 # `compare` against the input: a wrong copy is a failure however fast it
 # was (FAILED banner, exit status 1).
@@ -115,6 +118,13 @@ start() {
 
 [ -s "$IN" ] || python3 "$ROOT/bench/gen.py" raw "$IN" "$SIZE" "$SEED" ||
     die "cannot generate $IN"
+
+# The server-side floor of the rows writing into NBD (see "null s").
+NBD_FLOOR=$DIR/nbd-floor
+if [ "$FLOORS" = 1 ]; then
+    cc -O2 -o "$NBD_FLOOR" "$ROOT/bench/nbd-floor.c" \
+        $(pkg-config --cflags --libs libnbd) || die "cannot build nbd-floor"
+fi
 
 # nginx serving $DIR, by default as Debian ships it (/etc/nginx/nginx.conf:
 # worker_processes auto, sendfile on, tcp_nopush on): that is the server a
@@ -235,11 +245,22 @@ curl_ranges() {
     curl -sS --fail -Z --parallel-max "$n" "${args[@]}"
 }
 
+# self_timed CMD...: a command that times itself (nbd-floor prints
+# "... SECONDS s, cpu ..."): that time.
+self_timed() {
+    local out
+    out=$(timeout -k 5 "$TIMEOUT" "$@" 2>&1) ||
+        { echo "bench/net: $* failed: $out" >&2; return 1; }
+    sed -n 's/.*, \([0-9.]*\) s, cpu.*/\1/p' <<<"$out"
+}
+
 # floor_part CMD...: one timed run of a floor command; "-" for none.  A
 # function runs in a bash of its own (timeout(1) runs programs).
 floor_part() {
     if [ "$FLOORS" != 1 ] || [ $# = 0 ]; then
         echo -
+    elif [ "$1" = self_timed ]; then
+        "$@"
     elif [ "$(type -t "$1")" = function ]; then
         timed bash -c "SIZE=$SIZE; $(declare -f "$1"); \"\$@\"" _ "$@"
     else
@@ -319,7 +340,8 @@ run nbd-from-qemu-nbd "nbd://127.0.0.1:$PORT" "$DIR/out.raw" "$DIR/out.raw"
 truncate -s "$SIZE" "$DIR/target.raw"
 start qemu-nbd-rw qemu-nbd -t -e 8 -f raw -b 127.0.0.1 -p @PORT@ \
     --cache=writeback "$DIR/target.raw"
-FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT"); NULL=()
+FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT")
+NULL=(self_timed "$NBD_FLOOR" "$IN" "nbd://127.0.0.1:$PORT")
 run nbd-to-qemu-nbd "$IN" "nbd://127.0.0.1:$PORT" "nbd://127.0.0.1:$PORT" -n
 
 start nbdkit-from nbdkit -f -i 127.0.0.1 -p @PORT@ memory "$SIZE"
@@ -330,7 +352,8 @@ NULL=(nbdcopy "nbd://127.0.0.1:$PORT" null:)
 run nbd-from-nbdkit "nbd://127.0.0.1:$PORT" "$DIR/out.raw" "$DIR/out.raw"
 
 start nbdkit-to nbdkit -f -i 127.0.0.1 -p @PORT@ memory "$SIZE"
-FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT"); NULL=()
+FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT")
+NULL=(self_timed "$NBD_FLOOR" "$IN" "nbd://127.0.0.1:$PORT")
 run nbd-to-nbdkit "$IN" "nbd://127.0.0.1:$PORT" "nbd://127.0.0.1:$PORT" -n
 
 # nginx reads its port from the configuration, not its command line.
