@@ -486,11 +486,23 @@ int qimg_prealloc_parse(const char *name, enum qimg_prealloc *out)
     return -EINVAL;
 }
 
-/* The storage whose own snapshots img's format passes on (raw over rbd),
+/* img's format passes snapshot operations to what is under it. */
+static bool passes_snapshots(const struct qimg_image *img)
+{
+    return !img->fmt->snapshot && img->fmt->snapshot_via_file && img->file;
+}
+
+/* The format node whose snapshots img passes on (raw over a qcow2 node),
  * or NULL. */
+static struct qimg_image *snapshot_node(struct qimg_image *img)
+{
+    return passes_snapshots(img) ? img->file->node : NULL;
+}
+
+/* The storage whose own snapshots img passes on (raw over rbd), or NULL. */
 static struct qimg_storage *snapshot_storage(struct qimg_image *img)
 {
-    if (img->fmt->snapshot || !img->fmt->snapshot_via_file || !img->file ||
+    if (!passes_snapshots(img) || img->file->node ||
         !img->file->ops->snapshot_list)
         return NULL;
     return img->file;
@@ -503,6 +515,8 @@ int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
 
     *list = NULL;
     *n = 0;
+    if (snapshot_node(img))
+        return qimg_snapshot_list(snapshot_node(img), list, n, err);
     if (st)
         return st->ops->snapshot_list(st, list, n, err);
     if (!img->fmt->snapshot || !img->fmt->snapshot->list)
@@ -576,6 +590,8 @@ int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
 {
     struct qimg_storage *st = snapshot_storage(img);
 
+    if (snapshot_node(img))
+        return qimg_snapshot_change(snapshot_node(img), op, name, err);
     if (st) {
         if (img->read_only)
             return qimg_error_set(err, -EACCES, "Image is read-only");

@@ -565,9 +565,10 @@ struct qimg_format {
     int (*check)(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                  struct qimg_error *err);
     const struct qimg_snapshot_ops *snapshot;
-    /* Without snapshot ops, list/create/delete/apply the snapshots of the
-     * storage underneath when it keeps any (its snapshot_* ops): QEMU's
-     * fallback to the primary child (raw over rbd). */
+    /* Without snapshot ops, list/create/delete/apply the snapshots of what
+     * is underneath: the storage's when it keeps any (its snapshot_* ops,
+     * raw over rbd), a format node's (raw over qcow2).  QEMU's fallback to
+     * a node's primary child. */
     bool snapshot_via_file;
     /* qemu-img amend: options it accepts (sorted listing) and the change. */
     const struct qimg_opt_desc *amend_opts;
