@@ -3,6 +3,14 @@
  * `bufsize` bytes, `depth` of them in flight at once (one thread each),
  * at offsets advancing by `step` and wrapping at the image's end as QEMU's
  * do, with optional flushes every `flush_interval` requests.
+ *
+ * Writes into a format that allocates (anything but raw) start in request
+ * order until the offsets first wrap: QEMU's coroutines allocate their
+ * clusters in the order they are issued, so its image comes out laid out
+ * in guest order, and check's "fragmented" figure with it.  Threads
+ * racing for the format's lock allocated in any order (seen over NBD,
+ * where each request waits longer).  Later passes overwrite what the first
+ * allocated and run `depth` at once.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -22,6 +30,10 @@ struct bench {
     uint64_t next;          /* next request index to issue */
     uint64_t end;           /* end of the current batch */
     uint64_t offset;        /* offset of request `next` */
+    /* Held from taking a first-pass write to its end (see the top). */
+    pthread_mutex_t order;
+    bool in_order;          /* writes allocate: first pass in order */
+    bool wrapped;           /* the offsets went past the end once */
     int ret;
     struct qimg_error err;
 };
@@ -51,15 +63,25 @@ static void *worker(void *opaque)
             break;
         }
         off = b->offset;
+        bool ordered = b->in_order && !b->wrapped;
         b->next++;
         /* QEMU advances and wraps after issuing each request. */
         b->offset += b->p->step;
         uint64_t size = qimg_image_size(b->img);
+        if (size && b->offset >= size)
+            b->wrapped = true;
         b->offset = size ? b->offset % size : 0;
+        /* Taken before b->lock is let go, so the next request's thread
+         * waits for this one: first-pass writes go one at a time, in
+         * order. */
+        if (ordered)
+            pthread_mutex_lock(&b->order);
         pthread_mutex_unlock(&b->lock);
 
         ret = b->p->write ? qimg_pwrite(b->img, off, b->p->bufsize, buf, &err)
                           : qimg_pread(b->img, off, b->p->bufsize, buf, &err);
+        if (ordered)
+            pthread_mutex_unlock(&b->order);
         if (ret < 0) {
             pthread_mutex_lock(&b->lock);
             if (!b->ret) {
@@ -103,6 +125,8 @@ int qimg_bench(struct qimg_image *img, const struct qimg_bench_params *p,
     if (!p->depth)
         return qimg_error_set(err, -EINVAL, "Invalid queue depth specified");
     pthread_mutex_init(&b.lock, NULL);
+    pthread_mutex_init(&b.order, NULL);
+    b.in_order = p->write && strcmp(qimg_image_format(img), "raw") != 0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!ret && b.next < p->count) {
         ret = run_batch(&b, QIMG_MIN(p->count, b.next + (batch ? batch : 1)));
@@ -114,6 +138,7 @@ int qimg_bench(struct qimg_image *img, const struct qimg_bench_params *p,
         ret = qimg_flush(img, &b.err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     pthread_mutex_destroy(&b.lock);
+    pthread_mutex_destroy(&b.order);
     if (ret < 0) {
         if (err)
             *err = b.err;

@@ -65,6 +65,9 @@ enum {
     QIMG_STORAGE_IS_BLOCKDEV = 1 << 2,
     /* Read forward only (a pipe): the copy engine reads it in order. */
     QIMG_STORAGE_SEQUENTIAL = 1 << 3,
+    /* A write waits for a server's answer, not for this machine's CPU
+     * (NBD): the copy engine keeps more chunks in flight to it. */
+    QIMG_STORAGE_REMOTE = 1 << 4,
 };
 
 /*

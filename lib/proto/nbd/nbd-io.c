@@ -1,10 +1,15 @@
 /*
  * nbd-io.c - NBD connections over libnbd.  Each connection is one libnbd
- * handle driven by its own I/O thread (poll on the handle's socket, then
- * nbd_aio_notify_*), so any number of threads can have requests in
- * flight on it: a caller submits with nbd_aio_*, wakes the I/O thread if
- * the request could not be sent at once, and sleeps until the completion
- * callback (run by libnbd in the I/O thread) marks its batch done.
+ * handle owned by its own I/O thread, so any number of threads can have
+ * requests in flight on it: a caller queues its requests on the
+ * connection, wakes the I/O thread if it sleeps, and sleeps until the
+ * completion callback (run by libnbd in the I/O thread) marks its batch
+ * done.  Only the I/O thread calls into the handle after the handshake: it
+ * submits what is queued (nbd_aio_*), polls the socket and runs
+ * nbd_aio_notify_*.  Callers submitting themselves contended with it for
+ * the handle's lock, which libnbd holds while it sends a whole 2 MiB
+ * write or reads the replies: 50 us per request of hand-overs, more than
+ * the server's own time (docs/PERFORMANCE.md, session 9).
  *
  * When the server advertises multi-conn, more connections are opened as
  * soon as every open one is busy (up to NBD_MAX_CONNS), and each read goes
@@ -34,8 +39,20 @@
 /* Requests of one call kept in flight together (a 64 MiB read is two;
  * a large zero or trim goes out this many pieces at a time). */
 #define NBD_MAX_PIECES 16
+/*
+ * Writes go out in pieces of at most this much, in flight together: the
+ * server stores one piece while the next arrives, and its request buffers
+ * stay small.  A 1 GiB copy (420 MiB of data) into nbdkit's memory plugin
+ * took 0.31 s with whole 2 MiB chunks, 0.26 s with 1 MiB or 512 KiB
+ * pieces, 0.28 s with 256 KiB; into qemu-nbd 0.33 s, 0.27, 0.27 and 0.28
+ * (docs/PERFORMANCE.md, session 9).  Reads stay whole: qemu-nbd serves
+ * 2 MiB reads best.
+ */
+#define NBD_WRITE_PIECE (1u << 20)
 /* Zero and trim pieces: NBD lengths are 32-bit. */
 #define NBD_MAX_RANGE (1u << 30)
+
+struct piece;
 
 struct nbd_conn {
     struct nbd_handle *h;
@@ -44,6 +61,13 @@ struct nbd_conn {
     int wake_fd;
     atomic_int inflight;
     atomic_bool stop;
+    /* Requests queued for the I/O thread to submit, oldest first. */
+    pthread_mutex_t qlock;
+    struct piece *qhead, *qtail;
+    /* Set by the I/O thread before it may sleep in poll: a caller that
+     * queues then finds it set writes wake_fd. */
+    atomic_bool sleeping;
+    bool tcp;               /* a TCP socket (quick_ack) */
     /* What the server said when it refused the handshake. */
     char server_msg[512];
 };
@@ -70,9 +94,13 @@ struct batch {
     const char *context;
 };
 
+struct req;
+
 struct piece {
     struct batch *b;
     struct nbd_conn *c;
+    const struct req *r;
+    struct piece *next;     /* in c's queue */
 };
 
 static void batch_init(struct batch *b)
@@ -140,11 +168,56 @@ static int on_extent(void *user_data, const char *metacontext,
 
 /* ---- the I/O thread ----------------------------------------------------- */
 
+/*
+ * Acknowledge what arrives at once instead of after the delayed-ACK timer
+ * (40 ms).  qemu-nbd sends its handshake replies in several small writes
+ * without TCP_NODELAY, so each one after the first waited for our ACK:
+ * two 40 ms stalls per connection, 0.10 s for an `info` that takes 15 ms.
+ * Quick-ACK mode does not stick (the kernel may leave it), so it is asked
+ * for before every wait.
+ */
+static void quick_ack(int fd)
+{
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &(int){1}, sizeof(int));
+}
+
 static void wake(struct nbd_conn *c)
 {
     uint64_t one = 1;
     ssize_t r = write(c->wake_fd, &one, sizeof(one));
     (void)r;
+}
+
+static int64_t submit(struct nbd_conn *c, const struct req *r,
+                      struct piece *pc);
+static void submit_failed(struct nbd_conn *c, struct piece *pc);
+
+/* Take the queue; with sleep, mark the thread sleeping first (see
+ * struct nbd_conn). */
+static struct piece *take_queue(struct nbd_conn *c, bool sleep)
+{
+    struct piece *q;
+
+    if (sleep)
+        atomic_store(&c->sleeping, true);
+    pthread_mutex_lock(&c->qlock);
+    q = c->qhead;
+    c->qhead = c->qtail = NULL;
+    pthread_mutex_unlock(&c->qlock);
+    if (q)
+        atomic_store(&c->sleeping, false);
+    return q;
+}
+
+/* Submit the queued requests, in order. */
+static void submit_all(struct nbd_conn *c, struct piece *q)
+{
+    while (q) {
+        struct piece *next = q->next;   /* q may be freed once completed */
+        if (submit(c, q->r, q) < 0)
+            submit_failed(c, q);
+        q = next;
+    }
 }
 
 static void *conn_thread(void *arg)
@@ -153,6 +226,16 @@ static void *conn_thread(void *arg)
 
     while (!atomic_load(&c->stop)) {
         struct pollfd pfd[2] = {{-1, 0, 0}, {c->wake_fd, POLLIN, 0}};
+        struct piece *q = take_queue(c, false);
+        if (q)
+            submit_all(c, q);
+        /* Nothing queued once marked sleeping: poll until the socket or a
+         * caller wakes us. */
+        q = take_queue(c, true);
+        if (q) {
+            submit_all(c, q);
+            continue;
+        }
         unsigned dir = nbd_aio_get_direction(c->h);
         int fd = nbd_aio_get_fd(c->h);
 
@@ -168,6 +251,7 @@ static void *conn_thread(void *arg)
                 continue;
             break;
         }
+        atomic_store(&c->sleeping, false);
         if (pfd[1].revents & POLLIN) {
             uint64_t v;
             ssize_t r = read(c->wake_fd, &v, sizeof(v));
@@ -175,12 +259,40 @@ static void *conn_thread(void *arg)
         }
         /* A read notification also notices a hang-up, which fails the
          * commands in flight (libnbd retires them with ENOTCONN). */
-        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
+        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             nbd_aio_notify_read(c->h);
+            /* qemu-nbd's replies are small writes without TCP_NODELAY
+             * too: a reply behind another waits for our ACK. */
+            if (c->tcp)
+                quick_ack(fd);
+        }
         else if (pfd[0].revents & POLLOUT)
             nbd_aio_notify_write(c->h);
     }
+    /* Stopping: fail what is still queued (nothing, when closed after
+     * the last caller returned). */
+    struct piece *q = take_queue(c, false);
+    while (q) {
+        struct piece *next = q->next;
+        submit_failed(c, q);
+        q = next;
+    }
     return NULL;
+}
+
+/* Queue pc for c's I/O thread (run by callers). */
+static void enqueue(struct nbd_conn *c, struct piece *pc)
+{
+    pc->next = NULL;
+    pthread_mutex_lock(&c->qlock);
+    if (c->qtail)
+        c->qtail->next = pc;
+    else
+        c->qhead = pc;
+    c->qtail = pc;
+    pthread_mutex_unlock(&c->qlock);
+    if (atomic_load(&c->sleeping))
+        wake(c);
 }
 
 /* ---- connecting ------------------------------------------------------------ */
@@ -237,6 +349,8 @@ static int handshake(struct nbd_conn *c, int fd, int timeout_ms)
             }
             wait = (int)left;
         }
+        if (c->tcp)
+            quick_ack(pfd.fd);
         r = poll(&pfd, 1, wait);
         if (r < 0 && errno != EINTR)
             return -2;
@@ -288,6 +402,7 @@ static void conn_close(struct nbd_conn *c)
     if (c->wake_fd >= 0)
         close(c->wake_fd);
     c->wake_fd = -1;
+    pthread_mutex_destroy(&c->qlock);
 }
 
 /* Open one connection; the first (timeout -1) fills the export info. */
@@ -299,6 +414,7 @@ static int conn_open(struct nbd_pool *p, struct nbd_conn *c, int timeout_ms,
 
     memset(c, 0, sizeof(*c));
     c->wake_fd = -1;
+    pthread_mutex_init(&c->qlock, NULL);
     c->h = nbd_create();
     if (!c->h)
         return qimg_error_set(err, -ENOMEM, "%s", nbd_get_error());
@@ -318,6 +434,7 @@ static int conn_open(struct nbd_pool *p, struct nbd_conn *c, int timeout_ms,
      * (40 ms) stalls the stream (QEMU's client turns Nagle off too). */
     if (t->addr.type == NET_ADDR_INET)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
+    c->tcp = t->addr.type == NET_ADDR_INET;
     r = handshake(c, fd, timeout_ms);
     if (r < 0) {
         e = r == -1 ? nbd_get_errno() : errno;
@@ -475,6 +592,15 @@ static int64_t submit(struct nbd_conn *c, const struct req *r, struct piece *pc)
     return -1;
 }
 
+/* The I/O thread could not submit pc: fail its piece of the batch. */
+static void submit_failed(struct nbd_conn *c, struct piece *pc)
+{
+    int se = nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h)
+                 ? ENOTCONN : nbd_get_errno();
+    atomic_fetch_sub(&c->inflight, 1);
+    batch_finish(pc->b, se ? se : ENOTCONN);
+}
+
 /* A lost connection fails like QEMU's client with no reconnect delay. */
 static int map_errno(int e)
 {
@@ -497,23 +623,14 @@ static int run(struct nbd_pool *p, struct batch *b, const struct req *reqs,
     struct piece pcs[NBD_MAX_PIECES];
     int e = 0;
 
+    pthread_mutex_lock(&b->mu);
+    b->pending += n;        /* before any piece can complete */
+    pthread_mutex_unlock(&b->mu);
     for (int i = 0; i < n; i++) {
         struct nbd_conn *c = pick(p, reqs[i].op);
-        pcs[i].b = b;
-        pcs[i].c = c;
-        pthread_mutex_lock(&b->mu);
-        b->pending++;
-        pthread_mutex_unlock(&b->mu);
+        pcs[i] = (struct piece){b, c, &reqs[i], NULL};
         atomic_fetch_add(&c->inflight, 1);
-        if (submit(c, &reqs[i], &pcs[i]) < 0) {
-            int se = nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h)
-                         ? ENOTCONN : nbd_get_errno();
-            atomic_fetch_sub(&c->inflight, 1);
-            batch_finish(b, se ? se : ENOTCONN);
-            break;
-        }
-        if (nbd_aio_get_direction(c->h) & LIBNBD_AIO_DIRECTION_WRITE)
-            wake(c);
+        enqueue(c, &pcs[i]);
     }
     e = batch_wait(b);
     return e ? -map_errno(e) : 0;
@@ -576,7 +693,8 @@ int nbd_pool_pread(struct nbd_pool *p, uint64_t off, size_t len, void *buf,
 int nbd_pool_pwrite(struct nbd_pool *p, uint64_t off, size_t len,
                     const void *buf, struct qimg_error *err)
 {
-    return run_split(p, OP_WRITE, off, len, (void *)buf, 0, max_data(p), err);
+    return run_split(p, OP_WRITE, off, len, (void *)buf, 0,
+                     QIMG_MIN(max_data(p), NBD_WRITE_PIECE), err);
 }
 
 int nbd_pool_zero(struct nbd_pool *p, uint64_t off, uint64_t len,

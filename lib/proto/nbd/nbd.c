@@ -388,6 +388,7 @@ static int nbd_open(struct qimg_storage *st, const struct qimg_opts *opts,
         st->caps |= QIMG_STORAGE_CAN_ZERO;
     if (s->info.can_trim)
         st->caps |= QIMG_STORAGE_CAN_DISCARD;
+    st->caps |= QIMG_STORAGE_REMOTE;
     return 0;
 }
 
