@@ -279,7 +279,7 @@ static void warn_probed_raw_on_conflict(const struct qimg_open_params *p,
     if (qimg_open(&img, &probe, &e) < 0)
         return;
     if (qimg_image_probed_raw(img))
-        cli_warn_probed_raw(qimg_image_filename(img));
+        cli_warn_probed_raw(qimg_image_storage_name(img));
     qimg_close(img);
 }
 
@@ -342,7 +342,7 @@ struct qimg_image *cli_open_image(const struct cli_open *o)
         cli_report(&err, "Could not open '%s': ", o->filename);
         img = NULL;
     } else if ((o->flags & QIMG_OPEN_RDWR) && qimg_image_probed_raw(img)) {
-        cli_warn_probed_raw(qimg_image_filename(img));
+        cli_warn_probed_raw(qimg_image_storage_name(img));
     }
     qimg_opts_free(dict);
     return img;

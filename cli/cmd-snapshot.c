@@ -94,7 +94,7 @@ int cmd_snapshot(int argc, char **argv)
         /* Applying on a guessed raw image reopens it in QEMU, which warns
          * a second time. */
         if (op == QIMG_SNAPSHOT_APPLY && qimg_image_probed_raw(img))
-            cli_warn_probed_raw(qimg_image_filename(img));
+            cli_warn_probed_raw(qimg_image_storage_name(img));
         if (qimg_snapshot_change(img, op, name, &err) < 0) {
             /* qemu-img reports a failed create by its errno alone. */
             if (op == QIMG_SNAPSHOT_CREATE)

@@ -321,6 +321,9 @@ const char *qimg_image_filename(const struct qimg_image *img);
 const char *qimg_image_format(const struct qimg_image *img);
 /* Name of the storage file under the format (for map's "File" column). */
 const char *qimg_image_file_name(const struct qimg_image *img);
+/* The storage under the format as QEMU names that node (its exact name,
+ * else json:{...}): the probed-raw warning names it. */
+const char *qimg_image_storage_name(const struct qimg_image *img);
 uint64_t qimg_image_size(const struct qimg_image *img);
 /* The opened backing image, or NULL. */
 struct qimg_image *qimg_image_backing(const struct qimg_image *img);

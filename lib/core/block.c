@@ -55,6 +55,12 @@ const char *qimg_image_file_name(const struct qimg_image *img)
     return img->file ? img->file->filename : img->filename;
 }
 
+const char *qimg_image_storage_name(const struct qimg_image *img)
+{
+    return img->file && img->file->name ? img->file->name
+                                        : qimg_image_filename(img);
+}
+
 uint64_t qimg_image_size(const struct qimg_image *img)
 {
     return img->size;
@@ -480,11 +486,39 @@ int qimg_prealloc_parse(const char *name, enum qimg_prealloc *out)
     return -EINVAL;
 }
 
+/* img's format passes snapshot operations to what is under it. */
+static bool passes_snapshots(const struct qimg_image *img)
+{
+    return !img->fmt->snapshot && img->fmt->snapshot_via_file && img->file;
+}
+
+/* The format node whose snapshots img passes on (raw over a qcow2 node),
+ * or NULL. */
+static struct qimg_image *snapshot_node(struct qimg_image *img)
+{
+    return passes_snapshots(img) ? img->file->node : NULL;
+}
+
+/* The storage whose own snapshots img passes on (raw over rbd), or NULL. */
+static struct qimg_storage *snapshot_storage(struct qimg_image *img)
+{
+    if (!passes_snapshots(img) || img->file->node ||
+        !img->file->ops->snapshot_list)
+        return NULL;
+    return img->file;
+}
+
 int qimg_snapshot_list(struct qimg_image *img, struct qimg_snapshot **list,
                        size_t *n, struct qimg_error *err)
 {
+    struct qimg_storage *st = snapshot_storage(img);
+
     *list = NULL;
     *n = 0;
+    if (snapshot_node(img))
+        return qimg_snapshot_list(snapshot_node(img), list, n, err);
+    if (st)
+        return st->ops->snapshot_list(st, list, n, err);
     if (!img->fmt->snapshot || !img->fmt->snapshot->list)
         return qimg_error_set(err, -ENOTSUP, "Block format '%s' does not support "
                               "internal snapshots", img->fmt->name);
@@ -513,9 +547,56 @@ int qimg_amend(struct qimg_image *img, const struct qimg_opts *opts, bool force,
     return img->fmt->amend(img, opts, force, progress, opaque, err);
 }
 
+/* Delete the first snapshot of st named name (qemu-img's lookup, by name
+ * only, then the delete of what it found, by its ID and name). */
+static int storage_snapshot_delete(struct qimg_storage *st, const char *name,
+                                   struct qimg_error *err)
+{
+    struct qimg_snapshot *list;
+    size_t n, i;
+    int ret = st->ops->snapshot_list(st, &list, &n, err);
+
+    if (ret < 0)
+        return qimg_error_set(err, -ENOENT, "snapshot not found");
+    for (i = 0; i < n && strcmp(list[i].name, name); i++)
+        ;
+    if (i == n)
+        ret = qimg_error_set(err, -ENOENT, "snapshot not found");
+    else
+        ret = st->ops->snapshot_delete(st, list[i].id, list[i].name, err);
+    free(list);
+    return ret;
+}
+
+/* Create, delete or apply a snapshot the storage keeps (raw over rbd). */
+static int storage_snapshot_change(struct qimg_storage *st,
+                                   enum qimg_snapshot_op op, const char *name,
+                                   struct qimg_error *err)
+{
+    int ret;
+
+    if (op == QIMG_SNAPSHOT_CREATE)
+        return st->ops->snapshot_create(st, name, err);
+    if (op == QIMG_SNAPSHOT_DELETE)
+        return storage_snapshot_delete(st, name, err);
+    ret = st->ops->snapshot_goto(st, name, err);
+    if (ret < 0)
+        qimg_error_set(err, ret, "Failed to load snapshot: %s", strerror(-ret));
+    return ret;
+}
+
 int qimg_snapshot_change(struct qimg_image *img, enum qimg_snapshot_op op,
                          const char *name, struct qimg_error *err)
 {
+    struct qimg_storage *st = snapshot_storage(img);
+
+    if (snapshot_node(img))
+        return qimg_snapshot_change(snapshot_node(img), op, name, err);
+    if (st) {
+        if (img->read_only)
+            return qimg_error_set(err, -EACCES, "Image is read-only");
+        return storage_snapshot_change(st, op, name, err);
+    }
     /* QEMU's wording differs per operation for formats without snapshots. */
     if (!img->fmt->snapshot || !img->fmt->snapshot->change) {
         if (op == QIMG_SNAPSHOT_APPLY)

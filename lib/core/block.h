@@ -231,6 +231,25 @@ struct qimg_storage_ops {
      * it made, as QEMU's luks driver does).  Optional. */
     int (*remove)(const char *filename, struct qimg_error *err);
     /*
+     * Snapshots the storage keeps itself (rbd's), which a format without
+     * snapshots of its own over it passes on (snapshot_via_file: QEMU's
+     * snapshot fallback to a node's only data child).  All four or none
+     * (NULL: the storage has none).  list fills *list (malloc'ed, n = 0
+     * and non-NULL when there are none) as qimg_snapshot_list; create
+     * makes snapshot name; delete removes the one qimg_snapshot_change
+     * found by id or name (both given, as listed); goto reverts the
+     * storage to name.  Failures return a negative errno with the
+     * storage's own message, but goto's (the caller words it).
+     */
+    int (*snapshot_list)(struct qimg_storage *st, struct qimg_snapshot **list,
+                         size_t *n, struct qimg_error *err);
+    int (*snapshot_create)(struct qimg_storage *st, const char *name,
+                           struct qimg_error *err);
+    int (*snapshot_delete)(struct qimg_storage *st, const char *id,
+                           const char *name, struct qimg_error *err);
+    int (*snapshot_goto)(struct qimg_storage *st, const char *name,
+                         struct qimg_error *err);
+    /*
      * Module stubs (core/module.c): a storage whose client library is heavy
      * lives in the shared module MODULE.so, which exports its real table
      * as MODULE_SYMBOL.  The stub in the storage table sets only name,
@@ -549,6 +568,11 @@ struct qimg_format {
     int (*check)(struct qimg_image *node, unsigned fix, struct qimg_check *res,
                  struct qimg_error *err);
     const struct qimg_snapshot_ops *snapshot;
+    /* Without snapshot ops, list/create/delete/apply the snapshots of what
+     * is underneath: the storage's when it keeps any (its snapshot_* ops,
+     * raw over rbd), a format node's (raw over qcow2).  QEMU's fallback to
+     * a node's primary child. */
+    bool snapshot_via_file;
     /* qemu-img amend: options it accepts (sorted listing) and the change. */
     const struct qimg_opt_desc *amend_opts;
     size_t n_amend_opts;

@@ -110,4 +110,6 @@ const struct qimg_format qimg_format_protocol = {
     .flush = proto_flush,
     .block_status = proto_block_status,
     .truncate = proto_truncate,
+    /* the node is its storage: its snapshots (rbd's) are the node's */
+    .snapshot_via_file = true,
 };

@@ -268,4 +268,5 @@ const struct qimg_format qimg_format_raw = {
     .truncate = raw_truncate,
     .measure = raw_measure,
     .get_info = raw_get_info,
+    .snapshot_via_file = true,
 };

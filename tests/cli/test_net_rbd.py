@@ -4,6 +4,7 @@ reference qemu-img's rbd driver (qemu-block-extra): same outputs, same
 exit codes, and each tool reading what the other wrote.  Starting Ceph
 takes ~7 s and the daemons want the cores, so these tests run only under
 `make check-rbd` (QIMG_RBD=1), not in tests/run-all.sh's default set."""
+import json
 import os
 import subprocess
 import time
@@ -84,8 +85,7 @@ def test_info_map_and_errors(pair, ceph):
         ("info", "rbd:nopool/x"),
         ("info", "rbd:rbd"),
         ("info", "rbd:rbd/info1@nosnap"),
-        # an existing snapshot (info would list the image's snapshots in
-        # 7.2, which qimg does not: LIMITS.md "rbd: differences")
+        # an existing snapshot (snapshot lists: test_snapshot_list_and_errors)
         ("map", "--output=json", "rbd:rbd/info3@s1"),
         ("map", "--output=json", f"rbd:rbd/info3@s1:conf={conf}:id=admin"),
         ("compare", "-f", "raw", "-F", "raw", "rbd:rbd/info3@s1",
@@ -165,6 +165,137 @@ def test_create_convert_and_cross_reads(pair, ceph, tmp_path):
     r, q = (run(t, ["compare", "rbd:rbd/raw_ref", "rbd:rbd/raw_qimg"],
                 tmp_path) for t in (REF, QIMG))
     assert (q.rc, q.out) == (r.rc, r.out) == (0, "Images are identical.\n")
+
+
+def rbd_fresh(name, size="4M"):
+    """An empty image name (its snapshots and an older one removed)."""
+    subprocess.run(["rbd", "snap", "purge", name], capture_output=True,
+                   timeout=60)
+    rbd_rm(name)
+    rbd("create", name, "--size", size)
+
+
+def qemu_io(name, cmd, *, write=True):
+    args = ["qemu-io", "-f", "raw", "-c", cmd, f"rbd:{name}"]
+    if not write:
+        args[1:1] = ["-r"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+# rbd keeps a snapshot name of any length; QEMU shows it as the ID cut at
+# 127 bytes and as the name cut at 255.
+LONG200 = "L" * 200
+LONG130 = "P" * 130
+
+
+def test_snapshot_list_and_errors(pair, ceph):
+    """rbd snapshots in info (human and JSON) and snapshot -l, by every
+    way of naming the image, and the errors that change nothing."""
+    rbd_fresh("rbd/snap0")
+    rbd_fresh("rbd/snap1")
+    qemu_io("rbd/snap1", "write -P 9 0 64k")
+    rbd("snap", "create", "rbd/snap1@a")
+    rbd("resize", "rbd/snap1", "--size", "8M")
+    rbd("snap", "create", "rbd/snap1@b")
+    rbd("snap", "create", f"rbd/snap1@{LONG200}")
+    rbd("snap", "create", f"rbd/snap1@{LONG130}")
+    cases = [("snapshot", "-l", "rbd:rbd/snap0")]
+    for name in ("rbd:rbd/snap0", "rbd:rbd/snap1", "rbd:rbd/snap1@a",
+                 "json:{\"driver\": \"rbd\", \"pool\": \"rbd\", "
+                 "\"image\": \"snap1\"}",
+                 "json:{\"driver\": \"raw\", \"offset\": 512, \"file\": "
+                 "{\"driver\": \"rbd\", \"pool\": \"rbd\", "
+                 "\"image\": \"snap1\"}}"):
+        cases.append(("snapshot", "-l", name))
+        if not name.startswith("json:{\"driver\": \"rbd\""):
+            # (a protocol node's info differs otherwise: LIMITS.md)
+            cases += [("info", name), ("info", "--output=json", name)]
+    cases += [
+        ("snapshot", "-l", "-U", "rbd:rbd/snap1:id=admin"),
+        ("snapshot", "-l", "--image-opts",
+         "driver=rbd,pool=rbd,image=snap1"),
+        ("snapshot", "-l", "--image-opts",
+         "driver=raw,file.driver=rbd,file.pool=rbd,file.image=snap1"),
+        ("info", "--backing-chain", "rbd:rbd/snap1"),
+        # missing names, bad names, a duplicate, read-only snapshot opens
+        ("snapshot", "-d", "nope", "rbd:rbd/snap1"),
+        ("snapshot", "-d", "nope", "rbd:rbd/snap0"),
+        ("snapshot", "-a", "nope", "rbd:rbd/snap1"),
+        ("snapshot", "-a", "nope", "rbd:rbd/snap0"),
+        ("snapshot", "-c", "a", "rbd:rbd/snap1"),
+        ("snapshot", "-c", "", "rbd:rbd/snap1"),
+        ("snapshot", "-c", "N" * 128, "rbd:rbd/snap1"),
+        ("snapshot", "-c", "x", "rbd:rbd/snap1@a"),
+        ("snapshot", "-d", "a", "rbd:rbd/snap1@a"),
+        ("snapshot", "-a", "a", "rbd:rbd/snap1@a"),
+        # the ID of a long name is not its name
+        ("snapshot", "-d", LONG130, "rbd:rbd/snap1"),
+        ("snapshot", "-d", LONG130[:127], "rbd:rbd/snap1"),
+        ("snapshot", "-d", "nope", "--image-opts",
+         "driver=rbd,pool=rbd,image=snap1"),
+        ("snapshot", "-a", "nope", "--image-opts",
+         "driver=rbd,pool=rbd,image=snap1"),
+        ("snapshot", "-c", "b", "--image-opts",
+         "driver=rbd,pool=rbd,image=snap1"),
+        ("snapshot", "-l", "rbd:rbd/snap1"),
+    ]
+    bad = []
+    for args in cases:
+        r, q = pair.both(*args)
+        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
+            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
+    assert not bad, "\n".join(bad)
+
+
+def rbd_snap_names(name):
+    p = subprocess.run(["rbd", "snap", "ls", "--format", "json", name],
+                       capture_output=True, text=True, check=True,
+                       timeout=60)
+    return [(s["name"], s["size"]) for s in json.loads(p.stdout)]
+
+
+def test_snapshot_create_apply_delete(ceph, tmp_path):
+    """Each tool creates, rolls back to and deletes snapshots of its own
+    image: same outputs step by step, the same snapshots in rbd's own
+    listing, and the data and size of the snapshot after -a."""
+    steps = [
+        ("write -P 1 0 64k",), ("snapshot", "-c", "a"),
+        ("write -P 2 0 64k",), ("resize 8M",), ("snapshot", "-c", "b"),
+        ("snapshot", "-c", "M" * 127), ("snapshot", "-l"),
+        ("snapshot", "-a", "a"), ("info",), ("read -P 1 0 64k",),
+        ("snapshot", "-d", "b"), ("snapshot", "-d", "b"),
+        ("snapshot", "-d", "M" * 127), ("snapshot", "-l"),
+        ("opts", "-c", "c"), ("opts", "-a", "c"), ("opts", "-d", "c"),
+        ("info", "--output=json"),
+    ]
+    outs = {}
+    for tool, who in ((REF, "ref"), (QIMG, "qimg")):
+        name = f"rbd/snapw_{who}"
+        rbd_fresh(name)
+        log = []
+        for step in steps:
+            if len(step) == 1 and step[0].startswith(("write", "read")):
+                p = qemu_io(name, step[0], write=step[0].startswith("w"))
+                log.append((p.returncode, "failed" in p.stdout))
+                continue
+            if step[0] == "resize 8M":
+                rbd("resize", name, "--size", "8M")
+                log.append("resized")
+                continue
+            if step[0] == "opts":
+                args = ["snapshot", *step[1:], "--image-opts",
+                        f"driver=rbd,pool=rbd,image=snapw_{who}"]
+            else:
+                args = [*step, f"rbd:{name}"]
+            res = run(tool, args, tmp_path)
+            log.append((res.rc, res.out.replace(who, "WHO"),
+                        res.err.replace(who, "WHO")))
+        log.append(rbd_snap_names(name))
+        outs[who] = log
+    for i, (r, q) in enumerate(zip(outs["ref"], outs["qimg"])):
+        assert q == r, f"step {i}: {steps[i] if i < len(steps) else 'ls'}" \
+                       f"\nREF {r!r}\nQIMG {q!r}"
+    assert outs["ref"][-1] == [("a", 4 << 20)], outs["ref"][-1]
 
 
 def test_unreachable_mon_fails_in_time(pair, tmp_path):

@@ -199,3 +199,32 @@ def test_snapshot_delete_io_errors(pair):
             bad.append(f"{event} once={once}\nREF {r!r} {rc!r}\n"
                        f"QIMG {q!r} {qc!r}")
     assert not bad, "\n\n".join(bad)
+
+
+def test_snapshots_through_raw_over_qcow2_node(pair):
+    """raw over a qcow2 node passes snapshot operations to that node, as
+    QEMU's snapshot fallback to a primary child does: the same outputs
+    step by step, and images the reference finds clean and identical."""
+    def make(d):
+        subprocess.run([str(REF), "create", "-q", "-f", "qcow2",
+                        str(d / "t.qcow2"), "1M"], check=True)
+        subprocess.run([str(QEMU_IO), "-c", "write -P 1 0 64k",
+                        str(d / "t.qcow2")], check=True, capture_output=True)
+    pair.setup(make)
+    node = ('json:{"driver": "raw", "file": {"driver": "qcow2", "file": '
+            '{"driver": "file", "filename": "t.qcow2"}}}')
+    steps = [["-c", "s1"], ["-c", "s1"], ["-c", "s2"], ["-l"], ["-a", "s1"],
+             ["-a", "nope"], ["-d", "nope"], ["-d", "s2"], ["-d", "1"],
+             ["-l"]]
+    bad = []
+    for step in steps:
+        for args in (("snapshot", *step, node), ("info", node)):
+            r, q = pair.both(*args)
+            if (q.rc, strip_dates(q.out), q.err) != \
+                    (r.rc, strip_dates(r.out), r.err):
+                bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
+    assert not bad, "\n".join(bad)
+    assert run(REF, ["check", "t.qcow2"], pair.qimg_dir).rc == 0
+    cmp = run(REF, ["compare", pair.path_ref("t.qcow2"),
+                    pair.path_qimg("t.qcow2")], pair.ref_dir)
+    assert cmp.rc == 0, cmp

@@ -613,6 +613,142 @@ static int rbd_block_status(struct qimg_storage *st, uint64_t off,
     return 0;
 }
 
+/* ---- snapshots ------------------------------------------------------------ */
+
+/* Snapshots of one image we list (rbd has no limit of its own; each costs
+ * a struct qimg_snapshot, ~1.2 KiB, so this bounds the list at ~20 MiB). */
+#define RBD_MAX_SNAPSHOTS 16384
+/* Times rbd_snap_list may ask for a bigger array (snapshots being made
+ * while we list) before we give up. */
+#define RBD_SNAP_LIST_TRIES 8
+/* QEMU keeps an rbd snapshot's name as both its ID (127 bytes at most)
+ * and its name (255 bytes at most): longer ones show cut there. */
+#define RBD_SNAP_ID_MAX 127
+#define RBD_SNAP_NAME_MAX 255
+_Static_assert(RBD_SNAP_ID_MAX < sizeof(((struct qimg_snapshot *)0)->id) &&
+               RBD_SNAP_NAME_MAX < sizeof(((struct qimg_snapshot *)0)->name),
+               "snapshot names fit struct qimg_snapshot");
+
+/* Copy at most max bytes of src into dst (which holds max + 1). */
+static void copy_cut(char *dst, const char *src, size_t max)
+{
+    size_t n = strnlen(src, max);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* rbd_snap_list into a malloc'ed array of *count entries. */
+static int list_rbd_snaps(rbd_image_t image, rbd_snap_info_t **out,
+                          int *count)
+{
+    int max = 64;
+
+    for (int tries = 0; tries < RBD_SNAP_LIST_TRIES; tries++) {
+        rbd_snap_info_t *snaps = calloc((size_t)max, sizeof(*snaps));
+        if (!snaps)
+            return -ENOMEM;
+        int r = rbd_snap_list(image, snaps, &max);
+        if (r >= 0) {
+            *out = snaps;
+            *count = r;
+            return 0;
+        }
+        free(snaps);
+        if (r != -ERANGE)
+            return r;
+        /* librbd wants one entry more than there are snapshots (the
+         * end marker) */
+        if (max <= 0 || max > RBD_MAX_SNAPSHOTS + 1)
+            return -EFBIG;
+    }
+    return -EAGAIN;
+}
+
+/* The image's snapshots as QEMU shows them: the name as ID and name, the
+ * image size at the snapshot as VM state size, zero dates and clocks. */
+static int rbd_snap_list_storage(struct qimg_storage *st,
+                                 struct qimg_snapshot **list, size_t *n,
+                                 struct qimg_error *err)
+{
+    struct rbd_state *s = st->priv;
+    rbd_snap_info_t *snaps;
+    int count;
+    int r = list_rbd_snaps(s->image, &snaps, &count);
+
+    *list = NULL;
+    *n = 0;
+    if (r == -EFBIG)
+        return qimg_error_set(err, r, "rbd image has more than %d snapshots",
+                              RBD_MAX_SNAPSHOTS);
+    if (r < 0)
+        return qimg_error_set(err, r, "error listing rbd snapshots: %s",
+                              strerror(-r));
+    *list = calloc(count ? (size_t)count : 1, sizeof(**list));
+    if (!*list) {
+        r = qimg_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < count; i++) {
+        struct qimg_snapshot *sn = &(*list)[i];
+        copy_cut(sn->id, snaps[i].name, RBD_SNAP_ID_MAX);
+        copy_cut(sn->name, snaps[i].name, RBD_SNAP_NAME_MAX);
+        sn->vm_state_size = snaps[i].size;
+        sn->has_icount = true;      /* zero, as QEMU shows it */
+    }
+    *n = (size_t)count;
+out:
+    rbd_snap_list_end(snaps);
+    free(snaps);
+    return r;
+}
+
+static int rbd_snap_create_storage(struct qimg_storage *st, const char *name,
+                                   struct qimg_error *err)
+{
+    struct rbd_state *s = st->priv;
+    int r;
+
+    /* The name is the snapshot's ID too, which must fit QEMU's. */
+    if (!name[0])
+        return qimg_error_set(err, -EINVAL, "rbd snapshots need a name");
+    if (strlen(name) > RBD_SNAP_ID_MAX)
+        return qimg_error_set(err, -ERANGE, "rbd snapshot name too long");
+    r = rbd_snap_create(s->image, name);
+    if (r < 0) {
+        /* QEMU reports it here and the command's message after it. */
+        qimg_message(QIMG_MSG_ERROR, "failed to create snap: %s\n",
+                     strerror(-r));
+        return qimg_error_set(err, r, "failed to create snap: %s",
+                              strerror(-r));
+    }
+    return 0;
+}
+
+static int rbd_snap_delete_storage(struct qimg_storage *st, const char *id,
+                                   const char *name, struct qimg_error *err)
+{
+    struct rbd_state *s = st->priv;
+    int r;
+
+    /* IDs are names cut short: a long name's ID is not its name. */
+    if (id && strcmp(id, name))
+        return qimg_error_set(err, -EINVAL, "rbd do not support snapshot id, "
+                              "it should be NULL or equal to snapshot name");
+    r = rbd_snap_remove(s->image, name);
+    if (r < 0)
+        return qimg_error_set(err, r, "Failed to remove the snapshot: %s",
+                              strerror(-r));
+    return 0;
+}
+
+static int rbd_snap_goto_storage(struct qimg_storage *st, const char *name,
+                                 struct qimg_error *err)
+{
+    struct rbd_state *s = st->priv;
+    int r = rbd_snap_rollback(s->image, name);
+    return r < 0 ? qimg_error_set(err, r, "%s", strerror(-r)) : 0;
+}
+
 /* QEMU's rbd create: the image with the size and the object size. */
 static int rbd_create_storage(const char *filename,
                               const struct qimg_opts *opts,
@@ -688,4 +824,8 @@ const struct qimg_storage_ops qimg_storage_rbd = {
     .block_status = rbd_block_status,
     .cluster_size = rbd_object_size,
     .create = rbd_create_storage,
+    .snapshot_list = rbd_snap_list_storage,
+    .snapshot_create = rbd_snap_create_storage,
+    .snapshot_delete = rbd_snap_delete_storage,
+    .snapshot_goto = rbd_snap_goto_storage,
 };
