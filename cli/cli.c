@@ -23,9 +23,13 @@ const char *cli_prog = "qimg";
  * a combined 2>&1 capture shows (iotest 074). */
 static void vmsg(const char *prefix, const char *fmt, va_list ap)
 {
+    /* One message is one unit: a library message printed from a copy
+     * worker must not land inside another thread's line. */
+    flockfile(stderr);
     fprintf(stderr, "%s: %s", cli_prog, prefix);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    funlockfile(stderr);
 }
 
 void cli_error(const char *fmt, ...)
@@ -47,10 +51,12 @@ void cli_warn(const char *fmt, ...)
 int cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
+    flockfile(stderr);
     va_start(ap, fmt);
     vmsg("", fmt, ap);
     va_end(ap);
     fprintf(stderr, "Try '%s --help' for more information\n", cli_prog);
+    funlockfile(stderr);
     return 1;
 }
 
