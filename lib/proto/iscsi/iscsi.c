@@ -6,14 +6,16 @@
  * timeout), checks and messages.
  *
  * One libiscsi context serves every request, one at a time behind a
- * mutex (a context is not thread-safe), with libiscsi's synchronous
- * READ16/WRITE16.  Requests not aligned to the LUN's block size are
+ * mutex (a context is not thread-safe): each command is queued with
+ * libiscsi's *_task call and waited for here (see struct iscsi_wait for
+ * why not with libiscsi's *_sync calls).  Requests not aligned to the LUN's block size are
  * read-modify-written under the same lock.  On a thin-provisioned LUN
  * (tgt's thin_provisioning=1), block status comes from GET LBA STATUS and
  * discard goes out as UNMAP, as in 7.2.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,8 +54,150 @@ struct iscsi_state {
     uint32_t max_ws;           /* blocks per WRITE SAME, 0: no limit */
     uint32_t max_unmap;        /* blocks per UNMAP descriptor, 0: no limit */
     uint32_t unmap_gran;       /* blocks, at least 1 */
+    struct iscsi_wait *pending;    /* the command being waited for */
+    struct iscsi_wait *abandoned;  /* waits given up, freed after ctx */
+    /* Why the last command failed before libiscsi could say (it was not
+     * queued, or the connection failed), in libiscsi's _sync words; empty
+     * when libiscsi's own error says it. */
+    char failure[256];
     pthread_mutex_t lock;
 };
+
+/* ---- one command at a time ----------------------------------------------- */
+
+/*
+ * The wait for one command.  libiscsi can run a command's callback long
+ * after the wait gave up: when the connection died and could not be
+ * re-established, its commands stay queued, and iscsi_destroy_context
+ * completes them as cancelled.  libiscsi's *_sync calls keep this state on
+ * the caller's stack, so that late callback wrote into a stack that was
+ * gone (a copy worker's, since exited: the crash on a target killed
+ * mid-copy).  Ours live on the heap; a wait that gave up is kept on
+ * s->abandoned until the context is destroyed, and its late callback
+ * frees the task nobody waits for.
+ */
+struct iscsi_wait {
+    bool finished, abandoned;
+    int status;
+    struct scsi_task *task;
+    struct iscsi_wait *next;
+};
+
+static void task_done(struct iscsi_context *ctx, int status, void *data,
+                      void *priv)
+{
+    struct iscsi_wait *w = priv;
+    struct scsi_task *t = data;
+
+    (void)ctx;
+    t->status = status;
+    if (w->abandoned) {
+        scsi_free_scsi_task(t);
+        return;
+    }
+    w->status = status;
+    w->task = t;
+    w->finished = true;
+}
+
+/* Login and logout: no task. */
+static void session_done(struct iscsi_context *ctx, int status, void *data,
+                         void *priv)
+{
+    struct iscsi_wait *w = priv;
+
+    (void)ctx;
+    (void)data;
+    w->status = status;
+    w->finished = true;
+}
+
+/* Why the last command failed. */
+static const char *last_error(struct iscsi_state *s)
+{
+    return s->failure[0] ? s->failure : iscsi_get_error(s->ctx);
+}
+
+/* Start a wait: s->pending, NULL when out of memory (the command is then
+ * not queued). */
+static struct iscsi_wait *wait_begin(struct iscsi_state *s)
+{
+    s->failure[0] = '\0';
+    s->pending = calloc(1, sizeof(*s->pending));
+    return s->pending;
+}
+
+/*
+ * Drive the context until s->pending's command completes; false when the
+ * connection failed for good (s->dead, the wait abandoned).  Polls wake
+ * each second to let libiscsi check its timeouts, as QEMU's timer does.
+ */
+static bool wait_end(struct iscsi_state *s)
+{
+    struct iscsi_wait *w = s->pending;
+
+    while (!w->finished) {
+        struct pollfd p = {iscsi_get_fd(s->ctx), (short)iscsi_which_events(
+                                                     s->ctx), 0};
+        int n = poll(&p, 1, 1000);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            snprintf(s->failure, sizeof(s->failure), "Poll failed");
+        else if (iscsi_service(s->ctx, n ? p.revents : 0) < 0)
+            snprintf(s->failure, sizeof(s->failure),
+                     "iscsi_service failed with : %s",
+                     iscsi_get_error(s->ctx));
+        else
+            continue;
+        w->abandoned = true;
+        w->next = s->abandoned;
+        s->abandoned = w;
+        s->pending = NULL;
+        s->dead = true;
+        return false;
+    }
+    return true;
+}
+
+/* The end of a SCSI command queued as `queued` (NULL: not queued): its
+ * task, NULL when it was not sent or the connection failed. */
+static struct scsi_task *cmd_end(struct iscsi_state *s, const char *what,
+                                 struct scsi_task *queued)
+{
+    struct scsi_task *t = NULL;
+
+    if (!queued)
+        snprintf(s->failure, sizeof(s->failure), "Failed to send %s command",
+                 what);
+    else if (wait_end(s))
+        t = s->pending->task;
+    free(s->pending);
+    s->pending = NULL;
+    return t;
+}
+
+/* Run libiscsi's fn(ctx, args..., callback, wait) and wait for it: the
+ * task, or NULL (last_error says why).  wait_begin comes first: the
+ * condition of ?: is evaluated before either branch. */
+#define ISCSI_CMD(s, what, fn, ...)                                        \
+    cmd_end((s), (what), (s)->dead ? NULL                                  \
+                         : wait_begin(s) ? fn((s)->ctx, __VA_ARGS__,       \
+                                              task_done, (s)->pending)     \
+                                         : NULL)
+
+/* A session command (login, logout): 0 or -1, as libiscsi's _sync. */
+static int session_end(struct iscsi_state *s, int queued)
+{
+    int ret = -1;
+
+    if (queued == 0 && wait_end(s))
+        ret = s->pending->status;
+    free(s->pending);
+    s->pending = NULL;
+    return ret;
+}
 
 static const char *const iscsi_runtime_opts[] = {
     "transport", "portal", "target", "user", "password", "password-secret",
@@ -169,13 +313,13 @@ static int inquiry_failed(struct iscsi_state *s, struct scsi_task *t,
     if (t)
         scsi_free_scsi_task(t);
     return qimg_error_set(err, -EINVAL, "iSCSI: Inquiry command failed : %s",
-                          iscsi_get_error(s->ctx));
+                          last_error(s));
 }
 
 /* The standard inquiry: the device type. */
 static int inquire(struct iscsi_state *s, struct qimg_error *err)
 {
-    struct scsi_task *t = iscsi_inquiry_sync(s->ctx, s->lun, 0, 0, 64);
+    struct scsi_task *t = ISCSI_CMD(s, "Inquiry", iscsi_inquiry_task, s->lun, 0, 0, 64);
     struct scsi_inquiry_standard *inq;
 
     if (!t || t->status != SCSI_STATUS_GOOD)
@@ -195,14 +339,14 @@ static int inquire(struct iscsi_state *s, struct qimg_error *err)
  * writable, with QEMU's messages. */
 static void mode_sense(struct iscsi_state *s)
 {
-    struct scsi_task *t = iscsi_modesense6_sync(
-        s->ctx, s->lun, 1, SCSI_MODESENSE_PC_CURRENT,
-        SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255);
+    struct scsi_task *t = ISCSI_CMD(
+        s, "ModeSense6", iscsi_modesense6_task, s->lun, 1,
+        SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255);
     struct scsi_mode_sense *ms;
 
     if (!t) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed to send MODE_SENSE(6) "
-                     "command: %s\n", iscsi_get_error(s->ctx));
+                     "command: %s\n", last_error(s));
         return;
     }
     if (t->status != SCSI_STATUS_GOOD) {
@@ -210,7 +354,7 @@ static void mode_sense(struct iscsi_state *s)
                      "assumed writable\n");
     } else if (!(ms = scsi_datain_unmarshall(t))) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed to unmarshall "
-                     "MODE_SENSE(6) data: %s\n", iscsi_get_error(s->ctx));
+                     "MODE_SENSE(6) data: %s\n", last_error(s));
     } else {
         s->write_protected = ms->device_specific_parameter & 0x80;
     }
@@ -234,7 +378,7 @@ static int read_capacity(struct iscsi_state *s, struct qimg_error *err)
             scsi_free_scsi_task(t);
         t = NULL;
         if (s->type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
-            t = iscsi_readcapacity16_sync(s->ctx, s->lun);
+            t = ISCSI_CMD(s, "ReadCapacity16", iscsi_readcapacity16_task, s->lun);
             if (t && t->status == SCSI_STATUS_GOOD) {
                 struct scsi_readcapacity16 *rc = scsi_datain_unmarshall(t);
                 if (!rc) {
@@ -255,7 +399,7 @@ static int read_capacity(struct iscsi_state *s, struct qimg_error *err)
         } else if (s->type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_MMC) {
             return 0;
         }
-        t = iscsi_readcapacity10_sync(s->ctx, s->lun, 0, 0);
+        t = ISCSI_CMD(s, "ReadCapacity10", iscsi_readcapacity10_task, s->lun, 0, 0);
         if (t && t->status == SCSI_STATUS_GOOD) {
             struct scsi_readcapacity10 *rc = scsi_datain_unmarshall(t);
             if (!rc) {
@@ -287,9 +431,16 @@ static void state_free(struct iscsi_state *s)
     if (!s)
         return;
     if (s->ctx) {
-        if (iscsi_is_logged_in(s->ctx))
-            iscsi_logout_sync(s->ctx);
+        /* A dead connection is not logged out: that would only wait. */
+        if (!s->dead && iscsi_is_logged_in(s->ctx) && wait_begin(s))
+            session_end(s, iscsi_logout_async(s->ctx, session_done,
+                                              s->pending));
         iscsi_destroy_context(s->ctx);
+    }
+    while (s->abandoned) {
+        struct iscsi_wait *next = s->abandoned->next;
+        free(s->abandoned);
+        s->abandoned = next;
     }
     free(s);
 }
@@ -338,9 +489,12 @@ static int connect_lun(struct iscsi_state *s, const struct qimg_opts *o,
      * would otherwise reconnect forever (QEMU 7.2 hangs there). */
     if (timeout)
         iscsi_set_reconnect_max_retries(s->ctx, 0);
-    if (iscsi_full_connect_sync(s->ctx, portal, s->lun))
+    if (!wait_begin(s))
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    if (session_end(s, iscsi_full_connect_async(s->ctx, portal, s->lun,
+                                                session_done, s->pending)))
         return qimg_error_set(err, -EINVAL, "iSCSI: Failed to connect to LUN "
-                              ": %s", iscsi_get_error(s->ctx));
+                              ": %s", last_error(s));
     if ((ret = inquire(s, err)) < 0)
         return ret;
     mode_sense(s);
@@ -352,7 +506,7 @@ static void *vpd_page(struct iscsi_state *s, int page, struct scsi_task **t)
 {
     void *data = NULL;
 
-    *t = iscsi_inquiry_sync(s->ctx, s->lun, 1, page, 255);
+    *t = ISCSI_CMD(s, "Inquiry", iscsi_inquiry_task, s->lun, 1, page, 255);
     if (*t && (*t)->status == SCSI_STATUS_GOOD)
         data = scsi_datain_unmarshall(*t);
     if (!data && *t) {
@@ -433,15 +587,14 @@ static int blocks_read(struct iscsi_state *s, uint64_t lba, uint32_t n,
 {
     if (s->dead)
         return -EIO;
-    struct scsi_task *t = iscsi_read16_sync(s->ctx, s->lun, lba,
-                                            n * s->block_size, s->block_size,
-                                            0, 0, 0, 0, 0);
+    struct scsi_task *t = ISCSI_CMD(s, "Read16", iscsi_read16_task, s->lun,
+                                    lba, n * s->block_size, s->block_size,
+                                    0, 0, 0, 0, 0);
     int ret = 0;
 
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI READ10/16 failed at lba %" PRIu64
-                     ": %s\n", lba, iscsi_get_error(s->ctx));
-        s->dead = !t;
+                     ": %s\n", lba, last_error(s));
         ret = -EIO;
     } else if (t->datain.size < 0 ||
                (uint64_t)t->datain.size < (uint64_t)n * s->block_size) {
@@ -459,16 +612,15 @@ static int blocks_write(struct iscsi_state *s, uint64_t lba, uint32_t n,
 {
     if (s->dead)
         return -EIO;
-    struct scsi_task *t = iscsi_write16_sync(s->ctx, s->lun, lba,
-                                             (unsigned char *)buf,
-                                             n * s->block_size,
-                                             s->block_size, 0, 0, 0, 0, 0);
+    struct scsi_task *t = ISCSI_CMD(s, "Write16", iscsi_write16_task, s->lun,
+                                    lba, (unsigned char *)buf,
+                                    n * s->block_size, s->block_size, 0, 0,
+                                    0, 0, 0);
     int ret = 0;
 
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI WRITE10/16 failed at lba %" PRIu64
-                     ": %s\n", lba, iscsi_get_error(s->ctx));
-        s->dead = !t;
+                     ": %s\n", lba, last_error(s));
         ret = -EIO;
     }
     if (t)
@@ -582,10 +734,10 @@ static int iscsi_flush(struct qimg_storage *st, struct qimg_error *err)
     int ret = 0;
 
     pthread_mutex_lock(&s->lock);
-    t = iscsi_synchronizecache10_sync(s->ctx, s->lun, 0, 0, 0, 0);
+    t = ISCSI_CMD(s, "SynchronizeCache10", iscsi_synchronizecache10_task, s->lun, 0, 0, 0, 0);
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI SYNCHRONIZECACHE10 failed: %s\n",
-                     iscsi_get_error(s->ctx));
+                     last_error(s));
         ret = -EIO;
     }
     if (t)
@@ -613,10 +765,10 @@ static int iscsi_block_status(struct qimg_storage *st, uint64_t off,
     if (ret < 0 || !s->lbpme || off >= end || off % s->block_size)
         return ret;
     pthread_mutex_lock(&s->lock);
-    t = iscsi_get_lba_status_sync(s->ctx, s->lun, lba, 8 + 16);
+    t = ISCSI_CMD(s, "GetLbaStatus", iscsi_get_lba_status_task, s->lun, lba, 8 + 16);
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI GET_LBA_STATUS failed at lba %"
-                     PRIu64 ": %s\n", lba, iscsi_get_error(s->ctx));
+                     PRIu64 ": %s\n", lba, last_error(s));
         goto out;                   /* all data, as 7.2 */
     }
     lbas = scsi_datain_unmarshall(t);
@@ -665,12 +817,12 @@ static int iscsi_discard(struct qimg_storage *st, uint64_t off, uint64_t len,
         uint32_t max = s->max_unmap ? s->max_unmap : UINT32_MAX;
         struct unmap_list list = {first / s->block_size,
                                   (uint32_t)QIMG_MIN(n, (uint64_t)max)};
-        struct scsi_task *t = iscsi_unmap_sync(s->ctx, s->lun, 0, 0, &list,
-                                               1);
+        struct scsi_task *t = ISCSI_CMD(s, "Unmap", iscsi_unmap_task, s->lun,
+                                        0, 0, &list, 1);
         if (!t || (t->status != SCSI_STATUS_GOOD &&
                    t->status != SCSI_STATUS_CHECK_CONDITION)) {
             qimg_message(QIMG_MSG_ERROR, "iSCSI UNMAP failed at lba %" PRIu64
-                         ": %s\n", list.lba, iscsi_get_error(s->ctx));
+                         ": %s\n", list.lba, last_error(s));
             ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
         }
         if (t)
@@ -708,11 +860,12 @@ static int iscsi_zeroes(struct qimg_storage *st, uint64_t off, uint64_t len,
     for (uint64_t lba = off / s->block_size, n = len / s->block_size;
          n && ret == 0;) {
         uint32_t k = n < per ? (uint32_t)n : per;
-        struct scsi_task *t = iscsi_writesame16_sync(
-            s->ctx, s->lun, lba, zero, s->block_size, k, 0, 1, 0, 0);
+        struct scsi_task *t = ISCSI_CMD(s, "WriteSame16",
+                                        iscsi_writesame16_task, s->lun, lba,
+                                        zero, s->block_size, k, 0, 1, 0, 0);
         if (!t || t->status != SCSI_STATUS_GOOD) {
             qimg_message(QIMG_MSG_ERROR, "iSCSI WRITESAME10/16 failed at lba %"
-                         PRIu64 ": %s\n", lba, iscsi_get_error(s->ctx));
+                         PRIu64 ": %s\n", lba, last_error(s));
             ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
         }
         if (t)
