@@ -188,6 +188,17 @@ def batches(cases, size=12):
     return [cases[i:i + size] for i in range(0, len(cases), size)]
 
 
+def same_all(pair, cases):
+    """Every case (a whole argument list) through both tools; all
+    mismatches are reported together."""
+    bad = []
+    for args in cases:
+        r, q = pair.both(*args)
+        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
+            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
+    assert not bad, "\n\n".join(bad)
+
+
 def same_each(pair, cmd, batch, scratch=("out.img",)):
     """pair.same for each case, removing scratch outputs between cases;
     all mismatches are reported together."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REF, QIMG, run, same_each
+from conftest import REF, QIMG, run, same_all
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parent / "servers" / "ceph-single.sh"
@@ -101,12 +101,7 @@ def test_info_map_and_errors(pair, ceph):
                  "\"pool\": \"rbd\", \"image\": \"info1\"}}"),
         ("info", "json:{\"driver\": \"rbd\", \"image\": \"info1\"}"),
     ]
-    bad = []
-    for args in cases:
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
-    assert not bad, "\n".join(bad)
+    same_all(pair, cases)
 
 
 def test_create_convert_and_cross_reads(pair, ceph, tmp_path):
@@ -239,12 +234,7 @@ def test_snapshot_list_and_errors(pair, ceph):
          "driver=rbd,pool=rbd,image=snap1"),
         ("snapshot", "-l", "rbd:rbd/snap1"),
     ]
-    bad = []
-    for args in cases:
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
-    assert not bad, "\n".join(bad)
+    same_all(pair, cases)
 
 
 def rbd_snap_names(name):

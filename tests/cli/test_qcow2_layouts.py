@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from conftest import QEMU_IO, batches, run, REF
+from conftest import QEMU_IO, batches, run, REF, same_all
 
 CLUSTERS = [512, 4096, 65536, 2 * 1024 * 1024]
 
@@ -35,16 +35,6 @@ def io(path, *cmds, fmt="qcow2", cwd=None):
     args.append(str(path))
     r = run(QEMU_IO, args[1:], cwd or path.parent)
     assert r.rc == 0, r
-
-
-def same_all(pair, cases):
-    """Run every (args) case through both tools; report all mismatches."""
-    bad = []
-    for args in cases:
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"args={args}\nREFERENCE {r!r}\nQIMG {q!r}")
-    assert not bad, "\n\n".join(bad)
 
 
 def prealloc_cases():
