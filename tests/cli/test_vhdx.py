@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from conftest import BUILD, QEMU_IO, QIMG, REF, batches, qemu_io, run
+from conftest import (BUILD, QEMU_IO, QIMG, REF, batches, qemu_io, run,
+                      same_all)
 from vhdx_image import assert_same_image
 
 QIMG_IO = BUILD / "tests" / "qimg-io"
@@ -236,12 +237,7 @@ REFUSALS = [
 @pytest.mark.parametrize("batch", batches(REFUSALS, 12))
 def test_refusals_and_reports(pair, batch):
     make_inputs(pair)
-    bad = []
-    for args in batch:
-        r, q = pair.both(*args)
-        if (q.rc, q.out, q.err) != (r.rc, r.out, r.err):
-            bad.append(f"{args}\nREF {r!r}\nQIMG {q!r}")
-    assert not bad, "\n\n".join(bad)
+    same_all(pair, batch)
 
 
 def test_bitmap_refused(pair):
