@@ -212,9 +212,10 @@ class ShortHTTP(http.server.BaseHTTPRequestHandler):
 
 
 def test_failures(pair, servers):
-    """A server that accepts and says nothing (the stated timeout ends
-    the wait, same words as 7.2), one that answers short (7.2 aborts on
-    an assertion: qimg reports it), and nginx stopped mid-copy."""
+    """A server that accepts and says nothing (http, ftp, nbd, an iSCSI
+    login: the stated timeout ends the wait, same words as 7.2), one
+    that answers short (7.2 aborts on an assertion: qimg reports it),
+    and nginx stopped mid-copy."""
     pair.setup_once(make_inputs)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -229,6 +230,9 @@ def test_failures(pair, servers):
                      '/x","timeout":"1"}'),
             ("info", f'json:{{"driver":"nbd","server":{{"type":"inet",'
                      f'"host":"127.0.0.1","port":"{sp}"}},"open-timeout":1}}'),
+            ("info", f'json:{{"driver":"iscsi","transport":"tcp","portal":'
+                     f'"127.0.0.1:{sp}","target":"iqn.2026-12.org.qimg:t",'
+                     '"lun":"0","timeout":"1"}'),
         ])
         assert time.monotonic() - t0 < 20
     finally:
