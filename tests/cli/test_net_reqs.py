@@ -10,6 +10,7 @@ requirement to its tests is docs/LIMITS.md's "Issue 18" section."""
 import http.server
 import json
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -323,6 +324,36 @@ def test_iscsi_target_gone_mid_copy(pair, servers):
         servers.procs[-1])
     assert rc == 1 and "error while reading at byte" in err, err
     assert secs < 30
+
+
+def test_iscsi_target_silent_mid_copy(pair, servers):
+    """tgtd stopped (SIGSTOP: the connection stays up, nothing answers)
+    while qimg copies from its LUN with a stated timeout of 3 s: an
+    error and exit 1 once that timeout passed, not a wait for ever, nor
+    one timeout per request in flight (8 s and more before).  (Not
+    compared: 7.2 waits until the target answers again.)"""
+    lun = pair.qimg_dir / "big.lun"
+    subprocess.run(["truncate", "-s", "512M", lun], check=True)
+    port = servers.tgt(lun)
+    tgtd = servers.procs[-1]
+    u = (f'json:{{"driver":"raw","file":{{"driver":"iscsi","transport":'
+         f'"tcp","portal":"127.0.0.1:{port}","target":'
+         f'"iqn.2026-12.org.qimg:test","lun":"1","timeout":"3"}}}}')
+    proc = subprocess.Popen([str(QIMG), "convert", "-O", "raw", u,
+                             str(pair.qimg_dir / "out.raw")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        tgtd.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        secs = time.monotonic() - t0
+    finally:
+        tgtd.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "error while reading at byte" in err, err
+    assert secs < 8, (secs, err)
 
 
 def test_other_commands_over_nbd(pair, servers):

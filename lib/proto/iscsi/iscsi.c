@@ -173,6 +173,10 @@ static struct scsi_task *cmd_end(struct iscsi_state *s, const char *what,
                  what);
     else if (wait_end(s))
         t = s->pending->task;
+    /* A command that outlived the stated timeout: the target no longer
+     * answers, and each later command would wait as long again. */
+    if (t && t->status == SCSI_STATUS_TIMEOUT)
+        s->dead = true;
     free(s->pending);
     s->pending = NULL;
     return t;
