@@ -212,7 +212,8 @@ static size_t on_data(void *ptr, size_t size, size_t nmemb, void *opaque)
         take = sl->want - sl->got;
         sl->overflow = true;
     }
-    memcpy(sl->dst + sl->got, ptr, take);
+    if (take)   /* a probe has no buffer (dst NULL, want 0) */
+        memcpy(sl->dst + sl->got, ptr, take);
     sl->got += take;
     return n;
 }
