@@ -58,14 +58,16 @@ static: deps
 # To keep CI within its time, the run is the unit tests and fuzz
 # regression replays (meson test) plus the integration tests where memory
 # errors come from: hostile and untrusted input, streams, concurrent
-# writers and the I/O paths of every format (ASAN_TESTS; ASAN_TESTS=tests/cli
+# writers, the I/O paths of every format and the network storages that
+# run commands concurrently, or fail mid-copy (iscsi; ASAN_TESTS=tests/cli
 # runs everything).
 ASAN_BUILD ?= build-asan
 ASAN_TESTS ?= $(wildcard tests/cli/test_hostile*.py tests/cli/test_*_hostile.py) \
 	tests/cli/test_untrusted.py tests/cli/test_stream.py \
 	tests/cli/test_stress.py tests/cli/test_qcow2_io.py \
 	tests/cli/test_vmdk_io.py tests/cli/test_vhdx_log.py \
-	tests/cli/test_qcow_aes.py tests/cli/test_node_graph.py
+	tests/cli/test_qcow_aes.py tests/cli/test_node_graph.py \
+	tests/cli/test_iscsi.py tests/cli/test_net_reqs.py
 # The rbd storage against a real single-node Ceph (tests/servers/
 # ceph-single.sh, started and stopped by the tests): ~2 minutes here,
 # kept out of make check (README "Ceph RBD").
@@ -83,6 +85,7 @@ check-asan: test-deps
 	ninja -C $(ASAN_BUILD)
 	ASAN_OPTIONS=$${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1} \
 	UBSAN_OPTIONS=$${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
+	LSAN_OPTIONS=$${LSAN_OPTIONS:-suppressions=$(CURDIR)/tests/lsan.supp} \
 	QIMG_PYTEST_TARGETS="$(ASAN_TESTS)" tests/run-all.sh $(ASAN_BUILD)
 
 # libFuzzer targets (tests/fuzz) built with clang, ASan and UBSan, each run

@@ -83,12 +83,12 @@ def stop(proc):
         proc.wait()
 
 
-def copy_with_server_killed(argv, server, delay=1.0, timeout=90):
+def copy_with_server_killed(argv, server, delay=1.0, timeout=90, env=None):
     """Run argv (a copy from server), kill the server (a Popen of ours)
     after delay seconds, and return (exit status, stderr, seconds from
     the kill to the end)."""
     proc = subprocess.Popen([str(a) for a in argv], stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     time.sleep(delay)
     server.kill()
     t0 = time.monotonic()
