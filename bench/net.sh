@@ -9,6 +9,8 @@
 #   http-from-nginx     convert from nginx (http, Range requests) to a file
 #   http-from-nginx-ref-m1  the same with qemu-img given -m 1 (one request
 #                       in flight), which avoids its curl driver's stall
+#   iscsi-from-tgt      convert from tgtd (LUN 1: the input) to a file
+#   iscsi-to-tgt        convert -n from a file into tgtd (LUN 2)
 # Each workload runs BENCH_RUNS pairs (qimg then the reference, the other
 # way round in the next pair), each pair after an untimed warm-up copy;
 # the median wall time of each tool and their ratio
@@ -69,7 +71,7 @@ MARK=.qimg-bench-net
 die() { echo "bench/net: $*" >&2; exit 2; }
 
 for t in "$QIMG" "$REF" qemu-nbd nbdkit nginx python3 numfmt timeout \
-         nbdcopy curl; do
+         nbdcopy curl tgtd tgtadm; do
     command -v "$t" >/dev/null || die "missing $t (scripts/deps.sh test)"
 done
 
@@ -81,8 +83,10 @@ mkdir -p "$DIR" && touch "$DIR/$MARK" || die "cannot use $DIR"
 IN=$DIR/in-$SIZE-$SEED.raw
 
 PIDS=()
+KILL9=()    # servers that ignore SIGTERM (tgtd -f)
 cleanup() {
     local p
+    for p in "${KILL9[@]}"; do kill -9 "$p" 2>/dev/null; done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
     [ "$KEEP" = 1 ] || rm -rf "$DIR"
@@ -371,6 +375,28 @@ run http-from-nginx "$URL" "$DIR/out.raw" "$DIR/out.raw"
 REF_EXTRA="-m 1"
 run http-from-nginx-ref-m1 "$URL" "$DIR/out.raw" "$DIR/out.raw"
 REF_EXTRA=
+
+# tgtd, the tests' iSCSI target, with two file-backed LUNs: 1 a copy of
+# the input to read, 2 an empty one to write into.  Its control socket
+# number comes from the port, as in tests/cli/netservers.py.
+PORT=$(free_port)
+TGT_CTL=$((1000 + PORT % 30000))
+IQN=iqn.2026-12.org.qimg:bench
+cp --sparse=always "$IN" "$DIR/lun1.raw"
+truncate -s "$SIZE" "$DIR/lun2.raw"
+tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$PORT" >"$DIR/tgtd.log" 2>&1 &
+KILL9+=($!)
+wait_port "$PORT" $! || die "tgtd did not start: $(tail -5 "$DIR/tgtd.log")"
+tgt() { tgtadm -C "$TGT_CTL" --lld iscsi "$@" >/dev/null ||
+            die "tgtadm $* failed"; }
+tgt --op new --mode target --tid 1 -T "$IQN"
+tgt --op new --mode logicalunit --tid 1 --lun 1 -b "$DIR/lun1.raw"
+tgt --op new --mode logicalunit --tid 1 --lun 2 -b "$DIR/lun2.raw"
+tgt --op bind --mode target --tid 1 -I ALL
+FLOOR=(); NULL=()
+run iscsi-from-tgt "iscsi://127.0.0.1:$PORT/$IQN/1" "$DIR/out.raw" \
+    "$DIR/out.raw"
+run iscsi-to-tgt "$IN" "iscsi://127.0.0.1:$PORT/$IQN/2" "$DIR/lun2.raw" -n
 
 if [ "$FAILED" != 0 ]; then
     echo "FAILED: a copy by qimg was wrong or a command failed" >&2
