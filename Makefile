@@ -58,8 +58,9 @@ static: deps
 # To keep CI within its time, the run is the unit tests and fuzz
 # regression replays (meson test) plus the integration tests where memory
 # errors come from: hostile and untrusted input, streams, concurrent
-# writers, the I/O paths of every format and the network storages that
-# run commands concurrently, or fail mid-copy (iscsi; ASAN_TESTS=tests/cli
+# writers, the I/O paths of every format and the network storages
+# (their I/O threads, concurrent commands and failures mid-copy; rbd has
+# its own target; ASAN_TESTS=tests/cli
 # runs everything).
 ASAN_BUILD ?= build-asan
 ASAN_TESTS ?= $(wildcard tests/cli/test_hostile*.py tests/cli/test_*_hostile.py) \
@@ -67,7 +68,8 @@ ASAN_TESTS ?= $(wildcard tests/cli/test_hostile*.py tests/cli/test_*_hostile.py)
 	tests/cli/test_stress.py tests/cli/test_qcow2_io.py \
 	tests/cli/test_vmdk_io.py tests/cli/test_vhdx_log.py \
 	tests/cli/test_qcow_aes.py tests/cli/test_node_graph.py \
-	tests/cli/test_iscsi.py tests/cli/test_net_reqs.py
+	tests/cli/test_iscsi.py tests/cli/test_net_reqs.py tests/cli/test_nbd.py \
+	tests/cli/test_http.py tests/cli/test_ssh.py tests/cli/test_nfs.py
 # The rbd storage against a real single-node Ceph (tests/servers/
 # ceph-single.sh, started and stopped by the tests): ~2 minutes here,
 # kept out of make check (README "Ceph RBD").
