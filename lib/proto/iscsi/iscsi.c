@@ -116,9 +116,11 @@ static void task_done(struct iscsi_context *ctx, int status, void *data,
     struct scsi_task *t = data;
 
     (void)ctx;
-    t->status = status;
+    if (t)
+        t->status = status;
     if (w->abandoned) {
-        scsi_free_scsi_task(t);
+        if (t)
+            scsi_free_scsi_task(t);
         return;
     }
     w->status = status;
