@@ -5,6 +5,7 @@ PBKDF2 counts calibrated from each tool's speed), LUKS header patching."""
 import re
 import struct
 import subprocess
+import time
 
 from conftest import BUILD, QEMU_IO, run
 
@@ -35,24 +36,29 @@ def norm(text):
 
 
 # qemu-img 7.2 measures PBKDF2 with a millisecond CPU clock and gives up
-# when a short run reads 0 ms: a flake of the reference, retried.
+# when a short run reads 0 ms: a flake of the reference, retried (more
+# often on a loaded machine, where make check's 4 workers share 2 CPUs:
+# 4 tries were not always enough).
 FLAKE = "Unable to get accurate CPU usage"
+FLAKE_TRIES = 12
 
 
 def ref_retry(pair, *args, **kw):
-    for _ in range(4):
+    for i in range(FLAKE_TRIES):
         r = pair.ref(*args, **kw)
         if FLAKE not in r.err:
             return r
+        time.sleep(0.1 * i)
     return r
 
 
 def run_retry(tool, args, cwd):
     """run(), retried while the reference hits FLAKE."""
-    for _ in range(4):
+    for i in range(FLAKE_TRIES):
         r = run(tool, args, cwd)
         if FLAKE not in r.err:
             break
+        time.sleep(0.1 * i)
     return r
 
 
