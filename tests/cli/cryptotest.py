@@ -43,23 +43,24 @@ FLAKE = "Unable to get accurate CPU usage"
 FLAKE_TRIES = 12
 
 
-def ref_retry(pair, *args, **kw):
+def _retry_flake(call):
+    """call() until its result's stderr is free of FLAKE (or tries run
+    out), pausing longer each time."""
     for i in range(FLAKE_TRIES):
-        r = pair.ref(*args, **kw)
-        if FLAKE not in r.err:
-            return r
-        time.sleep(0.1 * i)
-    return r
-
-
-def run_retry(tool, args, cwd):
-    """run(), retried while the reference hits FLAKE."""
-    for i in range(FLAKE_TRIES):
-        r = run(tool, args, cwd)
+        r = call()
         if FLAKE not in r.err:
             break
         time.sleep(0.1 * i)
     return r
+
+
+def ref_retry(pair, *args, **kw):
+    return _retry_flake(lambda: pair.ref(*args, **kw))
+
+
+def run_retry(tool, args, cwd):
+    """run(), retried while the reference hits FLAKE."""
+    return _retry_flake(lambda: run(tool, args, cwd))
 
 
 def same_norm(pair, *args, **kw):

@@ -83,16 +83,24 @@ def stop(proc):
         proc.wait()
 
 
-def copy_with_server_killed(argv, server, delay=1.0, timeout=90, env=None):
-    """Run argv (a copy from server), kill the server (a Popen of ours)
-    after delay seconds, and return (exit status, stderr, seconds from
-    the kill to the end)."""
+def copy_with_server_killed(argv, server, delay=1.0, timeout=90, env=None,
+                            sig=signal.SIGKILL):
+    """Run argv (a copy from server), send the server (a Popen of ours)
+    sig after delay seconds, and return (exit status, stderr, seconds
+    from the signal to the end).  A server stopped with SIGSTOP is
+    continued at the end, so that the teardown can stop it."""
     proc = subprocess.Popen([str(a) for a in argv], stderr=subprocess.PIPE,
                             text=True, env=env)
-    time.sleep(delay)
-    server.kill()
-    t0 = time.monotonic()
-    _, err = proc.communicate(timeout=timeout)
+    try:
+        time.sleep(delay)
+        server.send_signal(sig)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if sig == signal.SIGSTOP:
+            server.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
     return proc.returncode, err, time.monotonic() - t0
 
 

@@ -309,16 +309,23 @@ def test_iscsi_chap(pair, servers):
         assert PASSWORD not in r.out + r.err, (args, r)
 
 
-def test_iscsi_target_gone_mid_copy(pair, servers):
-    """tgtd killed while qimg copies from its LUN, with a stated timeout:
-    an error and exit 1 soon after, not libiscsi's endless reconnects.
-    (7.2 hangs here, with or without timeout: not compared; LIMITS.md.)"""
+def iscsi_big_lun(pair, servers):
+    """A 512 MiB LUN on tgtd, named with a stated timeout of 3 s: (its
+    json: name, the tgtd process)."""
     lun = pair.qimg_dir / "big.lun"
     subprocess.run(["truncate", "-s", "512M", lun], check=True)
     port = servers.tgt(lun)
     u = (f'json:{{"driver":"raw","file":{{"driver":"iscsi","transport":'
          f'"tcp","portal":"127.0.0.1:{port}","target":'
          f'"iqn.2026-12.org.qimg:test","lun":"1","timeout":"3"}}}}')
+    return u, servers.procs[-1]
+
+
+def test_iscsi_target_gone_mid_copy(pair, servers):
+    """tgtd killed while qimg copies from its LUN, with a stated timeout:
+    an error and exit 1 soon after, not libiscsi's endless reconnects.
+    (7.2 hangs here, with or without timeout: not compared; LIMITS.md.)"""
+    u, tgtd = iscsi_big_lun(pair, servers)
     # Under make check-asan: the slow unwinder, so that the stack of
     # libiscsi's own leak (tests/lsan.supp) names its function.
     env = dict(os.environ)
@@ -327,7 +334,7 @@ def test_iscsi_target_gone_mid_copy(pair, servers):
     # the whole copy takes ~3 s here (longer on a loaded machine)
     rc, err, secs = copy_with_server_killed(
         [QIMG, "convert", "-O", "raw", u, pair.qimg_dir / "out.raw"],
-        servers.procs[-1], env=env)
+        tgtd, env=env)
     assert rc == 1 and "error while reading at byte" in err, err
     assert secs < 30
 
@@ -338,27 +345,11 @@ def test_iscsi_target_silent_mid_copy(pair, servers):
     error and exit 1 once that timeout passed, not a wait for ever, nor
     one timeout per request in flight (8 s and more before).  (Not
     compared: 7.2 waits until the target answers again.)"""
-    lun = pair.qimg_dir / "big.lun"
-    subprocess.run(["truncate", "-s", "512M", lun], check=True)
-    port = servers.tgt(lun)
-    tgtd = servers.procs[-1]
-    u = (f'json:{{"driver":"raw","file":{{"driver":"iscsi","transport":'
-         f'"tcp","portal":"127.0.0.1:{port}","target":'
-         f'"iqn.2026-12.org.qimg:test","lun":"1","timeout":"3"}}}}')
-    proc = subprocess.Popen([str(QIMG), "convert", "-O", "raw", u,
-                             str(pair.qimg_dir / "out.raw")],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1.0)
-        tgtd.send_signal(signal.SIGSTOP)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        secs = time.monotonic() - t0
-    finally:
-        tgtd.send_signal(signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1 and "error while reading at byte" in err, err
+    u, tgtd = iscsi_big_lun(pair, servers)
+    rc, err, secs = copy_with_server_killed(
+        [QIMG, "convert", "-O", "raw", u, pair.qimg_dir / "out.raw"],
+        tgtd, timeout=60, sig=signal.SIGSTOP)
+    assert rc == 1 and "error while reading at byte" in err, err
     assert secs < 8, (secs, err)
 
 

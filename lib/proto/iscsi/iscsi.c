@@ -17,13 +17,13 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <unistd.h>
-#include <sys/eventfd.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -35,9 +35,9 @@
  * is counted in blocks; targets commonly cap it far lower, tgt at 4 MiB
  * by default, so requests are split). */
 #define ISCSI_MAX_XFER (4u << 20)
-/* Blocks one WRITE SAME covers, at most (the target's own maximum when
- * lower): it sends one block, the target writes them all, within the
- * command's timeout. */
+/* Bytes one WRITE SAME covers, at most (the target's own maximum when
+ * lower): it sends one block and the target writes them all, which must
+ * fit in the command's timeout. */
 #define ISCSI_MAX_WRITE_SAME (64u << 20)
 /* Retries of READ CAPACITY after a unit attention (QEMU's
  * ISCSI_CMD_RETRIES). */
@@ -144,9 +144,8 @@ static void session_done(struct iscsi_context *ctx, int status, void *data,
  * session_end under the lock: the context's error string is shared). */
 static __thread char cmd_why[256];
 
-static const char *last_error(struct iscsi_state *s)
+static const char *last_error(void)
 {
-    (void)s;
     return cmd_why;
 }
 
@@ -241,19 +240,18 @@ static struct scsi_task *cmd_end(struct iscsi_state *s, const char *what,
         snprintf(cmd_why, sizeof(cmd_why), "Failed to send %s command",
                  what);
         free(w);
-    } else {
-        if (wait_done(s, w)) {
-            t = w->task;
-            free(w);
-        }
-        /* A command that outlived the stated timeout: the target no
-         * longer answers, and each later command would wait as long. */
-        if (t && t->status == SCSI_STATUS_TIMEOUT) {
-            s->dead = true;
-            pthread_cond_broadcast(&s->progress);
-        }
-        note_why(s);
+    } else if (wait_done(s, w)) {   /* else w is abandoned, not freed */
+        t = w->task;
+        free(w);
     }
+    /* A command that outlived the stated timeout: the target no longer
+     * answers, and each later command would wait as long. */
+    if (t && t->status == SCSI_STATUS_TIMEOUT) {
+        s->dead = true;
+        pthread_cond_broadcast(&s->progress);
+    }
+    if (queued)
+        note_why(s);
     pthread_mutex_unlock(&s->lock);
     return t;
 }
@@ -274,12 +272,10 @@ static int session_end(struct iscsi_state *s, int queued)
     int ret = -1;
 
     s->queuing = NULL;
-    if (w && queued == 0) {
-        if (wait_done(s, w)) {
-            ret = w->status;
-            free(w);
-        }
-    } else {
+    if (!w || queued != 0) {
+        free(w);
+    } else if (wait_done(s, w)) {   /* else w is abandoned, not freed */
+        ret = w->status;
         free(w);
     }
     note_why(s);
@@ -401,13 +397,14 @@ static int inquiry_failed(struct iscsi_state *s, struct scsi_task *t,
     if (t)
         scsi_free_scsi_task(t);
     return qimg_error_set(err, -EINVAL, "iSCSI: Inquiry command failed : %s",
-                          last_error(s));
+                          last_error());
 }
 
 /* The standard inquiry: the device type. */
 static int inquire(struct iscsi_state *s, struct qimg_error *err)
 {
-    struct scsi_task *t = ISCSI_CMD(s, "Inquiry", iscsi_inquiry_task, s->lun, 0, 0, 64);
+    struct scsi_task *t = ISCSI_CMD(s, "Inquiry", iscsi_inquiry_task, s->lun,
+                                    0, 0, 64);
     struct scsi_inquiry_standard *inq;
 
     if (!t || t->status != SCSI_STATUS_GOOD)
@@ -434,7 +431,7 @@ static void mode_sense(struct iscsi_state *s)
 
     if (!t) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed to send MODE_SENSE(6) "
-                     "command: %s\n", last_error(s));
+                     "command: %s\n", last_error());
         return;
     }
     if (t->status != SCSI_STATUS_GOOD) {
@@ -442,7 +439,7 @@ static void mode_sense(struct iscsi_state *s)
                      "assumed writable\n");
     } else if (!(ms = scsi_datain_unmarshall(t))) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI: Failed to unmarshall "
-                     "MODE_SENSE(6) data: %s\n", last_error(s));
+                     "MODE_SENSE(6) data: %s\n", last_error());
     } else {
         s->write_protected = ms->device_specific_parameter & 0x80;
     }
@@ -466,7 +463,8 @@ static int read_capacity(struct iscsi_state *s, struct qimg_error *err)
             scsi_free_scsi_task(t);
         t = NULL;
         if (s->type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
-            t = ISCSI_CMD(s, "ReadCapacity16", iscsi_readcapacity16_task, s->lun);
+            t = ISCSI_CMD(s, "ReadCapacity16", iscsi_readcapacity16_task,
+                          s->lun);
             if (t && t->status == SCSI_STATUS_GOOD) {
                 struct scsi_readcapacity16 *rc = scsi_datain_unmarshall(t);
                 if (!rc) {
@@ -487,7 +485,8 @@ static int read_capacity(struct iscsi_state *s, struct qimg_error *err)
         } else if (s->type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_MMC) {
             return 0;
         }
-        t = ISCSI_CMD(s, "ReadCapacity10", iscsi_readcapacity10_task, s->lun, 0, 0);
+        t = ISCSI_CMD(s, "ReadCapacity10", iscsi_readcapacity10_task, s->lun,
+                      0, 0);
         if (t && t->status == SCSI_STATUS_GOOD) {
             struct scsi_readcapacity10 *rc = scsi_datain_unmarshall(t);
             if (!rc) {
@@ -589,7 +588,7 @@ static int connect_lun(struct iscsi_state *s, const struct qimg_opts *o,
                                                     session_done, w)
                          : -1))
         return qimg_error_set(err, -EINVAL, "iSCSI: Failed to connect to LUN "
-                              ": %s", last_error(s));
+                              ": %s", last_error());
     if ((ret = inquire(s, err)) < 0)
         return ret;
     mode_sense(s);
@@ -706,7 +705,7 @@ static int blocks_read(struct iscsi_state *s, uint64_t lba, uint32_t n,
     t = cmd_end(s, "Read16", t);
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI READ10/16 failed at lba %" PRIu64
-                     ": %s\n", lba, last_error(s));
+                     ": %s\n", lba, last_error());
         ret = -EIO;
     } else if (t->residual_status == SCSI_RESIDUAL_UNDERFLOW &&
                t->residual) {
@@ -730,7 +729,7 @@ static int blocks_write(struct iscsi_state *s, uint64_t lba, uint32_t n,
 
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI WRITE10/16 failed at lba %" PRIu64
-                     ": %s\n", lba, last_error(s));
+                     ": %s\n", lba, last_error());
         ret = -EIO;
     }
     if (t)
@@ -847,10 +846,11 @@ static int iscsi_flush(struct qimg_storage *st, struct qimg_error *err)
     struct scsi_task *t;
     int ret = 0;
 
-    t = ISCSI_CMD(s, "SynchronizeCache10", iscsi_synchronizecache10_task, s->lun, 0, 0, 0, 0);
+    t = ISCSI_CMD(s, "SynchronizeCache10", iscsi_synchronizecache10_task,
+                  s->lun, 0, 0, 0, 0);
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI SYNCHRONIZECACHE10 failed: %s\n",
-                     last_error(s));
+                     last_error());
         ret = -EIO;
     }
     if (t)
@@ -876,10 +876,11 @@ static int iscsi_block_status(struct qimg_storage *st, uint64_t off,
 
     if (ret < 0 || !s->lbpme || off >= end || off % s->block_size)
         return ret;
-    t = ISCSI_CMD(s, "GetLbaStatus", iscsi_get_lba_status_task, s->lun, lba, 8 + 16);
+    t = ISCSI_CMD(s, "GetLbaStatus", iscsi_get_lba_status_task, s->lun, lba,
+                  8 + 16);
     if (!t || t->status != SCSI_STATUS_GOOD) {
         qimg_message(QIMG_MSG_ERROR, "iSCSI GET_LBA_STATUS failed at lba %"
-                     PRIu64 ": %s\n", lba, last_error(s));
+                     PRIu64 ": %s\n", lba, last_error());
         goto out;                   /* all data, as 7.2 */
     }
     lbas = scsi_datain_unmarshall(t);
@@ -932,7 +933,7 @@ static int iscsi_discard(struct qimg_storage *st, uint64_t off, uint64_t len,
         if (!t || (t->status != SCSI_STATUS_GOOD &&
                    t->status != SCSI_STATUS_CHECK_CONDITION)) {
             qimg_message(QIMG_MSG_ERROR, "iSCSI UNMAP failed at lba %" PRIu64
-                         ": %s\n", list.lba, last_error(s));
+                         ": %s\n", list.lba, last_error());
             ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
         }
         if (t)
@@ -993,7 +994,7 @@ static int iscsi_zeroes(struct qimg_storage *st, uint64_t off, uint64_t len,
             ret = -ENOTSUP;
         } else if (!t || t->status != SCSI_STATUS_GOOD) {
             qimg_message(QIMG_MSG_ERROR, "iSCSI WRITESAME10/16 failed at lba %"
-                         PRIu64 ": %s\n", lba, last_error(s));
+                         PRIu64 ": %s\n", lba, last_error());
             ret = qimg_error_set(err, -EIO, "%s", strerror(EIO));
         }
         if (t)
