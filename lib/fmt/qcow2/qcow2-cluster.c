@@ -6,8 +6,10 @@
  *
  * Locking: mapping lookups and every table change run under node->lock.
  * Reads and in-place writes of already allocated clusters do their data I/O
- * outside the lock.  Writes that allocate keep the lock through their data
- * write, so that two writers never allocate the same guest cluster twice.
+ * outside the lock.  Writes that allocate register the guest clusters they
+ * fill as in flight and write their data outside the lock too; whoever
+ * meets such a cluster waits until its L2 entry points at the data, so
+ * that two writers never allocate the same guest cluster twice.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -378,18 +380,130 @@ static void l2_pending_done(struct qcow2_state *s, uint64_t l1i)
     pthread_cond_broadcast(&s->l2_alloc_cond);
 }
 
-/* Wait (the lock released meanwhile) while a table for l1i is pending;
- * returns whether it waited. */
-static bool l2_wait_pending(struct qimg_image *node, uint64_t l1i)
+/* One wait on l2_alloc_cond (the lock released meanwhile).  Discards
+ * pending in a begin/end window go out first: the clusters may be reused
+ * by the writers that run in between. */
+static void wait_metadata(struct qimg_image *node)
 {
     struct qcow2_state *s = node->state;
+    unsigned depth = qcow2_discards_suspend(node);
+
+    pthread_cond_wait(&s->l2_alloc_cond, &node->lock);
+    qcow2_discards_resume(node, depth);
+}
+
+/* Wait while a table for l1i is pending; returns whether it waited. */
+static bool l2_wait_pending(struct qimg_image *node, uint64_t l1i)
+{
     bool waited = false;
 
-    while (l2_pending(s, l1i)) {
-        pthread_cond_wait(&s->l2_alloc_cond, &node->lock);
+    while (l2_pending(node->state, l1i)) {
+        wait_metadata(node);
         waited = true;
     }
     return waited;
+}
+
+static int cond_ready(struct qcow2_state *s, struct qimg_error *err)
+{
+    int ret;
+
+    if (s->l2_alloc_cond_ready)
+        return 0;
+    ret = pthread_cond_init(&s->l2_alloc_cond, NULL);
+    if (ret)
+        return qimg_error_set(err, -ret, "Cannot create a condition");
+    s->l2_alloc_cond_ready = true;
+    return 0;
+}
+
+/* ---- allocations in flight ---------------------------------------------
+ *
+ * An allocating write registers the guest clusters it fills, drops the
+ * lock for its data write (other workers' requests reach the storage
+ * meanwhile: over a network every write is a round trip), then takes it
+ * again to point the L2 entries at the new data.  Until then everyone
+ * else who would read or change those entries waits (qcow2_settle), as
+ * QEMU's qcow2 makes overlapping requests wait for an allocation.
+ */
+
+/* The first registered range that overlaps [off, end), or NULL. */
+static const uint64_t *inflight_overlap(const struct qcow2_state *s,
+                                        uint64_t off, uint64_t end)
+{
+    for (unsigned i = 0; i < s->n_inflight; i++)
+        if (s->inflight[i].off < end && off < s->inflight[i].end)
+            return &s->inflight[i].off;
+    return NULL;
+}
+
+/* Register [off, end); false (the caller keeps the lock for its write)
+ * when the table is full. */
+static bool inflight_add(struct qimg_image *node, uint64_t off, uint64_t end)
+{
+    struct qcow2_state *s = node->state;
+    struct qimg_error ignored = {0};
+
+    if (s->n_inflight == QIMG_ARRAY_SIZE(s->inflight) ||
+        cond_ready(s, &ignored) < 0)
+        return false;
+    s->inflight[s->n_inflight].off = off;
+    s->inflight[s->n_inflight].end = end;
+    s->n_inflight++;
+    return true;
+}
+
+static void inflight_done(struct qimg_image *node, uint64_t off)
+{
+    struct qcow2_state *s = node->state;
+
+    for (unsigned i = 0; i < s->n_inflight; i++)
+        if (s->inflight[i].off == off) {
+            s->inflight[i] = s->inflight[--s->n_inflight];
+            break;
+        }
+    pthread_cond_broadcast(&s->l2_alloc_cond);
+}
+
+/* len cut where a registered range begins after off (one that covers off
+ * itself has been waited for). */
+static size_t inflight_clip(const struct qcow2_state *s, uint64_t off,
+                            size_t len)
+{
+    for (unsigned i = 0; i < s->n_inflight; i++)
+        if (s->inflight[i].off > off && s->inflight[i].off - off < len)
+            len = (size_t)(s->inflight[i].off - off);
+    return len;
+}
+
+bool qcow2_settle(struct qimg_image *node, uint64_t off, uint64_t len)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+    bool waited = false;
+
+    while (l2_pending(s, l1i) || inflight_overlap(s, off, off + len)) {
+        wait_metadata(node);
+        waited = true;
+    }
+    return waited;
+}
+
+/* Drop the lock for a data write of [off, end) when it can be
+ * registered; returns whether it was (then relock with relock_after). */
+static bool unlock_for_write(struct qimg_image *node, uint64_t off,
+                             uint64_t end)
+{
+    if (!inflight_add(node, off, end))
+        return false;
+    pthread_mutex_unlock(&node->lock);
+    return true;
+}
+
+static void relock_after(struct qimg_image *node, bool unlocked)
+{
+    if (unlocked)
+        pthread_mutex_lock(&node->lock);
 }
 
 /* Write the new table at new_off and the refcounts, flush without the
@@ -416,12 +530,9 @@ static int install_l2_unlocked(struct qimg_image *node, uint64_t l1i,
     if (ret < 0)
         return ret;
     l2_gen = s->l2_cache.wgen;
-    if (!s->l2_alloc_cond_ready) {
-        ret = pthread_cond_init(&s->l2_alloc_cond, NULL);
-        if (ret)
-            return qimg_error_set(err, -ret, "Cannot create a condition");
-        s->l2_alloc_cond_ready = true;
-    }
+    ret = cond_ready(s, err);
+    if (ret < 0)
+        return ret;
     s->l2_alloc_pending[s->n_l2_alloc_pending++] = l1i;
     pthread_mutex_unlock(&node->lock);
     ret = node->file->ops->flush(node->file, err);
@@ -611,7 +722,7 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
     uint64_t into = off - coff, idx, entry, bitmap;
     uint64_t unit = s->subcluster_size, host, wstart, wend, touched = 0;
     uint8_t *l2, *buf;
-    bool reuse, carry_all;
+    bool reuse, carry_all, unlocked = false;
     int ret;
 
     ret = qcow2_get_l2_for_write(node, off, &l2, err);
@@ -650,6 +761,7 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
         return ret;
     if (wstart == into && wend == into + len) {
         qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
+        unlocked = unlock_for_write(node, coff, coff + s->cluster_size);
         ret = qcow2_data_pwrite(node, host + into, off, len, data, err);
     } else {
         buf = malloc(s->cluster_size);
@@ -660,15 +772,19 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
         if (!ret) {
             memcpy(buf + into, data, len);
             qimg_storage_event(node->file, QIMG_EV_COW_WRITE);
+            unlocked = unlock_for_write(node, coff, coff + s->cluster_size);
             ret = qcow2_data_pwrite(node, host + wstart, coff + wstart,
                                     wend - wstart, buf + wstart, err);
         }
         free(buf);
     }
-    if (ret < 0)
-        return ret;
-    /* The allocation may have evicted the table: fetch it again. */
-    ret = qcow2_get_l2(node, off, &l2, err);
+    relock_after(node, unlocked);
+    /* The allocation (or other writers meanwhile) may have evicted the
+     * table: fetch it again. */
+    if (!ret)
+        ret = qcow2_get_l2(node, off, &l2, err);
+    if (unlocked)
+        inflight_done(node, coff);
     if (ret < 0)
         return ret;
     if (s->subcluster_bits)
@@ -764,6 +880,17 @@ static uint64_t fresh_clusters(struct qimg_image *node, uint64_t off,
     return k;
 }
 
+/* Point k entries from idx at the clusters from host. */
+static void set_fresh_entries(struct qcow2_state *s, uint8_t *l2, uint64_t idx,
+                              uint64_t k, uint64_t host)
+{
+    for (uint64_t i = 0; i < k; i++)
+        l2_set(s, l2, idx + i, (host + (i << s->cluster_bits)) |
+                               QCOW2_OFLAG_COPIED,
+               s->subcluster_bits ? 0xffffffffull : 0);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+}
+
 /*
  * Write k whole fresh clusters at off: one allocation (one refcount
  * update), one data write, then the L2 entries.  The order is the crash-
@@ -789,29 +916,104 @@ static int write_fresh(struct qimg_image *node, uint64_t off, uint64_t k,
         return (int)host;
     ret = qcow2_check_data_write(node, (uint64_t)host, bytes, err);
     qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
-    if (!ret)
+    if (!ret) {
+        bool unlocked = unlock_for_write(node, off, off + bytes);
         ret = qcow2_data_pwrite(node, (uint64_t)host, off, (size_t)bytes,
                                 data, err);
-    /* The allocation may have evicted the table: fetch it again. */
-    if (!ret)
-        ret = qcow2_get_l2(node, off, &l2, err);
+        relock_after(node, unlocked);
+        /* The allocation (or other writers meanwhile) may have evicted
+         * the table: fetch it again. */
+        if (!ret)
+            ret = qcow2_get_l2(node, off, &l2, err);
+        if (!ret)
+            set_fresh_entries(s, l2, idx, k, (uint64_t)host);
+        if (unlocked)
+            inflight_done(node, off);
+    }
     if (ret < 0) {
         struct qimg_error ignored = {0};
         qcow2_free_clusters(node, (uint64_t)host, bytes, &ignored);
-        return ret;
     }
-    for (uint64_t i = 0; i < k; i++)
-        l2_set(s, l2, idx + i,
-               ((uint64_t)host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
-               s->subcluster_bits ? 0xffffffffull : 0);
-    qcow2_cache_mark_dirty(&s->l2_cache, l2);
-    return 0;
+    return ret;
+}
+
+/*
+ * Over a network every request is a round trip, and a copy into a fresh
+ * qcow2 writes many small data extents: each went out as its head cluster
+ * (padded with zeroes), its whole clusters and its tail cluster (padded):
+ * three requests in a row where QEMU sends a zero and a write.  Clusters
+ * that hold nothing and read as zero are instead filled by one request,
+ * the data padded in a buffer of at most PAD_MAX bytes.  Local files keep
+ * the copy-free path: a system call costs less than the copy.
+ */
+#define PAD_MAX (1u << 20)
+
+/* An entry with no host cluster, no data and zero under it (the zero
+ * flag, or no backing file to show through). */
+static bool fresh_zero(const struct qimg_image *node, uint64_t e, uint64_t bm)
+{
+    const struct qcow2_state *s = node->state;
+
+    return entry_is_fresh(s, e, bm) &&
+           ((e & QCOW2_OFLAG_ZERO) || !node->backing);
+}
+
+/* Clusters from the one holding off that one padded write of
+ * [off, off+len) fills, or 0 where that path does not apply: a local
+ * file, subclusters, a data file, no partial cluster at the edges, or
+ * whole clusters first (write_fresh needs no copy for those). */
+static uint64_t padded_clusters(struct qimg_image *node, uint64_t off,
+                                size_t len, struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff = qimg_align_down(off, s->cluster_size), end = off + len;
+    uint64_t idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
+    uint64_t max = QIMG_MIN(qimg_div_round_up(end - coff, s->cluster_size),
+                            QIMG_MIN((uint64_t)PAD_MAX >> s->cluster_bits,
+                                     qcow2_l2_entries(s) - idx)), k = 0;
+    bool head = off != coff;
+    uint8_t *l2;
+
+    if (!(node->file->caps & QIMG_STORAGE_REMOTE) || s->data_file ||
+        s->subcluster_bits || !max ||
+        (!head && !qcow2_offset_into_cluster(s, end)) ||
+        qcow2_get_l2(node, off, &l2, err) < 0 || !l2)
+        return 0;
+    while (k < max && fresh_zero(node, l2_get(s, l2, idx + k),
+                                 l2_bitmap(s, l2, idx + k)))
+        k++;
+    if (!head && coff + (k << s->cluster_bits) < end)
+        return 0;
+    return k;
+}
+
+/* Write [off, off+len) (inside the k clusters from the one holding off,
+ * see padded_clusters) as those whole clusters, zeroes around the data.
+ * Called with the lock held. */
+static int write_padded(struct qimg_image *node, uint64_t off, size_t len,
+                        uint64_t k, const uint8_t *data,
+                        struct qimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff = qimg_align_down(off, s->cluster_size);
+    size_t bytes = (size_t)(k << s->cluster_bits), into = (size_t)(off - coff);
+    uint8_t *buf = malloc(bytes);
+    int ret;
+
+    if (!buf)
+        return qimg_error_set(err, -ENOMEM, "Out of memory");
+    memset(buf, 0, into);
+    memcpy(buf + into, data, len);
+    memset(buf + into + len, 0, bytes - into - len);
+    ret = write_fresh(node, coff, k, buf, err);
+    free(buf);
+    return ret;
 }
 
 /*
  * One step of a write: in place over a run of allocated clusters (the
- * data written without the lock), into a batch of fresh clusters, or one
- * cluster through write_cluster.  Called with the lock; returns without
+ * data written without the lock), into padded or whole fresh clusters, or
+ * one cluster through write_cluster.  Called with the lock; returns without
  * it, with the bytes done in *done.
  */
 static int write_step(struct qimg_image *node, uint64_t off, size_t len,
@@ -822,12 +1024,17 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
     size_t n = (size_t)QIMG_MIN((uint64_t)len, coff + s->cluster_size - off);
     int ret;
 
-    while ((ret = prepare_l2_unlocked(node, off, err)) == 1)
-        ;
-    if (ret < 0) {
-        pthread_mutex_unlock(&node->lock);
-        return ret;
-    }
+    /* Until the table is there and no allocation in flight covers the
+     * first cluster, both looked at in one lock hold. */
+    do {
+        while ((ret = prepare_l2_unlocked(node, off, err)) == 1)
+            ;
+        if (ret < 0) {
+            pthread_mutex_unlock(&node->lock);
+            return ret;
+        }
+    } while (qcow2_settle(node, coff, s->cluster_size));
+    len = inflight_clip(s, off, len);
     host = in_place_host(node, off, n, err);
     if (host) {
         n = in_place_run(node, off, len, host, n);
@@ -839,8 +1046,12 @@ static int write_step(struct qimg_image *node, uint64_t off, size_t len,
         qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
         return qcow2_data_pwrite(node, host, off, n, p, err);
     }
-    k = fresh_clusters(node, off, len, err);
+    k = padded_clusters(node, off, len, err);
     if (k) {
+        n = (size_t)QIMG_MIN((uint64_t)len, (k << s->cluster_bits) -
+                                            (off - coff));
+        ret = write_padded(node, off, n, k, p, err);
+    } else if ((k = fresh_clusters(node, off, len, err))) {
         n = (size_t)(k << s->cluster_bits);
         ret = write_fresh(node, off, k, p, err);
     } else {
@@ -903,8 +1114,10 @@ int qcow2_compressed_l2_prepare(struct qimg_image *node, uint64_t off,
     struct qcow2_state *s = node->state;
     uint64_t entry;
     uint8_t *l2;
-    int ret = qcow2_get_l2_for_write(node, off, &l2, err);
+    int ret;
 
+    qcow2_settle(node, off, s->cluster_size);
+    ret = qcow2_get_l2_for_write(node, off, &l2, err);
     if (ret < 0)
         return ret;
     entry = l2_get(s, l2, (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1));

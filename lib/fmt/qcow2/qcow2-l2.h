@@ -75,9 +75,16 @@ static inline uint64_t host_of(uint64_t entry)
 int qcow2_get_l2(struct qimg_image *node, uint64_t off, uint8_t **l2,
                  struct qimg_error *err);
 /* The L2 table for guest offset, allocated (or copied when shared) so
- * that it can be changed.  Called with the lock. */
+ * that it can be changed.  Called with the lock, which it releases while
+ * another writer installs that table (see qcow2_settle). */
 int qcow2_get_l2_for_write(struct qimg_image *node, uint64_t off,
                            uint8_t **l2, struct qimg_error *err);
+/* Wait (the lock released meanwhile) until no writer is installing the
+ * L2 table for guest offset off and no allocation in flight covers
+ * [off, off+len) (within one table): what the entries say after this
+ * stays true through a qcow2_get_l2_for_write in the same lock hold.
+ * Returns whether it waited.  Called with the lock. */
+bool qcow2_settle(struct qimg_image *node, uint64_t off, uint64_t len);
 /* Drop the reference an L2 entry held on its host cluster(s). */
 int qcow2_release_entry(struct qimg_image *node, uint64_t entry,
                         struct qimg_error *err);

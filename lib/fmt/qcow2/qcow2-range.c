@@ -22,6 +22,7 @@ static int zero_cluster(struct qimg_image *node, uint64_t off, bool unmap,
     uint64_t idx, e, bm, ne, nbm = 0;
     int ret;
 
+    qcow2_settle(node, off, s->cluster_size);
     if (discard) {
         ret = qcow2_get_l2(node, off, &l2, err);
         if (ret < 0 || !l2)
@@ -125,8 +126,10 @@ static int zero_subclusters(struct qimg_image *node, uint64_t off,
     uint64_t range = ((n >= 32 ? 0 : (1ull << n)) - 1) << sc;
     uint64_t idx, e, bm, nbm;
     uint8_t *l2;
-    int ret = qcow2_get_l2_for_write(node, off, &l2, err);
+    int ret;
 
+    qcow2_settle(node, off, len);
+    ret = qcow2_get_l2_for_write(node, off, &l2, err);
     if (ret < 0)
         return ret;
     idx = (off >> s->cluster_bits) & (qcow2_l2_entries(s) - 1);
@@ -271,8 +274,13 @@ static int zero_partial_unit(struct qimg_image *node, uint64_t off,
     if (!ok)
         return write_zero_buffer(node, off, end - off, err);
     /* The type check and the zeroing under one lock hold: a writer of the
-     * same subcluster in between must not have its data zeroed. */
+     * same subcluster in between must not have its data zeroed.  Settled
+     * first: a table being installed meanwhile would make the zeroing
+     * wait, releasing the lock, after the check (the installer's data
+     * then lost), and an allocation in flight is data the entry does not
+     * show yet. */
     pthread_mutex_lock(&node->lock);
+    qcow2_settle(node, unit, s->subcluster_size);
     ret = qcow2_get_mapping(node, unit, s->subcluster_size, &m, err);
     ok = ret >= 0 && (m.type == QCOW2_CLUSTER_UNALLOCATED ||
                       m.type == QCOW2_CLUSTER_UNALLOCATED_ALLOC ||

@@ -161,6 +161,9 @@ static uint64_t last_used_reftable_index(const struct qcow2_state *s)
     return i;
 }
 
+static void claim_pending(struct qimg_image *node, uint64_t off,
+                          uint64_t len);
+
 /*
  * Find n free clusters from the cursor without taking references.  The
  * cursor ends after the run.  Cluster 0 is the header whatever a corrupt
@@ -184,6 +187,8 @@ static int64_t alloc_noref(struct qimg_image *node, uint64_t n, uint64_t max,
             return ret;
         found = rc ? 0 : found + 1;
     }
+    claim_pending(node, (s->free_cluster_index - n) << s->cluster_bits,
+                  n << s->cluster_bits);
     return (int64_t)((s->free_cluster_index - n) << s->cluster_bits);
 }
 
@@ -218,6 +223,38 @@ static void queue_discard(struct qimg_image *node, uint64_t off, uint64_t len)
     issue_discard(node);
     s->discard_off = off;
     s->discard_len = len;
+}
+
+/*
+ * A cluster about to be used again must not be discarded afterwards: the
+ * pending range (clusters freed since qcow2_discards_begin, all still
+ * free) goes out now when the allocation touches it.  Without this a
+ * zero write that frees a cluster and then allocates an L2 table could
+ * get the table's cluster trimmed at qcow2_discards_end.
+ */
+static void claim_pending(struct qimg_image *node, uint64_t off, uint64_t len)
+{
+    struct qcow2_state *s = node->state;
+
+    if (s->discard_len && off < s->discard_off + s->discard_len &&
+        s->discard_off < off + len)
+        issue_discard(node);
+}
+
+unsigned qcow2_discards_suspend(struct qimg_image *node)
+{
+    struct qcow2_state *s = node->state;
+    unsigned depth = s->discard_freed;
+
+    if (depth)
+        issue_discard(node);
+    s->discard_freed = 0;
+    return depth;
+}
+
+void qcow2_discards_resume(struct qimg_image *node, unsigned depth)
+{
+    qcow2_state(node)->discard_freed += depth;
 }
 
 void qcow2_discards_begin(struct qimg_image *node)
@@ -361,6 +398,8 @@ static int update_refcount_once(struct qimg_image *node, uint64_t offset,
                                  delta < 0 ? "drop below zero" : "overflow");
             break;
         }
+        if (!rc && delta > 0)
+            claim_pending(node, ci << s->cluster_bits, s->cluster_size);
         rc += (uint64_t)delta;
         qcow2_refcount_write_entry(s, block, ci & (per_block - 1), rc);
         qcow2_cache_mark_dirty(&s->refblock_cache, block);

@@ -282,6 +282,12 @@ struct qcow2_state {
     unsigned n_l2_alloc_pending;
     bool l2_alloc_cond_ready;
     pthread_cond_t l2_alloc_cond;
+    /* Guest ranges [off, end) whose new host clusters are being written
+     * without the lock (qcow2-cluster.c): whoever would look at or
+     * change their L2 entries waits on l2_alloc_cond until the entries
+     * point at the data.  Full: writers keep the lock instead. */
+    struct { uint64_t off, end; } inflight[32];
+    unsigned n_inflight;
 
     /* Corruption events (qcow2-corrupt.c): one printed; after a fatal
      * one the node refuses further work. */
@@ -416,6 +422,12 @@ int qcow2_free_clusters(struct qimg_image *node, uint64_t offset, uint64_t len,
  * emptying, and guest discards of unmapping users. */
 void qcow2_discards_begin(struct qimg_image *node);
 void qcow2_discards_end(struct qimg_image *node);
+/* Around a wait that releases the lock inside a begin/end window: the
+ * pending range goes out first (another writer may reuse its clusters
+ * meanwhile) and frees by other threads are not passed down.  suspend
+ * returns the depth to give back to resume. */
+unsigned qcow2_discards_suspend(struct qimg_image *node);
+void qcow2_discards_resume(struct qimg_image *node, unsigned depth);
 /* End of the last cluster with a nonzero refcount (from the table). */
 uint64_t qcow2_image_end(struct qimg_image *node);
 /* Clusters in [0, end) with a nonzero refcount, counting up to limit (0
