@@ -6,6 +6,10 @@
 #   nbd-to-qemu-nbd     convert -n from a file into a qemu-nbd export
 #   nbd-from-nbdkit     convert from nbdkit's memory plugin to a file
 #   nbd-to-nbdkit       convert -n from a file into nbdkit's memory plugin
+#   nbd-qcow2-to-nbdkit convert -n -O qcow2 into a qcow2 that each tool
+#                       creates on nbdkit's memory plugin before each run
+#                       (allocating writes, metadata and flushes over the
+#                       network); -W: the same out of order
 #   http-from-nginx     convert from nginx (http, Range requests) to a file
 #   http-from-nginx-ref-m1  the same with qemu-img given -m 1 (one request
 #                       in flight), which avoids its curl driver's stall
@@ -359,6 +363,49 @@ start nbdkit-to nbdkit -f -i 127.0.0.1 -p @PORT@ memory "$SIZE"
 FLOOR=(nbdcopy "$IN" "nbd://127.0.0.1:$PORT")
 NULL=(self_timed "$NBD_FLOOR" "$IN" "nbd://127.0.0.1:$PORT")
 run nbd-to-nbdkit "$IN" "nbd://127.0.0.1:$PORT" "nbd://127.0.0.1:$PORT" -n
+
+# run_qcow2 NAME URL [CONVERT_FLAGS...]: a qcow2 created on the export
+# by each tool before each of its timed copies into it (the result of
+# qimg checked with the reference's compare), after one untimed copy;
+# the tools alternate as in run; no floors.
+run_qcow2() {
+    local name=$1 url=$2 i t tq tr qs=() rs=(); shift 2
+    [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]] && return 0
+    # untimed: the server's memory allocated before the first timed run
+    "$REF" create -q -f qcow2 "$url" "$SIZE" &&
+        timed "$REF" convert -n "$@" -f raw -O qcow2 "$IN" "$url" >/dev/null
+    for i in $(seq "$RUNS"); do
+        for t in $([ $((i % 2)) = 1 ] && echo "$QIMG $REF" || echo "$REF $QIMG"); do
+            "$t" create -q -f qcow2 "$url" "$SIZE" ||
+                { echo "bench/net: $t create on $url failed" >&2; FAILED=1; return; }
+            tq=$(timed "$t" convert -n "$@" -f raw -O qcow2 "$IN" "$url") ||
+                { FAILED=1; return; }
+            if [ "$t" = "$QIMG" ]; then
+                if [ "$tq" != timeout ] &&
+                   ! "$REF" compare -f raw -F qcow2 "$IN" "$url" >/dev/null 2>&1; then
+                    echo "bench/net: qimg's qcow2 on $url differs from the input" >&2
+                    FAILED=1; return
+                fi
+                qs+=("$tq")
+            else
+                rs+=("$tq")
+            fi
+        done
+    done
+    tq=$(printf '%s\n' "${qs[@]}" | row_median)
+    tr=$(printf '%s\n' "${rs[@]}" | row_median)
+    printf '%-24s %7s %10s %6s %7s %6s %7s   qimg: %s  qemu-img: %s\n' \
+        "$name" "$tq" "$tr" "$(ratio "$tq" "$tr")" - - - "${qs[*]}" "${rs[*]}"
+    [ "$tq" = timeout ] && FAILED=1
+    return 0
+}
+
+if [ -z "$ONLY" ] || [[ nbd-qcow2-to-nbdkit =~ $ONLY ]] ||
+   [[ nbd-qcow2-to-nbdkit-W =~ $ONLY ]]; then
+    start nbdkit-qcow2 nbdkit -f -i 127.0.0.1 -p @PORT@ memory "$((2 * SIZE))"
+    run_qcow2 nbd-qcow2-to-nbdkit "nbd://127.0.0.1:$PORT"
+    run_qcow2 nbd-qcow2-to-nbdkit-W "nbd://127.0.0.1:$PORT" -W
+fi
 
 # nginx reads its port from the configuration, not its command line.
 PORT=$(free_port)
