@@ -2,7 +2,7 @@
 BUILD ?= build
 
 .PHONY: all deps test-deps configure check demo bench bench-quick fmt clean install \
-	check-asan check-rbd fuzz check-valgrind static
+	check-asan check-tsan check-rbd fuzz check-valgrind static
 
 all: deps configure
 	ninja -C $(BUILD)
@@ -89,6 +89,24 @@ check-asan: test-deps
 	UBSAN_OPTIONS=$${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
 	LSAN_OPTIONS=$${LSAN_OPTIONS:-suppressions=$(CURDIR)/tests/lsan.supp} \
 	QIMG_PYTEST_TARGETS="$(ASAN_TESTS)" tests/run-all.sh $(ASAN_BUILD)
+
+# The same idea under ThreadSanitizer: the tests whose commands run
+# several threads on one image (copy workers, concurrent writers, the
+# network storages' I/O threads and their failures).  Any data race
+# report fails the process (exitcode 66); history_size keeps the stacks
+# of older accesses for the reports.
+TSAN_BUILD ?= build-tsan
+TSAN_TESTS ?= tests/cli/test_stress.py tests/cli/test_qcow2_l2_parallel.py \
+	tests/cli/test_qcow2_io.py tests/cli/test_copy_order.py \
+	tests/cli/test_convert.py tests/cli/test_convert_multi.py \
+	tests/cli/test_nbd.py tests/cli/test_net_reqs.py tests/cli/test_iscsi.py \
+	tests/cli/test_http.py
+check-tsan: test-deps
+	@test -f $(TSAN_BUILD)/build.ninja || meson setup $(TSAN_BUILD) \
+		-Db_sanitize=thread -Db_lundef=false
+	ninja -C $(TSAN_BUILD)
+	TSAN_OPTIONS=$${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:report_signal_unsafe=0:history_size=4} \
+	QIMG_PYTEST_TARGETS="$(TSAN_TESTS)" tests/run-all.sh $(TSAN_BUILD)
 
 # libFuzzer targets (tests/fuzz) built with clang, ASan and UBSan, each run
 # for FUZZ_SECONDS (scripts/run-fuzz.sh; FUZZ_TARGETS picks some).

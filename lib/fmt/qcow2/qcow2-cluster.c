@@ -1069,16 +1069,16 @@ static int pwrite_aligned(struct qimg_image *node, uint64_t off, size_t len,
     const uint8_t *p = buf;
     int ret = 0;
 
+    /* Under the lock: another writer may be setting the dirty bit
+     * (s->incompatible) right now (ThreadSanitizer, test_stress). */
+    pthread_mutex_lock(&node->lock);
     if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
-        return qimg_error_set(err, -EIO, "Image is corrupt; cannot be written");
-    if ((s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS) && !s->dirty_set) {
-        pthread_mutex_lock(&node->lock);
-        if (!s->dirty_set)
-            ret = qcow2_set_dirty(node, true, err);
-        pthread_mutex_unlock(&node->lock);
-        if (ret < 0)
-            return ret;
-    }
+        ret = qimg_error_set(err, -EIO, "Image is corrupt; cannot be written");
+    else if ((s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS) && !s->dirty_set)
+        ret = qcow2_set_dirty(node, true, err);
+    pthread_mutex_unlock(&node->lock);
+    if (ret < 0)
+        return ret;
     while (len) {
         size_t n = 0;
 

@@ -352,8 +352,8 @@ int vmdk_update_cid(struct qimg_image *node, struct qimg_error *err)
                                       err);
     if (!ret)
         ret = node->file->ops->flush(node->file, err);
-    if (!ret)
-        s->cid_updated = true;
+    if (!ret)   /* read without the lock by cid_after_write */
+        __atomic_store_n(&s->cid_updated, true, __ATOMIC_RELEASE);
 out:
     free(desc);
     return ret;
