@@ -310,10 +310,12 @@ def test_iscsi_chap(pair, servers):
 
 
 def iscsi_big_lun(pair, servers):
-    """A 512 MiB LUN on tgtd, named with a stated timeout of 3 s: (its
-    json: name, the tgtd process)."""
+    """An 8 GiB LUN (a sparse file) on tgtd, named with a stated timeout
+    of 3 s: (its json: name, the tgtd process).  Big enough that a copy
+    is still running when the tests stop tgtd (512 MiB went in 0.4 s on
+    a quiet machine, before the signal: a flaky pass of the copy)."""
     lun = pair.qimg_dir / "big.lun"
-    subprocess.run(["truncate", "-s", "512M", lun], check=True)
+    subprocess.run(["truncate", "-s", "8G", lun], check=True)
     port = servers.tgt(lun)
     u = (f'json:{{"driver":"raw","file":{{"driver":"iscsi","transport":'
          f'"tcp","portal":"127.0.0.1:{port}","target":'
