@@ -427,14 +427,14 @@ static int cond_ready(struct qcow2_state *s, struct qimg_error *err)
  * QEMU's qcow2 makes overlapping requests wait for an allocation.
  */
 
-/* The first registered range that overlaps [off, end), or NULL. */
-static const uint64_t *inflight_overlap(const struct qcow2_state *s,
-                                        uint64_t off, uint64_t end)
+/* Whether a registered range overlaps [off, end). */
+static bool inflight_overlap(const struct qcow2_state *s, uint64_t off,
+                             uint64_t end)
 {
     for (unsigned i = 0; i < s->n_inflight; i++)
         if (s->inflight[i].off < end && off < s->inflight[i].end)
-            return &s->inflight[i].off;
-    return NULL;
+            return true;
+    return false;
 }
 
 /* Register [off, end); false (the caller keeps the lock for its write)
@@ -721,8 +721,9 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
     uint64_t coff = qimg_align_down(off, s->cluster_size);
     uint64_t into = off - coff, idx, entry, bitmap;
     uint64_t unit = s->subcluster_size, host, wstart, wend, touched = 0;
-    uint8_t *l2, *buf;
-    bool reuse, carry_all, unlocked = false;
+    uint8_t *l2, *buf = NULL;
+    const uint8_t *src = data;  /* what goes to [wstart, wend) */
+    bool reuse, carry_all, unlocked;
     int ret;
 
     ret = qcow2_get_l2_for_write(node, off, &l2, err);
@@ -761,23 +762,25 @@ static int write_cluster(struct qimg_image *node, uint64_t off, size_t len,
         return ret;
     if (wstart == into && wend == into + len) {
         qimg_storage_event(node->file, QIMG_EV_WRITE_AIO);
-        unlocked = unlock_for_write(node, coff, coff + s->cluster_size);
-        ret = qcow2_data_pwrite(node, host + into, off, len, data, err);
     } else {
+        /* The old content around the data, read with the lock held. */
         buf = malloc(s->cluster_size);
         if (!buf)
             return qimg_error_set(err, -ENOMEM, "Out of memory");
         qimg_storage_event(node->file, QIMG_EV_COW_READ);
         ret = read_old_cluster(node, coff, buf, err);
-        if (!ret) {
-            memcpy(buf + into, data, len);
-            qimg_storage_event(node->file, QIMG_EV_COW_WRITE);
-            unlocked = unlock_for_write(node, coff, coff + s->cluster_size);
-            ret = qcow2_data_pwrite(node, host + wstart, coff + wstart,
-                                    wend - wstart, buf + wstart, err);
+        if (ret < 0) {
+            free(buf);
+            return ret;
         }
-        free(buf);
+        memcpy(buf + into, data, len);
+        src = buf + wstart;
+        qimg_storage_event(node->file, QIMG_EV_COW_WRITE);
     }
+    unlocked = unlock_for_write(node, coff, coff + s->cluster_size);
+    ret = qcow2_data_pwrite(node, host + wstart, coff + wstart, wend - wstart,
+                            src, err);
+    free(buf);
     relock_after(node, unlocked);
     /* The allocation (or other writers meanwhile) may have evicted the
      * table: fetch it again. */
@@ -1069,28 +1072,31 @@ static int pwrite_aligned(struct qimg_image *node, uint64_t off, size_t len,
     const uint8_t *p = buf;
     int ret = 0;
 
-    /* Under the lock: another writer may be setting the dirty bit
-     * (s->incompatible) right now (ThreadSanitizer, test_stress). */
+    /* Checked in the first step's lock hold: another writer may be
+     * setting the dirty bit (s->incompatible) right now (ThreadSanitizer,
+     * test_stress). */
     pthread_mutex_lock(&node->lock);
     if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
         ret = qimg_error_set(err, -EIO, "Image is corrupt; cannot be written");
     else if ((s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS) && !s->dirty_set)
         ret = qcow2_set_dirty(node, true, err);
-    pthread_mutex_unlock(&node->lock);
-    if (ret < 0)
+    if (ret < 0 || !len) {
+        pthread_mutex_unlock(&node->lock);
         return ret;
-    while (len) {
+    }
+    for (;;) {
         size_t n = 0;
 
-        pthread_mutex_lock(&node->lock);
-        ret = write_step(node, off, len, p, &n, err);
+        ret = write_step(node, off, len, p, &n, err);   /* unlocks */
         if (ret < 0)
             return ret;
         off += n;
         p += n;
         len -= n;
+        if (!len)
+            return 0;
+        pthread_mutex_lock(&node->lock);
     }
-    return 0;
 }
 
 int qcow2_pwrite(struct qimg_image *node, uint64_t off, size_t len,
